@@ -1,0 +1,23 @@
+//! fare-validator: the engine inside Dezhou's bus fare validators.
+//!
+//! A tap of a social security card (its T-Union transport purse) or a scan of an e-SSC ride
+//! code becomes a [`engine::Decision`] offline, and every accepted tap becomes a checksummed,
+//! durable journal record queued for the depot upload station.
+//!
+//! Where things live:
+//! - [`card`]: APDU dialogue with the card and the PSAM, and their simulations;
+//! - [`ride_code`]: ride code parsing and verification;
+//! - [`blacklist`]: the offline blacklist;
+//! - [`fare`]: the fare table;
+//! - [`engine`]: where a tap becomes a decision;
+//! - [`journal`]: durable records;
+//! - [`replay`]: the replay contract (shared/specs/replay.md).
+
+pub mod blacklist;
+pub mod card;
+pub mod engine;
+pub mod fare;
+pub mod journal;
+pub mod replay;
+pub mod ride_code;
+pub mod types;

@@ -1,0 +1,434 @@
+//! Domain types shared by every part of the validator: card numbers, accounts, rider
+//! categories, blacklist reasons and decision reasons.
+//!
+//! Money is integer fen (`u32`, the width of a JT/T 978 purse balance) everywhere; no float
+//! touches an amount.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Amount in fen (1/100 yuan).
+pub type Fen = u32;
+
+/// Digits in a card number (transport application serial number, 10 BCD bytes).
+pub const CARD_NO_DIGITS: usize = 20;
+
+/// Transport application serial number: 20 decimal digits, stored as 10 BCD bytes exactly as
+/// the card's public file (SFI 0x15, bytes 10..20) and the ride code (bytes 13..23) carry it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CardNo(pub [u8; 10]);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CardNoError {
+    #[error("card number must have 20 digits")]
+    Length,
+    #[error("card number holds a non-decimal digit")]
+    NotDecimal,
+}
+
+impl CardNo {
+    /// From 10 BCD bytes; every nibble must be a decimal digit.
+    pub fn from_bcd(bytes: [u8; 10]) -> Result<Self, CardNoError> {
+        if bytes.iter().all(|b| (b >> 4) < 10 && (b & 0x0F) < 10) {
+            Ok(CardNo(bytes))
+        } else {
+            Err(CardNoError::NotDecimal)
+        }
+    }
+
+    /// The number as an integer (20 digits fit below 10^20 < 2^67, so u128).
+    pub fn as_u128(&self) -> u128 {
+        self.0.iter().fold(0u128, |acc, b| {
+            acc * 100 + u128::from(b >> 4) * 10 + u128::from(b & 0x0F)
+        })
+    }
+
+    /// From an integer below 10^20.
+    pub fn from_u128(mut n: u128) -> Result<Self, CardNoError> {
+        if n >= 10u128.pow(CARD_NO_DIGITS as u32) {
+            return Err(CardNoError::Length);
+        }
+        let mut out = [0u8; 10];
+        for byte in out.iter_mut().rev() {
+            let lo = (n % 10) as u8;
+            n /= 10;
+            let hi = (n % 10) as u8;
+            n /= 10;
+            *byte = (hi << 4) | lo;
+        }
+        Ok(CardNo(out))
+    }
+
+    /// The last 8 bytes of the serial, as PBOC key diversification and MAC1 inputs use it.
+    pub fn serial_tail8(&self) -> [u8; 8] {
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&self.0[2..10]);
+        out
+    }
+}
+
+impl FromStr for CardNo {
+    type Err = CardNoError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.as_bytes();
+        if digits.len() != CARD_NO_DIGITS {
+            return Err(CardNoError::Length);
+        }
+        let mut out = [0u8; 10];
+        for (i, pair) in digits.chunks_exact(2).enumerate() {
+            let hi = pair[0].wrapping_sub(b'0');
+            let lo = pair[1].wrapping_sub(b'0');
+            if hi > 9 || lo > 9 {
+                return Err(CardNoError::NotDecimal);
+            }
+            out[i] = (hi << 4) | lo;
+        }
+        Ok(CardNo(out))
+    }
+}
+
+impl fmt::Display for CardNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{}{}", b >> 4, b & 0x0F)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for CardNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CardNo({self})")
+    }
+}
+
+impl Serialize for CardNo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CardNo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A ride-code payment account: the holder's account at one channel app.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct AccountId {
+    pub channel: u16,
+    pub account: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("account must be CHANNEL:ACCOUNT in decimal")]
+pub struct AccountIdError;
+
+impl FromStr for AccountId {
+    type Err = AccountIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (c, a) = s.split_once(':').ok_or(AccountIdError)?;
+        let all_digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !all_digits(c) || !all_digits(a) {
+            return Err(AccountIdError);
+        }
+        Ok(AccountId {
+            channel: c.parse().map_err(|_| AccountIdError)?,
+            account: a.parse().map_err(|_| AccountIdError)?,
+        })
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.channel, self.account)
+    }
+}
+
+/// What a blacklist entry names: a physical card or a ride-code account.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum ListId {
+    Card(CardNo),
+    Account(AccountId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ListIdError {
+    #[error("kind must be card or account")]
+    Kind,
+    #[error(transparent)]
+    Card(#[from] CardNoError),
+    #[error(transparent)]
+    Account(#[from] AccountIdError),
+}
+
+impl ListId {
+    /// From the `kind` and `id` fields of replay.md's blacklist events and CSV.
+    pub fn parse(kind: &str, id: &str) -> Result<Self, ListIdError> {
+        match kind {
+            "card" => Ok(ListId::Card(id.parse()?)),
+            "account" => Ok(ListId::Account(id.parse()?)),
+            _ => Err(ListIdError::Kind),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ListId::Card(_) => "card",
+            ListId::Account(_) => "account",
+        }
+    }
+}
+
+impl fmt::Display for ListId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListId::Card(c) => c.fmt(f),
+            ListId::Account(a) => a.fmt(f),
+        }
+    }
+}
+
+/// Why an entry is on the blacklist. The lock policy depends on it: `Replaced` and
+/// `Cancelled` cards are blocked on the spot; a `Lost` card is only refused, since its holder
+/// may find it and cancel the report (解挂).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum ListReason {
+    /// 挂失: reported lost.
+    Lost = 1,
+    /// 补领/换领/换发: the old card of a reissue.
+    Replaced = 2,
+    /// 注销: cancelled.
+    Cancelled = 3,
+    /// An account that owes for earlier rides.
+    Arrears = 4,
+}
+
+impl ListReason {
+    pub const ALL: [ListReason; 4] = [
+        ListReason::Lost,
+        ListReason::Replaced,
+        ListReason::Cancelled,
+        ListReason::Arrears,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListReason::Lost => "lost",
+            ListReason::Replaced => "replaced",
+            ListReason::Cancelled => "cancelled",
+            ListReason::Arrears => "arrears",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        ListReason::ALL.into_iter().find(|r| *r as u8 == v)
+    }
+
+    /// A dead card is blocked by command when it is seen.
+    pub fn locks_card(self) -> bool {
+        matches!(self, ListReason::Replaced | ListReason::Cancelled)
+    }
+}
+
+impl FromStr for ListReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ListReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("reason must be lost, replaced, cancelled or arrears, not {s:?}"))
+    }
+}
+
+/// Rider category: the card type for cards, the certificate's rider_category for ride codes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum RiderCategory {
+    Adult = 0,
+    Student = 1,
+    Senior = 2,
+    Disabled = 3,
+    Veteran = 4,
+}
+
+impl RiderCategory {
+    pub const ALL: [RiderCategory; 5] = [
+        RiderCategory::Adult,
+        RiderCategory::Student,
+        RiderCategory::Senior,
+        RiderCategory::Disabled,
+        RiderCategory::Veteran,
+    ];
+
+    /// From the ride code's rider_category byte (0 adult .. 4 veteran/priority).
+    pub fn from_u8(v: u8) -> Option<Self> {
+        RiderCategory::ALL.get(usize::from(v)).copied()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiderCategory::Adult => "adult",
+            RiderCategory::Student => "student",
+            RiderCategory::Senior => "senior",
+            RiderCategory::Disabled => "disabled",
+            RiderCategory::Veteran => "veteran",
+        }
+    }
+}
+
+impl FromStr for RiderCategory {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RiderCategory::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown card type {s:?}"))
+    }
+}
+
+/// The medium a passenger presented.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Media {
+    Card,
+    Qr,
+}
+
+impl Media {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Media::Card => "card",
+            Media::Qr => "qr",
+        }
+    }
+}
+
+/// Why a tap or scan was refused. Names are the fixed contract of replay.md and
+/// ride-code-v1.md.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    // Card reasons, in the order they are checked.
+    Unreadable,
+    CardBlocked,
+    NotActivated,
+    CardNotYetValid,
+    CardExpired,
+    Blacklisted,
+    RepeatTap,
+    InsufficientBalance,
+    CardRemoved,
+    // Ride code reasons (ride-code-v1.md), besides Blacklisted and RepeatTap.
+    Malformed,
+    UnsupportedAlgorithm,
+    UnsupportedChannel,
+    UnknownKey,
+    KeyNotValid,
+    BadCertificate,
+    CertificateNotValid,
+    BadSignature,
+    CodeNotYetValid,
+    CodeExpired,
+    Replayed,
+    /// No record, no ride: the journal could not make the record durable.
+    StorageUnavailable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 21] = [
+        Reason::Unreadable,
+        Reason::CardBlocked,
+        Reason::NotActivated,
+        Reason::CardNotYetValid,
+        Reason::CardExpired,
+        Reason::Blacklisted,
+        Reason::RepeatTap,
+        Reason::InsufficientBalance,
+        Reason::CardRemoved,
+        Reason::Malformed,
+        Reason::UnsupportedAlgorithm,
+        Reason::UnsupportedChannel,
+        Reason::UnknownKey,
+        Reason::KeyNotValid,
+        Reason::BadCertificate,
+        Reason::CertificateNotValid,
+        Reason::BadSignature,
+        Reason::CodeNotYetValid,
+        Reason::CodeExpired,
+        Reason::Replayed,
+        Reason::StorageUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unreadable => "unreadable",
+            Reason::CardBlocked => "card_blocked",
+            Reason::NotActivated => "not_activated",
+            Reason::CardNotYetValid => "card_not_yet_valid",
+            Reason::CardExpired => "card_expired",
+            Reason::Blacklisted => "blacklisted",
+            Reason::RepeatTap => "repeat_tap",
+            Reason::InsufficientBalance => "insufficient_balance",
+            Reason::CardRemoved => "card_removed",
+            Reason::Malformed => "malformed",
+            Reason::UnsupportedAlgorithm => "unsupported_algorithm",
+            Reason::UnsupportedChannel => "unsupported_channel",
+            Reason::UnknownKey => "unknown_key",
+            Reason::KeyNotValid => "key_not_valid",
+            Reason::BadCertificate => "bad_certificate",
+            Reason::CertificateNotValid => "certificate_not_valid",
+            Reason::BadSignature => "bad_signature",
+            Reason::CodeNotYetValid => "code_not_yet_valid",
+            Reason::CodeExpired => "code_expired",
+            Reason::Replayed => "replayed",
+            Reason::StorageUnavailable => "storage_unavailable",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_no_round_trips_text_bcd_and_integer() {
+        let c: CardNo = "37140000000000000001".parse().unwrap();
+        assert_eq!(c.0[0], 0x37);
+        assert_eq!(c.to_string(), "37140000000000000001");
+        assert_eq!(CardNo::from_u128(c.as_u128()).unwrap(), c);
+        assert_eq!("3714".parse::<CardNo>(), Err(CardNoError::Length));
+        assert_eq!(
+            "3714000000000000000a".parse::<CardNo>(),
+            Err(CardNoError::NotDecimal)
+        );
+        assert!(CardNo::from_bcd([0xFF; 10]).is_err());
+    }
+
+    #[test]
+    fn account_id_is_strict_decimal() {
+        let a: AccountId = "2:123".parse().unwrap();
+        assert_eq!(a, AccountId { channel: 2, account: 123 });
+        assert_eq!(a.to_string(), "2:123");
+        for bad in ["2", ":1", "2:", "x:1", "2:-1", "70000:1", "2:1:3", " 2:1"] {
+            assert!(bad.parse::<AccountId>().is_err(), "{bad}");
+        }
+    }
+}
