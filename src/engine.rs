@@ -1,1 +1,574 @@
-//! (in progress)
+//! Where a tap becomes a decision.
+//!
+//! [`Validator::tap_card`] runs the whole dialogue with a card through [`CardChannel`] and the
+//! PSAM, checks the reasons of shared/specs/replay.md in their order, debits the purse, and
+//! makes the record durable in the [`Journal`] before it returns an accepted [`Decision`].
+//! The clock is an argument, so the same taps give the same decisions on a bus, in replay
+//! and in tests. After start-up nothing on this path allocates: the tables below are sized
+//! once, with named bounds.
+//!
+//! Card checks, in order: `unreadable`, `card_blocked`, `not_activated`,
+//! `card_not_yet_valid` / `card_expired`, `blacklisted` (and the lock of a replaced or
+//! cancelled card), `repeat_tap`, `insufficient_balance`, `card_removed`.
+//!
+//! A debit whose answer was lost (the card left the field, or the record could not be made
+//! durable) stays in [`PENDING_DEBITS_MAX`] slots; when that card comes back, GET
+//! TRANSACTION PROOF for the counter used tells whether the debit happened, and if so it is
+//! recorded once and the tap accepted with the earlier fare, charging nothing more.
+
+use crate::blacklist::{Blacklist, Change};
+use crate::card::apdu::CardChannel;
+use crate::card::psam::{issuer8_for_mac, Mac1Input, Psam};
+use crate::card::tunion::{
+    Boarding, CardError, CardSession, PublicInfo, Selected, BLOCK_HEADER, TX_TYPE_CAPP,
+};
+use crate::card::ChannelError;
+use crate::clock::Timestamp;
+use crate::fare::{FareTable, PreviousBoarding};
+use crate::journal::{CardTx, Journal, JournalError, Record, RecordKind};
+use crate::types::{AccountId, CardNo, Fen, ListId, Media, Reason, RiderCategory};
+
+/// Accepted taps remembered for anti-passback. A validator accepts at most a few taps a
+/// second; 256 covers more than four a second over a 60 s window.
+pub const ANTI_PASSBACK_ENTRIES_MAX: usize = 256;
+/// Debits awaiting their proof (cards pulled away mid-debit) kept at once.
+pub const PENDING_DEBITS_MAX: usize = 16;
+/// Purchase key index this operator's cards use.
+pub const PURCHASE_KEY_INDEX: u8 = 0x01;
+/// A clock step larger than this (backwards) is logged as a jump.
+pub const CLOCK_JUMP_LOG_S: i64 = 5;
+
+/// Settings of one validator.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub route: u16,
+    pub anti_passback_s: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            route: 1,
+            anti_passback_s: 60,
+        }
+    }
+}
+
+/// Who the decision is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    Card(CardNo),
+    Account(AccountId),
+    /// Nothing could be read (an unreadable card, a malformed code).
+    Unknown,
+}
+
+/// The answer to one tap or scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub media: Media,
+    pub subject: Subject,
+    pub outcome: Result<(), Reason>,
+    pub fare_fen: Fen,
+    pub balance_fen: Option<Fen>,
+    pub seq: Option<u64>,
+}
+
+impl Decision {
+    pub fn accepted(&self) -> bool {
+        self.outcome.is_ok()
+    }
+
+    fn refused(media: Media, subject: Subject, reason: Reason, balance_fen: Option<Fen>) -> Self {
+        Decision {
+            media,
+            subject,
+            outcome: Err(reason),
+            fare_fen: 0,
+            balance_fen,
+            seq: None,
+        }
+    }
+}
+
+/// A debit sent to a card whose outcome is not known yet.
+#[derive(Clone, Copy, Debug)]
+struct PendingDebit {
+    card_no: CardNo,
+    offline_counter: u16,
+    terminal_seq: u32,
+    fare_fen: Fen,
+    category: RiderCategory,
+}
+
+/// Fixed-size memory of recent acceptances, for anti-passback.
+struct RecentTaps {
+    entries: [Option<(ListId, i64)>; ANTI_PASSBACK_ENTRIES_MAX],
+    next: usize,
+}
+
+impl RecentTaps {
+    fn new() -> Self {
+        RecentTaps {
+            entries: [None; ANTI_PASSBACK_ENTRIES_MAX],
+            next: 0,
+        }
+    }
+
+    /// Whether `id` was accepted less than `window_s` before `now`. A tap stamped before the
+    /// last acceptance (the clock went back) counts as within the window only if less than
+    /// `window_s` before it, so a clock step can neither lock a passenger out for long nor
+    /// let a quick second tap through.
+    fn is_repeat(&self, id: &ListId, now_s: i64, window_s: u32) -> bool {
+        let w = i64::from(window_s);
+        self.entries
+            .iter()
+            .flatten()
+            .any(|(k, at)| k == id && (now_s - at).abs() < w)
+    }
+
+    fn remember(&mut self, id: ListId, now_s: i64) {
+        self.entries[self.next] = Some((id, now_s));
+        self.next = (self.next + 1) % ANTI_PASSBACK_ENTRIES_MAX;
+    }
+}
+
+/// One bus validator: its PSAM, fare table, blacklist, journal and short-term memory.
+pub struct Validator<P: CardChannel> {
+    cfg: EngineConfig,
+    psam: Psam<P>,
+    fares: FareTable,
+    blacklist: Blacklist,
+    journal: Journal,
+    recent: RecentTaps,
+    pending: heapless::Vec<PendingDebit, PENDING_DEBITS_MAX>,
+    last_now_s: Option<i64>,
+}
+
+/// Why a card dialogue stopped, and what was known by then.
+struct Refusal {
+    reason: Reason,
+    balance_fen: Option<Fen>,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Self {
+        Refusal {
+            reason,
+            balance_fen: None,
+        }
+    }
+}
+
+/// Map a card error to the reason a passenger sees.
+fn card_reason(e: CardError) -> Reason {
+    match e {
+        CardError::Channel(ChannelError::Removed) => Reason::CardRemoved,
+        _ => Reason::Unreadable,
+    }
+}
+
+impl<P: CardChannel> Validator<P> {
+    pub fn new(
+        cfg: EngineConfig,
+        psam: Psam<P>,
+        fares: FareTable,
+        blacklist: Blacklist,
+        journal: Journal,
+    ) -> Self {
+        Validator {
+            cfg,
+            psam,
+            fares,
+            blacklist,
+            journal,
+            recent: RecentTaps::new(),
+            pending: heapless::Vec::new(),
+            last_now_s: None,
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The vehicle now runs `route`.
+    pub fn set_route(&mut self, route: u16) {
+        self.cfg.route = route;
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn journal_mut(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+
+    pub fn blacklist(&self) -> &Blacklist {
+        &self.blacklist
+    }
+
+    /// Apply one blacklist change (a loss report, an un-report...) between taps.
+    pub fn apply_blacklist(&mut self, change: &Change) {
+        self.blacklist.apply(change);
+    }
+
+    /// Replace the whole list (a verified snapshot or delta result).
+    pub fn replace_blacklist(&mut self, list: Blacklist) {
+        self.blacklist = list;
+    }
+
+    pub fn fares(&self) -> &FareTable {
+        &self.fares
+    }
+
+    pub fn psam_mut(&mut self) -> &mut Psam<P> {
+        &mut self.psam
+    }
+
+    fn observe_clock(&mut self, now: Timestamp) {
+        if let Some(last) = self.last_now_s {
+            if now.unix_s + CLOCK_JUMP_LOG_S < last {
+                tracing::warn!(from = last, to = now.unix_s, "clock jumped backwards");
+            }
+        }
+        self.last_now_s = Some(self.last_now_s.map_or(now.unix_s, |l| l.max(now.unix_s)));
+    }
+
+    /// A card is tapped: decide, debit, record durably, answer.
+    pub fn tap_card<C: CardChannel + ?Sized>(&mut self, card: &mut C, now: Timestamp) -> Decision {
+        self.observe_clock(now);
+        let mut s = CardSession::new(card);
+        let mut subject = Subject::Unknown;
+        let result = self.card_dialogue(&mut s, now, &mut subject);
+        let decision = match result {
+            Ok(d) => d,
+            Err(r) => Decision::refused(Media::Card, subject, r.reason, r.balance_fen),
+        };
+        tracing::debug!(?decision, "card tap");
+        decision
+    }
+
+    fn card_dialogue<C: CardChannel + ?Sized>(
+        &mut self,
+        s: &mut CardSession<'_, C>,
+        now: Timestamp,
+        subject: &mut Subject,
+    ) -> Result<Decision, Refusal> {
+        match s.select().map_err(card_reason)? {
+            Selected::Ok => {}
+            Selected::Blocked => return Err(Reason::CardBlocked.into()),
+            Selected::NoApplication => return Err(Reason::Unreadable.into()),
+        }
+        let info = s.read_public().map_err(card_reason)?;
+        *subject = Subject::Card(info.card_no);
+        if let Some(i) = self.pending.iter().position(|p| p.card_no == info.card_no) {
+            if let Some(d) = self.recover(s, i, now)? {
+                return Ok(d);
+            }
+        }
+        if info.enable_flag != 1 {
+            return Err(Reason::NotActivated.into());
+        }
+        let today = now.local_ymd();
+        if today < info.valid_from {
+            return Err(Reason::CardNotYetValid.into());
+        }
+        if today > info.valid_until {
+            return Err(Reason::CardExpired.into());
+        }
+        let listed_as = ListId::Card(info.card_no);
+        if let Some(why) = self.blacklist.get(&listed_as) {
+            if why.locks_card() {
+                self.lock_card(s, &info);
+            }
+            return Err(Reason::Blacklisted.into());
+        }
+        if self
+            .recent
+            .is_repeat(&listed_as, now.unix_s, self.cfg.anti_passback_s)
+        {
+            return Err(Reason::RepeatTap.into());
+        }
+        self.purchase(s, &info, now)
+    }
+
+    fn purchase<C: CardChannel + ?Sized>(
+        &mut self,
+        s: &mut CardSession<'_, C>,
+        info: &PublicInfo,
+        now: Timestamp,
+    ) -> Result<Decision, Refusal> {
+        let category = s.read_holder().map_err(card_reason)?;
+        let prev = s.read_boarding().map_err(card_reason)?;
+        let route = self.cfg.route;
+        let prev = prev.map(|b| PreviousBoarding {
+            route: b.route,
+            at_unix_s: i64::from(b.at_unix_s),
+        });
+        let fare_fen = self.fares.card_fare(category, route, now.unix_s, prev);
+        let terminal_no = self.psam.terminal_no();
+        let init = match s.init_purchase(PURCHASE_KEY_INDEX, fare_fen, terminal_no) {
+            Ok(init) if init.balance_fen >= fare_fen => init,
+            Ok(init) => {
+                return Err(Refusal {
+                    reason: Reason::InsufficientBalance,
+                    balance_fen: Some(init.balance_fen),
+                })
+            }
+            Err(CardError::Status {
+                sw: crate::card::apdu::sw::INSUFFICIENT_BALANCE,
+                ..
+            }) => {
+                let balance_fen = s.get_balance().ok();
+                return Err(Refusal {
+                    reason: Reason::InsufficientBalance,
+                    balance_fen,
+                });
+            }
+            Err(e) => return Err(card_reason(e).into()),
+        };
+        let known_balance = Some(init.balance_fen);
+        let datetime = now.local_bcd();
+        let mac_in = Mac1Input {
+            card_random: init.card_random,
+            offline_counter: init.offline_counter,
+            amount_fen: fare_fen,
+            tx_type: TX_TYPE_CAPP,
+            datetime,
+            key_version: init.key_version,
+            alg_id: init.alg_id,
+            card_serial8: info.card_no.serial_tail8(),
+            issuer8: issuer8_for_mac(&info.issuer),
+        };
+        let (terminal_seq, mac1) = self.psam.mac1(&mac_in).map_err(|e| {
+            tracing::error!(error = %e, "PSAM refused MAC1");
+            Refusal {
+                reason: Reason::Unreadable,
+                balance_fen: known_balance,
+            }
+        })?;
+        let boarding = Boarding {
+            route,
+            terminal_no,
+            at_unix_s: now.unix_s.clamp(0, i64::from(u32::MAX)) as u32,
+            fare_fen,
+            category: category as u8,
+        };
+        s.update_boarding(&boarding).map_err(|e| Refusal {
+            reason: card_reason(e),
+            balance_fen: known_balance,
+        })?;
+        if let Err(e) = self.journal_ready() {
+            tracing::error!(error = %e, "journal unavailable: no record, no ride");
+            return Err(Refusal {
+                reason: Reason::StorageUnavailable,
+                balance_fen: known_balance,
+            });
+        }
+        let pending = PendingDebit {
+            card_no: info.card_no,
+            offline_counter: init.offline_counter,
+            terminal_seq,
+            fare_fen,
+            category,
+        };
+        self.remember_pending(pending);
+        let proof = match s.debit(terminal_seq, datetime, mac1) {
+            Ok(p) => p,
+            Err(e @ CardError::Channel(_)) => {
+                // The debit may or may not have happened: the pending entry settles it later.
+                return Err(Refusal {
+                    reason: card_reason(e),
+                    balance_fen: known_balance,
+                });
+            }
+            Err(e) => {
+                self.forget_pending(info.card_no);
+                tracing::warn!(error = %e, card = %info.card_no, "debit refused by card");
+                return Err(Refusal {
+                    reason: Reason::Unreadable,
+                    balance_fen: known_balance,
+                });
+            }
+        };
+        if let Err(e) = self.psam.verify_mac2(proof.mac2) {
+            self.forget_pending(info.card_no);
+            tracing::error!(error = %e, card = %info.card_no, "MAC2 did not verify: card not genuine");
+            return Err(Refusal {
+                reason: Reason::Unreadable,
+                balance_fen: known_balance,
+            });
+        }
+        let balance_fen = init.balance_fen - fare_fen;
+        let card_tx = CardTx {
+            offline_counter: init.offline_counter,
+            terminal_seq,
+            tac: proof.tac,
+        };
+        let rec = self.card_record(
+            RecordKind::CardPurchase,
+            info.card_no,
+            category,
+            fare_fen,
+            Some(balance_fen),
+            card_tx,
+            now,
+        );
+        self.record_and_accept(rec, now)
+    }
+
+    /// Settle a pending debit for the card now in the field. `Ok(None)`: it never happened,
+    /// go on with a normal tap.
+    fn recover<C: CardChannel + ?Sized>(
+        &mut self,
+        s: &mut CardSession<'_, C>,
+        i: usize,
+        now: Timestamp,
+    ) -> Result<Option<Decision>, Refusal> {
+        let p = self.pending[i];
+        let proof = s
+            .transaction_proof(p.offline_counter)
+            .map_err(card_reason)?;
+        let Some(proof) = proof else {
+            self.pending.swap_remove(i);
+            tracing::info!(card = %p.card_no, "torn tap: the card was not debited");
+            return Ok(None);
+        };
+        let balance_fen = s.get_balance().map_err(card_reason)?;
+        tracing::info!(card = %p.card_no, fare_fen = p.fare_fen, "torn tap: debit recovered from the card's proof");
+        let card_tx = CardTx {
+            offline_counter: p.offline_counter,
+            terminal_seq: p.terminal_seq,
+            tac: proof.tac,
+        };
+        let rec = self.card_record(
+            RecordKind::CardRecovered,
+            p.card_no,
+            p.category,
+            p.fare_fen,
+            Some(balance_fen),
+            card_tx,
+            now,
+        );
+        self.record_and_accept(rec, now).map(Some)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn card_record(
+        &self,
+        kind: RecordKind,
+        card_no: CardNo,
+        category: RiderCategory,
+        fare_fen: Fen,
+        balance_fen: Option<Fen>,
+        card_tx: CardTx,
+        now: Timestamp,
+    ) -> Record {
+        Record {
+            seq: 0,
+            kind,
+            at_unix_s: now.unix_s,
+            utc_offset_min: (now.utc_offset_s / 60) as i16,
+            route: self.cfg.route,
+            category,
+            fare_fen,
+            balance_fen,
+            card_no,
+            card_tx,
+            qr: None,
+            terminal_no: self.psam.terminal_no(),
+        }
+    }
+
+    /// Make the record durable, then accept. If the journal fails, the debit stays pending
+    /// (the card holds its proof) and the passenger is refused: no record, no ride.
+    fn record_and_accept(&mut self, mut rec: Record, now: Timestamp) -> Result<Decision, Refusal> {
+        let seq = self
+            .journal
+            .append(&mut rec)
+            .and_then(|seq| self.journal.commit().map(|_| seq));
+        let seq = seq.map_err(|e| {
+            tracing::error!(error = %e, "journal write failed: no record, no ride");
+            Refusal {
+                reason: Reason::StorageUnavailable,
+                balance_fen: rec.balance_fen,
+            }
+        })?;
+        self.forget_pending(rec.card_no);
+        self.recent.remember(ListId::Card(rec.card_no), now.unix_s);
+        Ok(Decision {
+            media: Media::Card,
+            subject: Subject::Card(rec.card_no),
+            outcome: Ok(()),
+            fare_fen: rec.fare_fen,
+            balance_fen: rec.balance_fen,
+            seq: Some(seq),
+        })
+    }
+
+    fn journal_ready(&mut self) -> Result<(), JournalError> {
+        if self.journal.is_degraded() {
+            // An empty commit reopens the segment when storage is back.
+            self.journal.commit()?;
+            if self.journal.is_degraded() {
+                return Err(JournalError::Io(std::io::Error::other(
+                    "journal storage still unavailable",
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn remember_pending(&mut self, p: PendingDebit) {
+        self.forget_pending(p.card_no);
+        if self.pending.is_full() {
+            // The oldest torn tap is dropped from memory; its debit is still on the card and
+            // reaches clearing through the card's own log.
+            tracing::warn!(card = %self.pending[0].card_no, "pending debit table full: oldest dropped");
+            self.pending.remove(0);
+        }
+        let _ = self.pending.push(p);
+    }
+
+    fn forget_pending(&mut self, card_no: CardNo) {
+        self.pending.retain(|p| p.card_no != card_no);
+    }
+
+    /// Block a replaced or cancelled card's transport application, as validators do with dead
+    /// cards. Failure is logged; the tap is refused either way.
+    fn lock_card<C: CardChannel + ?Sized>(
+        &mut self,
+        s: &mut CardSession<'_, C>,
+        info: &PublicInfo,
+    ) {
+        let result = s.get_challenge().and_then(|challenge| {
+            let mac = self.psam.card_command_mac(
+                info.card_no.serial_tail8(),
+                issuer8_for_mac(&info.issuer),
+                challenge,
+                &BLOCK_HEADER,
+            )?;
+            s.block_permanently(mac)
+        });
+        match result {
+            Ok(()) => tracing::info!(card = %info.card_no, "dead card blocked"),
+            Err(e) => tracing::warn!(card = %info.card_no, error = %e, "could not block dead card"),
+        }
+    }
+}
+
+impl<P: CardChannel> Validator<P> {
+    /// A ride code is scanned. Without ride-code keys every code is from an unsupported
+    /// channel.
+    pub fn scan_code(&mut self, _text: &str, now: Timestamp) -> Decision {
+        self.observe_clock(now);
+        Decision::refused(
+            Media::Qr,
+            Subject::Unknown,
+            Reason::UnsupportedChannel,
+            None,
+        )
+    }
+}

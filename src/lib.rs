@@ -15,6 +15,8 @@
 
 pub mod blacklist;
 pub mod card;
+pub mod clock;
+pub mod demo;
 pub mod engine;
 pub mod fare;
 pub mod journal;

@@ -1,1 +1,142 @@
-fn main() {}
+//! `fare-validator`: the command line over the library. Errors are rendered here, once, as
+//! one line on standard error; exit codes: 0 success, 1 runtime failure, 2 bad input or usage.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use fare_validator::{demo, journal, replay};
+
+#[derive(Parser)]
+#[command(
+    name = "fare-validator",
+    version,
+    about = "Offline fare validator engine for Dezhou social security cards and e-SSC ride codes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a simulated morning on one bus and print a summary (no set-up needed).
+    Demo(demo::DemoArgs),
+    /// Run recorded taps and scans through the engine (shared/specs/replay.md).
+    Replay {
+        /// CARDS.json: the simulated physical cards.
+        #[arg(long)]
+        cards: PathBuf,
+        /// Ride-code key file (JSON). Without it every ride code is unsupported_channel.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// BLACKLIST.csv (header kind,id,reason).
+        #[arg(long)]
+        blacklist: Option<PathBuf>,
+        /// Fare table (TOML); default: the embedded fixtures/fares.toml.
+        #[arg(long)]
+        fares: Option<PathBuf>,
+        /// Journal folder; default: a new temporary folder.
+        #[arg(long)]
+        journal: Option<PathBuf>,
+        /// Route the vehicle starts on.
+        #[arg(long, default_value_t = 1)]
+        route: u16,
+        /// EVENTS.jsonl, or - for standard input.
+        events: PathBuf,
+    },
+    /// Inspect a journal.
+    Journal {
+        #[command(subcommand)]
+        cmd: JournalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// Print every durable record as a JSON line, in sequence order; a torn or corrupt tail is
+    /// reported on standard error.
+    Show { dir: PathBuf },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("fare-validator: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+type CmdResult = Result<(), (u8, String)>;
+
+fn bad_input(e: impl std::fmt::Display) -> (u8, String) {
+    (2, e.to_string())
+}
+
+fn run(cmd: Cmd) -> CmdResult {
+    match cmd {
+        Cmd::Demo(args) => demo::run(&args).map_err(|e| (1, e)),
+        Cmd::Replay {
+            cards,
+            keys,
+            blacklist,
+            fares,
+            journal,
+            route,
+            events,
+        } => {
+            let opts = replay::ReplayOptions {
+                cards,
+                keys,
+                blacklist,
+                fares,
+                journal,
+                route,
+            };
+            let stdout = std::io::stdout().lock();
+            let input: Box<dyn BufRead> = if events.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(&events)
+                    .map_err(|e| bad_input(format!("{}: {e}", events.display())))?;
+                Box::new(BufReader::new(f))
+            };
+            match replay::run(&opts, input, stdout) {
+                Ok(_) => Ok(()),
+                Err(e @ replay::ReplayError::Journal(_)) => Err((1, e.to_string())),
+                Err(e) => Err(bad_input(e)),
+            }
+        }
+        Cmd::Journal {
+            cmd: JournalCmd::Show { dir },
+        } => journal_show(&dir),
+    }
+}
+
+fn journal_show(dir: &std::path::Path) -> CmdResult {
+    if !dir.is_dir() {
+        return Err(bad_input(format!(
+            "{}: not a journal folder",
+            dir.display()
+        )));
+    }
+    let scan = journal::scan(dir).map_err(|e| (1, e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    for r in &scan.records {
+        use std::io::Write;
+        writeln!(out, "{}", r.to_json()).map_err(|e| (1, e.to_string()))?;
+    }
+    for p in &scan.problems {
+        eprintln!("fare-validator: journal {p}");
+    }
+    Ok(())
+}

@@ -1,1 +1,324 @@
-//! (in progress)
+//! The replay contract (shared/specs/replay.md): a stream of taps, scans and changes runs
+//! through the same [`Validator`] a bus runs, against simulated cards, and each tap or scan
+//! prints one JSON line, after its record is durable.
+//!
+//! ```text
+//! fare-validator replay --cards CARDS.json [--keys KEYS.json] [--blacklist BLACKLIST.csv]
+//!                       [--fares FARES.toml] [--journal DIR] [--route ROUTE] EVENTS.jsonl
+//! ```
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::blacklist::{Blacklist, Change, ChangeOp};
+use crate::card::psam::Psam;
+use crate::card::sim::{CardSpec, Removal, SimCard, SimPsam, TestKeys};
+use crate::clock::Timestamp;
+use crate::engine::{Decision, EngineConfig, Subject, Validator};
+use crate::fare::FareTable;
+use crate::journal::Journal;
+use crate::types::{CardNo, ListId, ListReason};
+
+/// Terminal number of the replay validator's PSAM.
+pub const REPLAY_TERMINAL_NO: [u8; 6] = [0x00, 0x00, 0x00, 0x00, 0x00, 0x01];
+/// Seed of the simulated cards' random numbers.
+pub const REPLAY_CARD_SEED: u64 = 0x5EED;
+/// Longest event line accepted, bytes.
+pub const EVENT_LINE_BYTES_MAX: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{path}: {what}")]
+    File { path: String, what: String },
+    #[error("events line {line}: {what}")]
+    Event { line: usize, what: String },
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// One line of EVENTS.jsonl.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Tap {
+        at: String,
+        time: Timestamp,
+        card_no: CardNo,
+        removal: Option<Removal>,
+    },
+    Scan {
+        at: String,
+        time: Timestamp,
+        qr: String,
+    },
+    Route {
+        time: Timestamp,
+        route: u16,
+    },
+    Blacklist {
+        time: Timestamp,
+        change: Change,
+    },
+}
+
+fn field<'a>(o: &'a Map<String, Value>, k: &str) -> Result<&'a Value, String> {
+    o.get(k).ok_or_else(|| format!("missing field {k:?}"))
+}
+
+fn string<'a>(o: &'a Map<String, Value>, k: &str) -> Result<&'a str, String> {
+    field(o, k)?
+        .as_str()
+        .ok_or_else(|| format!("field {k:?} must be a string"))
+}
+
+fn only_keys(o: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
+    match o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!("unexpected field {k:?}")),
+        None => Ok(()),
+    }
+}
+
+/// Parse one event line strictly.
+pub fn parse_event(line: &str) -> Result<Event, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let o = v.as_object().ok_or("an event must be a JSON object")?;
+    let at = string(o, "at")?.to_string();
+    let time = Timestamp::parse_rfc3339(&at).map_err(|e| e.to_string())?;
+    if o.contains_key("card_no") {
+        only_keys(o, &["at", "card_no", "remove"])?;
+        let card_no = string(o, "card_no")?
+            .parse()
+            .map_err(|e| format!("card_no: {e}"))?;
+        let removal = match o.get("remove") {
+            None => None,
+            Some(Value::String(s)) if s == "before_debit" => Some(Removal::BeforeDebit),
+            Some(Value::String(s)) if s == "after_debit" => Some(Removal::AfterDebit),
+            Some(_) => return Err("remove must be \"before_debit\" or \"after_debit\"".into()),
+        };
+        Ok(Event::Tap {
+            at,
+            time,
+            card_no,
+            removal,
+        })
+    } else if o.contains_key("qr") {
+        only_keys(o, &["at", "qr"])?;
+        Ok(Event::Scan {
+            at,
+            time,
+            qr: string(o, "qr")?.to_string(),
+        })
+    } else if o.contains_key("route") {
+        only_keys(o, &["at", "route"])?;
+        let route = field(o, "route")?;
+        let route = match route {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        };
+        let route = route
+            .and_then(|r| u16::try_from(r).ok())
+            .ok_or("route must be a number 0..65535")?;
+        Ok(Event::Route { time, route })
+    } else if o.contains_key("blacklist") {
+        only_keys(o, &["at", "blacklist"])?;
+        let b = field(o, "blacklist")?
+            .as_object()
+            .ok_or("blacklist must be an object")?;
+        only_keys(b, &["op", "kind", "id", "reason"])?;
+        let op = match string(b, "op")? {
+            "add" => ChangeOp::Add,
+            "remove" => ChangeOp::Remove,
+            other => return Err(format!("op must be add or remove, not {other:?}")),
+        };
+        let id = ListId::parse(string(b, "kind")?, string(b, "id")?).map_err(|e| e.to_string())?;
+        let reason: ListReason = string(b, "reason")?.parse()?;
+        Ok(Event::Blacklist {
+            time,
+            change: Change { op, id, reason },
+        })
+    } else {
+        Err("not an event: expected card_no, qr, route or blacklist".into())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardsFile {
+    cards: Vec<CardSpec>,
+}
+
+/// Inputs of one replay run.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub cards: PathBuf,
+    pub keys: Option<PathBuf>,
+    pub blacklist: Option<PathBuf>,
+    pub fares: Option<PathBuf>,
+    pub journal: Option<PathBuf>,
+    pub route: u16,
+}
+
+fn read(path: &PathBuf) -> Result<String, ReplayError> {
+    std::fs::read_to_string(path).map_err(|e| ReplayError::File {
+        path: path.display().to_string(),
+        what: e.to_string(),
+    })
+}
+
+fn file_err(path: &PathBuf, what: impl std::fmt::Display) -> ReplayError {
+    ReplayError::File {
+        path: path.display().to_string(),
+        what: what.to_string(),
+    }
+}
+
+/// Load CARDS.json into simulated cards.
+pub fn load_cards(path: &PathBuf) -> Result<HashMap<CardNo, SimCard>, ReplayError> {
+    let f: CardsFile = serde_json::from_str(&read(path)?).map_err(|e| file_err(path, e))?;
+    let keys = TestKeys::default();
+    let mut cards = HashMap::with_capacity(f.cards.len());
+    for spec in &f.cards {
+        let card = SimCard::new(spec, &keys, REPLAY_CARD_SEED).map_err(|e| file_err(path, e))?;
+        if cards.insert(spec.card_no, card).is_some() {
+            return Err(file_err(
+                path,
+                format!("card {} listed twice", spec.card_no),
+            ));
+        }
+    }
+    Ok(cards)
+}
+
+/// The JSON line replay prints for a decision.
+pub fn decision_line(at: &str, d: &Decision, fallback_id: Option<String>) -> Value {
+    let id = match d.subject {
+        Subject::Card(c) => Some(c.to_string()),
+        Subject::Account(a) => Some(a.to_string()),
+        Subject::Unknown => fallback_id,
+    };
+    json!({
+        "at": at,
+        "media": d.media.as_str(),
+        "id": id,
+        "result": if d.accepted() { "accepted" } else { "rejected" },
+        "reason": d.outcome.err().map(|r| r.as_str()),
+        "fare_fen": d.fare_fen,
+        "balance_fen": d.balance_fen,
+        "seq": d.seq,
+    })
+}
+
+/// Counts of one run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplaySummary {
+    pub events: usize,
+    pub decisions: usize,
+    pub accepted: usize,
+}
+
+/// Run a replay: read events from `input`, print decisions to `out`.
+pub fn run(
+    opts: &ReplayOptions,
+    input: impl BufRead,
+    mut out: impl Write,
+) -> Result<ReplaySummary, ReplayError> {
+    let mut cards = load_cards(&opts.cards)?;
+    let fares = match &opts.fares {
+        Some(p) => FareTable::from_toml(&read(p)?).map_err(|e| file_err(p, e))?,
+        None => FareTable::default_policy(),
+    };
+    let blacklist = match &opts.blacklist {
+        Some(p) => load_blacklist(p)?,
+        None => Blacklist::empty(),
+    };
+    let _temp;
+    let dir = match &opts.journal {
+        Some(d) => d.clone(),
+        None => {
+            let t = tempfile::tempdir()?;
+            let d = t.path().to_path_buf();
+            _temp = t;
+            d
+        }
+    };
+    let (journal, _problems) = Journal::open(&dir)?;
+    let psam =
+        Psam::open(SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1)).map_err(|e| {
+            ReplayError::File {
+                path: "PSAM".into(),
+                what: e.to_string(),
+            }
+        })?;
+    let cfg = EngineConfig {
+        route: opts.route,
+        ..EngineConfig::default()
+    };
+    let mut v = Validator::new(cfg, psam, fares, blacklist, journal);
+    let mut summary = ReplaySummary::default();
+    for (i, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| ReplayError::Event {
+            line: i + 1,
+            what: e.to_string(),
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.len() > EVENT_LINE_BYTES_MAX {
+            return Err(ReplayError::Event {
+                line: i + 1,
+                what: "line too long".into(),
+            });
+        }
+        let ev = parse_event(&line).map_err(|what| ReplayError::Event { line: i + 1, what })?;
+        summary.events += 1;
+        let printed = match ev {
+            Event::Tap {
+                at,
+                time,
+                card_no,
+                removal,
+            } => {
+                let card = cards.get_mut(&card_no).ok_or_else(|| ReplayError::Event {
+                    line: i + 1,
+                    what: format!("card {card_no} is not in the cards file"),
+                })?;
+                card.enter_field(removal);
+                let d = v.tap_card(card, time);
+                Some(decision_line(&at, &d, Some(card_no.to_string())))
+            }
+            Event::Scan { at, time, qr } => {
+                let d = v.scan_code(&qr, time);
+                Some(decision_line(&at, &d, None))
+            }
+            Event::Route { route, .. } => {
+                v.set_route(route);
+                None
+            }
+            Event::Blacklist { change, .. } => {
+                v.apply_blacklist(&change);
+                None
+            }
+        };
+        if let Some(line) = printed {
+            summary.decisions += 1;
+            if line["result"] == "accepted" {
+                summary.accepted += 1;
+            }
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+    }
+    Ok(summary)
+}
+
+/// BLACKLIST.csv of replay.md.
+pub fn load_blacklist(path: &PathBuf) -> Result<Blacklist, ReplayError> {
+    let entries = crate::blacklist::parse_csv(&read(path)?).map_err(|e| file_err(path, e))?;
+    Ok(Blacklist::from_entries(0, entries))
+}

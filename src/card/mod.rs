@@ -1,1 +1,14 @@
-//! (in progress)
+//! The card side: ISO 7816-4 APDUs ([`apdu`]), the T-Union transport application
+//! ([`tunion`]), the validator's PSAM ([`psam`]), PBOC e-purse cryptography ([`crypto`]), and
+//! a simulated card and PSAM ([`sim`]) that answer the same APDUs.
+//!
+//! The engine speaks to every card and SAM through [`apdu::CardChannel`], so the same
+//! dialogue runs against a simulation, a virtual reader or a USB reader.
+
+pub mod apdu;
+pub mod crypto;
+pub mod psam;
+pub mod sim;
+pub mod tunion;
+
+pub use apdu::{CardChannel, ChannelError, Response};

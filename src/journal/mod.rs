@@ -1,1 +1,452 @@
-//! (in progress)
+//! The journal: append-only, checksummed records of every accepted tap, durable before the
+//! passenger is told, kept until the depot acknowledges them.
+//!
+//! ## On disk
+//!
+//! A journal is a folder of segment files `seg-<first seq, 20 digits>.jnl`, each a run of
+//! fixed-size [`Record`]s ([`RECORD_BYTES`]): slot `i` of a segment holds seq `first + i`, so
+//! a record's place proves its sequence number. `acked` holds the upload cursor (the highest
+//! seq the depot acknowledged), 8 bytes big-endian and their CRC-32, replaced atomically.
+//!
+//! ## Guarantees
+//!
+//! - [`Journal::commit`] returns only after the appended records are written and
+//!   `fdatasync`ed (group commit: every record appended since the last commit shares one
+//!   sync). Nothing is reported to a passenger before that.
+//! - On open every segment is read and every slot checked (CRC, magic, seq = slot). Invalid
+//!   slots after the last valid record are a torn tail: reported and cut (truncated) before
+//!   anything is appended. An invalid slot before a valid one is reported and skipped: it is
+//!   never returned as a record.
+//! - Sequence numbers continue after the highest seq ever seen (records and the cursor), so a
+//!   restart never reuses one that could have reached the depot.
+//! - When a write or sync fails, the records of that commit are dropped (never reported),
+//!   the file is cut back to its last durable length, and later commits retry the storage.
+
+pub mod record;
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub use record::{CardTx, QrTx, Record, RecordError, RecordKind, RECORD_BYTES};
+
+/// Records in one segment file before a new one starts (6 MiB).
+pub const SEGMENT_RECORDS_MAX: u64 = 65_536;
+/// Records that may wait for one group commit.
+pub const GROUP_COMMIT_RECORDS_MAX: usize = 1_024;
+const CURSOR_FILE: &str = "acked";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal storage: {0}")]
+    Io(#[from] io::Error),
+    #[error(
+        "journal group commit buffer is full ({GROUP_COMMIT_RECORDS_MAX} records): commit first"
+    )]
+    BufferFull,
+    #[error("journal cursor file is corrupt")]
+    CursorCorrupt,
+}
+
+/// Something wrong found in the files (never fatal: reported, and cut or skipped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at byte {}: {}",
+            self.segment.display(),
+            self.offset,
+            self.what
+        )
+    }
+}
+
+/// The file operations the journal needs from its active segment: one seam, so tests can
+/// inject a full disk or an I/O error.
+pub trait SegmentFile: Send {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
+    fn sync(&mut self) -> io::Result<()>;
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// Opens segment files for appending.
+pub trait FileLayer: Send {
+    fn open_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
+}
+
+/// The operating system's files.
+pub struct OsFiles;
+
+struct OsSegment(fs::File);
+
+impl SegmentFile for OsSegment {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)?;
+        self.0.sync_all()
+    }
+}
+
+impl FileLayer for OsFiles {
+    fn open_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Box::new(OsSegment(f)))
+    }
+}
+
+/// What a scan of the journal folder found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Valid records in seq order.
+    pub records: Vec<Record>,
+    pub problems: Vec<Problem>,
+    /// Highest seq in any valid record.
+    pub last_seq: u64,
+    /// The newest segment: first seq, and the length of its valid prefix in bytes.
+    pub newest: Option<(u64, u64)>,
+    pub acked_seq: u64,
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("seg-{first_seq:020}.jnl"))
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut firsts = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_prefix("seg-")
+            .and_then(|s| s.strip_suffix(".jnl"))
+        {
+            if let Ok(first) = n.parse::<u64>() {
+                if first > 0 {
+                    firsts.push(first);
+                }
+            }
+        }
+    }
+    firsts.sort_unstable();
+    Ok(firsts)
+}
+
+fn read_cursor(dir: &Path) -> Result<u64, JournalError> {
+    match fs::read(dir.join(CURSOR_FILE)) {
+        Ok(b) if b.len() == 12 => {
+            let seq = u64::from_be_bytes(std::array::from_fn(|i| b[i]));
+            let crc = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+            if record::CRC32.checksum(&b[..8]) == crc {
+                Ok(seq)
+            } else {
+                Err(JournalError::CursorCorrupt)
+            }
+        }
+        Ok(_) => Err(JournalError::CursorCorrupt),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Read every segment and check every slot (read-only).
+pub fn scan(dir: &Path) -> Result<Scan, JournalError> {
+    let mut out = Scan {
+        acked_seq: read_cursor(dir)?,
+        ..Scan::default()
+    };
+    let firsts = list_segments(dir)?;
+    for (i, &first) in firsts.iter().enumerate() {
+        let path = segment_path(dir, first);
+        let bytes = fs::read(&path)?;
+        let mut valid_len = 0u64;
+        let mut invalid: Vec<Problem> = Vec::new();
+        for (slot, chunk) in bytes.chunks(RECORD_BYTES).enumerate() {
+            let offset = (slot * RECORD_BYTES) as u64;
+            let expect_seq = first + slot as u64;
+            let what = match <&[u8; RECORD_BYTES]>::try_from(chunk) {
+                Err(_) => format!("torn record: {} of {RECORD_BYTES} bytes", chunk.len()),
+                Ok(b) => match Record::decode(b) {
+                    Ok(r) if r.seq == expect_seq => {
+                        // Slots before this valid one that failed are corrupt records, not a tail.
+                        out.problems.append(&mut invalid);
+                        out.records.push(r);
+                        out.last_seq = out.last_seq.max(r.seq);
+                        valid_len = offset + RECORD_BYTES as u64;
+                        continue;
+                    }
+                    Ok(r) => format!("record seq {} in the slot of seq {expect_seq}", r.seq),
+                    Err(e) => format!("corrupt record (seq {expect_seq}): {e}"),
+                },
+            };
+            invalid.push(Problem {
+                segment: path.clone(),
+                offset,
+                what,
+            });
+        }
+        if let Some(first_bad) = invalid.first() {
+            out.problems.push(Problem {
+                segment: path.clone(),
+                offset: first_bad.offset,
+                what: format!(
+                    "torn tail of {} bytes ({})",
+                    bytes.len() as u64 - valid_len,
+                    first_bad.what
+                ),
+            });
+        }
+        if i + 1 == firsts.len() {
+            out.newest = Some((first, valid_len));
+            // An empty newest segment still fixes where numbering resumes.
+            out.last_seq = out.last_seq.max(first - 1);
+        }
+    }
+    Ok(out)
+}
+
+/// The writer side of a journal.
+pub struct Journal {
+    dir: PathBuf,
+    layer: Box<dyn FileLayer>,
+    file: Option<Box<dyn SegmentFile>>,
+    segment_first_seq: u64,
+    /// Records durable in the active segment (its valid length is this × RECORD_BYTES).
+    segment_records: u64,
+    next_seq: u64,
+    durable_seq: u64,
+    acked_seq: u64,
+    buf: Vec<u8>,
+    buffered: usize,
+    /// The tail must be cut to the durable length before the next append.
+    needs_cut: bool,
+}
+
+impl Journal {
+    /// Open (or create) the journal in `dir` on the operating system's files.
+    pub fn open(dir: &Path) -> Result<(Journal, Vec<Problem>), JournalError> {
+        Self::open_with(dir, Box::new(OsFiles))
+    }
+
+    /// Open on a given file layer: scan, verify, and cut a torn tail.
+    pub fn open_with(
+        dir: &Path,
+        layer: Box<dyn FileLayer>,
+    ) -> Result<(Journal, Vec<Problem>), JournalError> {
+        fs::create_dir_all(dir)?;
+        let scan = scan(dir)?;
+        for p in &scan.problems {
+            tracing::warn!(problem = %p, "journal: cut or skipped on open");
+        }
+        let last = scan.last_seq.max(scan.acked_seq);
+        let (first, valid_len) = scan.newest.unwrap_or((last + 1, 0));
+        let mut j = Journal {
+            dir: dir.to_path_buf(),
+            layer,
+            file: None,
+            segment_first_seq: first,
+            segment_records: valid_len / RECORD_BYTES as u64,
+            next_seq: last + 1,
+            durable_seq: last,
+            acked_seq: scan.acked_seq,
+            buf: Vec::with_capacity(GROUP_COMMIT_RECORDS_MAX * RECORD_BYTES),
+            buffered: 0,
+            needs_cut: true,
+        };
+        if first + j.segment_records != j.next_seq {
+            // The cursor is ahead of the newest segment (all acknowledged and pruned): start anew.
+            j.segment_first_seq = j.next_seq;
+            j.segment_records = 0;
+        }
+        j.ensure_file()?;
+        Ok((j, scan.problems))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The seq the next appended record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Highest seq known durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    pub fn acked_seq(&self) -> u64 {
+        self.acked_seq
+    }
+
+    /// Whether the last storage operation failed (taps are refused until it works again).
+    pub fn is_degraded(&self) -> bool {
+        self.file.is_none()
+    }
+
+    fn ensure_file(&mut self) -> Result<(), JournalError> {
+        if self.file.is_none() {
+            let path = segment_path(&self.dir, self.segment_first_seq);
+            let is_new = !path.exists();
+            self.file = Some(self.layer.open_segment(&path)?);
+            if is_new {
+                sync_dir(&self.dir)?;
+            }
+            self.needs_cut = true;
+        }
+        if self.needs_cut {
+            let len = self.segment_records * RECORD_BYTES as u64;
+            if let Some(f) = self.file.as_mut() {
+                if let Err(e) = f.truncate(len) {
+                    self.file = None;
+                    return Err(e.into());
+                }
+            }
+            self.needs_cut = false;
+        }
+        Ok(())
+    }
+
+    /// Buffer a record; it gets the next seq (returned). It is durable only after [`commit`].
+    ///
+    /// [`commit`]: Journal::commit
+    pub fn append(&mut self, rec: &mut Record) -> Result<u64, JournalError> {
+        if self.buffered >= GROUP_COMMIT_RECORDS_MAX {
+            return Err(JournalError::BufferFull);
+        }
+        rec.seq = self.next_seq;
+        self.buf.extend_from_slice(&rec.encode());
+        self.buffered += 1;
+        self.next_seq += 1;
+        Ok(rec.seq)
+    }
+
+    /// Records appended and not yet durable.
+    pub fn pending(&self) -> usize {
+        self.buffered
+    }
+
+    /// Write and sync every buffered record. On error they are dropped (their seqs are
+    /// reused, since none was ever durable or reported) and the storage is retried next time.
+    pub fn commit(&mut self) -> Result<u64, JournalError> {
+        if self.buffered == 0 {
+            return Ok(self.durable_seq);
+        }
+        let result = self.write_buffered();
+        if result.is_err() {
+            self.next_seq = self.durable_seq + 1;
+            self.file = None;
+        }
+        self.buf.clear();
+        self.buffered = 0;
+        result.map(|()| self.durable_seq)
+    }
+
+    fn write_buffered(&mut self) -> Result<(), JournalError> {
+        self.ensure_file()?;
+        let mut done = 0usize;
+        while done < self.buffered {
+            if self.segment_records == SEGMENT_RECORDS_MAX {
+                self.segment_first_seq += SEGMENT_RECORDS_MAX;
+                self.segment_records = 0;
+                self.file = None;
+                self.ensure_file()?;
+            }
+            let room = (SEGMENT_RECORDS_MAX - self.segment_records) as usize;
+            let n = room.min(self.buffered - done);
+            let bytes = &self.buf[done * RECORD_BYTES..(done + n) * RECORD_BYTES];
+            let file = self
+                .file
+                .as_mut()
+                .ok_or_else(|| io::Error::other("segment not open"))?;
+            if let Err(e) = file.write_all(bytes).and_then(|()| file.sync()) {
+                self.needs_cut = true;
+                return Err(e.into());
+            }
+            self.segment_records += n as u64;
+            self.durable_seq += n as u64;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Durable records with seq above `after`, at most `max` of them (for the uplink).
+    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
+        read_after(&self.dir, after, max)
+    }
+
+    /// Move the upload cursor (only ever forward) and drop segments wholly acknowledged.
+    pub fn set_acked(&mut self, seq: u64) -> Result<(), JournalError> {
+        let seq = seq.min(self.durable_seq);
+        if seq <= self.acked_seq {
+            return Ok(());
+        }
+        let mut b = [0u8; 12];
+        b[..8].copy_from_slice(&seq.to_be_bytes());
+        let crc = record::CRC32.checksum(&b[..8]);
+        b[8..].copy_from_slice(&crc.to_be_bytes());
+        let tmp = self.dir.join("acked.tmp");
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&b)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join(CURSOR_FILE))?;
+        sync_dir(&self.dir)?;
+        self.acked_seq = seq;
+        for first in list_segments(&self.dir)? {
+            let last = first + SEGMENT_RECORDS_MAX - 1;
+            if last <= seq && first != self.segment_first_seq {
+                fs::remove_file(segment_path(&self.dir, first))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Durable records with seq above `after`, at most `max`, read from the files.
+pub fn read_after(dir: &Path, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
+    let mut out = Vec::new();
+    let firsts = list_segments(dir)?;
+    for (i, &first) in firsts.iter().enumerate() {
+        let next_first = firsts.get(i + 1).copied().unwrap_or(u64::MAX);
+        if next_first <= after + 1 {
+            continue;
+        }
+        let bytes = fs::read(segment_path(dir, first))?;
+        let skip = after.saturating_sub(first - 1) as usize;
+        for (slot, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate().skip(skip) {
+            if out.len() >= max {
+                return Ok(out);
+            }
+            let b: &[u8; RECORD_BYTES] = chunk
+                .try_into()
+                .map_err(|_| io::Error::other("slot size"))?;
+            if let Ok(r) = Record::decode(b) {
+                if r.seq == first + slot as u64 && r.seq > after {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,537 @@
+//! A simulated T-Union card and PSAM that answer the real APDUs byte for byte, with real key
+//! diversification, session keys and MACs (see [`super::crypto`]). They are the model of a
+//! real card for tests, the demo, replay and benchmarks: the engine reaches them only through
+//! [`CardChannel`].
+//!
+//! The card keeps its state across taps (balance, offline counter, compound record, block
+//! flag, the proofs of its recent purchases) and can be told to leave the field at a point of
+//! the dialogue ([`Removal`]). Keys come from [`TestKeys`]: test keys, never production ones.
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+
+use super::apdu::{parse_command, sw, CardChannel, ChannelError, Response};
+use super::crypto::{self, Key16, PurchaseData};
+use super::psam::{issuer8_for_mac, Mac1Input};
+use super::tunion::{
+    category_card_type, encode_bcd_date, AID, BLOCK_HEADER, BUS_RECORD_ID, COMPOUND_RECORD_BYTES,
+    HOLDER_FILE_BYTES, PUBLIC_FILE_BYTES, SFI_COMPOUND, TX_TYPE_CAPP,
+};
+use crate::types::{CardNo, Fen, RiderCategory};
+
+/// How many recent purchases a card keeps proofs for (GET TRANSACTION PROOF).
+pub const CARD_PROOFS_MAX: usize = 4;
+/// Issuer identifier of simulated Dezhou cards (city code 4530 in bytes 2–3).
+pub const SIM_ISSUER: [u8; 8] = [0x37, 0x14, 0x45, 0x30, 0x00, 0x00, 0x00, 0x01];
+const KEY_VERSION: u8 = 0x01;
+const ALG_ID_3DES: u8 = 0x00;
+
+/// The issuer's master keys that cards and PSAMs of one simulated scheme share.
+#[derive(Clone, Copy, Debug)]
+pub struct TestKeys {
+    /// Purchase master key (MPK): in the PSAM; each card holds its diversified DPK.
+    pub purchase_master: Key16,
+    /// TAC master key: only the card (and clearing) hold the diversified DTK.
+    pub tac_master: Key16,
+    /// Application maintenance master key (MAMK): in the PSAM, diversified DAMK on the card.
+    pub maintenance_master: Key16,
+}
+
+impl Default for TestKeys {
+    fn default() -> Self {
+        TestKeys {
+            purchase_master: *b"DZ-TEST-PURCHASE",
+            tac_master: *b"DZ-TEST-TAC-KEY!",
+            maintenance_master: *b"DZ-TEST-MAINTAIN",
+        }
+    }
+}
+
+/// A card as replay.md's CARDS.json describes it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CardSpec {
+    pub card_no: CardNo,
+    pub card_type: RiderCategory,
+    pub enabled: bool,
+    /// YYYY-MM-DD
+    pub valid_from: String,
+    /// YYYY-MM-DD
+    pub valid_until: String,
+    pub balance_fen: Fen,
+}
+
+/// Where in the dialogue the card leaves the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Before the purse is debited: the DEBIT command never reaches it.
+    BeforeDebit,
+    /// The purse is debited but the answer (TAC, MAC2) never reaches the validator.
+    AfterDebit,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingPurchase {
+    amount_fen: Fen,
+    terminal_no: [u8; 6],
+    card_random: [u8; 4],
+    offline_counter: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Proof {
+    offline_counter: u16,
+    mac2: [u8; 4],
+    tac: [u8; 4],
+}
+
+/// A simulated contactless card with the transport application.
+#[derive(Clone, Debug)]
+pub struct SimCard {
+    card_no: CardNo,
+    public_file: [u8; PUBLIC_FILE_BYTES],
+    holder_file: [u8; HOLDER_FILE_BYTES],
+    dpk: Key16,
+    dtk: Key16,
+    damk: Key16,
+    balance_fen: Fen,
+    offline_counter: u16,
+    compound: Option<[u8; COMPOUND_RECORD_BYTES]>,
+    compound_cache: Option<[u8; COMPOUND_RECORD_BYTES]>,
+    blocked: bool,
+    selected: bool,
+    pending: Option<PendingPurchase>,
+    challenge: Option<[u8; 4]>,
+    proofs: heapless::Deque<Proof, CARD_PROOFS_MAX>,
+    in_field: bool,
+    removal: Option<Removal>,
+    rng: ChaCha8Rng,
+}
+
+fn parse_iso_date(s: &str) -> Option<u32> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let digits: String = s.chars().filter(|c| *c != '-').collect();
+    if digits.len() != 8 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+impl SimCard {
+    /// A card from its description; `seed` drives its random numbers.
+    pub fn new(spec: &CardSpec, keys: &TestKeys, seed: u64) -> Result<Self, String> {
+        let from = parse_iso_date(&spec.valid_from)
+            .ok_or_else(|| format!("bad valid_from {:?}", spec.valid_from))?;
+        let until = parse_iso_date(&spec.valid_until)
+            .ok_or_else(|| format!("bad valid_until {:?}", spec.valid_until))?;
+        let mut public_file = [0u8; PUBLIC_FILE_BYTES];
+        public_file[..8].copy_from_slice(&SIM_ISSUER);
+        public_file[8] = 0x02; // application type: transport purse
+        public_file[9] = u8::from(spec.enabled);
+        public_file[10..20].copy_from_slice(&spec.card_no.0);
+        public_file[20..24].copy_from_slice(&encode_bcd_date(from));
+        public_file[24..28].copy_from_slice(&encode_bcd_date(until));
+        let mut holder_file = [0u8; HOLDER_FILE_BYTES];
+        holder_file[0] = category_card_type(spec.card_type);
+        let serial = spec.card_no.serial_tail8();
+        Ok(SimCard {
+            card_no: spec.card_no,
+            public_file,
+            holder_file,
+            dpk: crypto::diversify(&keys.purchase_master, serial),
+            dtk: crypto::diversify(&keys.tac_master, serial),
+            damk: crypto::diversify(&keys.maintenance_master, serial),
+            balance_fen: spec.balance_fen,
+            offline_counter: 0,
+            compound: None,
+            compound_cache: None,
+            blocked: false,
+            selected: false,
+            pending: None,
+            challenge: None,
+            proofs: heapless::Deque::new(),
+            in_field: true,
+            removal: None,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ spec.card_no.as_u128() as u64),
+        })
+    }
+
+    /// Overwrite the raw public file (for tests of malformed cards).
+    pub fn set_public_file(&mut self, bytes: [u8; PUBLIC_FILE_BYTES]) {
+        self.public_file = bytes;
+    }
+
+    pub fn card_no(&self) -> CardNo {
+        self.card_no
+    }
+
+    pub fn balance_fen(&self) -> Fen {
+        self.balance_fen
+    }
+
+    pub fn offline_counter(&self) -> u16 {
+        self.offline_counter
+    }
+
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// The card is presented to the reader: power-up resets the selection and any
+    /// half-done purchase, as a real card's reset does.
+    pub fn enter_field(&mut self, removal: Option<Removal>) {
+        self.in_field = true;
+        self.selected = false;
+        self.pending = None;
+        self.challenge = None;
+        self.compound_cache = None;
+        self.removal = removal;
+    }
+
+    fn leave_field(&mut self) -> ChannelError {
+        self.in_field = false;
+        ChannelError::Removed
+    }
+
+    fn respond(&mut self, cmd: &[u8], r: &mut Response) -> Result<(), ChannelError> {
+        let Some(c) = parse_command(cmd) else {
+            r.status(sw::WRONG_LENGTH);
+            return Ok(());
+        };
+        if c.ins == 0xA4 {
+            self.select(c.p1, c.data, r);
+            return Ok(());
+        }
+        if !self.selected {
+            r.status(sw::CONDITIONS_NOT_SATISFIED);
+            return Ok(());
+        }
+        match (c.cla, c.ins) {
+            (0x00, 0xB0) => self.read_binary(c.p1, r),
+            (0x00, 0xB2) => self.read_record(c.p1, c.p2, r),
+            (0x80, 0x5C) => r.set(&self.balance_fen.to_be_bytes(), sw::OK),
+            (0x80, 0x50) => self.init_purchase(c.p1, c.p2, c.data, r),
+            (0x80, 0xDC) => self.update_cache(c.p1, c.p2, c.data, r),
+            (0x80, 0x54) => {
+                if self.removal == Some(Removal::BeforeDebit) {
+                    return Err(self.leave_field());
+                }
+                self.debit(c.data, r);
+                if self.removal == Some(Removal::AfterDebit) {
+                    return Err(self.leave_field());
+                }
+            }
+            (0x80, 0x5A) => self.proof(c.p2, c.data, r),
+            (0x00, 0x84) => {
+                let mut ch = [0u8; 4];
+                self.rng.fill_bytes(&mut ch);
+                self.challenge = Some(ch);
+                r.set(&ch, sw::OK);
+            }
+            (0x84, 0x1E) => self.block(c.p2, c.data, r),
+            (0x00 | 0x80 | 0x84, _) => r.status(sw::INS_NOT_SUPPORTED),
+            _ => r.status(sw::CLA_NOT_SUPPORTED),
+        }
+        Ok(())
+    }
+
+    fn select(&mut self, p1: u8, data: &[u8], r: &mut Response) {
+        self.selected = false;
+        if p1 != 0x04 || data != AID {
+            r.status(sw::FILE_NOT_FOUND);
+        } else if self.blocked {
+            r.status(sw::APP_PERMANENTLY_BLOCKED);
+        } else {
+            self.selected = true;
+            // FCI: 6F (84 AID) — kept minimal.
+            let mut fci = [0u8; 12];
+            fci[..4].copy_from_slice(&[0x6F, 0x0A, 0x84, 0x08]);
+            fci[4..].copy_from_slice(&AID);
+            r.set(&fci, sw::OK);
+        }
+    }
+
+    fn read_binary(&mut self, p1: u8, r: &mut Response) {
+        match p1 {
+            0x95 => r.set(&self.public_file, sw::OK),
+            0x96 => r.set(&self.holder_file, sw::OK),
+            _ => r.status(sw::FILE_NOT_FOUND),
+        }
+    }
+
+    fn read_record(&mut self, p1: u8, p2: u8, r: &mut Response) {
+        if p2 != (SFI_COMPOUND << 3) | 0x04 || p1 != BUS_RECORD_ID {
+            r.status(sw::RECORD_NOT_FOUND);
+            return;
+        }
+        match &self.compound {
+            Some(rec) => r.set(rec, sw::OK),
+            None => r.status(sw::RECORD_NOT_FOUND),
+        }
+    }
+
+    fn init_purchase(&mut self, p1: u8, p2: u8, data: &[u8], r: &mut Response) {
+        if (p1, p2) != (0x03, 0x02) {
+            r.status(sw::WRONG_P1P2);
+            return;
+        }
+        if data.len() != 11 {
+            r.status(sw::WRONG_LENGTH);
+            return;
+        }
+        if data[0] != KEY_VERSION {
+            r.status(sw::KEY_INDEX_UNSUPPORTED);
+            return;
+        }
+        let amount_fen = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
+        if amount_fen > self.balance_fen {
+            r.status(sw::INSUFFICIENT_BALANCE);
+            return;
+        }
+        if self.offline_counter == u16::MAX {
+            r.status(sw::COUNTER_LIMIT);
+            return;
+        }
+        let mut card_random = [0u8; 4];
+        self.rng.fill_bytes(&mut card_random);
+        let terminal_no = std::array::from_fn(|i| data[5 + i]);
+        self.pending = Some(PendingPurchase {
+            amount_fen,
+            terminal_no,
+            card_random,
+            offline_counter: self.offline_counter,
+        });
+        let mut out = [0u8; 15];
+        out[..4].copy_from_slice(&self.balance_fen.to_be_bytes());
+        out[4..6].copy_from_slice(&self.offline_counter.to_be_bytes());
+        out[9] = KEY_VERSION;
+        out[10] = ALG_ID_3DES;
+        out[11..].copy_from_slice(&card_random);
+        r.set(&out, sw::OK);
+    }
+
+    fn update_cache(&mut self, p1: u8, p2: u8, data: &[u8], r: &mut Response) {
+        if self.pending.is_none() {
+            r.status(sw::CONDITIONS_NOT_SATISFIED);
+        } else if p1 != BUS_RECORD_ID || p2 != SFI_COMPOUND << 3 {
+            r.status(sw::WRONG_P1P2);
+        } else if data.len() != COMPOUND_RECORD_BYTES || data[0] != BUS_RECORD_ID {
+            r.status(sw::WRONG_LENGTH);
+        } else {
+            let mut rec = [0u8; COMPOUND_RECORD_BYTES];
+            rec.copy_from_slice(data);
+            self.compound_cache = Some(rec);
+            r.status(sw::OK);
+        }
+    }
+
+    fn debit(&mut self, data: &[u8], r: &mut Response) {
+        let Some(p) = self.pending.take() else {
+            r.status(sw::CONDITIONS_NOT_SATISFIED);
+            return;
+        };
+        if data.len() != 15 {
+            r.status(sw::WRONG_LENGTH);
+            return;
+        }
+        let terminal_seq = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+        let purchase = PurchaseData {
+            amount_fen: p.amount_fen,
+            tx_type: TX_TYPE_CAPP,
+            terminal_no: p.terminal_no,
+            terminal_seq,
+            datetime: std::array::from_fn(|i| data[4 + i]),
+        };
+        let sespk =
+            crypto::purchase_session_key(&self.dpk, p.card_random, p.offline_counter, terminal_seq);
+        if crypto::mac1(&sespk, &purchase) != data[11..15] {
+            r.status(sw::MAC_INVALID);
+            return;
+        }
+        // The debit, the counter and the compound record change together (one atomic commit).
+        self.balance_fen -= p.amount_fen;
+        self.offline_counter += 1;
+        if let Some(rec) = self.compound_cache.take() {
+            self.compound = Some(rec);
+        }
+        let proof = Proof {
+            offline_counter: p.offline_counter,
+            mac2: crypto::mac2(&sespk, p.amount_fen),
+            tac: crypto::tac(&self.dtk, &purchase),
+        };
+        if self.proofs.is_full() {
+            self.proofs.pop_front();
+        }
+        let _ = self.proofs.push_back(proof);
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&proof.tac);
+        out[4..].copy_from_slice(&proof.mac2);
+        r.set(&out, sw::OK);
+    }
+
+    fn proof(&mut self, p2: u8, data: &[u8], r: &mut Response) {
+        if p2 != TX_TYPE_CAPP || data.len() != 2 {
+            r.status(sw::WRONG_P1P2);
+            return;
+        }
+        let counter = u16::from_be_bytes([data[0], data[1]]);
+        match self.proofs.iter().find(|p| p.offline_counter == counter) {
+            Some(p) => {
+                let mut out = [0u8; 8];
+                out[..4].copy_from_slice(&p.mac2);
+                out[4..].copy_from_slice(&p.tac);
+                r.set(&out, sw::OK);
+            }
+            None => r.status(sw::NO_SUCH_TRANSACTION),
+        }
+    }
+
+    fn block(&mut self, p2: u8, data: &[u8], r: &mut Response) {
+        let Some(challenge) = self.challenge.take() else {
+            r.status(sw::CONDITIONS_NOT_SATISFIED);
+            return;
+        };
+        let mut iv = [0u8; 8];
+        iv[..4].copy_from_slice(&challenge);
+        if p2 != 0x01 || data.len() != 4 {
+            r.status(sw::WRONG_P1P2);
+        } else if crypto::retail_mac(&self.damk, iv, &[&BLOCK_HEADER]) != data {
+            r.status(sw::SM_DATA_INCORRECT);
+        } else {
+            self.blocked = true;
+            self.selected = false;
+            r.status(sw::OK);
+        }
+    }
+}
+
+impl CardChannel for SimCard {
+    fn transmit(&mut self, command: &[u8], response: &mut Response) -> Result<(), ChannelError> {
+        if !self.in_field {
+            return Err(ChannelError::Removed);
+        }
+        response.clear();
+        self.respond(command, response)
+    }
+}
+
+/// A simulated PSAM holding the scheme's purchase and maintenance master keys.
+#[derive(Clone, Debug)]
+pub struct SimPsam {
+    keys: TestKeys,
+    terminal_no: [u8; 6],
+    terminal_seq: u32,
+    selected: bool,
+    /// Session key and amount of the last MAC1, for MAC2.
+    session: Option<([u8; 8], Fen)>,
+    /// Maintenance key diversified for one card, after INIT FOR DESCRYPT.
+    card_damk: Option<Key16>,
+}
+
+impl SimPsam {
+    pub fn new(keys: TestKeys, terminal_no: [u8; 6], first_terminal_seq: u32) -> Self {
+        SimPsam {
+            keys,
+            terminal_no,
+            terminal_seq: first_terminal_seq,
+            selected: false,
+            session: None,
+            card_damk: None,
+        }
+    }
+
+    pub fn terminal_seq(&self) -> u32 {
+        self.terminal_seq
+    }
+
+    fn mac1(&mut self, data: &[u8], r: &mut Response) {
+        let Some(m) = Mac1Input::decode(data) else {
+            r.status(sw::WRONG_LENGTH);
+            return;
+        };
+        let dpk = crypto::diversify(&self.keys.purchase_master, m.card_serial8);
+        let tts = self.terminal_seq;
+        self.terminal_seq = self.terminal_seq.wrapping_add(1);
+        let sespk = crypto::purchase_session_key(&dpk, m.card_random, m.offline_counter, tts);
+        let purchase = PurchaseData {
+            amount_fen: m.amount_fen,
+            tx_type: m.tx_type,
+            terminal_no: self.terminal_no,
+            terminal_seq: tts,
+            datetime: m.datetime,
+        };
+        self.session = Some((sespk, m.amount_fen));
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&tts.to_be_bytes());
+        out[4..].copy_from_slice(&crypto::mac1(&sespk, &purchase));
+        r.set(&out, sw::OK);
+    }
+
+    fn mac2(&mut self, data: &[u8], r: &mut Response) {
+        match self.session.take() {
+            Some((sespk, amount)) if crypto::mac2(&sespk, amount) == data => r.status(sw::OK),
+            Some(_) => r.status(sw::SM_DATA_INCORRECT),
+            None => r.status(sw::CONDITIONS_NOT_SATISFIED),
+        }
+    }
+
+    fn init_descrypt(&mut self, data: &[u8], r: &mut Response) {
+        if data.len() != 16 {
+            r.status(sw::WRONG_LENGTH);
+            return;
+        }
+        let serial: [u8; 8] = std::array::from_fn(|i| data[i]);
+        self.card_damk = Some(crypto::diversify(&self.keys.maintenance_master, serial));
+        r.status(sw::OK);
+    }
+
+    fn cipher_mac(&mut self, data: &[u8], r: &mut Response) {
+        let Some(damk) = self.card_damk.take() else {
+            r.status(sw::CONDITIONS_NOT_SATISFIED);
+            return;
+        };
+        if data.len() < 8 {
+            r.status(sw::WRONG_LENGTH);
+            return;
+        }
+        let iv: [u8; 8] = std::array::from_fn(|i| data[i]);
+        r.set(&crypto::retail_mac(&damk, iv, &[&data[8..]]), sw::OK);
+    }
+}
+
+impl CardChannel for SimPsam {
+    fn transmit(&mut self, command: &[u8], r: &mut Response) -> Result<(), ChannelError> {
+        r.clear();
+        let Some(c) = parse_command(command) else {
+            r.status(sw::WRONG_LENGTH);
+            return Ok(());
+        };
+        match (c.cla, c.ins) {
+            (0x00, 0xA4) => {
+                self.selected = c.data == [0x10, 0x01];
+                r.status(if self.selected {
+                    sw::OK
+                } else {
+                    sw::FILE_NOT_FOUND
+                });
+            }
+            _ if !self.selected => r.status(sw::CONDITIONS_NOT_SATISFIED),
+            (0x00, 0xB0) if c.p1 == 0x96 => r.set(&self.terminal_no, sw::OK),
+            (0x80, 0x70) => self.mac1(c.data, r),
+            (0x80, 0x72) => self.mac2(c.data, r),
+            (0x80, 0x1A) => self.init_descrypt(c.data, r),
+            (0x80, 0xFA) => self.cipher_mac(c.data, r),
+            _ => r.status(sw::INS_NOT_SUPPORTED),
+        }
+        Ok(())
+    }
+}
+
+/// The issuer field a PSAM sees for a simulated card.
+pub fn sim_issuer8() -> [u8; 8] {
+    issuer8_for_mac(&SIM_ISSUER)
+}

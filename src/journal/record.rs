@@ -1,0 +1,306 @@
+//! The journal record: one accepted tap or scan, fixed size, checksummed.
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 1 | magic `0xFA` |
+//! | 1 | 1 | format version, 1 |
+//! | 2 | 1 | kind: 1 card purchase, 2 card purchase recovered by proof, 3 ride code (pay after ride) |
+//! | 3 | 1 | rider category (0 adult .. 4 veteran) |
+//! | 4 | 8 | seq, per terminal, from 1, never reused |
+//! | 12 | 8 | at: unix seconds |
+//! | 20 | 2 | UTC offset of the local clock, minutes (signed) |
+//! | 22 | 2 | route |
+//! | 24 | 4 | fare, fen |
+//! | 28 | 4 | purse balance after, fen (`FFFFFFFF` none: ride codes) |
+//! | 32 | 10 | card number (BCD): the card tapped, or the card linked to the ride code |
+//! | 42 | 2 | card offline counter of the purchase |
+//! | 44 | 4 | PSAM terminal transaction sequence |
+//! | 48 | 4 | TAC |
+//! | 52 | 2 | ride code channel id |
+//! | 54 | 8 | ride code account id |
+//! | 62 | 4 | ride code counter |
+//! | 66 | 4 | ride code generated_at, unix seconds |
+//! | 70 | 6 | terminal number (BCD) |
+//! | 76 | 16 | reserved, zero |
+//! | 92 | 4 | CRC-32/ISCSI of bytes 0..92, big-endian |
+//!
+//! Integers are big-endian. A record is checked before it is written and again after it is read.
+
+use crc::{Crc, CRC_32_ISCSI};
+
+use crate::types::{AccountId, CardNo, Fen, Media, RiderCategory};
+
+pub const RECORD_BYTES: usize = 96;
+const MAGIC: u8 = 0xFA;
+const FORMAT_VERSION: u8 = 1;
+const CRC_AT: usize = 92;
+const NO_BALANCE: u32 = u32::MAX;
+pub const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum RecordKind {
+    CardPurchase = 1,
+    CardRecovered = 2,
+    QrRide = 3,
+}
+
+impl RecordKind {
+    pub fn media(self) -> Media {
+        match self {
+            RecordKind::CardPurchase | RecordKind::CardRecovered => Media::Card,
+            RecordKind::QrRide => Media::Qr,
+        }
+    }
+}
+
+/// Card-side proof of a purchase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CardTx {
+    pub offline_counter: u16,
+    pub terminal_seq: u32,
+    pub tac: [u8; 4],
+}
+
+/// Ride-code fields of a pay-after-ride record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QrTx {
+    pub account: AccountId,
+    pub counter: u32,
+    pub generated_at: u32,
+}
+
+/// One accepted tap or scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub kind: RecordKind,
+    pub at_unix_s: i64,
+    pub utc_offset_min: i16,
+    pub route: u16,
+    pub category: RiderCategory,
+    pub fare_fen: Fen,
+    pub balance_fen: Option<Fen>,
+    pub card_no: CardNo,
+    pub card_tx: CardTx,
+    pub qr: Option<QrTx>,
+    pub terminal_no: [u8; 6],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record checksum does not match")]
+    Crc,
+    #[error("not a record (magic or version)")]
+    Magic,
+    #[error("record field out of range: {0}")]
+    Field(&'static str),
+}
+
+impl Record {
+    pub fn media(&self) -> Media {
+        self.kind.media()
+    }
+
+    /// The passenger id that replay prints: card number, or CHANNEL:ACCOUNT.
+    pub fn id_string(&self) -> String {
+        match self.qr {
+            Some(q) => q.account.to_string(),
+            None => self.card_no.to_string(),
+        }
+    }
+
+    fn check(&self) -> Result<(), RecordError> {
+        if self.seq == 0 {
+            return Err(RecordError::Field("seq 0"));
+        }
+        if (self.kind == RecordKind::QrRide) != self.qr.is_some() {
+            return Err(RecordError::Field("ride-code fields and kind disagree"));
+        }
+        if self.balance_fen == Some(NO_BALANCE) {
+            return Err(RecordError::Field("balance"));
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self) -> [u8; RECORD_BYTES] {
+        // A record that fails its own invariants is a bug in the engine, not bad input.
+        assert_eq!(self.check(), Ok(()), "record invariant broken: {self:?}");
+        let mut b = [0u8; RECORD_BYTES];
+        b[0] = MAGIC;
+        b[1] = FORMAT_VERSION;
+        b[2] = self.kind as u8;
+        b[3] = self.category as u8;
+        b[4..12].copy_from_slice(&self.seq.to_be_bytes());
+        b[12..20].copy_from_slice(&self.at_unix_s.to_be_bytes());
+        b[20..22].copy_from_slice(&self.utc_offset_min.to_be_bytes());
+        b[22..24].copy_from_slice(&self.route.to_be_bytes());
+        b[24..28].copy_from_slice(&self.fare_fen.to_be_bytes());
+        b[28..32].copy_from_slice(&self.balance_fen.unwrap_or(NO_BALANCE).to_be_bytes());
+        b[32..42].copy_from_slice(&self.card_no.0);
+        b[42..44].copy_from_slice(&self.card_tx.offline_counter.to_be_bytes());
+        b[44..48].copy_from_slice(&self.card_tx.terminal_seq.to_be_bytes());
+        b[48..52].copy_from_slice(&self.card_tx.tac);
+        if let Some(q) = self.qr {
+            b[52..54].copy_from_slice(&q.account.channel.to_be_bytes());
+            b[54..62].copy_from_slice(&q.account.account.to_be_bytes());
+            b[62..66].copy_from_slice(&q.counter.to_be_bytes());
+            b[66..70].copy_from_slice(&q.generated_at.to_be_bytes());
+        }
+        b[70..76].copy_from_slice(&self.terminal_no);
+        let crc = CRC32.checksum(&b[..CRC_AT]);
+        b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; RECORD_BYTES]) -> Result<Record, RecordError> {
+        let crc = u32::from_be_bytes([b[92], b[93], b[94], b[95]]);
+        if CRC32.checksum(&b[..CRC_AT]) != crc {
+            return Err(RecordError::Crc);
+        }
+        if b[0] != MAGIC || b[1] != FORMAT_VERSION {
+            return Err(RecordError::Magic);
+        }
+        let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| u64::from_be_bytes(std::array::from_fn(|k| b[i + k]));
+        let kind = match b[2] {
+            1 => RecordKind::CardPurchase,
+            2 => RecordKind::CardRecovered,
+            3 => RecordKind::QrRide,
+            _ => return Err(RecordError::Field("kind")),
+        };
+        let category = RiderCategory::from_u8(b[3]).ok_or(RecordError::Field("category"))?;
+        let card_no = CardNo::from_bcd(std::array::from_fn(|k| b[32 + k]))
+            .map_err(|_| RecordError::Field("card"))?;
+        let balance = u32_at(28);
+        let qr = (kind == RecordKind::QrRide).then(|| QrTx {
+            account: AccountId {
+                channel: u16_at(52),
+                account: u64_at(54),
+            },
+            counter: u32_at(62),
+            generated_at: u32_at(66),
+        });
+        let rec = Record {
+            seq: u64_at(4),
+            kind,
+            at_unix_s: u64_at(12) as i64,
+            utc_offset_min: u16_at(20) as i16,
+            route: u16_at(22),
+            category,
+            fare_fen: u32_at(24),
+            balance_fen: (balance != NO_BALANCE).then_some(balance),
+            card_no,
+            card_tx: CardTx {
+                offline_counter: u16_at(42),
+                terminal_seq: u32_at(44),
+                tac: std::array::from_fn(|k| b[48 + k]),
+            },
+            qr,
+            terminal_no: std::array::from_fn(|k| b[70 + k]),
+        };
+        rec.check()?;
+        Ok(rec)
+    }
+
+    /// RFC 3339 local time with offset, as replay prints `at`.
+    pub fn at_rfc3339(&self) -> String {
+        crate::clock::Timestamp {
+            unix_s: self.at_unix_s,
+            utc_offset_s: i32::from(self.utc_offset_min) * 60,
+        }
+        .to_rfc3339()
+    }
+
+    /// One JSON object for `journal show` and exports.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "seq": self.seq,
+            "at": self.at_rfc3339(),
+            "media": self.media().as_str(),
+            "id": self.id_string(),
+            "fare_fen": self.fare_fen,
+            "balance_fen": self.balance_fen,
+            "kind": self.kind,
+            "route": self.route,
+            "category": self.category.as_str(),
+            "terminal": hex(&self.terminal_no),
+        });
+        match self.qr {
+            Some(q) => {
+                v["card_no"] = self.card_no.to_string().into();
+                v["channel"] = q.account.channel.into();
+                v["account"] = q.account.account.into();
+                v["counter"] = q.counter.into();
+                v["generated_at"] = q.generated_at.into();
+            }
+            None => {
+                v["card_counter"] = self.card_tx.offline_counter.into();
+                v["terminal_seq"] = self.card_tx.terminal_seq.into();
+                v["tac"] = hex(&self.card_tx.tac).into();
+            }
+        }
+        v
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample(seq: u64) -> Record {
+        Record {
+            seq,
+            kind: RecordKind::CardPurchase,
+            at_unix_s: 1_795_824_000,
+            utc_offset_min: 480,
+            route: 7,
+            category: RiderCategory::Student,
+            fare_fen: 100,
+            balance_fen: Some(4_900),
+            card_no: "37140000000000000001".parse().unwrap(),
+            card_tx: CardTx {
+                offline_counter: 3,
+                terminal_seq: 99,
+                tac: [1, 2, 3, 4],
+            },
+            qr: None,
+            terminal_no: [0x00, 0x00, 0x00, 0x00, 0x01, 0x23],
+        }
+    }
+
+    #[test]
+    fn record_round_trips_and_any_bit_flip_is_caught() {
+        let r = sample(42);
+        let b = r.encode();
+        assert_eq!(Record::decode(&b), Ok(r));
+        for bit in 0..RECORD_BYTES * 8 {
+            let mut c = b;
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert!(Record::decode(&c).is_err(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn qr_record_round_trips() {
+        let mut r = sample(1);
+        r.kind = RecordKind::QrRide;
+        r.balance_fen = None;
+        r.qr = Some(QrTx {
+            account: AccountId {
+                channel: 2,
+                account: 1001,
+            },
+            counter: 5,
+            generated_at: 1_795_823_990,
+        });
+        assert_eq!(Record::decode(&r.encode()), Ok(r));
+        assert_eq!(r.id_string(), "2:1001");
+    }
+}
