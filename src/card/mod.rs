@@ -10,5 +10,8 @@ pub mod crypto;
 pub mod psam;
 pub mod sim;
 pub mod tunion;
+pub mod vpcd;
+#[cfg(feature = "pcsc")]
+pub mod pcsc;
 
 pub use apdu::{CardChannel, ChannelError, Response};
