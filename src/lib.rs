@@ -11,15 +11,20 @@
 //! - [`fare`]: the fare table;
 //! - [`engine`]: where a tap becomes a decision;
 //! - [`journal`]: durable records;
-//! - [`replay`]: the replay contract (shared/specs/replay.md).
+//! - [`replay`]: the replay contract (shared/specs/replay.md);
+//! - `reader` (feature `pcsc`): the validator on PC/SC readers; [`card::vpcd`]: simulated
+//!   cards in vsmartcard's virtual reader.
 
 pub mod blacklist;
 pub mod card;
+pub mod cli;
 pub mod clock;
 pub mod demo;
 pub mod engine;
 pub mod fare;
 pub mod journal;
+#[cfg(feature = "pcsc")]
+pub mod reader;
 pub mod replay;
 pub mod ride_code;
 pub mod types;

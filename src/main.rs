@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use fare_validator::{demo, journal, replay};
+use fare_validator::{cli, demo, journal, replay};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +47,14 @@ enum Cmd {
         /// EVENTS.jsonl, or - for standard input.
         events: PathBuf,
     },
+    /// Run the validator on PC/SC readers: the card reader and the PSAM's reader.
+    #[cfg(feature = "pcsc")]
+    Run(cli::pcsc::RunArgs),
+    /// List the PC/SC readers (names for --reader and --sam-reader).
+    #[cfg(feature = "pcsc")]
+    Readers,
+    /// Present a simulated card or PSAM in a vsmartcard virtual reader (vpcd, 127.0.0.1).
+    SimCard(cli::sim_card::SimCardArgs),
     /// Inspect a journal.
     Journal {
         #[command(subcommand)]
@@ -116,6 +124,11 @@ fn run(cmd: Cmd) -> CmdResult {
                 Err(e) => Err(bad_input(e)),
             }
         }
+        #[cfg(feature = "pcsc")]
+        Cmd::Run(args) => cli::pcsc::run(&args),
+        #[cfg(feature = "pcsc")]
+        Cmd::Readers => cli::pcsc::readers(),
+        Cmd::SimCard(args) => cli::sim_card::run(&args),
         Cmd::Journal {
             cmd: JournalCmd::Show { dir },
         } => journal_show(&dir),
