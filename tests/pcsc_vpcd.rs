@@ -65,7 +65,13 @@ fn pcscd_or_skip(test: &str) -> Option<Readers> {
         !required,
         "{test}: {why}; FARE_VALIDATOR_REQUIRE_PCSCD is set, so this fails"
     );
-    eprintln!("SKIPPED {test}: {why}. Start it with scripts/pcscd-start.sh.");
+    // Straight to the process's stderr, past the test harness's capture, so that the skip
+    // shows in a normal `cargo test` run.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {why}. Start it with scripts/pcscd-start.sh."
+    );
     None
 }
 
