@@ -70,7 +70,13 @@ fn main() -> ExitCode {
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
-            eprintln!("fare-validator: {msg}");
+            // One line, whatever the error's own formatting (TOML errors span several).
+            let one_line: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("fare-validator: {}", one_line.join(" "));
             ExitCode::from(code)
         }
     }
