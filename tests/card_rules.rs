@@ -318,3 +318,32 @@ fn invalid_event_lines_are_refused_with_their_line_number() {
         );
     }
 }
+
+#[test]
+fn group_commit_shares_one_sync_and_nothing_is_durable_before_it() {
+    use fare_validator::card::sim::{CardSpec, SimCard};
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = validator(dir.path());
+    v.set_group_commit(true);
+    let keys = TestKeys::default();
+    let now = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();
+    let mut seqs = Vec::new();
+    for n in 1..=3u32 {
+        let spec = CardSpec {
+            card_no: card(n).parse().unwrap(),
+            card_type: fare_validator::types::RiderCategory::Adult,
+            enabled: true,
+            valid_from: "2024-01-01".into(),
+            valid_until: "2034-12-31".into(),
+            balance_fen: 1000,
+        };
+        let mut c = SimCard::new(&spec, &keys, 1).unwrap();
+        let d = v.tap_card(&mut c, now);
+        seqs.push(d.seq.unwrap());
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(v.journal().durable_seq(), 0, "not durable before the group sync");
+    assert!(fare_validator::journal::scan(dir.path()).unwrap().records.is_empty());
+    assert_eq!(v.commit().unwrap(), 3);
+    assert_eq!(fare_validator::journal::scan(dir.path()).unwrap().records.len(), 3);
+}
