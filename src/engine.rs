@@ -293,7 +293,11 @@ impl<P: CardChannel> Validator<P> {
         let info = s.read_public().map_err(card_reason)?;
         *subject = Subject::Card(info.card_no);
         let awaiting_group_sync = self.deferred.contains(&info.card_no);
-        if let Some(i) = self.pending.iter().position(|p| p.card_no == info.card_no && !awaiting_group_sync) {
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.card_no == info.card_no && !awaiting_group_sync)
+        {
             if let Some(d) = self.recover(s, i, now)? {
                 return Ok(d);
             }
@@ -515,16 +519,22 @@ impl<P: CardChannel> Validator<P> {
     /// Make the record durable, then accept. If the journal fails, the debit stays pending
     /// (the card holds its proof) and the passenger is refused: no record, no ride.
     fn record_and_accept(&mut self, mut rec: Record, now: Timestamp) -> Result<Decision, Refusal> {
-        let storage_refusal = Refusal { reason: Reason::StorageUnavailable, balance_fen: rec.balance_fen };
+        let storage_refusal = Refusal {
+            reason: Reason::StorageUnavailable,
+            balance_fen: rec.balance_fen,
+        };
         if self.defer_commit && self.deferred.is_full() {
             // The group is as large as it may get: sync it before taking another.
             self.commit().map_err(|_| Refusal { ..storage_refusal })?;
         }
         let defer = self.defer_commit;
-        let seq = self
-            .journal
-            .append(&mut rec)
-            .and_then(|seq| if defer { Ok(seq) } else { self.journal.commit().map(|_| seq) });
+        let seq = self.journal.append(&mut rec).and_then(|seq| {
+            if defer {
+                Ok(seq)
+            } else {
+                self.journal.commit().map(|_| seq)
+            }
+        });
         let seq = seq.map_err(|e| {
             tracing::error!(error = %e, "journal write failed: no record, no ride");
             storage_refusal
@@ -548,13 +558,8 @@ impl<P: CardChannel> Validator<P> {
 
     fn journal_ready(&mut self) -> Result<(), JournalError> {
         if self.journal.is_degraded() {
-            // An empty commit reopens the segment when storage is back.
-            self.journal.commit()?;
-            if self.journal.is_degraded() {
-                return Err(JournalError::Io(std::io::Error::other(
-                    "journal storage still unavailable",
-                )));
-            }
+            self.journal.ensure_ready()?;
+            tracing::info!("journal storage is back");
         }
         Ok(())
     }

@@ -342,8 +342,21 @@ fn group_commit_shares_one_sync_and_nothing_is_durable_before_it() {
         seqs.push(d.seq.unwrap());
     }
     assert_eq!(seqs, [1, 2, 3]);
-    assert_eq!(v.journal().durable_seq(), 0, "not durable before the group sync");
-    assert!(fare_validator::journal::scan(dir.path()).unwrap().records.is_empty());
+    assert_eq!(
+        v.journal().durable_seq(),
+        0,
+        "not durable before the group sync"
+    );
+    assert!(fare_validator::journal::scan(dir.path())
+        .unwrap()
+        .records
+        .is_empty());
     assert_eq!(v.commit().unwrap(), 3);
-    assert_eq!(fare_validator::journal::scan(dir.path()).unwrap().records.len(), 3);
+    assert_eq!(
+        fare_validator::journal::scan(dir.path())
+            .unwrap()
+            .records
+            .len(),
+        3
+    );
 }

@@ -303,6 +303,12 @@ impl Journal {
         self.file.is_none()
     }
 
+    /// Make sure the active segment is open and cut to its durable length: after a storage
+    /// fault this is how the journal comes back by itself.
+    pub fn ensure_ready(&mut self) -> Result<(), JournalError> {
+        self.ensure_file()
+    }
+
     fn ensure_file(&mut self) -> Result<(), JournalError> {
         if self.file.is_none() {
             let path = segment_path(&self.dir, self.segment_first_seq);
@@ -318,6 +324,7 @@ impl Journal {
             if let Some(f) = self.file.as_mut() {
                 if let Err(e) = f.truncate(len) {
                     self.file = None;
+                    self.needs_cut = true;
                     return Err(e.into());
                 }
             }
