@@ -25,7 +25,7 @@ fn clock_jumping_back_neither_reuses_a_seq_nor_locks_out_nor_lets_a_double_tap_t
 fn clock_jumping_forward_ends_anti_passback_and_transfers_by_elapsed_time() {
     let out = replay_events(&[
         tap("2026-11-28T08:00:00+08:00", 1),
-        format!(r#"{{"at": "2026-11-28T08:00:05+08:00", "route": 9}}"#),
+        r#"{"at": "2026-11-28T08:00:05+08:00", "route": 9}"#.to_string(),
         // A jump of a day forward: no transfer from a boarding "yesterday", no repeat.
         tap("2026-11-29T08:00:10+08:00", 1),
     ]);
