@@ -2,9 +2,6 @@
 //! (select, reads, purchase with real 3DES session keys and MACs, MAC2), the decision and the
 //! journal record — durable (fdatasync) and, for comparison, with the sync left out.
 
-use std::io;
-use std::path::Path;
-
 use criterion::{criterion_group, criterion_main, Criterion};
 use fare_validator::blacklist::Blacklist;
 use fare_validator::card::psam::Psam;
@@ -12,35 +9,8 @@ use fare_validator::card::sim::{CardSpec, SimCard, SimPsam, TestKeys};
 use fare_validator::clock::Timestamp;
 use fare_validator::engine::{EngineConfig, Validator};
 use fare_validator::fare::FareTable;
-use fare_validator::journal::{FileLayer, Journal, SegmentFile};
+use fare_validator::journal::{FileLayer, Journal};
 use fare_validator::types::RiderCategory;
-
-/// Files whose sync does nothing: what the tap costs without durability.
-struct NoSync;
-struct NoSyncFile(std::fs::File);
-
-impl SegmentFile for NoSyncFile {
-    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
-        io::Write::write_all(&mut self.0, b)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-    fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
-    }
-}
-
-impl FileLayer for NoSync {
-    fn open_segment(&self, p: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        Ok(Box::new(NoSyncFile(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?,
-        )))
-    }
-}
 
 fn bench_tap(c: &mut Criterion, name: &str, layer: Box<dyn FileLayer>) {
     let dir = tempfile::tempdir().unwrap();
@@ -84,7 +54,11 @@ fn card_tap(c: &mut Criterion) {
         "card_tap/journal_fsync",
         Box::new(fare_validator::journal::OsFiles),
     );
-    bench_tap(c, "card_tap/journal_no_sync", Box::new(NoSync));
+    bench_tap(
+        c,
+        "card_tap/journal_no_sync",
+        Box::new(fare_validator::journal::UnsyncedFiles),
+    );
 }
 
 criterion_group!(benches, card_tap);

@@ -13,6 +13,7 @@
 //! - [`journal`]: durable records;
 //! - [`replay`]: the replay contract (shared/specs/replay.md).
 
+pub mod bench;
 pub mod blacklist;
 pub mod card;
 pub mod clock;

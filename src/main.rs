@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use fare_validator::{demo, journal, replay};
+use fare_validator::{bench, demo, journal, replay};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +47,8 @@ enum Cmd {
         /// EVENTS.jsonl, or - for standard input.
         events: PathBuf,
     },
+    /// Measure the engine against a naive validator (SQLite per tap) in one run.
+    Bench(bench::BenchArgs),
     /// Inspect a journal.
     Journal {
         #[command(subcommand)]
@@ -91,6 +93,7 @@ fn bad_input(e: impl std::fmt::Display) -> (u8, String) {
 fn run(cmd: Cmd) -> CmdResult {
     match cmd {
         Cmd::Demo(args) => demo::run(&args).map_err(|e| (1, e)),
+        Cmd::Bench(args) => bench::run(&args).map_err(|e| (1, e)),
         Cmd::Replay {
             cards,
             keys,

@@ -109,6 +109,34 @@ impl FileLayer for OsFiles {
     }
 }
 
+/// Files whose sync does nothing. NOT durable: for measuring what durability costs, and
+/// for simulations whose records need not survive a power cut.
+pub struct UnsyncedFiles;
+
+struct UnsyncedSegment(fs::File);
+
+impl SegmentFile for UnsyncedSegment {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+}
+
+impl FileLayer for UnsyncedFiles {
+    fn open_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Box::new(UnsyncedSegment(f)))
+    }
+}
+
 /// What a scan of the journal folder found.
 #[derive(Debug, Default)]
 pub struct Scan {
