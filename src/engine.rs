@@ -31,8 +31,11 @@ use crate::types::{AccountId, CardNo, Fen, ListId, Media, Reason, RiderCategory}
 /// Accepted taps remembered for anti-passback. A validator accepts at most a few taps a
 /// second; 256 covers more than four a second over a 60 s window.
 pub const ANTI_PASSBACK_ENTRIES_MAX: usize = 256;
-/// Debits awaiting their proof (cards pulled away mid-debit) kept at once.
-pub const PENDING_DEBITS_MAX: usize = 16;
+/// Debits awaiting their proof (cards pulled away mid-debit, or accepted in a group commit
+/// not yet synced) kept at once.
+pub const PENDING_DEBITS_MAX: usize = 64;
+/// Taps that may share one journal sync in group-commit mode.
+pub const GROUP_COMMIT_TAPS_MAX: usize = 32;
 /// Purchase key index this operator's cards use.
 pub const PURCHASE_KEY_INDEX: u8 = 0x01;
 /// A clock step larger than this (backwards) is logged as a jump.
@@ -143,6 +146,9 @@ pub struct Validator<P: CardChannel> {
     recent: RecentTaps,
     pending: heapless::Vec<PendingDebit, PENDING_DEBITS_MAX>,
     last_now_s: Option<i64>,
+    /// Group commit: accepted taps whose records wait for [`Validator::commit`].
+    deferred: heapless::Vec<CardNo, GROUP_COMMIT_TAPS_MAX>,
+    defer_commit: bool,
 }
 
 /// Why a card dialogue stopped, and what was known by then.
@@ -185,7 +191,30 @@ impl<P: CardChannel> Validator<P> {
             recent: RecentTaps::new(),
             pending: heapless::Vec::new(),
             last_now_s: None,
+            deferred: heapless::Vec::new(),
+            defer_commit: false,
         }
+    }
+
+    /// Group commit: from now on an accepted tap's record is appended but not synced, and the
+    /// caller must call [`Validator::commit`] before it shows any of those decisions (at the
+    /// latest after [`GROUP_COMMIT_TAPS_MAX`] taps, when it is forced).
+    pub fn set_group_commit(&mut self, on: bool) {
+        self.defer_commit = on;
+    }
+
+    /// Make every deferred record durable. On error none of the deferred taps may be shown
+    /// as accepted: their debits stay pending and are recovered when the cards come back.
+    pub fn commit(&mut self) -> Result<u64, JournalError> {
+        let result = self.journal.commit();
+        if result.is_ok() {
+            for card_no in std::mem::take(&mut self.deferred) {
+                self.forget_pending(card_no);
+            }
+        } else {
+            self.deferred.clear();
+        }
+        result
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -263,7 +292,12 @@ impl<P: CardChannel> Validator<P> {
         }
         let info = s.read_public().map_err(card_reason)?;
         *subject = Subject::Card(info.card_no);
-        if let Some(i) = self.pending.iter().position(|p| p.card_no == info.card_no) {
+        let awaiting_group_sync = self.deferred.contains(&info.card_no);
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.card_no == info.card_no && !awaiting_group_sync)
+        {
             if let Some(d) = self.recover(s, i, now)? {
                 return Ok(d);
             }
@@ -485,18 +519,32 @@ impl<P: CardChannel> Validator<P> {
     /// Make the record durable, then accept. If the journal fails, the debit stays pending
     /// (the card holds its proof) and the passenger is refused: no record, no ride.
     fn record_and_accept(&mut self, mut rec: Record, now: Timestamp) -> Result<Decision, Refusal> {
-        let seq = self
-            .journal
-            .append(&mut rec)
-            .and_then(|seq| self.journal.commit().map(|_| seq));
+        let storage_refusal = Refusal {
+            reason: Reason::StorageUnavailable,
+            balance_fen: rec.balance_fen,
+        };
+        if self.defer_commit && self.deferred.is_full() {
+            // The group is as large as it may get: sync it before taking another.
+            self.commit().map_err(|_| Refusal { ..storage_refusal })?;
+        }
+        let defer = self.defer_commit;
+        let seq = self.journal.append(&mut rec).and_then(|seq| {
+            if defer {
+                Ok(seq)
+            } else {
+                self.journal.commit().map(|_| seq)
+            }
+        });
         let seq = seq.map_err(|e| {
             tracing::error!(error = %e, "journal write failed: no record, no ride");
-            Refusal {
-                reason: Reason::StorageUnavailable,
-                balance_fen: rec.balance_fen,
-            }
+            storage_refusal
         })?;
-        self.forget_pending(rec.card_no);
+        if defer {
+            // Kept pending until the group is durable; capacity was made above.
+            let _ = self.deferred.push(rec.card_no);
+        } else {
+            self.forget_pending(rec.card_no);
+        }
         self.recent.remember(ListId::Card(rec.card_no), now.unix_s);
         Ok(Decision {
             media: Media::Card,
@@ -510,13 +558,8 @@ impl<P: CardChannel> Validator<P> {
 
     fn journal_ready(&mut self) -> Result<(), JournalError> {
         if self.journal.is_degraded() {
-            // An empty commit reopens the segment when storage is back.
-            self.journal.commit()?;
-            if self.journal.is_degraded() {
-                return Err(JournalError::Io(std::io::Error::other(
-                    "journal storage still unavailable",
-                )));
-            }
+            self.journal.ensure_ready()?;
+            tracing::info!("journal storage is back");
         }
         Ok(())
     }

@@ -15,6 +15,7 @@
 //! - `reader` (feature `pcsc`): the validator on PC/SC readers; [`card::vpcd`]: simulated
 //!   cards in vsmartcard's virtual reader.
 
+pub mod bench;
 pub mod blacklist;
 pub mod card;
 pub mod cli;

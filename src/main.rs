@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use fare_validator::{cli, demo, journal, replay};
+use fare_validator::{bench, cli, demo, journal, replay};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +47,8 @@ enum Cmd {
         /// EVENTS.jsonl, or - for standard input.
         events: PathBuf,
     },
+    /// Measure the engine against a naive validator (SQLite per tap) in one run.
+    Bench(bench::BenchArgs),
     /// Run the validator on PC/SC readers: the card reader and the PSAM's reader.
     #[cfg(feature = "pcsc")]
     Run(cli::pcsc::RunArgs),
@@ -78,7 +80,13 @@ fn main() -> ExitCode {
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
-            eprintln!("fare-validator: {msg}");
+            // One line, whatever the error's own formatting (TOML errors span several).
+            let one_line: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("fare-validator: {}", one_line.join(" "));
             ExitCode::from(code)
         }
     }
@@ -93,6 +101,7 @@ fn bad_input(e: impl std::fmt::Display) -> (u8, String) {
 fn run(cmd: Cmd) -> CmdResult {
     match cmd {
         Cmd::Demo(args) => demo::run(&args).map_err(|e| (1, e)),
+        Cmd::Bench(args) => bench::run(&args).map_err(|e| (1, e)),
         Cmd::Replay {
             cards,
             keys,

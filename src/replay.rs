@@ -164,14 +164,14 @@ pub struct ReplayOptions {
     pub route: u16,
 }
 
-fn read(path: &PathBuf) -> Result<String, ReplayError> {
+fn read(path: &std::path::Path) -> Result<String, ReplayError> {
     std::fs::read_to_string(path).map_err(|e| ReplayError::File {
         path: path.display().to_string(),
         what: e.to_string(),
     })
 }
 
-fn file_err(path: &PathBuf, what: impl std::fmt::Display) -> ReplayError {
+fn file_err(path: &std::path::Path, what: impl std::fmt::Display) -> ReplayError {
     ReplayError::File {
         path: path.display().to_string(),
         what: what.to_string(),
@@ -179,7 +179,7 @@ fn file_err(path: &PathBuf, what: impl std::fmt::Display) -> ReplayError {
 }
 
 /// Load CARDS.json into simulated cards.
-pub fn load_cards(path: &PathBuf) -> Result<HashMap<CardNo, SimCard>, ReplayError> {
+pub fn load_cards(path: &std::path::Path) -> Result<HashMap<CardNo, SimCard>, ReplayError> {
     let f: CardsFile = serde_json::from_str(&read(path)?).map_err(|e| file_err(path, e))?;
     let keys = TestKeys::default();
     let mut cards = HashMap::with_capacity(f.cards.len());
@@ -318,7 +318,7 @@ pub fn run(
 }
 
 /// BLACKLIST.csv of replay.md.
-pub fn load_blacklist(path: &PathBuf) -> Result<Blacklist, ReplayError> {
+pub fn load_blacklist(path: &std::path::Path) -> Result<Blacklist, ReplayError> {
     let entries = crate::blacklist::parse_csv(&read(path)?).map_err(|e| file_err(path, e))?;
     Ok(Blacklist::from_entries(0, entries))
 }

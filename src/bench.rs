@@ -1,0 +1,333 @@
+//! `fare-validator bench`: the engine measured under load against the naive validator a
+//! user would otherwise write, in the same process, on the same cards and taps.
+//!
+//! - card taps with a large blacklist, the journal in memory (no sync);
+//! - card taps made durable by group commit (one fdatasync shared by a group of taps; a tap's
+//!   latency runs until its group's sync returns);
+//! - the baseline: the same card dialogue, but a SQLite query per tap for the blacklist and
+//!   one SQLite INSERT per tap with `synchronous=FULL` for the record.
+
+use std::path::Path;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::blacklist::Blacklist;
+use crate::card::psam::Psam;
+use crate::card::sim::{CardSpec, SimCard, SimPsam, TestKeys};
+use crate::clock::Timestamp;
+use crate::engine::{EngineConfig, Validator, GROUP_COMMIT_TAPS_MAX};
+use crate::fare::FareTable;
+use crate::journal::{FileLayer, Journal, OsFiles, UnsyncedFiles};
+use crate::types::{AccountId, CardNo, ListId, ListReason, RiderCategory};
+
+/// Distinct cards tapped in a run (each comes back only after the anti-passback window).
+pub const BENCH_CARDS: usize = 1_000;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// A short run (under a minute on a 2-core machine).
+    #[arg(long)]
+    pub quick: bool,
+    /// Blacklist entries (default: 1,000,000 quick, 5,000,000 otherwise).
+    #[arg(long)]
+    pub blacklist_entries: Option<usize>,
+    /// Seed of the generated blacklist and cards.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Sizes of one run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BenchPlan {
+    pub blacklist_entries: usize,
+    pub memory_taps: usize,
+    pub durable_taps: usize,
+    pub baseline_taps: usize,
+}
+
+impl BenchPlan {
+    pub fn for_args(a: &BenchArgs) -> Self {
+        let (entries, memory, durable, baseline) = if a.quick {
+            (1_000_000, 20_000, 20_000, 300)
+        } else {
+            (5_000_000, 200_000, 100_000, 2_000)
+        };
+        BenchPlan {
+            blacklist_entries: a.blacklist_entries.unwrap_or(entries),
+            memory_taps: memory,
+            durable_taps: durable,
+            baseline_taps: baseline,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub plan: BenchPlan,
+    pub card_tap_us_p50: u64,
+    pub card_tap_us_p99: u64,
+    pub card_tap_us_max: u64,
+    pub durable_tap_us_p50: u64,
+    pub durable_tap_us_p99: u64,
+    pub durable_taps_per_s: u64,
+    pub group_commit_taps: usize,
+    pub baseline_card_tap_us_p50: u64,
+    pub baseline_card_tap_us_p99: u64,
+    pub baseline_taps_per_s: u64,
+    /// Baseline p99 over ours, durable against durable.
+    pub durable_p99_ratio: f64,
+    /// Our durable throughput over the baseline's.
+    pub throughput_ratio: f64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s at 3 significant digits; construction cannot fail with these bounds.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A blacklist of `n` random cards and accounts that no bench card is on.
+pub fn random_blacklist(n: usize, seed: u64) -> Vec<(ListId, ListReason)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let reason = ListReason::ALL[rng.gen_range(0..4)];
+            if i % 10 == 9 {
+                let a = AccountId {
+                    channel: rng.gen_range(1..=8),
+                    account: rng.gen(),
+                };
+                (ListId::Account(a), ListReason::Arrears)
+            } else {
+                // Dezhou numbers (3714...) above the bench cards' range, and others.
+                let n = if i % 2 == 0 {
+                    3714_0000_0100_0000_0000u128 + rng.gen_range(0..10u128.pow(14))
+                } else {
+                    rng.gen_range(0..10u128.pow(20))
+                };
+                (
+                    ListId::Card(CardNo::from_u128(n).expect("below 10^20")),
+                    reason,
+                )
+            }
+        })
+        .collect()
+}
+
+fn bench_cards(seed: u64) -> Vec<SimCard> {
+    let keys = TestKeys::default();
+    (0..BENCH_CARDS)
+        .map(|i| {
+            let spec = CardSpec {
+                card_no: CardNo::from_u128(3714_0000_0000_0000_0000u128 + i as u128)
+                    .expect("20 digits"),
+                card_type: RiderCategory::Adult,
+                enabled: true,
+                valid_from: "2024-01-01".into(),
+                valid_until: "2034-12-31".into(),
+                balance_fen: u32::MAX,
+            };
+            SimCard::new(&spec, &keys, seed).expect("valid bench card")
+        })
+        .collect()
+}
+
+fn validator(
+    dir: &Path,
+    layer: Box<dyn FileLayer>,
+    list: Blacklist,
+) -> Result<Validator<SimPsam>, String> {
+    let (journal, _) = Journal::open_with(dir, layer).map_err(|e| e.to_string())?;
+    let psam = Psam::open(SimPsam::new(TestKeys::default(), [0, 0, 0, 0, 0, 9], 1))
+        .map_err(|e| e.to_string())?;
+    Ok(Validator::new(
+        EngineConfig::default(),
+        psam,
+        FareTable::default_policy(),
+        list,
+        journal,
+    ))
+}
+
+/// The next tap: cards round-robin, one second apart, so none is a repeat.
+struct Taps {
+    cards: Vec<SimCard>,
+    now: Timestamp,
+    i: usize,
+}
+
+impl Taps {
+    fn next(&mut self) -> (&mut SimCard, Timestamp) {
+        self.now = self.now.plus_s(1);
+        let i = self.i % self.cards.len();
+        self.i += 1;
+        let card = &mut self.cards[i];
+        card.enter_field(None);
+        (card, self.now)
+    }
+}
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros().max(1) as u64
+}
+
+/// Run the whole benchmark.
+pub fn run_bench(args: &BenchArgs) -> Result<BenchReport, String> {
+    let plan = BenchPlan::for_args(args);
+    tracing::info!(?plan, "building the blacklist");
+    let entries = random_blacklist(plan.blacklist_entries, args.seed);
+    let list = Blacklist::from_entries(1, entries.iter().copied());
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let start = Timestamp::parse_rfc3339("2026-11-28T06:00:00+08:00").map_err(|e| e.to_string())?;
+    let mut taps = Taps {
+        cards: bench_cards(args.seed),
+        now: start,
+        i: 0,
+    };
+
+    // In memory.
+    let mut v = validator(
+        &tmp.path().join("memory"),
+        Box::new(UnsyncedFiles),
+        list.clone(),
+    )?;
+    let mut mem = histogram();
+    for _ in 0..plan.memory_taps {
+        let (card, now) = taps.next();
+        let t = Instant::now();
+        let d = v.tap_card(card, now);
+        mem.saturating_record(micros(t));
+        if !d.accepted() {
+            return Err(format!("bench tap refused: {d:?}"));
+        }
+    }
+    drop(v);
+
+    // Durable, group commit.
+    let mut v = validator(&tmp.path().join("durable"), Box::new(OsFiles), list)?;
+    v.set_group_commit(true);
+    let mut durable = histogram();
+    let mut starts = Vec::with_capacity(GROUP_COMMIT_TAPS_MAX);
+    let began = Instant::now();
+    let mut done = 0;
+    while done < plan.durable_taps {
+        starts.clear();
+        for _ in 0..GROUP_COMMIT_TAPS_MAX.min(plan.durable_taps - done) {
+            let (card, now) = taps.next();
+            starts.push(Instant::now());
+            let d = v.tap_card(card, now);
+            if !d.accepted() {
+                return Err(format!("bench tap refused: {d:?}"));
+            }
+        }
+        v.commit().map_err(|e| e.to_string())?;
+        for s in &starts {
+            durable.saturating_record(micros(*s));
+        }
+        done += starts.len();
+    }
+    let durable_s = began.elapsed().as_secs_f64();
+    drop(v);
+
+    let (base, base_s) = baseline(
+        &tmp.path().join("baseline"),
+        &entries,
+        &mut taps,
+        plan.baseline_taps,
+    )?;
+    let durable_taps_per_s = (plan.durable_taps as f64 / durable_s) as u64;
+    let baseline_taps_per_s = (plan.baseline_taps as f64 / base_s) as u64;
+    Ok(BenchReport {
+        plan,
+        card_tap_us_p50: mem.value_at_quantile(0.50),
+        card_tap_us_p99: mem.value_at_quantile(0.99),
+        card_tap_us_max: mem.max(),
+        durable_tap_us_p50: durable.value_at_quantile(0.50),
+        durable_tap_us_p99: durable.value_at_quantile(0.99),
+        durable_taps_per_s,
+        group_commit_taps: GROUP_COMMIT_TAPS_MAX,
+        baseline_card_tap_us_p50: base.value_at_quantile(0.50),
+        baseline_card_tap_us_p99: base.value_at_quantile(0.99),
+        baseline_taps_per_s,
+        durable_p99_ratio: base.value_at_quantile(0.99) as f64
+            / durable.value_at_quantile(0.99).max(1) as f64,
+        throughput_ratio: durable_taps_per_s as f64 / baseline_taps_per_s.max(1) as f64,
+    })
+}
+
+/// The naive validator: the same card dialogue, a SQLite query per tap for the blacklist and
+/// a SQLite INSERT per tap with synchronous=FULL.
+fn baseline(
+    dir: &Path,
+    entries: &[(ListId, ListReason)],
+    taps: &mut Taps,
+    n: usize,
+) -> Result<(Histogram<u64>, f64), String> {
+    let e = |e: rusqlite::Error| e.to_string();
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut db = rusqlite::Connection::open(dir.join("naive.db")).map_err(e)?;
+    db.execute_batch(
+        "CREATE TABLE blacklist (id TEXT PRIMARY KEY, reason TEXT NOT NULL);
+         CREATE TABLE taps (id INTEGER PRIMARY KEY, card TEXT, at INTEGER, fare INTEGER, balance INTEGER);",
+    )
+    .map_err(e)?;
+    let tx = db.transaction().map_err(e)?;
+    {
+        let mut ins = tx
+            .prepare("INSERT OR REPLACE INTO blacklist VALUES (?1, ?2)")
+            .map_err(e)?;
+        for (id, why) in entries {
+            ins.execute((id.to_string(), why.as_str())).map_err(e)?;
+        }
+    }
+    tx.commit().map_err(e)?;
+    db.pragma_update(None, "synchronous", "FULL").map_err(e)?;
+    // The engine decides with an empty in-memory list: the blacklist answer comes from SQLite.
+    let mut v = validator(
+        &dir.join("engine"),
+        Box::new(UnsyncedFiles),
+        Blacklist::empty(),
+    )?;
+    let mut lookup = db
+        .prepare("SELECT reason FROM blacklist WHERE id = ?1")
+        .map_err(e)?;
+    let mut hist = histogram();
+    let began = Instant::now();
+    for _ in 0..n {
+        let (card, now) = taps.next();
+        let t = Instant::now();
+        let card_no = card.card_no().to_string();
+        let listed: Option<String> = lookup.query_row([&card_no], |r| r.get(0)).ok();
+        if listed.is_some() {
+            return Err("a bench card is on the blacklist".into());
+        }
+        let d = v.tap_card(card, now);
+        db.execute(
+            "INSERT INTO taps (card, at, fare, balance) VALUES (?1, ?2, ?3, ?4)",
+            (&card_no, now.unix_s, d.fare_fen, d.balance_fen),
+        )
+        .map_err(e)?;
+        hist.saturating_record(micros(t));
+    }
+    Ok((hist, began.elapsed().as_secs_f64()))
+}
+
+/// `fare-validator bench`.
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    let r = run_bench(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+        );
+    }
+    Ok(())
+}

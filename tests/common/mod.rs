@@ -1,0 +1,51 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use fare_validator::replay::{self, ReplayOptions};
+use serde_json::Value;
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
+}
+
+/// Card number `n` of fixtures/replay/cards.json.
+pub fn card(n: u32) -> String {
+    format!("371400000000000000{n:02}")
+}
+
+pub fn tap(at: &str, n: u32) -> String {
+    format!(r#"{{"at": "{at}", "card_no": "{}"}}"#, card(n))
+}
+
+pub fn options(journal: Option<PathBuf>) -> ReplayOptions {
+    ReplayOptions {
+        cards: fixture("replay/cards.json"),
+        journal,
+        route: 1,
+        ..ReplayOptions::default()
+    }
+}
+
+/// Run events (one per line) through replay with the fixture cards; the decision lines.
+pub fn replay_with(opts: &ReplayOptions, events: &[String]) -> Vec<Value> {
+    let input = events.join("\n");
+    let mut out = Vec::new();
+    replay::run(opts, input.as_bytes(), &mut out).expect("replay runs");
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn replay_events(events: &[String]) -> Vec<Value> {
+    replay_with(&options(None), events)
+}
+
+pub fn reason(line: &Value) -> &str {
+    line["reason"].as_str().unwrap_or("accepted")
+}
