@@ -69,7 +69,11 @@ impl Station {
     ) -> Result<Self, StationError> {
         let card = readers.find(card_reader)?;
         let sam = readers.find(sam_reader)?;
-        if !readers.wait_for(&sam, Presence::Card, Some(Duration::from_millis(SAM_WAIT_MS)))? {
+        if !readers.wait_for(
+            &sam,
+            Presence::Card,
+            Some(Duration::from_millis(SAM_WAIT_MS)),
+        )? {
             return Err(StationError::NoSam(sam_reader.to_string()));
         }
         let channel = readers.connect(&sam).map_err(|e| StationError::Psam {

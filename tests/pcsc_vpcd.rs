@@ -307,11 +307,11 @@ fn taps_through_pcscd_and_vpcd_decide_as_the_simulation() {
         removal: None,
     };
     let steps = [
-        tap(0, 0),       // accepted, 200
-        tap(0, 20),      // repeat_tap
-        Step::Route(2),  // another route within the hour: transfer
-        tap(0, 600),     // accepted, 100
-        tap(1, 610),     // student: 100 > 50, insufficient_balance
+        tap(0, 0),      // accepted, 200
+        tap(0, 20),     // repeat_tap
+        Step::Route(2), // another route within the hour: transfer
+        tap(0, 600),    // accepted, 100
+        tap(1, 610),    // student: 100 > 50, insufficient_balance
     ];
     let pcsc = run_through_pcscd(readers, &specs, &steps);
     let sim = run_in_process(&specs, &steps);
@@ -327,7 +327,10 @@ fn taps_through_pcscd_and_vpcd_decide_as_the_simulation() {
         ]
     );
     assert_eq!(
-        pcsc.decisions.iter().map(|d| d.fare_fen).collect::<Vec<_>>(),
+        pcsc.decisions
+            .iter()
+            .map(|d| d.fare_fen)
+            .collect::<Vec<_>>(),
         [200, 0, 100, 0]
     );
     assert_eq!(pcsc.cards[0].balance_fen(), 4700);

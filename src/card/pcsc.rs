@@ -145,7 +145,11 @@ impl Readers {
                 ReaderInfo {
                     name,
                     card_present: present,
-                    atr: if present { s.atr().to_vec() } else { Vec::new() },
+                    atr: if present {
+                        s.atr().to_vec()
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect())
@@ -211,7 +215,9 @@ impl Readers {
 
     /// Connect to the card in `reader` (T=0 or T=1, shared).
     pub fn connect(&self, reader: &CStr) -> Result<PcscChannel, Error> {
-        let card = self.ctx.connect(reader, ShareMode::Shared, Protocols::ANY)?;
+        let card = self
+            .ctx
+            .connect(reader, ShareMode::Shared, Protocols::ANY)?;
         Ok(PcscChannel {
             card: Some(card),
             reader: reader.to_owned(),

@@ -26,8 +26,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::apdu::{sw, CardChannel, ChannelError, Response, COMMAND_BYTES_MAX};
 use super::apdu::RESPONSE_DATA_BYTES_MAX;
+use super::apdu::{sw, CardChannel, ChannelError, Response, COMMAND_BYTES_MAX};
 use super::sim::{SimCard, SimPsam};
 
 /// vpcd's first reader ("Virtual PCD 00 00"): the contactless card in these tests.
@@ -448,7 +448,11 @@ mod tests {
     fn atrs_have_a_valid_check_byte() {
         for atr in [&SIM_CARD_ATR[..], &SIM_PSAM_ATR[..]] {
             assert_eq!(atr[0], 0x3B);
-            assert_eq!(usize::from(atr[1] & 0x0F), atr.len() - 5, "historical bytes");
+            assert_eq!(
+                usize::from(atr[1] & 0x0F),
+                atr.len() - 5,
+                "historical bytes"
+            );
             assert_eq!(atr[1..].iter().fold(0u8, |x, b| x ^ b), 0, "TCK");
         }
     }
