@@ -497,3 +497,85 @@ fn measure_round_trips_through_pcscd() {
     psam_thread.join().unwrap();
     wait_readers_empty(&readers);
 }
+
+/// The command line end to end: `sim-card --psam`, `run`, and `sim-card --card` with a torn
+/// first tap, as three processes around pcscd.
+#[test]
+fn run_and_sim_card_commands_end_to_end() {
+    use std::process::{Command, Stdio};
+    let _one = VPCD.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(readers) = pcscd_or_skip("run_and_sim_card_commands_end_to_end") else {
+        return;
+    };
+    wait_readers_empty(&readers);
+    let exe = env!("CARGO_BIN_EXE_fare-validator");
+    let dir = tempfile::tempdir().unwrap();
+    let card_file = dir.path().join("card.json");
+    std::fs::write(
+        &card_file,
+        serde_json::json!({"cards": [{"card_no": "37140000000000000004", "card_type": "adult",
+            "enabled": true, "valid_from": "2024-01-01", "valid_until": "2034-12-31",
+            "balance_fen": 5000}]})
+        .to_string(),
+    )
+    .unwrap();
+    let mut psam = Command::new(exe)
+        .args(["sim-card", "--vpcd", "127.0.0.1:35964", "--psam"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = dir.path().join("journal");
+    let mut run = Command::new(exe)
+        .args(["run", "--reader", CARD_READER, "--sam-reader", SAM_READER])
+        .args(["--max-taps", "2", "--journal"])
+        .arg(&journal)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let card = Command::new(exe)
+        .args(["sim-card", "--vpcd", "127.0.0.1:35963", "--card"])
+        .arg(&card_file)
+        .args([
+            "--taps",
+            "2",
+            "--removal",
+            "after_debit",
+            "--away-ms",
+            "1000",
+        ])
+        .output()
+        .unwrap();
+    // `run` stops after two taps; should it not see them, it is killed rather than hang CI.
+    let mut out = run.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).map(|_| s)
+    });
+    let deadline = Instant::now() + Duration::from_secs(PRESENCE_TIMEOUT_S * 3);
+    let status = loop {
+        if let Some(st) = run.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            break run.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = reader.join().unwrap().unwrap();
+    let _ = psam.kill();
+    let _ = psam.wait();
+    wait_readers_empty(&readers);
+    assert!(card.status.success(), "sim-card: {card:?}");
+    assert!(status.success(), "run: {status:?}, printed {stdout:?}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["reason"], "card_removed");
+    assert_eq!(lines[1]["result"], "accepted");
+    assert_eq!(lines[1]["fare_fen"], 200);
+    assert_eq!(lines[1]["balance_fen"], 4800);
+    assert_eq!(journal::scan(&journal).unwrap().records.len(), 1);
+}
