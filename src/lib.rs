@@ -15,6 +15,7 @@
 
 pub mod blacklist;
 pub mod card;
+pub mod cli;
 pub mod engine;
 pub mod fare;
 pub mod journal;
