@@ -43,8 +43,14 @@ impl Blacklist {
         Self::default()
     }
 
-    pub fn from_entries(version: u64, entries: impl IntoIterator<Item = (ListId, ListReason)>) -> Self {
-        Blacklist { version, entries: entries.into_iter().collect() }
+    pub fn from_entries(
+        version: u64,
+        entries: impl IntoIterator<Item = (ListId, ListReason)>,
+    ) -> Self {
+        Blacklist {
+            version,
+            entries: entries.into_iter().collect(),
+        }
     }
 
     pub fn version(&self) -> u64 {
@@ -96,7 +102,8 @@ pub fn parse_csv(text: &str) -> Result<Vec<(ListId, ListReason)>, CsvError> {
         }
         let bad = |what: String| CsvError::Line { line: i + 1, what };
         let mut f = line.split(',');
-        let (Some(kind), Some(id), Some(reason), None) = (f.next(), f.next(), f.next(), f.next()) else {
+        let (Some(kind), Some(id), Some(reason), None) = (f.next(), f.next(), f.next(), f.next())
+        else {
             return Err(bad("expected three fields kind,id,reason".into()));
         };
         let id = ListId::parse(kind.trim(), id.trim()).map_err(|e| bad(e.to_string()))?;
