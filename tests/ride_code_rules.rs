@@ -9,6 +9,7 @@ use fare_validator::ride_code::{
 };
 use fare_validator::types::{CardNo, Reason, RiderCategory};
 use proptest::prelude::*;
+use std::sync::OnceLock;
 
 /// The validator's clock in most tests: 2026-11-28T08:00:00+08:00.
 const NOW: i64 = 1_795_824_000;
@@ -88,9 +89,15 @@ fn key_file(channels: &[Channel]) -> KeyFile {
     }
 }
 
+/// Decoded once: SM2 keys cost a point decompression and a Z_A hash each.
+fn test_keys() -> &'static ChannelKeys {
+    static KEYS: OnceLock<ChannelKeys> = OnceLock::new();
+    KEYS.get_or_init(|| ChannelKeys::from_file(&key_file(&channels())).expect("test key file"))
+}
+
+/// A fresh validator: empty certificate cache.
 fn verifier() -> Verifier {
-    let keys = ChannelKeys::from_file(&key_file(&channels())).expect("test key file");
-    Verifier::new(keys, RideCodeConfig::default())
+    Verifier::new(test_keys().clone(), RideCodeConfig::default())
 }
 
 fn channel(channel_id: u16, key_id: u8) -> KeyPair {
@@ -128,12 +135,14 @@ fn holder_with(channel_id: u16, key_id: u8, edit: impl FnOnce(&mut CertFields)) 
     }
 }
 
-fn p256_holder() -> Holder {
-    holder_with(2, 1, |_| {})
+fn p256_holder() -> &'static Holder {
+    static HOLDER: OnceLock<Holder> = OnceLock::new();
+    HOLDER.get_or_init(|| holder_with(2, 1, |_| {}))
 }
 
-fn sm2_holder() -> Holder {
-    holder_with(1, 1, |_| {})
+fn sm2_holder() -> &'static Holder {
+    static HOLDER: OnceLock<Holder> = OnceLock::new();
+    HOLDER.get_or_init(|| holder_with(1, 1, |_| {}))
 }
 
 impl Holder {

@@ -231,10 +231,12 @@ mod tests {
             .is_valid_at(1_795_824_000));
     }
 
+    type IsExpected = fn(&KeyFileError) -> bool;
+
     #[test]
     fn bad_key_files_are_typed_errors() {
         let good = fixture();
-        let cases: [(String, fn(&KeyFileError) -> bool); 5] = [
+        let cases: [(String, IsExpected); 5] = [
             (good.replacen("\"version\": 1", "\"version\": 2", 1), |e| {
                 matches!(e, KeyFileError::Version(2))
             }),
