@@ -64,7 +64,7 @@ impl VerifyKey {
             )
             .verify(message, signature)
             .is_ok(),
-            VerifyKey::Sm2(key) => match sm2::dsa::Signature::from_bytes(signature) {
+            VerifyKey::Sm2(key) => match sm2::dsa::Signature::from_slice(signature) {
                 Ok(sig) => key.verify(message, &sig).is_ok(),
                 Err(_) => false,
             },

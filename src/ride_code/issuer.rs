@@ -5,9 +5,8 @@
 //! Signing is deterministic (RFC 6979 style nonces in both crates), and key generation takes a
 //! seed, so every test and demo run is repeatable.
 
-use p256::elliptic_curve::sec1::ToEncodedPoint;
+use p256::ecdsa::signature::Signer as _;
 use rand::{CryptoRng, RngCore, SeedableRng};
-use sm2::dsa::signature::Signer as _;
 
 use super::format::{
     self, CERT_BYTES, CERT_SIGNED_BYTES, CODE_BYTES, CODE_SIGNED_BYTES, CODE_VERSION,
@@ -62,12 +61,14 @@ impl KeyPair {
         alg: Alg,
         secret: &[u8; SECRET_KEY_BYTES],
     ) -> Result<Self, IssueError> {
-        let bad = |_| IssueError::SecretKey(alg);
+        let bad = IssueError::SecretKey(alg);
         Ok(match alg {
-            Alg::P256 => KeyPair::P256(p256::ecdsa::SigningKey::from_slice(secret).map_err(bad)?),
-            Alg::Sm2 => {
-                KeyPair::Sm2(sm2::dsa::SigningKey::from_slice(SM2_SIGNER_ID, secret).map_err(bad)?)
+            Alg::P256 => {
+                KeyPair::P256(p256::ecdsa::SigningKey::from_slice(secret).map_err(|_| bad)?)
             }
+            Alg::Sm2 => KeyPair::Sm2(
+                sm2::dsa::SigningKey::from_slice(SM2_SIGNER_ID, secret).map_err(|_| bad)?,
+            ),
         })
     }
 
@@ -111,7 +112,7 @@ impl KeyPair {
             KeyPair::P256(k) => k.verifying_key().to_encoded_point(true),
             KeyPair::Sm2(k) => {
                 let p: sm2::PublicKey = k.verifying_key().into();
-                let enc = p.to_encoded_point(true);
+                let enc = sm2::elliptic_curve::sec1::ToSec1Point::to_sec1_point(&p, true);
                 // Same bytes layout; copy through a slice to share the code below.
                 let mut out = [0u8; PUBLIC_KEY_BYTES];
                 out.copy_from_slice(enc.as_bytes());
@@ -132,7 +133,7 @@ impl KeyPair {
                 out.copy_from_slice(&sig.to_bytes());
             }
             KeyPair::Sm2(k) => {
-                let sig: sm2::dsa::Signature = k.sign(message);
+                let sig: sm2::dsa::Signature = sm2::dsa::signature::Signer::sign(k, message);
                 out.copy_from_slice(&sig.to_bytes());
             }
         }
