@@ -11,7 +11,8 @@
 //! - [`fare`]: the fare table;
 //! - [`engine`]: where a tap becomes a decision;
 //! - [`journal`]: durable records;
-//! - [`replay`]: the replay contract (shared/specs/replay.md).
+//! - [`replay`]: the replay contract (shared/specs/replay.md);
+//! - [`cli`]: command-line front ends over the library.
 
 pub mod blacklist;
 pub mod card;

@@ -42,6 +42,24 @@
 //! - [`replay_cache`]: bounded memory of accepted codes for check 12;
 //! - [`issuer`]: the phone's side (keygen, certificates, codes, QR) for tests, demo, benches.
 //!
+//! # How the engine uses it
+//!
+//! ```text
+//! let code = verifier.verify(text, now)?;          // checks 1–10, Err(Reason)
+//! blacklist: code.card_no, code.account            // check 11 → blacklisted
+//! if replay.is_replay(&code, now) → replayed       // check 12
+//! anti-passback on code.account                    // check 13 → repeat_tap
+//! fare from code.rider_category; journal record made durable; then
+//! replay.remember_code(&code, now)
+//! ```
+//!
+//! # Cost of a scan
+//!
+//! At most two signature checks (certificate, code). A holder whose certificate verified
+//! before costs one: the verifier keeps a bounded cache of verified certificates (keyed by the
+//! full 129 certificate bytes), and still runs checks 4, 5 and 7 on every scan. P-256 verifies
+//! through `ring`, SM2 through RustCrypto `sm2`; nothing on the scan path allocates.
+//!
 //! ```no_run
 //! use fare_validator::ride_code::{ChannelKeys, RideCodeConfig, Verifier};
 //! let keys = ChannelKeys::load("fixtures/ride-code-keys.json").expect("key file");
