@@ -606,3 +606,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn extreme_clocks_give_a_reason_not_a_panic() {
+    let t = p256_holder().text(NOW);
+    for now in [i64::MIN, -1, 0, i64::from(u32::MAX) + 1, i64::MAX] {
+        assert_eq!(verdict(&t, now), Err(Reason::KeyNotValid), "{now}");
+    }
+    let mut replay = fare_validator::ride_code::ReplayCache::new(&RideCodeConfig::default());
+    let code = verifier().verify(&t, NOW).unwrap();
+    replay.remember_code(&code, NOW);
+    assert!(!replay.is_replay(&code, i64::MAX));
+    assert!(replay.is_replay(&code, i64::MIN));
+}

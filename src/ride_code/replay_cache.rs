@@ -161,7 +161,7 @@ impl ReplayCache {
     }
 
     fn is_live(&self, e: &Entry, now_unix_s: i64) -> bool {
-        e.generated_at + self.keep_s >= now_unix_s
+        e.generated_at.saturating_add(self.keep_s) >= now_unix_s
     }
 
     /// Slot holding `key`, by linear probing; the load of at most one half guarantees an

@@ -131,7 +131,7 @@ impl Verifier {
             return Err(Reason::BadSignature);
         }
         let generated_at = i64::from(code.generated_at);
-        if generated_at > now_unix_s + i64::from(self.config.clock_skew_s) {
+        if generated_at > now_unix_s.saturating_add(i64::from(self.config.clock_skew_s)) {
             return Err(Reason::CodeNotYetValid);
         }
         if now_unix_s > generated_at + i64::from(self.config.code_validity_s) {
