@@ -15,7 +15,8 @@
 //! decides at most about 2 scans a second (each passenger holds up a phone and waits for the
 //! beep); with front and rear doors both scanning at that rate through a full two minutes of
 //! boarding that is 4/s × 120 s = 480 live entries. [`REPLAY_ENTRIES_MAX`] = 2048 is four
-//! times that, and the table is twice that again so probes stay short. About 96 KiB.
+//! times that, and the table is twice that again so probes stay short: two tables (one spare
+//! for rebuilds) of 4096 slots × 32 bytes, 256 KiB.
 //!
 //! # When it is full anyway (longer configured windows, a flood)
 //!
