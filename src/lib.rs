@@ -14,6 +14,7 @@
 //! - [`replay`]: the replay contract (shared/specs/replay.md);
 //! - `reader` (feature `pcsc`): the validator on PC/SC readers; [`card::vpcd`]: simulated
 //!   cards in vsmartcard's virtual reader.
+//! - [`cli`]: command-line front ends over the library.
 
 pub mod bench;
 pub mod blacklist;

@@ -57,6 +57,11 @@ enum Cmd {
     Readers,
     /// Present a simulated card or PSAM in a vsmartcard virtual reader (vpcd, 127.0.0.1).
     SimCard(cli::sim_card::SimCardArgs),
+    /// The issuer's side of ride codes, for tests and demos: keys, codes, QR symbols.
+    RideCode {
+        #[command(subcommand)]
+        cmd: cli::ride_code::RideCodeCmd,
+    },
     /// Inspect a journal.
     Journal {
         #[command(subcommand)]
@@ -138,6 +143,7 @@ fn run(cmd: Cmd) -> CmdResult {
         #[cfg(feature = "pcsc")]
         Cmd::Readers => cli::pcsc::readers(),
         Cmd::SimCard(args) => cli::sim_card::run(&args),
+        Cmd::RideCode { cmd } => cli::ride_code::run(cmd).map_err(bad_input),
         Cmd::Journal {
             cmd: JournalCmd::Show { dir },
         } => journal_show(&dir),

@@ -1,8 +1,9 @@
-//! Command-line glue for the reader commands: `sim-card` (a simulated card or PSAM in vpcd's
-//! virtual reader) and, with the `pcsc` feature, `run` and `readers` on PC/SC readers.
+//! Command-line front ends: each subcommand parses its arguments with clap and calls library
+//! functions; errors are rendered once, as one line for humans.
 
 #[cfg(feature = "pcsc")]
 pub mod pcsc;
+pub mod ride_code;
 pub mod sim_card;
 
 /// A command's failure: exit code (1 runtime, 2 bad input) and one line for standard error.
