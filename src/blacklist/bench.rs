@@ -92,6 +92,9 @@ pub struct BenchReport {
     pub tap_lookups_during_apply: u64,
     pub tap_wait_us_max_idle: f64,
     pub lookup_ns_p50_with_overlay: f64,
+    /// Other load on the machine during the run (/proc/loadavg, 1 minute), for reading the
+    /// latency maxima.
+    pub load_average_1m: Option<f64>,
 }
 
 /// Run with the default probe count.
@@ -183,7 +186,12 @@ pub fn bench_blacklist_with(entries: usize, seed: u64, probes: usize) -> BenchRe
         tap_lookups_during_apply: swap.lookups,
         tap_wait_us_max_idle: swap.idle_wait_us_max,
         lookup_ns_p50_with_overlay: swap.lookup_ns_p50_after,
+        load_average_1m: load_average_1m(),
     }
+}
+
+fn load_average_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 fn ms(t: Instant) -> u64 {

@@ -20,7 +20,7 @@
 //!
 //! A [`Blacklist`] is a compact immutable *base* ([`packed`]: about 7.4 bytes a card entry at
 //! 20 million, exact, read in place from the signed snapshot file) shared by `Arc`, under a
-//! small sorted *overlay* of the adds and removes since that base. [`Blacklist::apply`] changes
+//! small hashed *overlay* of the adds and removes since that base. [`Blacklist::apply`] changes
 //! only the overlay, so a single change costs a tree insert and a delta of 100,000 changes
 //! costs 100,000 of them, never a copy of the base. [`Blacklist::compacted`] folds the overlay
 //! into a new base (depot side, or a background thread past [`OVERLAY_COMPACT_ENTRIES`]).
@@ -34,7 +34,7 @@ pub mod file;
 pub mod handle;
 pub mod packed;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -153,8 +153,9 @@ impl Base {
 pub struct Blacklist {
     version: u64,
     base: Arc<Base>,
-    /// Changes since the base: `Some(reason)` listed, `None` removed from the base.
-    overlay: Arc<BTreeMap<ListId, Option<ListReason>>>,
+    /// Changes since the base: `Some(reason)` listed, `None` removed from the base. A hash
+    /// map: most taps miss it, and a miss costs one probe.
+    overlay: Arc<HashMap<ListId, Option<ListReason>>>,
     len: usize,
 }
 
