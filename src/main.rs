@@ -28,9 +28,12 @@ enum BenchCmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let result = match Cli::parse().cmd {
         Cmd::Blacklist(cmd) => run(cmd),
         Cmd::Bench(BenchCmd::Blacklist(args)) => run_bench(&args),

@@ -102,7 +102,10 @@ pub enum SignedError {
     #[error("unsupported signed file kind {found}")]
     UnsupportedKind { found: u16 },
     #[error("expected a {expected} file, found {found}")]
-    WrongKind { expected: &'static str, found: &'static str },
+    WrongKind {
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("reserved header bytes are not zero")]
     ReservedNotZero,
     #[error("payload of {len} bytes is over the limit")]
@@ -166,14 +169,18 @@ pub fn parse(bytes: &[u8]) -> Result<Unverified<'_>, SignedError> {
         return Err(SignedError::BadMagic);
     }
     if bytes.len() < HEADER_LEN {
-        return Err(SignedError::Truncated { need: HEADER_LEN as u64, have });
+        return Err(SignedError::Truncated {
+            need: HEADER_LEN as u64,
+            have,
+        });
     }
     let format = le_u16(bytes, 8);
     if format != FORMAT_VERSION {
         return Err(SignedError::UnsupportedFormat { found: format });
     }
     let kind_raw = le_u16(bytes, 10);
-    let kind = FileKind::from_u16(kind_raw).ok_or(SignedError::UnsupportedKind { found: kind_raw })?;
+    let kind =
+        FileKind::from_u16(kind_raw).ok_or(SignedError::UnsupportedKind { found: kind_raw })?;
     if le_u32(bytes, 12) != 0 || le_u32(bytes, 44) != 0 {
         return Err(SignedError::ReservedNotZero);
     }
@@ -204,7 +211,11 @@ pub fn parse(bytes: &[u8]) -> Result<Unverified<'_>, SignedError> {
         crc32c: stored,
         signature,
     };
-    Ok(Unverified { header, payload, signed_header: &bytes[..SIGNED_HEADER_END] })
+    Ok(Unverified {
+        header,
+        payload,
+        signed_header: &bytes[..SIGNED_HEADER_END],
+    })
 }
 
 impl<'a> Unverified<'a> {
@@ -212,8 +223,12 @@ impl<'a> Unverified<'a> {
     pub fn verify(self, key: &VerifyingKey) -> Result<Verified<'a>, SignedError> {
         let message = signed_message(self.signed_header, self.payload);
         let signature = Signature::from_bytes(&self.header.signature);
-        key.verify(&message, &signature).map_err(|_| SignedError::BadSignature)?;
-        Ok(Verified { header: self.header, payload: self.payload })
+        key.verify(&message, &signature)
+            .map_err(|_| SignedError::BadSignature)?;
+        Ok(Verified {
+            header: self.header,
+            payload: self.payload,
+        })
     }
 
     /// Refuse a file of another kind before spending time on its signature.
@@ -221,19 +236,35 @@ impl<'a> Unverified<'a> {
         if self.header.kind == expected {
             Ok(self)
         } else {
-            Err(SignedError::WrongKind { expected: expected.as_str(), found: self.header.kind.as_str() })
+            Err(SignedError::WrongKind {
+                expected: expected.as_str(),
+                found: self.header.kind.as_str(),
+            })
         }
     }
 }
 
 /// Parse, check the kind, the CRC and the signature: the only way a validator should read one.
-pub fn open<'a>(bytes: &'a [u8], expected: FileKind, key: &VerifyingKey) -> Result<Verified<'a>, SignedError> {
+pub fn open<'a>(
+    bytes: &'a [u8],
+    expected: FileKind,
+    key: &VerifyingKey,
+) -> Result<Verified<'a>, SignedError> {
     parse(bytes)?.expect_kind(expected)?.verify(key)
 }
 
 /// Build a signed file around `payload`.
-pub fn seal(kind: FileKind, version: u64, base_version: u64, payload: &[u8], key: &SigningKey) -> Vec<u8> {
-    assert!(payload.len() as u64 <= PAYLOAD_LEN_MAX, "payload over PAYLOAD_LEN_MAX");
+pub fn seal(
+    kind: FileKind,
+    version: u64,
+    base_version: u64,
+    payload: &[u8],
+    key: &SigningKey,
+) -> Vec<u8> {
+    assert!(
+        payload.len() as u64 <= PAYLOAD_LEN_MAX,
+        "payload over PAYLOAD_LEN_MAX"
+    );
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -281,7 +312,10 @@ fn signed_message(signed_header: &[u8], payload: &[u8]) -> Vec<u8> {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("key must be 64 hex digits (32 bytes)")]
     Format,
     #[error("not a valid Ed25519 public key")]
@@ -323,7 +357,10 @@ pub fn signing_key_hex(key: &SigningKey) -> String {
 }
 
 fn read_text(path: &Path) -> Result<String, KeyError> {
-    std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Read an operator secret key file (as `keygen` writes it).
@@ -351,7 +388,10 @@ mod tests {
     fn sealed_file_opens_with_its_key_and_kind() {
         let file = seal(FileKind::BlacklistDelta, 8, 7, b"payload", &key());
         let v = open(&file, FileKind::BlacklistDelta, &key().verifying_key()).unwrap();
-        assert_eq!((v.header.version, v.header.base_version, v.payload), (8, 7, &b"payload"[..]));
+        assert_eq!(
+            (v.header.version, v.header.base_version, v.payload),
+            (8, 7, &b"payload"[..])
+        );
     }
 
     #[test]
@@ -359,23 +399,47 @@ mod tests {
         let pk = key().verifying_key();
         let file = seal(FileKind::BlacklistSnapshot, 1, 0, b"abcdef", &key());
         assert_eq!(parse(b"nope").unwrap_err(), SignedError::BadMagic);
-        assert!(matches!(parse(&file[..50]), Err(SignedError::Truncated { .. })));
-        assert!(matches!(parse(&file[..file.len() - 1]), Err(SignedError::Truncated { .. })));
+        assert!(matches!(
+            parse(&file[..50]),
+            Err(SignedError::Truncated { .. })
+        ));
+        assert!(matches!(
+            parse(&file[..file.len() - 1]),
+            Err(SignedError::Truncated { .. })
+        ));
         let mut longer = file.clone();
         longer.push(0);
-        assert!(matches!(parse(&longer), Err(SignedError::TrailingBytes { extra: 1 })));
+        assert!(matches!(
+            parse(&longer),
+            Err(SignedError::TrailingBytes { extra: 1 })
+        ));
         let mut flipped = file.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(matches!(parse(&flipped), Err(SignedError::CrcMismatch { .. })));
+        assert!(matches!(
+            parse(&flipped),
+            Err(SignedError::CrcMismatch { .. })
+        ));
         let mut format = file.clone();
         format[8] = 9;
-        assert_eq!(parse(&format).unwrap_err(), SignedError::UnsupportedFormat { found: 9 });
+        assert_eq!(
+            parse(&format).unwrap_err(),
+            SignedError::UnsupportedFormat { found: 9 }
+        );
         let mut kind = file.clone();
         kind[10] = 99;
-        assert_eq!(parse(&kind).unwrap_err(), SignedError::UnsupportedKind { found: 99 });
-        assert!(matches!(open(&file, FileKind::FareTable, &pk), Err(SignedError::WrongKind { .. })));
+        assert_eq!(
+            parse(&kind).unwrap_err(),
+            SignedError::UnsupportedKind { found: 99 }
+        );
+        assert!(matches!(
+            open(&file, FileKind::FareTable, &pk),
+            Err(SignedError::WrongKind { .. })
+        ));
         let other = signing_key_from_seed([2; 32]).verifying_key();
-        assert_eq!(open(&file, FileKind::BlacklistSnapshot, &other).unwrap_err(), SignedError::BadSignature);
+        assert_eq!(
+            open(&file, FileKind::BlacklistSnapshot, &other).unwrap_err(),
+            SignedError::BadSignature
+        );
     }
 
     #[test]
@@ -385,12 +449,18 @@ mod tests {
         // A forger who recomputes the CRC still cannot produce the signature.
         let forged = resign_crc(&file, b"abcdeg");
         assert!(parse(&forged).is_ok());
-        assert_eq!(open(&forged, FileKind::BlacklistSnapshot, &pk).unwrap_err(), SignedError::BadSignature);
+        assert_eq!(
+            open(&forged, FileKind::BlacklistSnapshot, &pk).unwrap_err(),
+            SignedError::BadSignature
+        );
         // The version is signed too.
         let mut bumped = file.clone();
         bumped[16] = 2;
         let bumped = resign_crc(&bumped, b"abcdef");
-        assert_eq!(open(&bumped, FileKind::BlacklistSnapshot, &pk).unwrap_err(), SignedError::BadSignature);
+        assert_eq!(
+            open(&bumped, FileKind::BlacklistSnapshot, &pk).unwrap_err(),
+            SignedError::BadSignature
+        );
     }
 
     fn resign_crc(file: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -411,7 +481,10 @@ mod tests {
         for i in 0..file.len() {
             let mut f = file.clone();
             f[i] ^= 0x80;
-            assert!(open(&f, FileKind::RideCodeKeys, &key().verifying_key()).is_err(), "flip at {i}");
+            assert!(
+                open(&f, FileKind::RideCodeKeys, &key().verifying_key()).is_err(),
+                "flip at {i}"
+            );
         }
     }
 }

@@ -243,7 +243,9 @@ impl FromStr for ListReason {
         ListReason::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("reason must be lost, replaced, cancelled or arrears, not {s:?}"))
+            .ok_or_else(|| {
+                format!("reason must be lost, replaced, cancelled or arrears, not {s:?}")
+            })
     }
 }
 
@@ -425,7 +427,13 @@ mod tests {
     #[test]
     fn account_id_is_strict_decimal() {
         let a: AccountId = "2:123".parse().unwrap();
-        assert_eq!(a, AccountId { channel: 2, account: 123 });
+        assert_eq!(
+            a,
+            AccountId {
+                channel: 2,
+                account: 123
+            }
+        );
         assert_eq!(a.to_string(), "2:123");
         for bad in ["2", ":1", "2:", "x:1", "2:-1", "70000:1", "2:1:3", " 2:1"] {
             assert!(bad.parse::<AccountId>().is_err(), "{bad}");

@@ -105,7 +105,10 @@ pub fn bench_blacklist(entries: usize, seed: u64) -> BenchReport {
 /// The command: run and print the JSON object.
 pub fn run_bench(args: &BenchBlacklistArgs) -> Result<(), String> {
     let report = bench_blacklist_with(args.entries, args.seed, args.probes);
-    println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(|e| e.to_string())?
+    );
     Ok(())
 }
 
@@ -179,7 +182,9 @@ pub fn bench_blacklist_with(entries: usize, seed: u64, probes: usize) -> BenchRe
         hashset_string_mismatches: hashset_mismatches,
         sqlite_over_packed_lookup_ratio: sqlite.0 / lookup.0,
         hashset_over_packed_lookup_ratio: hashset.0 / lookup.0,
-        hashset_over_packed_bytes_ratio: hashset_bytes as f64 / entries.max(1) as f64 / bytes_per_entry,
+        hashset_over_packed_bytes_ratio: hashset_bytes as f64
+            / entries.max(1) as f64
+            / bytes_per_entry,
         delta_changes: DELTA_CHANGES,
         apply_delta_ms: swap.apply_ms,
         tap_wait_us_max_during_apply: swap.wait_us_max,
@@ -191,7 +196,12 @@ pub fn bench_blacklist_with(entries: usize, seed: u64, probes: usize) -> BenchRe
 }
 
 fn load_average_1m() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn ms(t: Instant) -> u64 {
@@ -207,8 +217,15 @@ fn random_card(rng: &mut ChaCha8Rng) -> ListId {
 }
 
 fn random_account(rng: &mut ChaCha8Rng) -> ListId {
-    let account = if rng.gen_bool(0.5) { rng.gen() } else { rng.gen_range(0..10_000_000) };
-    ListId::Account(AccountId { channel: rng.gen_range(1..=8), account })
+    let account = if rng.gen_bool(0.5) {
+        rng.gen()
+    } else {
+        rng.gen_range(0..10_000_000)
+    };
+    ListId::Account(AccountId {
+        channel: rng.gen_range(1..=8),
+        account,
+    })
 }
 
 /// Cards in runs of consecutive serials under the real prefixes.
@@ -233,7 +250,12 @@ impl ClusteredCards {
 fn random_reason(rng: &mut ChaCha8Rng, id: &ListId) -> ListReason {
     match id {
         ListId::Account(_) => ListReason::Arrears,
-        ListId::Card(_) => [ListReason::Lost, ListReason::Lost, ListReason::Replaced, ListReason::Cancelled][rng.gen_range(0..4)],
+        ListId::Card(_) => [
+            ListReason::Lost,
+            ListReason::Lost,
+            ListReason::Replaced,
+            ListReason::Cancelled,
+        ][rng.gen_range(0..4)],
     }
 }
 
@@ -245,7 +267,11 @@ fn generate_id(rng: &mut ChaCha8Rng, clustered: &mut ClusteredCards) -> ListId {
     }
 }
 
-fn generate(rng: &mut ChaCha8Rng, n: usize, probes_n: usize) -> (Vec<(ListId, ListReason)>, Vec<Probe>) {
+fn generate(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    probes_n: usize,
+) -> (Vec<(ListId, ListReason)>, Vec<Probe>) {
     let mut clustered = ClusteredCards { next: 0, left: 0 };
     let mut seen: HashSet<ListId> = HashSet::with_capacity(n);
     let mut entries = Vec::with_capacity(n);
@@ -260,14 +286,22 @@ fn generate(rng: &mut ChaCha8Rng, n: usize, probes_n: usize) -> (Vec<(ListId, Li
         let (hit, reason) = entries[rng.gen_range(0..entries.len())];
         let id = match probes.len() % 4 {
             0 | 1 => {
-                probes.push(Probe { id: hit, text: hit.to_string(), expected: Some(reason) });
+                probes.push(Probe {
+                    id: hit,
+                    text: hit.to_string(),
+                    expected: Some(reason),
+                });
                 continue;
             }
             2 => neighbour(&hit),
             _ => generate_id(rng, &mut clustered),
         };
         if !seen.contains(&id) {
-            probes.push(Probe { id, text: id.to_string(), expected: None });
+            probes.push(Probe {
+                id,
+                text: id.to_string(),
+                expected: None,
+            });
         }
     }
     probes.shuffle(rng);
@@ -277,7 +311,10 @@ fn generate(rng: &mut ChaCha8Rng, n: usize, probes_n: usize) -> (Vec<(ListId, Li
 fn neighbour(id: &ListId) -> ListId {
     match id {
         ListId::Card(c) => ListId::Card(CardNo::from_u128(c.as_u128() + 1).unwrap_or(*c)),
-        ListId::Account(a) => ListId::Account(AccountId { channel: a.channel, account: a.account.wrapping_add(1) }),
+        ListId::Account(a) => ListId::Account(AccountId {
+            channel: a.channel,
+            account: a.account.wrapping_add(1),
+        }),
     }
 }
 
@@ -287,15 +324,27 @@ fn make_delta(rng: &mut ChaCha8Rng, list: &Blacklist, entries: &[(ListId, ListRe
     while changes.len() < DELTA_CHANGES && !entries.is_empty() {
         if changes.len() % 2 == 0 {
             let (id, reason) = entries[rng.gen_range(0..entries.len())];
-            changes.push(Change { op: ChangeOp::Remove, id, reason });
+            changes.push(Change {
+                op: ChangeOp::Remove,
+                id,
+                reason,
+            });
         } else {
             let id = generate_id(rng, &mut clustered);
             if list.get(&id).is_none() {
-                changes.push(Change { op: ChangeOp::Add, id, reason: random_reason(rng, &id) });
+                changes.push(Change {
+                    op: ChangeOp::Add,
+                    id,
+                    reason: random_reason(rng, &id),
+                });
             }
         }
     }
-    Delta { from_version: list.version(), to_version: list.version() + 1, changes }
+    Delta {
+        from_version: list.version(),
+        to_version: list.version() + 1,
+        changes,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -309,7 +358,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Per-lookup ns (p50, p99) over batches of `batch` probes, and the count of wrong answers.
-fn time_lookups(probes: &[Probe], batch: usize, mut f: impl FnMut(&Probe) -> Option<ListReason>) -> ((f64, f64), usize) {
+fn time_lookups(
+    probes: &[Probe],
+    batch: usize,
+    mut f: impl FnMut(&Probe) -> Option<ListReason>,
+) -> ((f64, f64), usize) {
     let mismatches = probes.iter().filter(|p| f(p) != p.expected).count();
     let mut per: Vec<f64> = Vec::with_capacity(probes.len() / batch + 1);
     for chunk in probes.chunks(batch) {
@@ -350,15 +403,21 @@ fn bench_sqlite(entries: &[(ListId, ListReason)], probes: &[Probe]) -> ((f64, f6
     {
         let tx = db.transaction().expect("transaction");
         {
-            let mut insert = tx.prepare("INSERT INTO blacklist (kind, id, reason) VALUES (?1, ?2, ?3)").expect("prepare insert");
+            let mut insert = tx
+                .prepare("INSERT INTO blacklist (kind, id, reason) VALUES (?1, ?2, ?3)")
+                .expect("prepare insert");
             for (id, reason) in entries {
-                insert.execute((id.kind(), id.to_string(), reason.as_str())).expect("insert");
+                insert
+                    .execute((id.kind(), id.to_string(), reason.as_str()))
+                    .expect("insert");
             }
         }
         tx.commit().expect("commit");
     }
     let build_ms = ms(t);
-    let mut query = db.prepare("SELECT reason FROM blacklist WHERE kind = ?1 AND id = ?2").expect("prepare query");
+    let mut query = db
+        .prepare("SELECT reason FROM blacklist WHERE kind = ?1 AND id = ?2")
+        .expect("prepare query");
     let (times, mismatches) = time_lookups(probes, LOOKUP_BATCH, |p| {
         let mut rows = query.query((p.id.kind(), p.text.as_str())).ok()?;
         let row = rows.next().ok()??;
@@ -392,7 +451,12 @@ fn tap_loop(handle: &BlacklistHandle, probes: &[Probe], stop: &AtomicBool) -> (f
     (max_ns as f64 / 1000.0, n)
 }
 
-fn measure_swap(list: Blacklist, delta: Vec<u8>, key: &ed25519_dalek::VerifyingKey, probes: &[Probe]) -> SwapReport {
+fn measure_swap(
+    list: Blacklist,
+    delta: Vec<u8>,
+    key: &ed25519_dalek::VerifyingKey,
+    probes: &[Probe],
+) -> SwapReport {
     let handle = Arc::new(BlacklistHandle::new(list));
     let stop = AtomicBool::new(false);
     // Idle: the same loop with no writer, to tell scheduler noise from apply cost.
@@ -420,7 +484,13 @@ fn measure_swap(list: Blacklist, delta: Vec<u8>, key: &ed25519_dalek::VerifyingK
     });
     let after = handle.load();
     let ((lookup_ns_p50_after, _), _) = time_lookups(probes, LOOKUP_BATCH, |p| after.get(&p.id));
-    SwapReport { apply_ms, wait_us_max, lookups, idle_wait_us_max, lookup_ns_p50_after }
+    SwapReport {
+        apply_ms,
+        wait_us_max,
+        lookups,
+        idle_wait_us_max,
+        lookup_ns_p50_after,
+    }
 }
 
 #[cfg(test)]
@@ -430,11 +500,24 @@ mod tests {
     #[test]
     fn small_bench_is_exact_and_reports_every_field() {
         let r = bench_blacklist_with(20_000, 7, 2_000);
-        assert_eq!((r.lookup_mismatches, r.sqlite_mismatches, r.hashset_string_mismatches), (0, 0, 0));
+        assert_eq!(
+            (
+                r.lookup_mismatches,
+                r.sqlite_mismatches,
+                r.hashset_string_mismatches
+            ),
+            (0, 0, 0)
+        );
         assert_eq!(r.entries, 20_000);
         assert!(r.bytes_per_entry > 0.0 && r.lookup_ns_p50 > 0.0);
         let json = serde_json::to_value(&r).unwrap();
-        for field in ["open_ms", "lookup_ns_p99", "sqlite_lookup_ns_p50", "hashset_string_bytes_per_entry", "tap_wait_us_max_during_apply"] {
+        for field in [
+            "open_ms",
+            "lookup_ns_p99",
+            "sqlite_lookup_ns_p50",
+            "hashset_string_bytes_per_entry",
+            "tap_wait_us_max_during_apply",
+        ] {
             assert!(json.get(field).is_some(), "{field}");
         }
     }

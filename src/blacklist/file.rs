@@ -37,7 +37,10 @@ const DELTA_RECORD_LEN: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum BlacklistFileError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Signed(#[from] SignedError),
     #[error("snapshot table: {0}")]
@@ -70,19 +73,30 @@ pub struct Delta {
 
 /// A signed snapshot file of `list` at its version.
 pub fn snapshot_file(list: &Blacklist, key: &SigningKey) -> Vec<u8> {
-    signed::seal(FileKind::BlacklistSnapshot, list.version(), 0, &list.snapshot_payload(), key)
+    signed::seal(
+        FileKind::BlacklistSnapshot,
+        list.version(),
+        0,
+        &list.snapshot_payload(),
+        key,
+    )
 }
 
 /// Open a snapshot file: structure, CRC, then the operator signature when a key is given (a
 /// validator always gives one; without, the signature is not checked and a warning is logged).
 /// The bytes become the list's base as they are: nothing is rebuilt.
-pub fn open_snapshot(bytes: Vec<u8>, key: Option<&VerifyingKey>) -> Result<Blacklist, BlacklistFileError> {
+pub fn open_snapshot(
+    bytes: Vec<u8>,
+    key: Option<&VerifyingKey>,
+) -> Result<Blacklist, BlacklistFileError> {
     let version = {
         let file = signed::parse(&bytes)?.expect_kind(FileKind::BlacklistSnapshot)?;
         match key {
             Some(k) => file.verify(k)?.header.version,
             None => {
-                tracing::warn!("blacklist snapshot opened without an operator key: signature not checked");
+                tracing::warn!(
+                    "blacklist snapshot opened without an operator key: signature not checked"
+                );
                 file.header.version
             }
         }
@@ -95,7 +109,10 @@ pub fn open_snapshot(bytes: Vec<u8>, key: Option<&VerifyingKey>) -> Result<Black
 pub fn parse_snapshot_unverified(bytes: &[u8]) -> Result<Blacklist, BlacklistFileError> {
     let file = signed::parse(bytes)?.expect_kind(FileKind::BlacklistSnapshot)?;
     let version = file.header.version;
-    Ok(Blacklist::from_base(version, Base::parse(bytes.to_vec(), signed::HEADER_LEN)?))
+    Ok(Blacklist::from_base(
+        version,
+        Base::parse(bytes.to_vec(), signed::HEADER_LEN)?,
+    ))
 }
 
 /// A signed delta file.
@@ -105,7 +122,13 @@ pub fn delta_file(delta: &Delta, key: &SigningKey) -> Vec<u8> {
     for c in &delta.changes {
         payload.extend_from_slice(&encode_change(c));
     }
-    signed::seal(FileKind::BlacklistDelta, delta.to_version, delta.from_version, &payload, key)
+    signed::seal(
+        FileKind::BlacklistDelta,
+        delta.to_version,
+        delta.from_version,
+        &payload,
+        key,
+    )
 }
 
 /// Open a delta file: structure, CRC, signature, then every change.
@@ -115,11 +138,20 @@ pub fn open_delta(bytes: &[u8], key: &VerifyingKey) -> Result<Delta, BlacklistFi
 }
 
 /// Fuzz entry point: a delta's payload.
-pub fn parse_delta_payload(payload: &[u8], from_version: u64, to_version: u64) -> Result<Delta, BlacklistFileError> {
+pub fn parse_delta_payload(
+    payload: &[u8],
+    from_version: u64,
+    to_version: u64,
+) -> Result<Delta, BlacklistFileError> {
     if to_version <= from_version {
-        return Err(BlacklistFileError::NotForward { from: from_version, to: to_version });
+        return Err(BlacklistFileError::NotForward {
+            from: from_version,
+            to: to_version,
+        });
     }
-    let head = payload.get(..DELTA_COUNT_LEN).ok_or(BlacklistFileError::DeltaLength("no change count"))?;
+    let head = payload
+        .get(..DELTA_COUNT_LEN)
+        .ok_or(BlacklistFileError::DeltaLength("no change count"))?;
     let mut c = [0u8; 8];
     c.copy_from_slice(head);
     let count = u64::from_le_bytes(c);
@@ -128,14 +160,25 @@ pub fn parse_delta_payload(payload: &[u8], from_version: u64, to_version: u64) -
     }
     let records = &payload[DELTA_COUNT_LEN..];
     if records.len() as u64 != count * DELTA_RECORD_LEN as u64 {
-        return Err(BlacklistFileError::DeltaLength("length does not match the change count"));
+        return Err(BlacklistFileError::DeltaLength(
+            "length does not match the change count",
+        ));
     }
     let changes = records
         .chunks_exact(DELTA_RECORD_LEN)
         .enumerate()
-        .map(|(i, r)| decode_change(r).map_err(|what| BlacklistFileError::Change { index: i as u64, what }))
+        .map(|(i, r)| {
+            decode_change(r).map_err(|what| BlacklistFileError::Change {
+                index: i as u64,
+                what,
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Delta { from_version, to_version, changes })
+    Ok(Delta {
+        from_version,
+        to_version,
+        changes,
+    })
 }
 
 fn encode_change(c: &Change) -> [u8; DELTA_RECORD_LEN] {
@@ -179,7 +222,10 @@ fn decode_change(r: &[u8]) -> Result<Change, &'static str> {
             let channel = u16::from_le_bytes([r[4], r[5]]);
             let mut a = [0u8; 8];
             a.copy_from_slice(&r[6..14]);
-            ListId::Account(AccountId { channel, account: u64::from_le_bytes(a) })
+            ListId::Account(AccountId {
+                channel,
+                account: u64::from_le_bytes(a),
+            })
         }
         _ => return Err("kind must be 1 (card) or 2 (account)"),
     };
@@ -191,10 +237,16 @@ impl Blacklist {
     /// `self` is untouched; the result shares its base.
     pub fn with_delta(&self, delta: &Delta) -> Result<Blacklist, BlacklistFileError> {
         if delta.from_version != self.version() {
-            return Err(BlacklistFileError::WrongBase { current: self.version(), from: delta.from_version });
+            return Err(BlacklistFileError::WrongBase {
+                current: self.version(),
+                from: delta.from_version,
+            });
         }
         if delta.to_version <= delta.from_version {
-            return Err(BlacklistFileError::NotForward { from: delta.from_version, to: delta.to_version });
+            return Err(BlacklistFileError::NotForward {
+                from: delta.from_version,
+                to: delta.to_version,
+            });
         }
         let mut next = self.clone();
         for change in &delta.changes {
@@ -213,23 +265,41 @@ impl Blacklist {
         for (id, reason) in new.iter() {
             seen.insert(id);
             if old.get(&id) != Some(&reason) {
-                changes.push(Change { op: ChangeOp::Add, id, reason });
+                changes.push(Change {
+                    op: ChangeOp::Add,
+                    id,
+                    reason,
+                });
             }
         }
         for (id, reason) in self.iter() {
             if !seen.contains(&id) {
-                changes.push(Change { op: ChangeOp::Remove, id, reason });
+                changes.push(Change {
+                    op: ChangeOp::Remove,
+                    id,
+                    reason,
+                });
             }
         }
-        Delta { from_version: self.version(), to_version: new.version(), changes }
+        Delta {
+            from_version: self.version(),
+            to_version: new.version(),
+            changes,
+        }
     }
 }
 
 /// Read a blacklist for `replay --blacklist` and the commands: replay.md's CSV (header
 /// `kind,id,reason`, version 0) or a signed snapshot (told apart by its magic). A snapshot's
 /// signature is checked when `operator_public_key` is given.
-pub fn load_blacklist_file(path: &Path, operator_public_key: Option<&VerifyingKey>) -> Result<Blacklist, BlacklistFileError> {
-    let bytes = std::fs::read(path).map_err(|source| BlacklistFileError::Io { path: path.display().to_string(), source })?;
+pub fn load_blacklist_file(
+    path: &Path,
+    operator_public_key: Option<&VerifyingKey>,
+) -> Result<Blacklist, BlacklistFileError> {
+    let bytes = std::fs::read(path).map_err(|source| BlacklistFileError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     if signed::has_magic(&bytes) {
         return open_snapshot(bytes, operator_public_key);
     }
@@ -249,9 +319,21 @@ mod tests {
         Blacklist::from_entries(
             4,
             [
-                (ListId::Card("37140000000000000001".parse().unwrap()), ListReason::Lost),
-                (ListId::Card("37142400000000000002".parse().unwrap()), ListReason::Replaced),
-                (ListId::Account(AccountId { channel: 3, account: u64::MAX }), ListReason::Arrears),
+                (
+                    ListId::Card("37140000000000000001".parse().unwrap()),
+                    ListReason::Lost,
+                ),
+                (
+                    ListId::Card("37142400000000000002".parse().unwrap()),
+                    ListReason::Replaced,
+                ),
+                (
+                    ListId::Account(AccountId {
+                        channel: 3,
+                        account: u64::MAX,
+                    }),
+                    ListReason::Arrears,
+                ),
             ],
         )
     }
@@ -262,15 +344,29 @@ mod tests {
         let file = snapshot_file(&list, &key());
         let opened = open_snapshot(file, Some(&key().verifying_key())).unwrap();
         assert_eq!(opened.version(), 4);
-        assert_eq!(opened.iter().collect::<Vec<_>>(), list.iter().collect::<Vec<_>>());
+        assert_eq!(
+            opened.iter().collect::<Vec<_>>(),
+            list.iter().collect::<Vec<_>>()
+        );
     }
 
     #[test]
     fn delta_round_trips_and_diff_reproduces_the_target() {
         let old = sample();
         let mut new = old.clone();
-        new.apply(&Change { op: ChangeOp::Remove, id: ListId::Card("37140000000000000001".parse().unwrap()), reason: ListReason::Lost });
-        new.apply(&Change { op: ChangeOp::Add, id: ListId::Account(AccountId { channel: 0, account: 0 }), reason: ListReason::Arrears });
+        new.apply(&Change {
+            op: ChangeOp::Remove,
+            id: ListId::Card("37140000000000000001".parse().unwrap()),
+            reason: ListReason::Lost,
+        });
+        new.apply(&Change {
+            op: ChangeOp::Add,
+            id: ListId::Account(AccountId {
+                channel: 0,
+                account: 0,
+            }),
+            reason: ListReason::Arrears,
+        });
         new.set_version(5);
         let delta = old.diff(&new);
         let file = delta_file(&delta, &key());
@@ -279,17 +375,35 @@ mod tests {
         let applied = old.with_delta(&read).unwrap();
         let sorted = |l: &Blacklist| l.iter().collect::<std::collections::BTreeMap<_, _>>();
         assert_eq!(sorted(&applied), sorted(&new));
-        assert!(matches!(applied.with_delta(&read), Err(BlacklistFileError::WrongBase { current: 5, from: 4 })));
+        assert!(matches!(
+            applied.with_delta(&read),
+            Err(BlacklistFileError::WrongBase {
+                current: 5,
+                from: 4
+            })
+        ));
     }
 
     #[test]
     fn malformed_delta_payloads_are_typed_errors() {
-        assert!(matches!(parse_delta_payload(&[0; 8], 2, 2), Err(BlacklistFileError::NotForward { .. })));
-        assert!(matches!(parse_delta_payload(&[0; 3], 1, 2), Err(BlacklistFileError::DeltaLength(_))));
+        assert!(matches!(
+            parse_delta_payload(&[0; 8], 2, 2),
+            Err(BlacklistFileError::NotForward { .. })
+        ));
+        assert!(matches!(
+            parse_delta_payload(&[0; 3], 1, 2),
+            Err(BlacklistFileError::DeltaLength(_))
+        ));
         let mut p = 1u64.to_le_bytes().to_vec();
         p.extend_from_slice(&[1, 1, 1, 0, 0xFA, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert!(matches!(parse_delta_payload(&p, 1, 2), Err(BlacklistFileError::Change { index: 0, .. })));
+        assert!(matches!(
+            parse_delta_payload(&p, 1, 2),
+            Err(BlacklistFileError::Change { index: 0, .. })
+        ));
         p.truncate(20);
-        assert!(matches!(parse_delta_payload(&p, 1, 2), Err(BlacklistFileError::DeltaLength(_))));
+        assert!(matches!(
+            parse_delta_payload(&p, 1, 2),
+            Err(BlacklistFileError::DeltaLength(_))
+        ));
     }
 }

@@ -38,7 +38,10 @@ pub struct BlacklistHandle {
 
 impl BlacklistHandle {
     pub fn new(list: Blacklist) -> Self {
-        BlacklistHandle { current: ArcSwap::from_pointee(list), writer: Mutex::new(()) }
+        BlacklistHandle {
+            current: ArcSwap::from_pointee(list),
+            writer: Mutex::new(()),
+        }
     }
 
     /// The tap path: the reason `id` is listed in the current version.
@@ -58,7 +61,11 @@ impl BlacklistHandle {
 
     /// Verify a delta file and swap in the list it produces. Call off the tap path. On any
     /// error the current list stays and the reason is logged and returned.
-    pub fn install_delta_file(&self, bytes: &[u8], key: &VerifyingKey) -> Result<u64, BlacklistFileError> {
+    pub fn install_delta_file(
+        &self,
+        bytes: &[u8],
+        key: &VerifyingKey,
+    ) -> Result<u64, BlacklistFileError> {
         let result = open_delta(bytes, key).and_then(|delta| self.install_delta(&delta));
         if let Err(e) = &result {
             tracing::warn!(error = %e, version = self.version(), "blacklist delta refused; keeping the current list");
@@ -76,12 +83,19 @@ impl BlacklistHandle {
     }
 
     /// Verify a snapshot file and swap it in; a snapshot older than the current list is refused.
-    pub fn install_snapshot_file(&self, bytes: Vec<u8>, key: &VerifyingKey) -> Result<u64, BlacklistFileError> {
+    pub fn install_snapshot_file(
+        &self,
+        bytes: Vec<u8>,
+        key: &VerifyingKey,
+    ) -> Result<u64, BlacklistFileError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.current.load().version();
         let result = open_snapshot(bytes, Some(key)).and_then(|list| {
             if list.version() < current {
-                Err(BlacklistFileError::Stale { current, file: list.version() })
+                Err(BlacklistFileError::Stale {
+                    current,
+                    file: list.version(),
+                })
             } else {
                 Ok(list)
             }
@@ -113,7 +127,11 @@ impl BlacklistHandle {
     }
 
     /// Install a delta file on a new thread; taps go on meanwhile.
-    pub fn spawn_install_delta(self: &Arc<Self>, bytes: Vec<u8>, key: VerifyingKey) -> thread::JoinHandle<Result<u64, BlacklistFileError>> {
+    pub fn spawn_install_delta(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        key: VerifyingKey,
+    ) -> thread::JoinHandle<Result<u64, BlacklistFileError>> {
         let handle = Arc::clone(self);
         thread::spawn(move || handle.install_delta_file(&bytes, &key))
     }

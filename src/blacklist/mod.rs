@@ -106,7 +106,12 @@ impl Base {
         if accounts.end != bytes.len() {
             return Err(BlacklistFileError::Payload("bytes after the account table"));
         }
-        Ok(Base { bytes, payload_at: at, cards, accounts })
+        Ok(Base {
+            bytes,
+            payload_at: at,
+            cards,
+            accounts,
+        })
     }
 
     /// Build from sort words (see [`packed::sort_word`]), each space sorted and unique.
@@ -183,7 +188,12 @@ impl Blacklist {
 
     fn with_base(version: u64, base: Base) -> Self {
         let len = base.len();
-        Blacklist { version, base: Arc::new(base), overlay: Arc::default(), len }
+        Blacklist {
+            version,
+            base: Arc::new(base),
+            overlay: Arc::default(),
+            len,
+        }
     }
 
     pub(crate) fn from_base(version: u64, base: Base) -> Self {
@@ -191,7 +201,10 @@ impl Blacklist {
     }
 
     /// A list of these entries; when an id appears twice the later entry wins.
-    pub fn from_entries(version: u64, entries: impl IntoIterator<Item = (ListId, ListReason)>) -> Self {
+    pub fn from_entries(
+        version: u64,
+        entries: impl IntoIterator<Item = (ListId, ListReason)>,
+    ) -> Self {
         let (mut cards, mut accounts) = (Vec::new(), Vec::new());
         for (id, reason) in entries {
             let (space, key) = packed::key_of(&id);
@@ -311,7 +324,8 @@ impl Blacklist {
 
     /// Counts by reason, for `info`.
     pub fn counts_by_reason(&self) -> BTreeMap<&'static str, usize> {
-        let mut counts: BTreeMap<&'static str, usize> = ListReason::ALL.iter().map(|r| (r.as_str(), 0)).collect();
+        let mut counts: BTreeMap<&'static str, usize> =
+            ListReason::ALL.iter().map(|r| (r.as_str(), 0)).collect();
         for (_, r) in self.iter() {
             *counts.entry(r.as_str()).or_default() += 1;
         }
@@ -321,7 +335,10 @@ impl Blacklist {
 
 /// Merge base words (sorted) with overlay changes (sorted by mixed key): a change replaces
 /// the base entry of the same key (`None` deletes it).
-fn merge_words(base: impl Iterator<Item = u128>, changes: &[(u128, Option<ListReason>)]) -> Vec<u128> {
+fn merge_words(
+    base: impl Iterator<Item = u128>,
+    changes: &[(u128, Option<ListReason>)],
+) -> Vec<u128> {
     let mut out = Vec::new();
     let emit = |out: &mut Vec<u128>, (m, r): (u128, Option<ListReason>)| {
         if let Some(r) = r {
@@ -378,14 +395,18 @@ pub fn parse_csv(text: &str) -> Result<Vec<(ListId, ListReason)>, CsvError> {
         }
         let line_no = i + 1;
         let mut f = line.split(',');
-        let (Some(kind), Some(id), Some(reason), None) = (f.next(), f.next(), f.next(), f.next()) else {
+        let (Some(kind), Some(id), Some(reason), None) = (f.next(), f.next(), f.next(), f.next())
+        else {
             return Err(CsvError::Fields { line: line_no });
         };
-        let id = ListId::parse(kind.trim(), id.trim()).map_err(|source| CsvError::Id { line: line_no, source })?;
-        let reason: ListReason = reason
-            .trim()
-            .parse()
-            .map_err(|_| CsvError::Reason { line: line_no, found: reason.trim().to_string() })?;
+        let id = ListId::parse(kind.trim(), id.trim()).map_err(|source| CsvError::Id {
+            line: line_no,
+            source,
+        })?;
+        let reason: ListReason = reason.trim().parse().map_err(|_| CsvError::Reason {
+            line: line_no,
+            found: reason.trim().to_string(),
+        })?;
         out.push((id, reason));
     }
     Ok(out)
@@ -408,15 +429,25 @@ mod tests {
     fn overlay_changes_hide_and_extend_the_base() {
         let a = card("37140000000000000001");
         let b = card("37140000000000000002");
-        let acct = ListId::Account(AccountId { channel: 2, account: 9 });
-        let mut list = Blacklist::from_entries(1, [(a, ListReason::Lost), (acct, ListReason::Arrears)]);
+        let acct = ListId::Account(AccountId {
+            channel: 2,
+            account: 9,
+        });
+        let mut list =
+            Blacklist::from_entries(1, [(a, ListReason::Lost), (acct, ListReason::Arrears)]);
         assert_eq!(list.len(), 2);
         list.apply(&change(ChangeOp::Remove, a, ListReason::Lost));
         list.apply(&change(ChangeOp::Add, b, ListReason::Cancelled));
-        assert_eq!((list.get(&a), list.get(&b), list.len()), (None, Some(ListReason::Cancelled), 2));
+        assert_eq!(
+            (list.get(&a), list.get(&b), list.len()),
+            (None, Some(ListReason::Cancelled), 2)
+        );
         let c = list.compacted();
         assert_eq!(c.overlay_len(), 0);
-        assert_eq!(c.iter().collect::<BTreeMap<_, _>>(), list.iter().collect::<BTreeMap<_, _>>());
+        assert_eq!(
+            c.iter().collect::<BTreeMap<_, _>>(),
+            list.iter().collect::<BTreeMap<_, _>>()
+        );
         // Putting back what the base had leaves no overlay entry.
         list.apply(&change(ChangeOp::Add, a, ListReason::Lost));
         list.apply(&change(ChangeOp::Remove, b, ListReason::Cancelled));
@@ -441,13 +472,21 @@ mod tests {
     #[test]
     fn csv_errors_are_typed_with_line_numbers() {
         assert_eq!(parse_csv("id,kind\n"), Err(CsvError::Header));
-        assert_eq!(parse_csv("kind,id,reason\ncard,1\n"), Err(CsvError::Fields { line: 2 }));
-        assert!(matches!(parse_csv("kind,id,reason\n\ncard,12,lost\n"), Err(CsvError::Id { line: 3, .. })));
+        assert_eq!(
+            parse_csv("kind,id,reason\ncard,1\n"),
+            Err(CsvError::Fields { line: 2 })
+        );
+        assert!(matches!(
+            parse_csv("kind,id,reason\n\ncard,12,lost\n"),
+            Err(CsvError::Id { line: 3, .. })
+        ));
         assert!(matches!(
             parse_csv("kind,id,reason\ncard,37140000000000000001,stolen\n"),
             Err(CsvError::Reason { line: 2, .. })
         ));
-        let ok = parse_csv("kind,id,reason\ncard,37140000000000000001,lost\naccount,2:77,arrears\n").unwrap();
+        let ok =
+            parse_csv("kind,id,reason\ncard,37140000000000000001,lost\naccount,2:77,arrears\n")
+                .unwrap();
         assert_eq!(ok.len(), 2);
     }
 }

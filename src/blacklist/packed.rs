@@ -154,14 +154,21 @@ impl Space {
 pub fn key_of(id: &ListId) -> (Space, u128) {
     match id {
         ListId::Card(c) => (Space::Cards, card_key(c)),
-        ListId::Account(a) => (Space::Accounts, (u128::from(a.channel) << 64) | u128::from(a.account)),
+        ListId::Account(a) => (
+            Space::Accounts,
+            (u128::from(a.channel) << 64) | u128::from(a.account),
+        ),
     }
 }
 
 /// `CardNo::as_u128` on the tap path: two 10-digit halves in u64, one wide multiply.
 #[inline]
 fn card_key(c: &CardNo) -> u128 {
-    let half = |bytes: &[u8]| bytes.iter().fold(0u64, |acc, b| acc * 100 + u64::from(b >> 4) * 10 + u64::from(b & 0x0F));
+    let half = |bytes: &[u8]| {
+        bytes.iter().fold(0u64, |acc, b| {
+            acc * 100 + u64::from(b >> 4) * 10 + u64::from(b & 0x0F)
+        })
+    };
     u128::from(half(&c.0[..5])) * 10_000_000_000 + u128::from(half(&c.0[5..]))
 }
 
@@ -217,7 +224,16 @@ pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
     let bucket_bits = bucket_bits_for(count);
     let rem_bits = key_bits - bucket_bits;
     let entry_bits = rem_bits + REASON_BITS;
-    out.extend_from_slice(&[key_bits as u8, bucket_bits as u8, entry_bits as u8, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[
+        key_bits as u8,
+        bucket_bits as u8,
+        entry_bits as u8,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
     out.extend_from_slice(&count.to_le_bytes());
     // Index: the first entry of every bucket, then the count.
     let mut next = 0usize;
@@ -246,10 +262,15 @@ pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
 impl Table {
     /// Validate a table starting at `at` in `bytes` (fuzz-safe: every malformation is an error).
     pub fn parse(bytes: &[u8], at: usize, space: Space) -> Result<Table, TableError> {
-        let head = bytes.get(at..at + TABLE_HEADER_LEN).ok_or(TableError::Truncated)?;
+        let head = bytes
+            .get(at..at + TABLE_HEADER_LEN)
+            .ok_or(TableError::Truncated)?;
         let expected = space.key_bits();
         if u32::from(head[0]) != expected {
-            return Err(TableError::KeyBits { found: head[0], expected });
+            return Err(TableError::KeyBits {
+                found: head[0],
+                expected,
+            });
         }
         let bucket_bits = u32::from(head[1]);
         if !(BUCKET_BITS_MIN..=BUCKET_BITS_MAX).contains(&bucket_bits) {
@@ -278,7 +299,15 @@ impl Table {
         if bytes[pad_at..end].iter().any(|b| *b != 0) {
             return Err(TableError::Padding);
         }
-        let table = Table { space, bucket_bits, entry_bits, count, index_at, entries_at, end };
+        let table = Table {
+            space,
+            bucket_bits,
+            entry_bits,
+            count,
+            index_at,
+            entries_at,
+            end,
+        };
         table.check_index(bytes)?;
         table.check_entries(bytes)?;
         Ok(table)
@@ -318,7 +347,10 @@ impl Table {
         }
         if self.space == Space::Cards {
             let limit = 10u128.pow(crate::types::CARD_NO_DIGITS as u32);
-            if self.words(bytes).any(|w| unmix(w >> REASON_BITS, CARD_KEY_BITS) >= limit) {
+            if self
+                .words(bytes)
+                .any(|w| unmix(w >> REASON_BITS, CARD_KEY_BITS) >= limit)
+            {
                 return Err(TableError::Key);
             }
         }
@@ -332,7 +364,11 @@ impl Table {
     }
 
     fn entry(&self, bytes: &[u8], i: u64) -> u128 {
-        read_bits(&bytes[self.entries_at..], i * u64::from(self.entry_bits), self.entry_bits)
+        read_bits(
+            &bytes[self.entries_at..],
+            i * u64::from(self.entry_bits),
+            self.entry_bits,
+        )
     }
 
     /// The reason `key` is listed in this table.
@@ -362,12 +398,16 @@ impl Table {
         let rem_bits = self.space.key_bits() - self.bucket_bits;
         (0..1usize << self.bucket_bits).flat_map(move |bucket| {
             let (lo, hi) = self.bucket_range(bytes, bucket);
-            (lo..hi).map(move |i| ((bucket as u128) << (rem_bits + REASON_BITS)) | self.entry(bytes, i))
+            (lo..hi)
+                .map(move |i| ((bucket as u128) << (rem_bits + REASON_BITS)) | self.entry(bytes, i))
         })
     }
 
     /// Every entry as an id and its reason, in mixed-key order.
-    pub fn entries<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = (ListId, ListReason)> + 'a {
+    pub fn entries<'a>(
+        &'a self,
+        bytes: &'a [u8],
+    ) -> impl Iterator<Item = (ListId, ListReason)> + 'a {
         let bits = self.space.key_bits();
         self.words(bytes).filter_map(move |w| {
             let id = self.space.id_from_key(unmix(w >> REASON_BITS, bits))?;
@@ -419,8 +459,13 @@ mod tests {
     #[test]
     fn table_finds_exactly_what_was_put_in() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
-        let keys: Vec<u128> = (0..5000).map(|_| rng.gen_range(0..10u128.pow(20))).collect();
-        let mut words: Vec<u128> = keys.iter().map(|k| sort_word(mix(*k, CARD_KEY_BITS), ListReason::Lost)).collect();
+        let keys: Vec<u128> = (0..5000)
+            .map(|_| rng.gen_range(0..10u128.pow(20)))
+            .collect();
+        let mut words: Vec<u128> = keys
+            .iter()
+            .map(|k| sort_word(mix(*k, CARD_KEY_BITS), ListReason::Lost))
+            .collect();
         words.sort_unstable();
         words.dedup_by_key(|w| *w >> 2);
         let mut bytes = Vec::new();
@@ -436,7 +481,9 @@ mod tests {
 
     #[test]
     fn corrupt_tables_are_errors_not_panics() {
-        let mut words: Vec<u128> = (0..300u128).map(|k| sort_word(mix(k, ACCOUNT_KEY_BITS), ListReason::Arrears)).collect();
+        let mut words: Vec<u128> = (0..300u128)
+            .map(|k| sort_word(mix(k, ACCOUNT_KEY_BITS), ListReason::Arrears))
+            .collect();
         words.sort_unstable();
         let mut bytes = Vec::new();
         encode(&mut bytes, Space::Accounts, &words);

@@ -90,22 +90,32 @@ pub fn run(cmd: BlacklistCmd) -> Result<(), String> {
 /// Run one subcommand, printing to `out`.
 pub fn execute(cmd: BlacklistCmd, out: &mut dyn Write) -> Result<(), String> {
     let text = match cmd {
-        BlacklistCmd::Build { csv, version, key, out } => build(&csv, version, &key, &out)?,
+        BlacklistCmd::Build {
+            csv,
+            version,
+            key,
+            out,
+        } => build(&csv, version, &key, &out)?,
         BlacklistCmd::Delta { from, to, key, out } => delta(&from, &to, &key, &out)?,
-        BlacklistCmd::Info { file, public_key } => info(&file, public_key_arg(public_key.as_deref())?.as_ref())?.to_string(),
-        BlacklistCmd::Check { file, id, public_key } => {
-            match check(&file, &id, public_key_arg(public_key.as_deref())?.as_ref())? {
-                Some(reason) => reason.as_str().to_string(),
-                None => "not listed".to_string(),
-            }
+        BlacklistCmd::Info { file, public_key } => {
+            info(&file, public_key_arg(public_key.as_deref())?.as_ref())?.to_string()
         }
+        BlacklistCmd::Check {
+            file,
+            id,
+            public_key,
+        } => match check(&file, &id, public_key_arg(public_key.as_deref())?.as_ref())? {
+            Some(reason) => reason.as_str().to_string(),
+            None => "not listed".to_string(),
+        },
         BlacklistCmd::Keygen { out } => keygen(&out)?,
     };
     writeln!(out, "{text}").map_err(|e| e.to_string())
 }
 
 fn public_key_arg(arg: Option<&str>) -> Result<Option<OperatorPublicKey>, String> {
-    arg.map(|a| signed::read_public_key(a).map_err(|e| e.to_string())).transpose()
+    arg.map(|a| signed::read_public_key(a).map_err(|e| e.to_string()))
+        .transpose()
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -118,23 +128,34 @@ pub fn build(csv: &Path, version: u64, key: &Path, out: &Path) -> Result<String,
     let mut list = load_blacklist_file(csv, None).map_err(|e| e.to_string())?;
     list.set_version(version);
     write_file(out, &snapshot_file(&list, &key))?;
-    Ok(json!({"wrote": out.display().to_string(), "version": version, "entries": list.len()}).to_string())
+    Ok(
+        json!({"wrote": out.display().to_string(), "version": version, "entries": list.len()})
+            .to_string(),
+    )
 }
 
 /// `delta`: the signed delta between two snapshots signed by the same key.
 pub fn delta(from: &Path, to: &Path, key: &Path, out: &Path) -> Result<String, String> {
     let key = signed::read_signing_key(key).map_err(|e| e.to_string())?;
     let public = key.verifying_key();
-    let old = load_blacklist_file(from, Some(&public)).map_err(|e| format!("{}: {e}", from.display()))?;
-    let new = load_blacklist_file(to, Some(&public)).map_err(|e| format!("{}: {e}", to.display()))?;
+    let old =
+        load_blacklist_file(from, Some(&public)).map_err(|e| format!("{}: {e}", from.display()))?;
+    let new =
+        load_blacklist_file(to, Some(&public)).map_err(|e| format!("{}: {e}", to.display()))?;
     if new.version() <= old.version() {
-        return Err(format!("--to is version {}, not after --from version {}", new.version(), old.version()));
+        return Err(format!(
+            "--to is version {}, not after --from version {}",
+            new.version(),
+            old.version()
+        ));
     }
     let d = old.diff(&new);
     write_file(out, &delta_file(&d, &key))?;
-    Ok(json!({"wrote": out.display().to_string(), "from_version": d.from_version,
+    Ok(
+        json!({"wrote": out.display().to_string(), "from_version": d.from_version,
               "version": d.to_version, "changes": d.changes.len()})
-    .to_string())
+        .to_string(),
+    )
 }
 
 /// `info`: what a file is, as JSON. `signature_ok` is null when no key was given.
@@ -142,39 +163,56 @@ pub fn info(path: &Path, key: Option<&OperatorPublicKey>) -> Result<serde_json::
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !signed::has_magic(&bytes) {
         let list = load_blacklist_file(path, None).map_err(|e| e.to_string())?;
-        return Ok(json!({"kind": "csv", "version": list.version(), "entries": list.len(),
-                         "by_reason": list.counts_by_reason(), "signature_ok": null}));
+        return Ok(
+            json!({"kind": "csv", "version": list.version(), "entries": list.len(),
+                         "by_reason": list.counts_by_reason(), "signature_ok": null}),
+        );
     }
     let file = signed::parse(&bytes).map_err(|e| e.to_string())?;
     let signature_ok = key.map(|k| file.verify(k).is_ok());
     let h = file.header;
     match h.kind {
         FileKind::BlacklistSnapshot => {
-            let list = crate::blacklist::file::parse_snapshot_unverified(&bytes).map_err(|e| e.to_string())?;
-            Ok(json!({"kind": h.kind.as_str(), "version": h.version, "entries": list.len(),
+            let list = crate::blacklist::file::parse_snapshot_unverified(&bytes)
+                .map_err(|e| e.to_string())?;
+            Ok(
+                json!({"kind": h.kind.as_str(), "version": h.version, "entries": list.len(),
                       "by_reason": list.counts_by_reason(), "bytes": bytes.len(), "crc_ok": true,
-                      "signature_ok": signature_ok}))
+                      "signature_ok": signature_ok}),
+            )
         }
         FileKind::BlacklistDelta => {
-            let d = crate::blacklist::file::parse_delta_payload(file.payload, h.base_version, h.version)
-                .map_err(|e| e.to_string())?;
+            let d = crate::blacklist::file::parse_delta_payload(
+                file.payload,
+                h.base_version,
+                h.version,
+            )
+            .map_err(|e| e.to_string())?;
             let adds = d.changes.iter().filter(|c| c.op == ChangeOp::Add).count();
             let mut by_reason: std::collections::BTreeMap<&str, usize> =
                 ListReason::ALL.iter().map(|r| (r.as_str(), 0)).collect();
             for c in &d.changes {
                 *by_reason.entry(c.reason.as_str()).or_default() += 1;
             }
-            Ok(json!({"kind": h.kind.as_str(), "from_version": h.base_version, "version": h.version,
+            Ok(
+                json!({"kind": h.kind.as_str(), "from_version": h.base_version, "version": h.version,
                       "changes": d.changes.len(), "adds": adds, "removes": d.changes.len() - adds,
-                      "by_reason": by_reason, "crc_ok": true, "signature_ok": signature_ok}))
+                      "by_reason": by_reason, "crc_ok": true, "signature_ok": signature_ok}),
+            )
         }
-        other => Ok(json!({"kind": other.as_str(), "version": h.version, "bytes": bytes.len(),
-                           "crc_ok": true, "signature_ok": signature_ok})),
+        other => Ok(
+            json!({"kind": other.as_str(), "version": h.version, "bytes": bytes.len(),
+                           "crc_ok": true, "signature_ok": signature_ok}),
+        ),
     }
 }
 
 /// `check`: the reason ID is listed in a snapshot or CSV.
-pub fn check(path: &Path, id: &str, key: Option<&OperatorPublicKey>) -> Result<Option<ListReason>, String> {
+pub fn check(
+    path: &Path,
+    id: &str,
+    key: Option<&OperatorPublicKey>,
+) -> Result<Option<ListReason>, String> {
     let kind = if id.contains(':') { "account" } else { "card" };
     let id = ListId::parse(kind, id.trim()).map_err(|e| format!("bad id {id:?}: {e}"))?;
     let list: Blacklist = load_blacklist_file(path, key).map_err(|e| e.to_string())?;
@@ -203,6 +241,8 @@ fn write_secret(path: &Path, hex: &str) -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options.open(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut f = options
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     writeln!(f, "{hex}").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
