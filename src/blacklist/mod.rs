@@ -223,7 +223,8 @@ impl Blacklist {
         self.version
     }
 
-    pub(crate) fn set_version(&mut self, version: u64) {
+    /// Stamp the list with a version (the depot, before it writes a snapshot).
+    pub fn set_version(&mut self, version: u64) {
         self.version = version;
     }
 
