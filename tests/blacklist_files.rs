@@ -233,5 +233,8 @@ fn fixture_csv_lists_every_reason() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/blacklist.csv");
     let list = load_blacklist_file(&path, None).unwrap();
     let counts = list.counts_by_reason();
-    assert!(ListReason::ALL.iter().all(|r| counts[r.as_str()] == 1), "{counts:?}");
+    assert!(
+        ListReason::ALL.iter().all(|r| counts[r.as_str()] == 1),
+        "{counts:?}"
+    );
 }
