@@ -18,12 +18,18 @@
 //!
 //! # Structure
 //!
-//! A [`Blacklist`] is a compact immutable *base* ([`packed`]: about 7.4 bytes a card entry at
+//! A [`Blacklist`] is a compact immutable *base* ([`packed`]: about 6.5 bytes a card entry at
 //! 20 million, exact, read in place from the signed snapshot file) shared by `Arc`, under a
 //! small hashed *overlay* of the adds and removes since that base. [`Blacklist::apply`] changes
 //! only the overlay, so a single change costs a tree insert and a delta of 100,000 changes
 //! costs 100,000 of them, never a copy of the base. [`Blacklist::compacted`] folds the overlay
 //! into a new base (depot side, or a background thread past [`OVERLAY_COMPACT_ENTRIES`]).
+//!
+//! Memory at 20 million entries: the base is about 140 MB (the snapshot file, in huge pages);
+//! a delta adds about [`OVERLAY_ENTRY_BYTES`] a change and never copies the base. Installing a
+//! whole new snapshot, or compacting, holds two bases until the swap (about 280 MB): on a
+//! 256 MiB validator at that scale, buses should live on deltas and take a snapshot only at
+//! first install.
 //!
 //! On a bus the list lives in a [`BlacklistHandle`]: taps read the current version without a
 //! lock; a delta or snapshot is verified and built on another thread and swapped in at once.
@@ -45,7 +51,7 @@ pub use file::{load_blacklist_file, BlacklistFileError, Delta};
 pub use handle::BlacklistHandle;
 
 /// Past this many overlay entries a background compaction pays for itself (the overlay costs
-/// about [`OVERLAY_ENTRY_BYTES`] an entry against the base's ~8).
+/// about [`OVERLAY_ENTRY_BYTES`] an entry against the base's ~7).
 pub const OVERLAY_COMPACT_ENTRIES: usize = 1_000_000;
 /// Estimated heap bytes of one overlay entry (B-tree node share of key, value and links).
 pub const OVERLAY_ENTRY_BYTES: usize = 48;
