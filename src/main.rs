@@ -47,8 +47,20 @@ enum Cmd {
         /// EVENTS.jsonl, or - for standard input.
         events: PathBuf,
     },
-    /// Measure the engine against a naive validator (SQLite per tap) in one run.
-    Bench(bench::BenchArgs),
+    /// Measure the engine against a naive validator (SQLite per tap) in one run; `bench
+    /// blacklist` measures the blacklist alone at scale.
+    #[command(args_conflicts_with_subcommands = true)]
+    Bench {
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
+    /// Build, diff, inspect and query signed blacklist files.
+    Blacklist {
+        #[command(subcommand)]
+        cmd: cli::blacklist::BlacklistCmd,
+    },
     /// Run the validator on PC/SC readers: the card reader and the PSAM's reader.
     #[cfg(feature = "pcsc")]
     Run(cli::pcsc::RunArgs),
@@ -67,6 +79,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: JournalCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// The blacklist at provincial scale against SQLite and HashSet<String>.
+    Blacklist(fare_validator::blacklist::bench::BenchBlacklistArgs),
 }
 
 #[derive(Subcommand)]
@@ -106,7 +124,12 @@ fn bad_input(e: impl std::fmt::Display) -> (u8, String) {
 fn run(cmd: Cmd) -> CmdResult {
     match cmd {
         Cmd::Demo(args) => demo::run(&args).map_err(|e| (1, e)),
-        Cmd::Bench(args) => bench::run(&args).map_err(|e| (1, e)),
+        Cmd::Bench { what: None, args } => bench::run(&args).map_err(|e| (1, e)),
+        Cmd::Bench {
+            what: Some(BenchWhat::Blacklist(args)),
+            ..
+        } => fare_validator::blacklist::bench::run_bench(&args).map_err(|e| (1, e)),
+        Cmd::Blacklist { cmd } => cli::blacklist::run(cmd).map_err(bad_input),
         Cmd::Replay {
             cards,
             keys,
