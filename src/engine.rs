@@ -36,9 +36,9 @@ use crate::types::{AccountId, CardNo, Fen, ListId, Media, Reason, RiderCategory}
 pub const ANTI_PASSBACK_ENTRIES_MAX: usize = 256;
 /// Debits awaiting their proof (cards pulled away mid-debit, or accepted in a group commit
 /// not yet synced) kept at once.
-pub const PENDING_DEBITS_MAX: usize = 64;
+pub const PENDING_DEBITS_MAX: usize = 160;
 /// Taps that may share one journal sync in group-commit mode.
-pub const GROUP_COMMIT_TAPS_MAX: usize = 32;
+pub const GROUP_COMMIT_TAPS_MAX: usize = 128;
 /// Purchase key index this operator's cards use.
 pub const PURCHASE_KEY_INDEX: u8 = 0x01;
 /// A clock step larger than this (backwards) is logged as a jump.
