@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod blacklist;
 pub mod card;
+pub mod cli;
 pub mod clock;
 pub mod demo;
 pub mod depot;

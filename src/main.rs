@@ -49,6 +49,13 @@ enum Cmd {
     },
     /// Measure the engine against a naive validator (SQLite per tap) in one run.
     Bench(bench::BenchArgs),
+    /// The depot upload station: serve, provision terminals, counter actions, clearing views.
+    Depot {
+        #[command(subcommand)]
+        cmd: fare_validator::cli::depot::DepotCmd,
+    },
+    /// Upload a journal to the depot once; prints {"uploaded": N, "acked_seq": S, ...}.
+    Upload(fare_validator::cli::depot::UploadArgs),
     /// Inspect a journal.
     Journal {
         #[command(subcommand)]
@@ -94,6 +101,8 @@ fn run(cmd: Cmd) -> CmdResult {
     match cmd {
         Cmd::Demo(args) => demo::run(&args).map_err(|e| (1, e)),
         Cmd::Bench(args) => bench::run(&args).map_err(|e| (1, e)),
+        Cmd::Depot { cmd } => fare_validator::cli::depot::run_depot(cmd),
+        Cmd::Upload(args) => fare_validator::cli::depot::run_upload(&args),
         Cmd::Replay {
             cards,
             keys,
