@@ -72,7 +72,9 @@ async fn connection_cut_mid_batch_is_resumed_and_nothing_is_stored_twice() {
     station.shutdown().await;
     let s = Store::open(&db).unwrap();
     assert_eq!(s.record_count().unwrap(), 3_000);
-    assert!(s.report().unwrap().terminals[&terminal_id(0)].gaps.is_empty());
+    assert!(s.report().unwrap().terminals[&terminal_id(0)]
+        .gaps
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,5 +156,7 @@ async fn station_process_killed_with_sigkill_and_restarted_loses_nothing() {
     assert_eq!(r.acked_seq, 3_000);
     let s = Store::open(&db).unwrap();
     assert_eq!(s.record_count().unwrap(), 3_000);
-    assert!(s.report().unwrap().terminals[&terminal_id(0)].gaps.is_empty());
+    assert!(s.report().unwrap().terminals[&terminal_id(0)]
+        .gaps
+        .is_empty());
 }

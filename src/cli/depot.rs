@@ -157,8 +157,8 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
         }
         DepotCmd::Blacklist { cmd } => blacklist(cmd),
         DepotCmd::Publish { kind, file, db } => {
-            let body = std::fs::read(&file)
-                .map_err(|e| input_err(format!("{}: {e}", file.display())))?;
+            let body =
+                std::fs::read(&file).map_err(|e| input_err(format!("{}: {e}", file.display())))?;
             let name = match kind {
                 PublishKind::Fares => {
                     let text = std::str::from_utf8(&body).map_err(input_err)?;
