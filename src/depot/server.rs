@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::store::{Received, Store, StoreError};
@@ -24,7 +24,7 @@ use crate::upload::auth::{self, Role, Session};
 use crate::upload::conn::{write_frame, FrameReader, WireError};
 use crate::upload::frame::{
     decode_32, decode_empty, encode_refused, encode_u64, Batch, FileChunk, FrameError, FrameType,
-    Hello, RefusedCode, FILE_CHUNK_BYTES_MAX, NONCE_BYTES,
+    HeldVersions, Hello, RefusedCode, FILE_CHUNK_BYTES_MAX, NONCE_BYTES,
 };
 
 /// Sessions served at once.
@@ -217,47 +217,107 @@ async fn session(
         return Err(SessionFailure::NotAuthenticated(hello.terminal_id));
     };
     let key = auth::session_key(&secret, &server_nonce, &hello_bytes);
-    let mut sess = Session::new(key, Role::Station);
+    // Each direction has its own counter: the reader opens, the writer seals.
+    let mut opener = Session::new(key, Role::Station);
+    let mut sealer = Session::new(key, Role::Station);
     let terminal = hello.terminal_id.clone();
     let id = terminal.clone();
     let acked = with_store(store, move |s| s.contiguous_seq(&id)).await?;
     tracing::info!(%peer, %terminal, acked_seq = acked, held = ?hello.held, "depot: session open");
-    let welcome = sess.seal(FrameType::Welcome, &encode_u64(acked));
+    let welcome = sealer.seal(FrameType::Welcome, &encode_u64(acked));
     write_frame(&mut wr, FrameType::Welcome, &welcome).await?;
-    loop {
-        let (ty, payload) = rd.read(READ_TIMEOUT).await?;
-        match ty {
-            FrameType::Batch => {
-                let body = sess.open(ty, payload)?;
-                let ack = take_batch(store, &terminal, body).await?;
-                let sealed = sess.seal(FrameType::Ack, &ack);
-                write_frame(&mut wr, FrameType::Ack, &sealed).await?;
-            }
-            FrameType::Done => {
-                decode_empty(ty, sess.open(ty, payload)?)?;
-                break;
-            }
-            other => return Err(FrameError::Unexpected(other).into()),
-        }
-    }
-    let held = hello.held;
-    let files = with_store(store, move |s| super::downlink_for(s, &held)).await?;
-    for file in &files {
-        send_file(&mut wr, &mut sess, file).await?;
-    }
-    let bye = sess.seal(FrameType::Bye, &[]);
-    write_frame(&mut wr, FrameType::Bye, &bye).await?;
+    // Reading and checking batch n+1 overlaps storing batch n (its fsync).
+    let (tx, rx) = mpsc::channel(BATCHES_QUEUED_MAX);
+    let writer = tokio::spawn(store_and_answer(
+        rx,
+        wr,
+        sealer,
+        store.clone(),
+        terminal.clone(),
+        hello.held,
+    ));
+    let read = read_batches(&mut rd, &mut opener, &tx).await;
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| SessionFailure::Join(e.to_string()))?;
+    read?;
+    written?;
     Ok(terminal)
 }
 
-/// Check every record of a batch, store it in one transaction, and return the Ack body.
-async fn take_batch(
-    store: &SharedStore,
-    terminal: &str,
-    body: &[u8],
-) -> Result<Vec<u8>, SessionFailure> {
+/// Batches queued between a session's reader and its store writer.
+pub const BATCHES_QUEUED_MAX: usize = 2;
+
+enum Job {
+    Batch {
+        from_seq: u64,
+        records: Vec<Received>,
+    },
+    Done,
+}
+
+async fn read_batches(
+    rd: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    sess: &mut Session,
+    tx: &mpsc::Sender<Job>,
+) -> Result<(), SessionFailure> {
+    loop {
+        let (ty, payload) = tokio::select! {
+            r = rd.read(READ_TIMEOUT) => r?,
+            // The writer stopped (its error is the session's): stop reading.
+            () = tx.closed() => return Ok(()),
+        };
+        let body = sess.open(ty, payload)?;
+        let job = match ty {
+            FrameType::Batch => check_batch(body)?,
+            FrameType::Done => {
+                decode_empty(ty, body)?;
+                Job::Done
+            }
+            other => return Err(FrameError::Unexpected(other).into()),
+        };
+        let done = matches!(job, Job::Done);
+        if tx.send(job).await.is_err() || done {
+            return Ok(());
+        }
+    }
+}
+
+/// Store each batch in one transaction and acknowledge it; after Done, send the downlink.
+async fn store_and_answer(
+    mut rx: mpsc::Receiver<Job>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut sess: Session,
+    store: SharedStore,
+    terminal: String,
+    held: HeldVersions,
+) -> Result<(), SessionFailure> {
+    while let Some(job) = rx.recv().await {
+        match job {
+            Job::Batch { from_seq, records } => {
+                let ack = store_batch(&store, &terminal, from_seq, records).await?;
+                let sealed = sess.seal(FrameType::Ack, &ack);
+                write_frame(&mut wr, FrameType::Ack, &sealed).await?;
+            }
+            Job::Done => {
+                let files = with_store(&store, move |s| super::downlink_for(s, &held)).await?;
+                for file in &files {
+                    send_file(&mut wr, &mut sess, file).await?;
+                }
+                let bye = sess.seal(FrameType::Bye, &[]);
+                write_frame(&mut wr, FrameType::Bye, &bye).await?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Check every record of a batch (CRC, order) before anything is stored.
+fn check_batch(body: &[u8]) -> Result<Job, SessionFailure> {
     let batch = Batch::decode(body)?;
-    let mut received = Vec::with_capacity(batch.records.len() / crate::journal::RECORD_BYTES);
+    let mut records = Vec::with_capacity(batch.records.len() / crate::journal::RECORD_BYTES);
     let mut next_seq = batch.from_seq;
     for raw in batch.raw_records() {
         let record = Record::decode(raw)
@@ -269,9 +329,21 @@ async fn take_batch(
             )));
         }
         next_seq = record.seq + 1;
-        received.push(Received { record, raw: *raw });
+        records.push(Received { record, raw: *raw });
     }
-    let from_seq = batch.from_seq;
+    Ok(Job::Batch {
+        from_seq: batch.from_seq,
+        records,
+    })
+}
+
+/// Store one checked batch and return the Ack body.
+async fn store_batch(
+    store: &SharedStore,
+    terminal: &str,
+    from_seq: u64,
+    received: Vec<Received>,
+) -> Result<Vec<u8>, SessionFailure> {
     let id = terminal.to_string();
     let stored = with_store(store, move |s| s.store_batch(&id, from_seq, &received)).await?;
     for (a, b) in &stored.declared_lost {

@@ -22,7 +22,7 @@ use super::frame::{
     decode_32, decode_empty, decode_refused, decode_u64, Ack, Batch, FileChunk, FrameError,
     FrameType, HeldVersions, Hello, BATCH_RECORDS_MAX, NONCE_BYTES,
 };
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Journal, JournalError, Record};
 
 /// Longest wait for the TCP connection to the station.
 pub const CONNECT_TIMEOUT_S: u64 = 10;
@@ -30,6 +30,8 @@ pub const CONNECT_TIMEOUT_S: u64 = 10;
 pub const REPLY_TIMEOUT_S: u64 = 60;
 /// Batches sent ahead of their acks (keeps the station's disk busy while one is in flight).
 pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Records read from the journal at once (1.5 MiB), cut into batches.
+pub const READ_AHEAD_RECORDS_MAX: usize = 16_384;
 /// Sessions tried before giving up on a broken connection.
 pub const SESSION_ATTEMPTS_MAX: u32 = 5;
 /// Pause before the first retry, doubled each time.
@@ -254,14 +256,22 @@ async fn send_records(
     journal: &mut Journal,
 ) -> Result<(), UploadError> {
     let mut sent_to = journal.acked_seq();
+    let mut read_to = sent_to;
+    let mut ahead: VecDeque<Record> = VecDeque::with_capacity(READ_AHEAD_RECORDS_MAX);
     let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(BATCHES_IN_FLIGHT_MAX);
     loop {
         while in_flight.len() < BATCHES_IN_FLIGHT_MAX {
-            let records = journal.read_after(sent_to, BATCH_RECORDS_MAX)?;
-            let Some(last) = records.last().map(|r| r.seq) else {
+            if ahead.is_empty() {
+                // Reading a segment costs the same for one record or thousands: read ahead.
+                ahead.extend(journal.read_after(read_to, READ_AHEAD_RECORDS_MAX)?);
+                read_to = ahead.back().map_or(read_to, |r| r.seq);
+            }
+            let n = ahead.len().min(BATCH_RECORDS_MAX);
+            let batch: Vec<Record> = ahead.drain(..n).collect();
+            let Some(last) = batch.last().map(|r| r.seq) else {
                 break;
             };
-            let raw: Vec<_> = records.iter().map(|r| r.encode()).collect();
+            let raw: Vec<_> = batch.iter().map(Record::encode).collect();
             let body = Batch::encode_body(sent_to + 1, &raw);
             let sealed = sess.seal(FrameType::Batch, &body);
             write_frame(wr, FrameType::Batch, &sealed).await?;

@@ -63,12 +63,14 @@ pub const MAGIC: [u8; 2] = *b"FV";
 pub const PROTOCOL_VERSION: u8 = 1;
 pub const FRAME_HEADER_BYTES: usize = 8;
 pub const FRAME_CRC_BYTES: usize = 4;
-/// Largest payload accepted (64 KiB: a full batch of records is 49,170 bytes sealed).
-pub const FRAME_PAYLOAD_BYTES_MAX: usize = 65_536;
+/// Largest payload accepted (256 KiB: a full batch of records is 196,658 bytes sealed).
+pub const FRAME_PAYLOAD_BYTES_MAX: usize = 262_144;
 /// Largest frame on the wire, header and CRC included.
 pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX + FRAME_CRC_BYTES;
-/// Records in one upload batch (one SQLite transaction at the station).
-pub const BATCH_RECORDS_MAX: usize = 512;
+/// Records in one upload batch: one SQLite transaction, so one fsync, at the station. At
+/// 512 the station's disk (about 3.5 ms per sync here) capped ingest near 40,000 records/s;
+/// 2,048 records (196 KiB) keeps the sync under a quarter of the time.
+pub const BATCH_RECORDS_MAX: usize = 2_048;
 /// Longest terminal id, bytes.
 pub const TERMINAL_ID_BYTES_MAX: usize = 32;
 /// Longest human text in a refusal, bytes.
