@@ -7,6 +7,13 @@ use depot_support::*;
 use fare_validator::depot::Store;
 use fare_validator::upload::{self, client::SESSION_ATTEMPTS_MAX, frame::BATCH_RECORDS_MAX};
 
+/// Wait for the proxy's fault, never forever.
+async fn tripped(p: &Proxy) {
+    tokio::time::timeout(std::time::Duration::from_secs(30), p.tripped.notified())
+        .await
+        .expect("the proxy's fault never happened: the journal is shorter than the cut");
+}
+
 const VALIDATORS: usize = 20;
 const RECORDS_EACH: u64 = 5_000;
 
@@ -60,18 +67,19 @@ async fn connection_cut_mid_batch_is_resumed_and_nothing_is_stored_twice() {
     let db = tmp.path().join("depot.db");
     let station = station(store(&db, 1)).await;
     let dir = tmp.path().join("bus");
-    card_journal(&dir, 3_000);
+    let total = 4 * BATCH_RECORDS_MAX as u64;
+    card_journal(&dir, total);
     // Hello and Auth are under 200 bytes: this cuts inside the third batch.
     let cut_at = 200 + (2 * BATCH_RECORDS_MAX + BATCH_RECORDS_MAX / 2) * 96;
     let p = proxy(station.addr(), Some((cut_at, Fault::Cut))).await;
     let r = upload::upload(&dir, p.addr, &terminal_id(0), &secret(0))
         .await
         .unwrap();
-    assert_eq!((r.uploaded, r.acked_seq), (3_000, 3_000));
+    assert_eq!((r.uploaded, r.acked_seq), (total, total));
     assert!(r.sessions >= 2, "the first session was cut");
     station.shutdown().await;
     let s = Store::open(&db).unwrap();
-    assert_eq!(s.record_count().unwrap(), 3_000);
+    assert_eq!(s.record_count().unwrap(), total);
     assert!(s.report().unwrap().terminals[&terminal_id(0)]
         .gaps
         .is_empty());
@@ -83,14 +91,15 @@ async fn station_killed_mid_upload_and_restarted_on_the_same_database_loses_noth
     let db = tmp.path().join("depot.db");
     let first = station(store(&db, 1)).await;
     let dir = tmp.path().join("bus");
-    card_journal(&dir, 4_000);
+    let total = 5 * BATCH_RECORDS_MAX as u64;
+    card_journal(&dir, total);
     let stall_at = 200 + (3 * BATCH_RECORDS_MAX + 100) * 96;
     let p = proxy(first.addr(), Some((stall_at, Fault::Stall))).await;
     let upload = tokio::spawn({
         let (dir, addr) = (dir.clone(), p.addr);
         async move { upload::upload(&dir, addr, &terminal_id(0), &secret(0)).await }
     });
-    p.tripped.notified().await;
+    tripped(&p).await;
     // Let the station store what reached it, then kill it in the middle of the session.
     let watcher = Store::open(&db).unwrap();
     for _ in 0..500 {
@@ -105,12 +114,12 @@ async fn station_killed_mid_upload_and_restarted_on_the_same_database_loses_noth
     p.release.notify_one();
 
     let r = upload.await.unwrap().unwrap();
-    assert_eq!(r.acked_seq, 4_000);
+    assert_eq!(r.acked_seq, total);
     assert!(r.sessions >= 2 && r.sessions <= SESSION_ATTEMPTS_MAX);
     second.shutdown().await;
-    assert_eq!(watcher.record_count().unwrap(), 4_000);
+    assert_eq!(watcher.record_count().unwrap(), total);
     let t = &watcher.report().unwrap().terminals[&terminal_id(0)];
-    assert_eq!((t.records, t.max_seq, t.gaps.len()), (4_000, 4_000, 0));
+    assert_eq!((t.records, t.max_seq, t.gaps.len()), (total, total, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,13 +146,18 @@ async fn station_process_killed_with_sigkill_and_restarted_loses_nothing() {
     };
     let (mut child, addr) = spawn();
     let dir = tmp.path().join("bus");
-    card_journal(&dir, 3_000);
-    let p = proxy(addr, Some((200 + 1_300 * 96, Fault::Stall))).await;
+    let total = 3 * BATCH_RECORDS_MAX as u64;
+    card_journal(&dir, total);
+    let p = proxy(
+        addr,
+        Some((200 + (BATCH_RECORDS_MAX + 300) * 96, Fault::Stall)),
+    )
+    .await;
     let upload = tokio::spawn({
         let (dir, addr) = (dir.clone(), p.addr);
         async move { upload::upload(&dir, addr, &terminal_id(0), &secret(0)).await }
     });
-    p.tripped.notified().await;
+    tripped(&p).await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     child.kill().unwrap();
     child.wait().unwrap();
@@ -153,9 +167,9 @@ async fn station_process_killed_with_sigkill_and_restarted_loses_nothing() {
     let r = upload.await.unwrap().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(r.acked_seq, 3_000);
+    assert_eq!(r.acked_seq, total);
     let s = Store::open(&db).unwrap();
-    assert_eq!(s.record_count().unwrap(), 3_000);
+    assert_eq!(s.record_count().unwrap(), total);
     assert!(s.report().unwrap().terminals[&terminal_id(0)]
         .gaps
         .is_empty());
