@@ -25,7 +25,8 @@ use crate::card::tunion::{
 use crate::card::ChannelError;
 use crate::clock::Timestamp;
 use crate::fare::{FareTable, PreviousBoarding};
-use crate::journal::{CardTx, Journal, JournalError, Record, RecordKind};
+use crate::journal::{CardTx, Journal, JournalError, QrTx, Record, RecordKind};
+use crate::ride_code::{ChannelKeys, ReplayCache, RideCode, RideCodeConfig, Verifier};
 use crate::types::{AccountId, CardNo, Fen, ListId, Media, Reason, RiderCategory};
 
 /// Accepted taps remembered for anti-passback. A validator accepts at most a few taps a
@@ -147,7 +148,8 @@ pub struct Validator<P: CardChannel> {
     pending: heapless::Vec<PendingDebit, PENDING_DEBITS_MAX>,
     last_now_s: Option<i64>,
     /// Group commit: accepted taps whose records wait for [`Validator::commit`].
-    deferred: heapless::Vec<CardNo, GROUP_COMMIT_TAPS_MAX>,
+    deferred: heapless::Vec<ListId, GROUP_COMMIT_TAPS_MAX>,
+    ride: RideCodes,
     defer_commit: bool,
 }
 
@@ -192,6 +194,7 @@ impl<P: CardChannel> Validator<P> {
             pending: heapless::Vec::new(),
             last_now_s: None,
             deferred: heapless::Vec::new(),
+            ride: RideCodes::new(ChannelKeys::empty(), RideCodeConfig::default()),
             defer_commit: false,
         }
     }
@@ -208,8 +211,10 @@ impl<P: CardChannel> Validator<P> {
     pub fn commit(&mut self) -> Result<u64, JournalError> {
         let result = self.journal.commit();
         if result.is_ok() {
-            for card_no in std::mem::take(&mut self.deferred) {
-                self.forget_pending(card_no);
+            for id in std::mem::take(&mut self.deferred) {
+                if let ListId::Card(card_no) = id {
+                    self.forget_pending(card_no);
+                }
             }
         } else {
             self.deferred.clear();
@@ -292,7 +297,7 @@ impl<P: CardChannel> Validator<P> {
         }
         let info = s.read_public().map_err(card_reason)?;
         *subject = Subject::Card(info.card_no);
-        let awaiting_group_sync = self.deferred.contains(&info.card_no);
+        let awaiting_group_sync = self.deferred.contains(&ListId::Card(info.card_no));
         if let Some(i) = self
             .pending
             .iter()
@@ -541,14 +546,18 @@ impl<P: CardChannel> Validator<P> {
         })?;
         if defer {
             // Kept pending until the group is durable; capacity was made above.
-            let _ = self.deferred.push(rec.card_no);
+            let _ = self.deferred.push(passenger(&rec));
         } else {
             self.forget_pending(rec.card_no);
         }
-        self.recent.remember(ListId::Card(rec.card_no), now.unix_s);
+        self.recent.remember(passenger(&rec), now.unix_s);
+        let subject = match rec.qr {
+            Some(q) => Subject::Account(q.account),
+            None => Subject::Card(rec.card_no),
+        };
         Ok(Decision {
-            media: Media::Card,
-            subject: Subject::Card(rec.card_no),
+            media: rec.media(),
+            subject,
             outcome: Ok(()),
             fare_fen: rec.fare_fen,
             balance_fen: rec.balance_fen,
@@ -602,16 +611,98 @@ impl<P: CardChannel> Validator<P> {
     }
 }
 
+/// Who anti-passback and group commit know a record by: the card, or the ride-code account.
+fn passenger(rec: &Record) -> ListId {
+    match rec.qr {
+        Some(q) => ListId::Account(q.account),
+        None => ListId::Card(rec.card_no),
+    }
+}
+
+/// The ride-code side of a validator: the channel keys and verifier, and the memory of codes
+/// already accepted.
+struct RideCodes {
+    verifier: Verifier,
+    replay: ReplayCache,
+}
+
+impl RideCodes {
+    fn new(keys: ChannelKeys, config: RideCodeConfig) -> Self {
+        let replay = ReplayCache::new(&config);
+        RideCodes {
+            verifier: Verifier::new(keys, config),
+            replay,
+        }
+    }
+}
+
 impl<P: CardChannel> Validator<P> {
-    /// A ride code is scanned. Without ride-code keys every code is from an unsupported
-    /// channel.
-    pub fn scan_code(&mut self, _text: &str, now: Timestamp) -> Decision {
+    /// Trust these channel keys from now on (a verified key file from the depot). Codes
+    /// accepted before stay remembered.
+    pub fn set_ride_code_keys(&mut self, keys: ChannelKeys, config: RideCodeConfig) {
+        let replay = std::mem::replace(&mut self.ride.replay, ReplayCache::new(&config));
+        self.ride = RideCodes {
+            verifier: Verifier::new(keys, config),
+            replay,
+        };
+    }
+
+    /// A ride code is scanned: checks 1–13 of ride-code-v1.md in order, then the
+    /// pay-after-ride record is made durable.
+    pub fn scan_code(&mut self, text: &str, now: Timestamp) -> Decision {
         self.observe_clock(now);
-        Decision::refused(
-            Media::Qr,
-            Subject::Unknown,
-            Reason::UnsupportedChannel,
-            None,
-        )
+        let decision = match self.decide_code(text, now) {
+            Ok(d) => d,
+            Err((subject, reason)) => Decision::refused(Media::Qr, subject, reason, None),
+        };
+        tracing::debug!(?decision, "ride code scan");
+        decision
+    }
+
+    fn decide_code(&mut self, text: &str, now: Timestamp) -> Result<Decision, (Subject, Reason)> {
+        let code = self.ride.verifier.verify(text, now.unix_s).map_err(|r| {
+            // Past check 1 the layout is sound: say whose code it was.
+            let subject =
+                RideCode::parse(text).map_or(Subject::Unknown, |c| Subject::Account(c.account()));
+            (subject, r)
+        })?;
+        let subject = Subject::Account(code.account);
+        let on_list = |id| self.blacklist.get(&id).is_some();
+        if on_list(ListId::Card(code.card_no)) || on_list(ListId::Account(code.account)) {
+            return Err((subject, Reason::Blacklisted));
+        }
+        if self.ride.replay.is_replay(&code, now.unix_s) {
+            return Err((subject, Reason::Replayed));
+        }
+        let account = ListId::Account(code.account);
+        if self
+            .recent
+            .is_repeat(&account, now.unix_s, self.cfg.anti_passback_s)
+        {
+            return Err((subject, Reason::RepeatTap));
+        }
+        let rec = Record {
+            seq: 0,
+            kind: RecordKind::QrRide,
+            at_unix_s: now.unix_s,
+            utc_offset_min: (now.utc_offset_s / 60) as i16,
+            route: self.cfg.route,
+            category: code.rider_category,
+            fare_fen: self.fares.category_fare(code.rider_category),
+            balance_fen: None,
+            card_no: code.card_no,
+            card_tx: CardTx::default(),
+            qr: Some(QrTx {
+                account: code.account,
+                counter: code.counter,
+                generated_at: code.generated_at.clamp(0, i64::from(u32::MAX)) as u32,
+            }),
+            terminal_no: self.psam.terminal_no(),
+        };
+        let d = self
+            .record_and_accept(rec, now)
+            .map_err(|r| (subject, r.reason))?;
+        self.ride.replay.remember_code(&code, now.unix_s);
+        Ok(d)
     }
 }

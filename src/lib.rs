@@ -11,7 +11,10 @@
 //! - [`fare`]: the fare table;
 //! - [`engine`]: where a tap becomes a decision;
 //! - [`journal`]: durable records;
-//! - [`replay`]: the replay contract (shared/specs/replay.md).
+//! - [`replay`]: the replay contract (shared/specs/replay.md);
+//! - `reader` (feature `pcsc`): the validator on PC/SC readers; [`card::vpcd`]: simulated
+//!   cards in vsmartcard's virtual reader.
+//! - [`cli`]: command-line front ends over the library.
 
 pub mod bench;
 pub mod blacklist;
@@ -23,6 +26,8 @@ pub mod depot;
 pub mod engine;
 pub mod fare;
 pub mod journal;
+#[cfg(feature = "pcsc")]
+pub mod reader;
 pub mod replay;
 pub mod ride_code;
 pub mod types;

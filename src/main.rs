@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use fare_validator::{bench, demo, journal, replay};
+use fare_validator::{bench, cli, demo, journal, replay};
 
 #[derive(Parser)]
 #[command(
@@ -52,10 +52,23 @@ enum Cmd {
     /// The depot upload station: serve, provision terminals, counter actions, clearing views.
     Depot {
         #[command(subcommand)]
-        cmd: fare_validator::cli::depot::DepotCmd,
+        cmd: cli::depot::DepotCmd,
     },
     /// Upload a journal to the depot once; prints {"uploaded": N, "acked_seq": S, ...}.
-    Upload(fare_validator::cli::depot::UploadArgs),
+    Upload(cli::depot::UploadArgs),
+    /// Run the validator on PC/SC readers: the card reader and the PSAM's reader.
+    #[cfg(feature = "pcsc")]
+    Run(cli::pcsc::RunArgs),
+    /// List the PC/SC readers (names for --reader and --sam-reader).
+    #[cfg(feature = "pcsc")]
+    Readers,
+    /// Present a simulated card or PSAM in a vsmartcard virtual reader (vpcd, 127.0.0.1).
+    SimCard(cli::sim_card::SimCardArgs),
+    /// The issuer's side of ride codes, for tests and demos: keys, codes, QR symbols.
+    RideCode {
+        #[command(subcommand)]
+        cmd: cli::ride_code::RideCodeCmd,
+    },
     /// Inspect a journal.
     Journal {
         #[command(subcommand)]
@@ -101,8 +114,8 @@ fn run(cmd: Cmd) -> CmdResult {
     match cmd {
         Cmd::Demo(args) => demo::run(&args).map_err(|e| (1, e)),
         Cmd::Bench(args) => bench::run(&args).map_err(|e| (1, e)),
-        Cmd::Depot { cmd } => fare_validator::cli::depot::run_depot(cmd),
-        Cmd::Upload(args) => fare_validator::cli::depot::run_upload(&args),
+        Cmd::Depot { cmd } => cli::depot::run_depot(cmd),
+        Cmd::Upload(args) => cli::depot::run_upload(&args),
         Cmd::Replay {
             cards,
             keys,
@@ -134,6 +147,12 @@ fn run(cmd: Cmd) -> CmdResult {
                 Err(e) => Err(bad_input(e)),
             }
         }
+        #[cfg(feature = "pcsc")]
+        Cmd::Run(args) => cli::pcsc::run(&args),
+        #[cfg(feature = "pcsc")]
+        Cmd::Readers => cli::pcsc::readers(),
+        Cmd::SimCard(args) => cli::sim_card::run(&args),
+        Cmd::RideCode { cmd } => cli::ride_code::run(cmd).map_err(bad_input),
         Cmd::Journal {
             cmd: JournalCmd::Show { dir },
         } => journal_show(&dir),

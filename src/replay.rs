@@ -260,6 +260,10 @@ pub fn run(
         ..EngineConfig::default()
     };
     let mut v = Validator::new(cfg, psam, fares, blacklist, journal);
+    if let Some(p) = &opts.keys {
+        let keys = crate::ride_code::ChannelKeys::load(p).map_err(|e| file_err(p, e))?;
+        v.set_ride_code_keys(keys, crate::ride_code::RideCodeConfig::default());
+    }
     let mut summary = ReplaySummary::default();
     for (i, line) in input.lines().enumerate() {
         let line = line.map_err(|e| ReplayError::Event {

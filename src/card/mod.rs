@@ -7,8 +7,11 @@
 
 pub mod apdu;
 pub mod crypto;
+#[cfg(feature = "pcsc")]
+pub mod pcsc;
 pub mod psam;
 pub mod sim;
 pub mod tunion;
+pub mod vpcd;
 
 pub use apdu::{CardChannel, ChannelError, Response};

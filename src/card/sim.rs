@@ -192,6 +192,20 @@ impl SimCard {
         self.removal = removal;
     }
 
+    /// A reset (power on, warm reset) while the card stays in the field, as a reader does at
+    /// connect: the selection and any half-done purchase are lost; a planned [`Removal`] stays.
+    pub fn reset(&mut self) {
+        self.selected = false;
+        self.pending = None;
+        self.challenge = None;
+        self.compound_cache = None;
+    }
+
+    /// Whether the card is still in the field (false once a [`Removal`] happened).
+    pub fn in_field(&self) -> bool {
+        self.in_field
+    }
+
     fn leave_field(&mut self) -> ChannelError {
         self.in_field = false;
         ChannelError::Removed
@@ -446,6 +460,14 @@ impl SimPsam {
 
     pub fn terminal_seq(&self) -> u32 {
         self.terminal_seq
+    }
+
+    /// A reset of the module: the selection and any open MAC session are lost; the terminal
+    /// sequence number is kept, as in a real PSAM's non-volatile memory.
+    pub fn reset(&mut self) {
+        self.selected = false;
+        self.session = None;
+        self.card_damk = None;
     }
 
     fn mac1(&mut self, data: &[u8], r: &mut Response) {

@@ -1,0 +1,136 @@
+//! `fare-validator run` and `fare-validator readers`: the validator on PC/SC readers.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::CmdError;
+use crate::blacklist::Blacklist;
+use crate::card::pcsc::Readers;
+use crate::engine::EngineConfig;
+use crate::fare::FareTable;
+use crate::journal::Journal;
+use crate::reader::{system_now, Station, CHINA_STANDARD_TIME_OFFSET_S};
+use crate::replay::{decision_line, load_blacklist};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The contactless reader passengers tap (a name from `fare-validator readers`).
+    #[arg(long)]
+    pub reader: String,
+    /// The reader holding the PSAM.
+    #[arg(long)]
+    pub sam_reader: String,
+    /// Journal folder; default: a new temporary folder (records lost at exit).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+    /// Route the vehicle runs.
+    #[arg(long, default_value_t = 1)]
+    pub route: u16,
+    /// BLACKLIST.csv (header kind,id,reason).
+    #[arg(long)]
+    pub blacklist: Option<PathBuf>,
+    /// Fare table (TOML); default: the embedded fixtures/fares.toml.
+    #[arg(long)]
+    pub fares: Option<PathBuf>,
+    /// Stop after this many taps (default: run until stopped).
+    #[arg(long)]
+    pub max_taps: Option<u64>,
+    /// Offset of local time from UTC, minutes (default: China Standard Time, +480).
+    #[arg(long, default_value_t = CHINA_STANDARD_TIME_OFFSET_S / 60, allow_negative_numbers = true)]
+    pub utc_offset_min: i32,
+}
+
+fn runtime(e: impl std::fmt::Display) -> CmdError {
+    (1, e.to_string())
+}
+
+fn bad_input(e: impl std::fmt::Display) -> CmdError {
+    (2, e.to_string())
+}
+
+/// The validator loop: wait for a card, tap, print the decision line (replay's format, after
+/// the record is durable), wait for the card to leave, again.
+pub fn run(args: &RunArgs) -> Result<(), CmdError> {
+    if !(-14 * 60..=14 * 60).contains(&args.utc_offset_min) {
+        return Err(bad_input("--utc-offset-min must be within -840..840"));
+    }
+    let fares = match &args.fares {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| FareTable::from_toml(&t).map_err(|e| e.to_string()))
+            .map_err(|e| bad_input(format!("{}: {e}", p.display())))?,
+        None => FareTable::default_policy(),
+    };
+    let blacklist = match &args.blacklist {
+        Some(p) => load_blacklist(p).map_err(bad_input)?,
+        None => Blacklist::empty(),
+    };
+    let _temp;
+    let dir = match &args.journal {
+        Some(d) => d.clone(),
+        None => {
+            let t = tempfile::tempdir().map_err(runtime)?;
+            let d = t.path().to_path_buf();
+            tracing::warn!(dir = %d.display(), "no --journal: records go to a temporary folder");
+            _temp = t;
+            d
+        }
+    };
+    let (journal, problems) = Journal::open(&dir).map_err(runtime)?;
+    for p in &problems {
+        tracing::warn!(%p, "journal");
+    }
+    let readers = Readers::establish().map_err(runtime)?;
+    let cfg = EngineConfig {
+        route: args.route,
+        ..EngineConfig::default()
+    };
+    let mut station = Station::open(
+        readers,
+        &args.reader,
+        &args.sam_reader,
+        cfg,
+        fares,
+        blacklist,
+        journal,
+    )
+    .map_err(runtime)?;
+    let offset_s = args.utc_offset_min * 60;
+    let mut out = std::io::stdout().lock();
+    let mut taps = 0u64;
+    while args.max_taps.map_or(true, |m| taps < m) {
+        let Some((now, d)) = station
+            .tap(&mut || system_now(offset_s), None)
+            .map_err(runtime)?
+        else {
+            continue;
+        };
+        taps += 1;
+        let line = decision_line(&now.to_rfc3339(), &d, None);
+        writeln!(out, "{line}").map_err(runtime)?;
+        out.flush().map_err(runtime)?;
+        station.wait_card_gone(None).map_err(runtime)?;
+    }
+    Ok(())
+}
+
+/// List the readers pcscd knows, one a line: the name (as `--reader` takes it), a tab, and
+/// the card in it.
+pub fn readers() -> Result<(), CmdError> {
+    let readers = Readers::establish().map_err(runtime)?;
+    let list = readers.list().map_err(runtime)?;
+    let mut out = std::io::stdout().lock();
+    if list.is_empty() {
+        eprintln!("fare-validator: pcscd runs but sees no reader");
+    }
+    for r in list {
+        let card = if r.card_present {
+            let atr: String = r.atr.iter().map(|b| format!("{b:02X}")).collect();
+            format!("card present, ATR {atr}")
+        } else {
+            "empty".to_string()
+        };
+        writeln!(out, "{}\t{card}", r.name).map_err(runtime)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! `fare-validator sim-card`: the project's simulated card, or its simulated PSAM, in one of
+//! vsmartcard's virtual readers, so that pcscd and any PC/SC program (the validator's `run`,
+//! `pcsc_scan`, `opensc-tool`) reach it like a card in a USB reader.
+//!
+//! ```text
+//! fare-validator sim-card --vpcd 127.0.0.1:35963 --card CARD.json [--removal after_debit]
+//! fare-validator sim-card --vpcd 127.0.0.1:35964 --psam
+//! ```
+//!
+//! A card is presented (connects), answers until it has been idle `--idle-leave-ms` after its
+//! first command (the holder takes it away: the socket closes), stays away `--away-ms`, and
+//! comes back, `--taps` times; its balance and records live on between presentations. One
+//! JSON line per presentation goes to standard output. `--removal` applies to the first
+//! presentation: the card leaves mid-dialogue.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::CmdError;
+use crate::card::sim::{CardSpec, Removal, SimCard, SimPsam, TestKeys};
+use crate::card::vpcd::{parse_addr, SessionEnd, VpcdLink};
+use crate::replay::{REPLAY_CARD_SEED, REPLAY_TERMINAL_NO};
+
+/// A presentation that no reader talks to ends after this long, milliseconds.
+pub const PRESENTATION_MS_MAX: u64 = 60_000;
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[value(rename_all = "snake_case")]
+pub enum RemovalArg {
+    BeforeDebit,
+    AfterDebit,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimCardArgs {
+    /// vpcd's port for the reader to sit in: 127.0.0.1:PORT or PORT (35963 is the first
+    /// virtual reader, 35964 the second). Only 127.0.0.1 is accepted.
+    #[arg(long)]
+    pub vpcd: String,
+    /// The card: a CardSpec JSON object, or a CARDS.json holding one card.
+    #[arg(long, conflicts_with = "psam", required_unless_present = "psam")]
+    pub card: Option<PathBuf>,
+    /// Present the simulated PSAM (test keys, replay's terminal number) instead of a card.
+    #[arg(long)]
+    pub psam: bool,
+    /// The card leaves the field mid-dialogue in its first presentation.
+    #[arg(long, value_enum)]
+    pub removal: Option<RemovalArg>,
+    /// Presentations of the card (0: until stopped).
+    #[arg(long, default_value_t = 1)]
+    pub taps: u64,
+    /// The holder takes the card away once it was idle this long after its first command, ms.
+    #[arg(long, default_value_t = 300)]
+    pub idle_leave_ms: u64,
+    /// Time away from the reader between presentations, ms.
+    #[arg(long, default_value_t = 1_000)]
+    pub away_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardsFile {
+    cards: Vec<CardSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CardFile {
+    One(CardSpec),
+    Many(CardsFile),
+}
+
+/// A card from a CardSpec JSON file or a CARDS.json with exactly one card.
+pub fn load_card_spec(path: &PathBuf) -> Result<CardSpec, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    match serde_json::from_str::<CardFile>(&text) {
+        Ok(CardFile::One(spec)) => Ok(spec),
+        Ok(CardFile::Many(mut f)) if f.cards.len() == 1 => Ok(f.cards.remove(0)),
+        Ok(CardFile::Many(f)) => Err(format!(
+            "{}: holds {} cards; sim-card presents exactly one",
+            path.display(),
+            f.cards.len()
+        )),
+        Err(_) => Err(format!(
+            "{}: not a card (CardSpec JSON) nor a CARDS.json with one card",
+            path.display()
+        )),
+    }
+}
+
+fn end_name(e: SessionEnd) -> &'static str {
+    match e {
+        SessionEnd::CardLeft => "card_left_mid_dialogue",
+        SessionEnd::Withdrawn => "withdrawn",
+        SessionEnd::ReaderClosed => "reader_closed",
+    }
+}
+
+pub fn run(args: &SimCardArgs) -> Result<(), CmdError> {
+    let addr = parse_addr(&args.vpcd).map_err(|e| (2, e.to_string()))?;
+    let runtime = |e: crate::card::vpcd::VpcdError| (1, e.to_string());
+    let mut out = std::io::stdout().lock();
+    if args.psam {
+        let mut psam = SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1);
+        let link = VpcdLink::connect(addr).map_err(runtime)?;
+        let end = link.serve(&mut psam, &mut |_| false).map_err(runtime)?;
+        let line = serde_json::json!({"psam": true, "end": end_name(end),
+            "terminal_seq": psam.terminal_seq()});
+        writeln!(out, "{line}").map_err(|e| (1, e.to_string()))?;
+        return Ok(());
+    }
+    let Some(path) = &args.card else {
+        return Err((2, "--card or --psam is required".into()));
+    };
+    let spec = load_card_spec(path).map_err(|e| (2, e))?;
+    let mut card = SimCard::new(&spec, &TestKeys::default(), REPLAY_CARD_SEED)
+        .map_err(|e| (2, format!("{}: {e}", path.display())))?;
+    let idle = Duration::from_millis(args.idle_leave_ms);
+    let max = Duration::from_millis(PRESENTATION_MS_MAX);
+    let mut n = 0u64;
+    while args.taps == 0 || n < args.taps {
+        let removal = match (n, args.removal) {
+            (0, Some(RemovalArg::BeforeDebit)) => Some(Removal::BeforeDebit),
+            (0, Some(RemovalArg::AfterDebit)) => Some(Removal::AfterDebit),
+            _ => None,
+        };
+        card.enter_field(removal);
+        let link = VpcdLink::connect(addr).map_err(runtime)?;
+        let end = link
+            .serve(&mut card, &mut |a| {
+                (a.apdus > 0 && a.idle >= idle) || a.present_for >= max
+            })
+            .map_err(runtime)?;
+        n += 1;
+        let line = serde_json::json!({"presentation": n, "card_no": spec.card_no.to_string(),
+            "end": end_name(end), "balance_fen": card.balance_fen(),
+            "offline_counter": card.offline_counter()});
+        writeln!(out, "{line}").map_err(|e| (1, e.to_string()))?;
+        out.flush().map_err(|e| (1, e.to_string()))?;
+        if end == SessionEnd::ReaderClosed {
+            return Err((1, "vpcd closed the connection (pcscd stopped?)".into()));
+        }
+        std::thread::sleep(Duration::from_millis(args.away_ms));
+    }
+    Ok(())
+}

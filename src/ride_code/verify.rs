@@ -1,0 +1,179 @@
+//! Checks 1–10 of ride-code-v1.md, in order; the first that fails is the reason.
+//!
+//! | # | check | reason |
+//! | --- | --- | --- |
+//! | 1 | text form, 201 bytes, version 1, card_no decimal | `malformed` |
+//! | 2 | alg is 1 or 2 | `unsupported_algorithm` |
+//! | 3 | channel_id in the key file | `unsupported_channel` |
+//! | 4 | entry with channel_id, channel_key_id, alg | `unknown_key` |
+//! | 5 | key not revoked, not_before ≤ now ≤ not_after | `key_not_valid` |
+//! | 6 | cert_signature verifies, holder key on the curve | `bad_certificate` |
+//! | 7 | cert_not_before ≤ now ≤ cert_not_after | `certificate_not_valid` |
+//! | 8 | code_signature verifies with the holder key | `bad_signature` |
+//! | 9 | generated_at ≤ now + clock_skew_s | `code_not_yet_valid` |
+//! | 10 | now ≤ generated_at + code_validity_s | `code_expired` |
+//!
+//! Checks 11 (blacklist), 12 (replay, see [`super::ReplayCache`]) and 13 (anti-passback) are
+//! the engine's. A scan costs at most two signature checks; a holder whose certificate
+//! verified before costs one (see `cert_cache`).
+
+use serde::{Deserialize, Serialize};
+
+use super::cert_cache::CertCache;
+use super::crypto::VerifyKey;
+use super::format::RideCode;
+use super::keys::{ChannelKeys, KeyFileError};
+use super::Alg;
+use crate::types::{AccountId, CardNo, Reason, RiderCategory};
+
+/// Freshness settings (the vectors' `config`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RideCodeConfig {
+    /// How long after generated_at a code is still accepted (check 10).
+    pub code_validity_s: u32,
+    /// How far ahead of the validator's clock a phone's clock may be (check 9).
+    pub clock_skew_s: u32,
+}
+
+impl Default for RideCodeConfig {
+    fn default() -> Self {
+        RideCodeConfig {
+            code_validity_s: 60,
+            clock_skew_s: 30,
+        }
+    }
+}
+
+/// A code that passed checks 1–10: what the engine needs for checks 11–13, the fare and the
+/// journal. Copy, no heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifiedCode {
+    pub channel_id: u16,
+    pub channel_key_id: u8,
+    pub alg: Alg,
+    /// (channel_id, account_id): the blacklist and anti-passback identity.
+    pub account: AccountId,
+    /// The linked physical card, checked against the card blacklist.
+    pub card_no: CardNo,
+    pub rider_category: RiderCategory,
+    pub counter: u32,
+    /// Unix seconds.
+    pub generated_at: i64,
+    /// Unix seconds, inclusive.
+    pub cert_not_after: i64,
+}
+
+/// Verifies ride codes against one key file. Holds the certificate cache, hence `&mut self`.
+pub struct Verifier {
+    keys: ChannelKeys,
+    config: RideCodeConfig,
+    certs: CertCache,
+}
+
+impl Verifier {
+    /// Allocates the certificate cache; nothing is allocated per scan after this.
+    pub fn new(keys: ChannelKeys, config: RideCodeConfig) -> Self {
+        Verifier {
+            keys,
+            config,
+            certs: CertCache::new(),
+        }
+    }
+
+    pub fn from_key_file(
+        path: impl AsRef<std::path::Path>,
+        config: RideCodeConfig,
+    ) -> Result<Self, KeyFileError> {
+        Ok(Self::new(ChannelKeys::load(path)?, config))
+    }
+
+    pub fn config(&self) -> &RideCodeConfig {
+        &self.config
+    }
+
+    pub fn keys(&self) -> &ChannelKeys {
+        &self.keys
+    }
+
+    /// Checks 1–10 in order.
+    pub fn verify(&mut self, text: &str, now_unix_s: i64) -> Result<VerifiedCode, Reason> {
+        let code = RideCode::parse(text)?;
+        self.verify_parsed(&code, now_unix_s)
+    }
+
+    /// Checks 2–10 of a code that passed check 1.
+    pub fn verify_parsed(
+        &mut self,
+        code: &RideCode,
+        now_unix_s: i64,
+    ) -> Result<VerifiedCode, Reason> {
+        let alg = Alg::from_u8(code.alg).ok_or(Reason::UnsupportedAlgorithm)?;
+        if !self.keys.has_channel(code.channel_id) {
+            return Err(Reason::UnsupportedChannel);
+        }
+        let channel_key = self
+            .keys
+            .find(code.channel_id, code.channel_key_id, alg)
+            .ok_or(Reason::UnknownKey)?;
+        if !channel_key.is_valid_at(now_unix_s) {
+            return Err(Reason::KeyNotValid);
+        }
+        let holder_key = holder_key(&mut self.certs, &channel_key.key, code)?;
+        let (cert_not_before, cert_not_after) = (
+            i64::from(code.cert_not_before),
+            i64::from(code.cert_not_after),
+        );
+        if !(cert_not_before <= now_unix_s && now_unix_s <= cert_not_after) {
+            return Err(Reason::CertificateNotValid);
+        }
+        if !holder_key.verifies(code.code_signed(), &code.code_signature) {
+            return Err(Reason::BadSignature);
+        }
+        let generated_at = i64::from(code.generated_at);
+        if generated_at > now_unix_s.saturating_add(i64::from(self.config.clock_skew_s)) {
+            return Err(Reason::CodeNotYetValid);
+        }
+        if now_unix_s > generated_at + i64::from(self.config.code_validity_s) {
+            return Err(Reason::CodeExpired);
+        }
+        Ok(VerifiedCode {
+            channel_id: code.channel_id,
+            channel_key_id: code.channel_key_id,
+            alg,
+            account: code.account(),
+            card_no: code.card_no,
+            rider_category: code.rider_category,
+            counter: code.counter,
+            generated_at,
+            cert_not_after,
+        })
+    }
+
+    /// Holder certificates currently cached (for tests and metrics).
+    pub fn cached_certificates(&self) -> usize {
+        self.certs.len()
+    }
+}
+
+/// Check 6, through the cache: the holder key of a certificate the channel key signed.
+///
+/// The cache key is the whole certificate, which includes channel_id, key id and alg, so a hit
+/// means this very certificate verified under this very channel key (a key file never has two
+/// entries for one (channel, key id, alg); a new key file means a new `Verifier`).
+fn holder_key<'c>(
+    certs: &'c mut CertCache,
+    channel_key: &VerifyKey,
+    code: &RideCode,
+) -> Result<&'c VerifyKey, Reason> {
+    if certs.get(code.cert()).is_none() {
+        let alg = channel_key.alg();
+        let holder = VerifyKey::from_compressed(alg, &code.holder_public_key)
+            .ok_or(Reason::BadCertificate)?;
+        if !channel_key.verifies(code.cert_signed(), &code.cert_signature) {
+            return Err(Reason::BadCertificate);
+        }
+        certs.insert(code.cert(), holder);
+    }
+    certs.get(code.cert()).ok_or(Reason::BadCertificate)
+}

@@ -1,0 +1,99 @@
+//! After start-up the tap path does not allocate: a counting allocator watches a run of card
+//! taps (dialogue, decision, durable record) and refusals.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use fare_validator::blacklist::{Blacklist, Change, ChangeOp};
+use fare_validator::card::psam::Psam;
+use fare_validator::card::sim::{CardSpec, SimCard, SimPsam, TestKeys};
+use fare_validator::clock::Timestamp;
+use fare_validator::engine::{EngineConfig, Validator};
+use fare_validator::fare::FareTable;
+use fare_validator::journal::Journal;
+use fare_validator::types::{ListId, ListReason, RiderCategory};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn card_taps_allocate_nothing_after_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = TestKeys::default();
+    let (journal, _) = Journal::open(dir.path()).unwrap();
+    let psam = Psam::open(SimPsam::new(keys, [0, 0, 0, 0, 0, 1], 1)).unwrap();
+    let mut list = Blacklist::empty();
+    let spec = |n: u32, t| CardSpec {
+        card_no: format!("371400000000000000{n:02}").parse().unwrap(),
+        card_type: t,
+        enabled: true,
+        valid_from: "2024-01-01".into(),
+        valid_until: "2034-12-31".into(),
+        balance_fen: 100_000,
+    };
+    list.apply(&Change {
+        op: ChangeOp::Add,
+        id: ListId::Card(spec(3, RiderCategory::Adult).card_no),
+        reason: ListReason::Lost,
+    });
+    let mut v = Validator::new(
+        EngineConfig::default(),
+        psam,
+        FareTable::default_policy(),
+        list,
+        journal,
+    );
+    let mut cards: Vec<SimCard> = [
+        RiderCategory::Adult,
+        RiderCategory::Student,
+        RiderCategory::Adult,
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, t)| SimCard::new(&spec(i as u32 + 1, *t), &keys, 1).unwrap())
+    .collect();
+    let mut now = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();
+    // Warm-up: the first tap opens what it needs.
+    cards[0].enter_field(None);
+    assert!(v.tap_card(&mut cards[0], now).accepted());
+
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..50 {
+        now = now.plus_s(30);
+        for card in cards.iter_mut() {
+            card.enter_field(None);
+            // Accepted, repeat_tap (every other round) and blacklisted taps all run here.
+            let _ = v.tap_card(card, now);
+        }
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::SeqCst),
+        0,
+        "allocations on the tap path"
+    );
+    assert!(v.journal().durable_seq() > 50);
+}

@@ -1,0 +1,88 @@
+//! The shared ride-code-v1 vectors: every case on a fresh validator (no code seen before, empty
+//! blacklist) with the vectors' config decides exactly as `expect` says.
+
+use fare_validator::ride_code::{ChannelKeys, KeyFile, ReplayCache, RideCodeConfig, Verifier};
+use fare_validator::types::Reason;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Vectors {
+    spec: String,
+    config: RideCodeConfig,
+    keys: KeyFile,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    now: i64,
+    code: String,
+    expect: String,
+}
+
+fn vectors() -> Vectors {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/ride-code-v1.json");
+    let text = std::fs::read_to_string(path).expect("read vectors");
+    serde_json::from_str(&text).expect("parse vectors")
+}
+
+/// What a bus validator decides for a scan with an empty blacklist: checks 1–10, then 12.
+/// (Check 13, anti-passback, cannot fail on a fresh validator.)
+fn decide(verifier: &mut Verifier, replay: &mut ReplayCache, text: &str, now: i64) -> String {
+    match verifier.verify(text, now) {
+        Err(reason) => reason.as_str().to_string(),
+        Ok(code) if replay.is_replay(&code, now) => Reason::Replayed.as_str().to_string(),
+        Ok(code) => {
+            replay.remember_code(&code, now);
+            "accepted".to_string()
+        }
+    }
+}
+
+#[test]
+fn every_vector_decides_as_expected() {
+    let v = vectors();
+    assert_eq!(v.spec, "ride-code-v1");
+    let keys = ChannelKeys::from_file(&v.keys).expect("vector key file");
+    assert!(!v.cases.is_empty());
+    let mut failures = Vec::new();
+    for case in &v.cases {
+        let mut verifier = Verifier::new(keys.clone(), v.config);
+        let mut replay = ReplayCache::new(&v.config);
+        let got = decide(&mut verifier, &mut replay, &case.code, case.now);
+        if got != case.expect {
+            failures.push(format!(
+                "{}: expected {}, got {got}",
+                case.name, case.expect
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn vector_key_file_matches_the_shipped_key_file() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/ride-code-keys.json");
+    let text = std::fs::read_to_string(path).expect("read key file");
+    let shipped: KeyFile = serde_json::from_str(&text).expect("parse key file");
+    assert_eq!(shipped, vectors().keys);
+    assert!(ChannelKeys::load(path).is_ok());
+}
+
+#[test]
+fn accepted_vectors_are_replayed_when_shown_twice() {
+    let v = vectors();
+    let keys = ChannelKeys::from_file(&v.keys).expect("vector key file");
+    let mut verifier = Verifier::new(keys, v.config);
+    let mut replay = ReplayCache::new(&v.config);
+    for case in v.cases.iter().filter(|c| c.expect == "accepted") {
+        assert_eq!(
+            decide(&mut verifier, &mut replay, &case.code, case.now),
+            "accepted"
+        );
+        // Second scan: the certificate is cached now; the verdict is still replayed.
+        let again = decide(&mut verifier, &mut replay, &case.code, case.now + 5);
+        assert_eq!(again, "replayed", "{}", case.name);
+    }
+}
