@@ -178,3 +178,52 @@ fn counter_actions_make_blacklist_versions() {
     assert_eq!(s.blacklist().unwrap().len(), 2);
     assert_eq!(s.blacklist_changes_after(2, 10).unwrap().unwrap().len(), 2);
 }
+
+#[test]
+fn upload_command_prints_what_was_acknowledged_and_pins_the_operator_key() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.db");
+    let out = bin()
+        .args(["depot", "terminal", "add", "bus-0007", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut serve = bin()
+        .args(["depot", "serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let listening: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let dir = tmp.path().join("bus");
+    card_journal(&dir, 300);
+    let upload = |secret: &str| {
+        bin()
+            .args(["upload", "--terminal", "bus-0007", "--secret", secret])
+            .args(["--depot", listening["listening"].as_str().unwrap()])
+            .args(["--operator-pub", added["operator_pub"].as_str().unwrap()])
+            .arg("--journal")
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let wrong = upload(&"00".repeat(32));
+    let ok = upload(added["secret"].as_str().unwrap());
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert_eq!(ok.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(
+        (report["uploaded"].as_u64(), report["acked_seq"].as_u64()),
+        (Some(300), Some(300))
+    );
+    assert!(dir.join("downlink/operator.pub").exists());
+}
