@@ -8,6 +8,8 @@
 //! - [`card`]: APDU dialogue with the card and the PSAM, and their simulations;
 //! - [`ride_code`]: ride code parsing and verification;
 //! - [`blacklist`]: the offline blacklist;
+//! - [`signed`]: signed, versioned files from the depot (blacklist, fares, keys);
+//! - [`cli`]: the command-line subcommands as library functions;
 //! - [`fare`]: the fare table;
 //! - [`engine`]: where a tap becomes a decision;
 //! - [`journal`]: durable records;
@@ -30,5 +32,6 @@ pub mod journal;
 pub mod reader;
 pub mod replay;
 pub mod ride_code;
+pub mod signed;
 pub mod types;
 pub mod upload;

@@ -47,8 +47,20 @@ enum Cmd {
         /// EVENTS.jsonl, or - for standard input.
         events: PathBuf,
     },
-    /// Measure the engine against a naive validator (SQLite per tap) in one run.
-    Bench(bench::BenchArgs),
+    /// Measure the engine against a naive validator (SQLite per tap) in one run; `bench
+    /// blacklist` measures the blacklist alone at scale.
+    #[command(args_conflicts_with_subcommands = true)]
+    Bench {
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
+    /// Build, diff, inspect and query signed blacklist files.
+    Blacklist {
+        #[command(subcommand)]
+        cmd: cli::blacklist::BlacklistCmd,
+    },
     /// The depot upload station: serve, provision terminals, counter actions, clearing views.
     Depot {
         #[command(subcommand)]
@@ -74,6 +86,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: JournalCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// The blacklist at provincial scale against SQLite and HashSet<String>.
+    Blacklist(fare_validator::blacklist::bench::BenchBlacklistArgs),
 }
 
 #[derive(Subcommand)]
@@ -113,7 +131,12 @@ fn bad_input(e: impl std::fmt::Display) -> (u8, String) {
 fn run(cmd: Cmd) -> CmdResult {
     match cmd {
         Cmd::Demo(args) => demo::run(&args).map_err(|e| (1, e)),
-        Cmd::Bench(args) => bench::run(&args).map_err(|e| (1, e)),
+        Cmd::Bench { what: None, args } => bench::run(&args).map_err(|e| (1, e)),
+        Cmd::Bench {
+            what: Some(BenchWhat::Blacklist(args)),
+            ..
+        } => fare_validator::blacklist::bench::run_bench(&args).map_err(|e| (1, e)),
+        Cmd::Blacklist { cmd } => cli::blacklist::run(cmd).map_err(bad_input),
         Cmd::Depot { cmd } => cli::depot::run_depot(cmd),
         Cmd::Upload(args) => cli::depot::run_upload(&args),
         Cmd::Replay {

@@ -1,12 +1,60 @@
-//! The offline blacklist: card numbers and ride-code accounts that must be refused.
+//! The offline blacklist: card numbers and ride-code accounts that every bus must refuse on
+//! the first tap, with no network.
 //!
-//! This first version is an exact in-memory map; the provincial-scale structure, signed
-//! snapshot and delta files, and the lock-free swap replace its insides behind the same
-//! `get` / `apply` calls.
+//! # The card lifecycle, as the list sees it
+//!
+//! | counter action | change | effect on a bus |
+//! | --- | --- | --- |
+//! | 挂失 report lost | add card, `lost` | refused, not locked (the holder may find it) |
+//! | 解挂 cancel the loss report | remove card, `lost` | rides again |
+//! | 补领 / 换领 / 换发 reissue | add the *old* card, `replaced` | refused and locked on the spot |
+//! | 注销 cancel | add card, `cancelled` | refused and locked on the spot |
+//! | unpaid ride-code rides | add account, `arrears` | ride codes of the account refused |
+//! | arrears settled | remove account, `arrears` | the account rides again |
+//!
+//! A remove names the reason it lifts and lifts only that one: a late 解挂 for a card that has
+//! since been reissued leaves it `replaced`, so a dead card never comes back by accident. An add
+//! sets the reason whatever was there (`lost` then `replaced` gives `replaced`).
+//!
+//! # Structure
+//!
+//! A [`Blacklist`] is a compact immutable *base* ([`packed`]: about 6.5 bytes a card entry at
+//! 20 million, exact, read in place from the signed snapshot file) shared by `Arc`, under a
+//! small hashed *overlay* of the adds and removes since that base. [`Blacklist::apply`] changes
+//! only the overlay, so a single change costs a tree insert and a delta of 100,000 changes
+//! costs 100,000 of them, never a copy of the base. [`Blacklist::compacted`] folds the overlay
+//! into a new base (depot side, or a background thread past [`OVERLAY_COMPACT_ENTRIES`]).
+//!
+//! Memory at 20 million entries: the base is about 140 MB (the snapshot file, in huge pages);
+//! a delta adds about [`OVERLAY_ENTRY_BYTES`] a change and never copies the base. Installing a
+//! whole new snapshot, or compacting, holds two bases until the swap (about 280 MB): on a
+//! 256 MiB validator at that scale, buses should live on deltas and take a snapshot only at
+//! first install.
+//!
+//! On a bus the list lives in a [`BlacklistHandle`]: taps read the current version without a
+//! lock; a delta or snapshot is verified and built on another thread and swapped in at once.
+//! Files: [`file`] (signed snapshots and deltas, CSV, the loader).
 
-use std::collections::BTreeMap;
+pub mod bench;
+pub mod file;
+pub mod handle;
+pub mod packed;
 
-use crate::types::{ListId, ListReason};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::types::{ListId, ListIdError, ListReason};
+use packed::{Space, Table};
+
+pub use file::{load_blacklist_file, BlacklistFileError, Delta};
+pub use handle::BlacklistHandle;
+
+/// Past this many overlay entries a background compaction pays for itself (the overlay costs
+/// about [`OVERLAY_ENTRY_BYTES`] an entry against the base's ~7).
+pub const OVERLAY_COMPACT_ENTRIES: usize = 1_000_000;
+/// Estimated heap bytes of one overlay entry (B-tree node share of key, value and links).
+pub const OVERLAY_ENTRY_BYTES: usize = 48;
 
 /// Add or remove one entry.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -23,75 +71,327 @@ pub struct Change {
     pub reason: ListReason,
 }
 
-#[derive(Debug, thiserror::Error)]
+impl Change {
+    /// The entry for `current` (what the list says now) after this change.
+    pub fn result(&self, current: Option<ListReason>) -> Option<ListReason> {
+        match self.op {
+            ChangeOp::Add => Some(self.reason),
+            ChangeOp::Remove if current == Some(self.reason) => None,
+            ChangeOp::Remove => current,
+        }
+    }
+}
+
+/// Why a line of BLACKLIST.csv was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CsvError {
     #[error("blacklist CSV must start with the header kind,id,reason")]
     Header,
-    #[error("blacklist CSV line {line}: {what}")]
-    Line { line: usize, what: String },
+    #[error("blacklist CSV line {line}: expected three fields kind,id,reason")]
+    Fields { line: usize },
+    #[error("blacklist CSV line {line}: {source}")]
+    Id { line: usize, source: ListIdError },
+    #[error("blacklist CSV line {line}: reason must be lost, replaced, cancelled or arrears, not {found:?}")]
+    Reason { line: usize, found: String },
 }
 
-/// An exact blacklist at one version.
-#[derive(Clone, Debug, Default)]
+/// The immutable packed tables and the bytes they live in (a whole snapshot file, or a
+/// payload built in memory).
+pub(crate) struct Base {
+    bytes: Vec<u8>,
+    payload_at: usize,
+    cards: Table,
+    accounts: Table,
+}
+
+impl Base {
+    /// Tables for cards then accounts, starting at `at` and ending exactly at the end.
+    pub(crate) fn parse(bytes: Vec<u8>, at: usize) -> Result<Base, BlacklistFileError> {
+        let cards = Table::parse(&bytes, at, Space::Cards)?;
+        let accounts = Table::parse(&bytes, cards.end, Space::Accounts)?;
+        if accounts.end != bytes.len() {
+            return Err(BlacklistFileError::Payload("bytes after the account table"));
+        }
+        Ok(Base {
+            bytes,
+            payload_at: at,
+            cards,
+            accounts,
+        })
+    }
+
+    /// Build from sort words (see [`packed::sort_word`]), each space sorted and unique.
+    fn from_words(cards: &[u128], accounts: &[u128]) -> Base {
+        let mut bytes = Vec::new();
+        packed::encode(&mut bytes, Space::Cards, cards);
+        packed::encode(&mut bytes, Space::Accounts, accounts);
+        // Our own encoding always parses; failing here is a bug.
+        match Base::parse(bytes, 0) {
+            Ok(base) => base,
+            Err(e) => panic!("freshly encoded blacklist does not parse: {e}"),
+        }
+    }
+
+    fn empty() -> Base {
+        Base::from_words(&[], &[])
+    }
+
+    fn table(&self, space: Space) -> &Table {
+        match space {
+            Space::Cards => &self.cards,
+            Space::Accounts => &self.accounts,
+        }
+    }
+
+    #[inline]
+    fn get(&self, id: &ListId) -> Option<ListReason> {
+        let (space, key) = packed::key_of(id);
+        self.table(space).get(&self.bytes, key)
+    }
+
+    fn len(&self) -> usize {
+        (self.cards.count + self.accounts.count) as usize
+    }
+
+    /// The payload bytes of the tables (what a snapshot file carries after its header).
+    fn payload(&self) -> &[u8] {
+        &self.bytes[self.payload_at..]
+    }
+}
+
+/// An exact blacklist at one version: an immutable packed base under a small overlay.
+#[derive(Clone)]
 pub struct Blacklist {
     version: u64,
-    entries: BTreeMap<ListId, ListReason>,
+    base: Arc<Base>,
+    /// Changes since the base: `Some(reason)` listed, `None` removed from the base. A hash
+    /// map: most taps miss it, and a miss costs one probe.
+    overlay: Arc<HashMap<ListId, Option<ListReason>>>,
+    len: usize,
+}
+
+impl Default for Blacklist {
+    fn default() -> Self {
+        Blacklist::empty()
+    }
+}
+
+impl fmt::Debug for Blacklist {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Blacklist")
+            .field("version", &self.version)
+            .field("len", &self.len)
+            .field("base_len", &self.base.len())
+            .field("overlay_len", &self.overlay.len())
+            .finish()
+    }
 }
 
 impl Blacklist {
     pub fn empty() -> Self {
-        Self::default()
+        Blacklist::with_base(0, Base::empty())
     }
 
+    fn with_base(version: u64, base: Base) -> Self {
+        let len = base.len();
+        Blacklist {
+            version,
+            base: Arc::new(base),
+            overlay: Arc::default(),
+            len,
+        }
+    }
+
+    pub(crate) fn from_base(version: u64, base: Base) -> Self {
+        Blacklist::with_base(version, base)
+    }
+
+    /// A list of these entries; when an id appears twice the later entry wins.
     pub fn from_entries(
         version: u64,
         entries: impl IntoIterator<Item = (ListId, ListReason)>,
     ) -> Self {
-        Blacklist {
-            version,
-            entries: entries.into_iter().collect(),
+        let (mut cards, mut accounts) = (Vec::new(), Vec::new());
+        for (id, reason) in entries {
+            let (space, key) = packed::key_of(&id);
+            let word = packed::sort_word(packed::mix(key, space.key_bits()), reason);
+            match space {
+                Space::Cards => cards.push(word),
+                Space::Accounts => accounts.push(word),
+            }
         }
+        sort_unique_keep_last(&mut cards);
+        sort_unique_keep_last(&mut accounts);
+        Blacklist::with_base(version, Base::from_words(&cards, &accounts))
     }
 
     pub fn version(&self) -> u64 {
         self.version
     }
 
+    /// Stamp the list with a version (the depot, before it writes a snapshot).
+    pub fn set_version(&mut self, version: u64) {
+        self.version = version;
+    }
+
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// The reason `id` is listed, or None for a card or account in good standing.
+    #[inline]
     pub fn get(&self, id: &ListId) -> Option<ListReason> {
-        self.entries.get(id).copied()
+        if !self.overlay.is_empty() {
+            if let Some(entry) = self.overlay.get(id) {
+                return *entry;
+            }
+        }
+        self.base.get(id)
     }
 
     /// Apply one change in place (a replay event, a counter action on the depot's copy).
+    /// Only the overlay changes; the base is shared with other versions, never copied.
     pub fn apply(&mut self, change: &Change) {
-        match change.op {
-            ChangeOp::Add => {
-                self.entries.insert(change.id, change.reason);
-            }
-            ChangeOp::Remove => {
-                self.entries.remove(&change.id);
-            }
+        let before = self.get(&change.id);
+        let after = change.result(before);
+        if change.op == ChangeOp::Remove && before.is_some() && after.is_some() {
+            tracing::warn!(id = %change.id, listed = ?before, lifts = ?change.reason,
+                "remove names another reason; entry kept");
+        }
+        if after == before {
+            return;
+        }
+        let overlay = Arc::make_mut(&mut self.overlay);
+        if after == self.base.get(&change.id) {
+            overlay.remove(&change.id);
+        } else {
+            overlay.insert(change.id, after);
+        }
+        self.len = self.len + usize::from(after.is_some()) - usize::from(before.is_some());
+    }
+
+    /// Every listed entry (base entries in mixed-key order, then overlay additions).
+    pub fn iter(&self) -> impl Iterator<Item = (ListId, ListReason)> + '_ {
+        let base = &self.base;
+        let overlay = &self.overlay;
+        let from_base = base
+            .cards
+            .entries(&base.bytes)
+            .chain(base.accounts.entries(&base.bytes))
+            .filter(move |(id, _)| !overlay.contains_key(id));
+        let from_overlay = overlay.iter().filter_map(|(id, r)| r.map(|r| (*id, r)));
+        from_base.chain(from_overlay)
+    }
+
+    /// Entries in the overlay (changes not yet folded into the base).
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.len()
+    }
+
+    /// Heap bytes held: the base's bytes (a whole snapshot file when opened from one) and an
+    /// estimate for the overlay.
+    pub fn memory_bytes(&self) -> usize {
+        self.base.bytes.capacity() + self.overlay.len() * OVERLAY_ENTRY_BYTES
+    }
+
+    /// The same list with the overlay folded into a new packed base: a streaming merge in
+    /// mixed-key order, no per-entry decoding of the base.
+    pub fn compacted(&self) -> Blacklist {
+        let merge = |space: Space| {
+            let table = self.base.table(space);
+            let mut changes: Vec<(u128, Option<ListReason>)> = self
+                .overlay
+                .iter()
+                .filter_map(|(id, r)| {
+                    let (s, key) = packed::key_of(id);
+                    (s == space).then(|| (packed::mix(key, s.key_bits()), *r))
+                })
+                .collect();
+            changes.sort_unstable_by_key(|c| c.0);
+            merge_words(table.words(&self.base.bytes), &changes)
+        };
+        let (cards, accounts) = (merge(Space::Cards), merge(Space::Accounts));
+        let out = Blacklist::with_base(self.version, Base::from_words(&cards, &accounts));
+        debug_assert_eq!(out.len, self.len);
+        out
+    }
+
+    /// The snapshot payload of this list (compacting first if it has an overlay).
+    pub(crate) fn snapshot_payload(&self) -> std::borrow::Cow<'_, [u8]> {
+        if self.overlay.is_empty() {
+            std::borrow::Cow::Borrowed(self.base.payload())
+        } else {
+            std::borrow::Cow::Owned(self.compacted().base.payload().to_vec())
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (ListId, ListReason)> + '_ {
-        self.entries.iter().map(|(k, v)| (*k, *v))
+    /// Counts by reason, for `info`.
+    pub fn counts_by_reason(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts: BTreeMap<&'static str, usize> =
+            ListReason::ALL.iter().map(|r| (r.as_str(), 0)).collect();
+        for (_, r) in self.iter() {
+            *counts.entry(r.as_str()).or_default() += 1;
+        }
+        counts
     }
+}
+
+/// Merge base words (sorted) with overlay changes (sorted by mixed key): a change replaces
+/// the base entry of the same key (`None` deletes it).
+fn merge_words(
+    base: impl Iterator<Item = u128>,
+    changes: &[(u128, Option<ListReason>)],
+) -> Vec<u128> {
+    let mut out = Vec::new();
+    let emit = |out: &mut Vec<u128>, (m, r): (u128, Option<ListReason>)| {
+        if let Some(r) = r {
+            out.push(packed::sort_word(m, r));
+        }
+    };
+    let mut i = 0;
+    for word in base {
+        let mixed = word >> 2;
+        while i < changes.len() && changes[i].0 < mixed {
+            emit(&mut out, changes[i]);
+            i += 1;
+        }
+        if i < changes.len() && changes[i].0 == mixed {
+            emit(&mut out, changes[i]);
+            i += 1;
+        } else {
+            out.push(word);
+        }
+    }
+    for c in &changes[i..] {
+        emit(&mut out, *c);
+    }
+    out
+}
+
+/// Sort words by mixed key; of equal keys keep the one that came last.
+fn sort_unique_keep_last(words: &mut Vec<u128>) {
+    words.sort_by_key(|w| *w >> 2);
+    let mut keep = 0usize;
+    for i in 0..words.len() {
+        if keep > 0 && words[keep - 1] >> 2 == words[i] >> 2 {
+            words[keep - 1] = words[i];
+        } else {
+            words[keep] = words[i];
+            keep += 1;
+        }
+    }
+    words.truncate(keep);
 }
 
 /// Parse replay.md's BLACKLIST.csv: header `kind,id,reason`, then one entry a line.
 pub fn parse_csv(text: &str) -> Result<Vec<(ListId, ListReason)>, CsvError> {
     let mut lines = text.lines().enumerate();
     match lines.next() {
-        Some((_, h)) if h.trim() == "kind,id,reason" => {}
+        Some((_, h)) if h.trim().trim_start_matches('\u{feff}') == "kind,id,reason" => {}
         _ => return Err(CsvError::Header),
     }
     let mut out = Vec::new();
@@ -100,15 +400,100 @@ pub fn parse_csv(text: &str) -> Result<Vec<(ListId, ListReason)>, CsvError> {
         if line.is_empty() {
             continue;
         }
-        let bad = |what: String| CsvError::Line { line: i + 1, what };
+        let line_no = i + 1;
         let mut f = line.split(',');
         let (Some(kind), Some(id), Some(reason), None) = (f.next(), f.next(), f.next(), f.next())
         else {
-            return Err(bad("expected three fields kind,id,reason".into()));
+            return Err(CsvError::Fields { line: line_no });
         };
-        let id = ListId::parse(kind.trim(), id.trim()).map_err(|e| bad(e.to_string()))?;
-        let reason: ListReason = reason.trim().parse().map_err(bad)?;
+        let id = ListId::parse(kind.trim(), id.trim()).map_err(|source| CsvError::Id {
+            line: line_no,
+            source,
+        })?;
+        let reason: ListReason = reason.trim().parse().map_err(|_| CsvError::Reason {
+            line: line_no,
+            found: reason.trim().to_string(),
+        })?;
         out.push((id, reason));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{AccountId, CardNo};
+
+    fn card(s: &str) -> ListId {
+        ListId::Card(s.parse::<CardNo>().unwrap())
+    }
+
+    fn change(op: ChangeOp, id: ListId, reason: ListReason) -> Change {
+        Change { op, id, reason }
+    }
+
+    #[test]
+    fn overlay_changes_hide_and_extend_the_base() {
+        let a = card("37140000000000000001");
+        let b = card("37140000000000000002");
+        let acct = ListId::Account(AccountId {
+            channel: 2,
+            account: 9,
+        });
+        let mut list =
+            Blacklist::from_entries(1, [(a, ListReason::Lost), (acct, ListReason::Arrears)]);
+        assert_eq!(list.len(), 2);
+        list.apply(&change(ChangeOp::Remove, a, ListReason::Lost));
+        list.apply(&change(ChangeOp::Add, b, ListReason::Cancelled));
+        assert_eq!(
+            (list.get(&a), list.get(&b), list.len()),
+            (None, Some(ListReason::Cancelled), 2)
+        );
+        let c = list.compacted();
+        assert_eq!(c.overlay_len(), 0);
+        assert_eq!(
+            c.iter().collect::<BTreeMap<_, _>>(),
+            list.iter().collect::<BTreeMap<_, _>>()
+        );
+        // Putting back what the base had leaves no overlay entry.
+        list.apply(&change(ChangeOp::Add, a, ListReason::Lost));
+        list.apply(&change(ChangeOp::Remove, b, ListReason::Cancelled));
+        assert_eq!(list.overlay_len(), 0);
+    }
+
+    #[test]
+    fn remove_lifts_only_the_reason_it_names() {
+        let a = card("37140000000000000001");
+        let mut list = Blacklist::from_entries(1, [(a, ListReason::Replaced)]);
+        list.apply(&change(ChangeOp::Remove, a, ListReason::Lost));
+        assert_eq!(list.get(&a), Some(ListReason::Replaced));
+    }
+
+    #[test]
+    fn later_duplicate_entry_wins() {
+        let a = card("37140000000000000001");
+        let list = Blacklist::from_entries(1, [(a, ListReason::Lost), (a, ListReason::Cancelled)]);
+        assert_eq!((list.len(), list.get(&a)), (1, Some(ListReason::Cancelled)));
+    }
+
+    #[test]
+    fn csv_errors_are_typed_with_line_numbers() {
+        assert_eq!(parse_csv("id,kind\n"), Err(CsvError::Header));
+        assert_eq!(
+            parse_csv("kind,id,reason\ncard,1\n"),
+            Err(CsvError::Fields { line: 2 })
+        );
+        assert!(matches!(
+            parse_csv("kind,id,reason\n\ncard,12,lost\n"),
+            Err(CsvError::Id { line: 3, .. })
+        ));
+        assert!(matches!(
+            parse_csv("kind,id,reason\ncard,37140000000000000001,stolen\n"),
+            Err(CsvError::Reason { line: 2, .. })
+        ));
+        let ok =
+            parse_csv("kind,id,reason\ncard,37140000000000000001,lost\naccount,2:77,arrears\n")
+                .unwrap();
+        assert_eq!(ok.len(), 2);
+    }
 }

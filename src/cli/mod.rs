@@ -9,3 +9,4 @@ pub mod sim_card;
 
 /// A command's failure: exit code (1 runtime, 2 bad input) and one line for standard error.
 pub type CmdError = (u8, String);
+pub mod blacklist;

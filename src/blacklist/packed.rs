@@ -1,0 +1,516 @@
+//! The compact immutable base of the blacklist: one exact packed table per key space.
+//!
+//! A key (a 20-digit card number below 10^20 < 2^67, or an account `channel << 64 | account`
+//! of 80 bits) is put through a *bijective* mix of its key space. The top `bucket_bits` of the
+//! mixed key pick a bucket; only the remaining `key_bits - bucket_bits` bits are stored, with
+//! the reason in 2 more bits. Because the mix is a bijection, (bucket, remainder) names exactly
+//! one key: no false positives, no false negatives, and clustered real card numbers (`3714…`)
+//! spread as evenly as random ones. Entries are sorted by mixed key, so a bucket's entries are
+//! contiguous and an index of `2^bucket_bits + 1` u32 offsets finds them.
+//!
+//! At 20 million cards with 2^17 buckets of about 150 entries: 52 bits an entry and a 512 KiB
+//! index that stays in cache, about 6.5 bytes an entry; a lookup interpolates its position
+//! inside the bucket, so it usually touches one cache line of entries. Accounts: 65 bits,
+//! about 8.2 bytes.
+//!
+//! # Table byte layout (little-endian), as it sits in a snapshot payload
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 1 | key_bits: 67 (cards) or 80 (accounts) |
+//! | 1 | 1 | bucket_bits, [`BUCKET_BITS_MIN`]..=[`BUCKET_BITS_MAX`] |
+//! | 2 | 1 | entry_bits = key_bits - bucket_bits + 2 |
+//! | 3 | 5 | reserved, 0 |
+//! | 8 | 8 | count: entries in the table, at most [`TABLE_ENTRIES_MAX`] |
+//! | 16 | 4·(2^bucket_bits + 1) | index: u32 offset of each bucket's first entry, then count |
+//! | … | ⌈count·entry_bits/8⌉ + 16 | entries: bit-packed, LSB first; entry = remainder << 2 ‖ reason − 1; 16 zero bytes of padding |
+//!
+//! The table is read in place from the file's bytes: opening a snapshot rebuilds nothing.
+
+use thiserror::Error;
+
+use crate::types::{AccountId, CardNo, ListId, ListReason};
+
+/// Bits of a card key: 20 decimal digits are below 10^20 < 2^67.
+pub const CARD_KEY_BITS: u32 = 67;
+/// Bits of an account key: u16 channel and u64 account.
+pub const ACCOUNT_KEY_BITS: u32 = 80;
+pub const BUCKET_BITS_MIN: u32 = 4;
+pub const BUCKET_BITS_MAX: u32 = 28;
+/// Average entries a bucket aims for: 128..256 keeps the index (4 bytes a bucket) small
+/// enough to stay in cache, so a lookup's one likely cache miss is the entry itself, found
+/// by interpolation inside the bucket.
+pub const ENTRIES_PER_BUCKET_TARGET: u64 = 128;
+/// At most this many entries in one table (the index holds u32 offsets).
+pub const TABLE_ENTRIES_MAX: u64 = 1 << 30;
+pub const TABLE_HEADER_LEN: usize = 16;
+/// Zero bytes after the packed entries so every entry reads as one 16-byte load.
+pub const PACK_PAD_BYTES: usize = 16;
+const REASON_BITS: u32 = 2;
+
+/// Why a packed table in a file is malformed (the file's signature was good, or unchecked).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TableError {
+    #[error("table truncated")]
+    Truncated,
+    #[error("table key bits {found}, expected {expected}")]
+    KeyBits { found: u8, expected: u32 },
+    #[error("table bucket bits {0} out of range")]
+    BucketBits(u8),
+    #[error("table entry bits {0} inconsistent")]
+    EntryBits(u8),
+    #[error("table reserved bytes not zero")]
+    Reserved,
+    #[error("table has {0} entries, over the limit")]
+    TooMany(u64),
+    #[error("table index is not monotonic or does not end at the entry count")]
+    Index,
+    #[error("table entries in a bucket are not strictly increasing")]
+    Order,
+    #[error("table padding is not zero")]
+    Padding,
+}
+
+// Mixing constants: odd 128-bit multipliers (any odd number is invertible modulo 2^k).
+const MUL_1: u128 = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835;
+const MUL_2: u128 = 0xD6E8_FEB8_6659_FD93_C2B2_AE3D_27D4_EB4F;
+const MUL_1_INV: u128 = mul_inverse(MUL_1);
+const MUL_2_INV: u128 = mul_inverse(MUL_2);
+
+const fn mul_inverse(m: u128) -> u128 {
+    // Newton's iteration doubles the correct low bits each step: 1 → 128 in 7 steps.
+    let mut inv = m;
+    let mut i = 0;
+    while i < 7 {
+        inv = inv.wrapping_mul(2u128.wrapping_sub(m.wrapping_mul(inv)));
+        i += 1;
+    }
+    inv
+}
+
+fn mask(bits: u32) -> u128 {
+    (1u128 << bits) - 1
+}
+
+fn unxorshift(y: u128, s: u32, bits: u32) -> u128 {
+    let mut x = y;
+    for _ in 0..bits.div_ceil(s) {
+        x = y ^ (x >> s);
+    }
+    x
+}
+
+/// A bijection of `[0, 2^bits)`: xorshift and odd multiplication, each invertible.
+pub fn mix(key: u128, bits: u32) -> u128 {
+    let m = mask(bits);
+    let (s1, s2) = (bits / 2, bits / 3 + 1);
+    let mut x = key & m;
+    x ^= x >> s1;
+    x = x.wrapping_mul(MUL_1) & m;
+    x ^= x >> s2;
+    x = x.wrapping_mul(MUL_2) & m;
+    x ^= x >> s1;
+    x
+}
+
+/// The inverse of [`mix`].
+pub fn unmix(mixed: u128, bits: u32) -> u128 {
+    let m = mask(bits);
+    let (s1, s2) = (bits / 2, bits / 3 + 1);
+    let mut x = unxorshift(mixed & m, s1, bits);
+    x = x.wrapping_mul(MUL_2_INV) & m;
+    x = unxorshift(x, s2, bits);
+    x = x.wrapping_mul(MUL_1_INV) & m;
+    unxorshift(x, s1, bits)
+}
+
+/// Which key space a table holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Space {
+    Cards,
+    Accounts,
+}
+
+impl Space {
+    pub fn key_bits(self) -> u32 {
+        match self {
+            Space::Cards => CARD_KEY_BITS,
+            Space::Accounts => ACCOUNT_KEY_BITS,
+        }
+    }
+
+    fn id_from_key(self, key: u128) -> Option<ListId> {
+        match self {
+            Space::Cards => CardNo::from_u128(key).ok().map(ListId::Card),
+            Space::Accounts => Some(ListId::Account(AccountId {
+                channel: u16::try_from(key >> 64).ok()?,
+                account: key as u64,
+            })),
+        }
+    }
+}
+
+/// The key space and integer key of an id.
+#[inline]
+pub fn key_of(id: &ListId) -> (Space, u128) {
+    match id {
+        ListId::Card(c) => (Space::Cards, card_key(c)),
+        ListId::Account(a) => (
+            Space::Accounts,
+            (u128::from(a.channel) << 64) | u128::from(a.account),
+        ),
+    }
+}
+
+/// `CardNo::as_u128` on the tap path: two 10-digit halves in u64, one wide multiply.
+#[inline]
+fn card_key(c: &CardNo) -> u128 {
+    let half = |bytes: &[u8]| {
+        bytes.iter().fold(0u64, |acc, b| {
+            acc * 100 + u64::from(b >> 4) * 10 + u64::from(b & 0x0F)
+        })
+    };
+    u128::from(half(&c.0[..5])) * 10_000_000_000 + u128::from(half(&c.0[5..]))
+}
+
+/// An entry ready for a table: mixed key shifted left 2, reason − 1 in the low bits.
+pub fn sort_word(mixed: u128, reason: ListReason) -> u128 {
+    (mixed << REASON_BITS) | u128::from(reason as u8 - 1)
+}
+
+fn reason_of(code: u128) -> ListReason {
+    // 2 bits hold 0..=3 and every value names a reason, so this cannot fail.
+    ListReason::from_u8((code & 3) as u8 + 1).unwrap_or(ListReason::Lost)
+}
+
+/// Where one table lies inside its owner's bytes (validated: every read below is in bounds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub space: Space,
+    pub bucket_bits: u32,
+    pub entry_bits: u32,
+    pub count: u64,
+    index_at: usize,
+    entries_at: usize,
+    pub end: usize,
+}
+
+fn bucket_bits_for(count: u64) -> u32 {
+    let target = (count / ENTRIES_PER_BUCKET_TARGET).max(1);
+    (63 - target.leading_zeros()).clamp(BUCKET_BITS_MIN, BUCKET_BITS_MAX)
+}
+
+fn packed_len(count: u64, entry_bits: u32) -> usize {
+    (count * u64::from(entry_bits)).div_ceil(8) as usize + PACK_PAD_BYTES
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn read_bits(bytes: &[u8], bit: u64, width: u32) -> u128 {
+    let at = (bit / 8) as usize;
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&bytes[at..at + 16]);
+    (u128::from_le_bytes(a) >> (bit % 8)) & mask(width)
+}
+
+/// Append a table built from `words` (sorted, strictly increasing mixed keys) to `out`.
+pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
+    let count = words.len() as u64;
+    assert!(count <= TABLE_ENTRIES_MAX, "table over TABLE_ENTRIES_MAX");
+    let key_bits = space.key_bits();
+    let bucket_bits = bucket_bits_for(count);
+    let rem_bits = key_bits - bucket_bits;
+    let entry_bits = rem_bits + REASON_BITS;
+    out.extend_from_slice(&[
+        key_bits as u8,
+        bucket_bits as u8,
+        entry_bits as u8,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
+    out.extend_from_slice(&count.to_le_bytes());
+    // Index: the first entry of every bucket, then the count.
+    let mut next = 0usize;
+    for bucket in 0..(1u128 << bucket_bits) {
+        while next < words.len() && (words[next] >> (REASON_BITS + rem_bits)) < bucket {
+            next += 1;
+        }
+        out.extend_from_slice(&(next as u32).to_le_bytes());
+    }
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    // Entries: the remainder and reason are the low entry_bits of the word.
+    let start = out.len();
+    out.resize(start + packed_len(count, entry_bits), 0);
+    let packed = &mut out[start..];
+    for (i, w) in words.iter().enumerate() {
+        let bit = i as u64 * u64::from(entry_bits);
+        let at = (bit / 8) as usize;
+        let value = (w & mask(entry_bits)) << (bit % 8);
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&packed[at..at + 16]);
+        let merged = u128::from_le_bytes(a) | value;
+        packed[at..at + 16].copy_from_slice(&merged.to_le_bytes());
+    }
+}
+
+impl Table {
+    /// Validate a table starting at `at` in `bytes` (fuzz-safe: every malformation is an error).
+    pub fn parse(bytes: &[u8], at: usize, space: Space) -> Result<Table, TableError> {
+        let head = bytes
+            .get(at..at + TABLE_HEADER_LEN)
+            .ok_or(TableError::Truncated)?;
+        let expected = space.key_bits();
+        if u32::from(head[0]) != expected {
+            return Err(TableError::KeyBits {
+                found: head[0],
+                expected,
+            });
+        }
+        let bucket_bits = u32::from(head[1]);
+        if !(BUCKET_BITS_MIN..=BUCKET_BITS_MAX).contains(&bucket_bits) {
+            return Err(TableError::BucketBits(head[1]));
+        }
+        let entry_bits = u32::from(head[2]);
+        if entry_bits != expected - bucket_bits + REASON_BITS {
+            return Err(TableError::EntryBits(head[2]));
+        }
+        if head[3..8].iter().any(|b| *b != 0) {
+            return Err(TableError::Reserved);
+        }
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&head[8..16]);
+        let count = u64::from_le_bytes(c);
+        if count > TABLE_ENTRIES_MAX {
+            return Err(TableError::TooMany(count));
+        }
+        let index_at = at + TABLE_HEADER_LEN;
+        let entries_at = index_at + 4 * ((1usize << bucket_bits) + 1);
+        let pad_at = entries_at + packed_len(count, entry_bits) - PACK_PAD_BYTES;
+        let end = pad_at + PACK_PAD_BYTES;
+        if bytes.len() < end {
+            return Err(TableError::Truncated);
+        }
+        if bytes[pad_at..end].iter().any(|b| *b != 0) {
+            return Err(TableError::Padding);
+        }
+        let table = Table {
+            space,
+            bucket_bits,
+            entry_bits,
+            count,
+            index_at,
+            entries_at,
+            end,
+        };
+        table.check_index(bytes)?;
+        table.check_entries(bytes)?;
+        Ok(table)
+    }
+
+    fn check_index(&self, bytes: &[u8]) -> Result<(), TableError> {
+        let mut prev = 0u32;
+        if read_u32(bytes, self.index_at) != 0 {
+            return Err(TableError::Index);
+        }
+        for b in 1..=(1usize << self.bucket_bits) {
+            let v = read_u32(bytes, self.index_at + 4 * b);
+            if v < prev {
+                return Err(TableError::Index);
+            }
+            prev = v;
+        }
+        if u64::from(prev) != self.count {
+            return Err(TableError::Index);
+        }
+        Ok(())
+    }
+
+    /// Remainders strictly increase inside a bucket (so no key is listed twice).
+    fn check_entries(&self, bytes: &[u8]) -> Result<(), TableError> {
+        for bucket in 0..(1usize << self.bucket_bits) {
+            let (lo, hi) = self.bucket_range(bytes, bucket);
+            let mut prev: Option<u128> = None;
+            for i in lo..hi {
+                let rem = self.entry(bytes, i) >> REASON_BITS;
+                if prev.is_some_and(|p| p >= rem) {
+                    return Err(TableError::Order);
+                }
+                prev = Some(rem);
+            }
+        }
+        // A card slot holding a key of 10^20 or more is not looked for here (it would cost an
+        // unmix per entry at open): no lookup key can equal it, and `entries` skips it.
+        Ok(())
+    }
+
+    fn bucket_range(&self, bytes: &[u8], bucket: usize) -> (u64, u64) {
+        let lo = read_u32(bytes, self.index_at + 4 * bucket);
+        let hi = read_u32(bytes, self.index_at + 4 * (bucket + 1));
+        (u64::from(lo), u64::from(hi))
+    }
+
+    fn entry(&self, bytes: &[u8], i: u64) -> u128 {
+        read_bits(
+            &bytes[self.entries_at..],
+            i * u64::from(self.entry_bits),
+            self.entry_bits,
+        )
+    }
+
+    /// The reason `key` is listed in this table.
+    #[inline]
+    pub fn get(&self, bytes: &[u8], key: u128) -> Option<ListReason> {
+        let key_bits = self.space.key_bits();
+        let mixed = mix(key, key_bits);
+        let rem_bits = key_bits - self.bucket_bits;
+        let bucket = (mixed >> rem_bits) as usize;
+        let rem = mixed & mask(rem_bits);
+        let (lo, hi) = self.bucket_range(bytes, bucket);
+        if lo == hi {
+            return None;
+        }
+        // Mixed keys are uniform inside a bucket, so interpolation lands within a few
+        // entries (one cache line) of the key; scan from there towards it.
+        let guess = lo + ((rem * u128::from(hi - lo)) >> rem_bits) as u64;
+        let e = self.entry(bytes, guess);
+        let r = e >> REASON_BITS;
+        if r == rem {
+            return Some(reason_of(e));
+        }
+        if r < rem {
+            for i in guess + 1..hi {
+                let e = self.entry(bytes, i);
+                let r = e >> REASON_BITS;
+                if r >= rem {
+                    return (r == rem).then(|| reason_of(e));
+                }
+            }
+        } else {
+            for i in (lo..guess).rev() {
+                let e = self.entry(bytes, i);
+                let r = e >> REASON_BITS;
+                if r <= rem {
+                    return (r == rem).then(|| reason_of(e));
+                }
+            }
+        }
+        None
+    }
+
+    /// Every entry as its sort word (mixed key << 2 | reason − 1), in increasing order.
+    pub fn words<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = u128> + 'a {
+        let rem_bits = self.space.key_bits() - self.bucket_bits;
+        (0..1usize << self.bucket_bits).flat_map(move |bucket| {
+            let (lo, hi) = self.bucket_range(bytes, bucket);
+            (lo..hi)
+                .map(move |i| ((bucket as u128) << (rem_bits + REASON_BITS)) | self.entry(bytes, i))
+        })
+    }
+
+    /// Every entry as an id and its reason, in mixed-key order.
+    pub fn entries<'a>(
+        &'a self,
+        bytes: &'a [u8],
+    ) -> impl Iterator<Item = (ListId, ListReason)> + 'a {
+        let bits = self.space.key_bits();
+        self.words(bytes).filter_map(move |w| {
+            let id = self.space.id_from_key(unmix(w >> REASON_BITS, bits))?;
+            Some((id, reason_of(w)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn mix_is_a_bijection_of_the_key_space() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for bits in [CARD_KEY_BITS, ACCOUNT_KEY_BITS] {
+            for _ in 0..10_000 {
+                let k: u128 = rng.gen::<u128>() & mask(bits);
+                let m = mix(k, bits);
+                assert!(m <= mask(bits));
+                assert_eq!(unmix(m, bits), k);
+            }
+            for k in 0..1000u128 {
+                assert_eq!(unmix(mix(k, bits), bits), k);
+            }
+        }
+        for _ in 0..1000 {
+            let c = CardNo::from_u128(rng.gen_range(0..10u128.pow(20))).unwrap();
+            assert_eq!(card_key(&c), c.as_u128());
+        }
+    }
+
+    #[test]
+    fn clustered_card_numbers_spread_over_buckets() {
+        let base: CardNo = "37140000000000000000".parse().unwrap();
+        let n = 1u128 << 16;
+        let mut counts = vec![0u32; 1 << 12];
+        for i in 0..n {
+            let m = mix(base.as_u128() + i, CARD_KEY_BITS);
+            counts[(m >> (CARD_KEY_BITS - 12)) as usize] += 1;
+        }
+        // 16 a bucket on average; a poor mix of sequential numbers would leave most empty.
+        let max = *counts.iter().max().unwrap();
+        let empty = counts.iter().filter(|c| **c == 0).count();
+        assert!(max < 48 && empty < 8, "max {max}, empty {empty}");
+    }
+
+    #[test]
+    fn table_finds_exactly_what_was_put_in() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let keys: Vec<u128> = (0..5000)
+            .map(|_| rng.gen_range(0..10u128.pow(20)))
+            .collect();
+        let mut words: Vec<u128> = keys
+            .iter()
+            .map(|k| sort_word(mix(*k, CARD_KEY_BITS), ListReason::Lost))
+            .collect();
+        words.sort_unstable();
+        words.dedup_by_key(|w| *w >> 2);
+        let mut bytes = Vec::new();
+        encode(&mut bytes, Space::Cards, &words);
+        let t = Table::parse(&bytes, 0, Space::Cards).unwrap();
+        assert_eq!(t.end, bytes.len());
+        for k in &keys {
+            assert_eq!(t.get(&bytes, *k), Some(ListReason::Lost));
+            assert_eq!(t.get(&bytes, k + 1).is_some(), keys.contains(&(k + 1)));
+        }
+        assert_eq!(t.words(&bytes).collect::<Vec<_>>(), words);
+    }
+
+    #[test]
+    fn corrupt_tables_are_errors_not_panics() {
+        let mut words: Vec<u128> = (0..300u128)
+            .map(|k| sort_word(mix(k, ACCOUNT_KEY_BITS), ListReason::Arrears))
+            .collect();
+        words.sort_unstable();
+        let mut bytes = Vec::new();
+        encode(&mut bytes, Space::Accounts, &words);
+        assert!(Table::parse(&bytes, 0, Space::Cards).is_err());
+        for n in 0..bytes.len() {
+            assert!(Table::parse(&bytes[..n], 0, Space::Accounts).is_err());
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..2000 {
+            let mut b = bytes.clone();
+            let i = rng.gen_range(0..b.len());
+            b[i] ^= 1 << rng.gen_range(0..8);
+            if let Ok(t) = Table::parse(&b, 0, Space::Accounts) {
+                let _ = t.get(&b, 5);
+                let _ = t.entries(&b).count();
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The rules of blacklist files on a bus: forged, truncated and out-of-order files are refused
+//! and the list in use stays; the card lifecycle (挂失, 解挂, reissue) over deltas.
+
+use fare_validator::blacklist::file::{delta_file, snapshot_file};
+use fare_validator::blacklist::{
+    load_blacklist_file, Blacklist, BlacklistFileError, BlacklistHandle, Change, ChangeOp, Delta,
+};
+use fare_validator::signed::{signing_key_from_seed, OperatorSigningKey, SignedError};
+use fare_validator::types::{CardNo, ListId, ListReason};
+
+const LOST: &str = "37140000000000000001";
+const OLD_CARD: &str = "37140000000000000002";
+const OTHER: &str = "37140000000000000003";
+
+fn card(s: &str) -> ListId {
+    ListId::Card(s.parse::<CardNo>().unwrap())
+}
+
+fn operator() -> OperatorSigningKey {
+    signing_key_from_seed([42; 32])
+}
+
+fn delta(from: u64, changes: &[(ChangeOp, &str, ListReason)]) -> Delta {
+    let changes = changes
+        .iter()
+        .map(|(op, id, reason)| Change {
+            op: *op,
+            id: card(id),
+            reason: *reason,
+        })
+        .collect();
+    Delta {
+        from_version: from,
+        to_version: from + 1,
+        changes,
+    }
+}
+
+fn bus_at_version_1() -> BlacklistHandle {
+    let snapshot = snapshot_file(
+        &Blacklist::from_entries(1, [(card(LOST), ListReason::Lost)]),
+        &operator(),
+    );
+    let handle = BlacklistHandle::new(Blacklist::empty());
+    handle
+        .install_snapshot_file(snapshot, &operator().verifying_key())
+        .unwrap();
+    handle
+}
+
+fn assert_kept_version_1(handle: &BlacklistHandle) {
+    assert_eq!(handle.version(), 1);
+    assert_eq!(handle.get(&card(LOST)), Some(ListReason::Lost));
+    assert_eq!(handle.get(&card(OTHER)), None);
+}
+
+#[test]
+fn forged_delta_is_refused_and_the_old_list_kept() {
+    let bus = bus_at_version_1();
+    let forger = signing_key_from_seed([66; 32]);
+    let file = delta_file(
+        &delta(1, &[(ChangeOp::Remove, LOST, ListReason::Lost)]),
+        &forger,
+    );
+    let err = bus
+        .install_delta_file(&file, &operator().verifying_key())
+        .unwrap_err();
+    assert!(
+        matches!(err, BlacklistFileError::Signed(SignedError::BadSignature)),
+        "{err}"
+    );
+    assert_kept_version_1(&bus);
+}
+
+#[test]
+fn truncated_or_corrupt_delta_is_refused_and_the_old_list_kept() {
+    let bus = bus_at_version_1();
+    let file = delta_file(
+        &delta(1, &[(ChangeOp::Add, OTHER, ListReason::Cancelled)]),
+        &operator(),
+    );
+    let err = bus
+        .install_delta_file(&file[..file.len() - 5], &operator().verifying_key())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlacklistFileError::Signed(SignedError::Truncated { .. })
+        ),
+        "{err}"
+    );
+    let mut corrupt = file.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x10;
+    let err = bus
+        .install_delta_file(&corrupt, &operator().verifying_key())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlacklistFileError::Signed(SignedError::CrcMismatch { .. })
+        ),
+        "{err}"
+    );
+    assert_kept_version_1(&bus);
+}
+
+#[test]
+fn delta_from_another_version_is_refused_and_the_old_list_kept() {
+    let bus = bus_at_version_1();
+    let file = delta_file(
+        &delta(2, &[(ChangeOp::Add, OTHER, ListReason::Cancelled)]),
+        &operator(),
+    );
+    let err = bus
+        .install_delta_file(&file, &operator().verifying_key())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlacklistFileError::WrongBase {
+                current: 1,
+                from: 2
+            }
+        ),
+        "{err}"
+    );
+    assert_kept_version_1(&bus);
+}
+
+#[test]
+fn forged_or_stale_snapshot_is_refused_and_the_old_list_kept() {
+    let bus = bus_at_version_1();
+    let forged = snapshot_file(
+        &Blacklist::from_entries(9, []),
+        &signing_key_from_seed([66; 32]),
+    );
+    assert!(bus
+        .install_snapshot_file(forged, &operator().verifying_key())
+        .is_err());
+    let stale = snapshot_file(&Blacklist::from_entries(0, []), &operator());
+    let err = bus
+        .install_snapshot_file(stale, &operator().verifying_key())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlacklistFileError::Stale {
+                current: 1,
+                file: 0
+            }
+        ),
+        "{err}"
+    );
+    assert_kept_version_1(&bus);
+}
+
+#[test]
+fn lost_card_unreported_rides_again() {
+    let bus = bus_at_version_1();
+    let pk = operator().verifying_key();
+    let file = delta_file(
+        &delta(1, &[(ChangeOp::Remove, LOST, ListReason::Lost)]),
+        &operator(),
+    );
+    assert_eq!(bus.install_delta_file(&file, &pk).unwrap(), 2);
+    assert_eq!(bus.get(&card(LOST)), None);
+}
+
+#[test]
+fn replaced_card_stays_dead_across_later_deltas() {
+    let bus = bus_at_version_1();
+    let pk = operator().verifying_key();
+    let reissue = delta(
+        1,
+        &[
+            (ChangeOp::Add, OLD_CARD, ListReason::Lost),
+            (ChangeOp::Add, OLD_CARD, ListReason::Replaced),
+        ],
+    );
+    bus.install_delta_file(&delta_file(&reissue, &operator()), &pk)
+        .unwrap();
+    // A late 解挂 for the old card, then unrelated changes: it stays replaced (and locks).
+    let late_unreport = delta(2, &[(ChangeOp::Remove, OLD_CARD, ListReason::Lost)]);
+    bus.install_delta_file(&delta_file(&late_unreport, &operator()), &pk)
+        .unwrap();
+    let unrelated = delta(
+        3,
+        &[
+            (ChangeOp::Add, OTHER, ListReason::Cancelled),
+            (ChangeOp::Remove, LOST, ListReason::Lost),
+        ],
+    );
+    bus.install_delta_file(&delta_file(&unrelated, &operator()), &pk)
+        .unwrap();
+    assert_eq!(bus.version(), 4);
+    let reason = bus.get(&card(OLD_CARD));
+    assert_eq!(reason, Some(ListReason::Replaced));
+    assert!(reason.is_some_and(ListReason::locks_card));
+}
+
+#[test]
+fn loader_takes_csv_and_signed_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("blacklist.csv");
+    std::fs::write(
+        &csv,
+        format!("kind,id,reason\ncard,{LOST},lost\naccount,3:99,arrears\n"),
+    )
+    .unwrap();
+    let from_csv = load_blacklist_file(&csv, None).unwrap();
+    assert_eq!(from_csv.get(&card(LOST)), Some(ListReason::Lost));
+    assert_eq!(from_csv.len(), 2);
+
+    let snap = dir.path().join("blacklist.snap");
+    let mut versioned = from_csv.clone();
+    versioned = versioned.with_delta(&delta(0, &[])).unwrap();
+    std::fs::write(&snap, snapshot_file(&versioned, &operator())).unwrap();
+    let from_snap = load_blacklist_file(&snap, Some(&operator().verifying_key())).unwrap();
+    assert_eq!((from_snap.version(), from_snap.len()), (1, 2));
+    let wrong_key = signing_key_from_seed([1; 32]).verifying_key();
+    assert!(load_blacklist_file(&snap, Some(&wrong_key)).is_err());
+
+    std::fs::write(&csv, "kind,id,reason\ncard,123,lost\n").unwrap();
+    assert!(matches!(
+        load_blacklist_file(&csv, None),
+        Err(BlacklistFileError::Csv(_))
+    ));
+}
+
+#[test]
+fn fixture_csv_lists_every_reason() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/blacklist.csv");
+    let list = load_blacklist_file(&path, None).unwrap();
+    let counts = list.counts_by_reason();
+    assert!(
+        ListReason::ALL.iter().all(|r| counts[r.as_str()] == 1),
+        "{counts:?}"
+    );
+}
