@@ -5,10 +5,11 @@ mod depot_support;
 
 use depot_support::*;
 use ed25519_dalek::SigningKey;
+use fare_validator::blacklist::file::BlacklistFileError;
 use fare_validator::blacklist::{Change, ChangeOp};
 use fare_validator::depot::{self, Store};
 use fare_validator::types::{ListId, ListReason};
-use fare_validator::upload::downlink::{DownlinkDir, DownlinkError, FileKind};
+use fare_validator::upload::downlink::{describe, DownlinkDir, DownlinkError, FileKind};
 use fare_validator::upload::frame::HeldVersions;
 use fare_validator::upload::{self, UploadReport};
 
@@ -160,7 +161,10 @@ fn corrupted_or_misapplied_downlink_file_is_refused() {
     let delta = &depot::downlink_for(&s, &stale).unwrap()[0];
     assert!(matches!(
         held.install(delta),
-        Err(DownlinkError::Base { base: 0, held: 1 })
+        Err(DownlinkError::Blacklist(BlacklistFileError::WrongBase {
+            current: 1,
+            from: 0
+        }))
     ));
     assert_eq!(held.blacklist().version(), 1);
     // A bus ahead of the station (database restored) gets a full snapshot.
@@ -169,7 +173,7 @@ fn corrupted_or_misapplied_downlink_file_is_refused() {
         ..HeldVersions::default()
     };
     let snap = &depot::downlink_for(&s, &ahead).unwrap()[0];
-    assert_eq!(snap[5], FileKind::BlacklistSnapshot as u8);
+    assert_eq!(describe(snap).unwrap().0, FileKind::BlacklistSnapshot);
     held.install(snap).unwrap();
     assert_eq!((held.blacklist().version(), held.blacklist().len()), (2, 0));
 }

@@ -24,38 +24,34 @@ pub use store::{Store, StoreError};
 
 use ed25519_dalek::SigningKey;
 
-use crate::upload::downlink::{self, FileKind, DELTA_CHANGES_MAX};
+use crate::blacklist::file::{delta_file, snapshot_file, Delta};
+use crate::signed::{self, FileKind};
+use crate::upload::downlink::DELTA_CHANGES_SENT_MAX;
 use crate::upload::frame::HeldVersions;
 
-/// The signed files a validator holding `held` lacks.
+/// The signed files a validator holding `held` lacks: the blacklist delta from its version
+/// (a snapshot when it is too far behind, or ahead of the station), then the fare table and
+/// the ride-code key file when the station has another version.
 pub fn downlink_for(store: &Store, held: &HeldVersions) -> Result<Vec<Vec<u8>>, StoreError> {
     let key: SigningKey = store.operator_key()?;
     let mut files = Vec::new();
     let current = store.blacklist_version()?;
     if held.blacklist != current {
-        let delta = if held.blacklist < current {
-            store.blacklist_changes_after(held.blacklist, DELTA_CHANGES_MAX)?
+        let changes = if held.blacklist < current {
+            store.blacklist_changes_after(held.blacklist, DELTA_CHANGES_SENT_MAX)?
         } else {
             None
         };
-        files.push(match delta {
-            Some(changes) => downlink::seal(
-                FileKind::BlacklistDelta,
-                current,
-                held.blacklist,
-                &downlink::delta_payload(&changes),
+        files.push(match changes {
+            Some(changes) => delta_file(
+                &Delta {
+                    from_version: held.blacklist,
+                    to_version: current,
+                    changes,
+                },
                 &key,
             ),
-            None => {
-                let list = store.blacklist()?;
-                downlink::seal(
-                    FileKind::BlacklistSnapshot,
-                    list.version(),
-                    0,
-                    &downlink::snapshot_payload(&list),
-                    &key,
-                )
-            }
+            None => snapshot_file(&store.blacklist()?, &key),
         });
     }
     for (name, kind, held) in [
@@ -64,7 +60,7 @@ pub fn downlink_for(store: &Store, held: &HeldVersions) -> Result<Vec<Vec<u8>>, 
     ] {
         if let Some((version, body)) = store.downlink(name)? {
             if version != held {
-                files.push(downlink::seal(kind, version, 0, &body, &key));
+                files.push(signed::seal(kind, version, 0, &body, &key));
             }
         }
     }

@@ -365,10 +365,9 @@ async fn send_file(
     sess: &mut Session,
     file: &[u8],
 ) -> Result<(), SessionFailure> {
-    let kind = file.get(5).copied().unwrap_or(0);
-    let version = file
-        .get(6..14)
-        .map_or(0, |b| u64::from_be_bytes(std::array::from_fn(|k| b[k])));
+    // The station built the file: its header parses.
+    let (kind, version) =
+        crate::upload::downlink::describe(file).map_or((0, 0), |(k, v)| (k as u16 as u8, v));
     let mut offset = 0usize;
     loop {
         let end = (offset + FILE_CHUNK_BYTES_MAX).min(file.len());

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use super::auth::{self, Role, Secret, Session};
 use super::conn::{write_frame, FrameReader, WireError};
-use super::downlink::{DownlinkDir, DownlinkError, FileKind, DOWNLINK_FILE_BYTES_MAX};
+use super::downlink::{DownlinkDir, DownlinkError, DOWNLINK_FILE_BYTES_MAX};
 use super::frame::{
     decode_32, decode_empty, decode_refused, decode_u64, Ack, Batch, FileChunk, FrameError,
     FrameType, HeldVersions, Hello, BATCH_RECORDS_MAX, NONCE_BYTES,
@@ -200,8 +200,10 @@ async fn session(
 }
 
 fn refused_name(file: &[u8], e: &DownlinkError) -> String {
-    let kind = file.get(5).and_then(|k| FileKind::from_u8(*k));
-    format!("{kind:?}: {e}")
+    match super::downlink::describe(file) {
+        Some((kind, version)) => format!("{kind:?}@{version}: {e}"),
+        None => format!("unreadable file: {e}"),
+    }
 }
 
 async fn authenticate(

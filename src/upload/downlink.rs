@@ -1,174 +1,71 @@
 //! Downlink files: what the station sends a validator (blacklist snapshot or delta, fare
-//! table, ride-code key file), each signed by the operator, and how the validator keeps them.
-//!
-//! ## Container (minimal; `crate::signed` replaces it once merged)
-//!
-//! | offset | size | field |
-//! | --- | --- | --- |
-//! | 0 | 4 | magic `FVDL` |
-//! | 4 | 1 | container version, 1 |
-//! | 5 | 1 | kind ([`FileKind`]) |
-//! | 6 | 8 | content version (a delta's target version) |
-//! | 14 | 8 | base version (a delta's starting version; else 0) |
-//! | 22 | 4 | payload length N, at most [`DOWNLINK_FILE_BYTES_MAX`] |
-//! | 26 | N | payload |
-//! | 26+N | 4 | CRC-32/ISCSI of bytes 0..26+N |
-//! | 30+N | 64 | Ed25519 signature of the operator over bytes 0..30+N, prefixed by a context |
-//!
-//! Blacklist payloads: a snapshot is a count (4) and entries of 12 bytes: tag (1: card,
-//! 2: account), id (10: card number BCD, or channel (2) ‖ account (8)), reason (1). A delta is
-//! a count (4) and changes of 13 bytes: op (1: add, 2: remove), then an entry.
+//! table, ride-code key file), each in the operator-signed container of [`crate::signed`]
+//! (blacklist payloads as in [`crate::blacklist::file`]), and how the validator keeps them.
 //!
 //! ## On the validator
 //!
-//! `DIR/downlink/` holds `operator.pub` (the pinned operator key, hex), `blacklist.bin` (the
-//! validator's blacklist: magic `FVBS`, version (8), snapshot payload, CRC-32), and
-//! `fares.signed` and `keys.signed` as received. Every file is checked in full before it
-//! replaces anything, and replaced atomically (write, sync, rename): a forged or corrupted
-//! file is refused and the validator keeps what it had.
+//! `DIR/downlink/` holds `operator.pub` (the pinned operator key, hex), `fares.signed` and
+//! `keys.signed` as received, and `blacklist.bin`: the list the validator built from the
+//! signed snapshots and deltas it accepted, in its own checksummed format:
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 4 | magic `FVBS` |
+//! | 4 | 8 | version |
+//! | 12 | 4 | entry count N |
+//! | 16 | 12 × N | entries: tag (1 card, 2 account), id (10: card BCD, or channel (2) ‖ account (8)), reason (1) |
+//! | 16+12N | 4 | CRC-32/ISCSI of everything before |
+//!
+//! Every received file is checked in full (structure, CRC, operator signature, content, and
+//! for a delta its base version) before it replaces anything, and files are replaced
+//! atomically (write, sync, rename): a forged or corrupted file is refused and the validator
+//! keeps what it had.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crc::{Crc, CRC_32_ISCSI};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 
-use crate::blacklist::{Blacklist, Change, ChangeOp};
+use crate::blacklist::file::{self as blacklist_file, BlacklistFileError};
+use crate::blacklist::Blacklist;
 use crate::fare::FareTable;
+pub use crate::signed::FileKind;
+use crate::signed::{self, SignedError};
 use crate::types::{AccountId, CardNo, ListId, ListReason};
 
 use super::frame::HeldVersions;
 
-/// Largest downlink file, bytes (a snapshot of four million entries).
-pub const DOWNLINK_FILE_BYTES_MAX: usize = 48 * 1024 * 1024;
+/// Largest downlink file a validator reassembles, bytes (a snapshot of 20 million entries
+/// is about 150 MB).
+pub const DOWNLINK_FILE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Changes above which the station sends a snapshot instead of a delta.
-pub const DELTA_CHANGES_MAX: usize = 100_000;
+pub const DELTA_CHANGES_SENT_MAX: usize = 100_000;
 
-const MAGIC: [u8; 4] = *b"FVDL";
-const CONTAINER_VERSION: u8 = 1;
-const HEADER_BYTES: usize = 26;
-const SIGNATURE_BYTES: usize = 64;
-const SIGNING_CONTEXT: &[u8] = b"fare-validator downlink v1\0";
 const STATE_MAGIC: [u8; 4] = *b"FVBS";
 const ENTRY_BYTES: usize = 12;
 const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FileKind {
-    BlacklistSnapshot = 1,
-    BlacklistDelta = 2,
-    FareTable = 3,
-    RideCodeKeys = 4,
-}
-
-impl FileKind {
-    pub fn from_u8(v: u8) -> Option<Self> {
-        [
-            FileKind::BlacklistSnapshot,
-            FileKind::BlacklistDelta,
-            FileKind::FareTable,
-            FileKind::RideCodeKeys,
-        ]
-        .into_iter()
-        .find(|k| *k as u8 == v)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DownlinkError {
-    #[error("downlink file: too short or bad length")]
-    Length,
-    #[error("downlink file: not a downlink file (magic or container version)")]
-    Magic,
-    #[error("downlink file: kind {got}, expected {expected:?}")]
-    Kind { got: u8, expected: FileKind },
-    #[error("downlink file: checksum does not match")]
-    Crc,
-    #[error("downlink file: operator signature does not verify")]
-    Signature,
+    #[error("downlink file: {0}")]
+    Signed(#[from] SignedError),
+    #[error("downlink blacklist: {0}")]
+    Blacklist(#[from] BlacklistFileError),
     #[error("downlink file: no operator key pinned in the data folder")]
     NoOperatorKey,
     #[error("downlink file: bad content: {0}")]
     Content(String),
-    #[error("downlink file: delta from version {base} does not apply to version {held}")]
-    Base { base: u64, held: u64 },
     #[error("downlink storage: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// A file that passed every check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Opened<'a> {
-    pub kind: FileKind,
-    pub version: u64,
-    pub base_version: u64,
-    pub payload: &'a [u8],
-}
-
-/// Seal a payload for validators.
-pub fn seal(
-    kind: FileKind,
-    version: u64,
-    base_version: u64,
-    payload: &[u8],
-    key: &SigningKey,
-) -> Vec<u8> {
-    assert!(payload.len() <= DOWNLINK_FILE_BYTES_MAX, "downlink payload");
-    let mut out = Vec::with_capacity(HEADER_BYTES + payload.len() + 4 + SIGNATURE_BYTES);
-    out.extend_from_slice(&MAGIC);
-    out.push(CONTAINER_VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(&version.to_be_bytes());
-    out.extend_from_slice(&base_version.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    let crc = CRC32.checksum(&out);
-    out.extend_from_slice(&crc.to_be_bytes());
-    let sig = key.sign(&[SIGNING_CONTEXT, &out].concat());
-    out.extend_from_slice(&sig.to_bytes());
-    out
-}
-
-/// Check magic, kind, length, CRC and signature, in that order.
-pub fn open<'a>(
-    bytes: &'a [u8],
-    expected: &[FileKind],
-    key: &VerifyingKey,
-) -> Result<Opened<'a>, DownlinkError> {
-    if bytes.len() < HEADER_BYTES + 4 + SIGNATURE_BYTES {
-        return Err(DownlinkError::Length);
-    }
-    if bytes[..4] != MAGIC || bytes[4] != CONTAINER_VERSION {
-        return Err(DownlinkError::Magic);
-    }
-    let kind = FileKind::from_u8(bytes[5])
-        .filter(|k| expected.contains(k))
-        .ok_or(DownlinkError::Kind {
-            got: bytes[5],
-            expected: expected.first().copied().unwrap_or(FileKind::FareTable),
-        })?;
-    let be64 = |i: usize| u64::from_be_bytes(std::array::from_fn(|k| bytes[i + k]));
-    let len = u32::from_be_bytes([bytes[22], bytes[23], bytes[24], bytes[25]]) as usize;
-    if len > DOWNLINK_FILE_BYTES_MAX || bytes.len() != HEADER_BYTES + len + 4 + SIGNATURE_BYTES {
-        return Err(DownlinkError::Length);
-    }
-    let signed_end = HEADER_BYTES + len + 4;
-    let crc_at = HEADER_BYTES + len;
-    let crc = u32::from_be_bytes(std::array::from_fn(|k| bytes[crc_at + k]));
-    if CRC32.checksum(&bytes[..crc_at]) != crc {
-        return Err(DownlinkError::Crc);
-    }
-    let sig = Signature::from_slice(&bytes[signed_end..]).map_err(|_| DownlinkError::Signature)?;
-    key.verify(&[SIGNING_CONTEXT, &bytes[..signed_end]].concat(), &sig)
-        .map_err(|_| DownlinkError::Signature)?;
-    Ok(Opened {
-        kind,
-        version: be64(6),
-        base_version: be64(14),
-        payload: &bytes[HEADER_BYTES..crc_at],
-    })
+/// The kind and version a received file claims (before any check of its signature).
+pub fn describe(file: &[u8]) -> Option<(FileKind, u64)> {
+    signed::parse(file)
+        .ok()
+        .map(|u| (u.header.kind, u.header.version))
 }
 
 fn encode_entry(out: &mut Vec<u8>, id: &ListId, reason: ListReason) {
@@ -186,80 +83,50 @@ fn encode_entry(out: &mut Vec<u8>, id: &ListId, reason: ListReason) {
     out.push(reason as u8);
 }
 
-fn decode_entry(b: &[u8]) -> Result<(ListId, ListReason), DownlinkError> {
-    let bad = |w: &str| DownlinkError::Content(w.to_string());
+fn decode_entry(b: &[u8]) -> Option<(ListId, ListReason)> {
     let id = match b[0] {
-        1 => ListId::Card(
-            CardNo::from_bcd(std::array::from_fn(|k| b[1 + k])).map_err(|_| bad("card"))?,
-        ),
+        1 => ListId::Card(CardNo::from_bcd(std::array::from_fn(|k| b[1 + k])).ok()?),
         2 => ListId::Account(AccountId {
             channel: u16::from_be_bytes([b[1], b[2]]),
             account: u64::from_be_bytes(std::array::from_fn(|k| b[3 + k])),
         }),
-        _ => return Err(bad("entry tag")),
+        _ => return None,
     };
-    let reason = ListReason::from_u8(b[11]).ok_or_else(|| bad("reason"))?;
-    Ok((id, reason))
+    Some((id, ListReason::from_u8(b[11])?))
 }
 
-pub fn snapshot_payload(list: &Blacklist) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + list.len() * ENTRY_BYTES);
-    out.extend_from_slice(&(list.len() as u32).to_be_bytes());
+fn encode_state(list: &Blacklist) -> Vec<u8> {
+    let mut b = Vec::with_capacity(20 + list.len() * ENTRY_BYTES);
+    b.extend_from_slice(&STATE_MAGIC);
+    b.extend_from_slice(&list.version().to_be_bytes());
+    b.extend_from_slice(&(list.len() as u32).to_be_bytes());
     for (id, reason) in list.iter() {
-        encode_entry(&mut out, &id, reason);
+        encode_entry(&mut b, &id, reason);
     }
-    out
+    let crc = CRC32.checksum(&b);
+    b.extend_from_slice(&crc.to_be_bytes());
+    b
 }
 
-pub fn parse_snapshot(version: u64, p: &[u8]) -> Result<Blacklist, DownlinkError> {
-    let (n, rest) = count_prefix(p, ENTRY_BYTES)?;
-    let entries = rest
+fn decode_state(b: &[u8]) -> Option<Blacklist> {
+    if b.len() < 20 || b[..4] != STATE_MAGIC {
+        return None;
+    }
+    let (body, crc) = b.split_at(b.len() - 4);
+    if CRC32.checksum(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return None;
+    }
+    let version = u64::from_be_bytes(std::array::from_fn(|k| body[4 + k]));
+    let n = u32::from_be_bytes([body[12], body[13], body[14], body[15]]) as usize;
+    let entries = &body[16..];
+    if n.checked_mul(ENTRY_BYTES) != Some(entries.len()) {
+        return None;
+    }
+    let entries = entries
         .chunks_exact(ENTRY_BYTES)
-        .take(n)
         .map(decode_entry)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Blacklist::from_entries(version, entries))
-}
-
-pub fn delta_payload(changes: &[Change]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + changes.len() * (ENTRY_BYTES + 1));
-    out.extend_from_slice(&(changes.len() as u32).to_be_bytes());
-    for c in changes {
-        out.push(match c.op {
-            ChangeOp::Add => 1,
-            ChangeOp::Remove => 2,
-        });
-        encode_entry(&mut out, &c.id, c.reason);
-    }
-    out
-}
-
-pub fn parse_delta(p: &[u8]) -> Result<Vec<Change>, DownlinkError> {
-    let (n, rest) = count_prefix(p, ENTRY_BYTES + 1)?;
-    rest.chunks_exact(ENTRY_BYTES + 1)
-        .take(n)
-        .map(|c| {
-            let op = match c[0] {
-                1 => ChangeOp::Add,
-                2 => ChangeOp::Remove,
-                _ => return Err(DownlinkError::Content("change op".into())),
-            };
-            let (id, reason) = decode_entry(&c[1..])?;
-            Ok(Change { op, id, reason })
-        })
-        .collect()
-}
-
-fn count_prefix(p: &[u8], item: usize) -> Result<(usize, &[u8]), DownlinkError> {
-    let n = p
-        .get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .ok_or(DownlinkError::Length)?;
-    let rest = &p[4..];
-    if n.checked_mul(item) != Some(rest.len()) {
-        return Err(DownlinkError::Length);
-    }
-    Ok((n, rest))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Blacklist::from_entries(version, entries))
 }
 
 /// The validator's downlink folder.
@@ -316,54 +183,41 @@ impl DownlinkDir {
         let Ok(b) = fs::read(self.dir.join(BLACKLIST_FILE)) else {
             return Blacklist::empty();
         };
-        let parsed = (|| {
-            if b.len() < 16 || b[..4] != STATE_MAGIC {
-                return None;
-            }
-            let (body, crc) = b.split_at(b.len() - 4);
-            if CRC32.checksum(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
-                return None;
-            }
-            let version = u64::from_be_bytes(std::array::from_fn(|k| body[4 + k]));
-            parse_snapshot(version, &body[12..]).ok()
-        })();
-        parsed.unwrap_or_else(|| {
+        decode_state(&b).unwrap_or_else(|| {
             tracing::warn!(dir = %self.dir.display(), "downlink: blacklist state unreadable");
             Blacklist::empty()
         })
     }
 
     fn save_blacklist(&self, list: &Blacklist) -> Result<(), DownlinkError> {
-        let mut b = STATE_MAGIC.to_vec();
-        b.extend_from_slice(&list.version().to_be_bytes());
-        b.extend_from_slice(&snapshot_payload(list));
-        let crc = CRC32.checksum(&b);
-        b.extend_from_slice(&crc.to_be_bytes());
-        self.write_atomic(BLACKLIST_FILE, &b)
+        self.write_atomic(BLACKLIST_FILE, &encode_state(list))
     }
 
     fn signed_version(&self, name: &str, kind: FileKind) -> u64 {
         let (Some(key), Ok(b)) = (self.operator_key(), fs::read(self.dir.join(name))) else {
             return 0;
         };
-        open(&b, &[kind], &key).map_or(0, |o| o.version)
+        signed::open(&b, kind, &key).map_or(0, |o| o.header.version)
     }
 
     /// The fare table the validator holds, checked again.
     pub fn fare_table(&self) -> Option<(u64, FareTable)> {
         let key = self.operator_key()?;
         let b = fs::read(self.dir.join(FARES_FILE)).ok()?;
-        let o = open(&b, &[FileKind::FareTable], &key).ok()?;
+        let o = signed::open(&b, FileKind::FareTable, &key).ok()?;
         let t = FareTable::from_toml(std::str::from_utf8(o.payload).ok()?).ok()?;
-        Some((o.version, t))
+        Some((o.header.version, t))
     }
 
     /// The ride-code key file the validator holds (JSON text), checked again.
     pub fn ride_code_keys(&self) -> Option<(u64, String)> {
         let key = self.operator_key()?;
         let b = fs::read(self.dir.join(KEYS_FILE)).ok()?;
-        let o = open(&b, &[FileKind::RideCodeKeys], &key).ok()?;
-        Some((o.version, String::from_utf8(o.payload.to_vec()).ok()?))
+        let o = signed::open(&b, FileKind::RideCodeKeys, &key).ok()?;
+        Some((
+            o.header.version,
+            String::from_utf8(o.payload.to_vec()).ok()?,
+        ))
     }
 
     /// Versions to report in the session hello.
@@ -378,62 +232,62 @@ impl DownlinkDir {
     /// Check a received file in full and, only if it passes, make it the one held.
     pub fn install(&self, bytes: &[u8]) -> Result<(FileKind, u64), DownlinkError> {
         let key = self.operator_key().ok_or(DownlinkError::NoOperatorKey)?;
-        use FileKind::*;
-        let o = open(
-            bytes,
-            &[BlacklistSnapshot, BlacklistDelta, FareTable, RideCodeKeys],
-            &key,
-        )?;
+        let kind = signed::parse(bytes)?.header.kind;
         let content = |e: &dyn std::fmt::Display| DownlinkError::Content(e.to_string());
-        match o.kind {
-            BlacklistSnapshot => self.save_blacklist(&parse_snapshot(o.version, o.payload)?)?,
-            BlacklistDelta => {
-                let held = self.blacklist();
-                if held.version() != o.base_version || o.version < o.base_version {
-                    return Err(DownlinkError::Base {
-                        base: o.base_version,
-                        held: held.version(),
-                    });
-                }
-                let mut next = Blacklist::from_entries(o.version, held.iter());
-                for c in parse_delta(o.payload)? {
-                    next.apply(&c);
-                }
+        let version = match kind {
+            FileKind::BlacklistSnapshot => {
+                let list = blacklist_file::open_snapshot(bytes.to_vec(), Some(&key))?;
+                self.save_blacklist(&list)?;
+                list.version()
+            }
+            FileKind::BlacklistDelta => {
+                let delta = blacklist_file::open_delta(bytes, &key)?;
+                let next = self.blacklist().with_delta(&delta)?;
                 self.save_blacklist(&next)?;
+                next.version()
             }
-            FareTable => {
+            FileKind::FareTable => {
+                let o = signed::open(bytes, kind, &key)?;
                 let text = std::str::from_utf8(o.payload).map_err(|e| content(&e))?;
-                crate::fare::FareTable::from_toml(text).map_err(|e| content(&e))?;
+                FareTable::from_toml(text).map_err(|e| content(&e))?;
                 self.write_atomic(FARES_FILE, bytes)?;
+                o.header.version
             }
-            RideCodeKeys => {
+            FileKind::RideCodeKeys => {
+                let o = signed::open(bytes, kind, &key)?;
                 serde_json::from_slice::<serde_json::Value>(o.payload).map_err(|e| content(&e))?;
                 self.write_atomic(KEYS_FILE, bytes)?;
+                o.header.version
             }
-        }
-        Ok((o.kind, o.version))
+        };
+        Ok((kind, version))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blacklist::{Change, ChangeOp};
 
     #[test]
-    fn any_bit_flip_or_other_key_is_refused() {
-        let key = SigningKey::from_bytes(&[5; 32]);
-        let f = seal(FileKind::FareTable, 2, 0, b"abc", &key);
-        let o = open(&f, &[FileKind::FareTable], &key.verifying_key()).unwrap();
-        assert_eq!((o.version, o.payload), (2, &b"abc"[..]));
-        for bit in 0..f.len() * 8 {
-            let mut c = f.clone();
+    fn blacklist_state_round_trips_and_a_flipped_bit_is_caught() {
+        let card = ListId::Card("37140000000000000009".parse().unwrap());
+        let account = ListId::Account("2:1001".parse().unwrap());
+        let mut list = Blacklist::from_entries(7, [(card, ListReason::Lost)]);
+        list.apply(&Change {
+            op: ChangeOp::Add,
+            id: account,
+            reason: ListReason::Arrears,
+        });
+        let b = encode_state(&list);
+        let back = decode_state(&b).unwrap();
+        assert_eq!(back.version(), 7);
+        assert_eq!(back.get(&card), Some(ListReason::Lost));
+        assert_eq!(back.get(&account), Some(ListReason::Arrears));
+        for bit in 0..b.len() * 8 {
+            let mut c = b.clone();
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(open(&c, &[FileKind::FareTable], &key.verifying_key()).is_err());
+            assert!(decode_state(&c).is_none(), "bit {bit}");
         }
-        let other = SigningKey::from_bytes(&[6; 32]).verifying_key();
-        assert!(matches!(
-            open(&f, &[FileKind::FareTable], &other),
-            Err(DownlinkError::Signature)
-        ));
     }
 }
