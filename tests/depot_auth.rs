@@ -208,3 +208,24 @@ async fn hostile_frames_end_their_connection_and_the_station_goes_on() {
     st.shutdown().await;
     assert_eq!(Store::open(&db).unwrap().record_count().unwrap(), 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_batch_with_absurd_seqs_is_refused_not_acknowledged() {
+    let (_tmp, db, st) = fresh(1).await;
+    for (from_seq, seq) in [(1, 1_000_000), (u64::MAX - 1, u64::MAX), (5, 4)] {
+        let mut raw = handshake(st.addr(), &terminal_id(0), &secret(0)).await;
+        let mut r = card_record(seq);
+        r.seq = seq;
+        let body = Batch::encode_body(from_seq, &[r.encode()]);
+        let sealed = raw.sess.seal(FrameType::Batch, &body);
+        raw.wr
+            .write_all(&encode_frame(FrameType::Batch, &sealed))
+            .await
+            .unwrap();
+        assert_closed(&mut raw.rd).await;
+    }
+    st.shutdown().await;
+    let s = Store::open(&db).unwrap();
+    assert_eq!(s.record_count().unwrap(), 0);
+    assert_eq!(s.contiguous_seq(&terminal_id(0)).unwrap(), 0);
+}

@@ -246,6 +246,13 @@ async fn session(
     Ok(terminal)
 }
 
+/// Highest seq taken: far beyond any bus's life, and it keeps seq arithmetic and SQLite's
+/// signed integers from overflowing.
+pub const SEQ_MAX: u64 = 1 << 62;
+
+/// Widest seq range one batch may cover, declared losses included (two journal segments).
+pub const BATCH_SEQ_SPAN_MAX: u64 = 2 * crate::journal::SEGMENT_RECORDS_MAX;
+
 /// Batches queued between a session's reader and its store writer.
 pub const BATCHES_QUEUED_MAX: usize = 2;
 
@@ -322,6 +329,12 @@ fn check_batch(body: &[u8]) -> Result<Job, SessionFailure> {
     for raw in batch.raw_records() {
         let record = Record::decode(raw)
             .map_err(|e| SessionFailure::BadBatch(format!("record after seq {next_seq}: {e}")))?;
+        if record.seq > SEQ_MAX {
+            return Err(SessionFailure::BadBatch(format!(
+                "seq {} above {SEQ_MAX}",
+                record.seq
+            )));
+        }
         if record.seq < next_seq {
             return Err(SessionFailure::BadBatch(format!(
                 "seq {} out of order (expected at least {next_seq})",
@@ -330,6 +343,14 @@ fn check_batch(body: &[u8]) -> Result<Job, SessionFailure> {
         }
         next_seq = record.seq + 1;
         records.push(Received { record, raw: *raw });
+    }
+    // Seqs skipped inside a batch are declared lost; more than this is not a corrupt slot
+    // or two but a broken validator, and is refused rather than acknowledged.
+    if next_seq - batch.from_seq > BATCH_SEQ_SPAN_MAX {
+        return Err(SessionFailure::BadBatch(format!(
+            "batch spans seqs {}..{next_seq}, more than {BATCH_SEQ_SPAN_MAX}",
+            batch.from_seq
+        )));
     }
     Ok(Job::Batch {
         from_seq: batch.from_seq,
