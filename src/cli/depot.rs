@@ -52,10 +52,13 @@ pub enum DepotCmd {
         #[arg(long)]
         db: PathBuf,
     },
-    /// Print the operator public key validators pin (hex).
+    /// Print the operator public key validators pin (hex); with --import, first replace the
+    /// station's signing key by the operator's key file (as `blacklist keygen` writes).
     OperatorKey {
         #[arg(long)]
         db: PathBuf,
+        #[arg(long)]
+        import: Option<PathBuf>,
     },
     /// Clearing view per terminal: records, max seq, gaps, fares (duplicate ride codes once).
     Report {
@@ -122,6 +125,7 @@ pub struct UploadArgs {
     /// Station address, e.g. 10.0.0.5:7700.
     #[arg(long)]
     pub depot: String,
+    /// The terminal id the station provisioned (`depot terminal add`).
     #[arg(long)]
     pub terminal: String,
     /// The terminal's secret, 64 hex digits.
@@ -174,8 +178,13 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
             println!("{}", serde_json::json!({ "kind": name, "version": v }));
             Ok(())
         }
-        DepotCmd::OperatorKey { db } => {
-            let key = open_store(&db)?.operator_key().map_err(runtime_err)?;
+        DepotCmd::OperatorKey { db, import } => {
+            let store = open_store(&db)?;
+            if let Some(path) = import {
+                let key = crate::signed::read_signing_key(&path).map_err(input_err)?;
+                store.set_operator_key(&key).map_err(runtime_err)?;
+            }
+            let key = store.operator_key().map_err(runtime_err)?;
             println!("{}", to_hex(key.verifying_key().as_bytes()));
             Ok(())
         }
@@ -199,6 +208,17 @@ fn serve(db: &Path, listen: &str) -> CmdResult {
         println!("{}", serde_json::json!({ "listening": addr.to_string() }));
         let _ = std::io::stdout().flush();
         let stop = async {
+            // Ctrl-C, or SIGTERM from the service manager: stop accepting, finish sessions.
+            #[cfg(unix)]
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
             let _ = tokio::signal::ctrl_c().await;
         };
         depot::serve(listener, store, stop).await;

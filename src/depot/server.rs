@@ -1,7 +1,7 @@
 //! The station's accept loop and sessions.
 //!
-//! One task per connection, at most [`CONNECTIONS_MAX`] at once (a further connection waits
-//! for a free slot, up to its read timeout on the validator's side). Every read has a
+//! One task per connection, at most [`CONNECTIONS_MAX`] at once (a further connection is
+//! closed at once and logged; the validator retries after its back-off). Every read has a
 //! timeout ([`FRAME_READ_TIMEOUT_S`]) and a whole session a deadline ([`SESSION_S_MAX`]). A
 //! malformed frame, a failed authentication or a bad MAC ends that connection with a logged
 //! reason; the server goes on. Shutdown stops accepting, then gives sessions
@@ -119,7 +119,11 @@ pub async fn serve(listener: TcpListener, store: Store, shutdown: impl Future<Ou
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        // Full: close at once; the validator retries after its back-off.
+                        tracing::warn!(%peer, "depot: {CONNECTIONS_MAX} sessions running, connection refused");
+                        continue;
+                    };
                     let store = store.clone();
                     sessions.spawn(async move {
                         run_session(stream, peer, store).await;
