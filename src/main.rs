@@ -61,6 +61,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::blacklist::BlacklistCmd,
     },
+    /// The depot upload station: serve, provision terminals, counter actions, clearing views.
+    Depot {
+        #[command(subcommand)]
+        cmd: cli::depot::DepotCmd,
+    },
+    /// Upload a journal to the depot once; prints {"uploaded": N, "acked_seq": S, ...}.
+    Upload(cli::depot::UploadArgs),
     /// Run the validator on PC/SC readers: the card reader and the PSAM's reader.
     #[cfg(feature = "pcsc")]
     Run(cli::pcsc::RunArgs),
@@ -130,6 +137,8 @@ fn run(cmd: Cmd) -> CmdResult {
             ..
         } => fare_validator::blacklist::bench::run_bench(&args).map_err(|e| (1, e)),
         Cmd::Blacklist { cmd } => cli::blacklist::run(cmd).map_err(bad_input),
+        Cmd::Depot { cmd } => cli::depot::run_depot(cmd),
+        Cmd::Upload(args) => cli::depot::run_upload(&args),
         Cmd::Replay {
             cards,
             keys,

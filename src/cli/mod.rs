@@ -1,6 +1,7 @@
 //! Command-line front ends: each subcommand parses its arguments with clap and calls library
 //! functions; errors are rendered once, as one line for humans.
 
+pub mod depot;
 #[cfg(feature = "pcsc")]
 pub mod pcsc;
 pub mod ride_code;

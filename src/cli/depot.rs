@@ -1,0 +1,328 @@
+//! `fare-validator depot ...` and `fare-validator upload`: the station's commands and the
+//! validator's one-shot upload. Exit codes as in `main.rs`: 1 runtime failure, 2 bad input.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use crate::blacklist::{Change, ChangeOp};
+use crate::depot::{self, Store};
+use crate::journal::record::hex;
+use crate::journal::Record;
+use crate::types::{AccountId, CardNo, ListId, ListReason};
+use crate::upload::auth::{from_hex, to_hex, Secret};
+use crate::upload::downlink::DownlinkDir;
+
+pub type CmdResult = Result<(), (u8, String)>;
+
+fn runtime_err(e: impl std::fmt::Display) -> (u8, String) {
+    (1, e.to_string())
+}
+
+fn input_err(e: impl std::fmt::Display) -> (u8, String) {
+    (2, e.to_string())
+}
+
+#[derive(Subcommand)]
+pub enum DepotCmd {
+    /// Run the upload station until interrupted (prints {"listening": ADDR} once bound).
+    Serve {
+        #[arg(long)]
+        db: PathBuf,
+        /// Address to listen on, e.g. 0.0.0.0:7700.
+        #[arg(long)]
+        listen: String,
+    },
+    /// Provision validators.
+    Terminal {
+        #[command(subcommand)]
+        cmd: TerminalCmd,
+    },
+    /// Record a service counter's blacklist action (挂失, 解挂, 补换, 注销, arrears).
+    Blacklist {
+        #[command(subcommand)]
+        cmd: BlacklistCmd,
+    },
+    /// Publish a fare table (TOML) or ride-code key file (JSON) for the next sessions.
+    Publish {
+        #[arg(value_enum)]
+        kind: PublishKind,
+        file: PathBuf,
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Print the operator public key validators pin (hex); with --import, first replace the
+    /// station's signing key by the operator's key file (as `blacklist keygen` writes).
+    OperatorKey {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        import: Option<PathBuf>,
+    },
+    /// Clearing view per terminal: records, max seq, gaps, fares (duplicate ride codes once).
+    Report {
+        #[arg(long)]
+        db: PathBuf,
+        /// JSON output (the only format).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every record as CSV for the clearing house, duplicates flagged.
+    Export {
+        #[arg(long)]
+        db: PathBuf,
+        /// Output file; default standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TerminalCmd {
+    /// Add a terminal with a fresh 32-byte secret, printed once as hex.
+    Add {
+        id: String,
+        #[arg(long)]
+        db: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BlacklistCmd {
+    /// List a card or account (lost 挂失, replaced 补换, cancelled 注销, arrears).
+    Add(ListArgs),
+    /// Lift an entry of the given reason (解挂: --reason lost; arrears settled).
+    Remove(ListArgs),
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Card number, 20 digits.
+    #[arg(long, conflicts_with = "account", required_unless_present = "account")]
+    pub card: Option<String>,
+    /// Ride-code account, CHANNEL:ACCOUNT.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// lost, replaced, cancelled or arrears.
+    #[arg(long)]
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PublishKind {
+    Fares,
+    Keys,
+}
+
+#[derive(Args)]
+pub struct UploadArgs {
+    /// The validator's journal folder (downlink files go to DIR/downlink/).
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// Station address, e.g. 10.0.0.5:7700.
+    #[arg(long)]
+    pub depot: String,
+    /// The terminal id the station provisioned (`depot terminal add`).
+    #[arg(long)]
+    pub terminal: String,
+    /// The terminal's secret, 64 hex digits.
+    #[arg(long)]
+    pub secret: String,
+    /// Pin this operator public key (hex) before the session.
+    #[arg(long)]
+    pub operator_pub: Option<String>,
+}
+
+fn open_store(db: &Path) -> Result<Store, (u8, String)> {
+    Store::open(db).map_err(runtime_err)
+}
+
+pub fn run_depot(cmd: DepotCmd) -> CmdResult {
+    match cmd {
+        DepotCmd::Serve { db, listen } => serve(&db, &listen),
+        DepotCmd::Terminal {
+            cmd: TerminalCmd::Add { id, db },
+        } => {
+            let store = open_store(&db)?;
+            let secret = store.add_terminal(&id).map_err(input_err)?;
+            let key = store.operator_key().map_err(runtime_err)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "terminal": id,
+                    "secret": to_hex(&secret),
+                    "operator_pub": to_hex(key.verifying_key().as_bytes()),
+                })
+            );
+            Ok(())
+        }
+        DepotCmd::Blacklist { cmd } => blacklist(cmd),
+        DepotCmd::Publish { kind, file, db } => {
+            let body =
+                std::fs::read(&file).map_err(|e| input_err(format!("{}: {e}", file.display())))?;
+            let name = match kind {
+                PublishKind::Fares => {
+                    let text = std::str::from_utf8(&body).map_err(input_err)?;
+                    crate::fare::FareTable::from_toml(text).map_err(input_err)?;
+                    "fares"
+                }
+                PublishKind::Keys => {
+                    serde_json::from_slice::<serde_json::Value>(&body).map_err(input_err)?;
+                    "keys"
+                }
+            };
+            let v = open_store(&db)?.publish(name, &body).map_err(runtime_err)?;
+            println!("{}", serde_json::json!({ "kind": name, "version": v }));
+            Ok(())
+        }
+        DepotCmd::OperatorKey { db, import } => {
+            let store = open_store(&db)?;
+            if let Some(path) = import {
+                let key = crate::signed::read_signing_key(&path).map_err(input_err)?;
+                store.set_operator_key(&key).map_err(runtime_err)?;
+            }
+            let key = store.operator_key().map_err(runtime_err)?;
+            println!("{}", to_hex(key.verifying_key().as_bytes()));
+            Ok(())
+        }
+        DepotCmd::Report { db, json: _ } => {
+            let report = open_store(&db)?.report().map_err(runtime_err)?;
+            println!("{}", serde_json::to_string(&report).map_err(runtime_err)?);
+            Ok(())
+        }
+        DepotCmd::Export { db, out } => export(&db, out.as_deref()),
+    }
+}
+
+fn serve(db: &Path, listen: &str) -> CmdResult {
+    let store = open_store(db)?;
+    let rt = tokio::runtime::Runtime::new().map_err(runtime_err)?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| input_err(format!("{listen}: {e}")))?;
+        let addr = listener.local_addr().map_err(runtime_err)?;
+        println!("{}", serde_json::json!({ "listening": addr.to_string() }));
+        let _ = std::io::stdout().flush();
+        let stop = async {
+            // Ctrl-C, or SIGTERM from the service manager: stop accepting, finish sessions.
+            #[cfg(unix)]
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        depot::serve(listener, store, stop).await;
+        Ok(())
+    })
+}
+
+fn blacklist(cmd: BlacklistCmd) -> CmdResult {
+    let (op, args) = match cmd {
+        BlacklistCmd::Add(a) => (ChangeOp::Add, a),
+        BlacklistCmd::Remove(a) => (ChangeOp::Remove, a),
+    };
+    let id = match (&args.card, &args.account) {
+        (Some(c), None) => ListId::Card(c.parse::<CardNo>().map_err(input_err)?),
+        (None, Some(a)) => ListId::Account(a.parse::<AccountId>().map_err(input_err)?),
+        _ => return Err(input_err("give exactly one of --card or --account")),
+    };
+    let reason: ListReason = args.reason.parse().map_err(input_err)?;
+    let mut store = open_store(&args.db)?;
+    let version = store
+        .blacklist_change(&Change { op, id, reason })
+        .map_err(|e| match e {
+            depot::StoreError::NotListed { .. } => input_err(e),
+            e => runtime_err(e),
+        })?;
+    println!("{}", serde_json::json!({ "version": version }));
+    Ok(())
+}
+
+/// CSV header of `depot export`.
+pub const EXPORT_HEADER: &str = "terminal,seq,kind,at,route,category,fare_fen,balance_fen,card_no,channel,account,qr_counter,card_counter,terminal_seq,tac,terminal_no,duplicate";
+
+fn csv_row(terminal: &str, r: &Record, dup: bool) -> String {
+    let qr = r.qr;
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    format!(
+        "{terminal},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+        r.seq,
+        serde_json::to_value(r.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        r.at_rfc3339(),
+        r.route,
+        r.category.as_str(),
+        r.fare_fen,
+        opt(r.balance_fen.map(|b| b.to_string())),
+        r.card_no,
+        opt(qr.map(|q| q.account.channel.to_string())),
+        opt(qr.map(|q| q.account.account.to_string())),
+        opt(qr.map(|q| q.counter.to_string())),
+        r.card_tx.offline_counter,
+        r.card_tx.terminal_seq,
+        hex(&r.card_tx.tac),
+        hex(&r.terminal_no),
+        u8::from(dup),
+    )
+}
+
+fn export(db: &Path, out: Option<&Path>) -> CmdResult {
+    let store = open_store(db)?;
+    let mut w: Box<dyn Write> = match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| input_err(format!("{}: {e}", p.display())))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    writeln!(w, "{EXPORT_HEADER}").map_err(runtime_err)?;
+    store
+        .for_each_record(|t, r, dup| writeln!(w, "{}", csv_row(t, r, dup)))
+        .map_err(runtime_err)?;
+    w.flush().map_err(runtime_err)
+}
+
+pub fn run_upload(args: &UploadArgs) -> CmdResult {
+    let secret: Secret =
+        from_hex::<32>(&args.secret).ok_or_else(|| input_err("--secret must be 64 hex digits"))?;
+    let addr: std::net::SocketAddr = args
+        .depot
+        .parse()
+        .map_err(|e| input_err(format!("--depot {}: {e}", args.depot)))?;
+    if !args.journal.is_dir() {
+        return Err(input_err(format!(
+            "{}: not a journal folder",
+            args.journal.display()
+        )));
+    }
+    if let Some(k) = &args.operator_pub {
+        let key = from_hex::<32>(k)
+            .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| input_err("--operator-pub must be an Ed25519 public key in hex"))?;
+        DownlinkDir::new(&args.journal)
+            .pin_operator_key(&key)
+            .map_err(runtime_err)?;
+    }
+    let rt = tokio::runtime::Runtime::new().map_err(runtime_err)?;
+    let report = rt
+        .block_on(crate::upload::upload(
+            &args.journal,
+            addr,
+            &args.terminal,
+            &secret,
+        ))
+        .map_err(runtime_err)?;
+    println!("{}", serde_json::to_string(&report).map_err(runtime_err)?);
+    Ok(())
+}

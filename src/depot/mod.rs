@@ -1,0 +1,68 @@
+//! The depot upload station: a tokio server that takes every validator's unacknowledged
+//! records into SQLite, exactly once, and sends back what the validator lacks (blacklist
+//! delta or snapshot, fare table, ride-code keys), signed by the operator.
+//!
+//! - [`store`]: the SQLite store (records keyed by terminal and seq, blacklist change log);
+//! - [`server`]: the accept loop, one task per session, shutdown and limits.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use fare_validator::depot::{self, store::Store};
+//! let store = Store::open(std::path::Path::new("depot.db"))?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let station = depot::start(listener, store)?;
+//! println!("listening on {}", station.addr());
+//! station.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod server;
+pub mod store;
+
+pub use server::{serve, start, StationHandle};
+pub use store::{Store, StoreError};
+
+use ed25519_dalek::SigningKey;
+
+use crate::blacklist::file::{delta_file, snapshot_file, Delta};
+use crate::signed::{self, FileKind};
+use crate::upload::downlink::DELTA_CHANGES_SENT_MAX;
+use crate::upload::frame::HeldVersions;
+
+/// The signed files a validator holding `held` lacks: the blacklist delta from its version
+/// (a snapshot when it is too far behind, or ahead of the station), then the fare table and
+/// the ride-code key file when the station has another version.
+pub fn downlink_for(store: &Store, held: &HeldVersions) -> Result<Vec<Vec<u8>>, StoreError> {
+    let key: SigningKey = store.operator_key()?;
+    let mut files = Vec::new();
+    let current = store.blacklist_version()?;
+    if held.blacklist != current {
+        let changes = if held.blacklist < current {
+            store.blacklist_changes_after(held.blacklist, DELTA_CHANGES_SENT_MAX)?
+        } else {
+            None
+        };
+        files.push(match changes {
+            Some(changes) => delta_file(
+                &Delta {
+                    from_version: held.blacklist,
+                    to_version: current,
+                    changes,
+                },
+                &key,
+            ),
+            None => snapshot_file(&store.blacklist()?, &key),
+        });
+    }
+    for (name, kind, held) in [
+        ("fares", FileKind::FareTable, held.fares),
+        ("keys", FileKind::RideCodeKeys, held.keys),
+    ] {
+        if let Some((version, body)) = store.downlink(name)? {
+            if version != held {
+                files.push(signed::seal(kind, version, 0, &body, &key));
+            }
+        }
+    }
+    Ok(files)
+}

@@ -1,0 +1,343 @@
+//! The validator's side of a depot session: send every record the depot has not
+//! acknowledged, move the journal cursor only on an authenticated ack, then take the
+//! downlink files.
+//!
+//! Upload is safe to cut at any point: the journal keeps every record until the station
+//! says it has it, the station stores by (terminal, seq) so a record sent twice is stored
+//! once, and the next session starts from the station's own count. [`upload`] retries a
+//! broken session by itself ([`SESSION_ATTEMPTS_MAX`]).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::RngCore;
+use tokio::net::TcpStream;
+
+use super::auth::{self, Role, Secret, Session};
+use super::conn::{write_frame, FrameReader, WireError};
+use super::downlink::{DownlinkDir, DownlinkError, DOWNLINK_FILE_BYTES_MAX};
+use super::frame::{
+    decode_32, decode_empty, decode_refused, decode_u64, Ack, Batch, FileChunk, FrameError,
+    FrameType, HeldVersions, Hello, BATCH_RECORDS_MAX, NONCE_BYTES,
+};
+use crate::journal::{Journal, JournalError, Record};
+
+/// Longest wait for the TCP connection to the station.
+pub const CONNECT_TIMEOUT_S: u64 = 10;
+/// Longest wait for the station's next frame (an ack waits for a disk sync).
+pub const REPLY_TIMEOUT_S: u64 = 60;
+/// Batches sent ahead of their acks (keeps the station's disk busy while one is in flight).
+pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Records read from the journal at once (1.5 MiB), cut into batches.
+pub const READ_AHEAD_RECORDS_MAX: usize = 16_384;
+/// Sessions tried before giving up on a broken connection.
+pub const SESSION_ATTEMPTS_MAX: u32 = 5;
+/// Pause before the first retry, doubled each time.
+pub const RETRY_BACKOFF_MS: u64 = 200;
+/// Downlink files accepted in one session.
+pub const DOWNLINK_FILES_MAX: usize = 8;
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(REPLY_TIMEOUT_S);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("cannot connect to the depot: {0}")]
+    Connect(String),
+    #[error("the depot refused the session ({code}): {text}")]
+    Refused { code: u8, text: String },
+    #[error("the depot acknowledged seq {acked} after a batch ending at {last}: it cannot store this terminal's records")]
+    NotAdvancing { acked: u64, last: u64 },
+    #[error("unexpected {0:?} from the depot")]
+    Unexpected(FrameType),
+    #[error("downlink file out of order or too large")]
+    DownlinkStream,
+}
+
+impl From<FrameError> for UploadError {
+    fn from(e: FrameError) -> Self {
+        UploadError::Wire(e.into())
+    }
+}
+
+impl UploadError {
+    /// Whether a new session may succeed (a broken or timed-out connection).
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            UploadError::Wire(WireError::Io(_) | WireError::Timeout(_) | WireError::Closed)
+                | UploadError::Connect(_)
+        )
+    }
+}
+
+/// What a session did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UploadReport {
+    /// Records sent and acknowledged in this run (sent twice after a retry: counted once).
+    pub uploaded: u64,
+    /// The journal's upload cursor at the end.
+    pub acked_seq: u64,
+    pub sessions: u32,
+    /// Downlink files installed, as "kind@version".
+    pub installed: Vec<String>,
+    /// Downlink files refused (forged, corrupt, or not applicable), with the reason.
+    pub refused: Vec<String>,
+    /// Versions held after the session.
+    pub blacklist_version: u64,
+    pub fares_version: u64,
+    pub keys_version: u64,
+}
+
+/// Everything a session needs besides the journal.
+#[derive(Clone, Debug)]
+pub struct UploadConfig {
+    pub depot: SocketAddr,
+    pub terminal_id: String,
+    pub secret: Secret,
+    /// Where `downlink/` lives (the validator's data folder).
+    pub data_dir: PathBuf,
+}
+
+/// Open the journal in `journal_dir`, upload everything not yet acknowledged, take the
+/// downlink into `journal_dir/downlink/`, and report.
+pub async fn upload(
+    journal_dir: &Path,
+    addr: SocketAddr,
+    terminal_id: &str,
+    secret: &Secret,
+) -> Result<UploadReport, UploadError> {
+    let (mut journal, _problems) = Journal::open(journal_dir)?;
+    let cfg = UploadConfig {
+        depot: addr,
+        terminal_id: terminal_id.to_string(),
+        secret: *secret,
+        data_dir: journal_dir.to_path_buf(),
+    };
+    upload_journal(&mut journal, &cfg).await
+}
+
+/// Upload from a journal the caller holds (a validator process keeps its journal open).
+pub async fn upload_journal(
+    journal: &mut Journal,
+    cfg: &UploadConfig,
+) -> Result<UploadReport, UploadError> {
+    let start_acked = journal.acked_seq();
+    let mut report = UploadReport::default();
+    let mut backoff = Duration::from_millis(RETRY_BACKOFF_MS);
+    loop {
+        report.sessions += 1;
+        match session(journal, cfg, &mut report).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() && report.sessions < SESSION_ATTEMPTS_MAX => {
+                tracing::warn!(error = %e, attempt = report.sessions, "upload: session broken, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    report.acked_seq = journal.acked_seq();
+    report.uploaded = report.acked_seq - start_acked;
+    let held = DownlinkDir::new(&cfg.data_dir).held_versions();
+    report.blacklist_version = held.blacklist;
+    report.fares_version = held.fares;
+    report.keys_version = held.keys;
+    Ok(report)
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, UploadError> {
+    let timeout = Duration::from_secs(CONNECT_TIMEOUT_S);
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(UploadError::Connect(e.to_string())),
+        Err(_) => Err(UploadError::Connect(format!(
+            "no answer within {timeout:?}"
+        ))),
+    }
+}
+
+type Reader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
+type Writer = tokio::net::tcp::OwnedWriteHalf;
+
+async fn session(
+    journal: &mut Journal,
+    cfg: &UploadConfig,
+    report: &mut UploadReport,
+) -> Result<(), UploadError> {
+    let (rd, mut wr) = connect(cfg.depot).await?.into_split();
+    let mut rd = FrameReader::new(rd);
+    let downlink = DownlinkDir::new(&cfg.data_dir);
+    let (mut sess, station_acked) =
+        authenticate(&mut rd, &mut wr, cfg, downlink.held_versions()).await?;
+    // The station's count is authenticated: records it already holds need not go again.
+    journal.set_acked(station_acked)?;
+    send_records(&mut rd, &mut wr, &mut sess, journal).await?;
+    let done = sess.seal(FrameType::Done, &[]);
+    write_frame(&mut wr, FrameType::Done, &done).await?;
+    let files = receive_files(&mut rd, &mut sess).await?;
+    for file in files {
+        match downlink.install(&file) {
+            Ok((kind, version)) => {
+                tracing::info!(?kind, version, "upload: downlink file installed");
+                report.installed.push(format!("{kind:?}@{version}"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "upload: downlink file refused, keeping the one held");
+                report.refused.push(refused_name(&file, &e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn refused_name(file: &[u8], e: &DownlinkError) -> String {
+    match super::downlink::describe(file) {
+        Some((kind, version)) => format!("{kind:?}@{version}: {e}"),
+        None => format!("unreadable file: {e}"),
+    }
+}
+
+async fn authenticate(
+    rd: &mut Reader,
+    wr: &mut Writer,
+    cfg: &UploadConfig,
+    held: HeldVersions,
+) -> Result<(Session, u64), UploadError> {
+    let mut client_nonce = [0u8; NONCE_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut client_nonce);
+    let hello = Hello {
+        client_nonce,
+        terminal_id: cfg.terminal_id.clone(),
+        held,
+    }
+    .encode();
+    write_frame(wr, FrameType::Hello, &hello).await?;
+    let (ty, payload) = rd.read(REPLY_TIMEOUT).await?;
+    refused(ty, payload)?;
+    if ty != FrameType::Challenge {
+        return Err(UploadError::Unexpected(ty));
+    }
+    let server_nonce = decode_32(ty, payload)?;
+    let proof = auth::client_proof(&cfg.secret, &server_nonce, &hello);
+    write_frame(wr, FrameType::Auth, &proof).await?;
+    let mut sess = Session::new(
+        auth::session_key(&cfg.secret, &server_nonce, &hello),
+        Role::Validator,
+    );
+    let (ty, payload) = rd.read(REPLY_TIMEOUT).await?;
+    refused(ty, payload)?;
+    if ty != FrameType::Welcome {
+        return Err(UploadError::Unexpected(ty));
+    }
+    let acked = decode_u64(ty, sess.open(ty, payload).map_err(WireError::from)?)?;
+    Ok((sess, acked))
+}
+
+fn refused(ty: FrameType, payload: &[u8]) -> Result<(), UploadError> {
+    if ty == FrameType::Refused {
+        let (code, text) = decode_refused(payload)?;
+        return Err(UploadError::Refused { code, text });
+    }
+    Ok(())
+}
+
+/// Send batches, up to [`BATCHES_IN_FLIGHT_MAX`] ahead, and move the cursor on each ack.
+async fn send_records(
+    rd: &mut Reader,
+    wr: &mut Writer,
+    sess: &mut Session,
+    journal: &mut Journal,
+) -> Result<(), UploadError> {
+    let mut sent_to = journal.acked_seq();
+    let mut read_to = sent_to;
+    let mut ahead: VecDeque<Record> = VecDeque::with_capacity(READ_AHEAD_RECORDS_MAX);
+    let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(BATCHES_IN_FLIGHT_MAX);
+    loop {
+        while in_flight.len() < BATCHES_IN_FLIGHT_MAX {
+            if ahead.is_empty() {
+                // Reading a segment costs the same for one record or thousands: read ahead.
+                ahead.extend(journal.read_after(read_to, READ_AHEAD_RECORDS_MAX)?);
+                read_to = ahead.back().map_or(read_to, |r| r.seq);
+            }
+            let n = ahead.len().min(BATCH_RECORDS_MAX);
+            let batch: Vec<Record> = ahead.drain(..n).collect();
+            let Some(last) = batch.last().map(|r| r.seq) else {
+                break;
+            };
+            let raw: Vec<_> = batch.iter().map(Record::encode).collect();
+            let body = Batch::encode_body(sent_to + 1, &raw);
+            let sealed = sess.seal(FrameType::Batch, &body);
+            write_frame(wr, FrameType::Batch, &sealed).await?;
+            sent_to = last;
+            in_flight.push_back(last);
+        }
+        let Some(last) = in_flight.pop_front() else {
+            return Ok(());
+        };
+        let (ty, payload) = rd.read(REPLY_TIMEOUT).await?;
+        if ty != FrameType::Ack {
+            return Err(UploadError::Unexpected(ty));
+        }
+        let ack = Ack::decode(sess.open(ty, payload).map_err(WireError::from)?)?;
+        if ack.contiguous_seq < last {
+            return Err(UploadError::NotAdvancing {
+                acked: ack.contiguous_seq,
+                last,
+            });
+        }
+        journal.set_acked(ack.contiguous_seq)?;
+    }
+}
+
+/// Reassemble the downlink files, each bounded, until Bye.
+async fn receive_files(rd: &mut Reader, sess: &mut Session) -> Result<Vec<Vec<u8>>, UploadError> {
+    let mut files: Vec<Vec<u8>> = Vec::new();
+    let mut current: Option<(u8, u64, Vec<u8>, usize)> = None;
+    loop {
+        let (ty, payload) = rd.read(REPLY_TIMEOUT).await?;
+        let body = sess.open(ty, payload).map_err(WireError::from)?;
+        match ty {
+            FrameType::FileChunk => {
+                let c = FileChunk::decode(body)?;
+                let total = c.total_len as usize;
+                if total > DOWNLINK_FILE_BYTES_MAX + 1024 {
+                    return Err(UploadError::DownlinkStream);
+                }
+                let (kind, version, buf, total_len) = current
+                    .get_or_insert_with(|| (c.kind, c.version, Vec::with_capacity(total), total));
+                if *kind != c.kind
+                    || *version != c.version
+                    || *total_len != total
+                    || buf.len() != c.offset as usize
+                {
+                    return Err(UploadError::DownlinkStream);
+                }
+                buf.extend_from_slice(c.bytes);
+                if buf.len() == total {
+                    if files.len() >= DOWNLINK_FILES_MAX {
+                        return Err(UploadError::DownlinkStream);
+                    }
+                    let (_, _, buf, _) = current.take().ok_or(UploadError::DownlinkStream)?;
+                    files.push(buf);
+                }
+            }
+            FrameType::Bye => {
+                decode_empty(ty, body)?;
+                if current.is_some() {
+                    return Err(UploadError::DownlinkStream);
+                }
+                return Ok(files);
+            }
+            other => return Err(UploadError::Unexpected(other)),
+        }
+    }
+}
