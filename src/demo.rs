@@ -1,115 +1,277 @@
-//! `fare-validator demo`: a simulated morning on one bus, from a seed. Passengers of every
-//! card type board, some twice across a route change (transfers), some with lost or replaced
-//! cards, one pulls the card away mid-debit; at the end a summary a depot manager would read.
+//! `fare-validator demo`: a whole simulated service day on a fleet of buses.
+//!
+//! Each bus has its own validator (simulated PSAM, journal) and runs one route. Passengers are
+//! generated from a seed: cards of every type, ride codes from all eight channel apps, lost
+//! and replaced cards, un-reports (解挂) during the day, forged and expired codes, a code
+//! screenshot shown on two buses, torn taps, and riders who change buses within the transfer
+//! window. At night the buses return: each uploads its journal to a depot station on
+//! 127.0.0.1. The report compares what the buses accepted with what the depot stored (the
+//! demo fails if they differ) and the depot's revenue with the journals' fares.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
 
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::card::psam::Psam;
 use crate::card::sim::{CardSpec, Removal, SimCard, SimPsam, TestKeys};
 use crate::clock::Timestamp;
-use crate::engine::{EngineConfig, Validator};
+use crate::depot::store::Store;
+use crate::engine::{Decision, EngineConfig, Validator};
 use crate::fare::FareTable;
 use crate::journal::Journal;
-use crate::types::{CardNo, ListId, ListReason, RiderCategory};
+use crate::ride_code::issuer::SimChannels;
+use crate::ride_code::{ChannelKeys, RideCodeConfig};
+use crate::types::{AccountId, CardNo, ListId, ListReason, RiderCategory};
 
-/// Passengers with a card on the demo bus.
-pub const DEMO_CARDS: usize = 120;
-/// Start of the morning, local time (+08:00).
-pub const DEMO_START: &str = "2026-11-28T06:00:00+08:00";
+/// Start of the service day, local time.
+pub const DEMO_DAY_START: &str = "2026-11-28T06:00:00+08:00";
+/// Length of the service day.
+pub const DEMO_DAY_S: i64 = 16 * 3_600;
+/// Card holders per bus in the generated population.
+pub const CARDS_PER_BUS: usize = 60;
+/// Ride-code holders per bus.
+pub const QR_HOLDERS_PER_BUS: usize = 25;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Seed of the simulated passengers.
+    /// Seed of the simulated day.
     #[arg(long, default_value_t = 2026)]
     pub seed: u64,
-    /// Taps in the morning.
-    #[arg(long, default_value_t = 400)]
-    pub taps: usize,
-    /// Keep the journal in DIR (default: a temporary folder).
+    /// Buses in the fleet.
+    #[arg(long, default_value_t = 20)]
+    pub buses: usize,
+    /// Taps and scans on each bus over the day.
+    #[arg(long, default_value_t = 300)]
+    pub taps_per_bus: usize,
+    /// Keep the journals and the depot database in DIR (default: a temporary folder).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Print the summary as one JSON object.
+    /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
 }
 
-/// What the morning came to.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct DemoSummary {
-    pub taps: usize,
-    pub accepted: usize,
-    pub by_reason: BTreeMap<String, usize>,
-    pub revenue_fen: u64,
+/// What the day came to.
+#[derive(Debug, Default, Serialize)]
+pub struct DemoReport {
+    pub buses: usize,
+    pub taps: BTreeMap<String, BTreeMap<String, u64>>,
+    pub accepted: u64,
+    pub journal_fare_fen: u64,
     pub revenue_by_route_fen: BTreeMap<u16, u64>,
-    pub transfers: usize,
-    pub journal_records: usize,
+    pub transfers: u64,
+    pub depot_records: u64,
+    pub depot_fare_fen: u64,
+    pub depot_gaps: u64,
+    pub qr_duplicates: u64,
+    pub uploaded: u64,
     pub latency_us_p50: u64,
     pub latency_us_p99: u64,
     pub latency_us_max: u64,
 }
 
+struct Bus {
+    id: String,
+    route: u16,
+    dir: PathBuf,
+    validator: Validator<SimPsam>,
+}
+
+enum Presentation {
+    Card {
+        holder: usize,
+        removal: Option<Removal>,
+    },
+    Code {
+        text: String,
+    },
+}
+
+struct Population {
+    cards: Vec<SimCard>,
+    categories: Vec<RiderCategory>,
+    qr_holders: Vec<(u16, u64, CardNo, RiderCategory)>,
+    channels: SimChannels,
+    counters: Vec<u32>,
+}
+
 fn card_no(i: usize) -> CardNo {
-    // Dezhou-style numbers: 3714 prefix, then a serial.
-    CardNo::from_u128(3714_0000_0000_0000_0000u128 + 1_000 + i as u128).expect("20 digits")
+    CardNo::from_u128(3714_0000_0000_0001_0000u128 + i as u128).expect("20 digits")
 }
 
-fn cast(rng: &mut ChaCha8Rng) -> Vec<CardSpec> {
-    (0..DEMO_CARDS)
-        .map(|i| {
-            let card_type = match rng.gen_range(0..100) {
-                0..=59 => RiderCategory::Adult,
-                60..=79 => RiderCategory::Student,
-                80..=91 => RiderCategory::Senior,
-                92..=95 => RiderCategory::Disabled,
-                _ => RiderCategory::Veteran,
-            };
-            CardSpec {
-                card_no: card_no(i),
-                card_type,
-                enabled: i != 7,
-                valid_from: if i == 8 {
-                    "2027-01-01".into()
-                } else {
-                    "2024-01-01".into()
-                },
-                valid_until: if i == 9 {
-                    "2026-06-30".into()
-                } else {
-                    "2034-12-31".into()
-                },
-                balance_fen: if i == 10 {
-                    150
-                } else {
-                    rng.gen_range(1_000..20_000)
-                },
-            }
-        })
-        .collect()
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
+fn category(rng: &mut ChaCha8Rng) -> RiderCategory {
+    match rng.gen_range(0..100) {
+        0..=59 => RiderCategory::Adult,
+        60..=79 => RiderCategory::Student,
+        80..=91 => RiderCategory::Senior,
+        92..=95 => RiderCategory::Disabled,
+        _ => RiderCategory::Veteran,
     }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
 }
 
-/// Run the morning and return its summary.
-pub fn simulate(args: &DemoArgs) -> Result<DemoSummary, String> {
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+fn population(
+    args: &DemoArgs,
+    rng: &mut ChaCha8Rng,
+    start: Timestamp,
+) -> Result<Population, String> {
     let keys = TestKeys::default();
-    let specs = cast(&mut rng);
-    let mut cards: Vec<SimCard> = specs
-        .iter()
-        .map(|s| SimCard::new(s, &keys, args.seed))
-        .collect::<Result<_, _>>()?;
+    let n_cards = CARDS_PER_BUS * args.buses.max(1);
+    let mut cards = Vec::with_capacity(n_cards);
+    let mut categories = Vec::with_capacity(n_cards);
+    for i in 0..n_cards {
+        let c = category(rng);
+        let spec = CardSpec {
+            card_no: card_no(i),
+            card_type: c,
+            enabled: i % 97 != 5,
+            valid_from: "2024-01-01".into(),
+            valid_until: if i % 89 == 7 {
+                "2026-06-30".into()
+            } else {
+                "2034-12-31".into()
+            },
+            balance_fen: if i % 53 == 11 {
+                150
+            } else {
+                rng.gen_range(2_000..30_000)
+            },
+        };
+        cards.push(SimCard::new(&spec, &keys, args.seed)?);
+        categories.push(c);
+    }
+    let t0 = start.unix_s as u32;
+    let channels = SimChannels::new(args.seed, (t0 - 30 * 86_400, t0 + 300 * 86_400));
+    let n_qr = QR_HOLDERS_PER_BUS * args.buses.max(1);
+    let qr_holders = (0..n_qr)
+        .map(|i| {
+            let channel = 1 + (i % 8) as u16;
+            (
+                channel,
+                10_000 + i as u64,
+                CardNo::from_u128(3714_0000_0000_0005_0000u128 + i as u128).expect("20 digits"),
+                category(rng),
+            )
+        })
+        .collect();
+    Ok(Population {
+        cards,
+        categories,
+        qr_holders,
+        channels,
+        counters: vec![0; n_qr],
+    })
+}
+
+fn open_bus(i: usize, dir: &Path, list: &Blacklist, keys: &ChannelKeys) -> Result<Bus, String> {
+    let dir = dir.join(format!("bus-{:02}", i + 1));
+    let (journal, _) = Journal::open(&dir).map_err(|e| e.to_string())?;
+    let terminal = [0, 0, 0, 0, 0x20 + (i / 100) as u8, (i % 100) as u8];
+    let psam =
+        Psam::open(SimPsam::new(TestKeys::default(), terminal, 1)).map_err(|e| e.to_string())?;
+    let route = 1 + (i % 8) as u16;
+    let mut validator = Validator::new(
+        EngineConfig {
+            route,
+            anti_passback_s: 60,
+        },
+        psam,
+        FareTable::default_policy(),
+        list.clone(),
+        journal,
+    );
+    validator.set_ride_code_keys(keys.clone(), RideCodeConfig::default());
+    Ok(Bus {
+        id: format!("BUS-{:02}", i + 1),
+        route,
+        dir,
+        validator,
+    })
+}
+
+/// The blacklist the day starts with: some cards lost, some replaced, an account in arrears.
+fn morning_blacklist(pop: &Population) -> Blacklist {
+    let mut entries = Vec::new();
+    for i in (0..pop.cards.len()).step_by(41) {
+        entries.push((ListId::Card(card_no(i)), ListReason::Lost));
+    }
+    for i in (13..pop.cards.len()).step_by(67) {
+        entries.push((ListId::Card(card_no(i)), ListReason::Replaced));
+    }
+    for (i, (channel, account, card, _)) in pop.qr_holders.iter().enumerate() {
+        if i % 31 == 3 {
+            entries.push((
+                ListId::Account(AccountId {
+                    channel: *channel,
+                    account: *account,
+                }),
+                ListReason::Arrears,
+            ));
+        }
+        if i % 37 == 9 {
+            entries.push((ListId::Card(*card), ListReason::Lost));
+        }
+    }
+    Blacklist::from_entries(1, entries)
+}
+
+/// One passenger presentation at `now`.
+fn presentation(rng: &mut ChaCha8Rng, pop: &mut Population, now: Timestamp) -> Presentation {
+    let roll = rng.gen_range(0..100);
+    if roll < 65 {
+        let holder = rng.gen_range(0..pop.cards.len());
+        let removal = match rng.gen_range(0..200) {
+            0 => Some(Removal::AfterDebit),
+            1 => Some(Removal::BeforeDebit),
+            _ => None,
+        };
+        return Presentation::Card { holder, removal };
+    }
+    let i = rng.gen_range(0..pop.qr_holders.len());
+    let (channel, account, card, cat) = pop.qr_holders[i];
+    pop.counters[i] += 1;
+    let mut generated_at = (now.unix_s - rng.gen_range(0..20)) as u32;
+    if roll == 99 {
+        generated_at -= 600; // a screenshot kept too long: expired
+    }
+    let text = pop
+        .channels
+        .issue(channel, account, card, cat, generated_at, pop.counters[i])
+        .unwrap_or_default();
+    let text = if roll == 98 {
+        // Forged: one character of the signature changed.
+        let mut b = text.into_bytes();
+        let last = b.len() - 3;
+        b[last] = if b[last] == b'A' { b'B' } else { b'A' };
+        String::from_utf8(b).unwrap_or_default()
+    } else {
+        text
+    };
+    Presentation::Code { text }
+}
+
+fn tally(report: &mut DemoReport, media: &str, d: &Decision, route: u16) {
+    let reason = d.outcome.err().map_or("accepted", |r| r.as_str());
+    *report
+        .taps
+        .entry(media.to_string())
+        .or_default()
+        .entry(reason.to_string())
+        .or_default() += 1;
+    if d.accepted() {
+        report.accepted += 1;
+        report.journal_fare_fen += u64::from(d.fare_fen);
+        *report.revenue_by_route_fen.entry(route).or_default() += u64::from(d.fare_fen);
+    }
+}
+
+/// Run the day; the report, and the folder it ran in.
+pub fn simulate(args: &DemoArgs) -> Result<DemoReport, String> {
     let _temp;
     let dir = match &args.data {
         Some(d) => d.clone(),
@@ -120,113 +282,168 @@ pub fn simulate(args: &DemoArgs) -> Result<DemoSummary, String> {
             d
         }
     };
-    let (journal, _) = Journal::open(&dir).map_err(|e| e.to_string())?;
-    let psam =
-        Psam::open(SimPsam::new(keys, [0, 0, 0, 0, 0x10, 0x01], 1)).map_err(|e| e.to_string())?;
-    // Two cards reported lost and one replaced before the day starts.
-    let blacklist = Blacklist::from_entries(
-        1,
-        [
-            (ListId::Card(card_no(11)), ListReason::Lost),
-            (ListId::Card(card_no(12)), ListReason::Lost),
-            (ListId::Card(card_no(13)), ListReason::Replaced),
-        ],
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let start = Timestamp::parse_rfc3339(DEMO_DAY_START).map_err(|e| e.to_string())?;
+    let mut pop = population(args, &mut rng, start)?;
+    let keys = ChannelKeys::from_file(&pop.channels.key_file()).map_err(|e| e.to_string())?;
+    let list = morning_blacklist(&pop);
+    let mut buses: Vec<Bus> = (0..args.buses)
+        .map(|i| open_bus(i, &dir, &list, &keys))
+        .collect::<Result<_, _>>()?;
+    let mut report = DemoReport {
+        buses: args.buses,
+        ..DemoReport::default()
+    };
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let total = args.buses * args.taps_per_bus;
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} taps")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
     );
-    let mut v = Validator::new(
-        EngineConfig {
-            route: 3,
-            anti_passback_s: 60,
-        },
-        psam,
-        FareTable::default_policy(),
-        blacklist,
-        journal,
-    );
-    let start = Timestamp::parse_rfc3339(DEMO_START).map_err(|e| e.to_string())?;
-    let mut summary = DemoSummary::default();
-    let mut lat = Vec::with_capacity(args.taps);
-    let mut now = start;
-    for t in 0..args.taps {
-        now = now.plus_s(rng.gen_range(5..60));
-        // The bus changes between routes 3 and 8 every 40 minutes: riders who come back
-        // within the hour transfer.
-        let route = if ((now.unix_s - start.unix_s) / 2_400) % 2 == 0 {
-            3
-        } else {
-            8
-        };
-        v.set_route(route);
-        if t == args.taps / 2 {
-            // 解挂: card 11's holder found it and cancelled the report.
-            v.apply_blacklist(&Change {
-                op: ChangeOp::Remove,
-                id: ListId::Card(card_no(11)),
-                reason: ListReason::Lost,
-            });
-        }
-        let i = if t % 50 == 25 {
-            rng.gen_range(7..14)
-        } else {
-            rng.gen_range(0..DEMO_CARDS)
-        };
-        let removal = match t % 97 {
-            40 => Some(Removal::AfterDebit),
-            70 => Some(Removal::BeforeDebit),
-            _ => None,
-        };
-        let card = &mut cards[i];
-        card.enter_field(removal);
-        let began = Instant::now();
-        let d = v.tap_card(card, now);
-        lat.push(began.elapsed().as_micros() as u64);
-        summary.taps += 1;
-        let reason = d.outcome.err().map_or("accepted", |r| r.as_str());
-        *summary.by_reason.entry(reason.to_string()).or_default() += 1;
-        if d.accepted() {
-            summary.accepted += 1;
-            summary.revenue_fen += u64::from(d.fare_fen);
-            *summary.revenue_by_route_fen.entry(route).or_default() += u64::from(d.fare_fen);
-            let full = v.fares().category_fare(specs[i].card_type);
-            if d.fare_fen < full {
-                summary.transfers += 1;
+    bar.set_message("service day");
+    let mut replayable: Option<(String, Timestamp)> = None;
+    let step_s = (DEMO_DAY_S / args.taps_per_bus.max(1) as i64).max(1);
+    for t in 0..total {
+        let bus_i = t % args.buses.max(1);
+        let now = start.plus_s((t / args.buses.max(1)) as i64 * step_s + rng.gen_range(0..step_s));
+        if t == total / 2 {
+            // Midday: the depot pushes 解挂 for a found card and a new 挂失 to every bus.
+            for b in buses.iter_mut() {
+                b.validator.apply_blacklist(&Change {
+                    op: ChangeOp::Remove,
+                    id: ListId::Card(card_no(0)),
+                    reason: ListReason::Lost,
+                });
+                b.validator.apply_blacklist(&Change {
+                    op: ChangeOp::Add,
+                    id: ListId::Card(card_no(1)),
+                    reason: ListReason::Lost,
+                });
             }
         }
-        if removal.is_some() {
-            // The passenger taps again a few seconds later.
-            now = now.plus_s(3);
-            card.enter_field(None);
-            let d = v.tap_card(card, now);
-            summary.taps += 1;
-            let reason = d.outcome.err().map_or("accepted", |r| r.as_str());
-            *summary.by_reason.entry(reason.to_string()).or_default() += 1;
-            if d.accepted() {
-                summary.accepted += 1;
-                summary.revenue_fen += u64::from(d.fare_fen);
-                *summary.revenue_by_route_fen.entry(route).or_default() += u64::from(d.fare_fen);
+        let bus = &mut buses[bus_i];
+        let route = bus.route;
+        match presentation(&mut rng, &mut pop, now) {
+            Presentation::Card { holder, removal } => {
+                let card = &mut pop.cards[holder];
+                card.enter_field(removal);
+                let full = FareTable::default_policy().category_fare(pop.categories[holder]);
+                let began = Instant::now();
+                let d = bus.validator.tap_card(card, now);
+                latency.saturating_record(began.elapsed().as_micros().max(1) as u64);
+                tally(&mut report, "card", &d, route);
+                if d.accepted() && d.fare_fen < full {
+                    report.transfers += 1;
+                }
+                if removal.is_some() {
+                    card.enter_field(None);
+                    let d = bus.validator.tap_card(card, now.plus_s(3));
+                    tally(&mut report, "card", &d, route);
+                }
+            }
+            Presentation::Code { text } => {
+                let began = Instant::now();
+                let d = bus.validator.scan_code(&text, now);
+                latency.saturating_record(began.elapsed().as_micros().max(1) as u64);
+                tally(&mut report, "qr", &d, route);
+                if d.accepted() && t % 40 == 1 {
+                    // The phone is waved at the scanner again: the same code is refused.
+                    let again = bus.validator.scan_code(&text, now.plus_s(2));
+                    tally(&mut report, "qr", &again, route);
+                }
+                if d.accepted() && replayable.is_none() && bus_i + 1 < args.buses {
+                    replayable = Some((text, now));
+                } else if let Some((shot, shot_at)) =
+                    replayable.take().filter(|_| bus_i > 0 && t % 7 == 0)
+                {
+                    // A screenshot of the code shown on another bus: each bus accepts it once,
+                    // the depot charges it once.
+                    let d = bus.validator.scan_code(&shot, shot_at.plus_s(10));
+                    tally(&mut report, "qr", &d, route);
+                }
             }
         }
+        bar.inc(1);
     }
-    lat.sort_unstable();
-    summary.latency_us_p50 = percentile(&lat, 0.50);
-    summary.latency_us_p99 = percentile(&lat, 0.99);
-    summary.latency_us_max = lat.last().copied().unwrap_or(0);
-    let scan = crate::journal::scan(&dir).map_err(|e| e.to_string())?;
-    summary.journal_records = scan.records.len();
-    Ok(summary)
+    bar.finish_and_clear();
+    report.latency_us_p50 = latency.value_at_quantile(0.50);
+    report.latency_us_p99 = latency.value_at_quantile(0.99);
+    report.latency_us_max = latency.max();
+    night_upload(&dir, &mut buses, &mut report)?;
+    Ok(report)
+}
+
+/// The buses return: a depot station on 127.0.0.1 takes every journal in.
+fn night_upload(dir: &Path, buses: &mut [Bus], report: &mut DemoReport) -> Result<(), String> {
+    let db = dir.join("depot.db");
+    let store = Store::open(&db).map_err(|e| e.to_string())?;
+    let mut secrets = Vec::with_capacity(buses.len());
+    for b in buses.iter() {
+        let secret = match store.terminal_secret(&b.id).map_err(|e| e.to_string())? {
+            Some(s) => s,
+            None => store.add_terminal(&b.id).map_err(|e| e.to_string())?,
+        };
+        secrets.push(secret);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let uploaded = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let station = crate::depot::server::start(listener, store).map_err(|e| e.to_string())?;
+        let addr = station.addr();
+        let mut tasks = Vec::new();
+        for (b, secret) in buses.iter().zip(secrets) {
+            let (dir, id) = (b.dir.clone(), b.id.clone());
+            tasks.push(tokio::spawn(async move {
+                crate::upload::client::upload(&dir, addr, &id, &secret).await
+            }));
+        }
+        let mut uploaded = 0;
+        for t in tasks {
+            let r = t
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            uploaded += r.uploaded;
+        }
+        station.shutdown().await;
+        Ok::<u64, String>(uploaded)
+    })?;
+    report.uploaded = uploaded;
+    let depot = Store::open(&db)
+        .map_err(|e| e.to_string())?
+        .report()
+        .map_err(|e| e.to_string())?;
+    for t in depot.terminals.values() {
+        report.depot_records += t.records;
+        report.depot_fare_fen += t.fare_fen;
+        report.depot_gaps += t.gaps.len() as u64;
+    }
+    report.qr_duplicates = depot.qr_duplicates;
+    Ok(())
 }
 
 /// `fare-validator demo`.
 pub fn run(args: &DemoArgs) -> Result<(), String> {
-    let s = simulate(args)?;
+    let r = simulate(args)?;
     if args.json {
-        println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
     } else {
-        print_summary(&s);
+        print_report(&r);
     }
-    if s.journal_records != s.accepted {
+    if r.depot_records != r.accepted {
         return Err(format!(
-            "{} taps accepted but {} records in the journal",
-            s.accepted, s.journal_records
+            "{} taps accepted on the buses but {} records stored at the depot",
+            r.accepted, r.depot_records
         ));
     }
     Ok(())
@@ -236,24 +453,52 @@ fn yuan(fen: u64) -> String {
     format!("{}.{:02}", fen / 100, fen % 100)
 }
 
-fn print_summary(s: &DemoSummary) {
-    println!("fare-validator demo: one bus, one morning ({DEMO_START}, routes 3 and 8)");
+fn print_report(r: &DemoReport) {
+    println!(
+        "fare-validator demo: one service day on {} buses ({DEMO_DAY_START}, 16 h)",
+        r.buses
+    );
     println!();
-    println!("taps                 {:>8}", s.taps);
-    for (reason, n) in &s.by_reason {
-        println!("  {reason:<20} {n:>6}");
+    for (media, reasons) in &r.taps {
+        let n: u64 = reasons.values().sum();
+        println!(
+            "{:<28}{n:>8}",
+            if media == "card" {
+                "card taps"
+            } else {
+                "ride-code scans"
+            }
+        );
+        for (reason, n) in reasons {
+            println!("  {reason:<26}{n:>8}");
+        }
     }
-    println!("transfers            {:>8}", s.transfers);
-    println!("revenue (yuan)       {:>8}", yuan(s.revenue_fen));
-    for (route, fen) in &s.revenue_by_route_fen {
-        println!("  route {route:<14} {:>6}", yuan(*fen));
+    println!("{:<28}{:>8}", "transfers (cards)", r.transfers);
+    println!();
+    println!("revenue by route (yuan)");
+    for (route, fen) in &r.revenue_by_route_fen {
+        println!("  route {route:<20}{:>8}", yuan(*fen));
     }
     println!(
-        "journal records      {:>8}  (accepted taps: {})",
-        s.journal_records, s.accepted
+        "{:<28}{:>8}",
+        "  journals, all fares",
+        yuan(r.journal_fare_fen)
     );
+    println!("{:<28}{:>8}", "  depot, charged", yuan(r.depot_fare_fen));
+    println!();
+    println!("{:<28}{:>8}", "records accepted on buses", r.accepted);
+    println!("{:<28}{:>8}", "records stored at depot", r.depot_records);
+    println!("{:<28}{:>8}", "sequence gaps at depot", r.depot_gaps);
+    println!("{:<28}{:>8}", "ride codes used twice", r.qr_duplicates);
+    println!();
     println!(
-        "engine latency per tap, card dialogue + durable record: p50 {} us, p99 {} us, max {} us",
-        s.latency_us_p50, s.latency_us_p99, s.latency_us_max
+        "engine latency per tap or scan (dialogue, checks, durable record): p50 {} us, p99 {} us, max {} us",
+        r.latency_us_p50, r.latency_us_p99, r.latency_us_max
     );
+    let verdict = if r.accepted == r.depot_records {
+        "OK"
+    } else {
+        "MISMATCH"
+    };
+    println!("accepted = stored: {verdict}");
 }

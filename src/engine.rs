@@ -16,7 +16,9 @@
 //! TRANSACTION PROOF for the counter used tells whether the debit happened, and if so it is
 //! recorded once and the tap accepted with the earlier fare, charging nothing more.
 
-use crate::blacklist::{Blacklist, Change};
+use std::sync::Arc;
+
+use crate::blacklist::{Blacklist, BlacklistHandle, Change};
 use crate::card::apdu::CardChannel;
 use crate::card::psam::{issuer8_for_mac, Mac1Input, Psam};
 use crate::card::tunion::{
@@ -34,9 +36,9 @@ use crate::types::{AccountId, CardNo, Fen, ListId, Media, Reason, RiderCategory}
 pub const ANTI_PASSBACK_ENTRIES_MAX: usize = 256;
 /// Debits awaiting their proof (cards pulled away mid-debit, or accepted in a group commit
 /// not yet synced) kept at once.
-pub const PENDING_DEBITS_MAX: usize = 64;
+pub const PENDING_DEBITS_MAX: usize = 160;
 /// Taps that may share one journal sync in group-commit mode.
-pub const GROUP_COMMIT_TAPS_MAX: usize = 32;
+pub const GROUP_COMMIT_TAPS_MAX: usize = 128;
 /// Purchase key index this operator's cards use.
 pub const PURCHASE_KEY_INDEX: u8 = 0x01;
 /// A clock step larger than this (backwards) is logged as a jump.
@@ -142,7 +144,7 @@ pub struct Validator<P: CardChannel> {
     cfg: EngineConfig,
     psam: Psam<P>,
     fares: FareTable,
-    blacklist: Blacklist,
+    blacklist: Arc<BlacklistHandle>,
     journal: Journal,
     recent: RecentTaps,
     pending: heapless::Vec<PendingDebit, PENDING_DEBITS_MAX>,
@@ -188,7 +190,7 @@ impl<P: CardChannel> Validator<P> {
             cfg,
             psam,
             fares,
-            blacklist,
+            blacklist: Arc::new(BlacklistHandle::new(blacklist)),
             journal,
             recent: RecentTaps::new(),
             pending: heapless::Vec::new(),
@@ -239,18 +241,20 @@ impl<P: CardChannel> Validator<P> {
         &mut self.journal
     }
 
-    pub fn blacklist(&self) -> &Blacklist {
+    /// The live blacklist: another thread may install verified deltas and snapshots through
+    /// it while taps go on (a tap sees the old version or the new one, never a mix).
+    pub fn blacklist(&self) -> &Arc<BlacklistHandle> {
         &self.blacklist
     }
 
     /// Apply one blacklist change (a loss report, an un-report...) between taps.
     pub fn apply_blacklist(&mut self, change: &Change) {
-        self.blacklist.apply(change);
+        self.blacklist.apply_change(change);
     }
 
     /// Replace the whole list (a verified snapshot or delta result).
     pub fn replace_blacklist(&mut self, list: Blacklist) {
-        self.blacklist = list;
+        self.blacklist.replace(list);
     }
 
     pub fn fares(&self) -> &FareTable {
@@ -667,10 +671,12 @@ impl<P: CardChannel> Validator<P> {
             (subject, r)
         })?;
         let subject = Subject::Account(code.account);
-        let on_list = |id| self.blacklist.get(&id).is_some();
+        let list = self.blacklist.load();
+        let on_list = |id| list.get(&id).is_some();
         if on_list(ListId::Card(code.card_no)) || on_list(ListId::Account(code.account)) {
             return Err((subject, Reason::Blacklisted));
         }
+        drop(list);
         if self.ride.replay.is_replay(&code, now.unix_s) {
             return Err((subject, Reason::Replayed));
         }

@@ -321,8 +321,9 @@ pub fn run(
     Ok(summary)
 }
 
-/// BLACKLIST.csv of replay.md.
+/// BLACKLIST.csv of replay.md, or a signed snapshot (`blacklist build`). A snapshot's
+/// signature is checked only by validators that hold the operator key (the depot downlink);
+/// replay takes the file as given and logs that.
 pub fn load_blacklist(path: &std::path::Path) -> Result<Blacklist, ReplayError> {
-    let entries = crate::blacklist::parse_csv(&read(path)?).map_err(|e| file_err(path, e))?;
-    Ok(Blacklist::from_entries(0, entries))
+    crate::blacklist::file::load_blacklist_file(path, None).map_err(|e| file_err(path, e))
 }

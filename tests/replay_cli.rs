@@ -117,3 +117,66 @@ fn events_can_come_from_standard_input() {
     assert!(out.status.success());
     assert_eq!(json_lines(&out.stdout)[0]["seq"], 1);
 }
+
+#[test]
+fn replay_takes_the_blacklist_as_csv_or_as_a_signed_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("operator.key");
+    let snap = dir.path().join("blacklist.snap");
+    let ok = |args: &[&std::ffi::OsStr]| {
+        let out = bin().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    ok(&[
+        "blacklist".as_ref(),
+        "keygen".as_ref(),
+        "--out".as_ref(),
+        key.as_os_str(),
+    ]);
+    let csv = fixture("blacklist.csv");
+    ok(&[
+        "blacklist".as_ref(),
+        "build".as_ref(),
+        "--csv".as_ref(),
+        csv.as_os_str(),
+        "--version".as_ref(),
+        "3".as_ref(),
+        "--key".as_ref(),
+        key.as_os_str(),
+        "--out".as_ref(),
+        snap.as_os_str(),
+    ]);
+    let events = dir.path().join("events.jsonl");
+    let taps = [
+        common::tap("2026-11-28T07:00:00+08:00", 9),
+        common::tap("2026-11-28T07:00:10+08:00", 10),
+        common::tap("2026-11-28T07:00:20+08:00", 10),
+        common::tap("2026-11-28T07:00:30+08:00", 1),
+    ];
+    std::fs::write(&events, taps.join("\n")).unwrap();
+    for list in [csv.clone(), snap.clone()] {
+        let out = ok(&[
+            "replay".as_ref(),
+            "--cards".as_ref(),
+            fixture("replay/cards.json").as_os_str(),
+            "--blacklist".as_ref(),
+            list.as_os_str(),
+            events.as_os_str(),
+        ]);
+        let reasons: Vec<String> = json_lines(&out)
+            .iter()
+            .map(|l| l["reason"].as_str().unwrap_or("accepted").to_string())
+            .collect();
+        assert_eq!(
+            reasons,
+            ["blacklisted", "blacklisted", "card_blocked", "accepted"],
+            "{}",
+            list.display()
+        );
+    }
+}

@@ -126,6 +126,21 @@ impl BlacklistHandle {
         true
     }
 
+    /// Apply one change (a replay event, a counter action seen on the bus) and swap it in.
+    /// It lands in the overlay, so the base is shared, not copied.
+    pub fn apply_change(&self, change: &super::Change) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Blacklist::clone(&self.current.load());
+        next.apply(change);
+        self.publish(next);
+    }
+
+    /// Swap in a whole list (verified by the caller).
+    pub fn replace(&self, list: Blacklist) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish(list);
+    }
+
     /// Install a delta file on a new thread; taps go on meanwhile.
     pub fn spawn_install_delta(
         self: &Arc<Self>,

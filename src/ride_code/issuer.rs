@@ -12,6 +12,7 @@ use super::format::{
     self, CERT_BYTES, CERT_SIGNED_BYTES, CODE_BYTES, CODE_SIGNED_BYTES, CODE_VERSION,
     PUBLIC_KEY_BYTES, SIGNATURE_BYTES,
 };
+use super::keys::{KeyFile, KeyFileEntry, KEY_FILE_VERSION};
 use super::{Alg, SM2_SIGNER_ID};
 use crate::types::CardNo;
 
@@ -246,5 +247,107 @@ pub fn qr_png(text: &str) -> Result<Vec<u8>, IssueError> {
 pub fn qr_version(code: &qrcode::QrCode) -> i16 {
     match code.version() {
         qrcode::Version::Normal(v) | qrcode::Version::Micro(v) => v,
+    }
+}
+
+/// The eight channel apps of the Dezhou notice, by channel id.
+pub const DEZHOU_CHANNELS: [(u16, &str); 8] = [
+    (1, "爱山东APP"),
+    (2, "云闪付APP"),
+    (3, "中国工商银行APP"),
+    (4, "工行融e联APP"),
+    (5, "中国农业银行APP"),
+    (6, "中国建设银行APP"),
+    (7, "邮储银行APP"),
+    (8, "山东农信APP"),
+];
+
+/// Simulated channel apps for the demo and benchmarks: one key per channel (SM2 for odd
+/// channel ids, P-256 for even ones), made from a seed, and holders whose certificates are
+/// issued once and reused, as a phone does.
+pub struct SimChannels {
+    channels: Vec<(u16, KeyPair)>,
+    holders: std::collections::HashMap<(u16, u64), (KeyPair, [u8; CERT_BYTES])>,
+    seed: u64,
+    /// Certificates are valid over this window (unix seconds).
+    pub cert_window: (u32, u32),
+}
+
+impl SimChannels {
+    pub fn new(seed: u64, cert_window: (u32, u32)) -> Self {
+        let channels = DEZHOU_CHANNELS
+            .iter()
+            .map(|(id, _)| {
+                let alg = if id % 2 == 1 { Alg::Sm2 } else { Alg::P256 };
+                (*id, KeyPair::from_seed(alg, seed ^ (u64::from(*id) << 32)))
+            })
+            .collect();
+        SimChannels {
+            channels,
+            holders: Default::default(),
+            seed,
+            cert_window,
+        }
+    }
+
+    /// The validator's key file for these channels (key id 1 each).
+    pub fn key_file(&self) -> KeyFile {
+        KeyFile {
+            version: KEY_FILE_VERSION,
+            channels: self
+                .channels
+                .iter()
+                .map(|(id, k)| KeyFileEntry {
+                    channel_id: *id,
+                    name: DEZHOU_CHANNELS
+                        .iter()
+                        .find(|(c, _)| c == id)
+                        .map_or("", |(_, n)| n)
+                        .to_string(),
+                    key_id: 1,
+                    alg: k.alg(),
+                    public_key: hex::encode(k.public_key()),
+                    not_before: i64::from(self.cert_window.0),
+                    not_after: i64::from(self.cert_window.1),
+                    revoked: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// A code from `channel` for `account`, generated at `generated_at` with `counter`. The
+    /// holder's key and certificate are made on first use and kept.
+    pub fn issue(
+        &mut self,
+        channel: u16,
+        account: u64,
+        card_no: CardNo,
+        category: crate::types::RiderCategory,
+        generated_at: u32,
+        counter: u32,
+    ) -> Option<String> {
+        let (_, channel_key) = self.channels.iter().find(|(id, _)| *id == channel)?;
+        let window = self.cert_window;
+        let seed = self.seed;
+        let (holder, cert) = self.holders.entry((channel, account)).or_insert_with(|| {
+            let holder = KeyPair::from_seed(
+                channel_key.alg(),
+                seed ^ account.rotate_left(17) ^ u64::from(channel),
+            );
+            let fields = CertFields {
+                alg: channel_key.alg(),
+                channel_id: channel,
+                channel_key_id: 1,
+                account_id: account,
+                card_no,
+                rider_category: category as u8,
+                cert_not_before: window.0,
+                cert_not_after: window.1,
+                holder_public_key: holder.public_key(),
+            };
+            let cert = certificate(&fields, channel_key);
+            (holder, cert)
+        });
+        Some(code_text(&code(cert, generated_at, counter, holder)))
     }
 }
