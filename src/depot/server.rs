@@ -28,7 +28,7 @@ use crate::upload::frame::{
 };
 
 /// Sessions served at once.
-pub const CONNECTIONS_MAX: usize = 64;
+pub const CONNECTIONS_MAX: usize = 1_024;
 /// Longest wait for the next frame from a validator.
 pub const FRAME_READ_TIMEOUT_S: u64 = 30;
 /// Longest session (a full day of records from one bus takes seconds).
