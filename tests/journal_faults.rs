@@ -251,3 +251,15 @@ fn acknowledged_segments_are_dropped_and_numbering_survives_it() {
     assert!(problems.is_empty());
     assert_eq!((j.acked_seq(), j.next_seq()), (5, 6));
 }
+
+#[test]
+fn segment_named_beyond_the_sequence_range_is_ignored_not_a_panic() {
+    // Found by the journal_records fuzz target: a file name near u64::MAX overflowed the
+    // slot arithmetic.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("seg-18446744073709551615.jnl"), [0u8; 200]).unwrap();
+    let scan = journal::scan(dir.path()).unwrap();
+    assert!(scan.records.is_empty());
+    let (j, _) = Journal::open(dir.path()).unwrap();
+    assert_eq!(j.next_seq(), 1);
+}

@@ -35,6 +35,9 @@ pub const SEGMENT_RECORDS_MAX: u64 = 65_536;
 /// Records that may wait for one group commit.
 pub const GROUP_COMMIT_RECORDS_MAX: usize = 1_024;
 const CURSOR_FILE: &str = "acked";
+/// Highest sequence number a journal ever uses (2^62): far beyond any validator's life, and it
+/// keeps every seq arithmetic on segment names free of overflow.
+pub const SEQ_MAX: u64 = 1 << 62;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -164,7 +167,9 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
             .and_then(|s| s.strip_suffix(".jnl"))
         {
             if let Ok(first) = n.parse::<u64>() {
-                if first > 0 {
+                if first > SEQ_MAX {
+                    tracing::warn!(file = %name, "journal: segment name beyond SEQ_MAX ignored");
+                } else if first > 0 {
                     firsts.push(first);
                 }
             }
@@ -179,7 +184,7 @@ fn read_cursor(dir: &Path) -> Result<u64, JournalError> {
         Ok(b) if b.len() == 12 => {
             let seq = u64::from_be_bytes(std::array::from_fn(|i| b[i]));
             let crc = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
-            if record::CRC32.checksum(&b[..8]) == crc {
+            if record::CRC32.checksum(&b[..8]) == crc && seq <= SEQ_MAX {
                 Ok(seq)
             } else {
                 Err(JournalError::CursorCorrupt)

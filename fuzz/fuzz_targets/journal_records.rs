@@ -1,0 +1,69 @@
+//! Hostile journal bytes never make the reader panic.
+//!
+//! Even first byte: `Record::decode` on 96 bytes; a record that decodes re-encodes to the
+//! same bytes (the CRC covers everything, so decode is injective).
+//! Odd first byte: `journal::scan` on a temporary folder holding the rest as one segment
+//! (its first seq chosen by the fuzzer, up to u64::MAX) and optionally a cursor file; every
+//! record it returns is in its slot, and `Journal::open` on the same folder does not panic.
+#![no_main]
+
+use fare_validator::journal::record::{Record, RECORD_BYTES};
+use fare_validator::journal::{scan, Journal};
+use libfuzzer_sys::fuzz_target;
+
+/// Keep the scan cheap: at most this many bytes of segment.
+const SEGMENT_BYTES_MAX: usize = 16 * RECORD_BYTES;
+
+fn tmp_root() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode & 1 == 0 {
+        let mut b = [0u8; RECORD_BYTES];
+        let n = rest.len().min(RECORD_BYTES);
+        b[..n].copy_from_slice(&rest[..n]);
+        if let Ok(r) = Record::decode(&b) {
+            assert_eq!(r.encode(), b, "decode then encode is the identity");
+            let _ = r.to_json();
+            let _ = r.id_string();
+        }
+        return;
+    }
+    let Some((first, rest)) = rest.split_first_chunk::<8>() else {
+        return;
+    };
+    let first = u64::from_be_bytes(*first);
+    let (cursor, segment) = if mode & 2 == 2 && rest.len() >= 12 {
+        rest.split_at(12)
+    } else {
+        (&rest[..0], rest)
+    };
+    let segment = &segment[..segment.len().min(SEGMENT_BYTES_MAX)];
+    let Ok(dir) = tempfile::Builder::new().tempdir_in(tmp_root()) else {
+        return;
+    };
+    let name = format!("seg-{first:020}.jnl");
+    if std::fs::write(dir.path().join(name), segment).is_err() {
+        return;
+    }
+    if !cursor.is_empty() && std::fs::write(dir.path().join("acked"), cursor).is_err() {
+        return;
+    }
+    if let Ok(s) = scan(dir.path()) {
+        for r in &s.records {
+            assert!(r.seq >= first && r.seq <= s.last_seq);
+        }
+    }
+    if mode & 4 == 4 {
+        let _ = Journal::open(dir.path());
+    }
+});
