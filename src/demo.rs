@@ -331,7 +331,7 @@ pub fn simulate(args: &DemoArgs) -> Result<DemoReport, String> {
             Presentation::Card { holder, removal } => {
                 let card = &mut pop.cards[holder];
                 card.enter_field(removal);
-                let full = FareTable::default_policy().category_fare(pop.categories[holder]);
+                let full = bus.validator.fares().category_fare(pop.categories[holder]);
                 let began = Instant::now();
                 let d = bus.validator.tap_card(card, now);
                 latency.saturating_record(began.elapsed().as_micros().max(1) as u64);

@@ -252,17 +252,8 @@ impl<P: CardChannel> Validator<P> {
         self.blacklist.apply_change(change);
     }
 
-    /// Replace the whole list (a verified snapshot or delta result).
-    pub fn replace_blacklist(&mut self, list: Blacklist) {
-        self.blacklist.replace(list);
-    }
-
     pub fn fares(&self) -> &FareTable {
         &self.fares
-    }
-
-    pub fn psam_mut(&mut self) -> &mut Psam<P> {
-        &mut self.psam
     }
 
     fn observe_clock(&mut self, now: Timestamp) {

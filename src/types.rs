@@ -394,10 +394,6 @@ impl Reason {
             Reason::StorageUnavailable => "storage_unavailable",
         }
     }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
-    }
 }
 
 impl fmt::Display for Reason {

@@ -110,10 +110,6 @@ impl<C: CardChannel> Psam<C> {
         self.terminal_no
     }
 
-    pub fn channel_mut(&mut self) -> &mut C {
-        &mut self.channel
-    }
-
     /// MAC1 and the terminal transaction sequence number the PSAM assigned.
     pub fn mac1(&mut self, input: &Mac1Input) -> Result<(u32, [u8; 4]), CardError> {
         self.channel.transmit(

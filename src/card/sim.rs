@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::apdu::{parse_command, sw, CardChannel, ChannelError, Response};
 use super::crypto::{self, Key16, PurchaseData};
-use super::psam::{issuer8_for_mac, Mac1Input};
+use super::psam::Mac1Input;
 use super::tunion::{
     category_card_type, encode_bcd_date, AID, BLOCK_HEADER, BUS_RECORD_ID, COMPOUND_RECORD_BYTES,
     HOLDER_FILE_BYTES, PUBLIC_FILE_BYTES, SFI_COMPOUND, TX_TYPE_CAPP,
@@ -551,9 +551,4 @@ impl CardChannel for SimPsam {
         }
         Ok(())
     }
-}
-
-/// The issuer field a PSAM sees for a simulated card.
-pub fn sim_issuer8() -> [u8; 8] {
-    issuer8_for_mac(&SIM_ISSUER)
 }
