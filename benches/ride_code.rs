@@ -5,47 +5,16 @@
 //! cargo bench --bench ride_code -- --warm-up-time 1 --measurement-time 3
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use fare_validator::ride_code::issuer::{self, CertFields, KeyPair};
-use fare_validator::ride_code::{
-    Alg, ChannelKeys, KeyFile, KeyFileEntry, ReplayCache, ReplayKey, RideCode, RideCodeConfig,
-    Verifier,
-};
-use fare_validator::types::RiderCategory;
+use fare_validator::ride_code::issuer;
+use fare_validator::ride_code::{Alg, ReplayCache, ReplayKey, RideCode, RideCodeConfig, Verifier};
 
 const NOW: i64 = 1_795_824_000;
 
 /// A verifier trusting one channel key of `alg`, and a code from a holder of that channel.
 fn setup(alg: Alg) -> (Verifier, String) {
-    let channel = KeyPair::from_seed(alg, 1);
-    let holder = KeyPair::from_seed(alg, 2);
-    let keys = ChannelKeys::from_file(&KeyFile {
-        version: 1,
-        channels: vec![KeyFileEntry {
-            channel_id: 2,
-            name: "bench".into(),
-            key_id: 1,
-            alg,
-            public_key: hex::encode(channel.public_key()),
-            not_before: NOW - 86_400,
-            not_after: NOW + 86_400,
-            revoked: false,
-        }],
-    })
-    .expect("bench key file");
-    let fields = CertFields {
-        alg,
-        channel_id: 2,
-        channel_key_id: 1,
-        account_id: 8_800_001,
-        card_no: "37140000000000000001".parse().expect("card"),
-        rider_category: RiderCategory::Adult as u8,
-        cert_not_before: (NOW - 3600) as u32,
-        cert_not_after: (NOW + 3600) as u32,
-        holder_public_key: holder.public_key(),
-    };
-    let cert = issuer::certificate(&fields, &channel);
-    let text = issuer::code_text(&issuer::code(&cert, NOW as u32, 1, &holder));
-    (Verifier::new(keys, RideCodeConfig::default()), text)
+    let world = issuer::OneChannel::new(alg, NOW, 3_600);
+    let text = world.text(NOW as u32, 1);
+    (Verifier::new(world.keys, RideCodeConfig::default()), text)
 }
 
 fn scans(c: &mut Criterion) {

@@ -9,48 +9,16 @@
 
 use std::time::Instant;
 
-use fare_validator::ride_code::issuer::{self, CertFields, KeyPair};
-use fare_validator::ride_code::{
-    Alg, ChannelKeys, KeyFile, KeyFileEntry, RideCodeConfig, Verifier,
-};
-use fare_validator::types::RiderCategory;
+use fare_validator::ride_code::issuer;
+use fare_validator::ride_code::{Alg, ChannelKeys, RideCodeConfig, Verifier};
 
 const NOW: i64 = 1_795_824_000;
 const SAMPLES_DEFAULT: usize = 5_000;
 
 fn setup(alg: Alg) -> (ChannelKeys, String) {
-    let channel = KeyPair::from_seed(alg, 1);
-    let holder = KeyPair::from_seed(alg, 2);
-    let keys = ChannelKeys::from_file(&KeyFile {
-        version: 1,
-        channels: vec![KeyFileEntry {
-            channel_id: 2,
-            name: "latency".into(),
-            key_id: 1,
-            alg,
-            public_key: hex::encode(channel.public_key()),
-            not_before: NOW - 86_400,
-            not_after: NOW + 86_400,
-            revoked: false,
-        }],
-    })
-    .expect("key file");
-    let fields = CertFields {
-        alg,
-        channel_id: 2,
-        channel_key_id: 1,
-        account_id: 1,
-        card_no: "37140000000000000001".parse().expect("card"),
-        rider_category: RiderCategory::Adult as u8,
-        cert_not_before: (NOW - 3600) as u32,
-        cert_not_after: (NOW + 3600) as u32,
-        holder_public_key: holder.public_key(),
-    };
-    let cert = issuer::certificate(&fields, &channel);
-    (
-        keys,
-        issuer::code_text(&issuer::code(&cert, NOW as u32, 1, &holder)),
-    )
+    let world = issuer::OneChannel::new(alg, NOW, 3_600);
+    let text = world.text(NOW as u32, 1);
+    (world.keys, text)
 }
 
 /// This thread's CPU time in nanoseconds.

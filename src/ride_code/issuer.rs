@@ -351,3 +351,55 @@ impl SimChannels {
         Some(code_text(&code(cert, generated_at, counter, holder)))
     }
 }
+
+/// One channel (channel 2, key 1) and one holder of it, both from fixed seeds, valid for
+/// `window_s` either side of `now`: the smallest world a scan can be verified in, for tests,
+/// benches and examples.
+pub struct OneChannel {
+    pub keys: super::ChannelKeys,
+    pub cert: [u8; CERT_BYTES],
+    pub holder: KeyPair,
+}
+
+impl OneChannel {
+    pub fn new(alg: Alg, now: i64, window_s: u32) -> Self {
+        let channel = KeyPair::from_seed(alg, 1);
+        let holder = KeyPair::from_seed(alg, 2);
+        let keys = super::ChannelKeys::from_file(&KeyFile {
+            version: KEY_FILE_VERSION,
+            channels: vec![KeyFileEntry {
+                channel_id: 2,
+                name: "one".into(),
+                key_id: 1,
+                alg,
+                public_key: hex::encode(channel.public_key()),
+                not_before: now - i64::from(window_s),
+                not_after: now + i64::from(window_s),
+                revoked: false,
+            }],
+        })
+        .expect("a key file made from a fresh key pair is valid");
+        let fields = CertFields {
+            alg,
+            channel_id: 2,
+            channel_key_id: 1,
+            account_id: 5,
+            card_no: CardNo([0x37, 0x14, 0, 0, 0, 0, 0, 0, 0, 0x01]),
+            rider_category: crate::types::RiderCategory::Adult as u8,
+            cert_not_before: (now - i64::from(window_s)) as u32,
+            cert_not_after: (now + i64::from(window_s)) as u32,
+            holder_public_key: holder.public_key(),
+        };
+        let cert = certificate(&fields, &channel);
+        OneChannel { keys, cert, holder }
+    }
+
+    /// A code of this holder, generated at `generated_at` with `counter`.
+    pub fn code(&self, generated_at: u32, counter: u32) -> [u8; CODE_BYTES] {
+        code(&self.cert, generated_at, counter, &self.holder)
+    }
+
+    pub fn text(&self, generated_at: u32, counter: u32) -> String {
+        code_text(&self.code(generated_at, counter))
+    }
+}
