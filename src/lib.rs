@@ -32,6 +32,7 @@ pub mod journal;
 pub mod reader;
 pub mod replay;
 pub mod ride_code;
+pub mod sched;
 pub mod signed;
 pub mod types;
 pub mod upload;

@@ -9,8 +9,10 @@
 //!
 //! Lookups are timed in batches of [`LOOKUP_BATCH`] with `Instant` (a single timer read costs
 //! about as much as a lookup); every structure is timed the same way on the same probes.
-//! `tap_wait_us_max_during_apply` times single lookups, each on its own, while another thread
-//! verifies and swaps in a 100,000-change delta.
+//! `tap_wait_us_max_during_apply` times single lookups, each on its own, from the moment
+//! another thread starts to verify and apply a 100,000-change delta until it has swapped it in
+//! and freed the old version. The tap thread runs at real-time priority when allowed (as
+//! `fare-validator run --realtime-priority` does), the apply at background priority.
 
 use std::collections::HashSet;
 use std::hint::black_box;
@@ -103,6 +105,9 @@ pub struct BenchReport {
     pub tap_lookups_idle: u64,
     pub tap_lookups_over_100us_idle: u64,
     pub lookup_ns_p50_with_overlay: f64,
+    /// Whether the tap thread ran at `SCHED_FIFO` (needs CAP_SYS_NICE); the delta is applied
+    /// at `SCHED_IDLE` either way.
+    pub tap_thread_realtime: bool,
     /// Other load on the machine during the run (/proc/loadavg, 1 minute), for reading the
     /// latency maxima.
     pub load_average_1m: Option<f64>,
@@ -208,6 +213,7 @@ pub fn bench_blacklist_with(entries: usize, seed: u64, probes: usize) -> BenchRe
         tap_wait_us_max_idle: swap.idle.max_us,
         tap_lookups_idle: swap.idle.lookups,
         tap_lookups_over_100us_idle: swap.idle.slow,
+        tap_thread_realtime: swap.during.realtime,
         lookup_ns_p50_with_overlay: swap.lookup_ns_p50_after,
         load_average_1m: load_average_1m(),
     }
@@ -473,8 +479,18 @@ struct SwapReport {
     lookup_ns_p50_after: f64,
 }
 
-/// Max single-lookup time of a tap thread that runs until `stop`.
-fn tap_loop(handle: &BlacklistHandle, probes: &[Probe], stop: &AtomicBool) -> TapStats {
+/// Max single-lookup time of a tap thread that runs until `stop`, at real-time priority when
+/// the system allows it (as the validator's tap loop runs).
+/// Only lookups made while `window` is set are counted.
+fn tap_loop(
+    handle: &BlacklistHandle,
+    probes: &[Probe],
+    stop: &AtomicBool,
+    window: &AtomicBool,
+) -> TapStats {
+    let realtime = crate::sched::set_realtime_priority(crate::sched::TAP_REALTIME_PRIORITY)
+        .map_err(|e| tracing::info!(error = %e, "tap thread stays at normal priority"))
+        .is_ok();
     let mut max_ns = 0u128;
     let mut n = 0u64;
     let mut slow = 0u64;
@@ -485,6 +501,9 @@ fn tap_loop(handle: &BlacklistHandle, probes: &[Probe], stop: &AtomicBool) -> Ta
         let t = Instant::now();
         black_box(handle.get(black_box(&p.id)));
         let ns = t.elapsed().as_nanos();
+        if !window.load(Ordering::Relaxed) {
+            continue;
+        }
         max_ns = max_ns.max(ns);
         slow += u64::from(ns > TAP_WAIT_TARGET_NS);
         n += 1;
@@ -493,6 +512,7 @@ fn tap_loop(handle: &BlacklistHandle, probes: &[Probe], stop: &AtomicBool) -> Ta
         max_us: max_ns as f64 / 1000.0,
         lookups: n,
         slow,
+        realtime,
     }
 }
 
@@ -503,6 +523,7 @@ struct TapStats {
     max_us: f64,
     lookups: u64,
     slow: u64,
+    realtime: bool,
 }
 
 fn measure_swap(
@@ -513,26 +534,30 @@ fn measure_swap(
 ) -> SwapReport {
     let handle = Arc::new(BlacklistHandle::new(list));
     let stop = AtomicBool::new(false);
+    let window = AtomicBool::new(true);
     // Idle: the same loop with no writer, to tell scheduler noise from apply cost.
     let idle = thread::scope(|s| {
-        let tap = s.spawn(|| tap_loop(&handle, probes, &stop));
+        let tap = s.spawn(|| tap_loop(&handle, probes, &stop, &window));
         thread::sleep(Duration::from_millis(IDLE_WINDOW_MS));
         stop.store(true, Ordering::Relaxed);
         tap.join().unwrap_or_default()
     });
     stop.store(false, Ordering::Relaxed);
     let mut apply_ms = 0;
+    window.store(false, Ordering::Relaxed);
+    // During: lookups from the moment the writer starts until its swap has returned.
     let during = thread::scope(|s| {
-        let tap = s.spawn(|| tap_loop(&handle, probes, &stop));
+        let tap = s.spawn(|| tap_loop(&handle, probes, &stop, &window));
         thread::sleep(Duration::from_millis(20));
         let t = Instant::now();
+        window.store(true, Ordering::Relaxed);
         let writer = handle.spawn_install_delta(delta, *key);
         let installed = writer.join();
+        window.store(false, Ordering::Relaxed);
         apply_ms = ms(t);
         if !matches!(installed, Ok(Ok(_))) {
             tracing::error!("bench delta was not installed");
         }
-        thread::sleep(Duration::from_millis(20));
         stop.store(true, Ordering::Relaxed);
         tap.join().unwrap_or_default()
     });

@@ -141,14 +141,18 @@ impl BlacklistHandle {
         self.publish(list);
     }
 
-    /// Install a delta file on a new thread; taps go on meanwhile.
+    /// Install a delta file on a new thread at background priority
+    /// ([`crate::sched::set_background_priority`]); taps go on meanwhile.
     pub fn spawn_install_delta(
         self: &Arc<Self>,
         bytes: Vec<u8>,
         key: VerifyingKey,
     ) -> thread::JoinHandle<Result<u64, BlacklistFileError>> {
         let handle = Arc::clone(self);
-        thread::spawn(move || handle.install_delta_file(&bytes, &key))
+        thread::spawn(move || {
+            crate::sched::set_background_priority();
+            handle.install_delta_file(&bytes, &key)
+        })
     }
 
     fn publish(&self, next: Blacklist) {

@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Offset of local time from UTC, minutes (default: China Standard Time, +480).
     #[arg(long, default_value_t = CHINA_STANDARD_TIME_OFFSET_S / 60, allow_negative_numbers = true)]
     pub utc_offset_min: i32,
+    /// Run the tap loop at real-time priority (SCHED_FIFO 1–99, e.g. 10; needs CAP_SYS_NICE
+    /// or LimitRTPRIO): background work then never delays a tap.
+    #[arg(long)]
+    pub realtime_priority: Option<i32>,
 }
 
 fn runtime(e: impl std::fmt::Display) -> CmdError {
@@ -79,6 +83,10 @@ pub fn run(args: &RunArgs) -> Result<(), CmdError> {
     let (journal, problems) = Journal::open(&dir).map_err(runtime)?;
     for p in &problems {
         tracing::warn!(%p, "journal");
+    }
+    if let Some(priority) = args.realtime_priority {
+        crate::sched::set_realtime_priority(priority)
+            .map_err(|e| runtime(format!("--realtime-priority {priority}: {e}")))?;
     }
     let readers = Readers::establish().map_err(runtime)?;
     let cfg = EngineConfig {
