@@ -23,6 +23,7 @@ use std::path::Path;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
+use super::aligned::AlignedBytes;
 use super::packed::TableError;
 use super::{parse_csv, Base, Blacklist, Change, ChangeOp, CsvError};
 use crate::signed::{self, FileKind, SignedError};
@@ -86,9 +87,10 @@ pub fn snapshot_file(list: &Blacklist, key: &SigningKey) -> Vec<u8> {
 /// validator always gives one; without, the signature is not checked and a warning is logged).
 /// The bytes become the list's base as they are: nothing is rebuilt.
 pub fn open_snapshot(
-    bytes: Vec<u8>,
+    bytes: impl Into<AlignedBytes>,
     key: Option<&VerifyingKey>,
 ) -> Result<Blacklist, BlacklistFileError> {
+    let bytes = bytes.into();
     let version = {
         let file = signed::parse(&bytes)?.expect_kind(FileKind::BlacklistSnapshot)?;
         match key {
@@ -111,7 +113,7 @@ pub fn parse_snapshot_unverified(bytes: &[u8]) -> Result<Blacklist, BlacklistFil
     let version = file.header.version;
     Ok(Blacklist::from_base(
         version,
-        Base::parse(bytes.to_vec(), signed::HEADER_LEN)?,
+        Base::parse(AlignedBytes::from(bytes), signed::HEADER_LEN)?,
     ))
 }
 
@@ -289,47 +291,11 @@ impl Blacklist {
     }
 }
 
-/// Read a whole file into memory for use in place. On Linux the buffer is advised to use
-/// transparent huge pages before it is filled: a 150 MB list then costs a few dozen TLB
-/// entries instead of 40,000, which keeps page walks off the tap path.
-pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len() as usize;
-    let mut bytes = Vec::with_capacity(len + 1);
-    advise_huge_pages(&mut bytes);
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
+/// Read a whole file into memory for use in place: cache-line aligned, in huge pages where
+/// the system has them ([`AlignedBytes::read_file`]).
+pub fn read_file(path: &Path) -> std::io::Result<AlignedBytes> {
+    AlignedBytes::read_file(path)
 }
-
-/// Bytes in a transparent huge page.
-const HUGE_PAGE_BYTES: usize = 2 << 20;
-
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(buf: &mut Vec<u8>) {
-    let start = buf.as_mut_ptr() as usize;
-    let end = start + buf.capacity();
-    let aligned_start = start.next_multiple_of(HUGE_PAGE_BYTES);
-    let aligned_end = end & !(HUGE_PAGE_BYTES - 1);
-    if aligned_end <= aligned_start {
-        return;
-    }
-    // SAFETY: the range lies inside `buf`'s own allocation, and MADV_HUGEPAGE only changes
-    // how the kernel backs those pages, never their contents or their validity.
-    let rc = unsafe {
-        libc::madvise(
-            aligned_start as *mut libc::c_void,
-            aligned_end - aligned_start,
-            libc::MADV_HUGEPAGE,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!("madvise(MADV_HUGEPAGE) refused; using normal pages");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_buf: &mut Vec<u8>) {}
 
 /// Read a blacklist for `replay --blacklist` and the commands: replay.md's CSV (header
 /// `kind,id,reason`, version 0) or a signed snapshot (told apart by its magic). A snapshot's

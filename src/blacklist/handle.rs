@@ -85,7 +85,7 @@ impl BlacklistHandle {
     /// Verify a snapshot file and swap it in; a snapshot older than the current list is refused.
     pub fn install_snapshot_file(
         &self,
-        bytes: Vec<u8>,
+        bytes: impl Into<super::aligned::AlignedBytes>,
         key: &VerifyingKey,
     ) -> Result<u64, BlacklistFileError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());

@@ -35,9 +35,11 @@
 //! lock; a delta or snapshot is verified and built on another thread and swapped in at once.
 //! Files: [`file`] (signed snapshots and deltas, CSV, the loader).
 
+pub mod aligned;
 pub mod bench;
 pub mod file;
 pub mod handle;
+pub mod lines;
 pub mod packed;
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,7 +47,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::types::{ListId, ListIdError, ListReason};
-use packed::{Space, Table};
+use aligned::AlignedBytes;
+use lines::LineTable;
+use packed::Space;
 
 pub use file::{load_blacklist_file, BlacklistFileError, Delta};
 pub use handle::BlacklistHandle;
@@ -95,20 +99,20 @@ pub enum CsvError {
     Reason { line: usize, found: String },
 }
 
-/// The immutable packed tables and the bytes they live in (a whole snapshot file, or a
-/// payload built in memory).
+/// The immutable line tables and the bytes they live in (a whole snapshot file, or one built
+/// in memory with the payload at the same offset, so lines are cache-aligned in both).
 pub(crate) struct Base {
-    bytes: Vec<u8>,
+    bytes: AlignedBytes,
     payload_at: usize,
-    cards: Table,
-    accounts: Table,
+    cards: LineTable,
+    accounts: LineTable,
 }
 
 impl Base {
     /// Tables for cards then accounts, starting at `at` and ending exactly at the end.
-    pub(crate) fn parse(bytes: Vec<u8>, at: usize) -> Result<Base, BlacklistFileError> {
-        let cards = Table::parse(&bytes, at, Space::Cards)?;
-        let accounts = Table::parse(&bytes, cards.end, Space::Accounts)?;
+    pub(crate) fn parse(bytes: AlignedBytes, at: usize) -> Result<Base, BlacklistFileError> {
+        let cards = LineTable::parse(&bytes, at, Space::Cards)?;
+        let accounts = LineTable::parse(&bytes, cards.end, Space::Accounts)?;
         if accounts.end != bytes.len() {
             return Err(BlacklistFileError::Payload("bytes after the account table"));
         }
@@ -122,11 +126,12 @@ impl Base {
 
     /// Build from sort words (see [`packed::sort_word`]), each space sorted and unique.
     fn from_words(cards: &[u128], accounts: &[u128]) -> Base {
-        let mut bytes = Vec::new();
-        packed::encode(&mut bytes, Space::Cards, cards);
-        packed::encode(&mut bytes, Space::Accounts, accounts);
+        // The payload goes where a snapshot file puts it, after the signed header.
+        let mut bytes = vec![0u8; crate::signed::HEADER_LEN];
+        lines::encode(&mut bytes, Space::Cards, cards);
+        lines::encode(&mut bytes, Space::Accounts, accounts);
         // Our own encoding always parses; failing here is a bug.
-        match Base::parse(bytes, 0) {
+        match Base::parse(AlignedBytes::from(bytes), crate::signed::HEADER_LEN) {
             Ok(base) => base,
             Err(e) => panic!("freshly encoded blacklist does not parse: {e}"),
         }
@@ -136,7 +141,7 @@ impl Base {
         Base::from_words(&[], &[])
     }
 
-    fn table(&self, space: Space) -> &Table {
+    fn table(&self, space: Space) -> &LineTable {
         match space {
             Space::Cards => &self.cards,
             Space::Accounts => &self.accounts,

@@ -46,7 +46,7 @@ pub const TABLE_ENTRIES_MAX: u64 = 1 << 30;
 pub const TABLE_HEADER_LEN: usize = 16;
 /// Zero bytes after the packed entries so every entry reads as one 16-byte load.
 pub const PACK_PAD_BYTES: usize = 16;
-const REASON_BITS: u32 = 2;
+pub(crate) const REASON_BITS: u32 = 2;
 
 /// Why a packed table in a file is malformed (the file's signature was good, or unchecked).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -69,6 +69,8 @@ pub enum TableError {
     Order,
     #[error("table padding is not zero")]
     Padding,
+    #[error("line table: {0}")]
+    Lines(&'static str),
 }
 
 // Mixing constants: odd 128-bit multipliers (any odd number is invertible modulo 2^k).
@@ -88,7 +90,7 @@ const fn mul_inverse(m: u128) -> u128 {
     inv
 }
 
-fn mask(bits: u32) -> u128 {
+pub(crate) fn mask(bits: u32) -> u128 {
     (1u128 << bits) - 1
 }
 
@@ -139,7 +141,7 @@ impl Space {
         }
     }
 
-    fn id_from_key(self, key: u128) -> Option<ListId> {
+    pub(crate) fn id_from_key(self, key: u128) -> Option<ListId> {
         match self {
             Space::Cards => CardNo::from_u128(key).ok().map(ListId::Card),
             Space::Accounts => Some(ListId::Account(AccountId {
@@ -175,10 +177,15 @@ fn card_key(c: &CardNo) -> u128 {
 
 /// An entry ready for a table: mixed key shifted left 2, reason − 1 in the low bits.
 pub fn sort_word(mixed: u128, reason: ListReason) -> u128 {
-    (mixed << REASON_BITS) | u128::from(reason as u8 - 1)
+    sort_word_raw(mixed, u128::from(reason as u8 - 1))
 }
 
-fn reason_of(code: u128) -> ListReason {
+/// [`sort_word`] with the reason already as its 2-bit code.
+pub(crate) fn sort_word_raw(mixed: u128, code: u128) -> u128 {
+    (mixed << REASON_BITS) | (code & 3)
+}
+
+pub(crate) fn reason_of(code: u128) -> ListReason {
     // 2 bits hold 0..=3 and every value names a reason, so this cannot fail.
     ListReason::from_u8((code & 3) as u8 + 1).unwrap_or(ListReason::Lost)
 }

@@ -1,0 +1,496 @@
+//! The base of the blacklist: one cache line answers almost every lookup.
+//!
+//! A key's mixed value `m` (see [`packed::mix`], a bijection of the key space, so clustered
+//! card numbers spread evenly) is multiplied by the number of lines `L`: the product's high
+//! bits name the line, `⌊m·L / 2^K⌋`, and its low `K` bits, shifted right by `t = ⌊log2 L⌋`,
+//! are what the line stores. Both are monotone in `m`, so lines hold consecutive ranges of
+//! mixed keys in order; two keys of one line differ in the product by at least `L ≥ 2^t`, so
+//! the stored values are distinct: (line, stored value) names exactly one key. No false
+//! positives, no false negatives, and no division on the lookup path.
+//!
+//! A line is 64 bytes at a 64-aligned address (the file places lines at a 64-aligned offset,
+//! [`super::aligned`] loads files at a 64-aligned address): a 4-bit count, then up to `C`
+//! entries of `K − t + 2` bits (stored value, reason) in increasing order. Lines are sized for
+//! 80 % of `C` entries on average; a line keeps the `C` smallest keys of its range, and the
+//! rest (about 3 % of entries) go to a small overflow table ([`packed::Table`]). A lookup reads
+//! its line, compares every slot without branching, and only when the line is full and the key
+//! is above its last entry looks in the overflow table.
+//!
+//! At 20 million cards: 2.5 million lines of 10 entries of 48 bits, 160 MB and about 8.3
+//! bytes an entry with the overflow; a lookup touches one cache line (the packed sorted table
+//! it replaces touched an index line and one or two entry lines: ~2x slower on this project's
+//! machine, where every access outside L2 costs ~150 ns).
+//!
+//! # Table byte layout (little-endian), as it sits in a snapshot payload
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 1 | key_bits `K`: 67 (cards) or 80 (accounts) |
+//! | 1 | 1 | shift `t` = ⌊log2 L⌋ |
+//! | 2 | 1 | entry_bits = K − t + 2 |
+//! | 3 | 1 | slots a line `C` = min(15, ⌊508 / entry_bits⌋) |
+//! | 4 | 4 | pad: bytes from offset 32 to the first line (0..=63) |
+//! | 8 | 8 | lines `L`, 1..=[`LINES_MAX`] |
+//! | 16 | 8 | entries in lines |
+//! | 24 | 8 | reserved, 0 |
+//! | 32 | pad | zero, so that the lines start at a file offset that is a multiple of 64 |
+//! | … | 64·L | lines: bits 0..4 count, then entry j at bit 4 + j·entry_bits: stored << 2 ‖ reason − 1; unused bits 0 |
+//! | … | … | overflow: a [`packed`] table of the same key space |
+
+use super::packed::{self, mask, reason_of, Space, Table, TableError, REASON_BITS};
+use crate::types::{ListId, ListReason};
+
+pub const LINE_BYTES: usize = 64;
+const LINE_BITS: u32 = 512;
+const COUNT_BITS: u32 = 4;
+/// Most slots a line has (the count is 4 bits).
+pub const SLOTS_MAX: u32 = 15;
+/// Lines are sized for this many entries in ten slots on average: fuller lines overflow
+/// more, emptier ones cost memory.
+pub const LOAD_TENTHS: u64 = 8;
+pub const LINES_MAX: u64 = 1 << 31;
+pub const HEADER_LEN: usize = 32;
+/// Entries up to this wide are read with one u64 load (57 bits plus a shift of up to 7).
+const NARROW_ENTRY_BITS_MAX: u32 = 57;
+
+/// Where one line table lies inside its owner's bytes (validated: every read is in bounds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineTable {
+    pub space: Space,
+    shift: u32,
+    entry_bits: u32,
+    slots: u32,
+    lines: u64,
+    lines_at: usize,
+    overflow: Table,
+    /// Entries in lines and overflow.
+    pub count: u64,
+    pub end: usize,
+}
+
+/// (t, entry bits, slots) for `lines` lines of keys of `key_bits`.
+fn geometry(key_bits: u32, lines: u64) -> (u32, u32, u32) {
+    let shift = 63 - lines.max(1).leading_zeros();
+    let entry_bits = key_bits - shift + REASON_BITS;
+    let slots = ((LINE_BITS - COUNT_BITS) / entry_bits).min(SLOTS_MAX);
+    (shift, entry_bits, slots)
+}
+
+fn lines_for(key_bits: u32, count: u64) -> u64 {
+    let mut lines = (count * 10).div_ceil(8 * LOAD_TENTHS).max(1);
+    for _ in 0..3 {
+        let (_, _, slots) = geometry(key_bits, lines);
+        lines = (count * 10).div_ceil(u64::from(slots) * LOAD_TENTHS).max(1);
+    }
+    lines.min(LINES_MAX)
+}
+
+/// (line, stored value) of a mixed key.
+#[inline]
+fn place(mixed: u128, key_bits: u32, lines: u64, shift: u32) -> (u64, u128) {
+    let p = mixed * u128::from(lines);
+    ((p >> key_bits) as u64, (p & mask(key_bits)) >> shift)
+}
+
+/// The mixed key at (line, stored), if one maps there.
+fn unplace(line: u64, stored: u128, key_bits: u32, lines: u64, shift: u32) -> Option<u128> {
+    let low = (u128::from(line) << key_bits) | (stored << shift);
+    let m = low.div_ceil(u128::from(lines));
+    (place(m, key_bits, lines, shift) == (line, stored)).then_some(m)
+}
+
+/// A line as 8 words plus 2 zero words, so a field read never leaves the array.
+#[inline]
+fn load_line(bytes: &[u8], at: usize) -> [u64; 10] {
+    let mut w = [0u64; 10];
+    for (i, word) in w.iter_mut().take(8).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at + 8 * i..at + 8 * i + 8]);
+        *word = u64::from_le_bytes(b);
+    }
+    w
+}
+
+#[inline]
+fn field(w: &[u64; 10], pos: u32, width: u32) -> u128 {
+    let k = (pos / 64) as usize;
+    let sh = pos % 64;
+    let mut v = (u128::from(w[k]) | (u128::from(w[k + 1]) << 64)) >> sh;
+    if sh > 0 {
+        v |= u128::from(w[k + 2]) << (128 - sh);
+    }
+    v & mask(width)
+}
+
+/// OR `value` (at most `width` bits) into the line words at bit `pos`.
+fn put_field(w: &mut [u64; 10], pos: u32, width: u32, value: u128) {
+    let value = value & mask(width);
+    let k = (pos / 64) as usize;
+    let sh = pos % 64;
+    w[k] |= (value << sh) as u64;
+    w[k + 1] |= (value << sh >> 64) as u64;
+    if sh > 0 {
+        w[k + 2] |= (value >> (128 - sh)) as u64;
+    }
+}
+
+/// Append a line table built from `words` (sorted, strictly increasing mixed keys; see
+/// [`packed::sort_word`]) to `out`, whose offset 0 is the start of the file.
+pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
+    let key_bits = space.key_bits();
+    let lines = lines_for(key_bits, words.len() as u64);
+    let (shift, entry_bits, slots) = geometry(key_bits, lines);
+    let pad = (out.len() + HEADER_LEN).next_multiple_of(LINE_BYTES) - (out.len() + HEADER_LEN);
+    out.extend_from_slice(&[key_bits as u8, shift as u8, entry_bits as u8, slots as u8]);
+    out.extend_from_slice(&(pad as u32).to_le_bytes());
+    out.extend_from_slice(&lines.to_le_bytes());
+    let count_at = out.len();
+    out.extend_from_slice(&[0; 16]);
+    out.resize(out.len() + pad, 0);
+    let lines_at = out.len();
+    out.resize(lines_at + LINE_BYTES * lines as usize, 0);
+    let mut overflow = Vec::new();
+    let mut in_lines = 0u64;
+    let mut i = 0;
+    while i < words.len() {
+        let (line, _) = place(words[i] >> REASON_BITS, key_bits, lines, shift);
+        let mut w = [0u64; 10];
+        let mut n = 0;
+        while let Some(word) = words.get(i) {
+            let (this, stored) = place(word >> REASON_BITS, key_bits, lines, shift);
+            if this != line {
+                break;
+            }
+            if n < slots {
+                let entry = (stored << REASON_BITS) | (word & 3);
+                put_field(&mut w, COUNT_BITS + n * entry_bits, entry_bits, entry);
+                n += 1;
+            } else {
+                overflow.push(*word);
+            }
+            i += 1;
+        }
+        w[0] |= u64::from(n);
+        let at = lines_at + LINE_BYTES * line as usize;
+        for (k, word) in w.iter().take(8).enumerate() {
+            out[at + 8 * k..at + 8 * k + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        in_lines += u64::from(n);
+    }
+    out[count_at..count_at + 8].copy_from_slice(&in_lines.to_le_bytes());
+    packed::encode(out, space, &overflow);
+}
+
+impl LineTable {
+    /// Validate a line table starting at `at` in `bytes` (fuzz-safe: every malformation is an
+    /// error, never a panic).
+    pub fn parse(bytes: &[u8], at: usize, space: Space) -> Result<LineTable, TableError> {
+        let head = bytes
+            .get(at..at + HEADER_LEN)
+            .ok_or(TableError::Truncated)?;
+        let key_bits = space.key_bits();
+        if u32::from(head[0]) != key_bits {
+            return Err(TableError::KeyBits {
+                found: head[0],
+                expected: key_bits,
+            });
+        }
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&head[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let lines = u64_at(8);
+        if !(1..=LINES_MAX).contains(&lines) {
+            return Err(TableError::Lines("line count out of range"));
+        }
+        let (shift, entry_bits, slots) = geometry(key_bits, lines);
+        if (u32::from(head[1]), u32::from(head[2]), u32::from(head[3]))
+            != (shift, entry_bits, slots)
+        {
+            return Err(TableError::Lines("geometry does not match the line count"));
+        }
+        let pad = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        if pad >= LINE_BYTES || u64_at(24) != 0 {
+            return Err(TableError::Reserved);
+        }
+        let in_lines = u64_at(16);
+        let lines_at = at + HEADER_LEN + pad;
+        let lines_end = usize::try_from(lines)
+            .ok()
+            .and_then(|l| l.checked_mul(LINE_BYTES))
+            .and_then(|n| n.checked_add(lines_at))
+            .filter(|end| *end <= bytes.len())
+            .ok_or(TableError::Truncated)?;
+        if bytes[at + HEADER_LEN..lines_at].iter().any(|b| *b != 0) {
+            return Err(TableError::Padding);
+        }
+        let overflow = Table::parse(bytes, lines_end, space)?;
+        let table = LineTable {
+            space,
+            shift,
+            entry_bits,
+            slots,
+            lines,
+            lines_at,
+            overflow,
+            count: in_lines + overflow.count,
+            end: overflow.end,
+        };
+        table.check(bytes, in_lines)?;
+        Ok(table)
+    }
+
+    /// Counts within the slots, entries strictly increasing, unused bits zero, the count total;
+    /// every overflow entry belongs after a full line's last entry.
+    fn check(&self, bytes: &[u8], in_lines: u64) -> Result<(), TableError> {
+        let used_bits = |n: u32| COUNT_BITS + n * self.entry_bits;
+        let mut total = 0u64;
+        for line in 0..self.lines {
+            let w = load_line(bytes, self.lines_at + LINE_BYTES * line as usize);
+            let n = (w[0] & 0xF) as u32;
+            if n > self.slots {
+                return Err(TableError::Lines("line count over its slots"));
+            }
+            let mut prev: Option<u128> = None;
+            for j in 0..n {
+                let stored = field(&w, used_bits(j), self.entry_bits) >> REASON_BITS;
+                if prev.is_some_and(|p| p >= stored) {
+                    return Err(TableError::Order);
+                }
+                prev = Some(stored);
+            }
+            let used = used_bits(n);
+            if field(&w, used, LINE_BITS - used) != 0 {
+                return Err(TableError::Padding);
+            }
+            total += u64::from(n);
+        }
+        if total != in_lines {
+            return Err(TableError::Lines("entry count does not match the lines"));
+        }
+        for word in self.overflow.words(bytes) {
+            let (line, stored) = self.place(word >> REASON_BITS);
+            match self.last_of_full_line(bytes, line) {
+                Some(last) if stored > last => {}
+                _ => return Err(TableError::Lines("overflow entry of a line that has room")),
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn place(&self, mixed: u128) -> (u64, u128) {
+        place(mixed, self.space.key_bits(), self.lines, self.shift)
+    }
+
+    fn last_of_full_line(&self, bytes: &[u8], line: u64) -> Option<u128> {
+        let w = load_line(bytes, self.lines_at + LINE_BYTES * line as usize);
+        let n = (w[0] & 0xF) as u32;
+        (n == self.slots && n > 0).then(|| {
+            field(&w, COUNT_BITS + (n - 1) * self.entry_bits, self.entry_bits) >> REASON_BITS
+        })
+    }
+
+    /// The reason `key` is listed in this table.
+    #[inline]
+    pub fn get(&self, bytes: &[u8], key: u128) -> Option<ListReason> {
+        let mixed = packed::mix(key, self.space.key_bits());
+        let (line, stored) = self.place(mixed);
+        let at = self.lines_at + LINE_BYTES * line as usize;
+        // The line, copied once into a padded buffer so every slot reads as one load that
+        // never leaves it (nor touches the next cache line).
+        let mut buf = [0u8; LINE_BYTES + 16];
+        buf[..LINE_BYTES].copy_from_slice(&bytes[at..at + LINE_BYTES]);
+        let n = u32::from(buf[0] & 0xF);
+        let found = if self.entry_bits <= NARROW_ENTRY_BITS_MAX {
+            self.scan_narrow(&buf, n, stored as u64)
+        } else {
+            self.scan_wide(&buf, n, stored)
+        };
+        if found != 0 {
+            return Some(reason_of(u128::from(found - 1)));
+        }
+        // Not in the line: in the overflow table only when the line is full and the key is
+        // above its last entry.
+        if n == self.slots && n > 0 {
+            let w = load_line(&buf, 0);
+            let last = field(&w, COUNT_BITS + (n - 1) * self.entry_bits, self.entry_bits);
+            if stored > last >> REASON_BITS {
+                return self.overflow.get(bytes, key);
+            }
+        }
+        None
+    }
+
+    /// 1 + reason code of the slot holding `stored`, or 0: a branch-free binary search over
+    /// the slots (entries increase; slots from `n` on count as +infinity), one u64 load a
+    /// probe, for entries of at most 57 bits.
+    #[inline]
+    fn scan_narrow(&self, buf: &[u8; LINE_BYTES + 16], n: u32, stored: u64) -> u8 {
+        let eb = self.entry_bits;
+        let m = (1u64 << eb) - 1;
+        let entry = |j: u32| {
+            let pos = COUNT_BITS + j * eb;
+            let at = (pos / 8) as usize;
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&buf[at..at + 8]);
+            (u64::from_le_bytes(word) >> (pos % 8)) & m
+        };
+        // The last slot whose entry is at most `stored` (or slot 0).
+        let (mut base, mut len) = (0u32, self.slots);
+        while len > 1 {
+            let half = len / 2;
+            let j = base + half;
+            let le = (j < n) & ((entry(j) >> REASON_BITS) <= stored);
+            base = if le { j } else { base };
+            len -= half;
+        }
+        let e = entry(base);
+        let hit = (base < n) & ((e >> REASON_BITS) == stored);
+        u8::from(hit) * ((e & 3) as u8 + 1)
+    }
+
+    /// [`Self::scan_narrow`] for entries wider than 57 bits (small account tables).
+    fn scan_wide(&self, buf: &[u8; LINE_BYTES + 16], n: u32, stored: u128) -> u8 {
+        let w = load_line(buf, 0);
+        let mut found = 0u8;
+        for j in 0..self.slots {
+            let e = field(&w, COUNT_BITS + j * self.entry_bits, self.entry_bits);
+            let hit = (j < n) & ((e >> REASON_BITS) == stored);
+            found |= u8::from(hit) * ((e & 3) as u8 + 1);
+        }
+        found
+    }
+
+    /// Every entry as its sort word (mixed key << 2 | reason − 1), in increasing order.
+    pub fn words<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = u128> + 'a {
+        let key_bits = self.space.key_bits();
+        let mut overflow = self.overflow.words(bytes).peekable();
+        (0..self.lines).flat_map(move |line| {
+            let w = load_line(bytes, self.lines_at + LINE_BYTES * line as usize);
+            let n = (w[0] & 0xF) as u32;
+            let mut out: Vec<u128> = (0..n)
+                .filter_map(|j| {
+                    let e = field(&w, COUNT_BITS + j * self.entry_bits, self.entry_bits);
+                    let m = unplace(line, e >> REASON_BITS, key_bits, self.lines, self.shift)?;
+                    Some(packed::sort_word_raw(m, e & 3))
+                })
+                .collect();
+            while let Some(word) = overflow.next_if(|w| self.place(w >> REASON_BITS).0 == line) {
+                out.push(word);
+            }
+            out
+        })
+    }
+
+    /// Every entry as an id and its reason, in mixed-key order.
+    pub fn entries<'a>(
+        &'a self,
+        bytes: &'a [u8],
+    ) -> impl Iterator<Item = (ListId, ListReason)> + 'a {
+        let bits = self.space.key_bits();
+        self.words(bytes).filter_map(move |w| {
+            let id = self
+                .space
+                .id_from_key(packed::unmix(w >> REASON_BITS, bits))?;
+            Some((id, reason_of(w)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn table_of(space: Space, keys: &[u128]) -> (Vec<u8>, Vec<u128>, LineTable) {
+        let mut words: Vec<u128> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                packed::sort_word(packed::mix(*k, space.key_bits()), ListReason::ALL[i % 4])
+            })
+            .collect();
+        words.sort_unstable();
+        words.dedup_by_key(|w| *w >> 2);
+        let mut bytes = vec![0u8; 48];
+        encode(&mut bytes, space, &words);
+        let t = LineTable::parse(&bytes, 48, space).unwrap();
+        (bytes, words, t)
+    }
+
+    #[test]
+    fn finds_exactly_what_was_put_in_overflow_included() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        for (space, n) in [
+            (Space::Cards, 20_000),
+            (Space::Cards, 60_000),
+            (Space::Accounts, 5_000),
+            (Space::Cards, 3),
+        ] {
+            let bound = if space == Space::Cards {
+                10u128.pow(20)
+            } else {
+                1 << 80
+            };
+            let keys: Vec<u128> = (0..n).map(|_| rng.gen_range(0..bound)).collect();
+            let (bytes, words, t) = table_of(space, &keys);
+            assert_eq!(t.end, bytes.len());
+            assert_eq!(t.count, words.len() as u64);
+            assert_eq!((t.lines_at) % LINE_BYTES, 0);
+            if n > 1000 {
+                assert!(
+                    t.overflow.count > 0,
+                    "the test should reach the overflow table"
+                );
+            }
+            let reason = |k: &u128| {
+                let m = packed::mix(*k, space.key_bits());
+                words.iter().find(|w| **w >> 2 == m).map(|w| reason_of(*w))
+            };
+            for k in keys.iter().take(3000) {
+                assert_eq!(t.get(&bytes, *k), reason(k));
+                assert_eq!(t.get(&bytes, k + 1), reason(&(k + 1)));
+            }
+            assert_eq!(t.words(&bytes).collect::<Vec<_>>(), words);
+        }
+    }
+
+    #[test]
+    fn place_and_unplace_are_inverse_and_ordered() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for lines in [1u64, 7, 1000, 2_500_000, LINES_MAX] {
+            let (shift, _, _) = geometry(67, lines);
+            let mut prev = (0u64, 0u128);
+            let mut ms: Vec<u128> = (0..2000).map(|_| rng.gen::<u128>() & mask(67)).collect();
+            ms.sort_unstable();
+            for m in ms {
+                let p = place(m, 67, lines, shift);
+                assert!(p.0 < lines && p >= prev);
+                assert_eq!(unplace(p.0, p.1, 67, lines, shift), Some(m));
+                prev = p;
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_tables_are_errors_not_panics() {
+        let keys: Vec<u128> = (0..400u128).map(|k| k * 7919).collect();
+        let (bytes, _, _) = table_of(Space::Accounts, &keys);
+        assert!(LineTable::parse(&bytes, 48, Space::Cards).is_err());
+        for n in 48..bytes.len() {
+            assert!(LineTable::parse(&bytes[..n], 48, Space::Accounts).is_err());
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..3000 {
+            let mut b = bytes.clone();
+            let i = rng.gen_range(48..b.len());
+            b[i] ^= 1 << rng.gen_range(0..8);
+            if let Ok(t) = LineTable::parse(&b, 48, Space::Accounts) {
+                let _ = t.get(&b, 5);
+                let _ = t.entries(&b).count();
+            }
+        }
+    }
+}
