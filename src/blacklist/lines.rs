@@ -86,7 +86,7 @@ fn lines_for(key_bits: u32, count: u64) -> u64 {
 }
 
 /// (line, stored value) of a mixed key.
-#[inline]
+#[inline(always)]
 fn place(mixed: u128, key_bits: u32, lines: u64, shift: u32) -> (u64, u128) {
     let p = mixed * u128::from(lines);
     ((p >> key_bits) as u64, (p & mask(key_bits)) >> shift)
@@ -295,8 +295,17 @@ impl LineTable {
     /// The reason `key` is listed in this table.
     #[inline]
     pub fn get(&self, bytes: &[u8], key: u128) -> Option<ListReason> {
-        let mixed = packed::mix(key, self.space.key_bits());
-        let (line, stored) = self.place(mixed);
+        match self.space {
+            Space::Cards => self.get_in::<{ packed::CARD_KEY_BITS }>(bytes, key),
+            Space::Accounts => self.get_in::<{ packed::ACCOUNT_KEY_BITS }>(bytes, key),
+        }
+    }
+
+    /// [`Self::get`] with the key width a constant (its masks and shifts fold).
+    #[inline(always)]
+    fn get_in<const K: u32>(&self, bytes: &[u8], key: u128) -> Option<ListReason> {
+        let mixed = packed::mix(key, K);
+        let (line, stored) = place(mixed, K, self.lines, self.shift);
         let at = self.lines_at + LINE_BYTES * line as usize;
         // The line, copied once into a padded buffer so every slot reads as one load that
         // never leaves it (nor touches the next cache line).
@@ -337,16 +346,16 @@ impl LineTable {
             word.copy_from_slice(&buf[at..at + 8]);
             (u64::from_le_bytes(word) >> (pos % 8)) & m
         };
-        // The last slot whose entry is at most `stored` (or slot 0).
-        let (mut base, mut len) = (0u32, self.slots);
-        while len > 1 {
-            let half = len / 2;
+        // The last slot whose entry is at most `stored` (or slot 0), over 16 virtual slots in
+        // four fixed steps; a slot at or past `n` counts as above everything.
+        let last_slot = self.slots - 1;
+        let mut base = 0u32;
+        for half in [8u32, 4, 2, 1] {
             let j = base + half;
-            let le = (j < n) & ((entry(j) >> REASON_BITS) <= stored);
+            let le = (j < n) & ((entry(j.min(last_slot)) >> REASON_BITS) <= stored);
             base = if le { j } else { base };
-            len -= half;
         }
-        let e = entry(base);
+        let e = entry(base.min(last_slot));
         let hit = (base < n) & ((e >> REASON_BITS) == stored);
         u8::from(hit) * ((e & 3) as u8 + 1)
     }
