@@ -18,16 +18,18 @@
 //!
 //! # Structure
 //!
-//! A [`Blacklist`] is a compact immutable *base* ([`packed`]: about 6.5 bytes a card entry at
-//! 20 million, exact, read in place from the signed snapshot file) shared by `Arc`, under a
+//! A [`Blacklist`] is a compact immutable *base* ([`lines`]: one 64-byte cache line answers a
+//! lookup, about 8.3 bytes a card entry at 20 million, exact, read in place from the signed
+//! snapshot file; [`packed`] holds the few entries of full lines) shared by `Arc`, under a
 //! small hashed *overlay* of the adds and removes since that base. [`Blacklist::apply`] changes
 //! only the overlay, so a single change costs a tree insert and a delta of 100,000 changes
 //! costs 100,000 of them, never a copy of the base. [`Blacklist::compacted`] folds the overlay
 //! into a new base (depot side, or a background thread past [`OVERLAY_COMPACT_ENTRIES`]).
 //!
-//! Memory at 20 million entries: the base is about 140 MB (the snapshot file, in huge pages);
-//! a delta adds about [`OVERLAY_ENTRY_BYTES`] a change and never copies the base. Installing a
-//! whole new snapshot, or compacting, holds two bases until the swap (about 280 MB): on a
+//! Memory at 20 million entries: the base is about 170 MB (the snapshot file, cache-aligned in
+//! huge pages, [`aligned`]); a delta adds about [`OVERLAY_ENTRY_BYTES`] a change and never
+//! copies the base. Installing a whole new snapshot, or compacting, holds two bases until the
+//! swap (about 340 MB): on a
 //! 256 MiB validator at that scale, buses should live on deltas and take a snapshot only at
 //! first install.
 //!

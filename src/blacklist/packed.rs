@@ -1,4 +1,5 @@
-//! The compact immutable base of the blacklist: one exact packed table per key space.
+//! An exact bit-packed sorted table of one key space: the overflow of [`super::lines`] (the
+//! entries past a full line, a few percent), and the key mix both share.
 //!
 //! A key (a 20-digit card number below 10^20 < 2^67, or an account `channel << 64 | account`
 //! of 80 bits) is put through a *bijective* mix of its key space. The top `bucket_bits` of the
