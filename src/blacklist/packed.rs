@@ -280,19 +280,24 @@ pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
     }
 }
 
+/// A table header's first byte: the key width of `space`.
+pub(crate) fn check_key_bits(found: u8, space: Space) -> Result<(), TableError> {
+    let expected = space.key_bits();
+    if u32::from(found) == expected {
+        Ok(())
+    } else {
+        Err(TableError::KeyBits { found, expected })
+    }
+}
+
 impl Table {
     /// Validate a table starting at `at` in `bytes` (fuzz-safe: every malformation is an error).
     pub fn parse(bytes: &[u8], at: usize, space: Space) -> Result<Table, TableError> {
         let head = bytes
             .get(at..at + TABLE_HEADER_LEN)
             .ok_or(TableError::Truncated)?;
+        check_key_bits(head[0], space)?;
         let expected = space.key_bits();
-        if u32::from(head[0]) != expected {
-            return Err(TableError::KeyBits {
-                found: head[0],
-                expected,
-            });
-        }
         let bucket_bits = u32::from(head[1]);
         if !(BUCKET_BITS_MIN..=BUCKET_BITS_MAX).contains(&bucket_bits) {
             return Err(TableError::BucketBits(head[1]));
@@ -447,6 +452,26 @@ impl Table {
     }
 }
 
+/// Runs `check` on `rounds` copies of `bytes`, each with one random bit flipped at or after
+/// `from`: a parser under test must return, whatever the bit, never panic.
+#[cfg(test)]
+pub(crate) fn flipped_bits_never_panic(
+    bytes: &[u8],
+    from: usize,
+    seed: u64,
+    rounds: usize,
+    check: impl Fn(&[u8]),
+) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for _ in 0..rounds {
+        let mut b = bytes.to_vec();
+        let i = rng.gen_range(from..b.len());
+        b[i] ^= 1 << rng.gen_range(0..8);
+        check(&b);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,15 +556,11 @@ mod tests {
         for n in 0..bytes.len() {
             assert!(Table::parse(&bytes[..n], 0, Space::Accounts).is_err());
         }
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for _ in 0..2000 {
-            let mut b = bytes.clone();
-            let i = rng.gen_range(0..b.len());
-            b[i] ^= 1 << rng.gen_range(0..8);
-            if let Ok(t) = Table::parse(&b, 0, Space::Accounts) {
-                let _ = t.get(&b, 5);
-                let _ = t.entries(&b).count();
+        flipped_bits_never_panic(&bytes, 0, 3, 2000, |b| {
+            if let Ok(t) = Table::parse(b, 0, Space::Accounts) {
+                let _ = t.get(b, 5);
+                let _ = t.entries(b).count();
             }
-        }
+        });
     }
 }
