@@ -49,11 +49,19 @@ const fn hex_literal(s: &str) -> [u8; 32] {
     out
 }
 
-/// An SM2 holder or channel key: its uncompressed point and Z_A for [`SM2_SIGNER_ID`].
-#[derive(Clone, Debug)]
+/// An SM2 holder or channel key, ready for `efficient-sm2`, with Z_A for [`SM2_SIGNER_ID`].
+#[derive(Clone)]
 pub(crate) struct Sm2Key {
-    point: [u8; UNCOMPRESSED_BYTES],
+    key: efficient_sm2::PublicKey,
     z: [u8; 32],
+}
+
+impl std::fmt::Debug for Sm2Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sm2Key")
+            .field("point", &hex::encode(self.key.bytes_less_safe()))
+            .finish()
+    }
 }
 
 impl Sm2Key {
@@ -70,7 +78,10 @@ impl Sm2Key {
             .chain_update(&point[1..])
             .finalize()
             .into();
-        Sm2Key { point, z }
+        Sm2Key {
+            key: efficient_sm2::PublicKey::from_slice(&point[1..]),
+            z,
+        }
     }
 
     fn verifies(&self, message: &[u8], signature: &[u8; SIGNATURE_BYTES]) -> bool {
@@ -94,8 +105,7 @@ impl Sm2Key {
         let Ok(sig) = efficient_sm2::Signature::new(r, s) else {
             return false;
         };
-        let key = efficient_sm2::PublicKey::from_slice(&self.point[1..]);
-        sig.verify_digest(&key, &e).is_ok()
+        sig.verify_digest(&self.key, &e).is_ok()
     }
 }
 
