@@ -152,7 +152,7 @@ pub fn bench_blacklist_with(entries: usize, seed: u64, probes: usize) -> BenchRe
     drop(file);
 
     let t = Instant::now();
-    let bytes = super::file::read_file(&path).expect("bench reads its snapshot");
+    let bytes = super::aligned::AlignedBytes::read_file(&path).expect("bench reads its snapshot");
     let open_read_ms = ms(t);
     let t2 = Instant::now();
     let list = open_snapshot(bytes, Some(&key.verifying_key())).expect("bench snapshot opens");
@@ -220,7 +220,7 @@ pub fn bench_blacklist_with(entries: usize, seed: u64, probes: usize) -> BenchRe
 }
 
 fn open_steps(path: &std::path::Path, key: &ed25519_dalek::VerifyingKey) -> (u64, u64, u64) {
-    let Ok(bytes) = super::file::read_file(path) else {
+    let Ok(bytes) = super::aligned::AlignedBytes::read_file(path) else {
         return (0, 0, 0);
     };
     let t = Instant::now();

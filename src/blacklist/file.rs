@@ -291,12 +291,6 @@ impl Blacklist {
     }
 }
 
-/// Read a whole file into memory for use in place: cache-line aligned, in huge pages where
-/// the system has them ([`AlignedBytes::read_file`]).
-pub fn read_file(path: &Path) -> std::io::Result<AlignedBytes> {
-    AlignedBytes::read_file(path)
-}
-
 /// Read a blacklist for `replay --blacklist` and the commands: replay.md's CSV (header
 /// `kind,id,reason`, version 0) or a signed snapshot (told apart by its magic). A snapshot's
 /// signature is checked when `operator_public_key` is given.
@@ -304,7 +298,7 @@ pub fn load_blacklist_file(
     path: &Path,
     operator_public_key: Option<&VerifyingKey>,
 ) -> Result<Blacklist, BlacklistFileError> {
-    let bytes = read_file(path).map_err(|source| BlacklistFileError::Io {
+    let bytes = AlignedBytes::read_file(path).map_err(|source| BlacklistFileError::Io {
         path: path.display().to_string(),
         source,
     })?;
