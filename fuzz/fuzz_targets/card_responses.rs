@@ -21,6 +21,10 @@ use fare_validator::journal::Journal;
 use fare_validator::types::RiderCategory;
 use libfuzzer_sys::fuzz_target;
 
+#[path = "common.rs"]
+mod common;
+use common::tmp_root;
+
 /// 2026-11-28T07:00:00+08:00
 const BASE_UNIX_S: i64 = 1_795_820_400;
 
@@ -183,15 +187,6 @@ fn taps(data: &[u8]) {
         // Next tap: a fuzzer-chosen step of the clock, backwards too.
         let step = i64::from(hostile.script.u16() as i16) * 7;
         now = now.plus_s(step);
-    }
-}
-
-fn tmp_root() -> std::path::PathBuf {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
     }
 }
 

@@ -11,17 +11,12 @@ use fare_validator::journal::record::{Record, RECORD_BYTES};
 use fare_validator::journal::{scan, Journal};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "common.rs"]
+mod common;
+use common::tmp_root;
+
 /// Keep the scan cheap: at most this many bytes of segment.
 const SEGMENT_BYTES_MAX: usize = 16 * RECORD_BYTES;
-
-fn tmp_root() -> std::path::PathBuf {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
