@@ -389,13 +389,7 @@ impl LineTable {
         &'a self,
         bytes: &'a [u8],
     ) -> impl Iterator<Item = (ListId, ListReason)> + 'a {
-        let bits = self.space.key_bits();
-        self.words(bytes).filter_map(move |w| {
-            let id = self
-                .space
-                .id_from_key(packed::unmix(w >> REASON_BITS, bits))?;
-            Some((id, reason_of(w)))
-        })
+        packed::ids_of(self.space, self.words(bytes))
     }
 }
 
