@@ -625,7 +625,7 @@ impl RideCodes {
     fn new(keys: ChannelKeys, config: RideCodeConfig) -> Self {
         let replay = ReplayCache::new(&config);
         RideCodes {
-            verifier: Verifier::new(keys, config),
+            verifier: Verifier::with_cert_worker(keys, config),
             replay,
         }
     }
@@ -637,7 +637,7 @@ impl<P: CardChannel> Validator<P> {
     pub fn set_ride_code_keys(&mut self, keys: ChannelKeys, config: RideCodeConfig) {
         let replay = std::mem::replace(&mut self.ride.replay, ReplayCache::new(&config));
         self.ride = RideCodes {
-            verifier: Verifier::new(keys, config),
+            verifier: Verifier::with_cert_worker(keys, config),
             replay,
         };
     }

@@ -37,13 +37,22 @@ const NOW: i64 = 1_795_824_000;
 
 #[test]
 fn scan_path_allocates_nothing() {
-    for alg in [Alg::P256, Alg::Sm2] {
+    for (alg, worker) in [
+        (Alg::P256, false),
+        (Alg::Sm2, false),
+        (Alg::P256, true),
+        (Alg::Sm2, true),
+    ] {
         let world = issuer::OneChannel::new(alg, NOW, 10);
         let good = world.text(NOW as u32, 1);
         let mut forged = world.code(NOW as u32, 2);
         forged[150] ^= 1;
         let forged = issuer::code_text(&forged);
-        let mut verifier = Verifier::new(world.keys, RideCodeConfig::default());
+        let mut verifier = if worker {
+            Verifier::with_cert_worker(world.keys, RideCodeConfig::default())
+        } else {
+            Verifier::new(world.keys, RideCodeConfig::default())
+        };
         let mut replay = ReplayCache::new(&RideCodeConfig::default());
 
         let n = allocations_during(|| {
@@ -55,6 +64,9 @@ fn scan_path_allocates_nothing() {
             assert!(verifier.verify(&forged, NOW).is_err());
             assert!(verifier.verify("ESSC1.garbage", NOW).is_err());
         });
-        assert_eq!(n, 0, "{alg:?} scan path allocated {n} times");
+        assert_eq!(
+            n, 0,
+            "{alg:?} (worker: {worker}) scan path allocated {n} times"
+        );
     }
 }

@@ -40,15 +40,15 @@ fn decide(verifier: &mut Verifier, replay: &mut ReplayCache, text: &str, now: i6
     }
 }
 
-#[test]
-fn every_vector_decides_as_expected() {
+/// Every case on a fresh verifier made by `make`.
+fn every_vector_decides_as_expected_with(make: fn(ChannelKeys, RideCodeConfig) -> Verifier) {
     let v = vectors();
     assert_eq!(v.spec, "ride-code-v1");
     let keys = ChannelKeys::from_file(&v.keys).expect("vector key file");
     assert!(!v.cases.is_empty());
     let mut failures = Vec::new();
     for case in &v.cases {
-        let mut verifier = Verifier::new(keys.clone(), v.config);
+        let mut verifier = make(keys.clone(), v.config);
         let mut replay = ReplayCache::new(&v.config);
         let got = decide(&mut verifier, &mut replay, &case.code, case.now);
         if got != case.expect {
@@ -59,6 +59,21 @@ fn every_vector_decides_as_expected() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn every_vector_decides_as_expected() {
+    every_vector_decides_as_expected_with(Verifier::new);
+}
+
+/// The same reasons when a worker checks first-seen certificates beside the scanning thread.
+#[test]
+fn every_vector_decides_as_expected_with_a_certificate_worker() {
+    every_vector_decides_as_expected_with(|keys, config| {
+        let v = Verifier::with_cert_worker(keys, config);
+        assert!(v.has_cert_worker(), "this test needs two cores");
+        v
+    });
 }
 
 #[test]

@@ -134,8 +134,10 @@ impl RideCode {
     }
 
     /// Bytes the channel key signs.
-    pub fn cert_signed(&self) -> &[u8] {
-        &self.bytes[..CERT_SIGNED_BYTES]
+    pub fn cert_signed(&self) -> &[u8; CERT_SIGNED_BYTES] {
+        self.bytes
+            .first_chunk::<CERT_SIGNED_BYTES>()
+            .expect("CERT_SIGNED_BYTES < CODE_BYTES")
     }
 
     /// The whole holder certificate: the cache key of a verified certificate.

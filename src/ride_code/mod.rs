@@ -77,6 +77,7 @@ pub mod replay_cache;
 pub mod verify;
 
 mod cert_cache;
+mod cert_worker;
 mod crypto;
 
 pub use format::{FormatError, RideCode};

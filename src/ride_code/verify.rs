@@ -15,11 +15,14 @@
 //!
 //! Checks 11 (blacklist), 12 (replay, see [`super::ReplayCache`]) and 13 (anti-passback) are
 //! the engine's. A scan costs at most two signature checks; a holder whose certificate
-//! verified before costs one (see `cert_cache`).
+//! verified before costs one (see `cert_cache`). With [`Verifier::with_cert_worker`] the two
+//! checks of a first-seen holder run side by side on two cores (see `cert_worker`); the
+//! reason reported is the same either way.
 
 use serde::{Deserialize, Serialize};
 
 use super::cert_cache::CertCache;
+use super::cert_worker::CertWorker;
 use super::crypto::VerifyKey;
 use super::format::RideCode;
 use super::keys::{ChannelKeys, KeyFileError};
@@ -69,16 +72,40 @@ pub struct Verifier {
     keys: ChannelKeys,
     config: RideCodeConfig,
     certs: CertCache,
+    /// Checks first-seen certificates on a second core; `None`: on the scanning thread.
+    worker: Option<CertWorker>,
 }
 
 impl Verifier {
-    /// Allocates the certificate cache; nothing is allocated per scan after this.
+    /// Allocates the certificate cache; nothing is allocated per scan after this. Every check
+    /// runs on the calling thread.
     pub fn new(keys: ChannelKeys, config: RideCodeConfig) -> Self {
         Verifier {
             keys,
             config,
             certs: CertCache::new(),
+            worker: None,
         }
+    }
+
+    /// As [`Verifier::new`], plus a worker thread that checks a first-seen holder's
+    /// certificate while the scanning thread checks the code (when this machine has a second
+    /// core and a thread can be started; otherwise as `new`).
+    pub fn with_cert_worker(keys: ChannelKeys, config: RideCodeConfig) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Verifier {
+            worker: if cores >= 2 {
+                CertWorker::spawn()
+            } else {
+                None
+            },
+            ..Self::new(keys, config)
+        }
+    }
+
+    /// True when first-seen certificates are checked on a second core.
+    pub fn has_cert_worker(&self) -> bool {
+        self.worker.is_some()
     }
 
     pub fn from_key_file(
@@ -119,7 +146,14 @@ impl Verifier {
         if !channel_key.is_valid_at(now_unix_s) {
             return Err(Reason::KeyNotValid);
         }
-        let holder_key = holder_key(&mut self.certs, &channel_key.key, code)?;
+        // Checks 6 and 8 may run together (a first-seen holder with a worker); their results
+        // are reported in the order of the checks all the same.
+        let (holder_key, code_verified) = holder_key(
+            &mut self.certs,
+            self.worker.as_mut(),
+            &channel_key.key,
+            code,
+        )?;
         let (cert_not_before, cert_not_after) = (
             i64::from(code.cert_not_before),
             i64::from(code.cert_not_after),
@@ -127,7 +161,9 @@ impl Verifier {
         if !(cert_not_before <= now_unix_s && now_unix_s <= cert_not_after) {
             return Err(Reason::CertificateNotValid);
         }
-        if !holder_key.verifies(code.code_signed(), &code.code_signature) {
+        let code_verified = code_verified
+            .unwrap_or_else(|| holder_key.verifies(code.code_signed(), &code.code_signature));
+        if !code_verified {
             return Err(Reason::BadSignature);
         }
         let generated_at = i64::from(code.generated_at);
@@ -156,24 +192,39 @@ impl Verifier {
     }
 }
 
-/// Check 6, through the cache: the holder key of a certificate the channel key signed.
+/// Check 6, through the cache: the holder key of a certificate the channel key signed, and,
+/// when a worker checked the certificate, the result of check 8 made meanwhile.
 ///
 /// The cache key is the whole certificate, which includes channel_id, key id and alg, so a hit
 /// means this very certificate verified under this very channel key (a key file never has two
 /// entries for one (channel, key id, alg); a new key file means a new `Verifier`).
 fn holder_key<'c>(
     certs: &'c mut CertCache,
+    worker: Option<&mut CertWorker>,
     channel_key: &VerifyKey,
     code: &RideCode,
-) -> Result<&'c VerifyKey, Reason> {
+) -> Result<(&'c VerifyKey, Option<bool>), Reason> {
+    let mut code_verified = None;
     if certs.get(code.cert()).is_none() {
         let alg = channel_key.alg();
-        let holder = VerifyKey::from_compressed(alg, &code.holder_public_key)
-            .ok_or(Reason::BadCertificate)?;
-        if !channel_key.verifies(code.cert_signed(), &code.cert_signature) {
-            return Err(Reason::BadCertificate);
-        }
-        certs.insert(code.cert(), holder);
+        // The holder key, if it decodes and the channel signed its certificate.
+        let holder = match worker {
+            Some(worker) => {
+                // The worker starts on the certificate while this thread decodes the holder
+                // key (a point decompression) and checks the code with it.
+                let posted = worker.post(channel_key, code.cert_signed(), &code.cert_signature);
+                let holder = VerifyKey::from_compressed(alg, &code.holder_public_key);
+                code_verified = holder
+                    .as_ref()
+                    .map(|h| h.verifies(code.code_signed(), &code.code_signature));
+                let cert_verified = worker.finish(posted);
+                holder.filter(|_| cert_verified)
+            }
+            None => VerifyKey::from_compressed(alg, &code.holder_public_key)
+                .filter(|_| channel_key.verifies(code.cert_signed(), &code.cert_signature)),
+        };
+        certs.insert(code.cert(), holder.ok_or(Reason::BadCertificate)?);
     }
-    certs.get(code.cert()).ok_or(Reason::BadCertificate)
+    let key = certs.get(code.cert()).ok_or(Reason::BadCertificate)?;
+    Ok((key, code_verified))
 }
