@@ -9,7 +9,11 @@
 //!   `RLIMIT_RTPRIO` (systemd: `LimitRTPRIO=`). The tap loop blocks on the reader between
 //!   taps, so it never holds a core it does not use.
 //!
-//! Elsewhere than Linux both are no-ops that report so.
+//! - [`CpuSet`]: which cores a thread may run on, so that a helper woken by the tap thread
+//!   (the ride-code certificate worker) is placed on another core instead of taking the
+//!   tap thread's.
+//!
+//! Elsewhere than Linux all are no-ops that report so.
 
 /// The `SCHED_FIFO` priority the tap thread asks for: above the kernel's default of 0 for
 /// normal threads, below the interrupt threads (50) that deliver the reader's bytes.
@@ -64,6 +68,116 @@ pub fn set_realtime_priority(priority: i32) -> std::io::Result<()> {
     }
 }
 
+/// The kernel's id of the calling thread (for [`CpuSet::apply_to`]).
+pub fn thread_id() -> Option<i32> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no arguments and cannot fail.
+        Some(unsafe { libc::gettid() })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// The core the calling thread is running on at this moment (it may move right after).
+pub fn current_cpu() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sched_getcpu has no arguments; it returns -1 on error.
+        let cpu = unsafe { libc::sched_getcpu() };
+        usize::try_from(cpu).ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// A set of cores a thread may run on.
+#[derive(Clone, Copy)]
+pub struct CpuSet {
+    #[cfg(target_os = "linux")]
+    set: libc::cpu_set_t,
+}
+
+impl std::fmt::Debug for CpuSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        #[cfg(target_os = "linux")]
+        {
+            let cpus = (0..libc::CPU_SETSIZE as usize)
+                // SAFETY: the index is below CPU_SETSIZE.
+                .filter(|&c| unsafe { libc::CPU_ISSET(c, &self.set) });
+            f.debug_set().entries(cpus).finish()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            f.write_str("CpuSet")
+        }
+    }
+}
+
+impl CpuSet {
+    /// The cores the calling thread may run on now.
+    pub fn of_calling_thread() -> Option<Self> {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: an all-zero cpu_set_t is a valid empty set; sched_getaffinity writes at
+            // most size_of::<cpu_set_t>() bytes into it.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                let rc =
+                    libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+                (rc == 0).then_some(CpuSet { set })
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
+    }
+
+    /// This set less `cpu`; `None` if nothing is left.
+    pub fn without(self, cpu: usize) -> Option<Self> {
+        #[cfg(target_os = "linux")]
+        {
+            let mut out = self;
+            if cpu < libc::CPU_SETSIZE as usize {
+                // SAFETY: the index is below CPU_SETSIZE.
+                unsafe { libc::CPU_CLR(cpu, &mut out.set) };
+            }
+            // SAFETY: CPU_COUNT reads a valid set.
+            (unsafe { libc::CPU_COUNT(&out.set) } > 0).then_some(out)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = cpu;
+            Some(self)
+        }
+    }
+
+    /// Restricts thread `tid` to this set. Returns whether the system agreed.
+    pub fn apply_to(&self, tid: i32) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: `set` is a valid cpu_set_t of the size passed.
+            let rc = unsafe {
+                libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &self.set)
+            };
+            if rc != 0 {
+                tracing::debug!(tid, error = %std::io::Error::last_os_error(), "affinity refused");
+            }
+            rc == 0
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = tid;
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +188,36 @@ mod tests {
         assert_eq!(lowered, cfg!(target_os = "linux"));
         assert!(set_realtime_priority(0).is_err());
         assert!(set_realtime_priority(100).is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_helper_kept_off_a_core_runs_elsewhere() {
+        let all = CpuSet::of_calling_thread().expect("affinity");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::spawn(move || {
+            tx.send(thread_id().expect("linux")).unwrap();
+            go_rx.recv().unwrap();
+            (
+                CpuSet::of_calling_thread().expect("affinity"),
+                current_cpu(),
+            )
+        });
+        let tid = rx.recv().unwrap();
+        match all.without(0) {
+            Some(rest) => {
+                assert!(rest.apply_to(tid));
+                go_tx.send(()).unwrap();
+                let (now, cpu) = helper.join().unwrap();
+                assert_eq!(format!("{now:?}"), format!("{rest:?}"));
+                assert_ne!(cpu, Some(0));
+            }
+            None => {
+                // A one-core machine: nothing is left without core 0.
+                go_tx.send(()).unwrap();
+                helper.join().unwrap();
+            }
+        }
     }
 }

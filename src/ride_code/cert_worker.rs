@@ -8,6 +8,10 @@
 //!   and the signature into it. Nothing is allocated after [`CertWorker::spawn`].
 //! - The worker spins for [`WORKER_SPIN_US`] after each job (scans come in runs at a door),
 //!   then parks until the next post wakes it.
+//! - The worker is kept off the scanning thread's core (its CPU affinity is set to the others
+//!   whenever the scanning thread is seen on a new core): woken there, it would share that
+//!   core with the scan it is meant to run beside, and a first-seen scan after a pause took
+//!   longer than with no worker at all (SM2: 627 µs against 519 µs; kept off: 345 µs).
 //! - The scanning thread never waits on a job nobody has started: if the worker has not
 //!   picked the job up by the time the code's signature is checked, the scanning thread takes
 //!   it back and checks the certificate itself. So a busy or descheduled worker costs at worst
@@ -15,13 +19,14 @@
 //! - Results are the very same `VerifyKey::verifies` calls as the sequential path; the
 //!   verifier reports checks 6, 7 and 8 in their order whatever finished first.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use super::crypto::VerifyKey;
 use super::format::{CERT_SIGNED_BYTES, SIGNATURE_BYTES};
+use crate::sched::{self, CpuSet};
 
 /// How long the worker keeps polling for the next job after one, in microseconds.
 pub const WORKER_SPIN_US: u64 = 500;
@@ -50,6 +55,8 @@ struct Job {
 struct Shared {
     state: AtomicU32,
     job: Mutex<Job>,
+    /// The worker's kernel thread id, 0 until it has started.
+    worker_tid: AtomicI32,
 }
 
 impl Shared {
@@ -63,6 +70,7 @@ impl Shared {
                 verified: false,
                 waiter: None,
             }),
+            worker_tid: AtomicI32::new(0),
         })
     }
 
@@ -86,6 +94,10 @@ impl Shared {
 pub(crate) struct CertWorker {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The cores the worker may use (those of the thread that started it).
+    cores: Option<CpuSet>,
+    /// The core the worker was last kept off: where the scanning thread was then.
+    kept_off: Option<usize>,
 }
 
 impl std::fmt::Debug for CertWorker {
@@ -108,12 +120,19 @@ impl CertWorker {
         let theirs = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("cert-check".into())
-            .spawn(move || work(&theirs))
+            .spawn(move || {
+                theirs
+                    .worker_tid
+                    .store(sched::thread_id().unwrap_or(0), Ordering::Release);
+                work(&theirs)
+            })
             .map_err(|e| tracing::warn!(error = %e, "no certificate worker thread"))
             .ok()?;
         Some(CertWorker {
             shared,
             thread: Some(thread),
+            cores: CpuSet::of_calling_thread(),
+            kept_off: None,
         })
     }
 
@@ -132,6 +151,7 @@ impl CertWorker {
             job.verified = false;
             job.waiter = Some(std::thread::current());
         }
+        self.keep_worker_off_this_core();
         self.shared.state.store(POSTED, Ordering::Release);
         if let Some(t) = &self.thread {
             t.thread().unpark();
@@ -173,6 +193,23 @@ impl CertWorker {
 }
 
 impl CertWorker {
+    /// One system call when the scanning thread has moved to another core since the last
+    /// post, none otherwise.
+    fn keep_worker_off_this_core(&mut self) {
+        let Some(cpu) = sched::current_cpu() else {
+            return;
+        };
+        let tid = self.shared.worker_tid.load(Ordering::Acquire);
+        if self.kept_off == Some(cpu) || tid == 0 {
+            return;
+        }
+        if let Some(others) = self.cores.and_then(|c| c.without(cpu)) {
+            others.apply_to(tid);
+        }
+        // Tried once per move, agreed or not.
+        self.kept_off = Some(cpu);
+    }
+
     fn worker_gone(&self) -> bool {
         self.thread.as_ref().map_or(true, JoinHandle::is_finished)
     }
@@ -280,6 +317,8 @@ mod tests {
         let mut worker = CertWorker {
             shared: Shared::empty(),
             thread: None,
+            cores: None,
+            kept_off: None,
         };
         for (message, signature, good) in &jobs {
             let posted = worker.post(&key, message, signature);
