@@ -64,6 +64,7 @@ impl From<Vec<u8>> for AlignedBytes {
 
 impl Deref for AlignedBytes {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         &self.storage[self.offset..self.offset + self.len]
     }

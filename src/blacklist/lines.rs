@@ -52,6 +52,8 @@ pub const LINES_MAX: u64 = 1 << 31;
 pub const HEADER_LEN: usize = 32;
 /// Entries up to this wide are read with one u64 load (57 bits plus a shift of up to 7).
 const NARROW_ENTRY_BITS_MAX: u32 = 57;
+/// Byte offset of a line's last 8 bytes.
+const LAST_WORD_AT: u32 = LINE_BYTES as u32 - 8;
 
 /// Where one line table lies inside its owner's bytes (validated: every read is in bounds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,24 +311,25 @@ impl LineTable {
         let mixed = packed::mix(key, K);
         let (line, stored) = place(mixed, K, self.lines, self.shift);
         let at = self.lines_at + LINE_BYTES * line as usize;
-        // The line, copied once into a padded buffer so every slot reads as one load that
-        // never leaves it (nor touches the next cache line).
-        let mut buf = [0u8; LINE_BYTES + 16];
-        buf[..LINE_BYTES].copy_from_slice(&bytes[at..at + LINE_BYTES]);
-        let n = u32::from(buf[0] & 0xF);
+        let line: &[u8; LINE_BYTES] = bytes[at..at + LINE_BYTES]
+            .try_into()
+            .expect("a slice of LINE_BYTES");
+        let n = u32::from(line[0] & 0xF);
         let eb = self.entry_bits;
         if eb <= NARROW_ENTRY_BITS_MAX {
-            // One u64 load a slot: 57 bits plus a shift of up to 7.
+            // One u64 load a slot, read in place: never outside the line (the last 8 bytes
+            // are read as a whole, with a longer shift, since slots · eb + 4 ≤ 512), so a
+            // lookup touches one cache line and no copy of it has to be forwarded.
             let m = (1u64 << eb) - 1;
             self.find(bytes, key, n, stored, |j| {
                 let pos = COUNT_BITS + j * eb;
-                let at = (pos / 8) as usize;
+                let start = (pos / 8).min(LAST_WORD_AT);
                 let mut word = [0u8; 8];
-                word.copy_from_slice(&buf[at..at + 8]);
-                u128::from((u64::from_le_bytes(word) >> (pos % 8)) & m)
+                word.copy_from_slice(&line[start as usize..start as usize + 8]);
+                u128::from((u64::from_le_bytes(word) >> (pos - 8 * start)) & m)
             })
         } else {
-            let w = load_line(&buf, 0);
+            let w = load_line(line, 0);
             self.find(bytes, key, n, stored, |j| {
                 field(&w, COUNT_BITS + j * eb, eb)
             })

@@ -198,6 +198,7 @@ pub(crate) fn sort_word_raw(mixed: u128, code: u128) -> u128 {
     (mixed << REASON_BITS) | (code & 3)
 }
 
+#[inline]
 pub(crate) fn reason_of(code: u128) -> ListReason {
     // 2 bits hold 0..=3 and every value names a reason, so this cannot fail.
     ListReason::from_u8((code & 3) as u8 + 1).unwrap_or(ListReason::Lost)
