@@ -251,6 +251,7 @@ impl Blacklist {
             });
         }
         let mut next = self.clone();
+        next.reserve_overlay(delta.changes.len());
         for change in &delta.changes {
             next.apply(change);
         }

@@ -166,6 +166,10 @@ impl Base {
     }
 }
 
+/// The overlay's map. Its keys come only from operator-signed files and the validator's own
+/// counter actions, never from a passenger, so a fast hash without flooding resistance will do.
+type Overlay = HashMap<ListId, Option<ListReason>, foldhash::fast::RandomState>;
+
 /// An exact blacklist at one version: an immutable packed base under a small overlay.
 #[derive(Clone)]
 pub struct Blacklist {
@@ -173,7 +177,7 @@ pub struct Blacklist {
     base: Arc<Base>,
     /// Changes since the base: `Some(reason)` listed, `None` removed from the base. A hash
     /// map: most taps miss it, and a miss costs one probe.
-    overlay: Arc<HashMap<ListId, Option<ListReason>>>,
+    overlay: Arc<Overlay>,
     len: usize,
 }
 
@@ -263,7 +267,16 @@ impl Blacklist {
     /// Apply one change in place (a replay event, a counter action on the depot's copy).
     /// Only the overlay changes; the base is shared with other versions, never copied.
     pub fn apply(&mut self, change: &Change) {
-        let before = self.get(&change.id);
+        // The base is looked up once, and only when the overlay does not have the id.
+        let overlaid = self.overlay.get(&change.id).copied();
+        let in_base = || self.base.get(&change.id);
+        let (before, base) = match overlaid {
+            Some(before) => (before, None),
+            None => {
+                let b = in_base();
+                (b, Some(b))
+            }
+        };
         let after = change.result(before);
         if change.op == ChangeOp::Remove && before.is_some() && after.is_some() {
             tracing::warn!(id = %change.id, listed = ?before, lifts = ?change.reason,
@@ -272,8 +285,9 @@ impl Blacklist {
         if after == before {
             return;
         }
+        let base = base.unwrap_or_else(in_base);
         let overlay = Arc::make_mut(&mut self.overlay);
-        if after == self.base.get(&change.id) {
+        if after == base {
             overlay.remove(&change.id);
         } else {
             overlay.insert(change.id, after);
@@ -292,6 +306,12 @@ impl Blacklist {
             .filter(move |(id, _)| !overlay.contains_key(id));
         let from_overlay = overlay.iter().filter_map(|(id, r)| r.map(|r| (*id, r)));
         from_base.chain(from_overlay)
+    }
+
+    /// Room in the overlay for `changes` more entries, made once instead of growing through
+    /// them (a 100,000-change delta would rehash the map some 17 times).
+    pub(crate) fn reserve_overlay(&mut self, changes: usize) {
+        Arc::make_mut(&mut self.overlay).reserve(changes);
     }
 
     /// Entries in the overlay (changes not yet folded into the base).
