@@ -320,13 +320,15 @@ impl LineTable {
             // One u64 load a slot, read in place: never outside the line (the last 8 bytes
             // are read as a whole, with a longer shift, since slots · eb + 4 ≤ 512), so a
             // lookup touches one cache line and no copy of it has to be forwarded.
+            // Entries and the stored value fit in a u64 here, so the search compares u64s.
+            debug_assert!(stored < 1u128 << (eb - REASON_BITS));
             let m = (1u64 << eb) - 1;
-            self.find(bytes, key, n, stored, |j| {
+            self.find(bytes, key, n, stored as u64, |j| {
                 let pos = COUNT_BITS + j * eb;
                 let start = (pos / 8).min(LAST_WORD_AT);
                 let mut word = [0u8; 8];
                 word.copy_from_slice(&line[start as usize..start as usize + 8]);
-                u128::from((u64::from_le_bytes(word) >> (pos - 8 * start)) & m)
+                (u64::from_le_bytes(word) >> (pos - 8 * start)) & m
             })
         } else {
             let w = load_line(line, 0);
@@ -341,14 +343,17 @@ impl LineTable {
     /// slot at or past `n` counts as above everything). Not in the line: in the overflow table
     /// only when the line is full and `stored` is above its last entry.
     #[inline(always)]
-    fn find(
+    fn find<T>(
         &self,
         bytes: &[u8],
         key: u128,
         n: u32,
-        stored: u128,
-        entry: impl Fn(u32) -> u128,
-    ) -> Option<ListReason> {
+        stored: T,
+        entry: impl Fn(u32) -> T,
+    ) -> Option<ListReason>
+    where
+        T: Copy + PartialOrd + std::ops::Shr<u32, Output = T> + Into<u128>,
+    {
         let last_slot = self.slots - 1;
         let mut base = 0u32;
         for half in [8u32, 4, 2, 1] {
@@ -358,7 +363,7 @@ impl LineTable {
         }
         let e = entry(base.min(last_slot));
         if (base < n) & ((e >> REASON_BITS) == stored) {
-            return Some(reason_of(e));
+            return Some(reason_of(e.into()));
         }
         if n == self.slots && stored > entry(last_slot) >> REASON_BITS {
             return self.overflow.get(bytes, key);
