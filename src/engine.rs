@@ -196,7 +196,7 @@ impl<P: CardChannel> Validator<P> {
             pending: heapless::Vec::new(),
             last_now_s: None,
             deferred: heapless::Vec::new(),
-            ride: RideCodes::new(ChannelKeys::empty(), RideCodeConfig::default()),
+            ride: RideCodes::without_keys(),
             defer_commit: false,
         }
     }
@@ -622,11 +622,13 @@ struct RideCodes {
 }
 
 impl RideCodes {
-    fn new(keys: ChannelKeys, config: RideCodeConfig) -> Self {
-        let replay = ReplayCache::new(&config);
+    /// No channel keys yet: every code stops at check 3, so no certificate is ever checked
+    /// and no worker thread is started.
+    fn without_keys() -> Self {
+        let config = RideCodeConfig::default();
         RideCodes {
-            verifier: Verifier::with_cert_worker(keys, config),
-            replay,
+            verifier: Verifier::new(ChannelKeys::empty(), config),
+            replay: ReplayCache::new(&config),
         }
     }
 }

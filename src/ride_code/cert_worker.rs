@@ -1,8 +1,8 @@
 //! A second core for first-seen holders: while the scanning thread checks the code's own
 //! signature (check 8), a worker thread checks the channel's signature on the holder
 //! certificate (check 6). A first-seen code costs two signature checks; side by side they take
-//! about the time of one (an SM2 first-seen scan: ~320 µs of verification becomes ~170 µs on
-//! a 2-core validator).
+//! little more than one (SM2 first-seen scans on the 2-core VM, p50: 373 µs on one core,
+//! 253 µs with the worker; `cargo run --release --example ride_code_latency`).
 //!
 //! - One job at a time, in a fixed slot: posting copies the channel key, the 65 signed bytes
 //!   and the signature into it. Nothing is allocated after [`CertWorker::spawn`].
@@ -33,8 +33,8 @@ pub const WORKER_SPIN_US: u64 = 500;
 /// How long the scanning thread polls for a running job before it parks, in microseconds
 /// (longer than one signature check on a quiet core, so parking is the exception).
 pub const WAIT_SPIN_US: u64 = 1_000;
-/// Upper bound of one park of either thread, in milliseconds; wake-ups are explicit, this only
-/// bounds the cost of a missed one.
+/// Upper bound of one park of the scanning thread, in milliseconds: it is woken when the job is
+/// done; this only bounds how late it notices a worker that died mid-job.
 pub const PARK_MAX_MS: u64 = 10;
 
 const IDLE: u32 = 0;
@@ -244,14 +244,20 @@ fn work(s: &Shared) {
                     job.verified = verified;
                     job.waiter.clone()
                 };
-                s.state.store(DONE, Ordering::Release);
+                if s.state
+                    .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    return; // told to stop while checking
+                }
                 if let Some(w) = waiter {
                     w.unpark();
                 }
                 spin_until = Instant::now() + Duration::from_micros(WORKER_SPIN_US);
             }
             _ if Instant::now() < spin_until => std::hint::spin_loop(),
-            _ => std::thread::park_timeout(Duration::from_millis(PARK_MAX_MS)),
+            // An unpark that came first leaves a token, so no post is missed.
+            _ => std::thread::park(),
         }
     }
 }
@@ -324,6 +330,20 @@ mod tests {
             let posted = worker.post(&key, message, signature);
             assert_eq!(worker.finish(posted), *good);
             assert_eq!(worker.shared.state.load(Ordering::Relaxed), IDLE);
+        }
+    }
+
+    #[test]
+    fn dropping_the_worker_mid_job_stops_its_thread() {
+        let (key, jobs) = jobs(Alg::Sm2);
+        for wait_us in [0u64, 50, 400] {
+            let mut worker = CertWorker::spawn().expect("a thread");
+            let shared = Arc::clone(&worker.shared);
+            let (message, signature, _) = &jobs[0];
+            let _unfinished = worker.post(&key, message, signature);
+            std::thread::sleep(Duration::from_micros(wait_us));
+            drop(worker); // joins: must not hang whatever the worker was doing
+            assert_eq!(Arc::strong_count(&shared), 1);
         }
     }
 

@@ -57,8 +57,11 @@
 //!
 //! At most two signature checks (certificate, code). A holder whose certificate verified
 //! before costs one: the verifier keeps a bounded cache of verified certificates (keyed by the
-//! full 129 certificate bytes), and still runs checks 4, 5 and 7 on every scan. P-256 verifies
-//! through `ring`, SM2 through RustCrypto `sm2`; nothing on the scan path allocates.
+//! full 129 certificate bytes), and still runs checks 4, 5 and 7 on every scan. A verifier made
+//! with [`Verifier::with_cert_worker`] (the engine's) checks a first-seen holder's certificate
+//! on a second core while the scanning thread checks the code. P-256 verifies through `ring`,
+//! SM2 through `efficient-sm2` (keys and signatures decoded by RustCrypto `sm2`); nothing on
+//! the scan path allocates.
 //!
 //! ```no_run
 //! use fare_validator::ride_code::{ChannelKeys, RideCodeConfig, Verifier};
