@@ -1,5 +1,6 @@
 //! Arbitrary input never makes the ride code verifier panic, and its verdict is a pure
-//! function of (text, clock): the same text gives the same answer on a warm certificate cache.
+//! function of (text, clock): the same text gives the same answer on a warm certificate cache,
+//! and a verifier with the certificate worker (two cores) gives the same answer as one without.
 //!
 //! The first byte picks how the rest is used: odd means "the rest is the scanned text"
 //! (lossy UTF-8), even means "the rest is the payload": it is base64url-encoded behind the
@@ -18,12 +19,17 @@ use libfuzzer_sys::fuzz_target;
 /// The vectors' clock: every vector case is decided at this time.
 const NOW_UNIX_S: i64 = 1_795_824_000;
 
-fn verifier() -> &'static Mutex<Verifier> {
-    static VERIFIER: OnceLock<Mutex<Verifier>> = OnceLock::new();
-    VERIFIER.get_or_init(|| {
+/// One verifier on the calling thread and one with the certificate worker.
+fn verifiers() -> &'static Mutex<(Verifier, Verifier)> {
+    static VERIFIERS: OnceLock<Mutex<(Verifier, Verifier)>> = OnceLock::new();
+    VERIFIERS.get_or_init(|| {
         let keys = ChannelKeys::from_json(include_str!("../../fixtures/ride-code-keys.json"))
             .expect("fixture key file");
-        Mutex::new(Verifier::new(keys, RideCodeConfig::default()))
+        let config = RideCodeConfig::default();
+        Mutex::new((
+            Verifier::new(keys.clone(), config),
+            Verifier::with_cert_worker(keys, config),
+        ))
     })
 }
 
@@ -39,10 +45,13 @@ fuzz_target!(|data: &[u8]| {
         payload[..n].copy_from_slice(&rest[..n]);
         format!("{TEXT_PREFIX}{}", URL_SAFE_NO_PAD.encode(payload))
     };
-    let Ok(mut v) = verifier().lock() else {
+    let Ok(mut pair) = verifiers().lock() else {
         return;
     };
-    let first = v.verify(&text, NOW_UNIX_S);
-    let second = v.verify(&text, NOW_UNIX_S);
+    let (one_core, two_cores) = &mut *pair;
+    let first = one_core.verify(&text, NOW_UNIX_S);
+    let second = one_core.verify(&text, NOW_UNIX_S);
     assert_eq!(first, second, "verdict changed on a second look");
+    let beside = two_cores.verify(&text, NOW_UNIX_S);
+    assert_eq!(first, beside, "the certificate worker changed the verdict");
 });
