@@ -71,7 +71,9 @@ fn every_vector_decides_as_expected() {
 fn every_vector_decides_as_expected_with_a_certificate_worker() {
     every_vector_decides_as_expected_with(|keys, config| {
         let v = Verifier::with_cert_worker(keys, config);
-        assert!(v.has_cert_worker(), "this test needs two cores");
+        // One core (a restricted container): the verifier works alone, as it should.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(v.has_cert_worker(), cores >= 2);
         v
     });
 }

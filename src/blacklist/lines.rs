@@ -68,6 +68,26 @@ pub struct LineTable {
     /// Entries in lines and overflow.
     pub count: u64,
     pub end: usize,
+    /// For narrow entries, where slot j's u64 read starts in a line and how far it shifts,
+    /// for every j the search can name (slots past the last repeat the last), so a search step
+    /// reads its slot with no arithmetic.
+    slot_reads: [[u8; 2]; SEARCH_SLOTS],
+}
+
+/// Slots the four-step line search can name (some past a line's last slot).
+const SEARCH_SLOTS: usize = 16;
+
+/// [`LineTable::slot_reads`]: the last 8 bytes of a line are read whole, with a longer
+/// shift, so no read leaves the line (slots · entry_bits + 4 ≤ 512).
+fn slot_reads(entry_bits: u32, slots: u32) -> [[u8; 2]; SEARCH_SLOTS] {
+    let mut out = [[0u8; 2]; SEARCH_SLOTS];
+    for (j, read) in (0u32..).zip(out.iter_mut()) {
+        let pos = COUNT_BITS + j.min(slots.max(1) - 1) * entry_bits;
+        let start = (pos / 8).min(LAST_WORD_AT);
+        // Both fit a byte: start ≤ 56, and pos < 512 so the shift is below 64.
+        *read = [start as u8, (pos - 8 * start) as u8];
+    }
+    out
 }
 
 /// (t, entry bits, slots) for `lines` lines of keys of `key_bits`.
@@ -236,6 +256,7 @@ impl LineTable {
             overflow,
             count: in_lines + overflow.count,
             end: overflow.end,
+            slot_reads: slot_reads(entry_bits, slots),
         };
         table.check(bytes, in_lines)?;
         Ok(table)
@@ -317,23 +338,23 @@ impl LineTable {
         let n = u32::from(line[0] & 0xF);
         let eb = self.entry_bits;
         if eb <= NARROW_ENTRY_BITS_MAX {
-            // One u64 load a slot, read in place: never outside the line (the last 8 bytes
-            // are read as a whole, with a longer shift, since slots · eb + 4 ≤ 512), so a
-            // lookup touches one cache line and no copy of it has to be forwarded.
-            // Entries and the stored value fit in a u64 here, so the search compares u64s.
+            // One u64 load a slot, read in place (see `slot_reads`): a lookup touches one
+            // cache line and no copy of it has to be forwarded. Entries and the stored value
+            // fit in a u64 here, so the search compares u64s.
             debug_assert!(stored < 1u128 << (eb - REASON_BITS));
             let m = (1u64 << eb) - 1;
             self.find(bytes, key, n, stored as u64, |j| {
-                let pos = COUNT_BITS + j * eb;
-                let start = (pos / 8).min(LAST_WORD_AT);
+                let [at, shift] = self.slot_reads[j as usize % SEARCH_SLOTS];
+                let at = usize::from(at);
                 let mut word = [0u8; 8];
-                word.copy_from_slice(&line[start as usize..start as usize + 8]);
-                (u64::from_le_bytes(word) >> (pos - 8 * start)) & m
+                word.copy_from_slice(&line[at..at + 8]);
+                (u64::from_le_bytes(word) >> shift) & m
             })
         } else {
             let w = load_line(line, 0);
+            let last_slot = self.slots - 1;
             self.find(bytes, key, n, stored, |j| {
-                field(&w, COUNT_BITS + j * eb, eb)
+                field(&w, COUNT_BITS + j.min(last_slot) * eb, eb)
             })
         }
     }
@@ -355,13 +376,14 @@ impl LineTable {
         T: Copy + PartialOrd + std::ops::Shr<u32, Output = T> + Into<u128>,
     {
         let last_slot = self.slots - 1;
+        // `entry` takes any j below SEARCH_SLOTS; past the last slot it repeats the last.
         let mut base = 0u32;
         for half in [8u32, 4, 2, 1] {
             let j = base + half;
-            let le = (j < n) & ((entry(j.min(last_slot)) >> REASON_BITS) <= stored);
+            let le = (j < n) & ((entry(j) >> REASON_BITS) <= stored);
             base = if le { j } else { base };
         }
-        let e = entry(base.min(last_slot));
+        let e = entry(base);
         if (base < n) & ((e >> REASON_BITS) == stored) {
             return Some(reason_of(e.into()));
         }
