@@ -72,6 +72,8 @@ pub struct LineTable {
     /// for every j the search can name (slots past the last repeat the last), so a search step
     /// reads its slot with no arithmetic.
     slot_reads: [[u8; 2]; SEARCH_SLOTS],
+    /// For narrow entries, the mask of one entry's bits.
+    narrow_mask: u64,
 }
 
 /// Slots the four-step line search can name (some past a line's last slot).
@@ -257,6 +259,11 @@ impl LineTable {
             count: in_lines + overflow.count,
             end: overflow.end,
             slot_reads: slot_reads(entry_bits, slots),
+            narrow_mask: if entry_bits <= NARROW_ENTRY_BITS_MAX {
+                (1u64 << entry_bits) - 1
+            } else {
+                0
+            },
         };
         table.check(bytes, in_lines)?;
         Ok(table)
@@ -342,7 +349,7 @@ impl LineTable {
             // cache line and no copy of it has to be forwarded. Entries and the stored value
             // fit in a u64 here, so the search compares u64s.
             debug_assert!(stored < 1u128 << (eb - REASON_BITS));
-            let m = (1u64 << eb) - 1;
+            let m = self.narrow_mask;
             self.find(bytes, key, n, stored as u64, |j| {
                 let [at, shift] = self.slot_reads[j as usize % SEARCH_SLOTS];
                 let at = usize::from(at);

@@ -198,10 +198,19 @@ pub(crate) fn sort_word_raw(mixed: u128, code: u128) -> u128 {
     (mixed << REASON_BITS) | (code & 3)
 }
 
+/// `ListReason::ALL` is in code order (code = reason − 1), so a code indexes it.
+const _: () = {
+    let mut i = 0;
+    while i < ListReason::ALL.len() {
+        assert!(ListReason::ALL[i] as usize == i + 1);
+        i += 1;
+    }
+};
+
+/// The reason of a 2-bit code (every value names one).
 #[inline]
 pub(crate) fn reason_of(code: u128) -> ListReason {
-    // 2 bits hold 0..=3 and every value names a reason, so this cannot fail.
-    ListReason::from_u8((code & 3) as u8 + 1).unwrap_or(ListReason::Lost)
+    ListReason::ALL[(code & 3) as usize]
 }
 
 /// Where one table lies inside its owner's bytes (validated: every read below is in bounds).
