@@ -267,15 +267,12 @@ impl Blacklist {
     /// Apply one change in place (a replay event, a counter action on the depot's copy).
     /// Only the overlay changes; the base is shared with other versions, never copied.
     pub fn apply(&mut self, change: &Change) {
-        // The base is looked up once, and only when the overlay does not have the id.
-        let overlaid = self.overlay.get(&change.id).copied();
-        let in_base = || self.base.get(&change.id);
-        let (before, base) = match overlaid {
-            Some(before) => (before, None),
-            None => {
-                let b = in_base();
-                (b, Some(b))
-            }
+        // The base is looked up at most once: here when the overlay does not have the id,
+        // else below if the change does anything.
+        let mut in_base = None;
+        let before = match self.overlay.get(&change.id) {
+            Some(overlaid) => *overlaid,
+            None => *in_base.insert(self.base.get(&change.id)),
         };
         let after = change.result(before);
         if change.op == ChangeOp::Remove && before.is_some() && after.is_some() {
@@ -285,9 +282,9 @@ impl Blacklist {
         if after == before {
             return;
         }
-        let base = base.unwrap_or_else(in_base);
+        let in_base = in_base.unwrap_or_else(|| self.base.get(&change.id));
         let overlay = Arc::make_mut(&mut self.overlay);
-        if after == base {
+        if after == in_base {
             overlay.remove(&change.id);
         } else {
             overlay.insert(change.id, after);
