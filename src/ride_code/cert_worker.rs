@@ -37,6 +37,11 @@ pub const WAIT_SPIN_US: u64 = 1_000;
 /// done; this only bounds how late it notices a worker that died mid-job.
 pub const PARK_MAX_MS: u64 = 10;
 
+/// How long [`CertWorker::spawn`] waits for the new thread to be running, in milliseconds.
+const START_WAIT_MS: u64 = 1_000;
+const NOT_STARTED: i32 = 0;
+const NO_THREAD_ID: i32 = -1;
+
 const IDLE: u32 = 0;
 const POSTED: u32 = 1;
 const RUNNING: u32 = 2;
@@ -55,7 +60,8 @@ struct Job {
 struct Shared {
     state: AtomicU32,
     job: Mutex<Job>,
-    /// The worker's kernel thread id, 0 until it has started.
+    /// The worker's kernel thread id; [`NOT_STARTED`] until it runs, [`NO_THREAD_ID`] where
+    /// the system has none to give.
     worker_tid: AtomicI32,
 }
 
@@ -70,7 +76,7 @@ impl Shared {
                 verified: false,
                 waiter: None,
             }),
-            worker_tid: AtomicI32::new(0),
+            worker_tid: AtomicI32::new(NOT_STARTED),
         })
     }
 
@@ -113,21 +119,30 @@ impl std::fmt::Debug for CertWorker {
 pub(crate) struct Posted(());
 
 impl CertWorker {
-    /// Starts the worker, or `None` where a thread cannot be had (the verifier then checks
-    /// certificates on the scanning thread).
+    /// Starts the worker and waits until it runs, so that its start-up (the thread's own
+    /// allocations, its id for [`Self::keep_worker_off_this_core`]) is over before the first
+    /// scan; or `None` where a thread cannot be had (the verifier then checks certificates on
+    /// the scanning thread).
     pub(crate) fn spawn() -> Option<Self> {
         let shared = Shared::empty();
         let theirs = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("cert-check".into())
             .spawn(move || {
-                theirs
-                    .worker_tid
-                    .store(sched::thread_id().unwrap_or(0), Ordering::Release);
+                theirs.worker_tid.store(
+                    sched::thread_id().unwrap_or(NO_THREAD_ID),
+                    Ordering::Release,
+                );
                 work(&theirs)
             })
             .map_err(|e| tracing::warn!(error = %e, "no certificate worker thread"))
             .ok()?;
+        let waiting_since = Instant::now();
+        while shared.worker_tid.load(Ordering::Acquire) == NOT_STARTED
+            && waiting_since.elapsed() < Duration::from_millis(START_WAIT_MS)
+        {
+            std::thread::sleep(Duration::from_micros(50));
+        }
         Some(CertWorker {
             shared,
             thread: Some(thread),
@@ -200,7 +215,7 @@ impl CertWorker {
             return;
         };
         let tid = self.shared.worker_tid.load(Ordering::Acquire);
-        if self.kept_off == Some(cpu) || tid == 0 {
+        if self.kept_off == Some(cpu) || tid <= NOT_STARTED {
             return;
         }
         if let Some(others) = self.cores.and_then(|c| c.without(cpu)) {
