@@ -38,7 +38,7 @@
 //! | … | 64·L | lines: bits 0..4 count, then entry j at bit 4 + j·entry_bits: stored << 2 ‖ reason − 1; unused bits 0 |
 //! | … | … | overflow: a [`packed`] table of the same key space |
 
-use super::packed::{self, mask, reason_of, Space, Table, TableError, REASON_BITS};
+use super::packed::{self, mask, Space, Table, TableError, REASON_BITS};
 use crate::types::{ListId, ListReason};
 
 pub const LINE_BYTES: usize = 64;
@@ -76,6 +76,17 @@ pub struct LineTable {
     /// For narrow entries, the mask of one entry's bits.
     narrow_mask: u64,
 }
+
+/// The answer of a line search by (found ‖ reason code): a load instead of a branch.
+const IN_LINE: [Option<ListReason>; 8] = {
+    let mut t = [None; 8];
+    let mut code = 0;
+    while code < 4 {
+        t[4 | code] = Some(ListReason::ALL[code]);
+        code += 1;
+    }
+    t
+};
 
 /// Slots the four-step line search can name (some past a line's last slot).
 const SEARCH_SLOTS: usize = 16;
@@ -391,14 +402,21 @@ impl LineTable {
             let le = (j < n) & ((entry(j) >> REASON_BITS) <= stored);
             base = if le { j } else { base };
         }
-        let e = entry(base);
-        if (base < n) & ((e >> REASON_BITS) == stored) {
-            return Some(reason_of(e.into()));
-        }
-        if n == self.slots && stored > entry(last_slot) >> REASON_BITS {
+        // Past the line only when it is full and `stored` is above its last entry (a few
+        // percent of lookups): the one branch that depends on the line's bytes, and a
+        // rarely taken one. Hit or miss is decided without a branch (below), so a
+        // mispredicted guess cannot throw away the next lookup's work started meanwhile.
+        // `full && above` however written (`&`, a select, a mask) compiles to a branch on
+        // `full` first, which mispredicts on the quarter of lines that are full; computed as a
+        // byte and passed through `black_box` (a store and a load), it is one branch.
+        let full = u8::from(n == self.slots);
+        let above = u8::from(stored > entry(last_slot) >> REASON_BITS);
+        if std::hint::black_box(full & above) != 0 {
             return self.overflow.get(bytes, key);
         }
-        None
+        let e: u128 = entry(base).into();
+        let hit = (base < n) & ((e >> REASON_BITS) == stored.into());
+        IN_LINE[(usize::from(hit) << REASON_BITS) | (e & 3) as usize]
     }
 
     /// Every entry as its sort word (mixed key << 2 | reason − 1), in increasing order.
@@ -479,7 +497,7 @@ mod tests {
             }
             let reason = |k: &u128| {
                 let m = packed::mix(*k, space.key_bits());
-                words.iter().find(|w| **w >> 2 == m).map(|w| reason_of(*w))
+                words.iter().find(|w| **w >> 2 == m).map(|w| packed::reason_of(*w))
             };
             for k in keys.iter().take(3000) {
                 assert_eq!(t.get(&bytes, *k), reason(k));
