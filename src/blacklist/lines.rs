@@ -69,12 +69,10 @@ pub struct LineTable {
     /// Entries in lines and overflow.
     pub count: u64,
     pub end: usize,
-    /// For narrow entries, where slot j's u64 read starts in a line and how far it shifts,
-    /// for every j the search can name (slots past the last repeat the last), so a search step
-    /// reads its slot with no arithmetic.
+    /// For narrow entries, where slot j's u64 read starts in a line and how far it shifts
+    /// left to put the entry in the word's top bits, for every j the search can name (slots
+    /// past the last repeat the last), so a search step reads its slot with no arithmetic.
     slot_reads: [[u8; 2]; SEARCH_SLOTS],
-    /// For narrow entries, the mask of one entry's bits.
-    narrow_mask: u64,
 }
 
 /// The answer of a line search by (found ‖ reason code): a load instead of a branch.
@@ -91,15 +89,18 @@ const IN_LINE: [Option<ListReason>; 8] = {
 /// Slots the four-step line search can name (some past a line's last slot).
 const SEARCH_SLOTS: usize = 16;
 
-/// [`LineTable::slot_reads`]: the last 8 bytes of a line are read whole, with a longer
-/// shift, so no read leaves the line (slots · entry_bits + 4 ≤ 512).
+/// [`LineTable::slot_reads`]: the last 8 bytes of a line are read whole, with a shorter
+/// shift, so no read leaves the line (slots · entry_bits + 4 ≤ 512). Made only for narrow
+/// entries (at most [`NARROW_ENTRY_BITS_MAX`] bits).
 fn slot_reads(entry_bits: u32, slots: u32) -> [[u8; 2]; SEARCH_SLOTS] {
     let mut out = [[0u8; 2]; SEARCH_SLOTS];
     for (j, read) in (0u32..).zip(out.iter_mut()) {
         let pos = COUNT_BITS + j.min(slots.max(1) - 1) * entry_bits;
         let start = (pos / 8).min(LAST_WORD_AT);
-        // Both fit a byte: start ≤ 56, and pos < 512 so the shift is below 64.
-        *read = [start as u8, (pos - 8 * start) as u8];
+        // The entry's bits sit at pos − 8·start in the word (at most 7, or at most
+        // 64 − entry_bits in the last word), so the left shift is 0..=63 and both fit a byte.
+        let left = 64 - entry_bits - (pos - 8 * start);
+        *read = [start as u8, left as u8];
     }
     out
 }
@@ -270,11 +271,10 @@ impl LineTable {
             overflow,
             count: in_lines + overflow.count,
             end: overflow.end,
-            slot_reads: slot_reads(entry_bits, slots),
-            narrow_mask: if entry_bits <= NARROW_ENTRY_BITS_MAX {
-                (1u64 << entry_bits) - 1
+            slot_reads: if entry_bits <= NARROW_ENTRY_BITS_MAX {
+                slot_reads(entry_bits, slots)
             } else {
-                0
+                [[0; 2]; SEARCH_SLOTS]
             },
         };
         table.check(bytes, in_lines)?;
@@ -358,65 +358,90 @@ impl LineTable {
         let eb = self.entry_bits;
         if eb <= NARROW_ENTRY_BITS_MAX {
             // One u64 load a slot, read in place (see `slot_reads`): a lookup touches one
-            // cache line and no copy of it has to be forwarded. Entries and the stored value
-            // fit in a u64 here, so the search compares u64s.
+            // cache line and no copy of it has to be forwarded. The load is shifted left so
+            // the entry fills the word's top `eb` bits, above whatever follows it; the key's
+            // stored value is put in the same place before the line arrives, with all ones
+            // below (`ceiling`), so that one comparison orders them, with no mask or shift
+            // after the miss: word ≤ ceiling exactly when the entry's stored value ≤ the key's.
             debug_assert!(stored < 1u128 << (eb - REASON_BITS));
-            let m = self.narrow_mask;
-            self.find(bytes, key, n, stored as u64, |j| {
-                let [at, shift] = self.slot_reads[j as usize % SEARCH_SLOTS];
+            let below = 64 - eb + REASON_BITS;
+            let ceiling = ((stored as u64) << below) | ((1u64 << below) - 1);
+            let read = |j: u32| {
+                let [at, left] = self.slot_reads[j as usize % SEARCH_SLOTS];
                 let at = usize::from(at);
                 let mut word = [0u8; 8];
                 word.copy_from_slice(&line[at..at + 8]);
-                (u64::from_le_bytes(word) >> shift) & m
-            })
+                u64::from_le_bytes(word) << left
+            };
+            self.find(
+                bytes,
+                key,
+                n,
+                read,
+                |w| w <= ceiling,
+                |w| {
+                    // Equal stored values: the words agree above `below`.
+                    (
+                        (w ^ ceiling) >> below == 0,
+                        (w >> (below - REASON_BITS)) as usize & 3,
+                    )
+                },
+            )
         } else {
             let w = load_line(line, 0);
             let last_slot = self.slots - 1;
-            self.find(bytes, key, n, stored, |j| {
-                field(&w, COUNT_BITS + j.min(last_slot) * eb, eb)
-            })
+            let read = |j: u32| field(&w, COUNT_BITS + j.min(last_slot) * eb, eb);
+            self.find(
+                bytes,
+                key,
+                n,
+                read,
+                |e| e >> REASON_BITS <= stored,
+                |e| (e >> REASON_BITS == stored, (e & 3) as usize),
+            )
         }
     }
 
-    /// The line search, given its `n` used slots and slot `j`'s entry as `entry(j)`: a
-    /// branch-free binary search over 16 virtual slots in four fixed steps (entries increase; a
-    /// slot at or past `n` counts as above everything). Not in the line: in the overflow table
-    /// only when the line is full and `stored` is above its last entry.
+    /// The line search for the key's stored value, given the line's `n` used slots, slot
+    /// `j` as `read(j)`, whether a slot's stored value is at most the key's (`at_most`), and
+    /// whether it is equal, with the slot's reason code (`equal_code`): a branch-free binary
+    /// search over 16 virtual slots in four fixed steps (entries increase; a slot at or past
+    /// `n` counts as above everything). Not in the line: in the overflow table only when the
+    /// line is full and the key is above its last entry.
     #[inline(always)]
-    fn find<T>(
+    fn find<T: Copy>(
         &self,
         bytes: &[u8],
         key: u128,
         n: u32,
-        stored: T,
-        entry: impl Fn(u32) -> T,
-    ) -> Option<ListReason>
-    where
-        T: Copy + PartialOrd + std::ops::Shr<u32, Output = T> + Into<u128>,
-    {
+        read: impl Fn(u32) -> T,
+        at_most: impl Fn(T) -> bool,
+        equal_code: impl Fn(T) -> (bool, usize),
+    ) -> Option<ListReason> {
         let last_slot = self.slots - 1;
-        // `entry` takes any j below SEARCH_SLOTS; past the last slot it repeats the last.
+        // `read` takes any j below SEARCH_SLOTS; past the last slot it repeats the last.
         let mut base = 0u32;
         for half in [8u32, 4, 2, 1] {
             let j = base + half;
-            let le = (j < n) & ((entry(j) >> REASON_BITS) <= stored);
+            let le = (j < n) & at_most(read(j));
             base = if le { j } else { base };
         }
-        // Past the line only when it is full and `stored` is above its last entry (a few
-        // percent of lookups): the one branch that depends on the line's bytes, and a
-        // rarely taken one. Hit or miss is decided without a branch (below), so a
-        // mispredicted guess cannot throw away the next lookup's work started meanwhile.
-        // `full && above` however written (`&`, a select, a mask) compiles to a branch on
-        // `full` first, which mispredicts on the quarter of lines that are full; computed as a
-        // byte and passed through `black_box` (a store and a load), it is one branch.
-        let full = u8::from(n == self.slots);
-        let above = u8::from(stored > entry(last_slot) >> REASON_BITS);
-        if std::hint::black_box(full & above) != 0 {
+        // `base` is now the last slot at most the key (or slot 0). Past the line only when
+        // the line is full and the key is above its last entry (a few percent of lookups):
+        // the one branch that depends on the line's bytes, and a rarely taken one. Hit or
+        // miss is decided without a branch, so a mispredicted guess cannot throw away the
+        // next lookups' work started while this one waited for its line. (`a & b & c` on
+        // bools, or a select, compiles to a branch on the first, which mispredicts on the
+        // quarter of lines that are full; as a byte through `black_box` it is one branch.)
+        let entry = read(base);
+        let (equal, code) = equal_code(entry);
+        let above_last = (base == last_slot) & at_most(entry) & !equal;
+        let full = n == self.slots;
+        if std::hint::black_box(u8::from(full) & u8::from(above_last)) != 0 {
             return self.overflow.get(bytes, key);
         }
-        let e: u128 = entry(base).into();
-        let hit = (base < n) & ((e >> REASON_BITS) == stored.into());
-        IN_LINE[(usize::from(hit) << REASON_BITS) | (e & 3) as usize]
+        let hit = (base < n) & equal;
+        IN_LINE[(usize::from(hit) << REASON_BITS) | code]
     }
 
     /// Every entry as its sort word (mixed key << 2 | reason − 1), in increasing order.
@@ -497,10 +522,18 @@ mod tests {
             }
             let reason = |k: &u128| {
                 let m = packed::mix(*k, space.key_bits());
-                words.iter().find(|w| **w >> 2 == m).map(|w| packed::reason_of(*w))
+                words
+                    .iter()
+                    .find(|w| **w >> 2 == m)
+                    .map(|w| packed::reason_of(*w))
             };
             for k in keys.iter().take(3000) {
-                assert_eq!(t.get(&bytes, *k), reason(k));
+                assert_eq!(
+                    t.get(&bytes, *k),
+                    reason(k),
+                    "{space:?} {n} eb {}",
+                    t.entry_bits
+                );
                 assert_eq!(t.get(&bytes, k + 1), reason(&(k + 1)));
             }
             assert_eq!(t.words(&bytes).collect::<Vec<_>>(), words);
