@@ -76,6 +76,24 @@ impl DerefMut for AlignedBytes {
     }
 }
 
+/// Start loading the cache line at `ptr` into the cache, without waiting for it. Only a hint:
+/// it never faults and changes no memory, whatever `ptr` is.
+#[inline(always)]
+pub fn prefetch(ptr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 reads nothing into a register and cannot fault, for any address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.cast());
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: PRFM is a hint: it cannot fault and changes no register or memory.
+    unsafe {
+        std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) ptr, options(nostack, preserves_flags, readonly));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = ptr;
+}
+
 /// Bytes in a transparent huge page.
 const HUGE_PAGE_BYTES: usize = 2 << 20;
 

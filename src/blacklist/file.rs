@@ -251,10 +251,7 @@ impl Blacklist {
             });
         }
         let mut next = self.clone();
-        next.reserve_overlay(delta.changes.len());
-        for change in &delta.changes {
-            next.apply(change);
-        }
+        next.apply_all(&delta.changes);
         next.set_version(delta.to_version);
         Ok(next)
     }

@@ -345,6 +345,19 @@ impl LineTable {
         }
     }
 
+    /// Ask the memory system for the line `key` would be read from, without waiting for it
+    /// (see [`Blacklist::apply_all`](super::Blacklist::apply_all)): a loop over many keys
+    /// prefetches a few keys ahead, so their cache misses overlap.
+    #[inline]
+    pub fn prefetch(&self, bytes: &[u8], key: u128) {
+        let mixed = packed::mix(key, self.space.key_bits());
+        let (line, _) = self.place(mixed);
+        let at = self.lines_at + LINE_BYTES * line as usize;
+        if let Some(line) = bytes.get(at..at + LINE_BYTES) {
+            super::aligned::prefetch(line.as_ptr());
+        }
+    }
+
     /// [`Self::get`] with the key width a constant (its masks and shifts fold).
     #[inline(always)]
     fn get_in<const K: u32>(&self, bytes: &[u8], key: u128) -> Option<ListReason> {

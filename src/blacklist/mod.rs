@@ -61,6 +61,9 @@ pub use handle::BlacklistHandle;
 pub const OVERLAY_COMPACT_ENTRIES: usize = 1_000_000;
 /// Estimated heap bytes of one overlay entry (B-tree node share of key, value and links).
 pub const OVERLAY_ENTRY_BYTES: usize = 48;
+/// How many changes ahead [`Blacklist::apply_all`] prefetches the base line: enough to
+/// cover a memory access (~150 ns) with the ~30 ns of work a change takes.
+const APPLY_PREFETCH_AHEAD: usize = 8;
 
 /// Add or remove one entry.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -156,6 +159,12 @@ impl Base {
         self.table(space).get(&self.bytes, key)
     }
 
+    #[inline]
+    fn prefetch(&self, id: &ListId) {
+        let (space, key) = packed::key_of(id);
+        self.table(space).prefetch(&self.bytes, key);
+    }
+
     fn len(&self) -> usize {
         (self.cards.count + self.accounts.count) as usize
     }
@@ -164,6 +173,41 @@ impl Base {
     fn payload(&self) -> &[u8] {
         &self.bytes[self.payload_at..]
     }
+}
+
+/// Apply `change` to `overlay` over a base that lists its id as `in_base`; returns the
+/// entry before and after. An overlay entry always differs from the base's: one that would
+/// equal it is removed.
+fn apply_to(
+    overlay: &mut Overlay,
+    change: &Change,
+    in_base: Option<ListReason>,
+) -> (Option<ListReason>, Option<ListReason>) {
+    use std::collections::hash_map::Entry;
+    let (before, after) = match overlay.entry(change.id) {
+        Entry::Occupied(mut overlaid) => {
+            let before = *overlaid.get();
+            let after = change.result(before);
+            if after == in_base {
+                overlaid.remove();
+            } else {
+                overlaid.insert(after);
+            }
+            (before, after)
+        }
+        Entry::Vacant(vacant) => {
+            let after = change.result(in_base);
+            if after != in_base {
+                vacant.insert(after);
+            }
+            (in_base, after)
+        }
+    };
+    if change.op == ChangeOp::Remove && before.is_some() && after.is_some() {
+        tracing::warn!(id = %change.id, listed = ?before, lifts = ?change.reason,
+            "remove names another reason; entry kept");
+    }
+    (before, after)
 }
 
 /// The overlay's map. Its keys come only from operator-signed files and the validator's own
@@ -267,29 +311,27 @@ impl Blacklist {
     /// Apply one change in place (a replay event, a counter action on the depot's copy).
     /// Only the overlay changes; the base is shared with other versions, never copied.
     pub fn apply(&mut self, change: &Change) {
-        // The base is looked up at most once: here when the overlay does not have the id,
-        // else below if the change does anything.
-        let mut in_base = None;
-        let before = match self.overlay.get(&change.id) {
-            Some(overlaid) => *overlaid,
-            None => *in_base.insert(self.base.get(&change.id)),
-        };
-        let after = change.result(before);
-        if change.op == ChangeOp::Remove && before.is_some() && after.is_some() {
-            tracing::warn!(id = %change.id, listed = ?before, lifts = ?change.reason,
-                "remove names another reason; entry kept");
+        self.apply_all(std::slice::from_ref(change));
+    }
+
+    /// Apply `changes` in order, as [`Self::apply`] one by one would. The base's answers
+    /// are looked up first, in one loop that prefetches the base line of the change
+    /// [`APPLY_PREFETCH_AHEAD`] ahead, so their cache misses overlap instead of each
+    /// waiting for the one before; then each change updates the overlay with one hash.
+    pub fn apply_all(&mut self, changes: &[Change]) {
+        let mut in_base: Vec<Option<ListReason>> = Vec::with_capacity(changes.len());
+        for (i, change) in changes.iter().enumerate() {
+            if let Some(ahead) = changes.get(i + APPLY_PREFETCH_AHEAD) {
+                self.base.prefetch(&ahead.id);
+            }
+            in_base.push(self.base.get(&change.id));
         }
-        if after == before {
-            return;
-        }
-        let in_base = in_base.unwrap_or_else(|| self.base.get(&change.id));
         let overlay = Arc::make_mut(&mut self.overlay);
-        if after == in_base {
-            overlay.remove(&change.id);
-        } else {
-            overlay.insert(change.id, after);
+        overlay.reserve(changes.len());
+        for (change, in_base) in changes.iter().zip(in_base) {
+            let (before, after) = apply_to(overlay, change, in_base);
+            self.len = self.len + usize::from(after.is_some()) - usize::from(before.is_some());
         }
-        self.len = self.len + usize::from(after.is_some()) - usize::from(before.is_some());
     }
 
     /// Every listed entry (base entries in mixed-key order, then overlay additions).
@@ -303,12 +345,6 @@ impl Blacklist {
             .filter(move |(id, _)| !overlay.contains_key(id));
         let from_overlay = overlay.iter().filter_map(|(id, r)| r.map(|r| (*id, r)));
         from_base.chain(from_overlay)
-    }
-
-    /// Room in the overlay for `changes` more entries, made once instead of growing through
-    /// them (a 100,000-change delta would rehash the map some 17 times).
-    pub(crate) fn reserve_overlay(&mut self, changes: usize) {
-        Arc::make_mut(&mut self.overlay).reserve(changes);
     }
 
     /// Entries in the overlay (changes not yet folded into the base).
