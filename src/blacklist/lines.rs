@@ -358,11 +358,14 @@ impl LineTable {
         }
     }
 
-    /// [`Self::get`] with the key width a constant (its masks and shifts fold).
+    /// [`Self::get`] with the key width a constant (its masks and shifts fold); `K` must be
+    /// this table's key width.
     #[inline(always)]
-    fn get_in<const K: u32>(&self, bytes: &[u8], key: u128) -> Option<ListReason> {
+    pub(super) fn get_in<const K: u32>(&self, bytes: &[u8], key: u128) -> Option<ListReason> {
+        debug_assert_eq!(K, self.space.key_bits());
         let mixed = packed::mix(key, K);
-        let (line, stored) = place(mixed, K, self.lines, self.shift);
+        let product = mixed * u128::from(self.lines);
+        let line = (product >> K) as u64;
         let at = self.lines_at + LINE_BYTES * line as usize;
         let line: &[u8; LINE_BYTES] = bytes[at..at + LINE_BYTES]
             .try_into()
@@ -376,9 +379,15 @@ impl LineTable {
             // stored value is put in the same place before the line arrives, with all ones
             // below (`ceiling`), so that one comparison orders them, with no mask or shift
             // after the miss: word ≤ ceiling exactly when the entry's stored value ≤ the key's.
-            debug_assert!(stored < 1u128 << (eb - REASON_BITS));
+            // The stored value (see `place`) has K − t = eb − 2 bits here, under 64: one
+            // 128-bit shift by t (below 32) and a 64-bit mask.
+            let stored = (product >> (self.shift & 63)) as u64 & ((1u64 << (eb - REASON_BITS)) - 1);
+            debug_assert_eq!(
+                u128::from(stored),
+                place(mixed, K, self.lines, self.shift).1
+            );
             let below = 64 - eb + REASON_BITS;
-            let ceiling = ((stored as u64) << below) | ((1u64 << below) - 1);
+            let ceiling = (stored << below) | ((1u64 << below) - 1);
             let read = |j: u32| {
                 let [at, left] = self.slot_reads[j as usize % SEARCH_SLOTS];
                 let at = usize::from(at);
@@ -401,18 +410,34 @@ impl LineTable {
                 },
             )
         } else {
-            let w = load_line(line, 0);
-            let last_slot = self.slots - 1;
-            let read = |j: u32| field(&w, COUNT_BITS + j.min(last_slot) * eb, eb);
-            self.find(
-                bytes,
-                key,
-                n,
-                read,
-                |e| e >> REASON_BITS <= stored,
-                |e| (e >> REASON_BITS == stored, (e & 3) as usize),
-            )
+            self.get_wide((product & mask(K)) >> self.shift, bytes, key, line, n)
         }
+    }
+
+    /// The line search for entries too wide for one u64 read (accounts, and small card
+    /// tables): the line is copied into words. Kept out of line so that the narrow path
+    /// above needs fewer registers and less stack.
+    #[inline(never)]
+    fn get_wide(
+        &self,
+        stored: u128,
+        bytes: &[u8],
+        key: u128,
+        line: &[u8; LINE_BYTES],
+        n: u32,
+    ) -> Option<ListReason> {
+        let eb = self.entry_bits;
+        let w = load_line(line, 0);
+        let last_slot = self.slots - 1;
+        let read = |j: u32| field(&w, COUNT_BITS + j.min(last_slot) * eb, eb);
+        self.find(
+            bytes,
+            key,
+            n,
+            read,
+            |e| e >> REASON_BITS <= stored,
+            |e| (e >> REASON_BITS == stored, (e & 3) as usize),
+        )
     }
 
     /// The line search for the key's stored value, given the line's `n` used slots, slot

@@ -155,8 +155,15 @@ impl Base {
 
     #[inline]
     fn get(&self, id: &ListId) -> Option<ListReason> {
-        let (space, key) = packed::key_of(id);
-        self.table(space).get(&self.bytes, key)
+        // One dispatch on the id's kind, with the key width a constant in each arm.
+        match packed::key_of(id) {
+            (Space::Cards, key) => self
+                .cards
+                .get_in::<{ packed::CARD_KEY_BITS }>(&self.bytes, key),
+            (Space::Accounts, key) => self
+                .accounts
+                .get_in::<{ packed::ACCOUNT_KEY_BITS }>(&self.bytes, key),
+        }
     }
 
     #[inline]

@@ -183,8 +183,10 @@ fn card_key(c: &CardNo) -> u128 {
     x = ((x >> 8) & 0x00FF_00FF_00FF_00FF) * 100 + (x & 0x00FF_00FF_00FF_00FF);
     x = ((x >> 16) & 0x0000_FFFF_0000_FFFF) * 10_000 + (x & 0x0000_FFFF_0000_FFFF);
     x = (x >> 32) * 100_000_000 + (x & 0xFFFF_FFFF);
-    let pair = |b: u8| u64::from(b >> 4) * 10 + u64::from(b & 0x0F);
-    let tail = pair(c.0[8]) * 100 + pair(c.0[9]);
+    // The last four digits the same way, in a u32.
+    let mut t = u32::from(u16::from_be_bytes([c.0[8], c.0[9]]));
+    t -= 6 * ((t >> 4) & 0x0F0F);
+    let tail = (t >> 8) * 100 + (t & 0xFF);
     u128::from(x) * 10_000 + u128::from(tail)
 }
 
