@@ -16,6 +16,9 @@
 //! its line in place, finds the key in four branch-free steps of a binary search (each slot
 //! read through a table of byte offsets and shifts made when the table is opened), and only
 //! when the line is full and the key is above its last entry looks in the overflow table.
+//! Whether the key is in the line is decided without a branch: lookups are independent, and
+//! a mispredicted branch on the line's bytes would throw away the work the processor started
+//! on the next ones while this one waited for its line.
 //!
 //! At 20 million cards: 2.5 million lines of 10 entries of 48 bits, 160 MB and about 8.3
 //! bytes an entry with the overflow; a lookup touches one cache line (the packed sorted table
