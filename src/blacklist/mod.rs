@@ -184,14 +184,10 @@ impl Base {
     }
 }
 
-/// Apply `change` to `overlay` over a base that lists its id as `in_base`; returns the
-/// entry before and after. An overlay entry always differs from the base's: one that would
-/// equal it is removed.
-fn apply_to(
-    overlay: &mut Overlay,
-    change: &Change,
-    in_base: Option<ListReason>,
-) -> (Option<ListReason>, Option<ListReason>) {
+/// Apply `change` to `overlay` over a base that lists its id as `in_base`, keeping `len` (the
+/// list's entry count) in step. An overlay entry always differs from the base's: one that
+/// would equal it is removed.
+fn apply_to(overlay: &mut Overlay, len: &mut usize, change: &Change, in_base: Option<ListReason>) {
     use std::collections::hash_map::Entry;
     let (before, after) = match overlay.entry(change.id) {
         Entry::Occupied(mut overlaid) => {
@@ -216,7 +212,7 @@ fn apply_to(
         tracing::warn!(id = %change.id, listed = ?before, lifts = ?change.reason,
             "remove names another reason; entry kept");
     }
-    (before, after)
+    *len = *len + usize::from(after.is_some()) - usize::from(before.is_some());
 }
 
 /// The overlay's map. Its keys come only from operator-signed files and the validator's own
@@ -321,7 +317,13 @@ impl Blacklist {
     /// Only the overlay changes; the base is shared with other versions, never copied (an
     /// overlay shared with another version is copied first, as for any write).
     pub fn apply(&mut self, change: &Change) {
-        self.apply_all(std::slice::from_ref(change));
+        let in_base = self.base.get(&change.id);
+        apply_to(
+            Arc::make_mut(&mut self.overlay),
+            &mut self.len,
+            change,
+            in_base,
+        );
     }
 
     /// Apply `changes` in order, as [`Self::apply`] one by one would. The base's answers
@@ -339,8 +341,7 @@ impl Blacklist {
         let overlay = Arc::make_mut(&mut self.overlay);
         overlay.reserve(changes.len());
         for (change, in_base) in changes.iter().zip(in_base) {
-            let (before, after) = apply_to(overlay, change, in_base);
-            self.len = self.len + usize::from(after.is_some()) - usize::from(before.is_some());
+            apply_to(overlay, &mut self.len, change, in_base);
         }
     }
 
