@@ -76,6 +76,34 @@ pub struct LineTable {
     /// left to put the entry in the word's top bits, for every j the search can name (slots
     /// past the last repeat the last), so a search step reads its slot with no arithmetic.
     slot_reads: [[u8; 2]; SEARCH_SLOTS],
+    /// For narrow entries, the constants of the comparison in the word's top bits (see
+    /// [`Self::get_in`]), made once here instead of on every lookup.
+    narrow: Narrow,
+}
+
+/// [`LineTable::get_in`]'s constants for narrow entries (all zero for wide ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Narrow {
+    /// The stored value's bits: entry bits − 2.
+    stored_mask: u64,
+    /// Bits below the stored value once an entry fills a word's top bits: 64 − entry bits + 2.
+    below: u32,
+    /// Ones in those bits.
+    below_ones: u64,
+}
+
+impl Narrow {
+    fn of(entry_bits: u32) -> Narrow {
+        if entry_bits > NARROW_ENTRY_BITS_MAX {
+            return Narrow::default();
+        }
+        let below = 64 - entry_bits + REASON_BITS;
+        Narrow {
+            stored_mask: (1u64 << (entry_bits - REASON_BITS)) - 1,
+            below,
+            below_ones: (1u64 << below) - 1,
+        }
+    }
 }
 
 /// The answer of a line search by (found ‖ reason code): a load instead of a branch.
@@ -279,6 +307,7 @@ impl LineTable {
             } else {
                 [[0; 2]; SEARCH_SLOTS]
             },
+            narrow: Narrow::of(entry_bits),
         };
         table.check(bytes, in_lines)?;
         Ok(table)
@@ -385,13 +414,17 @@ impl LineTable {
             // after the miss: word ≤ ceiling exactly when the entry's stored value ≤ the key's.
             // The stored value (see `place`) has K − t = eb − 2 bits here, under 64: one
             // 128-bit shift by t (below 32) and a 64-bit mask.
-            let stored = (product >> (self.shift & 63)) as u64 & ((1u64 << (eb - REASON_BITS)) - 1);
+            let Narrow {
+                stored_mask,
+                below,
+                below_ones,
+            } = self.narrow;
+            let stored = (product >> (self.shift & 63)) as u64 & stored_mask;
             debug_assert_eq!(
                 u128::from(stored),
                 place(mixed, K, self.lines, self.shift).1
             );
-            let below = 64 - eb + REASON_BITS;
-            let ceiling = (stored << below) | ((1u64 << below) - 1);
+            let ceiling = (stored << below) | below_ones;
             let read = |j: u32| {
                 let [at, left] = self.slot_reads[j as usize % SEARCH_SLOTS];
                 let at = usize::from(at);
