@@ -49,7 +49,8 @@ pub struct DemoArgs {
     /// Taps and scans on each bus over the day.
     #[arg(long, default_value_t = 300)]
     pub taps_per_bus: usize,
-    /// Keep the journals and the depot database in DIR (default: a temporary folder).
+    /// Keep the journals and the depot database in DIR, a new or empty folder (default: a
+    /// temporary folder, removed at the end).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Print the report as one JSON object.
@@ -270,6 +271,21 @@ fn tally(report: &mut DemoReport, media: &str, d: &Decision, route: u16) {
     }
 }
 
+/// The demo's day starts from nothing: journals or a depot database left by an earlier run
+/// would be uploaded again and counted twice, so a folder that holds anything is refused.
+fn ensure_empty_data_dir(dir: &std::path::Path) -> Result<(), String> {
+    let at = |e: std::io::Error| format!("{}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(at)?;
+    if std::fs::read_dir(dir).map_err(at)?.next().is_some() {
+        return Err(format!(
+            "{}: --data must be a new or empty folder (an earlier day's journals and depot \
+             would be counted again); remove it or choose another",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Run the day; the report, and the folder it ran in.
 pub fn simulate(args: &DemoArgs) -> Result<DemoReport, String> {
     let _temp;
@@ -282,7 +298,7 @@ pub fn simulate(args: &DemoArgs) -> Result<DemoReport, String> {
             d
         }
     };
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    ensure_empty_data_dir(&dir)?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let start = Timestamp::parse_rfc3339(DEMO_DAY_START).map_err(|e| e.to_string())?;
     let mut pop = population(args, &mut rng, start)?;

@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a simulated morning on one bus and print a summary (no set-up needed).
+    /// Run a simulated service day on a fleet of buses and a depot, and print the report (no
+    /// set-up needed).
     Demo(demo::DemoArgs),
     /// Run recorded taps and scans through the engine (shared/specs/replay.md).
     Replay {
@@ -102,9 +103,12 @@ enum JournalCmd {
 }
 
 fn main() -> ExitCode {
+    // Colour escapes only on a terminal: logs sent to a file or a pipe stay plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     let cli = Cli::parse();
     match run(cli.cmd) {
@@ -189,7 +193,13 @@ fn journal_show(dir: &std::path::Path) -> CmdResult {
             dir.display()
         )));
     }
-    let scan = journal::scan(dir).map_err(|e| (1, e.to_string()))?;
+    if !holds_journal_files(dir).map_err(|e| (1, format!("{}: {e}", dir.display())))? {
+        return Err(bad_input(format!(
+            "{}: not a journal folder (no seg-*.jnl segment and no acked cursor)",
+            dir.display()
+        )));
+    }
+    let scan = journal::scan(dir).map_err(|e| (1, format!("{}: {e}", dir.display())))?;
     let mut out = std::io::stdout().lock();
     for r in &scan.records {
         use std::io::Write;
@@ -199,4 +209,17 @@ fn journal_show(dir: &std::path::Path) -> CmdResult {
         eprintln!("fare-validator: journal {p}");
     }
     Ok(())
+}
+
+/// Whether `dir` holds a journal's files: a segment or the upload cursor. A journal, once
+/// opened, always has its active segment, so a folder with neither is a mistyped path.
+fn holds_journal_files(dir: &std::path::Path) -> std::io::Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name == "acked" || (name.starts_with("seg-") && name.ends_with(".jnl")) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -136,8 +136,22 @@ pub struct UploadArgs {
     pub operator_pub: Option<String>,
 }
 
+/// Opens (or, on first use, creates) the station's database: only `serve` and `terminal add`,
+/// the commands that set a station up, may create one.
 fn open_store(db: &Path) -> Result<Store, (u8, String)> {
-    Store::open(db).map_err(runtime_err)
+    Store::open(db).map_err(|e| runtime_err(format!("{}: {e}", db.display())))
+}
+
+/// Opens an existing database: every other command works on a station already set up, so a
+/// mistyped `--db` is an error rather than a new, empty station.
+fn open_existing_store(db: &Path) -> Result<Store, (u8, String)> {
+    if !db.is_file() {
+        return Err(input_err(format!(
+            "{}: no depot database here (it is created by `depot serve` or `depot terminal add`)",
+            db.display()
+        )));
+    }
+    open_store(db)
 }
 
 pub fn run_depot(cmd: DepotCmd) -> CmdResult {
@@ -174,12 +188,14 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
                     "keys"
                 }
             };
-            let v = open_store(&db)?.publish(name, &body).map_err(runtime_err)?;
+            let v = open_existing_store(&db)?
+                .publish(name, &body)
+                .map_err(runtime_err)?;
             println!("{}", serde_json::json!({ "kind": name, "version": v }));
             Ok(())
         }
         DepotCmd::OperatorKey { db, import } => {
-            let store = open_store(&db)?;
+            let store = open_existing_store(&db)?;
             if let Some(path) = import {
                 let key = crate::signed::read_signing_key(&path).map_err(input_err)?;
                 store.set_operator_key(&key).map_err(runtime_err)?;
@@ -189,7 +205,7 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
             Ok(())
         }
         DepotCmd::Report { db, json: _ } => {
-            let report = open_store(&db)?.report().map_err(runtime_err)?;
+            let report = open_existing_store(&db)?.report().map_err(runtime_err)?;
             println!("{}", serde_json::to_string(&report).map_err(runtime_err)?);
             Ok(())
         }
@@ -237,7 +253,7 @@ fn blacklist(cmd: BlacklistCmd) -> CmdResult {
         _ => return Err(input_err("give exactly one of --card or --account")),
     };
     let reason: ListReason = args.reason.parse().map_err(input_err)?;
-    let mut store = open_store(&args.db)?;
+    let mut store = open_existing_store(&args.db)?;
     let version = store
         .blacklist_change(&Change { op, id, reason })
         .map_err(|e| match e {
@@ -279,7 +295,7 @@ fn csv_row(terminal: &str, r: &Record, dup: bool) -> String {
 }
 
 fn export(db: &Path, out: Option<&Path>) -> CmdResult {
-    let store = open_store(db)?;
+    let store = open_existing_store(db)?;
     let mut w: Box<dyn Write> = match out {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).map_err(|e| input_err(format!("{}: {e}", p.display())))?,

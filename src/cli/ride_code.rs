@@ -80,9 +80,10 @@ pub enum RideCodeCmd {
         #[arg(long)]
         holder_seed: Option<u64>,
     },
-    /// Draw a ride code text as a QR code PNG (byte mode, EC level M).
+    /// Draw a ride code text as a QR code PNG (byte mode, EC level M). The text must be a
+    /// well-formed ride code; anything else is refused before a file is written.
     Qr {
-        /// The ESSC1. text.
+        /// The ESSC1. text, as `ride-code issue` prints it.
         code: String,
         #[arg(long)]
         png: PathBuf,
@@ -163,6 +164,10 @@ pub fn run_to(cmd: RideCodeCmd, out: &mut dyn Write) -> Result<(), String> {
             writeln!(out, "{}", issuer::code_text(&code)).map_err(io)
         }
         RideCodeCmd::Qr { code, png } => {
+            // A placeholder or a typo drawn as a QR code would only be refused at the bus.
+            crate::ride_code::RideCode::parse(&code).map_err(|e| {
+                format!("not a ride code (ESSC1. text as `ride-code issue` prints it): {e}")
+            })?;
             let qr = issuer::qr_code(&code).map_err(|e| e.to_string())?;
             let bytes = issuer::qr_png(&code).map_err(|e| e.to_string())?;
             std::fs::write(&png, bytes).map_err(|e| format!("{}: {e}", png.display()))?;
@@ -204,12 +209,18 @@ fn write_private_key(path: &Path, pair: &KeyPair) -> Result<(), String> {
     };
     let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())?;
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    // Never over an existing key: a key file overwritten by a repeated command is a channel's
+    // signing key gone for good.
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut f = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!(
+            "{}: already exists; a private key is never overwritten (choose another --out)",
+            path.display()
+        ),
+        _ => format!("{}: {e}", path.display()),
+    })?;
     writeln!(f, "{text}").map_err(|e| format!("{}: {e}", path.display()))
 }
 
