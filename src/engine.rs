@@ -1,7 +1,7 @@
 //! Where a tap becomes a decision.
 //!
 //! [`Validator::tap_card`] runs the whole dialogue with a card through [`CardChannel`] and the
-//! PSAM, checks the reasons of shared/specs/replay.md in their order, debits the purse, and
+//! PSAM, checks the reasons of docs/replay.md in their order, debits the purse, and
 //! makes the record durable in the [`Journal`] before it returns an accepted [`Decision`].
 //! The clock is an argument, so the same taps give the same decisions on a bus, in replay
 //! and in tests. After start-up nothing on this path allocates: the tables below are sized

@@ -13,7 +13,7 @@
 //! - [`fare`]: the fare table;
 //! - [`engine`]: where a tap becomes a decision;
 //! - [`journal`]: durable records;
-//! - [`replay`]: the replay contract (shared/specs/replay.md);
+//! - [`replay`]: the replay contract (docs/replay.md);
 //! - `reader` (feature `pcsc`): the validator on PC/SC readers; [`card::vpcd`]: simulated
 //!   cards in vsmartcard's virtual reader.
 //! - [`cli`]: command-line front ends over the library.

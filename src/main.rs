@@ -25,7 +25,7 @@ enum Cmd {
     /// Run a simulated service day on a fleet of buses and a depot, and print the report (no
     /// set-up needed).
     Demo(demo::DemoArgs),
-    /// Run recorded taps and scans through the engine (shared/specs/replay.md).
+    /// Run recorded taps and scans through the engine (docs/replay.md).
     Replay {
         /// CARDS.json: the simulated physical cards.
         #[arg(long)]

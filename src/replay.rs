@@ -1,4 +1,4 @@
-//! The replay contract (shared/specs/replay.md): a stream of taps, scans and changes runs
+//! The replay contract (docs/replay.md): a stream of taps, scans and changes runs
 //! through the same [`Validator`] a bus runs, against simulated cards, and each tap or scan
 //! prints one JSON line, after its record is durable.
 //!

@@ -1,4 +1,4 @@
-//! Each card rule of shared/specs/replay.md, through `replay` with the fixture cards.
+//! Each card rule of docs/replay.md, through `replay` with the fixture cards.
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Electronic social security card ride codes (电子社保卡乘车码): ride-code-v1.
 //!
 //! A passenger's phone shows a QR code; the scanner hands us its text, and [`Verifier::verify`]
-//! runs checks 1–10 of `shared/specs/ride-code-v1.md` in order, offline. Checks 11–13
+//! runs checks 1–10 of `docs/ride-codes.md` in order, offline. Checks 11–13
 //! (blacklist, replay, anti-passback) belong to the engine, which uses [`ReplayCache`] and the
 //! fields of [`VerifiedCode`].
 //!
