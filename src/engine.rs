@@ -11,10 +11,16 @@
 //! `card_not_yet_valid` / `card_expired`, `blacklisted` (and the lock of a replaced or
 //! cancelled card), `repeat_tap`, `insufficient_balance`, `card_removed`.
 //!
-//! A debit whose answer was lost (the card left the field, or the record could not be made
-//! durable) stays in [`PENDING_DEBITS_MAX`] slots; when that card comes back, GET
-//! TRANSACTION PROOF for the counter used tells whether the debit happened, and if so it is
-//! recorded once and the tap accepted with the earlier fare, charging nothing more.
+//! Before DEBIT FOR CAPP PURCHASE is sent, the intent to debit (a grey record, 灰记录: card,
+//! offline counter, PSAM transaction number, amount and what the record will say) is made
+//! durable in the journal folder ([`crate::journal::grey`]); if that fails the card is not
+//! debited. The grey record is settled once the debit's record is durable, voided when the
+//! card says it was not debited, and otherwise stays open across power cuts and restarts
+//! (at most [`PENDING_DEBITS_MAX`]): when that card comes back, GET TRANSACTION PROOF for the
+//! counter used tells whether the debit happened, and if so it is recorded once and the tap
+//! accepted with the earlier fare, charging nothing more. On start the anti-passback memory
+//! is rebuilt from the journal's newest records, so a restart forgets no acceptance the
+//! journal holds.
 
 use std::sync::Arc;
 
@@ -27,16 +33,16 @@ use crate::card::tunion::{
 use crate::card::ChannelError;
 use crate::clock::Timestamp;
 use crate::fare::{FareTable, PreviousBoarding};
-use crate::journal::{CardTx, Journal, JournalError, QrTx, Record, RecordKind};
+use crate::journal::{CardTx, GreyRecord, Journal, JournalError, QrTx, Record, RecordKind};
 use crate::ride_code::{ChannelKeys, ReplayCache, RideCode, RideCodeConfig, Verifier};
 use crate::types::{AccountId, CardNo, Fen, ListId, Media, Reason, RiderCategory};
 
 /// Accepted taps remembered for anti-passback. A validator accepts at most a few taps a
 /// second; 256 covers more than four a second over a 60 s window.
 pub const ANTI_PASSBACK_ENTRIES_MAX: usize = 256;
-/// Debits awaiting their proof (cards pulled away mid-debit, or accepted in a group commit
-/// not yet synced) kept at once.
-pub const PENDING_DEBITS_MAX: usize = 160;
+/// Debits awaiting their proof (cards pulled away or cut off mid-debit, or accepted in a group
+/// commit not yet synced) kept at once: the open grey records.
+pub const PENDING_DEBITS_MAX: usize = crate::journal::GREY_OPEN_MAX;
 /// Taps that may share one journal sync in group-commit mode.
 pub const GROUP_COMMIT_TAPS_MAX: usize = 128;
 /// Purchase key index this operator's cards use.
@@ -97,16 +103,6 @@ impl Decision {
     }
 }
 
-/// A debit sent to a card whose outcome is not known yet.
-#[derive(Clone, Copy, Debug)]
-struct PendingDebit {
-    card_no: CardNo,
-    offline_counter: u16,
-    terminal_seq: u32,
-    fare_fen: Fen,
-    category: RiderCategory,
-}
-
 /// Fixed-size memory of recent acceptances, for anti-passback.
 struct RecentTaps {
     entries: [Option<(ListId, i64)>; ANTI_PASSBACK_ENTRIES_MAX],
@@ -147,7 +143,6 @@ pub struct Validator<P: CardChannel> {
     blacklist: Arc<BlacklistHandle>,
     journal: Journal,
     recent: RecentTaps,
-    pending: heapless::Vec<PendingDebit, PENDING_DEBITS_MAX>,
     last_now_s: Option<i64>,
     /// Group commit: accepted taps whose records wait for [`Validator::commit`].
     deferred: heapless::Vec<ListId, GROUP_COMMIT_TAPS_MAX>,
@@ -186,14 +181,26 @@ impl<P: CardChannel> Validator<P> {
         blacklist: Blacklist,
         journal: Journal,
     ) -> Self {
+        // A restart forgets nothing the journal holds: the newest acceptances count for
+        // anti-passback as if the validator had never stopped.
+        let mut recent = RecentTaps::new();
+        for rec in journal.recent_records() {
+            recent.remember(passenger(rec), rec.at_unix_s);
+        }
+        let open = journal.grey_open().len();
+        if open > 0 {
+            tracing::info!(
+                open,
+                "grey records open: recovered when their cards come back"
+            );
+        }
         Validator {
             cfg,
             psam,
             fares,
             blacklist: Arc::new(BlacklistHandle::new(blacklist)),
             journal,
-            recent: RecentTaps::new(),
-            pending: heapless::Vec::new(),
+            recent,
             last_now_s: None,
             deferred: heapless::Vec::new(),
             ride: RideCodes::without_keys(),
@@ -215,7 +222,7 @@ impl<P: CardChannel> Validator<P> {
         if result.is_ok() {
             for id in std::mem::take(&mut self.deferred) {
                 if let ListId::Card(card_no) = id {
-                    self.forget_pending(card_no);
+                    self.journal.grey_settle(card_no);
                 }
             }
         } else {
@@ -226,6 +233,12 @@ impl<P: CardChannel> Validator<P> {
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    /// Switch the validator off: its PSAM comes back (a real module keeps its transaction
+    /// counter across power cycles); everything else in memory is gone.
+    pub fn into_psam(self) -> Psam<P> {
+        self.psam
     }
 
     /// The vehicle now runs `route`.
@@ -293,13 +306,11 @@ impl<P: CardChannel> Validator<P> {
         let info = s.read_public().map_err(card_reason)?;
         *subject = Subject::Card(info.card_no);
         let awaiting_group_sync = self.deferred.contains(&ListId::Card(info.card_no));
-        if let Some(i) = self
-            .pending
-            .iter()
-            .position(|p| p.card_no == info.card_no && !awaiting_group_sync)
-        {
-            if let Some(d) = self.recover(s, i, now)? {
-                return Ok(d);
+        if let Some(g) = self.journal.grey_for(info.card_no) {
+            if !awaiting_group_sync {
+                if let Some(d) = self.recover(s, g, now)? {
+                    return Ok(d);
+                }
             }
         }
         if info.enable_flag != 1 {
@@ -394,32 +405,39 @@ impl<P: CardChannel> Validator<P> {
             reason: card_reason(e),
             balance_fen: known_balance,
         })?;
-        if let Err(e) = self.journal_ready() {
+        let grey = GreyRecord {
+            card_no: info.card_no,
+            offline_counter: init.offline_counter,
+            terminal_seq,
+            fare_fen,
+            balance_after_fen: init.balance_fen - fare_fen,
+            category,
+            route,
+            at_unix_s: now.unix_s,
+            utc_offset_min: (now.utc_offset_s / 60) as i16,
+            terminal_no,
+        };
+        if let Err(e) = self
+            .journal_ready()
+            .and_then(|()| self.journal.grey_intent(&grey))
+        {
             tracing::error!(error = %e, "journal unavailable: no record, no ride");
             return Err(Refusal {
                 reason: Reason::StorageUnavailable,
                 balance_fen: known_balance,
             });
         }
-        let pending = PendingDebit {
-            card_no: info.card_no,
-            offline_counter: init.offline_counter,
-            terminal_seq,
-            fare_fen,
-            category,
-        };
-        self.remember_pending(pending);
         let proof = match s.debit(terminal_seq, datetime, mac1) {
             Ok(p) => p,
             Err(e @ CardError::Channel(_)) => {
-                // The debit may or may not have happened: the pending entry settles it later.
+                // The debit may or may not have happened: the grey record settles it later.
                 return Err(Refusal {
                     reason: card_reason(e),
                     balance_fen: known_balance,
                 });
             }
             Err(e) => {
-                self.forget_pending(info.card_no);
+                self.journal.grey_void(info.card_no);
                 tracing::warn!(error = %e, card = %info.card_no, "debit refused by card");
                 return Err(Refusal {
                     reason: Reason::Unreadable,
@@ -428,7 +446,7 @@ impl<P: CardChannel> Validator<P> {
             }
         };
         if let Err(e) = self.psam.verify_mac2(proof.mac2) {
-            self.forget_pending(info.card_no);
+            self.journal.grey_void(info.card_no);
             tracing::error!(error = %e, card = %info.card_no, "MAC2 did not verify: card not genuine");
             return Err(Refusal {
                 reason: Reason::Unreadable,
@@ -453,39 +471,45 @@ impl<P: CardChannel> Validator<P> {
         self.record_and_accept(rec, now)
     }
 
-    /// Settle a pending debit for the card now in the field. `Ok(None)`: it never happened,
-    /// go on with a normal tap.
+    /// Settle the card's open grey record `g` now that the card is in the field again.
+    /// `Ok(None)`: it was never debited, go on with a normal tap.
     fn recover<C: CardChannel + ?Sized>(
         &mut self,
         s: &mut CardSession<'_, C>,
-        i: usize,
+        g: GreyRecord,
         now: Timestamp,
     ) -> Result<Option<Decision>, Refusal> {
-        let p = self.pending[i];
         let proof = s
-            .transaction_proof(p.offline_counter)
+            .transaction_proof(g.offline_counter)
             .map_err(card_reason)?;
         let Some(proof) = proof else {
-            self.pending.swap_remove(i);
-            tracing::info!(card = %p.card_no, "torn tap: the card was not debited");
+            self.journal.grey_void(g.card_no);
+            tracing::info!(card = %g.card_no, "torn tap: the card was not debited");
             return Ok(None);
         };
         let balance_fen = s.get_balance().map_err(card_reason)?;
-        tracing::info!(card = %p.card_no, fare_fen = p.fare_fen, "torn tap: debit recovered from the card's proof");
-        let card_tx = CardTx {
-            offline_counter: p.offline_counter,
-            terminal_seq: p.terminal_seq,
-            tac: proof.tac,
+        tracing::info!(card = %g.card_no, fare_fen = g.fare_fen, "torn tap: debit recovered from the card's proof");
+        // The record says what the grey record promised (fare, category, route, counters),
+        // at the time the passenger is told, with the purse as it is now: `journal show`
+        // prints what the recovery tap printed.
+        let rec = Record {
+            seq: 0,
+            kind: RecordKind::CardRecovered,
+            at_unix_s: now.unix_s,
+            utc_offset_min: (now.utc_offset_s / 60) as i16,
+            route: g.route,
+            category: g.category,
+            fare_fen: g.fare_fen,
+            balance_fen: Some(balance_fen),
+            card_no: g.card_no,
+            card_tx: CardTx {
+                offline_counter: g.offline_counter,
+                terminal_seq: g.terminal_seq,
+                tac: proof.tac,
+            },
+            qr: None,
+            terminal_no: g.terminal_no,
         };
-        let rec = self.card_record(
-            RecordKind::CardRecovered,
-            p.card_no,
-            p.category,
-            p.fare_fen,
-            Some(balance_fen),
-            card_tx,
-            now,
-        );
         self.record_and_accept(rec, now).map(Some)
     }
 
@@ -540,10 +564,10 @@ impl<P: CardChannel> Validator<P> {
             storage_refusal
         })?;
         if defer {
-            // Kept pending until the group is durable; capacity was made above.
+            // Its grey record stays open until the group is durable; capacity was made above.
             let _ = self.deferred.push(passenger(&rec));
-        } else {
-            self.forget_pending(rec.card_no);
+        } else if rec.qr.is_none() {
+            self.journal.grey_settle(rec.card_no);
         }
         self.recent.remember(passenger(&rec), now.unix_s);
         let subject = match rec.qr {
@@ -566,21 +590,6 @@ impl<P: CardChannel> Validator<P> {
             tracing::info!("journal storage is back");
         }
         Ok(())
-    }
-
-    fn remember_pending(&mut self, p: PendingDebit) {
-        self.forget_pending(p.card_no);
-        if self.pending.is_full() {
-            // The oldest torn tap is dropped from memory; its debit is still on the card and
-            // reaches clearing through the card's own log.
-            tracing::warn!(card = %self.pending[0].card_no, "pending debit table full: oldest dropped");
-            self.pending.remove(0);
-        }
-        let _ = self.pending.push(p);
-    }
-
-    fn forget_pending(&mut self, card_no: CardNo) {
-        self.pending.retain(|p| p.card_no != card_no);
     }
 
     /// Block a replaced or cancelled card's transport application, as validators do with dead

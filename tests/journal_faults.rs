@@ -118,11 +118,8 @@ fn a_single_bit_flip_in_any_of_the_last_records_is_never_returned() {
     }
 }
 
-/// A file layer whose storage can be made to fail: 0 healthy, 1 disk full on write, 2 I/O
+/// A segment whose storage can be made to fail: 0 healthy, 1 disk full on write, 2 I/O
 /// error on sync, 3 half of each write lands then the disk is full.
-#[derive(Clone, Default)]
-struct Faulty(Arc<AtomicU8>);
-
 struct FaultyFile(std::fs::File, Arc<AtomicU8>);
 
 impl SegmentFile for FaultyFile {
@@ -150,16 +147,46 @@ impl SegmentFile for FaultyFile {
     }
 }
 
+/// The grey-record file on the same disk, healthy unless `fail` (then every write fails).
+struct GreyFile(std::fs::File, Arc<AtomicU8>);
+
+impl SegmentFile for GreyFile {
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        match self.1.load(Ordering::SeqCst) {
+            0 => io::Write::write_all(&mut self.0, b),
+            _ => Err(io::Error::from_raw_os_error(28)),
+        }
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+}
+
+/// Faults on the journal's segments; the grey-record file fails only when `grey` is set.
+#[derive(Clone, Default)]
+struct Faulty {
+    segments: Arc<AtomicU8>,
+    grey: Arc<AtomicU8>,
+}
+
 impl FileLayer for Faulty {
     fn open_segment(&self, p: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        if self.0.load(Ordering::SeqCst) != 0 {
+        let f = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+        };
+        if p.file_name().is_some_and(|n| n == "grey.dat") {
+            return Ok(Box::new(GreyFile(f()?, self.grey.clone())));
+        }
+        if self.segments.load(Ordering::SeqCst) != 0 {
             return Err(io::Error::from_raw_os_error(5));
         }
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)?;
-        Ok(Box::new(FaultyFile(f, self.0.clone())))
+        Ok(Box::new(FaultyFile(f()?, self.segments.clone())))
     }
 }
 
@@ -193,8 +220,9 @@ fn storage_faults_refuse_taps_no_record_no_ride_and_recover_by_themselves() {
         let mut a = card(1);
         assert!(v.tap_card(&mut a, t0).accepted());
 
-        // The disk fails after card 2's purse was debited: refused, debit pending.
-        faulty.0.store(fault, Ordering::SeqCst);
+        // The record's write fails after card 2's purse was debited (its grey record was
+        // durable): refused, debit pending.
+        faulty.segments.store(fault, Ordering::SeqCst);
         let mut b = card(2);
         let d = v.tap_card(&mut b, t0.plus_s(10));
         assert_eq!(d.outcome, Err(Reason::StorageUnavailable), "fault {fault}");
@@ -213,7 +241,7 @@ fn storage_faults_refuse_taps_no_record_no_ride_and_recover_by_themselves() {
         assert_eq!(c.balance_fen(), 5_000, "refused before the debit");
 
         // Storage comes back: card 3 pays normally, card 2's debit is recovered once.
-        faulty.0.store(0, Ordering::SeqCst);
+        faulty.segments.store(0, Ordering::SeqCst);
         c.enter_field(None);
         assert!(
             v.tap_card(&mut c, t0.plus_s(30)).accepted(),
@@ -262,4 +290,34 @@ fn segment_named_beyond_the_sequence_range_is_ignored_not_a_panic() {
     assert!(scan.records.is_empty());
     let (j, _) = Journal::open(dir.path()).unwrap();
     assert_eq!(j.next_seq(), 1);
+}
+
+#[test]
+fn grey_record_that_cannot_be_made_durable_means_no_debit() {
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Faulty::default();
+    let (journal, _) = Journal::open_with(dir.path(), Box::new(faulty.clone())).unwrap();
+    let psam = Psam::open(SimPsam::new(TestKeys::default(), [0, 0, 0, 0, 0, 1], 1)).unwrap();
+    let mut v = Validator::new(
+        EngineConfig::default(),
+        psam,
+        FareTable::default_policy(),
+        Blacklist::empty(),
+        journal,
+    );
+    let t0 = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();
+    faulty.grey.store(1, Ordering::SeqCst);
+    let mut a = card(1);
+    let d = v.tap_card(&mut a, t0);
+    assert_eq!(d.outcome, Err(Reason::StorageUnavailable));
+    assert_eq!(a.balance_fen(), 5_000, "no durable intent, no debit");
+    assert_eq!(v.journal().durable_seq(), 0);
+    // The grey file comes back: the same card pays once, as the first record.
+    faulty.grey.store(0, Ordering::SeqCst);
+    a.enter_field(None);
+    let d = v.tap_card(&mut a, t0.plus_s(5));
+    assert_eq!(
+        (d.accepted(), d.seq, a.balance_fen()),
+        (true, Some(1), 4_800)
+    );
 }

@@ -110,6 +110,11 @@ impl<C: CardChannel> Psam<C> {
         self.terminal_no
     }
 
+    /// The channel back (the module itself, when the validator is switched off).
+    pub fn into_channel(self) -> C {
+        self.channel
+    }
+
     /// MAC1 and the terminal transaction sequence number the PSAM assigned.
     pub fn mac1(&mut self, input: &Mac1Input) -> Result<(u32, [u8; 4]), CardError> {
         self.channel.transmit(

@@ -22,18 +22,23 @@
 //! - When a write or sync fails, the records of that commit are dropped (never reported),
 //!   the file is cut back to its last durable length, and later commits retry the storage.
 
+pub mod grey;
 pub mod record;
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+pub use grey::{GreyOp, GreyRecord, GREY_OPEN_MAX};
 pub use record::{CardTx, QrTx, Record, RecordError, RecordKind, RECORD_BYTES};
 
 /// Records in one segment file before a new one starts (6 MiB).
 pub const SEGMENT_RECORDS_MAX: u64 = 65_536;
 /// Records that may wait for one group commit.
 pub const GROUP_COMMIT_RECORDS_MAX: usize = 1_024;
+/// The newest records kept from the scan at open, for the anti-passback memory (four taps a
+/// second over a 60 s window).
+pub const RECENT_RECORDS_MAX: usize = 256;
 const CURSOR_FILE: &str = "acked";
 /// Highest sequence number a journal ever uses (2^62): far beyond any validator's life, and it
 /// keeps every seq arithmetic on segment names free of overflow.
@@ -79,9 +84,26 @@ pub trait SegmentFile: Send {
     fn truncate(&mut self, len: u64) -> io::Result<()>;
 }
 
-/// Opens segment files for appending.
+/// Opens segment files (and the grey-record file) for appending.
 pub trait FileLayer: Send {
     fn open_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
+
+    /// Replace the file at `path` by `bytes` atomically and durably (a temporary file,
+    /// synced, renamed over it, the folder synced): after a power cut the old content or the
+    /// new, never a mix.
+    fn replace(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, path)?;
+        match path.parent() {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The operating system's files.
@@ -271,6 +293,10 @@ pub struct Journal {
     buffered: usize,
     /// The tail must be cut to the durable length before the next append.
     needs_cut: bool,
+    /// Intents to debit not yet proven (grey records, `grey.dat`).
+    grey: grey::GreyLog,
+    /// The newest records found at open, oldest first (at most [`RECENT_RECORDS_MAX`]).
+    recent: Vec<Record>,
 }
 
 impl Journal {
@@ -279,16 +305,21 @@ impl Journal {
         Self::open_with(dir, Box::new(OsFiles))
     }
 
-    /// Open on a given file layer: scan, verify, and cut a torn tail.
+    /// Open on a given file layer: scan, verify, and cut a torn tail; read the grey records
+    /// and settle those the records already hold.
     pub fn open_with(
         dir: &Path,
         layer: Box<dyn FileLayer>,
     ) -> Result<(Journal, Vec<Problem>), JournalError> {
         fs::create_dir_all(dir)?;
-        let scan = scan(dir)?;
+        let mut scan = scan(dir)?;
+        let (grey, grey_problems) = grey::GreyLog::open(dir, &*layer, &scan.records);
+        scan.problems.extend(grey_problems);
         for p in &scan.problems {
             tracing::warn!(problem = %p, "journal: cut or skipped on open");
         }
+        let keep_from = scan.records.len().saturating_sub(RECENT_RECORDS_MAX);
+        let recent = scan.records.split_off(keep_from);
         let last = scan.last_seq.max(scan.acked_seq);
         let (first, valid_len) = scan.newest.unwrap_or((last + 1, 0));
         let mut j = Journal {
@@ -303,6 +334,8 @@ impl Journal {
             buf: Vec::with_capacity(GROUP_COMMIT_RECORDS_MAX * RECORD_BYTES),
             buffered: 0,
             needs_cut: true,
+            grey,
+            recent,
         };
         if first + j.segment_records != j.next_seq {
             // The cursor is ahead of the newest segment (all acknowledged and pruned): start anew.
@@ -329,6 +362,40 @@ impl Journal {
 
     pub fn acked_seq(&self) -> u64 {
         self.acked_seq
+    }
+
+    /// The newest durable records found when the journal was opened, oldest first (at most
+    /// [`RECENT_RECORDS_MAX`]): what a restarted validator remembers of its last taps.
+    pub fn recent_records(&self) -> &[Record] {
+        &self.recent
+    }
+
+    /// Grey records still open, oldest first.
+    pub fn grey_open(&self) -> &[GreyRecord] {
+        self.grey.open_intents()
+    }
+
+    /// The card's open grey record, if any.
+    pub fn grey_for(&self, card_no: crate::types::CardNo) -> Option<GreyRecord> {
+        self.grey.intent_for(card_no)
+    }
+
+    /// Make the intent to debit durable (written and synced) before DEBIT is sent. On error
+    /// the debit must not be sent.
+    pub fn grey_intent(&mut self, g: &GreyRecord) -> Result<(), JournalError> {
+        self.grey
+            .intent(&*self.layer, g)
+            .map_err(JournalError::from)
+    }
+
+    /// The card's debit is durable in the journal: settle its grey record.
+    pub fn grey_settle(&mut self, card_no: crate::types::CardNo) {
+        self.grey.close(&*self.layer, card_no, GreyOp::Settled);
+    }
+
+    /// The card was not debited: void its grey record.
+    pub fn grey_void(&mut self, card_no: crate::types::CardNo) {
+        self.grey.close(&*self.layer, card_no, GreyOp::Voided);
     }
 
     /// Whether the last storage operation failed (taps are refused until it works again).
