@@ -99,7 +99,13 @@ enum BenchWhat {
 enum JournalCmd {
     /// Print every durable record as a JSON line, in sequence order; a torn or corrupt tail is
     /// reported on standard error.
-    Show { dir: PathBuf },
+    Show {
+        dir: PathBuf,
+        /// Then print the grey records (intents to debit, 灰记录) as they stand in grey.dat,
+        /// one JSON line each: {"grey": "intent" | "settled" | "voided" | "abandoned", ...}.
+        #[arg(long)]
+        grey: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -181,12 +187,12 @@ fn run(cmd: Cmd) -> CmdResult {
         Cmd::SimCard(args) => cli::sim_card::run(&args),
         Cmd::RideCode { cmd } => cli::ride_code::run(cmd).map_err(bad_input),
         Cmd::Journal {
-            cmd: JournalCmd::Show { dir },
-        } => journal_show(&dir),
+            cmd: JournalCmd::Show { dir, grey },
+        } => journal_show(&dir, grey),
     }
 }
 
-fn journal_show(dir: &std::path::Path) -> CmdResult {
+fn journal_show(dir: &std::path::Path, grey: bool) -> CmdResult {
     if !dir.is_dir() {
         return Err(bad_input(format!(
             "{}: not a journal folder",
@@ -206,6 +212,15 @@ fn journal_show(dir: &std::path::Path) -> CmdResult {
         writeln!(out, "{}", r.to_json()).map_err(|e| (1, e.to_string()))?;
     }
     for p in &scan.problems {
+        eprintln!("fare-validator: journal {p}");
+    }
+    // Grey records are bookkeeping, not records: printed only when asked for, after them.
+    let greys = journal::grey::scan_grey(dir);
+    for (op, g) in greys.entries.iter().filter(|_| grey) {
+        use std::io::Write;
+        writeln!(out, "{}", g.to_json(*op)).map_err(|e| (1, e.to_string()))?;
+    }
+    for p in &greys.problems {
         eprintln!("fare-validator: journal {p}");
     }
     Ok(())

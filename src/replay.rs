@@ -42,6 +42,17 @@ pub enum ReplayError {
     Output(#[from] std::io::Error),
 }
 
+/// Where in a tap the validator loses power (`power_cut` of replay.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerCut {
+    /// Before DEBIT FOR CAPP PURCHASE reaches the card (its grey record is already durable).
+    BeforeDebit,
+    /// After the card debited its purse, before the validator read the proof.
+    AfterDebit,
+    /// After the record is durable, before the decision is shown.
+    AfterRecord,
+}
+
 /// One line of EVENTS.jsonl.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -50,6 +61,11 @@ pub enum Event {
         time: Timestamp,
         card_no: CardNo,
         removal: Option<Removal>,
+        power_cut: Option<PowerCut>,
+    },
+    /// The validator is switched off and on.
+    Restart {
+        time: Timestamp,
     },
     Scan {
         at: String,
@@ -90,7 +106,7 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
     let at = string(o, "at")?.to_string();
     let time = Timestamp::parse_rfc3339(&at).map_err(|e| e.to_string())?;
     if o.contains_key("card_no") {
-        only_keys(o, &["at", "card_no", "remove"])?;
+        only_keys(o, &["at", "card_no", "remove", "power_cut"])?;
         let card_no = string(o, "card_no")?
             .parse()
             .map_err(|e| format!("card_no: {e}"))?;
@@ -100,12 +116,34 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
             Some(Value::String(s)) if s == "after_debit" => Some(Removal::AfterDebit),
             Some(_) => return Err("remove must be \"before_debit\" or \"after_debit\"".into()),
         };
+        let power_cut = match o.get("power_cut") {
+            None => None,
+            Some(Value::String(s)) if s == "before_debit" => Some(PowerCut::BeforeDebit),
+            Some(Value::String(s)) if s == "after_debit" => Some(PowerCut::AfterDebit),
+            Some(Value::String(s)) if s == "after_record" => Some(PowerCut::AfterRecord),
+            Some(_) => {
+                return Err(
+                    "power_cut must be \"before_debit\", \"after_debit\" or \"after_record\""
+                        .into(),
+                )
+            }
+        };
+        if removal.is_some() && power_cut.is_some() {
+            return Err("a tap has remove or power_cut, not both".into());
+        }
         Ok(Event::Tap {
             at,
             time,
             card_no,
             removal,
+            power_cut,
         })
+    } else if o.contains_key("restart") {
+        only_keys(o, &["at", "restart"])?;
+        if o.get("restart") != Some(&Value::Bool(true)) {
+            return Err("restart must be true".into());
+        }
+        Ok(Event::Restart { time })
     } else if o.contains_key("qr") {
         only_keys(o, &["at", "qr"])?;
         Ok(Event::Scan {
@@ -143,7 +181,7 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
             change: Change { op, id, reason },
         })
     } else {
-        Err("not an event: expected card_no, qr, route or blacklist".into())
+        Err("not an event: expected card_no, qr, route, blacklist or restart".into())
     }
 }
 
@@ -247,23 +285,20 @@ pub fn run(
             d
         }
     };
-    let (journal, _problems) = Journal::open(&dir)?;
-    let psam =
-        Psam::open(SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1)).map_err(|e| {
-            ReplayError::File {
-                path: "PSAM".into(),
-                what: e.to_string(),
-            }
-        })?;
     let cfg = EngineConfig {
         route: opts.route,
         ..EngineConfig::default()
     };
-    let mut v = Validator::new(cfg, psam, fares, blacklist, journal);
-    if let Some(p) = &opts.keys {
-        let keys = crate::ride_code::ChannelKeys::load(p).map_err(|e| file_err(p, e))?;
-        v.set_ride_code_keys(keys, crate::ride_code::RideCodeConfig::default());
-    }
+    let mut installed = Installed {
+        dir,
+        fares,
+        blacklist,
+        keys: opts.keys.clone(),
+    };
+    let mut v = installed.switch_on(
+        cfg,
+        SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1),
+    )?;
     let mut summary = ReplaySummary::default();
     for (i, line) in input.lines().enumerate() {
         let line = line.map_err(|e| ReplayError::Event {
@@ -287,14 +322,35 @@ pub fn run(
                 time,
                 card_no,
                 removal,
+                power_cut,
             } => {
                 let card = cards.get_mut(&card_no).ok_or_else(|| ReplayError::Event {
                     line: i + 1,
                     what: format!("card {card_no} is not in the cards file"),
                 })?;
-                card.enter_field(removal);
-                let d = v.tap_card(card, time);
-                Some(decision_line(&at, &d, Some(card_no.to_string())))
+                match power_cut {
+                    None => {
+                        card.enter_field(removal);
+                        let d = v.tap_card(card, time);
+                        Some(decision_line(&at, &d, Some(card_no.to_string())))
+                    }
+                    Some(cut) => {
+                        // The dialogue stops where the power goes: the card keeps what it
+                        // did, nothing is shown, and the validator starts again from its disk.
+                        card.enter_field(match cut {
+                            PowerCut::BeforeDebit => Some(Removal::BeforeDebit),
+                            PowerCut::AfterDebit => Some(Removal::AfterDebit),
+                            PowerCut::AfterRecord => None,
+                        });
+                        let _ = v.tap_card(card, time);
+                        v = installed.restart(v)?;
+                        None
+                    }
+                }
+            }
+            Event::Restart { .. } => {
+                v = installed.restart(v)?;
+                None
             }
             Event::Scan { at, time, qr } => {
                 let d = v.scan_code(&qr, time);
@@ -306,6 +362,8 @@ pub fn run(
             }
             Event::Blacklist { change, .. } => {
                 v.apply_blacklist(&change);
+                // An installed change: it is on the validator's disk, so it survives restarts.
+                installed.blacklist.apply(&change);
                 None
             }
         };
@@ -319,6 +377,51 @@ pub fn run(
         }
     }
     Ok(summary)
+}
+
+/// What a replay validator keeps across a restart besides the cards: its disk (journal,
+/// installed fare table, blacklist and keys).
+struct Installed {
+    dir: PathBuf,
+    fares: FareTable,
+    blacklist: Blacklist,
+    keys: Option<PathBuf>,
+}
+
+impl Installed {
+    /// Switch a validator on from the disk, with this PSAM.
+    fn switch_on(
+        &self,
+        cfg: EngineConfig,
+        psam: SimPsam,
+    ) -> Result<Validator<SimPsam>, ReplayError> {
+        let (journal, _problems) = Journal::open(&self.dir)?;
+        let psam = Psam::open(psam).map_err(|e| ReplayError::File {
+            path: "PSAM".into(),
+            what: e.to_string(),
+        })?;
+        let mut v = Validator::new(
+            cfg,
+            psam,
+            self.fares.clone(),
+            self.blacklist.clone(),
+            journal,
+        );
+        if let Some(p) = &self.keys {
+            let keys = crate::ride_code::ChannelKeys::load(p).map_err(|e| file_err(p, e))?;
+            v.set_ride_code_keys(keys, crate::ride_code::RideCodeConfig::default());
+        }
+        Ok(v)
+    }
+
+    /// Switch off and on: memory is gone; the PSAM keeps its transaction counter and the
+    /// vehicle its route.
+    fn restart(&self, v: Validator<SimPsam>) -> Result<Validator<SimPsam>, ReplayError> {
+        let cfg = v.config().clone();
+        let mut psam = v.into_psam().into_channel();
+        psam.reset();
+        self.switch_on(cfg, psam)
+    }
 }
 
 /// BLACKLIST.csv of replay.md, or a signed snapshot (`blacklist build`). A snapshot's

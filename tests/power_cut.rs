@@ -245,3 +245,206 @@ fn grey_file_is_compacted_when_settled_and_rewritten_around_a_debit_left_open() 
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(journal.grey_open().len(), 1);
 }
+
+fn cut(at: &str, n: u32, point: &str) -> String {
+    format!(
+        r#"{{"at": "{at}", "card_no": "{}", "power_cut": "{point}"}}"#,
+        common::card(n)
+    )
+}
+
+fn restart(at: &str) -> String {
+    format!(r#"{{"at": "{at}", "restart": true}}"#)
+}
+
+#[test]
+fn replay_power_cut_after_debit_is_recovered_on_the_next_tap_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::options(Some(dir.path().to_path_buf()));
+    let out = common::replay_with(
+        &opts,
+        &[
+            cut("2026-11-28T07:00:00+08:00", 15, "after_debit"),
+            restart("2026-11-28T07:00:01+08:00"),
+            restart("2026-11-28T07:00:02+08:00"),
+            common::tap("2026-11-28T07:00:05+08:00", 15),
+            common::tap("2026-11-28T07:02:05+08:00", 15),
+        ],
+    );
+    // Nothing printed for the cut tap; the next is accepted with the earlier fare.
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        (
+            common::reason(&out[0]),
+            out[0]["fare_fen"].as_u64(),
+            out[0]["balance_fen"].as_u64(),
+            out[0]["seq"].as_u64()
+        ),
+        ("accepted", Some(200), Some(4_800), Some(1))
+    );
+    assert_eq!(
+        (out[1]["balance_fen"].as_u64(), out[1]["seq"].as_u64()),
+        (Some(4_600), Some(2))
+    );
+    let records = journal::scan(dir.path()).unwrap().records;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].kind, RecordKind::CardRecovered);
+}
+
+#[test]
+fn replay_power_cut_after_record_keeps_the_record_and_the_retap_is_repeat_tap() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::options(Some(dir.path().to_path_buf()));
+    let out = common::replay_with(
+        &opts,
+        &[
+            cut("2026-11-28T07:00:00+08:00", 1, "after_record"),
+            common::tap("2026-11-28T07:00:30+08:00", 1),
+            common::tap("2026-11-28T07:00:40+08:00", 2),
+        ],
+    );
+    assert_eq!(out.len(), 2);
+    assert_eq!(common::reason(&out[0]), "repeat_tap");
+    assert_eq!(
+        out[1]["seq"], 2,
+        "seq 1 is the cut tap's record, never reused"
+    );
+    let records = journal::scan(dir.path()).unwrap().records;
+    assert_eq!(records.len(), 2);
+    assert_eq!((records[0].seq, records[0].balance_fen), (1, Some(4_800)));
+}
+
+#[test]
+fn replay_power_cut_before_debit_charges_and_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::options(Some(dir.path().to_path_buf()));
+    let out = common::replay_with(
+        &opts,
+        &[
+            cut("2026-11-28T07:00:00+08:00", 16, "before_debit"),
+            common::tap("2026-11-28T07:00:05+08:00", 16),
+        ],
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (
+            common::reason(&out[0]),
+            out[0]["balance_fen"].as_u64(),
+            out[0]["seq"].as_u64()
+        ),
+        ("accepted", Some(4_800), Some(1))
+    );
+}
+
+#[test]
+fn replay_restart_forgets_nothing_the_journal_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::options(Some(dir.path().to_path_buf()));
+    let out = common::replay_with(
+        &opts,
+        &[
+            common::tap("2026-11-28T07:00:00+08:00", 1),
+            restart("2026-11-28T07:00:10+08:00"),
+            common::tap("2026-11-28T07:00:30+08:00", 1),
+            common::tap("2026-11-28T07:00:40+08:00", 2),
+            restart("2026-11-28T07:00:50+08:00"),
+            common::tap("2026-11-28T07:01:10+08:00", 1),
+        ],
+    );
+    let got: Vec<(&str, Option<u64>)> = out
+        .iter()
+        .map(|l| (common::reason(l), l["seq"].as_u64()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("accepted", Some(1)),
+            ("repeat_tap", None),
+            ("accepted", Some(2)),
+            ("accepted", Some(3)),
+        ]
+    );
+    // The card kept its state across the restarts: two boardings, two debits.
+    assert_eq!(out[3]["balance_fen"], 4_600);
+}
+
+#[test]
+fn replay_refuses_malformed_power_cut_and_restart_lines() {
+    let opts = common::options(None);
+    for bad in [
+        cut("2026-11-28T07:00:00+08:00", 1, "later"),
+        format!(
+            r#"{{"at": "2026-11-28T07:00:00+08:00", "card_no": "{}", "power_cut": "after_debit", "remove": "after_debit"}}"#,
+            common::card(1)
+        ),
+        r#"{"at": "2026-11-28T07:00:00+08:00", "restart": false}"#.to_string(),
+        r#"{"at": "2026-11-28T07:00:00+08:00", "restart": true, "route": 2}"#.to_string(),
+    ] {
+        let mut out = Vec::new();
+        let err = fare_validator::replay::run(&opts, bad.as_bytes(), &mut out).unwrap_err();
+        assert!(err.to_string().starts_with("events line 1"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn journal_show_prints_grey_records_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::options(Some(dir.path().to_path_buf()));
+    let out = common::replay_with(
+        &opts,
+        &[
+            common::tap("2026-11-28T07:00:00+08:00", 1),
+            cut("2026-11-28T07:00:10+08:00", 15, "after_debit"),
+        ],
+    );
+    assert_eq!(out.len(), 1);
+    let show = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_fare-validator"))
+            .args(["journal", "show"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let plain = show(&[]);
+    assert_eq!(plain.len(), 1, "records only: {plain:?}");
+    assert_eq!(plain[0]["seq"], 1);
+    let with_grey = show(&["--grey"]);
+    let greys: Vec<&str> = with_grey
+        .iter()
+        .filter_map(|l| l["grey"].as_str())
+        .collect();
+    // Card 1's intent and its settlement, then card 15's intent, still open.
+    assert_eq!(greys, ["intent", "settled", "intent"]);
+    assert_eq!(with_grey[3]["card_no"], common::card(15));
+}
+
+#[test]
+fn sim_card_state_saved_and_loaded_keeps_the_purse_counter_and_proofs() {
+    use fare_validator::cli::sim_card::{load_state, save_state};
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = start(dir.path(), new_psam());
+    let mut a = card(7);
+    a.enter_field(Some(Removal::AfterDebit));
+    let _ = v.tap_card(&mut a, t0());
+    // The card process stops and starts again from its state file.
+    let file = dir.path().join("card7.json");
+    save_state(&file, &a).unwrap();
+    let mut b = load_state(&file).unwrap();
+    assert_eq!(b.state(), a.state());
+    assert_eq!((b.balance_fen(), b.offline_counter()), (4_800, 1));
+    // The proof of the torn debit came along: recovered, charged once.
+    let d = v.tap_card(&mut b, t0().plus_s(10));
+    assert_eq!(
+        (d.accepted(), d.fare_fen, b.balance_fen()),
+        (true, 200, 4_800)
+    );
+    std::fs::write(&file, "{}").unwrap();
+    assert!(load_state(&file).is_err());
+}

@@ -9,7 +9,7 @@
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::apdu::{parse_command, sw, CardChannel, ChannelError, Response};
 use super::crypto::{self, Key16, PurchaseData};
@@ -420,6 +420,117 @@ impl SimCard {
             self.selected = false;
             r.status(sw::OK);
         }
+    }
+}
+
+/// What a simulated card keeps in its memory between presentations, as saved to a file
+/// (`sim-card --state`): its files, purse, counter, last boarding, lock, the proofs of its
+/// recent purchases and where its random numbers stand. Byte fields are hex. Its keys are not
+/// saved: they are diversified again from [`TestKeys`] and the card number.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SimCardState {
+    pub card_no: CardNo,
+    pub public_file: String,
+    pub holder_file: String,
+    pub balance_fen: Fen,
+    pub offline_counter: u16,
+    /// The bus compound record, or null before the first boarding.
+    pub compound: Option<String>,
+    pub blocked: bool,
+    pub proofs: Vec<SimProofState>,
+    /// ChaCha8 seed (32 bytes) and word position (decimal, a u128) of the card's randoms.
+    pub rng_seed: String,
+    pub rng_word_pos: String,
+}
+
+/// One proof a card keeps for GET TRANSACTION PROOF.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SimProofState {
+    pub offline_counter: u16,
+    pub mac2: String,
+    pub tac: String,
+}
+
+fn unhex<const N: usize>(what: &str, s: &str) -> Result<[u8; N], String> {
+    let v = hex::decode(s).map_err(|e| format!("{what}: {e}"))?;
+    v.try_into()
+        .map_err(|v: Vec<u8>| format!("{what}: {} bytes, expected {N}", v.len()))
+}
+
+impl SimCard {
+    /// The card's memory, to be saved.
+    pub fn state(&self) -> SimCardState {
+        SimCardState {
+            card_no: self.card_no,
+            public_file: hex::encode(self.public_file),
+            holder_file: hex::encode(self.holder_file),
+            balance_fen: self.balance_fen,
+            offline_counter: self.offline_counter,
+            compound: self.compound.map(hex::encode),
+            blocked: self.blocked,
+            proofs: self
+                .proofs
+                .iter()
+                .map(|p| SimProofState {
+                    offline_counter: p.offline_counter,
+                    mac2: hex::encode(p.mac2),
+                    tac: hex::encode(p.tac),
+                })
+                .collect(),
+            rng_seed: hex::encode(self.rng.get_seed()),
+            rng_word_pos: self.rng.get_word_pos().to_string(),
+        }
+    }
+
+    /// A card as it was saved; it enters the field fresh (no selection, no half-done purchase).
+    pub fn from_state(state: &SimCardState, keys: &TestKeys) -> Result<Self, String> {
+        let public_file = unhex::<PUBLIC_FILE_BYTES>("public_file", &state.public_file)?;
+        if public_file[10..20] != state.card_no.0 {
+            return Err("public_file does not hold card_no".into());
+        }
+        let mut proofs = heapless::Deque::new();
+        for p in &state.proofs {
+            proofs
+                .push_back(Proof {
+                    offline_counter: p.offline_counter,
+                    mac2: unhex("mac2", &p.mac2)?,
+                    tac: unhex("tac", &p.tac)?,
+                })
+                .map_err(|_| format!("more than {CARD_PROOFS_MAX} proofs"))?;
+        }
+        let word_pos: u128 = state
+            .rng_word_pos
+            .parse()
+            .map_err(|_| "rng_word_pos: not a decimal number".to_string())?;
+        let mut rng = ChaCha8Rng::from_seed(unhex("rng_seed", &state.rng_seed)?);
+        rng.set_word_pos(word_pos);
+        let serial = state.card_no.serial_tail8();
+        Ok(SimCard {
+            card_no: state.card_no,
+            public_file,
+            holder_file: unhex("holder_file", &state.holder_file)?,
+            dpk: crypto::diversify(&keys.purchase_master, serial),
+            dtk: crypto::diversify(&keys.tac_master, serial),
+            damk: crypto::diversify(&keys.maintenance_master, serial),
+            balance_fen: state.balance_fen,
+            offline_counter: state.offline_counter,
+            compound: state
+                .compound
+                .as_deref()
+                .map(|c| unhex("compound", c))
+                .transpose()?,
+            compound_cache: None,
+            blocked: state.blocked,
+            selected: false,
+            pending: None,
+            challenge: None,
+            proofs,
+            in_field: true,
+            removal: None,
+            rng,
+        })
     }
 }
 

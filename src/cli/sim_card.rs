@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! fare-validator sim-card --vpcd 127.0.0.1:35963 --card CARD.json [--removal after_debit]
+//!                         [--state STATE.json]
 //! fare-validator sim-card --vpcd 127.0.0.1:35964 --psam
 //! ```
 //!
@@ -11,16 +12,18 @@
 //! first command (the holder takes it away: the socket closes), stays away `--away-ms`, and
 //! comes back, `--taps` times; its balance and records live on between presentations. One
 //! JSON line per presentation goes to standard output. `--removal` applies to the first
-//! presentation: the card leaves mid-dialogue.
+//! presentation: the card leaves mid-dialogue. `--state` keeps the card's memory (purse,
+//! counter, last boarding, lock, proofs) in a file, written after every presentation and read
+//! at start, so the card outlives a restart of `sim-card` as a real card outlives a reader.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::CmdError;
-use crate::card::sim::{CardSpec, Removal, SimCard, SimPsam, TestKeys};
+use crate::card::sim::{CardSpec, Removal, SimCard, SimCardState, SimPsam, TestKeys};
 use crate::card::vpcd::{parse_addr, SessionEnd, VpcdLink};
 use crate::replay::{REPLAY_CARD_SEED, REPLAY_TERMINAL_NO};
 
@@ -41,8 +44,16 @@ pub struct SimCardArgs {
     #[arg(long)]
     pub vpcd: String,
     /// The card: a CardSpec JSON object, or a CARDS.json holding one card.
-    #[arg(long, conflicts_with = "psam", required_unless_present = "psam")]
+    #[arg(
+        long,
+        conflicts_with = "psam",
+        required_unless_present_any = ["psam", "state"]
+    )]
     pub card: Option<PathBuf>,
+    /// The card's state file: read at start when it exists (the card as it was left, --card
+    /// then only for a new card), written (atomically) after every presentation.
+    #[arg(long, conflicts_with = "psam")]
+    pub state: Option<PathBuf>,
     /// Present the simulated PSAM (test keys, replay's terminal number) instead of a card.
     #[arg(long)]
     pub psam: bool,
@@ -112,12 +123,7 @@ pub fn run(args: &SimCardArgs) -> Result<(), CmdError> {
         writeln!(out, "{line}").map_err(|e| (1, e.to_string()))?;
         return Ok(());
     }
-    let Some(path) = &args.card else {
-        return Err((2, "--card or --psam is required".into()));
-    };
-    let spec = load_card_spec(path).map_err(|e| (2, e))?;
-    let mut card = SimCard::new(&spec, &TestKeys::default(), REPLAY_CARD_SEED)
-        .map_err(|e| (2, format!("{}: {e}", path.display())))?;
+    let mut card = open_card(args)?;
     let idle = Duration::from_millis(args.idle_leave_ms);
     let max = Duration::from_millis(PRESENTATION_MS_MAX);
     let mut n = 0u64;
@@ -135,7 +141,10 @@ pub fn run(args: &SimCardArgs) -> Result<(), CmdError> {
             })
             .map_err(runtime)?;
         n += 1;
-        let line = serde_json::json!({"presentation": n, "card_no": spec.card_no.to_string(),
+        if let Some(state) = &args.state {
+            save_state(state, &card).map_err(|e| (1, format!("{}: {e}", state.display())))?;
+        }
+        let line = serde_json::json!({"presentation": n, "card_no": card.card_no().to_string(),
             "end": end_name(end), "balance_fen": card.balance_fen(),
             "offline_counter": card.offline_counter()});
         writeln!(out, "{line}").map_err(|e| (1, e.to_string()))?;
@@ -146,4 +155,40 @@ pub fn run(args: &SimCardArgs) -> Result<(), CmdError> {
         std::thread::sleep(Duration::from_millis(args.away_ms));
     }
     Ok(())
+}
+
+/// The card from its state file when there is one, else new from --card.
+fn open_card(args: &SimCardArgs) -> Result<SimCard, CmdError> {
+    if let Some(state) = args.state.as_ref().filter(|p| p.exists()) {
+        return load_state(state).map_err(|e| (2, format!("{}: {e}", state.display())));
+    }
+    let Some(path) = &args.card else {
+        return Err((
+            2,
+            "--card, --state of a saved card, or --psam is required".into(),
+        ));
+    };
+    let spec = load_card_spec(path).map_err(|e| (2, e))?;
+    SimCard::new(&spec, &TestKeys::default(), REPLAY_CARD_SEED)
+        .map_err(|e| (2, format!("{}: {e}", path.display())))
+}
+
+/// Read a card saved by [`save_state`].
+pub fn load_state(path: &Path) -> Result<SimCard, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let state: SimCardState =
+        serde_json::from_str(&text).map_err(|e| format!("not a saved card: {e}"))?;
+    SimCard::from_state(&state, &TestKeys::default())
+}
+
+/// Save the card's memory: a temporary file, synced, renamed over the old one.
+pub fn save_state(path: &Path, card: &SimCard) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(&card.state()).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
 }
