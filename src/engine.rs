@@ -446,6 +446,15 @@ impl<P: CardChannel> Validator<P> {
             }
         };
         if let Err(e) = self.psam.verify_mac2(proof.mac2) {
+            if matches!(e, CardError::Channel(_)) {
+                // The PSAM could not be asked (a reader fault, a power cut): the card was
+                // debited and holds its proof, so the grey record stays open for recovery.
+                tracing::error!(error = %e, card = %info.card_no, "PSAM unreachable at MAC2");
+                return Err(Refusal {
+                    reason: Reason::Unreadable,
+                    balance_fen: known_balance,
+                });
+            }
             self.journal.grey_void(info.card_no);
             tracing::error!(error = %e, card = %info.card_no, "MAC2 did not verify: card not genuine");
             return Err(Refusal {
