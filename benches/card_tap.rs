@@ -30,7 +30,8 @@ fn bench_tap(c: &mut Criterion, name: &str, layer: Box<dyn FileLayer>) {
         enabled: true,
         valid_from: "2024-01-01".into(),
         valid_until: "2034-12-31".into(),
-        balance_fen: u32::MAX,
+        balance_fen: i64::from(fare_validator::types::PURSE_BALANCE_FEN_MAX),
+        purse_word: None,
     };
     let mut card = SimCard::new(&spec, &keys, 1).unwrap();
     let mut now = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();

@@ -158,7 +158,8 @@ fn bench_cards(seed: u64) -> Vec<SimCard> {
                 enabled: true,
                 valid_from: "2024-01-01".into(),
                 valid_until: "2034-12-31".into(),
-                balance_fen: u32::MAX,
+                balance_fen: i64::from(crate::types::PURSE_BALANCE_FEN_MAX),
+                purse_word: None,
             };
             SimCard::new(&spec, &keys, seed).expect("valid bench card")
         })

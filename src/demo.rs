@@ -142,6 +142,7 @@ fn population(
             } else {
                 rng.gen_range(2_000..30_000)
             },
+            purse_word: None,
         };
         cards.push(SimCard::new(&spec, &keys, args.seed)?);
         categories.push(c);

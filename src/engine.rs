@@ -28,14 +28,15 @@ use crate::blacklist::{Blacklist, BlacklistHandle, Change};
 use crate::card::apdu::CardChannel;
 use crate::card::psam::{issuer8_for_mac, Mac1Input, Psam};
 use crate::card::tunion::{
-    Boarding, CardError, CardSession, PublicInfo, Selected, BLOCK_HEADER, TX_TYPE_CAPP,
+    balance_after, covers, Boarding, CardError, CardSession, PublicInfo, Selected, BLOCK_HEADER,
+    TX_TYPE_CAPP,
 };
 use crate::card::ChannelError;
 use crate::clock::Timestamp;
 use crate::fare::{FareTable, PreviousBoarding};
 use crate::journal::{CardTx, GreyRecord, Journal, JournalError, QrTx, Record, RecordKind};
 use crate::ride_code::{ChannelKeys, ReplayCache, RideCode, RideCodeConfig, Verifier};
-use crate::types::{AccountId, CardNo, Fen, ListId, Media, Reason, RiderCategory};
+use crate::types::{AccountId, BalanceFen, CardNo, Fen, ListId, Media, Reason, RiderCategory};
 
 /// Accepted taps remembered for anti-passback. A validator accepts at most a few taps a
 /// second; 256 covers more than four a second over a 60 s window.
@@ -82,7 +83,8 @@ pub struct Decision {
     pub subject: Subject,
     pub outcome: Result<(), Reason>,
     pub fare_fen: Fen,
-    pub balance_fen: Option<Fen>,
+    /// The purse balance (negative: overdrawn), when the engine read it.
+    pub balance_fen: Option<BalanceFen>,
     pub seq: Option<u64>,
 }
 
@@ -91,7 +93,12 @@ impl Decision {
         self.outcome.is_ok()
     }
 
-    fn refused(media: Media, subject: Subject, reason: Reason, balance_fen: Option<Fen>) -> Self {
+    fn refused(
+        media: Media,
+        subject: Subject,
+        reason: Reason,
+        balance_fen: Option<BalanceFen>,
+    ) -> Self {
         Decision {
             media,
             subject,
@@ -153,7 +160,7 @@ pub struct Validator<P: CardChannel> {
 /// Why a card dialogue stopped, and what was known by then.
 struct Refusal {
     reason: Reason,
-    balance_fen: Option<Fen>,
+    balance_fen: Option<BalanceFen>,
 }
 
 impl From<Reason> for Refusal {
@@ -355,7 +362,7 @@ impl<P: CardChannel> Validator<P> {
         let fare_fen = self.fares.card_fare(category, route, now.unix_s, prev);
         let terminal_no = self.psam.terminal_no();
         let init = match s.init_purchase(PURCHASE_KEY_INDEX, fare_fen, terminal_no) {
-            Ok(init) if init.balance_fen >= fare_fen => init,
+            Ok(init) if covers(init.balance_fen, fare_fen) => init,
             Ok(init) => {
                 return Err(Refusal {
                     reason: Reason::InsufficientBalance,
@@ -375,6 +382,15 @@ impl<P: CardChannel> Validator<P> {
             Err(e) => return Err(card_reason(e).into()),
         };
         let known_balance = Some(init.balance_fen);
+        // Checked before anything is debited: a balance that would leave the purse's range is
+        // a card value the engine cannot carry (it cannot happen once `covers` held).
+        let Some(balance_fen) = balance_after(init.balance_fen, fare_fen) else {
+            tracing::warn!(card = %info.card_no, balance_fen = init.balance_fen, fare_fen, "balance after the fare out of range");
+            return Err(Refusal {
+                reason: Reason::Unreadable,
+                balance_fen: known_balance,
+            });
+        };
         let datetime = now.local_bcd();
         let mac_in = Mac1Input {
             card_random: init.card_random,
@@ -410,7 +426,7 @@ impl<P: CardChannel> Validator<P> {
             offline_counter: init.offline_counter,
             terminal_seq,
             fare_fen,
-            balance_after_fen: init.balance_fen - fare_fen,
+            balance_after_fen: balance_fen,
             category,
             route,
             at_unix_s: now.unix_s,
@@ -462,7 +478,6 @@ impl<P: CardChannel> Validator<P> {
                 balance_fen: known_balance,
             });
         }
-        let balance_fen = init.balance_fen - fare_fen;
         let card_tx = CardTx {
             offline_counter: init.offline_counter,
             terminal_seq,
@@ -529,7 +544,7 @@ impl<P: CardChannel> Validator<P> {
         card_no: CardNo,
         category: RiderCategory,
         fare_fen: Fen,
-        balance_fen: Option<Fen>,
+        balance_fen: Option<BalanceFen>,
         card_tx: CardTx,
         now: Timestamp,
     ) -> Record {

@@ -1,16 +1,32 @@
 //! Domain types shared by every part of the validator: card numbers, accounts, rider
 //! categories, blacklist reasons and decision reasons.
 //!
-//! Money is integer fen (`u32`, the width of a JT/T 978 purse balance) everywhere; no float
-//! touches an amount.
+//! Money is integer fen everywhere; no float touches an amount. A fare or charge is [`Fen`]
+//! (unsigned); a purse balance is [`BalanceFen`] (signed: an overdrawn purse is negative).
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Amount in fen (1/100 yuan).
+/// Amount in fen (1/100 yuan): a fare, a charge, an amount to debit.
 pub type Fen = u32;
+
+/// A purse balance in fen, signed: negative when the purse is overdrawn. Always within
+/// [`PURSE_BALANCE_FEN_MIN`]..=[`PURSE_BALANCE_FEN_MAX`], the range of the 31-bit
+/// two's-complement amount of the card's purse word (see [`crate::card::tunion`] for the
+/// encoding and its source).
+pub type BalanceFen = i32;
+
+/// Lowest purse balance a card can hold: −2^30 fen (31-bit two's complement).
+pub const PURSE_BALANCE_FEN_MIN: BalanceFen = -(1 << 30);
+/// Highest purse balance a card can hold: 2^30 − 1 fen.
+pub const PURSE_BALANCE_FEN_MAX: BalanceFen = (1 << 30) - 1;
+
+/// Whether `v` is a balance a purse can hold.
+pub fn is_purse_balance(v: i64) -> bool {
+    (i64::from(PURSE_BALANCE_FEN_MIN)..=i64::from(PURSE_BALANCE_FEN_MAX)).contains(&v)
+}
 
 /// Digits in a card number (transport application serial number, 10 BCD bytes).
 pub const CARD_NO_DIGITS: usize = 20;

@@ -336,6 +336,7 @@ fn group_commit_shares_one_sync_and_nothing_is_durable_before_it() {
             valid_from: "2024-01-01".into(),
             valid_until: "2034-12-31".into(),
             balance_fen: 1000,
+            purse_word: None,
         };
         let mut c = SimCard::new(&spec, &keys, 1).unwrap();
         let d = v.tap_card(&mut c, now);

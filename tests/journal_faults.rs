@@ -29,7 +29,7 @@ fn record(i: u64) -> Record {
         route: 1,
         category: RiderCategory::Adult,
         fare_fen: 200,
-        balance_fen: Some(10_000 - i as u32),
+        balance_fen: Some(10_000 - i as i32),
         card_no: common::card(1).parse().unwrap(),
         card_tx: CardTx {
             offline_counter: i as u16,
@@ -198,6 +198,7 @@ fn card(n: u32) -> SimCard {
         valid_from: "2024-01-01".into(),
         valid_until: "2034-12-31".into(),
         balance_fen: 5_000,
+        purse_word: None,
     };
     SimCard::new(&spec, &TestKeys::default(), 3).unwrap()
 }

@@ -53,6 +53,7 @@ fn card_taps_allocate_nothing_after_start_up() {
         valid_from: "2024-01-01".into(),
         valid_until: "2034-12-31".into(),
         balance_fen: 100_000,
+        purse_word: None,
     };
     list.apply(&Change {
         op: ChangeOp::Add,

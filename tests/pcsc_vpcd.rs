@@ -75,7 +75,7 @@ fn pcscd_or_skip(test: &str) -> Option<Readers> {
     None
 }
 
-fn spec(card_no: &str, card_type: &str, balance_fen: u32) -> CardSpec {
+fn spec(card_no: &str, card_type: &str, balance_fen: i64) -> CardSpec {
     serde_json::from_value(serde_json::json!({
         "card_no": card_no, "card_type": card_type, "enabled": true,
         "valid_from": "2024-01-01", "valid_until": "2034-12-31", "balance_fen": balance_fen
@@ -493,7 +493,7 @@ fn measure_round_trips_through_pcscd() {
     cstop.store(true, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let card = card_thread.join().unwrap();
-    assert_eq!(card.balance_fen(), 1_000_000 - 200 * taps as u32);
+    assert_eq!(card.balance_fen(), 1_000_000 - 200 * taps as i32);
     psam_thread.join().unwrap();
     wait_readers_empty(&readers);
 }

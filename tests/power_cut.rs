@@ -26,7 +26,8 @@ fn card_with(n: u32, balance_fen: u32) -> SimCard {
         enabled: true,
         valid_from: "2024-01-01".into(),
         valid_until: "2034-12-31".into(),
-        balance_fen,
+        balance_fen: balance_fen.into(),
+        purse_word: None,
     };
     SimCard::new(&spec, &TestKeys::default(), 7).unwrap()
 }

@@ -13,12 +13,12 @@
 
 use fare_validator::card::apdu::{CardChannel, ChannelError, Response};
 use fare_validator::card::psam::{Mac1Input, Psam};
-use fare_validator::card::sim::{CardSpec, SimCard, SimPsam, TestKeys};
+use fare_validator::card::sim::{CardSpec, PurseWord, SimCard, SimPsam, TestKeys};
 use fare_validator::card::tunion;
 use fare_validator::clock::Timestamp;
 use fare_validator::engine::{EngineConfig, Validator};
 use fare_validator::journal::Journal;
-use fare_validator::types::RiderCategory;
+use fare_validator::types::{is_purse_balance, RiderCategory};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -140,7 +140,11 @@ fn taps(data: &[u8]) {
     let mut b = Bytes(data);
     let Some(head) = b.u8() else { return };
     let category = RiderCategory::ALL[usize::from(head >> 4) % RiderCategory::ALL.len()];
-    let balance_fen = u32::from(b.u16()) * u32::from(head & 0x0F);
+    let balance_fen = i64::from(b.u16()) * i64::from(head & 0x0F);
+    // Bit 3 of the head: the card answers a fuzzer-chosen purse word (any 4 bytes: a top bit
+    // set, all ones, a negative amount) to GET BALANCE and INITIALIZE.
+    let purse_word =
+        (head & 0x08 != 0).then(|| PurseWord(std::array::from_fn(|_| b.u8().unwrap_or(0xFF))));
     let spec = CardSpec {
         card_no: "37144530000000000001".parse().expect("card number"),
         card_type: category,
@@ -148,6 +152,7 @@ fn taps(data: &[u8]) {
         valid_from: "2024-01-01".into(),
         valid_until: "2034-12-31".into(),
         balance_fen,
+        purse_word,
     };
     let keys = TestKeys::default();
     let Ok(card) = SimCard::new(&spec, &keys, 7) else {
@@ -170,7 +175,10 @@ fn taps(data: &[u8]) {
         journal,
     );
     let n_taps = 1 + usize::from(b.u8().unwrap_or(0) % 3);
-    let mut hostile = Hostile { card, script: &mut b };
+    let mut hostile = Hostile {
+        card,
+        script: &mut b,
+    };
     let mut now = Timestamp {
         unix_s: BASE_UNIX_S,
         utc_offset_s: 8 * 3600,
@@ -178,6 +186,12 @@ fn taps(data: &[u8]) {
     for _ in 0..n_taps {
         let before = v.journal().next_seq();
         let d = v.tap_card(&mut hostile, now);
+        if let Some(b) = d.balance_fen {
+            assert!(
+                is_purse_balance(i64::from(b)),
+                "balance {b} outside the purse's range"
+            );
+        }
         if d.accepted() {
             let seq = d.seq.expect("an accepted tap has a record");
             assert!(seq >= before, "record seq {seq} reused (next was {before})");

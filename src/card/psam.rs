@@ -5,7 +5,7 @@
 //! | step | APDU | answer |
 //! | --- | --- | --- |
 //! | SELECT the purse DF | `00 A4 00 00 02 10 01` | `90 00` |
-//! | READ BINARY 0x16 | `00 B0 96 00 06` | terminal number (6, BCD) |
+//! | READ BINARY 0x16 | `00 B0 96 00 00` (Le `00`: the whole file) | terminal number (6, BCD); on T=0 `6C 06` first, and the command is sent again with Le `06` |
 //! | MAC1 (INIT FOR PURCHASE) | `80 70 00 00 24` + 36 bytes (below), Le `08` | TTS (4), MAC1 (4) |
 //! | MAC2 (CREDIT SAM FOR PURCHASE) | `80 72 00 00 04` MAC2 | `90 00`; `69 88` MAC2 wrong |
 //! | INIT FOR DESCRYPT | `80 1A 45 01 10` card serial (8) issuer (8) | `90 00`: maintenance key diversified for the card |
@@ -15,10 +15,13 @@
 //! (1), date-time (7), key version (1), algorithm id (1), last 8 bytes of the card serial (8),
 //! issuer id's first 4 bytes ‖ `FF FF FF FF` (8).
 //!
+//! Every command goes through [`super::apdu::exchange`], so a PSAM on T=0 that answers its
+//! case 4 commands (MAC1, CIPHER DATA) with `61xx` works as one on T=1.
+//!
 //! Sources: PBOC 2.0 PSAM command set as bus terminals use it (JT/T 978 secure module part);
 //! shared/specs/t-union-card.md.
 
-use super::apdu::{command, sw, CardChannel, Response};
+use super::apdu::{command, exchange, sw, CardChannel, Response};
 use super::tunion::CardError;
 
 pub const MAC1_INPUT_BYTES: usize = 36;
@@ -87,7 +90,8 @@ impl<C: CardChannel> Psam<C> {
     /// Select the purse DF and read the terminal number.
     pub fn open(mut channel: C) -> Result<Self, CardError> {
         let mut resp = Response::default();
-        channel.transmit(
+        exchange(
+            &mut channel,
             &command(0x00, 0xA4, 0x00, 0x00, &[0x10, 0x01], None),
             &mut resp,
         )?;
@@ -97,7 +101,12 @@ impl<C: CardChannel> Psam<C> {
                 sw: resp.sw,
             });
         }
-        channel.transmit(&command(0x00, 0xB0, 0x96, 0x00, &[], Some(6)), &mut resp)?;
+        // Le 00: the whole file, whatever its length; T=0 PSAMs answer 6C06 and get it again.
+        exchange(
+            &mut channel,
+            &command(0x00, 0xB0, 0x96, 0x00, &[], Some(0)),
+            &mut resp,
+        )?;
         let terminal_no = fixed::<6>(0xB0, &resp)?;
         Ok(Psam {
             channel,
@@ -117,7 +126,8 @@ impl<C: CardChannel> Psam<C> {
 
     /// MAC1 and the terminal transaction sequence number the PSAM assigned.
     pub fn mac1(&mut self, input: &Mac1Input) -> Result<(u32, [u8; 4]), CardError> {
-        self.channel.transmit(
+        exchange(
+            &mut self.channel,
             &command(0x80, 0x70, 0x00, 0x00, &input.encode(), Some(8)),
             &mut self.resp,
         )?;
@@ -130,7 +140,8 @@ impl<C: CardChannel> Psam<C> {
 
     /// Check the card's MAC2 for the purchase of the last MAC1.
     pub fn verify_mac2(&mut self, mac2: [u8; 4]) -> Result<(), CardError> {
-        self.channel.transmit(
+        exchange(
+            &mut self.channel,
             &command(0x80, 0x72, 0x00, 0x00, &mac2, None),
             &mut self.resp,
         )?;
@@ -148,8 +159,11 @@ impl<C: CardChannel> Psam<C> {
         let mut div = [0u8; 16];
         div[..8].copy_from_slice(&card_serial8);
         div[8..].copy_from_slice(&issuer8);
-        self.channel
-            .transmit(&command(0x80, 0x1A, 0x45, 0x01, &div, None), &mut self.resp)?;
+        exchange(
+            &mut self.channel,
+            &command(0x80, 0x1A, 0x45, 0x01, &div, None),
+            &mut self.resp,
+        )?;
         fixed::<0>(0x1A, &self.resp)?;
         let mut data: heapless::Vec<u8, 64> = heapless::Vec::new();
         data.extend_from_slice(&challenge)
@@ -158,7 +172,8 @@ impl<C: CardChannel> Psam<C> {
             .map_err(|_| CardError::Field("MAC data"))?;
         data.extend_from_slice(header)
             .map_err(|_| CardError::Field("MAC data too long"))?;
-        self.channel.transmit(
+        exchange(
+            &mut self.channel,
             &command(0x80, 0xFA, 0x05, 0x00, &data, Some(4)),
             &mut self.resp,
         )?;

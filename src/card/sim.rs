@@ -3,7 +3,7 @@
 //! real card for tests, the demo, replay and benchmarks: the engine reaches them only through
 //! [`CardChannel`].
 //!
-//! The card keeps its state across taps (balance, offline counter, compound record, block
+//! The card keeps its state across taps (purse word, offline counter, compound record, block
 //! flag, the proofs of its recent purchases) and can be told to leave the field at a point of
 //! the dialogue ([`Removal`]). Keys come from [`TestKeys`]: test keys, never production ones.
 
@@ -15,10 +15,11 @@ use super::apdu::{parse_command, sw, CardChannel, ChannelError, Response};
 use super::crypto::{self, Key16, PurchaseData};
 use super::psam::Mac1Input;
 use super::tunion::{
-    category_card_type, encode_bcd_date, AID, BLOCK_HEADER, BUS_RECORD_ID, COMPOUND_RECORD_BYTES,
-    HOLDER_FILE_BYTES, PUBLIC_FILE_BYTES, SFI_COMPOUND, TX_TYPE_CAPP,
+    balance_after, category_card_type, covers, encode_bcd_date, encode_purse_word,
+    purse_balance_fen, AID, BLOCK_HEADER, BUS_RECORD_ID, COMPOUND_RECORD_BYTES, HOLDER_FILE_BYTES,
+    PUBLIC_FILE_BYTES, PURSE_WORD_FLAG_BIT, SFI_COMPOUND, TX_TYPE_CAPP,
 };
-use crate::types::{CardNo, Fen, RiderCategory};
+use crate::types::{BalanceFen, CardNo, Fen, RiderCategory};
 
 /// How many recent purchases a card keeps proofs for (GET TRANSACTION PROOF).
 pub const CARD_PROOFS_MAX: usize = 4;
@@ -59,7 +60,37 @@ pub struct CardSpec {
     pub valid_from: String,
     /// YYYY-MM-DD
     pub valid_until: String,
-    pub balance_fen: Fen,
+    /// The purse's amount, −1,073,741,824 to 1,073,741,823 (negative: overdrawn); outside that
+    /// range the card is refused by [`SimCard::new`] (invalid input).
+    pub balance_fen: i64,
+    /// The exact 4 bytes the card answers to GET BALANCE (and in INITIALIZE's answer),
+    /// instead of `balance_fen`'s encoding: 8 hex digits in CARDS.json.
+    #[serde(default)]
+    pub purse_word: Option<PurseWord>,
+}
+
+/// A purse word as CARDS.json gives it: exactly 8 hex digits (`"FFFFFFFF"`, `"80001388"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PurseWord(pub [u8; 4]);
+
+impl std::str::FromStr for PurseWord {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("purse_word must be 8 hex digits, not {s:?}");
+        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        u32::from_str_radix(s, 16)
+            .map(|w| PurseWord(w.to_be_bytes()))
+            .map_err(|_| bad())
+    }
+}
+
+impl<'de> Deserialize<'de> for PurseWord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Where in the dialogue the card leaves the field.
@@ -95,7 +126,8 @@ pub struct SimCard {
     dpk: Key16,
     dtk: Key16,
     damk: Key16,
-    balance_fen: Fen,
+    /// The purse word exactly as the card answers it; the balance is read from it.
+    purse_word: [u8; 4],
     offline_counter: u16,
     compound: Option<[u8; COMPOUND_RECORD_BYTES]>,
     compound_cache: Option<[u8; COMPOUND_RECORD_BYTES]>,
@@ -128,6 +160,13 @@ impl SimCard {
             .ok_or_else(|| format!("bad valid_from {:?}", spec.valid_from))?;
         let until = parse_iso_date(&spec.valid_until)
             .ok_or_else(|| format!("bad valid_until {:?}", spec.valid_until))?;
+        let from_balance = encode_purse_word(spec.balance_fen, false).ok_or_else(|| {
+            format!(
+                "card {}: balance_fen {} outside -1073741824..=1073741823",
+                spec.card_no, spec.balance_fen
+            )
+        })?;
+        let purse_word = spec.purse_word.map_or(from_balance, |w| w.0);
         let mut public_file = [0u8; PUBLIC_FILE_BYTES];
         public_file[..8].copy_from_slice(&SIM_ISSUER);
         public_file[8] = 0x02; // application type: transport purse
@@ -145,7 +184,7 @@ impl SimCard {
             dpk: crypto::diversify(&keys.purchase_master, serial),
             dtk: crypto::diversify(&keys.tac_master, serial),
             damk: crypto::diversify(&keys.maintenance_master, serial),
-            balance_fen: spec.balance_fen,
+            purse_word,
             offline_counter: 0,
             compound: None,
             compound_cache: None,
@@ -169,8 +208,19 @@ impl SimCard {
         self.card_no
     }
 
-    pub fn balance_fen(&self) -> Fen {
-        self.balance_fen
+    /// The balance the purse word holds (read as [`purse_balance_fen`] reads it).
+    pub fn balance_fen(&self) -> BalanceFen {
+        purse_balance_fen(self.purse_word)
+    }
+
+    /// The purse word as the card answers GET BALANCE.
+    pub fn purse_word(&self) -> [u8; 4] {
+        self.purse_word
+    }
+
+    /// Set the purse word (tests: a purse that changed outside this validator).
+    pub fn set_purse_word(&mut self, word: [u8; 4]) {
+        self.purse_word = word;
     }
 
     pub fn offline_counter(&self) -> u16 {
@@ -227,7 +277,7 @@ impl SimCard {
         match (c.cla, c.ins) {
             (0x00, 0xB0) => self.read_binary(c.p1, r),
             (0x00, 0xB2) => self.read_record(c.p1, c.p2, r),
-            (0x80, 0x5C) => r.set(&self.balance_fen.to_be_bytes(), sw::OK),
+            (0x80, 0x5C) => r.set(&self.purse_word, sw::OK),
             (0x80, 0x50) => self.init_purchase(c.p1, c.p2, c.data, r),
             (0x80, 0xDC) => self.update_cache(c.p1, c.p2, c.data, r),
             (0x80, 0x54) => {
@@ -302,7 +352,7 @@ impl SimCard {
             return;
         }
         let amount_fen = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
-        if amount_fen > self.balance_fen {
+        if !covers(self.balance_fen(), amount_fen) {
             r.status(sw::INSUFFICIENT_BALANCE);
             return;
         }
@@ -320,7 +370,7 @@ impl SimCard {
             offline_counter: self.offline_counter,
         });
         let mut out = [0u8; 15];
-        out[..4].copy_from_slice(&self.balance_fen.to_be_bytes());
+        out[..4].copy_from_slice(&self.purse_word);
         out[4..6].copy_from_slice(&self.offline_counter.to_be_bytes());
         out[9] = KEY_VERSION;
         out[10] = ALG_ID_3DES;
@@ -366,8 +416,16 @@ impl SimCard {
             r.status(sw::MAC_INVALID);
             return;
         }
+        // Bit 31 is not part of the amount: the card keeps it as it was.
+        let flag = u32::from_be_bytes(self.purse_word) & PURSE_WORD_FLAG_BIT != 0;
+        let word = balance_after(self.balance_fen(), p.amount_fen)
+            .and_then(|left| encode_purse_word(i64::from(left), flag));
+        let Some(word) = word else {
+            r.status(sw::INSUFFICIENT_BALANCE);
+            return;
+        };
         // The debit, the counter and the compound record change together (one atomic commit).
-        self.balance_fen -= p.amount_fen;
+        self.purse_word = word;
         self.offline_counter += 1;
         if let Some(rec) = self.compound_cache.take() {
             self.compound = Some(rec);

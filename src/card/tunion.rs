@@ -43,11 +43,31 @@
 //! | 19 | rider category |
 //! | 20–127 | zero |
 //!
+//! A record whose boarding time is zero (as issuers initialise the file) is read as it is, a
+//! boarding in 1970: no value read from the card stands for "no boarding"; `6A 83` does.
+//!
+//! ## The purse word (GET BALANCE, and INITIALIZE's first 4 bytes)
+//!
+//! | bits | meaning |
+//! | --- | --- |
+//! | 31 | not part of the amount: set by some issuers and on erased purses; ignored |
+//! | 30..0 | the balance in fen, 31-bit two's complement: −1,073,741,824 to 1,073,741,823 |
+//!
+//! So `00 00 13 88` is 5000 fen, `80 00 13 88` is also 5000 fen, `7F FF FF FF` and
+//! `FF FF FF FF` (an overdrawn or erased purse) are −1 fen, `40 00 00 00` is −1,073,741,824.
+//! Every word decodes ([`purse_balance_fen`] is total): nothing a card answers can mean "no
+//! balance" or overflow the engine's [`BalanceFen`]. This is how field readers of these cards
+//! read it: Metrodroid's China/T-Union reader takes the balance as bits 1..31 of the word,
+//! signed ("upper bit is some garbage": `ChinaTransitData.parseBalance`,
+//! `getBitsFromBufferSigned(1, 31)`, in
+//! `src/commonMain/kotlin/au/id/micolous/metrodroid/transit/china/ChinaTransitData.kt` of
+//! github.com/metrodroid/metrodroid; its `TUnionTransitData` likewise drops bit 31).
+//!
 //! Sources: JT/T 978.3 (files and commands of the transport application), PBOC 2.0 part 2
-//! electronic purse (purchase, proof, status words), ISO 7816-4; shared/specs/t-union-card.md.
+//! electronic purse (purchase, proof, status words), ISO 7816-4; the purse word as above.
 
-use super::apdu::{command, sw, CardChannel, ChannelError, Response};
-use crate::types::{CardNo, Fen, RiderCategory};
+use super::apdu::{command, exchange, sw, CardChannel, ChannelError, Response};
+use crate::types::{is_purse_balance, BalanceFen, CardNo, Fen, RiderCategory};
 
 /// AID of the transport application (`MOT_T_EP`).
 pub const AID: [u8; 8] = [0xA0, 0x00, 0x00, 0x06, 0x32, 0x01, 0x01, 0x05];
@@ -106,7 +126,7 @@ pub struct Boarding {
 /// INITIALIZE FOR CAPP PURCHASE, parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InitPurchase {
-    pub balance_fen: Fen,
+    pub balance_fen: BalanceFen,
     pub offline_counter: u16,
     pub overdraft_fen: u32,
     pub key_version: u8,
@@ -172,6 +192,44 @@ fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// Bit 31 of the purse word: not part of the amount.
+pub const PURSE_WORD_FLAG_BIT: u32 = 1 << 31;
+
+/// The balance a purse word holds: bits 30..0 as a 31-bit two's-complement amount, bit 31
+/// ignored (see the module doc). Total: every word is a balance within
+/// [`crate::types::PURSE_BALANCE_FEN_MIN`]..=[`crate::types::PURSE_BALANCE_FEN_MAX`].
+pub fn purse_balance_fen(word: [u8; 4]) -> BalanceFen {
+    // Shift the 31-bit amount up to bit 31, then back down arithmetically: sign extension.
+    ((u32::from_be_bytes(word) << 1) as i32) >> 1
+}
+
+/// The purse word for `balance_fen` with bit 31 as `flag` (for simulated cards). `None` when
+/// the balance is outside the purse's range.
+pub fn encode_purse_word(balance_fen: i64, flag: bool) -> Option<[u8; 4]> {
+    if !is_purse_balance(balance_fen) {
+        return None;
+    }
+    let amount = (balance_fen as i32 as u32) & !PURSE_WORD_FLAG_BIT;
+    let word = if flag {
+        amount | PURSE_WORD_FLAG_BIT
+    } else {
+        amount
+    };
+    Some(word.to_be_bytes())
+}
+
+/// Whether a balance covers a fare (compared wide: no wrap for any balance or fare).
+pub fn covers(balance_fen: BalanceFen, fare_fen: Fen) -> bool {
+    i64::from(balance_fen) >= i64::from(fare_fen)
+}
+
+/// The balance left after debiting `fare_fen` from `balance_fen`, when it is one a purse can
+/// hold; `None` otherwise (the card's value does not fit: the tap is `unreadable`).
+pub fn balance_after(balance_fen: BalanceFen, fare_fen: Fen) -> Option<BalanceFen> {
+    let after = i64::from(balance_fen) - i64::from(fare_fen);
+    is_purse_balance(after).then_some(after as BalanceFen)
+}
+
 /// Parse file 0x15.
 pub fn parse_public(r: &Response) -> Result<PublicInfo, CardError> {
     expect_len(0xB0, r, PUBLIC_FILE_BYTES)?;
@@ -228,9 +286,6 @@ pub fn parse_boarding(r: &Response) -> Result<Option<Boarding>, CardError> {
         return Err(CardError::Field("compound record id"));
     }
     let at_unix_s = be_u32(&d[11..15]);
-    if at_unix_s == 0 {
-        return Ok(None);
-    }
     let mut terminal_no = [0u8; 6];
     terminal_no.copy_from_slice(&d[5..11]);
     Ok(Some(Boarding {
@@ -254,16 +309,18 @@ pub fn encode_boarding(b: &Boarding) -> [u8; COMPOUND_RECORD_BYTES] {
     d
 }
 
-pub fn parse_balance(r: &Response) -> Result<Fen, CardError> {
+/// GET BALANCE: the purse word, read as the module doc says.
+pub fn parse_balance(r: &Response) -> Result<BalanceFen, CardError> {
     expect_len(0x5C, r, 4)?;
-    Ok(be_u32(&r.data))
+    let d = &r.data;
+    Ok(purse_balance_fen([d[0], d[1], d[2], d[3]]))
 }
 
 pub fn parse_init_purchase(r: &Response) -> Result<InitPurchase, CardError> {
     expect_len(0x50, r, INIT_PURCHASE_BYTES)?;
     let d = &r.data;
     Ok(InitPurchase {
-        balance_fen: be_u32(&d[0..4]),
+        balance_fen: purse_balance_fen([d[0], d[1], d[2], d[3]]),
         offline_counter: u16::from_be_bytes([d[4], d[5]]),
         overdraft_fen: u32::from_be_bytes([0, d[6], d[7], d[8]]),
         key_version: d[9],
@@ -322,8 +379,9 @@ impl<'c, C: CardChannel + ?Sized> CardSession<'c, C> {
         }
     }
 
+    /// One command through [`exchange`] (which fetches `61xx` answers and resends on `6Cxx`).
     fn send(&mut self, cmd: &[u8]) -> Result<&Response, CardError> {
-        self.channel.transmit(cmd, &mut self.resp)?;
+        exchange(&mut *self.channel, cmd, &mut self.resp)?;
         Ok(&self.resp)
     }
 
@@ -374,7 +432,7 @@ impl<'c, C: CardChannel + ?Sized> CardSession<'c, C> {
         parse_boarding(r)
     }
 
-    pub fn get_balance(&mut self) -> Result<Fen, CardError> {
+    pub fn get_balance(&mut self) -> Result<BalanceFen, CardError> {
         let r = self.send(&command(0x80, 0x5C, 0x00, 0x02, &[], Some(4)))?;
         parse_balance(r)
     }
@@ -499,7 +557,42 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn purse_word_reads_bits_30_to_0_as_twos_complement() {
+        for (word, fen) in [
+            (0x0000_1388u32, 5000),
+            (0x8000_1388, 5000),
+            (0x7FFF_FFFF, -1),
+            (0xFFFF_FFFF, -1),
+            (0x4000_0000, -1_073_741_824),
+            (0xC000_0000, -1_073_741_824),
+            (0x3FFF_FFFF, 1_073_741_823),
+            (0x0000_0000, 0),
+            (0x8000_0000, 0),
+        ] {
+            assert_eq!(purse_balance_fen(word.to_be_bytes()), fen, "{word:08X}");
+        }
+        assert_eq!(
+            encode_purse_word(-1, false),
+            Some(0x7FFF_FFFFu32.to_be_bytes())
+        );
+        assert_eq!(encode_purse_word(-1, true), Some([0xFF; 4]));
+        assert_eq!(encode_purse_word(1 << 30, false), None);
+        assert_eq!(encode_purse_word(-(1 << 30) - 1, false), None);
+        assert_eq!(balance_after(-1_073_741_824, 1), None);
+        assert!(!covers(-1, 0));
+        assert!(covers(0, 0));
+    }
+
     proptest! {
+        #[test]
+        fn every_purse_word_is_a_balance_and_encodes_back(word in any::<u32>()) {
+            let fen = purse_balance_fen(word.to_be_bytes());
+            prop_assert!(crate::types::is_purse_balance(i64::from(fen)));
+            let flag = word & PURSE_WORD_FLAG_BIT != 0;
+            prop_assert_eq!(encode_purse_word(i64::from(fen), flag), Some(word.to_be_bytes()));
+        }
+
         #[test]
         fn parsers_never_panic_on_any_answer(data in proptest::collection::vec(any::<u8>(), 0..256), sw_ in any::<u16>()) {
             let r = resp(&data, sw_);

@@ -21,7 +21,7 @@
 //! | 14 | 2 | card offline counter of the purchase |
 //! | 16 | 4 | PSAM terminal transaction sequence (from MAC1) |
 //! | 20 | 8 | fare, fen (signed) |
-//! | 28 | 8 | purse balance after the debit, fen (signed) |
+//! | 28 | 8 | purse balance after the debit, fen (signed, within the purse's range) |
 //! | 36 | 8 | time of the debit, unix seconds (signed) |
 //! | 44 | 2 | UTC offset of the local clock, minutes (signed) |
 //! | 46 | 2 | route |
@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 
 use super::record::CRC32;
 use super::{FileLayer, Problem, Record, SegmentFile};
-use crate::types::{CardNo, Fen, RiderCategory};
+use crate::types::{is_purse_balance, BalanceFen, CardNo, Fen, RiderCategory};
 
 /// Bytes of one grey entry.
 pub const GREY_BYTES: usize = 64;
@@ -92,7 +92,8 @@ pub struct GreyRecord {
     pub offline_counter: u16,
     pub terminal_seq: u32,
     pub fare_fen: Fen,
-    pub balance_after_fen: Fen,
+    /// Within the purse's range (negative: overdrawn).
+    pub balance_after_fen: BalanceFen,
     pub category: RiderCategory,
     pub route: u16,
     pub at_unix_s: i64,
@@ -162,7 +163,10 @@ impl GreyRecord {
             offline_counter: u16::from_be_bytes([b[14], b[15]]),
             terminal_seq: u32::from_be_bytes([b[16], b[17], b[18], b[19]]),
             fare_fen: fen(20, "fare")?,
-            balance_after_fen: fen(28, "balance")?,
+            balance_after_fen: Some(i64_at(28))
+                .filter(|b| is_purse_balance(*b))
+                .map(|b| b as BalanceFen)
+                .ok_or(GreyError::Field("balance"))?,
             category: RiderCategory::from_u8(b[3]).ok_or(GreyError::Field("category"))?,
             at_unix_s: i64_at(36),
             utc_offset_min: i16::from_be_bytes([b[44], b[45]]),

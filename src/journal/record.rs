@@ -3,7 +3,7 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 1 | magic `0xFA` |
-//! | 1 | 1 | format version, 1 |
+//! | 1 | 1 | format version, 2 (version 1 is still read: below) |
 //! | 2 | 1 | kind: 1 card purchase, 2 card purchase recovered by proof, 3 ride code (pay after ride) |
 //! | 3 | 1 | rider category (0 adult .. 4 veteran) |
 //! | 4 | 8 | seq, per terminal, from 1, never reused |
@@ -11,7 +11,7 @@
 //! | 20 | 2 | UTC offset of the local clock, minutes (signed) |
 //! | 22 | 2 | route |
 //! | 24 | 4 | fare, fen |
-//! | 28 | 4 | purse balance after, fen (`FFFFFFFF` none: ride codes) |
+//! | 28 | 4 | purse balance after, fen, signed (two's complement); zero when flag bit 0 is clear |
 //! | 32 | 10 | card number (BCD): the card tapped, or the card linked to the ride code |
 //! | 42 | 2 | card offline counter of the purchase |
 //! | 44 | 4 | PSAM terminal transaction sequence |
@@ -21,20 +21,42 @@
 //! | 62 | 4 | ride code counter |
 //! | 66 | 4 | ride code generated_at, unix seconds |
 //! | 70 | 6 | terminal number (BCD) |
-//! | 76 | 16 | reserved, zero |
+//! | 76 | 1 | flags: bit 0 the balance at 28 is present (a card tap); bits 1–7 reserved, zero |
+//! | 77 | 15 | reserved, zero |
 //! | 92 | 4 | CRC-32/ISCSI of bytes 0..92, big-endian |
 //!
-//! Integers are big-endian. A record is checked before it is written and again after it is read.
+//! Integers are big-endian. A record is checked before it is written and again after it is
+//! read: a balance, when present, lies within the purse's range
+//! ([`crate::types::PURSE_BALANCE_FEN_MIN`]..=[`crate::types::PURSE_BALANCE_FEN_MAX`]).
+//!
+//! No value stands for "none": whether a balance is present is its own flag, so any balance
+//! a card can hold, −1 fen included, is recorded as it is.
+//!
+//! Version 1 (still read, never written) had no flags byte: bytes 28..32 held the balance as
+//! an unsigned number, `FFFFFFFF` meaning none. That sentinel was also the balance of an
+//! overdrawn or erased purse, which is why version 2 carries the flag. A version 1 balance
+//! is read through the purse-word rule of [`crate::card::tunion`] (bit 31 dropped, 31-bit two's
+//! complement), as it came from the card's word; `FFFFFFFF` stays "none" there, as version
+//! 1 defined it.
 
 use crc::{Crc, CRC_32_ISCSI};
 
-use crate::types::{AccountId, CardNo, Fen, Media, RiderCategory};
+use crate::card::tunion::purse_balance_fen;
+use crate::types::{is_purse_balance, AccountId, BalanceFen, CardNo, Fen, Media, RiderCategory};
 
 pub const RECORD_BYTES: usize = 96;
 const MAGIC: u8 = 0xFA;
-const FORMAT_VERSION: u8 = 1;
+/// The version written.
+pub const FORMAT_VERSION: u8 = 2;
+/// The version before the flags byte; read, never written.
+pub const FORMAT_VERSION_1: u8 = 1;
 const CRC_AT: usize = 92;
-const NO_BALANCE: u32 = u32::MAX;
+/// Offset of the flags byte (version 2).
+const FLAGS_AT: usize = 76;
+/// Flags bit 0: the balance at 28 is present.
+const FLAG_BALANCE: u8 = 0x01;
+/// Version 1's "no balance" (read only).
+const V1_NO_BALANCE: u32 = u32::MAX;
 pub const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -81,7 +103,8 @@ pub struct Record {
     pub route: u16,
     pub category: RiderCategory,
     pub fare_fen: Fen,
-    pub balance_fen: Option<Fen>,
+    /// Purse balance after the tap (negative: overdrawn); `None` for ride codes.
+    pub balance_fen: Option<BalanceFen>,
     pub card_no: CardNo,
     pub card_tx: CardTx,
     pub qr: Option<QrTx>,
@@ -118,8 +141,10 @@ impl Record {
         if (self.kind == RecordKind::QrRide) != self.qr.is_some() {
             return Err(RecordError::Field("ride-code fields and kind disagree"));
         }
-        if self.balance_fen == Some(NO_BALANCE) {
-            return Err(RecordError::Field("balance"));
+        if let Some(b) = self.balance_fen {
+            if !is_purse_balance(i64::from(b)) {
+                return Err(RecordError::Field("balance"));
+            }
         }
         Ok(())
     }
@@ -137,7 +162,10 @@ impl Record {
         b[20..22].copy_from_slice(&self.utc_offset_min.to_be_bytes());
         b[22..24].copy_from_slice(&self.route.to_be_bytes());
         b[24..28].copy_from_slice(&self.fare_fen.to_be_bytes());
-        b[28..32].copy_from_slice(&self.balance_fen.unwrap_or(NO_BALANCE).to_be_bytes());
+        if let Some(balance) = self.balance_fen {
+            b[28..32].copy_from_slice(&balance.to_be_bytes());
+            b[FLAGS_AT] |= FLAG_BALANCE;
+        }
         b[32..42].copy_from_slice(&self.card_no.0);
         b[42..44].copy_from_slice(&self.card_tx.offline_counter.to_be_bytes());
         b[44..48].copy_from_slice(&self.card_tx.terminal_seq.to_be_bytes());
@@ -159,7 +187,7 @@ impl Record {
         if CRC32.checksum(&b[..CRC_AT]) != crc {
             return Err(RecordError::Crc);
         }
-        if b[0] != MAGIC || b[1] != FORMAT_VERSION {
+        if b[0] != MAGIC || (b[1] != FORMAT_VERSION && b[1] != FORMAT_VERSION_1) {
             return Err(RecordError::Magic);
         }
         let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
@@ -174,7 +202,21 @@ impl Record {
         let category = RiderCategory::from_u8(b[3]).ok_or(RecordError::Field("category"))?;
         let card_no = CardNo::from_bcd(std::array::from_fn(|k| b[32 + k]))
             .map_err(|_| RecordError::Field("card"))?;
-        let balance = u32_at(28);
+        let balance_fen = if b[1] == FORMAT_VERSION_1 {
+            let word = u32_at(28);
+            (word != V1_NO_BALANCE).then(|| purse_balance_fen(word.to_be_bytes()))
+        } else {
+            let flags = b[FLAGS_AT];
+            if flags & !FLAG_BALANCE != 0 {
+                return Err(RecordError::Field("reserved flags"));
+            }
+            let balance = u32_at(28) as i32;
+            match flags & FLAG_BALANCE != 0 {
+                true => Some(balance),
+                false if balance == 0 => None,
+                false => return Err(RecordError::Field("balance without its flag")),
+            }
+        };
         let qr = (kind == RecordKind::QrRide).then(|| QrTx {
             account: AccountId {
                 channel: u16_at(52),
@@ -191,7 +233,7 @@ impl Record {
             route: u16_at(22),
             category,
             fare_fen: u32_at(24),
-            balance_fen: (balance != NO_BALANCE).then_some(balance),
+            balance_fen,
             card_no,
             card_tx: CardTx {
                 offline_counter: u16_at(42),
@@ -285,6 +327,74 @@ mod tests {
             c[bit / 8] ^= 1 << (bit % 8);
             assert!(Record::decode(&c).is_err(), "bit {bit}");
         }
+    }
+
+    #[test]
+    fn minus_one_fen_is_a_balance_and_no_balance_is_a_flag() {
+        let mut r = sample(7);
+        r.balance_fen = Some(-1);
+        let b = r.encode();
+        assert_eq!((b[1], b[76], &b[28..32]), (2, 1, &[0xFF; 4][..]));
+        assert_eq!(Record::decode(&b), Ok(r));
+        r.balance_fen = None;
+        let b = r.encode();
+        assert_eq!((b[76], &b[28..32]), (0, &[0; 4][..]));
+        assert_eq!(Record::decode(&b), Ok(r));
+        for fen in [
+            crate::types::PURSE_BALANCE_FEN_MIN,
+            crate::types::PURSE_BALANCE_FEN_MAX,
+        ] {
+            r.balance_fen = Some(fen);
+            assert_eq!(Record::decode(&r.encode()), Ok(r));
+        }
+    }
+
+    fn with_crc(mut b: [u8; RECORD_BYTES]) -> [u8; RECORD_BYTES] {
+        let crc = CRC32.checksum(&b[..CRC_AT]);
+        b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn version_1_records_are_still_read() {
+        let r = sample(9);
+        let mut b = r.encode();
+        b[1] = FORMAT_VERSION_1;
+        b[76] = 0;
+        assert_eq!(Record::decode(&with_crc(b)), Ok(r), "balance 4900");
+        b[28..32].copy_from_slice(&[0xFF; 4]);
+        let none = Record::decode(&with_crc(b)).unwrap();
+        assert_eq!(none.balance_fen, None, "version 1's FFFFFFFF is none");
+        b[28..32].copy_from_slice(&0x8000_1388u32.to_be_bytes());
+        let flagged = Record::decode(&with_crc(b)).unwrap();
+        assert_eq!(flagged.balance_fen, Some(5000), "read as the purse word");
+    }
+
+    #[test]
+    fn version_2_flags_are_strict() {
+        let mut r = sample(3);
+        r.balance_fen = None;
+        let mut b = r.encode();
+        b[28] = 1;
+        assert_eq!(
+            Record::decode(&with_crc(b)),
+            Err(RecordError::Field("balance without its flag"))
+        );
+        let mut b = r.encode();
+        b[76] = 0x02;
+        assert_eq!(
+            Record::decode(&with_crc(b)),
+            Err(RecordError::Field("reserved flags"))
+        );
+        let mut b = sample(3).encode();
+        b[28..32].copy_from_slice(&(1i32 << 30).to_be_bytes());
+        assert_eq!(
+            Record::decode(&with_crc(b)),
+            Err(RecordError::Field("balance"))
+        );
+        let mut b = sample(3).encode();
+        b[1] = 3;
+        assert_eq!(Record::decode(&with_crc(b)), Err(RecordError::Magic));
     }
 
     #[test]
