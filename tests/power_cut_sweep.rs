@@ -213,7 +213,8 @@ fn sim_card(n: u32) -> SimCard {
         enabled: true,
         valid_from: "2024-01-01".into(),
         valid_until: "2034-12-31".into(),
-        balance_fen: BALANCE_FEN,
+        balance_fen: BALANCE_FEN.into(),
+        purse_word: None,
     };
     SimCard::new(&spec, &TestKeys::default(), 11).unwrap()
 }
@@ -424,7 +425,7 @@ fn check(w: &World, plan: Plan) {
         );
         assert_eq!(
             card.balance_fen(),
-            BALANCE_FEN - FARE_FEN * boardings,
+            (BALANCE_FEN - FARE_FEN * boardings) as i32,
             "{plan:?}: card {n}'s purse"
         );
     }

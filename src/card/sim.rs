@@ -491,7 +491,8 @@ pub struct SimCardState {
     pub card_no: CardNo,
     pub public_file: String,
     pub holder_file: String,
-    pub balance_fen: Fen,
+    /// The purse word exactly as the card answers GET BALANCE (8 hex digits).
+    pub purse_word: String,
     pub offline_counter: u16,
     /// The bus compound record, or null before the first boarding.
     pub compound: Option<String>,
@@ -524,7 +525,7 @@ impl SimCard {
             card_no: self.card_no,
             public_file: hex::encode(self.public_file),
             holder_file: hex::encode(self.holder_file),
-            balance_fen: self.balance_fen,
+            purse_word: hex::encode(self.purse_word),
             offline_counter: self.offline_counter,
             compound: self.compound.map(hex::encode),
             blocked: self.blocked,
@@ -572,7 +573,7 @@ impl SimCard {
             dpk: crypto::diversify(&keys.purchase_master, serial),
             dtk: crypto::diversify(&keys.tac_master, serial),
             damk: crypto::diversify(&keys.maintenance_master, serial),
-            balance_fen: state.balance_fen,
+            purse_word: unhex("purse_word", &state.purse_word)?,
             offline_counter: state.offline_counter,
             compound: state
                 .compound
