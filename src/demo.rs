@@ -56,12 +56,20 @@ pub struct DemoArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// After the day, keep the depot manager's page up on ADDR until Ctrl-C (`--serve` alone:
+    /// 127.0.0.1:7780, this machine only).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::cli::depot::PAGE_ADDR_DEFAULT)]
+    pub serve: Option<String>,
 }
 
 /// What the day came to.
 #[derive(Debug, Default, Serialize)]
 pub struct DemoReport {
     pub buses: usize,
+    pub taps_per_bus: usize,
+    /// Presentations beyond buses × taps per bus: a card tapped again after it was pulled
+    /// away, a code waved twice, a screenshot of a code shown on a second bus.
+    pub re_presentations: u64,
     pub taps: BTreeMap<String, BTreeMap<String, u64>>,
     pub accepted: u64,
     pub journal_fare_fen: u64,
@@ -189,7 +197,8 @@ fn open_bus(i: usize, dir: &Path, list: &Blacklist, keys: &ChannelKeys) -> Resul
     );
     validator.set_ride_code_keys(keys.clone(), RideCodeConfig::default());
     Ok(Bus {
-        id: format!("BUS-{:02}", i + 1),
+        // The same name for the journal's folder and the depot's terminal id.
+        id: format!("bus-{:02}", i + 1),
         route,
         dir,
         validator,
@@ -287,7 +296,7 @@ fn ensure_empty_data_dir(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Run the day; the report, and the folder it ran in.
+/// Run the day in `--data` or a temporary folder; the report.
 pub fn simulate(args: &DemoArgs) -> Result<DemoReport, String> {
     let _temp;
     let dir = match &args.data {
@@ -299,6 +308,12 @@ pub fn simulate(args: &DemoArgs) -> Result<DemoReport, String> {
             d
         }
     };
+    simulate_in(args, &dir)
+}
+
+/// Run the day with its journals and depot database in `dir` (new or empty).
+pub fn simulate_in(args: &DemoArgs, dir: &Path) -> Result<DemoReport, String> {
+    let dir = dir.to_path_buf();
     ensure_empty_data_dir(&dir)?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let start = Timestamp::parse_rfc3339(DEMO_DAY_START).map_err(|e| e.to_string())?;
@@ -310,6 +325,7 @@ pub fn simulate(args: &DemoArgs) -> Result<DemoReport, String> {
         .collect::<Result<_, _>>()?;
     let mut report = DemoReport {
         buses: args.buses,
+        taps_per_bus: args.taps_per_bus,
         ..DemoReport::default()
     };
     let mut latency =
@@ -357,6 +373,7 @@ pub fn simulate(args: &DemoArgs) -> Result<DemoReport, String> {
                     report.transfers += 1;
                 }
                 if removal.is_some() {
+                    report.re_presentations += 1;
                     card.enter_field(None);
                     let d = bus.validator.tap_card(card, now.plus_s(3));
                     tally(&mut report, "card", &d, route);
@@ -369,6 +386,7 @@ pub fn simulate(args: &DemoArgs) -> Result<DemoReport, String> {
                 tally(&mut report, "qr", &d, route);
                 if d.accepted() && t % 40 == 1 {
                     // The phone is waved at the scanner again: the same code is refused.
+                    report.re_presentations += 1;
                     let again = bus.validator.scan_code(&text, now.plus_s(2));
                     tally(&mut report, "qr", &again, route);
                 }
@@ -379,6 +397,7 @@ pub fn simulate(args: &DemoArgs) -> Result<DemoReport, String> {
                 {
                     // A screenshot of the code shown on another bus: each bus accepts it once,
                     // the depot charges it once.
+                    report.re_presentations += 1;
                     let d = bus.validator.scan_code(&shot, shot_at.plus_s(10));
                     tally(&mut report, "qr", &d, route);
                 }
@@ -451,7 +470,17 @@ fn night_upload(dir: &Path, buses: &mut [Bus], report: &mut DemoReport) -> Resul
 
 /// `fare-validator demo`.
 pub fn run(args: &DemoArgs) -> Result<(), String> {
-    let r = simulate(args)?;
+    let _temp;
+    let dir = match &args.data {
+        Some(d) => d.clone(),
+        None => {
+            let t = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let d = t.path().to_path_buf();
+            _temp = t;
+            d
+        }
+    };
+    let r = simulate_in(args, &dir)?;
     if args.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
     } else {
@@ -463,7 +492,28 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
             r.accepted, r.depot_records
         ));
     }
+    if let Some(addr) = &args.serve {
+        serve_page(&dir.join("depot.db"), addr)?;
+    }
     Ok(())
+}
+
+/// Keep the depot manager's page up over the day's database until Ctrl-C or SIGTERM.
+fn serve_page(db: &Path, addr: &str) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let bound = crate::cli::depot::start_page(db, addr, stopped)
+            .await
+            .map_err(|(_, e)| e)?;
+        eprintln!("depot manager's page: http://{bound}/ (Ctrl-C to stop)");
+        crate::cli::depot::wait_for_stop_signal().await;
+        let _ = stop.send(true);
+        Ok(())
+    })
 }
 
 fn yuan(fen: u64) -> String {
@@ -474,6 +524,13 @@ fn print_report(r: &DemoReport) {
     println!(
         "fare-validator demo: one service day on {} buses ({DEMO_DAY_START}, 16 h)",
         r.buses
+    );
+    let presented: u64 = r.taps.values().flat_map(|m| m.values()).sum();
+    println!(
+        "{presented} taps and scans: {} buses x {} passengers, plus {} re-presentations (a \
+         card tapped again after it was pulled away, a code waved twice, a screenshot of a \
+         code shown on a second bus)",
+        r.buses, r.taps_per_bus, r.re_presentations
     );
     println!();
     for (media, reasons) in &r.taps {
@@ -502,6 +559,15 @@ fn print_report(r: &DemoReport) {
         yuan(r.journal_fare_fen)
     );
     println!("{:<28}{:>8}", "  depot, charged", yuan(r.depot_fare_fen));
+    let not_charged = r.journal_fare_fen.saturating_sub(r.depot_fare_fen);
+    if not_charged > 0 {
+        println!(
+            "  the depot charges {} yuan less: {} ride-code record(s) repeat a code already \
+             charged (one code shown on two buses, e.g. a screenshot, is charged once)",
+            yuan(not_charged),
+            r.qr_duplicates
+        );
+    }
     println!();
     println!("{:<28}{:>8}", "records accepted on buses", r.accepted);
     println!("{:<28}{:>8}", "records stored at depot", r.depot_records);

@@ -33,6 +33,10 @@ pub enum DepotCmd {
         /// Address to listen on, e.g. 0.0.0.0:7700.
         #[arg(long)]
         listen: String,
+        /// Also serve the depot manager's read-only web page (off unless asked) on ADDR;
+        /// `--http` alone binds 127.0.0.1:7780, this machine only.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = PAGE_ADDR_DEFAULT)]
+        http: Option<String>,
     },
     /// Provision validators.
     Terminal {
@@ -156,7 +160,7 @@ fn open_existing_store(db: &Path) -> Result<Store, (u8, String)> {
 
 pub fn run_depot(cmd: DepotCmd) -> CmdResult {
     match cmd {
-        DepotCmd::Serve { db, listen } => serve(&db, &listen),
+        DepotCmd::Serve { db, listen, http } => serve(&db, &listen, http.as_deref()),
         DepotCmd::Terminal {
             cmd: TerminalCmd::Add { id, db },
         } => {
@@ -213,7 +217,38 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
     }
 }
 
-fn serve(db: &Path, listen: &str) -> CmdResult {
+/// Where `--http` alone puts the manager's page: loopback only.
+pub const PAGE_ADDR_DEFAULT: &str = "127.0.0.1:7780";
+
+/// Bind the manager's page and start serving it until `stop` fires; prints its address.
+pub async fn start_page(
+    db: &Path,
+    addr: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<std::net::SocketAddr, (u8, String)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| input_err(format!("--http {addr}: {e}")))?;
+    let bound = listener.local_addr().map_err(runtime_err)?;
+    if depot::page::is_loopback(&bound) {
+        tracing::info!(%bound, "depot page on this machine only (loopback)");
+    } else {
+        tracing::warn!(%bound, "depot page reachable from the network: it has no login");
+    }
+    let db = db.to_path_buf();
+    let mut stop = stop;
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = depot::page::serve(db, listener, stopped).await {
+            tracing::error!(error = %e, "depot page stopped");
+        }
+    });
+    Ok(bound)
+}
+
+fn serve(db: &Path, listen: &str, http: Option<&str>) -> CmdResult {
     let store = open_store(db)?;
     let rt = tokio::runtime::Runtime::new().map_err(runtime_err)?;
     rt.block_on(async {
@@ -221,25 +256,40 @@ fn serve(db: &Path, listen: &str) -> CmdResult {
             .await
             .map_err(|e| input_err(format!("{listen}: {e}")))?;
         let addr = listener.local_addr().map_err(runtime_err)?;
-        println!("{}", serde_json::json!({ "listening": addr.to_string() }));
+        let (page_stop, page_stopped) = tokio::sync::watch::channel(false);
+        let page = match http {
+            Some(a) => Some(start_page(db, a, page_stopped).await?),
+            None => None,
+        };
+        match page {
+            Some(p) => println!(
+                "{}",
+                serde_json::json!({ "listening": addr.to_string(), "page": format!("http://{p}/") })
+            ),
+            None => println!("{}", serde_json::json!({ "listening": addr.to_string() })),
+        }
         let _ = std::io::stdout().flush();
-        let stop = async {
-            // Ctrl-C, or SIGTERM from the service manager: stop accepting, finish sessions.
-            #[cfg(unix)]
-            if let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-                return;
-            }
-            let _ = tokio::signal::ctrl_c().await;
+        let stop = async move {
+            wait_for_stop_signal().await;
+            let _ = page_stop.send(true);
         };
         depot::serve(listener, store, stop).await;
         Ok(())
     })
+}
+
+/// Ctrl-C, or SIGTERM from the service manager.
+pub async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn blacklist(cmd: BlacklistCmd) -> CmdResult {

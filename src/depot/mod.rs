@@ -3,7 +3,8 @@
 //! delta or snapshot, fare table, ride-code keys), signed by the operator.
 //!
 //! - [`store`]: the SQLite store (records keyed by terminal and seq, blacklist change log);
-//! - [`server`]: the accept loop, one task per session, shutdown and limits.
+//! - [`server`]: the accept loop, one task per session, shutdown and limits;
+//! - [`page`]: the depot manager's read-only web page.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod page;
 pub mod server;
 pub mod store;
 

@@ -149,6 +149,16 @@ impl Store {
         Ok(store)
     }
 
+    /// Open an existing database for reading only (the manager's page, reports): nothing is
+    /// created, no schema is written and no key is made. A missing file is an error.
+    pub fn open_read(path: &Path) -> Result<Store, StoreError> {
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        Ok(Store { conn })
+    }
+
     /// The operator's Ed25519 key that signs downlink files, made on first use.
     /// (A real deployment keeps it offline and imports signed files; this store holds it so
     /// that one depot can run end to end.)
