@@ -100,6 +100,7 @@ enum JournalCmd {
     /// Print every durable record as a JSON line, in sequence order; a torn or corrupt tail is
     /// reported on standard error.
     Show {
+        /// The validator's journal folder.
         dir: PathBuf,
         /// Then print the grey records (intents to debit, 灰记录) as they stand in grey.dat,
         /// one JSON line each: {"grey": "intent" | "settled" | "voided" | "abandoned", ...}.
@@ -237,4 +238,36 @@ fn holds_journal_files(dir: &std::path::Path) -> std::io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and every argument of every command says what it is in `--help`.
+    #[test]
+    fn every_command_and_argument_has_a_help_line() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && path.contains(' ') && cmd.get_name() != "help" {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
+    }
 }

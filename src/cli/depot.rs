@@ -28,6 +28,7 @@ fn input_err(e: impl std::fmt::Display) -> (u8, String) {
 pub enum DepotCmd {
     /// Run the upload station until interrupted (prints {"listening": ADDR} once bound).
     Serve {
+        /// The station's SQLite database file.
         #[arg(long)]
         db: PathBuf,
         /// Address to listen on, e.g. 0.0.0.0:7700.
@@ -50,22 +51,28 @@ pub enum DepotCmd {
     },
     /// Publish a fare table (TOML) or ride-code key file (JSON) for the next sessions.
     Publish {
+        /// fares (a fare table, TOML) or keys (a ride-code key file, JSON).
         #[arg(value_enum)]
         kind: PublishKind,
+        /// The file to publish; checked before it is stored.
         file: PathBuf,
+        /// The station's SQLite database file.
         #[arg(long)]
         db: PathBuf,
     },
     /// Print the operator public key validators pin (hex); with --import, first replace the
     /// station's signing key by the operator's key file (as `blacklist keygen` writes).
     OperatorKey {
+        /// The station's SQLite database file.
         #[arg(long)]
         db: PathBuf,
+        /// The operator's signing key file (as `blacklist keygen` writes it) to install first.
         #[arg(long)]
         import: Option<PathBuf>,
     },
     /// Clearing view per terminal: records, max seq, gaps, fares (duplicate ride codes once).
     Report {
+        /// The station's SQLite database file.
         #[arg(long)]
         db: PathBuf,
         /// JSON output (the only format).
@@ -74,6 +81,7 @@ pub enum DepotCmd {
     },
     /// Every record as CSV for the clearing house, duplicates flagged.
     Export {
+        /// The station's SQLite database file.
         #[arg(long)]
         db: PathBuf,
         /// Output file; default standard output.
@@ -86,7 +94,9 @@ pub enum DepotCmd {
 pub enum TerminalCmd {
     /// Add a terminal with a fresh 32-byte secret, printed once as hex.
     Add {
+        /// Terminal id: 1 to 32 of A-Z a-z 0-9 _ - (e.g. bus-0001).
         id: String,
+        /// The station's SQLite database file.
         #[arg(long)]
         db: PathBuf,
     },
@@ -102,6 +112,7 @@ pub enum BlacklistCmd {
 
 #[derive(Args)]
 pub struct ListArgs {
+    /// The station's SQLite database file.
     #[arg(long)]
     pub db: PathBuf,
     /// Card number, 20 digits.

@@ -52,8 +52,10 @@ pub enum RideCodeCmd {
         /// Channel private key file written by `keygen`.
         #[arg(long)]
         key: PathBuf,
+        /// channel_id of the issuing channel app (1..=8 for Dezhou's list).
         #[arg(long)]
         channel: u16,
+        /// key_id of the channel key that signs the holder certificate.
         #[arg(long)]
         key_id: u8,
         /// The holder's account at the channel.
@@ -74,6 +76,7 @@ pub enum RideCodeCmd {
         /// Unix seconds or RFC 3339.
         #[arg(long, value_parser = parse_time)]
         generated_at: u32,
+        /// The code's counter: grows with each code one installation makes.
         #[arg(long)]
         counter: u32,
         /// Derive the holder key from this seed; default: OS randomness.
@@ -85,6 +88,7 @@ pub enum RideCodeCmd {
     Qr {
         /// The ESSC1. text, as `ride-code issue` prints it.
         code: String,
+        /// PNG file to write.
         #[arg(long)]
         png: PathBuf,
     },
