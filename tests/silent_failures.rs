@@ -146,3 +146,66 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
     );
     assert!(!out.stderr.contains(&0x1b), "escape codes in piped logs");
 }
+
+#[test]
+fn errors_about_a_file_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("op.key");
+    assert!(run(&["blacklist", "keygen", "--out", path_str(&key)])
+        .status
+        .success());
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/blacklist.csv");
+    let snap = dir.path().join("snap.bin");
+    let built = run(&[
+        "blacklist",
+        "build",
+        "--csv",
+        path_str(&csv),
+        "--version",
+        "1",
+        "--key",
+        path_str(&key),
+        "--out",
+        path_str(&snap),
+    ]);
+    assert!(built.status.success());
+    // One bit flipped in the payload: the CRC catches it, and the error says which file.
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let last = bytes.len() - 70;
+    bytes[last] ^= 1;
+    let bad = dir.path().join("bad.bin");
+    std::fs::write(&bad, bytes).unwrap();
+    assert_refused(&run(&["blacklist", "info", path_str(&bad)]), path_str(&bad));
+    assert_refused(
+        &run(&["blacklist", "check", path_str(&bad), "37140000000000000001"]),
+        path_str(&bad),
+    );
+    let not_csv = dir.path().join("not.csv");
+    std::fs::write(&not_csv, "{").unwrap();
+    let out = run(&[
+        "blacklist",
+        "build",
+        "--csv",
+        path_str(&not_csv),
+        "--version",
+        "1",
+        "--key",
+        path_str(&key),
+        "--out",
+        path_str(&snap),
+    ]);
+    assert_refused(&out, path_str(&not_csv));
+    let out = run(&[
+        "blacklist",
+        "build",
+        "--csv",
+        path_str(&csv),
+        "--version",
+        "1",
+        "--key",
+        path_str(&not_csv),
+        "--out",
+        path_str(&snap),
+    ]);
+    assert_refused(&out, path_str(&not_csv));
+}

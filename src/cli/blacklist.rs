@@ -114,8 +114,13 @@ pub fn execute(cmd: BlacklistCmd, out: &mut dyn Write) -> Result<(), String> {
 }
 
 fn public_key_arg(arg: Option<&str>) -> Result<Option<OperatorPublicKey>, String> {
-    arg.map(|a| signed::read_public_key(a).map_err(|e| e.to_string()))
+    arg.map(|a| signed::read_public_key(a).map_err(|e| format!("public key {a}: {e}")))
         .transpose()
+}
+
+/// An error about a file, naming the file.
+fn at(path: &Path, e: impl std::fmt::Display) -> String {
+    format!("{}: {e}", path.display())
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -124,8 +129,8 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// `build`: CSV to signed snapshot. Returns a one-line JSON summary.
 pub fn build(csv: &Path, version: u64, key: &Path, out: &Path) -> Result<String, String> {
-    let key = signed::read_signing_key(key).map_err(|e| e.to_string())?;
-    let mut list = load_blacklist_file(csv, None).map_err(|e| e.to_string())?;
+    let key = signed::read_signing_key(key).map_err(|e| at(key, e))?;
+    let mut list = load_blacklist_file(csv, None).map_err(|e| at(csv, e))?;
     list.set_version(version);
     write_file(out, &snapshot_file(&list, &key))?;
     Ok(
@@ -136,7 +141,7 @@ pub fn build(csv: &Path, version: u64, key: &Path, out: &Path) -> Result<String,
 
 /// `delta`: the signed delta between two snapshots signed by the same key.
 pub fn delta(from: &Path, to: &Path, key: &Path, out: &Path) -> Result<String, String> {
-    let key = signed::read_signing_key(key).map_err(|e| e.to_string())?;
+    let key = signed::read_signing_key(key).map_err(|e| at(key, e))?;
     let public = key.verifying_key();
     let old =
         load_blacklist_file(from, Some(&public)).map_err(|e| format!("{}: {e}", from.display()))?;
@@ -162,19 +167,19 @@ pub fn delta(from: &Path, to: &Path, key: &Path, out: &Path) -> Result<String, S
 pub fn info(path: &Path, key: Option<&OperatorPublicKey>) -> Result<serde_json::Value, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !signed::has_magic(&bytes) {
-        let list = load_blacklist_file(path, None).map_err(|e| e.to_string())?;
+        let list = load_blacklist_file(path, None).map_err(|e| at(path, e))?;
         return Ok(
             json!({"kind": "csv", "version": list.version(), "entries": list.len(),
                          "by_reason": list.counts_by_reason(), "signature_ok": null}),
         );
     }
-    let file = signed::parse(&bytes).map_err(|e| e.to_string())?;
+    let file = signed::parse(&bytes).map_err(|e| at(path, e))?;
     let signature_ok = key.map(|k| file.verify(k).is_ok());
     let h = file.header;
     match h.kind {
         FileKind::BlacklistSnapshot => {
             let list = crate::blacklist::file::parse_snapshot_unverified(&bytes)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| at(path, e))?;
             Ok(
                 json!({"kind": h.kind.as_str(), "version": h.version, "entries": list.len(),
                       "by_reason": list.counts_by_reason(), "bytes": bytes.len(), "crc_ok": true,
@@ -187,7 +192,7 @@ pub fn info(path: &Path, key: Option<&OperatorPublicKey>) -> Result<serde_json::
                 h.base_version,
                 h.version,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| at(path, e))?;
             let adds = d.changes.iter().filter(|c| c.op == ChangeOp::Add).count();
             let mut by_reason: std::collections::BTreeMap<&str, usize> =
                 ListReason::ALL.iter().map(|r| (r.as_str(), 0)).collect();
@@ -215,7 +220,7 @@ pub fn check(
 ) -> Result<Option<ListReason>, String> {
     let kind = if id.contains(':') { "account" } else { "card" };
     let id = ListId::parse(kind, id.trim()).map_err(|e| format!("bad id {id:?}: {e}"))?;
-    let list: Blacklist = load_blacklist_file(path, key).map_err(|e| e.to_string())?;
+    let list: Blacklist = load_blacklist_file(path, key).map_err(|e| at(path, e))?;
     Ok(list.get(&id))
 }
 

@@ -194,12 +194,15 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
                 std::fs::read(&file).map_err(|e| input_err(format!("{}: {e}", file.display())))?;
             let name = match kind {
                 PublishKind::Fares => {
-                    let text = std::str::from_utf8(&body).map_err(input_err)?;
-                    crate::fare::FareTable::from_toml(text).map_err(input_err)?;
+                    let at =
+                        |e: &dyn std::fmt::Display| input_err(format!("{}: {e}", file.display()));
+                    let text = std::str::from_utf8(&body).map_err(|e| at(&e))?;
+                    crate::fare::FareTable::from_toml(text).map_err(|e| at(&e))?;
                     "fares"
                 }
                 PublishKind::Keys => {
-                    serde_json::from_slice::<serde_json::Value>(&body).map_err(input_err)?;
+                    serde_json::from_slice::<serde_json::Value>(&body)
+                        .map_err(|e| input_err(format!("{}: {e}", file.display())))?;
                     "keys"
                 }
             };
