@@ -10,7 +10,7 @@
 //! | offset | size | field | meaning |
 //! | --- | --- | --- | --- |
 //! | 0 | 8 | magic | `FVSIGNED` |
-//! | 8 | 2 | format | container format version, [`FORMAT_VERSION`] (1) |
+//! | 8 | 2 | format | format version: [`FORMAT_VERSION`] (2) written, [`FORMAT_VERSION_OLDEST`] (1) and up read |
 //! | 10 | 2 | kind | [`FileKind`]: 1 blacklist snapshot, 2 blacklist delta, 3 fare table, 4 ride-code keys |
 //! | 12 | 4 | flags | 0 (reserved) |
 //! | 16 | 8 | version | content version this file gives (a delta's target version) |
@@ -20,6 +20,11 @@
 //! | 44 | 4 | reserved | 0 |
 //! | 48 | 64 | signature | Ed25519 over `SIGNING_CONTEXT ‖ bytes 0..48 ‖ SHA-256(payload)` |
 //! | 112 | payload_len | payload | kind-specific |
+//!
+//! Format 2 changed no byte of this header: it marks blacklist payloads whose entries carry a
+//! set of reasons (see [`crate::blacklist::file`]); a format 1 blacklist file is still read,
+//! as one reason an entry. Fare tables and key files are the same in both. A validator that
+//! knows only format 1 refuses a format 2 file rather than misread it.
 //!
 //! The signature covers a digest of the payload rather than the payload itself so a 150 MB
 //! snapshot is hashed once, in one pass (SHA-256 runs on the CPU's SHA extensions where it has
@@ -45,8 +50,10 @@ pub use ed25519_dalek::{SigningKey as OperatorSigningKey, VerifyingKey as Operat
 
 /// First 8 bytes of every signed file.
 pub const MAGIC: [u8; 8] = *b"FVSIGNED";
-/// The container layout described in the module doc.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version written (see the module doc).
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version still read: blacklist files of one reason an entry.
+pub const FORMAT_VERSION_OLDEST: u16 = 1;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 112;
 /// Largest payload accepted (a 20-million-entry blacklist is about 150 MB).
@@ -123,6 +130,8 @@ pub enum SignedError {
 /// The parsed header.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Header {
+    /// [`FORMAT_VERSION_OLDEST`]..=[`FORMAT_VERSION`].
+    pub format: u16,
     pub kind: FileKind,
     pub version: u64,
     pub base_version: u64,
@@ -175,7 +184,7 @@ pub fn parse(bytes: &[u8]) -> Result<Unverified<'_>, SignedError> {
         });
     }
     let format = le_u16(bytes, 8);
-    if format != FORMAT_VERSION {
+    if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&format) {
         return Err(SignedError::UnsupportedFormat { found: format });
     }
     let kind_raw = le_u16(bytes, 10);
@@ -204,6 +213,7 @@ pub fn parse(bytes: &[u8]) -> Result<Unverified<'_>, SignedError> {
     let mut signature = [0u8; SIGNATURE_LEN];
     signature.copy_from_slice(&bytes[SIGNED_HEADER_END..HEADER_LEN]);
     let header = Header {
+        format,
         kind,
         version: le_u64(bytes, 16),
         base_version: le_u64(bytes, 24),

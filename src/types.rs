@@ -265,6 +265,134 @@ impl FromStr for ListReason {
     }
 }
 
+/// The reasons one id is listed for: a set, since a card reported lost (挂失) and later
+/// reissued (补领) is both `lost` and `replaced`, and a late 解挂 lifts only `lost`.
+///
+/// Bit `r − 1` stands for [`ListReason`] `r`: 1 lost, 2 replaced, 4 cancelled, 8 arrears (the
+/// byte written in snapshot tables, the validator's list file and JSON as names). The empty
+/// set is "not listed": no entry of a list, file or table ever holds it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ReasonSet(u8);
+
+impl ReasonSet {
+    /// No reason: not listed.
+    pub const EMPTY: ReasonSet = ReasonSet(0);
+    /// Every bit a reason can have.
+    pub const BITS_ALL: u8 = 0x0F;
+    const LOCKING: u8 =
+        ReasonSet::bit(ListReason::Replaced) | ReasonSet::bit(ListReason::Cancelled);
+
+    const fn bit(reason: ListReason) -> u8 {
+        1 << (reason as u8 - 1)
+    }
+
+    /// The set of one reason.
+    pub const fn of(reason: ListReason) -> ReasonSet {
+        ReasonSet(ReasonSet::bit(reason))
+    }
+
+    /// The set these bits name, or None if a bit names no reason.
+    pub const fn from_bits(bits: u8) -> Option<ReasonSet> {
+        if bits & !ReasonSet::BITS_ALL == 0 {
+            Some(ReasonSet(bits))
+        } else {
+            None
+        }
+    }
+
+    /// Bit `r − 1` for each reason `r` in the set.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub const fn contains(self, reason: ListReason) -> bool {
+        self.0 & ReasonSet::bit(reason) != 0
+    }
+
+    /// The set with `reason` added.
+    #[must_use]
+    pub const fn with(self, reason: ListReason) -> ReasonSet {
+        ReasonSet(self.0 | ReasonSet::bit(reason))
+    }
+
+    /// The set with `reason` lifted (the others stay).
+    #[must_use]
+    pub const fn without(self, reason: ListReason) -> ReasonSet {
+        ReasonSet(self.0 & !ReasonSet::bit(reason))
+    }
+
+    /// The set with every reason of `other` added.
+    #[must_use]
+    pub const fn union(self, other: ReasonSet) -> ReasonSet {
+        ReasonSet(self.0 | other.0)
+    }
+
+    /// The reasons of this set that are not in `other`.
+    #[must_use]
+    pub const fn minus(self, other: ReasonSet) -> ReasonSet {
+        ReasonSet(self.0 & !other.0)
+    }
+
+    /// Reasons in the set, in [`ListReason::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = ListReason> {
+        ListReason::ALL
+            .into_iter()
+            .filter(move |r| self.contains(*r))
+    }
+
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// A dead card is blocked by command when it is seen: any `replaced` or `cancelled`
+    /// among the reasons, whatever else the card is listed for (replay.md).
+    pub const fn locks_card(self) -> bool {
+        self.0 & ReasonSet::LOCKING != 0
+    }
+}
+
+impl From<ListReason> for ReasonSet {
+    fn from(reason: ListReason) -> Self {
+        ReasonSet::of(reason)
+    }
+}
+
+impl FromIterator<ListReason> for ReasonSet {
+    fn from_iter<I: IntoIterator<Item = ListReason>>(iter: I) -> Self {
+        iter.into_iter().fold(ReasonSet::EMPTY, ReasonSet::with)
+    }
+}
+
+/// The names joined by `+`, in [`ListReason::ALL`] order: `lost+replaced`.
+impl fmt::Display for ReasonSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            f.write_str(r.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ReasonSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReasonSet({self})")
+    }
+}
+
+/// As a JSON list of names: `["lost", "replaced"]`.
+impl Serialize for ReasonSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
 /// Rider category: the card type for cards, the certificate's rider_category for ride codes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -6,7 +6,7 @@ use fare_validator::blacklist::{
     load_blacklist_file, Blacklist, BlacklistFileError, BlacklistHandle, Change, ChangeOp, Delta,
 };
 use fare_validator::signed::{signing_key_from_seed, OperatorSigningKey, SignedError};
-use fare_validator::types::{CardNo, ListId, ListReason};
+use fare_validator::types::{CardNo, ListId, ListReason, ReasonSet};
 
 const LOST: &str = "37140000000000000001";
 const OLD_CARD: &str = "37140000000000000002";
@@ -14,6 +14,14 @@ const OTHER: &str = "37140000000000000003";
 
 fn card(s: &str) -> ListId {
     ListId::Card(s.parse::<CardNo>().unwrap())
+}
+
+fn one(reason: ListReason) -> Option<ReasonSet> {
+    Some(ReasonSet::of(reason))
+}
+
+fn no_entries() -> [(ListId, ListReason); 0] {
+    []
 }
 
 fn operator() -> OperatorSigningKey {
@@ -50,7 +58,7 @@ fn bus_at_version_1() -> BlacklistHandle {
 
 fn assert_kept_version_1(handle: &BlacklistHandle) {
     assert_eq!(handle.version(), 1);
-    assert_eq!(handle.get(&card(LOST)), Some(ListReason::Lost));
+    assert_eq!(handle.get(&card(LOST)), one(ListReason::Lost));
     assert_eq!(handle.get(&card(OTHER)), None);
 }
 
@@ -132,13 +140,13 @@ fn delta_from_another_version_is_refused_and_the_old_list_kept() {
 fn forged_or_stale_snapshot_is_refused_and_the_old_list_kept() {
     let bus = bus_at_version_1();
     let forged = snapshot_file(
-        &Blacklist::from_entries(9, []),
+        &Blacklist::from_entries(9, no_entries()),
         &signing_key_from_seed([66; 32]),
     );
     assert!(bus
         .install_snapshot_file(forged, &operator().verifying_key())
         .is_err());
-    let stale = snapshot_file(&Blacklist::from_entries(0, []), &operator());
+    let stale = snapshot_file(&Blacklist::from_entries(0, no_entries()), &operator());
     let err = bus
         .install_snapshot_file(stale, &operator().verifying_key())
         .unwrap_err();
@@ -195,8 +203,64 @@ fn replaced_card_stays_dead_across_later_deltas() {
         .unwrap();
     assert_eq!(bus.version(), 4);
     let reason = bus.get(&card(OLD_CARD));
-    assert_eq!(reason, Some(ListReason::Replaced));
-    assert!(reason.is_some_and(ListReason::locks_card));
+    assert_eq!(reason, one(ListReason::Replaced));
+    assert!(reason.is_some_and(ReasonSet::locks_card));
+}
+
+#[test]
+fn lost_and_replaced_card_keeps_both_reasons_in_snapshot_and_delta_files() {
+    let bus = bus_at_version_1();
+    let pk = operator().verifying_key();
+    let both: ReasonSet = [ListReason::Lost, ListReason::Replaced]
+        .into_iter()
+        .collect();
+    // The reissue arrives as a delta: the old card is now lost and replaced.
+    let reissue = delta(1, &[(ChangeOp::Add, LOST, ListReason::Replaced)]);
+    bus.install_delta_file(&delta_file(&reissue, &operator()), &pk)
+        .unwrap();
+    assert_eq!(bus.get(&card(LOST)), Some(both));
+    // The same list as a snapshot, opened in place.
+    let snapshot = snapshot_file(&bus.load().compacted(), &operator());
+    let fresh = BlacklistHandle::new(Blacklist::empty());
+    fresh.install_snapshot_file(snapshot, &pk).unwrap();
+    assert_eq!((fresh.version(), fresh.get(&card(LOST))), (2, Some(both)));
+    // A late 解挂 lifts lost only: the card stays refused and locked.
+    let late_unreport = delta(2, &[(ChangeOp::Remove, LOST, ListReason::Lost)]);
+    fresh
+        .install_delta_file(&delta_file(&late_unreport, &operator()), &pk)
+        .unwrap();
+    let left = fresh.get(&card(LOST));
+    assert_eq!(left, one(ListReason::Replaced));
+    assert!(left.is_some_and(ReasonSet::locks_card));
+}
+
+/// Files written before reason sets (format 1), kept as made by that code.
+fn format1(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/blacklist-format1")
+        .join(name)
+}
+
+#[test]
+fn format1_snapshot_and_delta_are_still_read_as_they_meant() {
+    let pk = fare_validator::signed::read_public_key(format1("operator.key.pub").to_str().unwrap())
+        .unwrap();
+    let bus = BlacklistHandle::new(Blacklist::empty());
+    bus.install_snapshot_file(std::fs::read(format1("v1.snap")).unwrap(), &pk)
+        .unwrap();
+    let v1 = load_blacklist_file(&format1("v1.csv"), None).unwrap();
+    let sorted = |l: &Blacklist| l.iter().collect::<std::collections::BTreeMap<_, _>>();
+    assert_eq!(sorted(&bus.load()), sorted(&v1));
+    // Format 1's add set the entry to its one reason: card …0001 goes from lost to replaced
+    // alone, not lost and replaced.
+    let delta = std::fs::read(format1("1-2.delta")).unwrap();
+    assert_eq!(bus.install_delta_file(&delta, &pk).unwrap(), 2);
+    let v2 = load_blacklist_file(&format1("v2.csv"), None).unwrap();
+    assert_eq!(sorted(&bus.load()), sorted(&v2));
+    assert_eq!(bus.get(&card(LOST)), one(ListReason::Replaced));
+    // Files written now are format 2.
+    let now = snapshot_file(&bus.load().compacted(), &operator());
+    assert_eq!(u16::from_le_bytes([now[8], now[9]]), 2);
 }
 
 #[test]
@@ -209,7 +273,7 @@ fn loader_takes_csv_and_signed_snapshot() {
     )
     .unwrap();
     let from_csv = load_blacklist_file(&csv, None).unwrap();
-    assert_eq!(from_csv.get(&card(LOST)), Some(ListReason::Lost));
+    assert_eq!(from_csv.get(&card(LOST)), one(ListReason::Lost));
     assert_eq!(from_csv.len(), 2);
 
     let snap = dir.path().join("blacklist.snap");

@@ -361,3 +361,78 @@ fn group_commit_shares_one_sync_and_nothing_is_durable_before_it() {
         3
     );
 }
+
+#[test]
+fn lost_then_replaced_card_stays_locked_after_late_unreport() {
+    // 挂失, then 补领 (the old card is replaced), then the loss report filed again at another
+    // counter and a late 解挂: lost is lifted, replaced stays, and the card is locked.
+    let out = replay_events(&[
+        blacklist("add", 10, "lost", "2026-11-28T07:00:00+08:00"),
+        tap("2026-11-28T07:00:10+08:00", 10),
+        blacklist("add", 10, "replaced", "2026-11-28T07:01:00+08:00"),
+        blacklist("add", 10, "lost", "2026-11-28T07:02:00+08:00"),
+        blacklist("remove", 10, "lost", "2026-11-28T07:03:00+08:00"),
+        tap("2026-11-28T07:03:10+08:00", 10),
+        tap("2026-11-28T07:05:10+08:00", 10),
+    ]);
+    let got: Vec<_> = out.iter().map(reason).collect();
+    assert_eq!(got, ["blacklisted", "blacklisted", "card_blocked"]);
+}
+
+#[test]
+fn remove_of_one_reason_keeps_a_card_listed_for_another() {
+    // Listed lost and cancelled; 解挂 lifts lost, 注销 stays: refused and locked.
+    let out = replay_events(&[
+        blacklist("add", 12, "cancelled", "2026-11-28T07:00:00+08:00"),
+        blacklist("add", 12, "lost", "2026-11-28T07:00:01+08:00"),
+        blacklist("remove", 12, "lost", "2026-11-28T07:00:02+08:00"),
+        tap("2026-11-28T07:00:10+08:00", 12),
+        // Two reasons lost and arrears on card 10, neither locks: refused, not locked; once
+        // both are lifted it rides.
+        blacklist("add", 10, "lost", "2026-11-28T07:01:00+08:00"),
+        blacklist("add", 10, "arrears", "2026-11-28T07:01:01+08:00"),
+        blacklist("remove", 10, "lost", "2026-11-28T07:01:02+08:00"),
+        tap("2026-11-28T07:01:10+08:00", 10),
+        blacklist("remove", 10, "arrears", "2026-11-28T07:02:00+08:00"),
+        tap("2026-11-28T07:02:10+08:00", 10),
+    ]);
+    let got: Vec<_> = out.iter().map(reason).collect();
+    assert_eq!(got, ["blacklisted", "blacklisted", "accepted"]);
+}
+
+#[test]
+fn csv_listing_lost_and_replaced_locks_the_card() {
+    // One id on two lines, in either order: listed for both, so the card is locked.
+    let dir = tempfile::tempdir().unwrap();
+    for (first, second) in [("lost", "replaced"), ("replaced", "lost")] {
+        let csv = dir.path().join(format!("{first}-{second}.csv"));
+        std::fs::write(
+            &csv,
+            format!(
+                "kind,id,reason\ncard,{c},{first}\ncard,{c},{second}\n",
+                c = card(10)
+            ),
+        )
+        .unwrap();
+        let opts = fare_validator::replay::ReplayOptions {
+            blacklist: Some(csv),
+            ..options(None)
+        };
+        let out = replay_with(
+            &opts,
+            &[
+                tap("2026-11-28T07:00:10+08:00", 10),
+                tap("2026-11-28T07:05:10+08:00", 10),
+                // 解挂 lifts lost only.
+                blacklist("remove", 10, "lost", "2026-11-28T07:06:00+08:00"),
+                tap("2026-11-28T07:10:10+08:00", 10),
+            ],
+        );
+        let got: Vec<_> = out.iter().map(reason).collect();
+        assert_eq!(
+            got,
+            ["blacklisted", "card_blocked", "card_blocked"],
+            "{first} then {second}"
+        );
+    }
+}

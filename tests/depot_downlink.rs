@@ -8,7 +8,7 @@ use ed25519_dalek::SigningKey;
 use fare_validator::blacklist::file::BlacklistFileError;
 use fare_validator::blacklist::{Change, ChangeOp};
 use fare_validator::depot::{self, Store};
-use fare_validator::types::{ListId, ListReason};
+use fare_validator::types::{ListId, ListReason, ReasonSet};
 use fare_validator::upload::downlink::{describe, DownlinkDir, DownlinkError, FileKind};
 use fare_validator::upload::frame::HeldVersions;
 use fare_validator::upload::{self, UploadReport};
@@ -66,7 +66,10 @@ async fn validator_takes_signed_files_and_then_deltas() {
         (r.blacklist_version, r.fares_version, r.keys_version),
         (2, 1, 1)
     );
-    assert_eq!(held.blacklist().get(&lost_card()), Some(ListReason::Lost));
+    assert_eq!(
+        held.blacklist().get(&lost_card()),
+        Some(ReasonSet::of(ListReason::Lost))
+    );
     assert_eq!(held.fare_table().unwrap().1.base_fare_fen, 200);
 
     // 解挂 at the counter: the next session brings a one-change delta and nothing else.
@@ -77,8 +80,57 @@ async fn validator_takes_signed_files_and_then_deltas() {
     let r = session(&db, &dir).await;
     assert_eq!(r.installed, ["BlacklistDelta@3"]);
     assert_eq!(held.blacklist().get(&lost_card()), None);
-    assert_eq!(held.blacklist().get(&account), Some(ListReason::Arrears));
+    assert_eq!(
+        held.blacklist().get(&account),
+        Some(ReasonSet::of(ListReason::Arrears))
+    );
     assert_eq!(session(&db, &dir).await.installed, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_keeps_lost_and_replaced_and_the_delta_reaches_the_bus_with_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.db");
+    let mut s = store(&db, 1);
+    s.set_operator_key(&operator(1)).unwrap();
+    let both: ReasonSet = [ListReason::Lost, ListReason::Replaced]
+        .into_iter()
+        .collect();
+    // 挂失, then 补领 of a new card: the old card is lost and replaced.
+    s.blacklist_change(&change(ChangeOp::Add, lost_card(), ListReason::Lost))
+        .unwrap();
+    drop(s);
+    let dir = tmp.path().join("bus");
+    card_journal(&dir, 10);
+    let held = DownlinkDir::new(&dir);
+    held.pin_operator_key(&operator(1).verifying_key()).unwrap();
+    assert_eq!(session(&db, &dir).await.installed, ["BlacklistDelta@1"]);
+    let mut s = Store::open(&db).unwrap();
+    s.blacklist_change(&change(ChangeOp::Add, lost_card(), ListReason::Replaced))
+        .unwrap();
+    assert_eq!(s.blacklist_reasons(&lost_card()).unwrap(), both);
+    assert_eq!(s.blacklist().unwrap().get(&lost_card()), Some(both));
+    drop(s);
+    let r = session(&db, &dir).await;
+    assert_eq!(r.installed, ["BlacklistDelta@2"]);
+    assert_eq!(held.blacklist().get(&lost_card()), Some(both));
+
+    // A late 解挂 lifts lost only; the bus still refuses and locks the old card.
+    let mut s = Store::open(&db).unwrap();
+    s.blacklist_change(&change(ChangeOp::Remove, lost_card(), ListReason::Lost))
+        .unwrap();
+    let left = s.blacklist_reasons(&lost_card()).unwrap();
+    assert_eq!(left, ReasonSet::of(ListReason::Replaced));
+    // Lifting lost again is refused: it is no longer a reason of the card.
+    assert!(matches!(
+        s.blacklist_change(&change(ChangeOp::Remove, lost_card(), ListReason::Lost)),
+        Err(depot::StoreError::NotListed { .. })
+    ));
+    drop(s);
+    assert_eq!(session(&db, &dir).await.installed, ["BlacklistDelta@3"]);
+    let on_bus = held.blacklist().get(&lost_card());
+    assert_eq!(on_bus, Some(ReasonSet::of(ListReason::Replaced)));
+    assert!(on_bus.is_some_and(ReasonSet::locks_card));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +171,10 @@ async fn forged_downlink_is_refused_and_the_validator_keeps_what_it_had() {
     assert_eq!(r.refused.len(), 2, "{:?}", r.refused);
     assert!(r.refused.iter().all(|e| e.contains("signature")));
     assert_eq!(held.held_versions(), before);
-    assert_eq!(held.blacklist().get(&lost_card()), Some(ListReason::Lost));
+    assert_eq!(
+        held.blacklist().get(&lost_card()),
+        Some(ReasonSet::of(ListReason::Lost))
+    );
     assert_eq!(held.fare_table().unwrap().1.base_fare_fen, 200);
 }
 

@@ -29,7 +29,7 @@ use serde::Serialize;
 use super::file::{delta_file, open_snapshot, snapshot_file, Delta};
 use super::{Blacklist, BlacklistHandle, Change, ChangeOp};
 use crate::signed;
-use crate::types::{AccountId, CardNo, ListId, ListReason};
+use crate::types::{AccountId, CardNo, ListId, ListReason, ReasonSet};
 
 /// Lookups timed together; the report divides by it.
 pub const LOOKUP_BATCH: usize = 16;
@@ -131,7 +131,7 @@ pub fn run_bench(args: &BenchBlacklistArgs) -> Result<(), String> {
 struct Probe {
     id: ListId,
     text: String,
-    expected: Option<ListReason>,
+    expected: Option<ReasonSet>,
 }
 
 pub fn bench_blacklist_with(entries: usize, seed: u64, probes: usize) -> BenchReport {
@@ -232,7 +232,7 @@ fn open_steps(path: &std::path::Path, key: &ed25519_dalek::VerifyingKey) -> (u64
     let signature_ok = file.verify(key).is_ok();
     let signature_ms = ms(t);
     let t = Instant::now();
-    let tables_ok = super::Base::parse(bytes, signed::HEADER_LEN).is_ok();
+    let tables_ok = super::Base::parse(bytes, signed::HEADER_LEN, super::Coding::Sets).is_ok();
     let tables_ms = ms(t);
     if !(signature_ok && tables_ok) {
         tracing::error!("bench snapshot failed a step of its second open");
@@ -334,7 +334,7 @@ fn generate(
                 probes.push(Probe {
                     id: hit,
                     text: hit.to_string(),
-                    expected: Some(reason),
+                    expected: Some(ReasonSet::of(reason)),
                 });
                 continue;
             }
@@ -406,7 +406,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn time_lookups(
     probes: &[Probe],
     batch: usize,
-    mut f: impl FnMut(&Probe) -> Option<ListReason>,
+    mut f: impl FnMut(&Probe) -> Option<ReasonSet>,
 ) -> ((f64, f64), usize) {
     let mismatches = probes.iter().filter(|p| f(p) != p.expected).count();
     let mut per: Vec<f64> = Vec::with_capacity(probes.len() / batch + 1);
@@ -430,7 +430,7 @@ fn bench_hashset(entries: &[(ListId, ListReason)], probes: &[Probe]) -> ((f64, f
         let hit = set.contains(p.text.as_str());
         match (hit, p.expected) {
             (true, Some(r)) => Some(r),
-            (true, None) => Some(ListReason::Lost),
+            (true, None) => Some(ReasonSet::of(ListReason::Lost)),
             (false, _) => None,
         }
     });
@@ -467,7 +467,7 @@ fn bench_sqlite(entries: &[(ListId, ListReason)], probes: &[Probe]) -> ((f64, f6
         let mut rows = query.query((p.id.kind(), p.text.as_str())).ok()?;
         let row = rows.next().ok()??;
         let text: String = row.get(0).ok()?;
-        text.parse().ok()
+        text.parse().ok().map(ReasonSet::of)
     });
     (times, mismatches, build_ms)
 }

@@ -1,9 +1,20 @@
 //! Blacklist files: signed snapshots and deltas (inside the [`crate::signed`] container),
 //! replay.md's BLACKLIST.csv, and the loader that takes either.
 //!
+//! # Reason sets and format versions
+//!
+//! An id is listed for a set of reasons. Files of format 2 (the container's format field, see
+//! [`crate::signed`]) carry the set; format 1 files, from before sets, are still read, as one
+//! reason an entry, and never written:
+//!
+//! | file | format 2 (written) | format 1 (read) |
+//! | --- | --- | --- |
+//! | snapshot | each entry's reason set, 4 bits | one reason, a 2-bit code: converted into a new base when opened |
+//! | delta | an add adds its reason to the entry's set | an add set the entry to its one reason: read as removes of the three other reasons, then the add |
+//!
 //! # Snapshot payload (kind 1, `base_version` 0)
 //!
-//! The card table then the account table, each as in [`super::packed`]'s byte table, and
+//! The card table then the account table, each as in [`super::lines`]'s byte table, and
 //! nothing after. A validator keeps the whole file in memory and looks entries up in place.
 //!
 //! # Delta payload (kind 2, `base_version` n → `version` m > n)
@@ -13,21 +24,22 @@
 //! | 0 | 8 | count of changes, at most [`DELTA_CHANGES_MAX`] |
 //! | 8 + 16·i | 1 | op: 1 add, 2 remove |
 //! | +1 | 1 | kind: 1 card, 2 account |
-//! | +2 | 1 | reason: 1 lost, 2 replaced, 3 cancelled, 4 arrears (a remove lifts only this reason) |
+//! | +2 | 1 | reason: 1 lost, 2 replaced, 3 cancelled, 4 arrears (an add adds it, a remove lifts only it) |
 //! | +3 | 1 | reserved, 0 |
 //! | +4 | 12 | card: 10 BCD bytes then 2 zero bytes; account: u16 channel, u64 account, 2 zero bytes |
 //!
-//! Changes apply in order. A delta applies only to the list at exactly `base_version`.
+//! Changes apply in order. A delta applies only to the list at exactly `base_version`. An id
+//! with several reasons takes one add a reason.
 
 use std::path::Path;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use super::aligned::AlignedBytes;
-use super::packed::TableError;
+use super::packed::{Coding, TableError};
 use super::{parse_csv, Base, Blacklist, Change, ChangeOp, CsvError};
 use crate::signed::{self, FileKind, SignedError};
-use crate::types::{AccountId, CardNo, ListId, ListReason};
+use crate::types::{AccountId, CardNo, ListId, ListReason, ReasonSet};
 
 /// Most changes one delta may carry (a day's changes for a province are far fewer).
 pub const DELTA_CHANGES_MAX: u64 = 10_000_000;
@@ -72,6 +84,15 @@ pub struct Delta {
     pub changes: Vec<Change>,
 }
 
+/// How the tables of a snapshot of container format `format` carry reasons.
+fn snapshot_coding(format: u16) -> Coding {
+    if format >= signed::FORMAT_VERSION {
+        Coding::Sets
+    } else {
+        Coding::OneReason
+    }
+}
+
 /// A signed snapshot file of `list` at its version.
 pub fn snapshot_file(list: &Blacklist, key: &SigningKey) -> Vec<u8> {
     signed::seal(
@@ -91,29 +112,33 @@ pub fn open_snapshot(
     key: Option<&VerifyingKey>,
 ) -> Result<Blacklist, BlacklistFileError> {
     let bytes = bytes.into();
-    let version = {
+    let header = {
         let file = signed::parse(&bytes)?.expect_kind(FileKind::BlacklistSnapshot)?;
         match key {
-            Some(k) => file.verify(k)?.header.version,
+            Some(k) => file.verify(k)?.header,
             None => {
                 tracing::warn!(
                     "blacklist snapshot opened without an operator key: signature not checked"
                 );
-                file.header.version
+                file.header
             }
         }
     };
-    let base = Base::parse(bytes, signed::HEADER_LEN)?;
-    Ok(Blacklist::from_base(version, base))
+    let base = Base::parse(bytes, signed::HEADER_LEN, snapshot_coding(header.format))?;
+    Ok(Blacklist::from_base(header.version, base))
 }
 
 /// Fuzz entry point: a snapshot's structure and tables, no signature.
 pub fn parse_snapshot_unverified(bytes: &[u8]) -> Result<Blacklist, BlacklistFileError> {
     let file = signed::parse(bytes)?.expect_kind(FileKind::BlacklistSnapshot)?;
-    let version = file.header.version;
+    let header = file.header;
     Ok(Blacklist::from_base(
-        version,
-        Base::parse(AlignedBytes::from(bytes), signed::HEADER_LEN)?,
+        header.version,
+        Base::parse(
+            AlignedBytes::from(bytes),
+            signed::HEADER_LEN,
+            snapshot_coding(header.format),
+        )?,
     ))
 }
 
@@ -136,14 +161,26 @@ pub fn delta_file(delta: &Delta, key: &SigningKey) -> Vec<u8> {
 /// Open a delta file: structure, CRC, signature, then every change.
 pub fn open_delta(bytes: &[u8], key: &VerifyingKey) -> Result<Delta, BlacklistFileError> {
     let file = signed::open(bytes, FileKind::BlacklistDelta, key)?;
-    parse_delta_payload(file.payload, file.header.base_version, file.header.version)
+    let h = file.header;
+    parse_delta_payload_of_format(file.payload, h.base_version, h.version, h.format)
 }
 
-/// Fuzz entry point: a delta's payload.
+/// Fuzz entry point: a delta's payload (format 2).
 pub fn parse_delta_payload(
     payload: &[u8],
     from_version: u64,
     to_version: u64,
+) -> Result<Delta, BlacklistFileError> {
+    parse_delta_payload_of_format(payload, from_version, to_version, signed::FORMAT_VERSION)
+}
+
+/// A delta's payload in container format `format`: a format 1 add, which set the entry to
+/// its one reason, becomes removes of the other reasons then the add (see the module doc).
+pub fn parse_delta_payload_of_format(
+    payload: &[u8],
+    from_version: u64,
+    to_version: u64,
+    format: u16,
 ) -> Result<Delta, BlacklistFileError> {
     if to_version <= from_version {
         return Err(BlacklistFileError::NotForward {
@@ -166,16 +203,27 @@ pub fn parse_delta_payload(
             "length does not match the change count",
         ));
     }
-    let changes = records
-        .chunks_exact(DELTA_RECORD_LEN)
-        .enumerate()
-        .map(|(i, r)| {
-            decode_change(r).map_err(|what| BlacklistFileError::Change {
-                index: i as u64,
-                what,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let one_reason = format < signed::FORMAT_VERSION;
+    let mut changes = Vec::with_capacity(records.len() / DELTA_RECORD_LEN);
+    for (i, r) in records.chunks_exact(DELTA_RECORD_LEN).enumerate() {
+        let change = decode_change(r).map_err(|what| BlacklistFileError::Change {
+            index: i as u64,
+            what,
+        })?;
+        if one_reason && change.op == ChangeOp::Add {
+            changes.extend(
+                ListReason::ALL
+                    .into_iter()
+                    .filter(|r| *r != change.reason)
+                    .map(|reason| Change {
+                        op: ChangeOp::Remove,
+                        id: change.id,
+                        reason,
+                    }),
+            );
+        }
+        changes.push(change);
+    }
     Ok(Delta {
         from_version,
         to_version,
@@ -256,29 +304,24 @@ impl Blacklist {
         Ok(next)
     }
 
-    /// The delta that turns `self` into `new` (removes name the old reason; a changed reason
-    /// is an add of the new one).
+    /// The delta that turns `self` into `new`: for each id, a remove of every reason it
+    /// loses and an add of every reason it gains.
     pub fn diff(&self, new: &Blacklist) -> Delta {
-        let old: std::collections::HashMap<ListId, ListReason> = self.iter().collect();
+        let old: std::collections::HashMap<ListId, ReasonSet> = self.iter().collect();
         let mut changes = Vec::new();
         let mut seen = std::collections::HashSet::with_capacity(new.len());
-        for (id, reason) in new.iter() {
+        let mut push = |op, id, reasons: ReasonSet| {
+            changes.extend(reasons.iter().map(|reason| Change { op, id, reason }));
+        };
+        for (id, reasons) in new.iter() {
             seen.insert(id);
-            if old.get(&id) != Some(&reason) {
-                changes.push(Change {
-                    op: ChangeOp::Add,
-                    id,
-                    reason,
-                });
-            }
+            let before = old.get(&id).copied().unwrap_or(ReasonSet::EMPTY);
+            push(ChangeOp::Remove, id, before.minus(reasons));
+            push(ChangeOp::Add, id, reasons.minus(before));
         }
-        for (id, reason) in self.iter() {
+        for (id, reasons) in self.iter() {
             if !seen.contains(&id) {
-                changes.push(Change {
-                    op: ChangeOp::Remove,
-                    id,
-                    reason,
-                });
+                push(ChangeOp::Remove, id, reasons);
             }
         }
         Delta {

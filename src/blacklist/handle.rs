@@ -22,7 +22,7 @@ use ed25519_dalek::VerifyingKey;
 
 use super::file::{open_delta, open_snapshot, BlacklistFileError, Delta};
 use super::Blacklist;
-use crate::types::{ListId, ListReason};
+use crate::types::{ListId, ReasonSet};
 
 /// How long the writer waits for the last tap holding a retired version before it frees the
 /// version anyway (taps hold a version for one lookup, well under a microsecond).
@@ -44,9 +44,9 @@ impl BlacklistHandle {
         }
     }
 
-    /// The tap path: the reason `id` is listed in the current version.
+    /// The tap path: the reasons `id` is listed for in the current version.
     #[inline]
-    pub fn get(&self, id: &ListId) -> Option<ListReason> {
+    pub fn get(&self, id: &ListId) -> Option<ReasonSet> {
         self.current.load().get(id)
     }
 

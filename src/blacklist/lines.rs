@@ -10,7 +10,7 @@
 //!
 //! A line is 64 bytes at a 64-aligned address (the file places lines at a 64-aligned offset,
 //! [`super::aligned`] loads files at a 64-aligned address): a 4-bit count, then up to `C`
-//! entries of `K − t + 2` bits (stored value, reason) in increasing order. Lines are sized for
+//! entries of `K − t + 4` bits (stored value, reason set) in increasing order. Lines are sized for
 //! 80 % of `C` entries on average; a line keeps the `C` smallest keys of its range, and the
 //! rest (about 3 % of entries) go to a small overflow table ([`packed::Table`]). A lookup reads
 //! its line in place, finds the key in four branch-free steps of a binary search (each slot
@@ -20,8 +20,9 @@
 //! a mispredicted branch on the line's bytes would throw away the work the processor started
 //! on the next ones while this one waited for its line.
 //!
-//! At 20 million cards: 2.5 million lines of 10 entries of 48 bits, 160 MB and about 8.3
-//! bytes an entry with the overflow; a lookup touches one cache line (the packed sorted table
+//! At 20 million cards: 2.5 million lines of 10 entries of 50 bits, 160 MB and about 8.3
+//! bytes an entry with the overflow (the reason set's 4 bits fit in what a line of 48-bit
+//! entries left unused, so a set costs no more than the one reason it replaced); a lookup touches one cache line (the packed sorted table
 //! it replaces touched an index line and one or two entry lines: ~2x slower on this project's
 //! machine, where every access outside L2 costs ~150 ns).
 //!
@@ -31,18 +32,18 @@
 //! | --- | --- | --- |
 //! | 0 | 1 | key_bits `K`: 67 (cards) or 80 (accounts) |
 //! | 1 | 1 | shift `t` = ⌊log2 L⌋ |
-//! | 2 | 1 | entry_bits = K − t + 2 |
+//! | 2 | 1 | entry_bits = K − t + 4 (+ 2 in format 1, see [`Coding`]) |
 //! | 3 | 1 | slots a line `C` = min(15, ⌊508 / entry_bits⌋) |
 //! | 4 | 4 | pad: bytes from offset 32 to the first line (0..=63) |
 //! | 8 | 8 | lines `L`, 1..=[`LINES_MAX`] |
 //! | 16 | 8 | entries in lines |
 //! | 24 | 8 | reserved, 0 |
 //! | 32 | pad | zero, so that the lines start at a file offset that is a multiple of 64 |
-//! | … | 64·L | lines: bits 0..4 count, then entry j at bit 4 + j·entry_bits: stored << 2 ‖ reason − 1; unused bits 0 |
+//! | … | 64·L | lines: bits 0..4 count, then entry j at bit 4 + j·entry_bits: stored << 4 ‖ reason set (bit r − 1 for reason r, not 0); unused bits 0 |
 //! | … | … | overflow: a [`packed`] table of the same key space |
 
-use super::packed::{self, mask, Space, Table, TableError, REASON_BITS};
-use crate::types::{ListId, ListReason};
+use super::packed::{self, mask, Coding, Space, Table, TableError, REASON_BITS, REASON_MASK};
+use crate::types::{ListId, ReasonSet};
 
 pub const LINE_BYTES: usize = 64;
 const LINE_BITS: u32 = 512;
@@ -63,6 +64,7 @@ const LAST_WORD_AT: u32 = LINE_BYTES as u32 - 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LineTable {
     pub space: Space,
+    coding: Coding,
     shift: u32,
     entry_bits: u32,
     slots: u32,
@@ -84,9 +86,9 @@ pub struct LineTable {
 /// [`LineTable::get_in`]'s constants for narrow entries (all zero for wide ones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Narrow {
-    /// The stored value's bits: entry bits − 2.
+    /// The stored value's bits: entry bits − 4.
     stored_mask: u64,
-    /// Bits below the stored value once an entry fills a word's top bits: 64 − entry bits + 2.
+    /// Bits below the stored value once an entry fills a word's top bits: 64 − entry bits + 4.
     below: u32,
     /// Ones in those bits.
     below_ones: u64,
@@ -106,13 +108,14 @@ impl Narrow {
     }
 }
 
-/// The answer of a line search by (found ‖ reason code): a load instead of a branch.
-const IN_LINE: [Option<ListReason>; 8] = {
-    let mut t = [None; 8];
-    let mut code = 0;
-    while code < 4 {
-        t[4 | code] = Some(ListReason::ALL[code]);
-        code += 1;
+/// The answer of a line search by (found ‖ reason set): a load instead of a branch. A found
+/// entry of no reason (which [`LineTable::parse`] never lets in) would read as not listed.
+const IN_LINE: [Option<ReasonSet>; 2 << REASON_BITS] = {
+    let mut t = [None; 2 << REASON_BITS];
+    let mut bits = 1;
+    while bits < 1 << REASON_BITS {
+        t[(1 << REASON_BITS) | bits] = ReasonSet::from_bits(bits as u8);
+        bits += 1;
     }
     t
 };
@@ -136,10 +139,10 @@ fn slot_reads(entry_bits: u32, slots: u32) -> [[u8; 2]; SEARCH_SLOTS] {
     out
 }
 
-/// (t, entry bits, slots) for `lines` lines of keys of `key_bits`.
-fn geometry(key_bits: u32, lines: u64) -> (u32, u32, u32) {
+/// (t, entry bits, slots) for `lines` lines of keys of `key_bits`, reasons in `reason_bits`.
+fn geometry(key_bits: u32, lines: u64, reason_bits: u32) -> (u32, u32, u32) {
     let shift = 63 - lines.max(1).leading_zeros();
-    let entry_bits = key_bits - shift + REASON_BITS;
+    let entry_bits = key_bits - shift + reason_bits;
     let slots = ((LINE_BITS - COUNT_BITS) / entry_bits).min(SLOTS_MAX);
     (shift, entry_bits, slots)
 }
@@ -150,7 +153,7 @@ fn geometry(key_bits: u32, lines: u64) -> (u32, u32, u32) {
 fn lines_for(key_bits: u32, count: u64) -> u64 {
     let mut lines = (count * 10).div_ceil(8 * LOAD_TENTHS).max(1);
     for _ in 0..3 {
-        let (_, _, slots) = geometry(key_bits, lines);
+        let (_, _, slots) = geometry(key_bits, lines, REASON_BITS);
         lines = (count * 10).div_ceil(u64::from(slots) * LOAD_TENTHS).max(1);
     }
     lines.min(LINES_MAX)
@@ -205,12 +208,12 @@ fn put_field(w: &mut [u64; 10], pos: u32, width: u32, value: u128) {
     }
 }
 
-/// Append a line table built from `words` (sorted, strictly increasing mixed keys; see
-/// [`packed::sort_word`]) to `out`, whose offset 0 is the start of the file.
+/// Append a line table built from `words` (sorted, strictly increasing mixed keys, reasons
+/// not empty; see [`packed::sort_word`]) to `out`, whose offset 0 is the start of the file.
 pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
     let key_bits = space.key_bits();
     let lines = lines_for(key_bits, words.len() as u64);
-    let (shift, entry_bits, slots) = geometry(key_bits, lines);
+    let (shift, entry_bits, slots) = geometry(key_bits, lines, REASON_BITS);
     let pad = (out.len() + HEADER_LEN).next_multiple_of(LINE_BYTES) - (out.len() + HEADER_LEN);
     out.extend_from_slice(&[key_bits as u8, shift as u8, entry_bits as u8, slots as u8]);
     out.extend_from_slice(&(pad as u32).to_le_bytes());
@@ -224,16 +227,16 @@ pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
     let mut in_lines = 0u64;
     let mut i = 0;
     while i < words.len() {
-        let (line, _) = place(words[i] >> REASON_BITS, key_bits, lines, shift);
+        let (line, _) = place(packed::mixed_of(words[i]), key_bits, lines, shift);
         let mut w = [0u64; 10];
         let mut n = 0;
         while let Some(word) = words.get(i) {
-            let (this, stored) = place(word >> REASON_BITS, key_bits, lines, shift);
+            let (this, stored) = place(packed::mixed_of(*word), key_bits, lines, shift);
             if this != line {
                 break;
             }
             if n < slots {
-                let entry = (stored << REASON_BITS) | (word & 3);
+                let entry = (stored << REASON_BITS) | (word & REASON_MASK);
                 put_field(&mut w, COUNT_BITS + n * entry_bits, entry_bits, entry);
                 n += 1;
             } else {
@@ -253,9 +256,14 @@ pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
 }
 
 impl LineTable {
-    /// Validate a line table starting at `at` in `bytes` (fuzz-safe: every malformation is an
-    /// error, never a panic).
-    pub fn parse(bytes: &[u8], at: usize, space: Space) -> Result<LineTable, TableError> {
+    /// Validate a line table of `coding` starting at `at` in `bytes` (fuzz-safe: every
+    /// malformation is an error, never a panic).
+    pub fn parse(
+        bytes: &[u8],
+        at: usize,
+        space: Space,
+        coding: Coding,
+    ) -> Result<LineTable, TableError> {
         let head = bytes
             .get(at..at + HEADER_LEN)
             .ok_or(TableError::Truncated)?;
@@ -270,7 +278,7 @@ impl LineTable {
         if !(1..=LINES_MAX).contains(&lines) {
             return Err(TableError::Lines("line count out of range"));
         }
-        let (shift, entry_bits, slots) = geometry(key_bits, lines);
+        let (shift, entry_bits, slots) = geometry(key_bits, lines, coding.reason_bits());
         if (u32::from(head[1]), u32::from(head[2]), u32::from(head[3]))
             != (shift, entry_bits, slots)
         {
@@ -291,9 +299,12 @@ impl LineTable {
         if bytes[at + HEADER_LEN..lines_at].iter().any(|b| *b != 0) {
             return Err(TableError::Padding);
         }
-        let overflow = Table::parse(bytes, lines_end, space)?;
+        let overflow = Table::parse(bytes, lines_end, space, coding)?;
+        // Only tables of reason sets are looked up in place (format 1 is converted).
+        let narrow = coding == Coding::Sets && entry_bits <= NARROW_ENTRY_BITS_MAX;
         let table = LineTable {
             space,
+            coding,
             shift,
             entry_bits,
             slots,
@@ -302,21 +313,26 @@ impl LineTable {
             overflow,
             count: in_lines + overflow.count,
             end: overflow.end,
-            slot_reads: if entry_bits <= NARROW_ENTRY_BITS_MAX {
+            slot_reads: if narrow {
                 slot_reads(entry_bits, slots)
             } else {
                 [[0; 2]; SEARCH_SLOTS]
             },
-            narrow: Narrow::of(entry_bits),
+            narrow: if narrow {
+                Narrow::of(entry_bits)
+            } else {
+                Narrow::default()
+            },
         };
         table.check(bytes, in_lines)?;
         Ok(table)
     }
 
-    /// Counts within the slots, entries strictly increasing, unused bits zero, the count total;
-    /// every overflow entry belongs after a full line's last entry.
+    /// Counts within the slots, entries strictly increasing and each with a reason, unused
+    /// bits zero, the count total; every overflow entry belongs after a full line's last entry.
     fn check(&self, bytes: &[u8], in_lines: u64) -> Result<(), TableError> {
         let used_bits = |n: u32| COUNT_BITS + n * self.entry_bits;
+        let reason_bits = self.coding.reason_bits();
         let mut total = 0u64;
         for line in 0..self.lines {
             let w = load_line(bytes, self.lines_at + LINE_BYTES * line as usize);
@@ -326,7 +342,11 @@ impl LineTable {
             }
             let mut prev: Option<u128> = None;
             for j in 0..n {
-                let stored = field(&w, used_bits(j), self.entry_bits) >> REASON_BITS;
+                let entry = field(&w, used_bits(j), self.entry_bits);
+                if self.coding.set_of(entry).is_none() {
+                    return Err(TableError::NoReason);
+                }
+                let stored = entry >> reason_bits;
                 if prev.is_some_and(|p| p >= stored) {
                     return Err(TableError::Order);
                 }
@@ -346,7 +366,7 @@ impl LineTable {
             return Err(TableError::Lines("entry count does not match the lines"));
         }
         for word in self.overflow.words(bytes) {
-            let (line, stored) = self.place(word >> REASON_BITS);
+            let (line, stored) = self.place(packed::mixed_of(word));
             match self.last_of_full_line(bytes, line) {
                 Some(last) if stored > last => {}
                 _ => return Err(TableError::Lines("overflow entry of a line that has room")),
@@ -364,14 +384,15 @@ impl LineTable {
         let w = load_line(bytes, self.lines_at + LINE_BYTES * line as usize);
         let n = (w[0] & 0xF) as u32;
         (n == self.slots && n > 0).then(|| {
-            field(&w, COUNT_BITS + (n - 1) * self.entry_bits, self.entry_bits) >> REASON_BITS
+            field(&w, COUNT_BITS + (n - 1) * self.entry_bits, self.entry_bits)
+                >> self.coding.reason_bits()
         })
     }
 
-    /// The reason `key` is listed in this table (the tests' entry; the blacklist calls
+    /// The reasons `key` is listed for in this table (the tests' entry; the blacklist calls
     /// [`Self::get_in`] with the width it already knows from the id's kind).
     #[cfg(test)]
-    fn get(&self, bytes: &[u8], key: u128) -> Option<ListReason> {
+    fn get(&self, bytes: &[u8], key: u128) -> Option<ReasonSet> {
         match self.space {
             Space::Cards => self.get_in::<{ packed::CARD_KEY_BITS }>(bytes, key),
             Space::Accounts => self.get_in::<{ packed::ACCOUNT_KEY_BITS }>(bytes, key),
@@ -392,10 +413,11 @@ impl LineTable {
     }
 
     /// [`Self::get`] with the key width a constant (its masks and shifts fold); `K` must be
-    /// this table's key width.
+    /// this table's key width, and the table one of reason sets.
     #[inline(always)]
-    pub(super) fn get_in<const K: u32>(&self, bytes: &[u8], key: u128) -> Option<ListReason> {
+    pub(super) fn get_in<const K: u32>(&self, bytes: &[u8], key: u128) -> Option<ReasonSet> {
         debug_assert_eq!(K, self.space.key_bits());
+        debug_assert_eq!(self.coding, Coding::Sets);
         let mixed = packed::mix(key, K);
         let product = mixed * u128::from(self.lines);
         let line = (product >> K) as u64;
@@ -412,7 +434,7 @@ impl LineTable {
             // stored value is put in the same place before the line arrives, with all ones
             // below (`ceiling`), so that one comparison orders them, with no mask or shift
             // after the miss: word ≤ ceiling exactly when the entry's stored value ≤ the key's.
-            // The stored value (see `place`) has K − t = eb − 2 bits here, under 64: one
+            // The stored value (see `place`) has K − t = eb − 4 bits here, under 64: one
             // 128-bit shift by t (below 32) and a 64-bit mask.
             let Narrow {
                 stored_mask,
@@ -442,7 +464,7 @@ impl LineTable {
                     // Equal stored values: the words agree above `below`.
                     (
                         (w ^ ceiling) >> below == 0,
-                        (w >> (below - REASON_BITS)) as usize & 3,
+                        (w >> (below - REASON_BITS)) as usize & REASON_MASK as usize,
                     )
                 },
             )
@@ -462,7 +484,7 @@ impl LineTable {
         key: u128,
         line: &[u8; LINE_BYTES],
         n: u32,
-    ) -> Option<ListReason> {
+    ) -> Option<ReasonSet> {
         let eb = self.entry_bits;
         let w = load_line(line, 0);
         let last_slot = self.slots - 1;
@@ -473,13 +495,13 @@ impl LineTable {
             n,
             read,
             |e| e >> REASON_BITS <= stored,
-            |e| (e >> REASON_BITS == stored, (e & 3) as usize),
+            |e| (e >> REASON_BITS == stored, (e & REASON_MASK) as usize),
         )
     }
 
     /// The line search for the key's stored value, given the line's `n` used slots, slot
     /// `j` as `read(j)`, whether a slot's stored value is at most the key's (`at_most`), and
-    /// whether it is equal, with the slot's reason code (`equal_code`): a branch-free binary
+    /// whether it is equal, with the slot's reason set bits (`equal_code`): a branch-free binary
     /// search over 16 virtual slots in four fixed steps (entries increase; a slot at or past
     /// `n` counts as above everything). Not in the line: in the overflow table only when the
     /// line is full and the key is above its last entry.
@@ -492,7 +514,7 @@ impl LineTable {
         read: impl Fn(u32) -> T,
         at_most: impl Fn(T) -> bool,
         equal_code: impl Fn(T) -> (bool, usize),
-    ) -> Option<ListReason> {
+    ) -> Option<ReasonSet> {
         let last_slot = self.slots - 1;
         // `read` takes any j below SEARCH_SLOTS; past the last slot it repeats the last.
         let mut base = 0u32;
@@ -519,9 +541,11 @@ impl LineTable {
         IN_LINE[(usize::from(hit) << REASON_BITS) | code]
     }
 
-    /// Every entry as its sort word (mixed key << 2 | reason − 1), in increasing order.
+    /// Every entry as its sort word (mixed key << 4 | reason set, whatever the table's
+    /// coding), in increasing order.
     pub fn words<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = u128> + 'a {
         let key_bits = self.space.key_bits();
+        let reason_bits = self.coding.reason_bits();
         let mut overflow = self.overflow.words(bytes).peekable();
         (0..self.lines).flat_map(move |line| {
             let w = load_line(bytes, self.lines_at + LINE_BYTES * line as usize);
@@ -529,22 +553,23 @@ impl LineTable {
             let mut out: Vec<u128> = (0..n)
                 .filter_map(|j| {
                     let e = field(&w, COUNT_BITS + j * self.entry_bits, self.entry_bits);
-                    let m = unplace(line, e >> REASON_BITS, key_bits, self.lines, self.shift)?;
-                    Some(packed::sort_word_raw(m, e & 3))
+                    let m = unplace(line, e >> reason_bits, key_bits, self.lines, self.shift)?;
+                    Some(self.coding.to_sort_word(m, e))
                 })
                 .collect();
-            while let Some(word) = overflow.next_if(|w| self.place(w >> REASON_BITS).0 == line) {
+            while let Some(word) = overflow.next_if(|w| self.place(packed::mixed_of(*w)).0 == line)
+            {
                 out.push(word);
             }
             out
         })
     }
 
-    /// Every entry as an id and its reason, in mixed-key order.
+    /// Every entry as an id and its reasons, in mixed-key order.
     pub fn entries<'a>(
         &'a self,
         bytes: &'a [u8],
-    ) -> impl Iterator<Item = (ListId, ListReason)> + 'a {
+    ) -> impl Iterator<Item = (ListId, ReasonSet)> + 'a {
         packed::ids_of(self.space, self.words(bytes))
     }
 }
@@ -559,14 +584,16 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, k)| {
-                packed::sort_word(packed::mix(*k, space.key_bits()), ListReason::ALL[i % 4])
+                // Every set of one or more reasons, in turn.
+                let set = ReasonSet::from_bits((i % 15 + 1) as u8).unwrap();
+                packed::sort_word(packed::mix(*k, space.key_bits()), set)
             })
             .collect();
         words.sort_unstable();
-        words.dedup_by_key(|w| *w >> 2);
+        words.dedup_by_key(|w| packed::mixed_of(*w));
         let mut bytes = vec![0u8; 48];
         encode(&mut bytes, space, &words);
-        let t = LineTable::parse(&bytes, 48, space).unwrap();
+        let t = LineTable::parse(&bytes, 48, space, Coding::Sets).unwrap();
         (bytes, words, t)
     }
 
@@ -599,8 +626,8 @@ mod tests {
                 let m = packed::mix(*k, space.key_bits());
                 words
                     .iter()
-                    .find(|w| **w >> 2 == m)
-                    .map(|w| packed::reason_of(*w))
+                    .find(|w| packed::mixed_of(**w) == m)
+                    .map(|w| packed::reasons_of(*w))
             };
             for k in keys.iter().take(3000) {
                 assert_eq!(
@@ -619,7 +646,7 @@ mod tests {
     fn place_and_unplace_are_inverse_and_ordered() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         for lines in [1u64, 7, 1000, 2_500_000, LINES_MAX] {
-            let (shift, _, _) = geometry(67, lines);
+            let (shift, _, _) = geometry(67, lines, REASON_BITS);
             let mut prev = (0u64, 0u128);
             let mut ms: Vec<u128> = (0..2000).map(|_| rng.gen::<u128>() & mask(67)).collect();
             ms.sort_unstable();
@@ -636,20 +663,20 @@ mod tests {
     fn corrupt_tables_are_errors_not_panics() {
         let keys: Vec<u128> = (0..400u128).map(|k| k * 7919).collect();
         let (bytes, _, _) = table_of(Space::Accounts, &keys);
-        assert!(LineTable::parse(&bytes, 48, Space::Cards).is_err());
+        assert!(LineTable::parse(&bytes, 48, Space::Cards, Coding::Sets).is_err());
         // A bit set in the unused tail of an empty line (found by fuzzing: the padding check
         // once read the whole tail as one field wider than 128 bits).
         let (mut empty, _, t) = table_of(Space::Cards, &[]);
         empty[t.lines_at + LINE_BYTES - 1] |= 0x80;
         assert_eq!(
-            LineTable::parse(&empty, 48, Space::Cards),
+            LineTable::parse(&empty, 48, Space::Cards, Coding::Sets),
             Err(TableError::Padding)
         );
         for n in 48..bytes.len() {
-            assert!(LineTable::parse(&bytes[..n], 48, Space::Accounts).is_err());
+            assert!(LineTable::parse(&bytes[..n], 48, Space::Accounts, Coding::Sets).is_err());
         }
         packed::flipped_bits_never_panic(&bytes, 48, 4, 3000, |b| {
-            if let Ok(t) = LineTable::parse(b, 48, Space::Accounts) {
+            if let Ok(t) = LineTable::parse(b, 48, Space::Accounts, Coding::Sets) {
                 let _ = t.get(b, 5);
                 let _ = t.entries(b).count();
             }

@@ -12,14 +12,17 @@
 //! | unpaid ride-code rides | add account, `arrears` | ride codes of the account refused |
 //! | arrears settled | remove account, `arrears` | the account rides again |
 //!
-//! A remove names the reason it lifts and lifts only that one: a late 解挂 for a card that has
-//! since been reissued leaves it `replaced`, so a dead card never comes back by accident. An add
-//! sets the reason whatever was there (`lost` then `replaced` gives `replaced`).
+//! An id is listed for a *set* of reasons ([`ReasonSet`]): an add adds its reason to the set,
+//! a remove lifts only the reason it names, and the id stays listed while any reason remains.
+//! A card reported lost and later reissued is `lost` and `replaced`; a late 解挂 leaves it
+//! `replaced`, so a dead card never comes back by accident, and it is locked while any
+//! `replaced` or `cancelled` remains ([`ReasonSet::locks_card`]).
 //!
 //! # Structure
 //!
 //! A [`Blacklist`] is a compact immutable *base* ([`lines`]: one 64-byte cache line answers a
-//! lookup, about 8.3 bytes a card entry at 20 million, exact, read in place from the signed
+//! lookup, about 8.3 bytes a card entry at 20 million, its reasons a 4-bit set inside the
+//! entry, exact, read in place from the signed
 //! snapshot file; [`packed`] holds the few entries of full lines) shared by `Arc`, under a
 //! small hashed *overlay* of the adds and removes since that base. [`Blacklist::apply`] changes
 //! only the overlay, so a single change costs a tree insert and a delta of 100,000 changes
@@ -48,10 +51,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use crate::types::{ListId, ListIdError, ListReason};
+use crate::types::{ListId, ListIdError, ListReason, ReasonSet};
 use aligned::AlignedBytes;
 use lines::LineTable;
-use packed::Space;
+use packed::{Coding, Space};
 
 pub use file::{load_blacklist_file, BlacklistFileError, Delta};
 pub use handle::BlacklistHandle;
@@ -67,14 +70,17 @@ pub const OVERLAY_ENTRY_BYTES: usize = 48;
 /// changes in between, and eight prefetches in flight are well within what a core tracks.
 const APPLY_PREFETCH_AHEAD: usize = 8;
 
-/// Add or remove one entry.
+/// Add or remove one reason of an entry.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ChangeOp {
+    /// List the id for this reason too (listing it if it was not).
     Add,
+    /// Lift this reason only; the id stays listed while another remains.
     Remove,
 }
 
-/// One blacklist change, as a service counter makes it (挂失 adds `lost`, 解挂 removes it...).
+/// One blacklist change, as a service counter makes it (挂失 adds `lost`, 解挂 removes it,
+/// 补领 adds `replaced` to the old card...).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Change {
     pub op: ChangeOp,
@@ -83,13 +89,15 @@ pub struct Change {
 }
 
 impl Change {
-    /// The entry for `current` (what the list says now) after this change.
-    pub fn result(&self, current: Option<ListReason>) -> Option<ListReason> {
-        match self.op {
-            ChangeOp::Add => Some(self.reason),
-            ChangeOp::Remove if current == Some(self.reason) => None,
-            ChangeOp::Remove => current,
-        }
+    /// The entry for `current` (what the list says now) after this change: None when no
+    /// reason is left.
+    pub fn result(&self, current: Option<ReasonSet>) -> Option<ReasonSet> {
+        let current = current.unwrap_or(ReasonSet::EMPTY);
+        let after = match self.op {
+            ChangeOp::Add => current.with(self.reason),
+            ChangeOp::Remove => current.without(self.reason),
+        };
+        (!after.is_empty()).then_some(after)
     }
 }
 
@@ -116,12 +124,23 @@ pub(crate) struct Base {
 }
 
 impl Base {
-    /// Tables for cards then accounts, starting at `at` and ending exactly at the end.
-    pub(crate) fn parse(bytes: AlignedBytes, at: usize) -> Result<Base, BlacklistFileError> {
-        let cards = LineTable::parse(&bytes, at, Space::Cards)?;
-        let accounts = LineTable::parse(&bytes, cards.end, Space::Accounts)?;
+    /// Tables for cards then accounts, starting at `at` and ending exactly at the end, their
+    /// entries' reasons in `coding`. Tables of reason sets are used in place; format 1 tables
+    /// (one reason an entry) are converted into a new base, once, when opened.
+    pub(crate) fn parse(
+        bytes: AlignedBytes,
+        at: usize,
+        coding: Coding,
+    ) -> Result<Base, BlacklistFileError> {
+        let cards = LineTable::parse(&bytes, at, Space::Cards, coding)?;
+        let accounts = LineTable::parse(&bytes, cards.end, Space::Accounts, coding)?;
         if accounts.end != bytes.len() {
             return Err(BlacklistFileError::Payload("bytes after the account table"));
+        }
+        if coding == Coding::OneReason {
+            let cards: Vec<u128> = cards.words(&bytes).collect();
+            let accounts: Vec<u128> = accounts.words(&bytes).collect();
+            return Ok(Base::from_words(&cards, &accounts));
         }
         Ok(Base {
             bytes,
@@ -138,7 +157,11 @@ impl Base {
         lines::encode(&mut bytes, Space::Cards, cards);
         lines::encode(&mut bytes, Space::Accounts, accounts);
         // Our own encoding always parses; failing here is a bug.
-        match Base::parse(AlignedBytes::from(bytes), crate::signed::HEADER_LEN) {
+        match Base::parse(
+            AlignedBytes::from(bytes),
+            crate::signed::HEADER_LEN,
+            Coding::Sets,
+        ) {
             Ok(base) => base,
             Err(e) => panic!("freshly encoded blacklist does not parse: {e}"),
         }
@@ -156,7 +179,7 @@ impl Base {
     }
 
     #[inline]
-    fn get(&self, id: &ListId) -> Option<ListReason> {
+    fn get(&self, id: &ListId) -> Option<ReasonSet> {
         // One dispatch on the id's kind, with the key width a constant in each arm.
         match packed::key_of(id) {
             (Space::Cards, key) => self
@@ -187,7 +210,7 @@ impl Base {
 /// Apply `change` to `overlay` over a base that lists its id as `in_base`, keeping `len` (the
 /// list's entry count) in step. An overlay entry always differs from the base's: one that
 /// would equal it is removed.
-fn apply_to(overlay: &mut Overlay, len: &mut usize, change: &Change, in_base: Option<ListReason>) {
+fn apply_to(overlay: &mut Overlay, len: &mut usize, change: &Change, in_base: Option<ReasonSet>) {
     use std::collections::hash_map::Entry;
     let (before, after) = match overlay.entry(change.id) {
         Entry::Occupied(mut overlaid) => {
@@ -208,23 +231,23 @@ fn apply_to(overlay: &mut Overlay, len: &mut usize, change: &Change, in_base: Op
             (in_base, after)
         }
     };
-    if change.op == ChangeOp::Remove && before.is_some() && after.is_some() {
-        tracing::warn!(id = %change.id, listed = ?before, lifts = ?change.reason,
-            "remove names another reason; entry kept");
+    if change.op == ChangeOp::Remove && before.is_some() && before == after {
+        tracing::debug!(id = %change.id, listed = ?before, lifts = ?change.reason,
+            "remove names a reason the entry is not listed for; entry kept");
     }
     *len = *len + usize::from(after.is_some()) - usize::from(before.is_some());
 }
 
 /// The overlay's map. Its keys come only from operator-signed files and the validator's own
 /// counter actions, never from a passenger, so a fast hash without flooding resistance will do.
-type Overlay = HashMap<ListId, Option<ListReason>, foldhash::fast::RandomState>;
+type Overlay = HashMap<ListId, Option<ReasonSet>, foldhash::fast::RandomState>;
 
 /// An exact blacklist at one version: an immutable packed base under a small overlay.
 #[derive(Clone)]
 pub struct Blacklist {
     version: u64,
     base: Arc<Base>,
-    /// Changes since the base: `Some(reason)` listed, `None` removed from the base. A hash
+    /// Changes since the base: `Some(reasons)` listed, `None` removed from the base. A hash
     /// map: most taps miss it, and a miss costs one probe.
     overlay: Arc<Overlay>,
     len: usize,
@@ -266,22 +289,28 @@ impl Blacklist {
         Blacklist::with_base(version, base)
     }
 
-    /// A list of these entries; when an id appears twice the later entry wins.
-    pub fn from_entries(
+    /// A list of these entries (a reason or a set of them each); an id that appears several
+    /// times is listed for all the reasons it appears with (BLACKLIST.csv lists one id on one
+    /// line a reason). An entry of no reason lists nothing.
+    pub fn from_entries<R: Into<ReasonSet>>(
         version: u64,
-        entries: impl IntoIterator<Item = (ListId, ListReason)>,
+        entries: impl IntoIterator<Item = (ListId, R)>,
     ) -> Self {
         let (mut cards, mut accounts) = (Vec::new(), Vec::new());
-        for (id, reason) in entries {
+        for (id, reasons) in entries {
+            let reasons = reasons.into();
+            if reasons.is_empty() {
+                continue;
+            }
             let (space, key) = packed::key_of(&id);
-            let word = packed::sort_word(packed::mix(key, space.key_bits()), reason);
+            let word = packed::sort_word(packed::mix(key, space.key_bits()), reasons);
             match space {
                 Space::Cards => cards.push(word),
                 Space::Accounts => accounts.push(word),
             }
         }
-        sort_unique_keep_last(&mut cards);
-        sort_unique_keep_last(&mut accounts);
+        sort_unique_union(&mut cards);
+        sort_unique_union(&mut accounts);
         Blacklist::with_base(version, Base::from_words(&cards, &accounts))
     }
 
@@ -302,9 +331,10 @@ impl Blacklist {
         self.len == 0
     }
 
-    /// The reason `id` is listed, or None for a card or account in good standing.
+    /// The reasons `id` is listed for (never an empty set), or None for a card or account in
+    /// good standing.
     #[inline]
-    pub fn get(&self, id: &ListId) -> Option<ListReason> {
+    pub fn get(&self, id: &ListId) -> Option<ReasonSet> {
         if !self.overlay.is_empty() {
             if let Some(entry) = self.overlay.get(id) {
                 return *entry;
@@ -331,7 +361,7 @@ impl Blacklist {
     /// [`APPLY_PREFETCH_AHEAD`] ahead, so their cache misses overlap instead of each
     /// waiting for the one before; then each change updates the overlay with one hash.
     pub fn apply_all(&mut self, changes: &[Change]) {
-        let mut in_base: Vec<Option<ListReason>> = Vec::with_capacity(changes.len());
+        let mut in_base: Vec<Option<ReasonSet>> = Vec::with_capacity(changes.len());
         for (i, change) in changes.iter().enumerate() {
             if let Some(ahead) = changes.get(i + APPLY_PREFETCH_AHEAD) {
                 self.base.prefetch(&ahead.id);
@@ -345,8 +375,9 @@ impl Blacklist {
         }
     }
 
-    /// Every listed entry (base entries in mixed-key order, then overlay additions).
-    pub fn iter(&self) -> impl Iterator<Item = (ListId, ListReason)> + '_ {
+    /// Every listed entry and its reasons (base entries in mixed-key order, then overlay
+    /// additions).
+    pub fn iter(&self) -> impl Iterator<Item = (ListId, ReasonSet)> + '_ {
         let base = &self.base;
         let overlay = &self.overlay;
         let from_base = base
@@ -374,7 +405,7 @@ impl Blacklist {
     pub fn compacted(&self) -> Blacklist {
         let merge = |space: Space| {
             let table = self.base.table(space);
-            let mut changes: Vec<(u128, Option<ListReason>)> = self
+            let mut changes: Vec<(u128, Option<ReasonSet>)> = self
                 .overlay
                 .iter()
                 .filter_map(|(id, r)| {
@@ -400,14 +431,22 @@ impl Blacklist {
         }
     }
 
-    /// Counts by reason, for `info`.
+    /// Entries listed for each reason, for `info` and the depot's page: an entry of several
+    /// reasons counts under each (so the counts may add up to more than [`Self::len`]).
     pub fn counts_by_reason(&self) -> BTreeMap<&'static str, usize> {
         let mut counts: BTreeMap<&'static str, usize> =
             ListReason::ALL.iter().map(|r| (r.as_str(), 0)).collect();
-        for (_, r) in self.iter() {
-            *counts.entry(r.as_str()).or_default() += 1;
+        for (_, reasons) in self.iter() {
+            for r in reasons.iter() {
+                *counts.entry(r.as_str()).or_default() += 1;
+            }
         }
         counts
+    }
+
+    /// Entries listed for more than one reason (a lost card since reissued...).
+    pub fn several_reasons_len(&self) -> usize {
+        self.iter().filter(|(_, reasons)| reasons.len() > 1).count()
     }
 }
 
@@ -415,17 +454,17 @@ impl Blacklist {
 /// the base entry of the same key (`None` deletes it).
 fn merge_words(
     base: impl Iterator<Item = u128>,
-    changes: &[(u128, Option<ListReason>)],
+    changes: &[(u128, Option<ReasonSet>)],
 ) -> Vec<u128> {
     let mut out = Vec::new();
-    let emit = |out: &mut Vec<u128>, (m, r): (u128, Option<ListReason>)| {
+    let emit = |out: &mut Vec<u128>, (m, r): (u128, Option<ReasonSet>)| {
         if let Some(r) = r {
             out.push(packed::sort_word(m, r));
         }
     };
     let mut i = 0;
     for word in base {
-        let mixed = word >> 2;
+        let mixed = packed::mixed_of(word);
         while i < changes.len() && changes[i].0 < mixed {
             emit(&mut out, changes[i]);
             i += 1;
@@ -443,13 +482,14 @@ fn merge_words(
     out
 }
 
-/// Sort words by mixed key; of equal keys keep the one that came last.
-fn sort_unique_keep_last(words: &mut Vec<u128>) {
-    words.sort_by_key(|w| *w >> 2);
+/// Sort words by mixed key; words of equal keys become one word with the union of their
+/// reasons.
+fn sort_unique_union(words: &mut Vec<u128>) {
+    words.sort_unstable_by_key(|w| packed::mixed_of(*w));
     let mut keep = 0usize;
     for i in 0..words.len() {
-        if keep > 0 && words[keep - 1] >> 2 == words[i] >> 2 {
-            words[keep - 1] = words[i];
+        if keep > 0 && packed::mixed_of(words[keep - 1]) == packed::mixed_of(words[i]) {
+            words[keep - 1] |= words[i];
         } else {
             words[keep] = words[i];
             keep += 1;
@@ -458,7 +498,9 @@ fn sort_unique_keep_last(words: &mut Vec<u128>) {
     words.truncate(keep);
 }
 
-/// Parse replay.md's BLACKLIST.csv: header `kind,id,reason`, then one entry a line.
+/// Parse replay.md's BLACKLIST.csv: header `kind,id,reason`, then one entry a line, an id
+/// listed for several reasons on several lines (each line one reason, as given; see
+/// [`Blacklist::from_entries`], which joins them).
 pub fn parse_csv(text: &str) -> Result<Vec<(ListId, ListReason)>, CsvError> {
     let mut lines = text.lines().enumerate();
     match lines.next() {
@@ -518,7 +560,7 @@ mod tests {
         list.apply(&change(ChangeOp::Add, b, ListReason::Cancelled));
         assert_eq!(
             (list.get(&a), list.get(&b), list.len()),
-            (None, Some(ListReason::Cancelled), 2)
+            (None, Some(ReasonSet::of(ListReason::Cancelled)), 2)
         );
         let c = list.compacted();
         assert_eq!(c.overlay_len(), 0);
@@ -537,14 +579,66 @@ mod tests {
         let a = card("37140000000000000001");
         let mut list = Blacklist::from_entries(1, [(a, ListReason::Replaced)]);
         list.apply(&change(ChangeOp::Remove, a, ListReason::Lost));
-        assert_eq!(list.get(&a), Some(ListReason::Replaced));
+        assert_eq!(list.get(&a), Some(ReasonSet::of(ListReason::Replaced)));
     }
 
     #[test]
-    fn later_duplicate_entry_wins() {
+    fn lost_then_replaced_card_stays_locked_after_late_unreport() {
+        let a = card("37140000000000000001");
+        let lost_replaced: ReasonSet = [ListReason::Lost, ListReason::Replaced]
+            .into_iter()
+            .collect();
+        // In the overlay, and folded into a base.
+        let mut list = Blacklist::empty();
+        list.apply(&change(ChangeOp::Add, a, ListReason::Lost));
+        list.apply(&change(ChangeOp::Add, a, ListReason::Replaced));
+        assert_eq!((list.get(&a), list.len()), (Some(lost_replaced), 1));
+        for mut l in [list.clone(), list.compacted()] {
+            l.apply(&change(ChangeOp::Remove, a, ListReason::Lost));
+            let left = l.get(&a);
+            assert_eq!(left, Some(ReasonSet::of(ListReason::Replaced)));
+            assert!(left.is_some_and(ReasonSet::locks_card));
+            l.apply(&change(ChangeOp::Remove, a, ListReason::Replaced));
+            assert_eq!((l.get(&a), l.len()), (None, 0));
+        }
+    }
+
+    #[test]
+    fn duplicate_entries_join_their_reasons() {
         let a = card("37140000000000000001");
         let list = Blacklist::from_entries(1, [(a, ListReason::Lost), (a, ListReason::Cancelled)]);
-        assert_eq!((list.len(), list.get(&a)), (1, Some(ListReason::Cancelled)));
+        let both: ReasonSet = [ListReason::Lost, ListReason::Cancelled]
+            .into_iter()
+            .collect();
+        assert_eq!((list.len(), list.get(&a)), (1, Some(both)));
+        assert_eq!(list.counts_by_reason()["lost"], 1);
+        assert_eq!(list.counts_by_reason()["cancelled"], 1);
+        assert_eq!(list.several_reasons_len(), 1);
+    }
+
+    #[test]
+    fn every_reason_set_round_trips_through_lines_and_overflow() {
+        // 15 sets over enough ids that some sit in the overflow table.
+        let ids: Vec<ListId> = (0..40_000u64)
+            .map(|i| {
+                if i % 7 == 0 {
+                    ListId::Account(AccountId {
+                        channel: (i % 5) as u16,
+                        account: i * 31,
+                    })
+                } else {
+                    ListId::Card(
+                        CardNo::from_u128(37_140_000_000_000_000_000 + u128::from(i)).unwrap(),
+                    )
+                }
+            })
+            .collect();
+        let set = |i: usize| ReasonSet::from_bits((i % 15 + 1) as u8).unwrap();
+        let list = Blacklist::from_entries(3, ids.iter().enumerate().map(|(i, id)| (*id, set(i))));
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(list.get(id), Some(set(i)), "{id}");
+        }
+        assert_eq!(list.iter().count(), ids.len());
     }
 
     #[test]

@@ -4,15 +4,15 @@
 //! A key (a 20-digit card number below 10^20 < 2^67, or an account `channel << 64 | account`
 //! of 80 bits) is put through a *bijective* mix of its key space. The top `bucket_bits` of the
 //! mixed key pick a bucket; only the remaining `key_bits - bucket_bits` bits are stored, with
-//! the reason in 2 more bits. Because the mix is a bijection, (bucket, remainder) names exactly
+//! the entry's reasons in [`REASON_BITS`] more (a [`ReasonSet`]'s bits, never all zero). Because the mix is a bijection, (bucket, remainder) names exactly
 //! one key: no false positives, no false negatives, and clustered real card numbers (`3714…`)
 //! spread as evenly as random ones. Entries are sorted by mixed key, so a bucket's entries are
 //! contiguous and an index of `2^bucket_bits + 1` u32 offsets finds them.
 //!
-//! At 20 million cards with 2^17 buckets of about 150 entries: 52 bits an entry and a 512 KiB
-//! index that stays in cache, about 6.5 bytes an entry; a lookup interpolates its position
-//! inside the bucket, so it usually touches one cache line of entries. Accounts: 65 bits,
-//! about 8.2 bytes.
+//! At 20 million cards with 2^17 buckets of about 150 entries: 54 bits an entry and a 512 KiB
+//! index that stays in cache, about 6.8 bytes an entry; a lookup interpolates its position
+//! inside the bucket, so it usually touches one cache line of entries. Accounts: 67 bits,
+//! about 8.5 bytes. (Here the table only holds the few entries of full lines.)
 //!
 //! # Table byte layout (little-endian), as it sits in a snapshot payload
 //!
@@ -20,17 +20,19 @@
 //! | --- | --- | --- |
 //! | 0 | 1 | key_bits: 67 (cards) or 80 (accounts) |
 //! | 1 | 1 | bucket_bits, [`BUCKET_BITS_MIN`]..=[`BUCKET_BITS_MAX`] |
-//! | 2 | 1 | entry_bits = key_bits - bucket_bits + 2 |
+//! | 2 | 1 | entry_bits = key_bits - bucket_bits + 4 (+ 2 in format 1) |
 //! | 3 | 5 | reserved, 0 |
 //! | 8 | 8 | count: entries in the table, at most [`TABLE_ENTRIES_MAX`] |
 //! | 16 | 4·(2^bucket_bits + 1) | index: u32 offset of each bucket's first entry, then count |
-//! | … | ⌈count·entry_bits/8⌉ + 16 | entries: bit-packed, LSB first; entry = remainder << 2 ‖ reason − 1; 16 zero bytes of padding |
+//! | … | ⌈count·entry_bits/8⌉ + 16 | entries: bit-packed, LSB first; entry = remainder << 4 ‖ reason set (not 0); 16 zero bytes of padding |
 //!
 //! The table is read in place from the file's bytes: opening a snapshot rebuilds nothing.
+//! Format 1 files (before reason sets, see [`Coding`]) stored one reason as a 2-bit code
+//! `reason − 1` where the set is now; they are read only to be converted.
 
 use thiserror::Error;
 
-use crate::types::{AccountId, CardNo, ListId, ListReason};
+use crate::types::{AccountId, CardNo, ListId, ListReason, ReasonSet};
 
 /// Bits of a card key: 20 decimal digits are below 10^20 < 2^67.
 pub const CARD_KEY_BITS: u32 = 67;
@@ -47,7 +49,46 @@ pub const TABLE_ENTRIES_MAX: u64 = 1 << 30;
 pub const TABLE_HEADER_LEN: usize = 16;
 /// Zero bytes after the packed entries so every entry reads as one 16-byte load.
 pub const PACK_PAD_BYTES: usize = 16;
-pub(crate) const REASON_BITS: u32 = 2;
+/// Bits of an entry's reason set ([`ReasonSet::bits`]): one a reason.
+pub(crate) const REASON_BITS: u32 = 4;
+pub(crate) const REASON_MASK: u128 = (1 << REASON_BITS) - 1;
+/// Bits of a format 1 entry's one reason (code `reason − 1`).
+const LEGACY_REASON_BITS: u32 = 2;
+
+/// How a table's entries carry their reasons.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Coding {
+    /// Format 2: the reason set's bits ([`REASON_BITS`]), never all zero.
+    Sets,
+    /// Format 1, before reason sets: one reason as the 2-bit code `reason − 1`. Read only to
+    /// convert; its tables are never looked up in place.
+    OneReason,
+}
+
+impl Coding {
+    pub(crate) fn reason_bits(self) -> u32 {
+        match self {
+            Coding::Sets => REASON_BITS,
+            Coding::OneReason => LEGACY_REASON_BITS,
+        }
+    }
+
+    /// The reason set of an entry whose reason field is its low bits, or None for an
+    /// entry of no reason (an empty set: malformed).
+    pub(crate) fn set_of(self, entry: u128) -> Option<ReasonSet> {
+        let set = match self {
+            Coding::Sets => ReasonSet::from_bits((entry & REASON_MASK) as u8)?,
+            Coding::OneReason => ReasonSet::of(ListReason::ALL[(entry & 3) as usize]),
+        };
+        (!set.is_empty()).then_some(set)
+    }
+
+    /// An entry's reason field, moved into a sort word of the current coding.
+    pub(crate) fn to_sort_word(self, mixed: u128, entry: u128) -> u128 {
+        let bits = self.set_of(entry).map_or(0, |s| s.bits());
+        (mixed << REASON_BITS) | u128::from(bits)
+    }
+}
 
 /// Why a packed table in a file is malformed (the file's signature was good, or unchecked).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -70,6 +111,8 @@ pub enum TableError {
     Order,
     #[error("table padding is not zero")]
     Padding,
+    #[error("table entry lists no reason")]
+    NoReason,
     #[error("line table: {0}")]
     Lines(&'static str),
 }
@@ -190,17 +233,26 @@ fn card_key(c: &CardNo) -> u128 {
     u128::from(x) * 10_000 + u128::from(tail)
 }
 
-/// An entry ready for a table: mixed key shifted left 2, reason − 1 in the low bits.
-pub fn sort_word(mixed: u128, reason: ListReason) -> u128 {
-    sort_word_raw(mixed, u128::from(reason as u8 - 1))
+/// An entry ready for a table: mixed key shifted left [`REASON_BITS`], the reason set's bits
+/// below (`reasons` is not empty).
+pub fn sort_word(mixed: u128, reasons: ReasonSet) -> u128 {
+    debug_assert!(!reasons.is_empty());
+    (mixed << REASON_BITS) | u128::from(reasons.bits())
 }
 
-/// [`sort_word`] with the reason already as its 2-bit code.
-pub(crate) fn sort_word_raw(mixed: u128, code: u128) -> u128 {
-    (mixed << REASON_BITS) | (code & 3)
+/// The mixed key of a sort word.
+#[inline]
+pub(crate) fn mixed_of(word: u128) -> u128 {
+    word >> REASON_BITS
 }
 
-/// `ListReason::ALL` is in code order (code = reason − 1), so a code indexes it.
+/// The reason set of a sort word or entry (its low [`REASON_BITS`]).
+#[inline]
+pub(crate) fn reasons_of(word: u128) -> ReasonSet {
+    ReasonSet::from_bits((word & REASON_MASK) as u8).unwrap_or(ReasonSet::EMPTY)
+}
+
+/// `ListReason::ALL` is in bit order (bit = reason − 1), as [`Coding::OneReason`] codes are.
 const _: () = {
     let mut i = 0;
     while i < ListReason::ALL.len() {
@@ -209,16 +261,11 @@ const _: () = {
     }
 };
 
-/// The reason of a 2-bit code (every value names one).
-#[inline]
-pub(crate) fn reason_of(code: u128) -> ListReason {
-    ListReason::ALL[(code & 3) as usize]
-}
-
 /// Where one table lies inside its owner's bytes (validated: every read below is in bounds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Table {
     pub space: Space,
+    coding: Coding,
     pub bucket_bits: u32,
     pub entry_bits: u32,
     pub count: u64,
@@ -257,6 +304,7 @@ pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
     let bucket_bits = bucket_bits_for(count);
     let rem_bits = key_bits - bucket_bits;
     let entry_bits = rem_bits + REASON_BITS;
+    debug_assert!(words.iter().all(|w| w & REASON_MASK != 0));
     out.extend_from_slice(&[
         key_bits as u8,
         bucket_bits as u8,
@@ -292,16 +340,16 @@ pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
     }
 }
 
-/// Sort words of `space` (mixed key << 2 | reason − 1) as ids and reasons; a word naming no
+/// Sort words of `space` (mixed key << 4 | reason set) as ids and reasons; a word naming no
 /// id (a card slot of 10^20 or more, possible only in a malformed file) is skipped.
 pub(crate) fn ids_of(
     space: Space,
     words: impl Iterator<Item = u128>,
-) -> impl Iterator<Item = (ListId, ListReason)> {
+) -> impl Iterator<Item = (ListId, ReasonSet)> {
     let bits = space.key_bits();
     words.filter_map(move |w| {
-        let id = space.id_from_key(unmix(w >> REASON_BITS, bits))?;
-        Some((id, reason_of(w)))
+        let id = space.id_from_key(unmix(mixed_of(w), bits))?;
+        Some((id, reasons_of(w)))
     })
 }
 
@@ -316,8 +364,14 @@ pub(crate) fn check_key_bits(found: u8, space: Space) -> Result<(), TableError> 
 }
 
 impl Table {
-    /// Validate a table starting at `at` in `bytes` (fuzz-safe: every malformation is an error).
-    pub fn parse(bytes: &[u8], at: usize, space: Space) -> Result<Table, TableError> {
+    /// Validate a table of `coding` starting at `at` in `bytes` (fuzz-safe: every
+    /// malformation is an error).
+    pub fn parse(
+        bytes: &[u8],
+        at: usize,
+        space: Space,
+        coding: Coding,
+    ) -> Result<Table, TableError> {
         let head = bytes
             .get(at..at + TABLE_HEADER_LEN)
             .ok_or(TableError::Truncated)?;
@@ -328,7 +382,7 @@ impl Table {
             return Err(TableError::BucketBits(head[1]));
         }
         let entry_bits = u32::from(head[2]);
-        if entry_bits != expected - bucket_bits + REASON_BITS {
+        if entry_bits != expected - bucket_bits + coding.reason_bits() {
             return Err(TableError::EntryBits(head[2]));
         }
         if head[3..8].iter().any(|b| *b != 0) {
@@ -352,6 +406,7 @@ impl Table {
         }
         let table = Table {
             space,
+            coding,
             bucket_bits,
             entry_bits,
             count,
@@ -382,13 +437,19 @@ impl Table {
         Ok(())
     }
 
-    /// Remainders strictly increase inside a bucket (so no key is listed twice).
+    /// Remainders strictly increase inside a bucket (so no key is listed twice), and every
+    /// entry has a reason.
     fn check_entries(&self, bytes: &[u8]) -> Result<(), TableError> {
+        let reason_bits = self.coding.reason_bits();
         for bucket in 0..(1usize << self.bucket_bits) {
             let (lo, hi) = self.bucket_range(bytes, bucket);
             let mut prev: Option<u128> = None;
             for i in lo..hi {
-                let rem = self.entry(bytes, i) >> REASON_BITS;
+                let entry = self.entry(bytes, i);
+                if self.coding.set_of(entry).is_none() {
+                    return Err(TableError::NoReason);
+                }
+                let rem = entry >> reason_bits;
                 if prev.is_some_and(|p| p >= rem) {
                     return Err(TableError::Order);
                 }
@@ -414,9 +475,10 @@ impl Table {
         )
     }
 
-    /// The reason `key` is listed in this table.
+    /// The reasons `key` is listed for in this table (a table of [`Coding::Sets`]).
     #[inline]
-    pub fn get(&self, bytes: &[u8], key: u128) -> Option<ListReason> {
+    pub fn get(&self, bytes: &[u8], key: u128) -> Option<ReasonSet> {
+        debug_assert_eq!(self.coding, Coding::Sets);
         let key_bits = self.space.key_bits();
         let mixed = mix(key, key_bits);
         let rem_bits = key_bits - self.bucket_bits;
@@ -432,14 +494,14 @@ impl Table {
         let e = self.entry(bytes, guess);
         let r = e >> REASON_BITS;
         if r == rem {
-            return Some(reason_of(e));
+            return Some(reasons_of(e));
         }
         if r < rem {
             for i in guess + 1..hi {
                 let e = self.entry(bytes, i);
                 let r = e >> REASON_BITS;
                 if r >= rem {
-                    return (r == rem).then(|| reason_of(e));
+                    return (r == rem).then(|| reasons_of(e));
                 }
             }
         } else {
@@ -447,20 +509,25 @@ impl Table {
                 let e = self.entry(bytes, i);
                 let r = e >> REASON_BITS;
                 if r <= rem {
-                    return (r == rem).then(|| reason_of(e));
+                    return (r == rem).then(|| reasons_of(e));
                 }
             }
         }
         None
     }
 
-    /// Every entry as its sort word (mixed key << 2 | reason − 1), in increasing order.
+    /// Every entry as its sort word (mixed key << 4 | reason set, whatever the table's
+    /// coding), in increasing order.
     pub fn words<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = u128> + 'a {
         let rem_bits = self.space.key_bits() - self.bucket_bits;
+        let reason_bits = self.coding.reason_bits();
         (0..1usize << self.bucket_bits).flat_map(move |bucket| {
             let (lo, hi) = self.bucket_range(bytes, bucket);
-            (lo..hi)
-                .map(move |i| ((bucket as u128) << (rem_bits + REASON_BITS)) | self.entry(bytes, i))
+            (lo..hi).map(move |i| {
+                let e = self.entry(bytes, i);
+                let mixed = ((bucket as u128) << rem_bits) | (e >> reason_bits);
+                self.coding.to_sort_word(mixed, e)
+            })
         })
     }
 }
@@ -542,16 +609,16 @@ mod tests {
             .collect();
         let mut words: Vec<u128> = keys
             .iter()
-            .map(|k| sort_word(mix(*k, CARD_KEY_BITS), ListReason::Lost))
+            .map(|k| sort_word(mix(*k, CARD_KEY_BITS), ReasonSet::of(ListReason::Lost)))
             .collect();
         words.sort_unstable();
-        words.dedup_by_key(|w| *w >> 2);
+        words.dedup_by_key(|w| mixed_of(*w));
         let mut bytes = Vec::new();
         encode(&mut bytes, Space::Cards, &words);
-        let t = Table::parse(&bytes, 0, Space::Cards).unwrap();
+        let t = Table::parse(&bytes, 0, Space::Cards, Coding::Sets).unwrap();
         assert_eq!(t.end, bytes.len());
         for k in &keys {
-            assert_eq!(t.get(&bytes, *k), Some(ListReason::Lost));
+            assert_eq!(t.get(&bytes, *k), Some(ReasonSet::of(ListReason::Lost)));
             assert_eq!(t.get(&bytes, k + 1).is_some(), keys.contains(&(k + 1)));
         }
         assert_eq!(t.words(&bytes).collect::<Vec<_>>(), words);
@@ -560,17 +627,17 @@ mod tests {
     #[test]
     fn corrupt_tables_are_errors_not_panics() {
         let mut words: Vec<u128> = (0..300u128)
-            .map(|k| sort_word(mix(k, ACCOUNT_KEY_BITS), ListReason::Arrears))
+            .map(|k| sort_word(mix(k, ACCOUNT_KEY_BITS), ReasonSet::of(ListReason::Arrears)))
             .collect();
         words.sort_unstable();
         let mut bytes = Vec::new();
         encode(&mut bytes, Space::Accounts, &words);
-        assert!(Table::parse(&bytes, 0, Space::Cards).is_err());
+        assert!(Table::parse(&bytes, 0, Space::Cards, Coding::Sets).is_err());
         for n in 0..bytes.len() {
-            assert!(Table::parse(&bytes[..n], 0, Space::Accounts).is_err());
+            assert!(Table::parse(&bytes[..n], 0, Space::Accounts, Coding::Sets).is_err());
         }
         flipped_bits_never_panic(&bytes, 0, 3, 2000, |b| {
-            if let Ok(t) = Table::parse(b, 0, Space::Accounts) {
+            if let Ok(t) = Table::parse(b, 0, Space::Accounts, Coding::Sets) {
                 let _ = t.get(b, 5);
                 let _ = ids_of(Space::Accounts, t.words(b)).count();
             }

@@ -8,7 +8,11 @@
 //! fare-validator blacklist check v8.snap 37140000000000000001
 //! ```
 //!
-//! Exit codes: 0 when the command did its work (`check` prints the reason, or `not listed`,
+//! An id may be listed for several reasons (a CSV lists it on one line a reason): `check`
+//! prints them joined by `+` (`lost+replaced`), `info` counts an entry under each of its
+//! reasons (`by_reason`) and says how many have several (`several_reasons`).
+//!
+//! Exit codes: 0 when the command did its work (`check` prints the reasons, or `not listed`,
 //! and exits 0 either way); non-zero (the binary uses 2) with one line on standard error when a
 //! file, key or id is unreadable, malformed, forged, or not from the expected version.
 
@@ -20,7 +24,7 @@ use serde_json::json;
 use crate::blacklist::file::{delta_file, snapshot_file};
 use crate::blacklist::{load_blacklist_file, Blacklist, ChangeOp};
 use crate::signed::{self, FileKind, OperatorPublicKey};
-use crate::types::{ListId, ListReason};
+use crate::types::{ListId, ListReason, ReasonSet};
 
 /// The `blacklist` subcommands.
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -63,7 +67,7 @@ pub enum BlacklistCmd {
         #[arg(long)]
         public_key: Option<String>,
     },
-    /// Print why ID is listed (lost, replaced, cancelled, arrears) or `not listed`.
+    /// Print why ID is listed (lost, replaced, cancelled, arrears, joined by +) or `not listed`.
     Check {
         /// A snapshot or CSV.
         file: PathBuf,
@@ -105,7 +109,7 @@ pub fn execute(cmd: BlacklistCmd, out: &mut dyn Write) -> Result<(), String> {
             id,
             public_key,
         } => match check(&file, &id, public_key_arg(public_key.as_deref())?.as_ref())? {
-            Some(reason) => reason.as_str().to_string(),
+            Some(reasons) => reasons.to_string(),
             None => "not listed".to_string(),
         },
         BlacklistCmd::Keygen { out } => keygen(&out)?,
@@ -170,7 +174,8 @@ pub fn info(path: &Path, key: Option<&OperatorPublicKey>) -> Result<serde_json::
         let list = load_blacklist_file(path, None).map_err(|e| at(path, e))?;
         return Ok(
             json!({"kind": "csv", "version": list.version(), "entries": list.len(),
-                         "by_reason": list.counts_by_reason(), "signature_ok": null}),
+                         "by_reason": list.counts_by_reason(),
+                         "several_reasons": list.several_reasons_len(), "signature_ok": null}),
         );
     }
     let file = signed::parse(&bytes).map_err(|e| at(path, e))?;
@@ -181,16 +186,18 @@ pub fn info(path: &Path, key: Option<&OperatorPublicKey>) -> Result<serde_json::
             let list = crate::blacklist::file::parse_snapshot_unverified(&bytes)
                 .map_err(|e| at(path, e))?;
             Ok(
-                json!({"kind": h.kind.as_str(), "version": h.version, "entries": list.len(),
-                      "by_reason": list.counts_by_reason(), "bytes": bytes.len(), "crc_ok": true,
-                      "signature_ok": signature_ok}),
+                json!({"kind": h.kind.as_str(), "format": h.format, "version": h.version,
+                      "entries": list.len(), "by_reason": list.counts_by_reason(),
+                      "several_reasons": list.several_reasons_len(), "bytes": bytes.len(),
+                      "crc_ok": true, "signature_ok": signature_ok}),
             )
         }
         FileKind::BlacklistDelta => {
-            let d = crate::blacklist::file::parse_delta_payload(
+            let d = crate::blacklist::file::parse_delta_payload_of_format(
                 file.payload,
                 h.base_version,
                 h.version,
+                h.format,
             )
             .map_err(|e| at(path, e))?;
             let adds = d.changes.iter().filter(|c| c.op == ChangeOp::Add).count();
@@ -199,11 +206,10 @@ pub fn info(path: &Path, key: Option<&OperatorPublicKey>) -> Result<serde_json::
             for c in &d.changes {
                 *by_reason.entry(c.reason.as_str()).or_default() += 1;
             }
-            Ok(
-                json!({"kind": h.kind.as_str(), "from_version": h.base_version, "version": h.version,
+            Ok(json!({"kind": h.kind.as_str(), "format": h.format,
+                      "from_version": h.base_version, "version": h.version,
                       "changes": d.changes.len(), "adds": adds, "removes": d.changes.len() - adds,
-                      "by_reason": by_reason, "crc_ok": true, "signature_ok": signature_ok}),
-            )
+                      "by_reason": by_reason, "crc_ok": true, "signature_ok": signature_ok}))
         }
         other => Ok(
             json!({"kind": other.as_str(), "version": h.version, "bytes": bytes.len(),
@@ -212,12 +218,12 @@ pub fn info(path: &Path, key: Option<&OperatorPublicKey>) -> Result<serde_json::
     }
 }
 
-/// `check`: the reason ID is listed in a snapshot or CSV.
+/// `check`: the reasons ID is listed for in a snapshot or CSV.
 pub fn check(
     path: &Path,
     id: &str,
     key: Option<&OperatorPublicKey>,
-) -> Result<Option<ListReason>, String> {
+) -> Result<Option<ReasonSet>, String> {
     let kind = if id.contains(':') { "account" } else { "card" };
     let id = ListId::parse(kind, id.trim()).map_err(|e| format!("bad id {id:?}: {e}"))?;
     let list: Blacklist = load_blacklist_file(path, key).map_err(|e| at(path, e))?;

@@ -104,9 +104,11 @@ pub enum TerminalCmd {
 
 #[derive(Subcommand)]
 pub enum BlacklistCmd {
-    /// List a card or account (lost 挂失, replaced 补换, cancelled 注销, arrears).
+    /// List a card or account for one more reason (lost 挂失, replaced 补换, cancelled 注销,
+    /// arrears); its other reasons stay. Prints the version and every reason it has now.
     Add(ListArgs),
-    /// Lift an entry of the given reason (解挂: --reason lost; arrears settled).
+    /// Lift the given reason only (解挂: --reason lost; arrears settled); the id stays listed
+    /// while another reason remains.
     Remove(ListArgs),
 }
 
@@ -324,7 +326,13 @@ fn blacklist(cmd: BlacklistCmd) -> CmdResult {
             depot::StoreError::NotListed { .. } => input_err(e),
             e => runtime_err(e),
         })?;
-    println!("{}", serde_json::json!({ "version": version }));
+    // What the id is listed for now, every reason (a late 解挂 leaves a reissue's `replaced`).
+    let reasons = store.blacklist_reasons(&id).map_err(runtime_err)?;
+    println!(
+        "{}",
+        serde_json::json!({ "version": version, "id": id.to_string(), "reasons": reasons,
+                            "locks_card": reasons.locks_card() })
+    );
     Ok(())
 }
 

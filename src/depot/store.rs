@@ -1,6 +1,11 @@
 //! The station's SQLite store: terminals and their secrets, every uploaded record keyed by
 //! (terminal, seq), declared losses, the blacklist change log, and the downlink files.
 //!
+//! The blacklist is one row per (kind, id, reason) in `blacklist_reasons`: a card reported
+//! lost and later reissued has two rows, a remove deletes only its reason's row, and the id is
+//! listed while any row remains. A database from before reason sets (a `blacklist` table of
+//! one reason an id) is moved into it when opened.
+//!
 //! One batch is one transaction: its records, the losses it declares and the terminal's new
 //! contiguous seq commit together or not at all, so an acknowledgement always describes what
 //! is on disk. Records are inserted with `INSERT OR IGNORE`: a batch sent twice (after a
@@ -15,7 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::journal::{Record, RecordKind, RECORD_BYTES};
-use crate::types::{ListId, ListReason};
+use crate::types::{ListId, ListReason, ReasonSet};
 use crate::upload::auth::{Secret, SECRET_BYTES};
 use crate::upload::frame::{valid_terminal_id, Ack};
 
@@ -57,11 +62,11 @@ CREATE TABLE IF NOT EXISTS blacklist_changes(
     id TEXT NOT NULL,
     reason TEXT NOT NULL,
     at_unix_s INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS blacklist(
+CREATE TABLE IF NOT EXISTS blacklist_reasons(
     kind TEXT NOT NULL,
     id TEXT NOT NULL,
     reason TEXT NOT NULL,
-    PRIMARY KEY(kind, id)) WITHOUT ROWID;
+    PRIMARY KEY(kind, id, reason)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS downlink(
     kind TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -144,6 +149,7 @@ impl Store {
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
         conn.execute_batch(SCHEMA)?;
+        move_one_reason_table(&conn)?;
         let store = Store { conn };
         store.operator_key()?;
         Ok(store)
@@ -292,7 +298,9 @@ impl Store {
         })
     }
 
-    /// Record a service counter's action and return the new blacklist version.
+    /// Record a service counter's action and return the new blacklist version: an add adds
+    /// its reason to the id's (an add of a reason already there changes nothing but is logged),
+    /// a remove lifts its reason only, [`StoreError::NotListed`] if the id is not listed for it.
     pub fn blacklist_change(&mut self, change: &Change) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
         let kind = change.id.kind();
@@ -301,14 +309,16 @@ impl Store {
         match change.op {
             ChangeOp::Add => {
                 tx.execute(
-                    "INSERT OR REPLACE INTO blacklist(kind, id, reason) VALUES(?1, ?2, ?3)",
+                    "INSERT OR IGNORE INTO blacklist_reasons(kind, id, reason)
+                     VALUES(?1, ?2, ?3)",
                     params![kind, id, reason],
                 )?;
             }
             ChangeOp::Remove => {
-                // 解挂 lifts a lost report; it must not revive a cancelled or replaced card.
+                // 解挂 lifts a lost report; it must not revive a cancelled or replaced card,
+                // whose own rows stay.
                 let n = tx.execute(
-                    "DELETE FROM blacklist WHERE kind=?1 AND id=?2 AND reason=?3",
+                    "DELETE FROM blacklist_reasons WHERE kind=?1 AND id=?2 AND reason=?3",
                     params![kind, id, reason],
                 )?;
                 if n == 0 {
@@ -375,12 +385,27 @@ impl Store {
         Ok((out.len() <= max).then_some(out))
     }
 
+    /// The reasons `id` is listed for now (empty when it is not listed).
+    pub fn blacklist_reasons(&self, id: &ListId) -> Result<ReasonSet, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT reason FROM blacklist_reasons WHERE kind=?1 AND id=?2")?;
+        let rows = st.query_map(params![id.kind(), id.to_string()], |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut reasons = ReasonSet::EMPTY;
+        for row in rows {
+            reasons = reasons.with(parse_reason(&row?)?);
+        }
+        Ok(reasons)
+    }
+
     /// The whole blacklist at its current version.
     pub fn blacklist(&self) -> Result<Blacklist, StoreError> {
         let version = self.blacklist_version()?;
         let mut st = self
             .conn
-            .prepare_cached("SELECT kind, id, reason FROM blacklist")?;
+            .prepare_cached("SELECT kind, id, reason FROM blacklist_reasons")?;
         let rows = st.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -538,6 +563,27 @@ fn parse_list_id(kind: &str, id: &str) -> Result<ListId, StoreError> {
     ListId::parse(kind, id).map_err(|_| StoreError::Corrupt("blacklist id"))
 }
 
+/// Move a blacklist table of one reason an id (before reason sets) into `blacklist_reasons`,
+/// in one transaction, once.
+fn move_one_reason_table(conn: &Connection) -> Result<(), StoreError> {
+    let old: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type='table' AND name='blacklist')",
+        [],
+        |r| r.get(0),
+    )?;
+    if old {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT OR IGNORE INTO blacklist_reasons(kind, id, reason)
+                 SELECT kind, id, reason FROM blacklist;
+             DROP TABLE blacklist;
+             COMMIT;",
+        )?;
+        tracing::info!("depot: blacklist table moved to one row a reason");
+    }
+    Ok(())
+}
+
 fn parse_reason(s: &str) -> Result<ListReason, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Corrupt("blacklist reason"))
@@ -597,4 +643,51 @@ fn advance_contiguous(tx: &rusqlite::Transaction<'_>, terminal: &str) -> Result<
             .execute(params![terminal, c as i64])?;
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_reason_blacklist_table_is_moved_to_a_row_a_reason_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("depot.db");
+        // The table as a station before reason sets made it.
+        let old = Connection::open(&db).unwrap();
+        old.execute_batch(
+            "CREATE TABLE blacklist(kind TEXT NOT NULL, id TEXT NOT NULL, reason TEXT NOT NULL,
+                 PRIMARY KEY(kind, id)) WITHOUT ROWID;
+             INSERT INTO blacklist VALUES('card', '37140000000000000009', 'replaced');
+             INSERT INTO blacklist VALUES('account', '2:1001', 'arrears');",
+        )
+        .unwrap();
+        drop(old);
+        let mut store = Store::open(&db).unwrap();
+        let card = ListId::Card("37140000000000000009".parse().unwrap());
+        assert_eq!(
+            store.blacklist_reasons(&card).unwrap(),
+            ReasonSet::of(ListReason::Replaced)
+        );
+        // Now the card can carry a second reason.
+        store
+            .blacklist_change(&Change {
+                op: ChangeOp::Add,
+                id: card,
+                reason: ListReason::Lost,
+            })
+            .unwrap();
+        drop(store);
+        let store = Store::open(&db).unwrap();
+        let list = store.blacklist().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(
+            list.get(&card),
+            Some(
+                [ListReason::Lost, ListReason::Replaced]
+                    .into_iter()
+                    .collect()
+            )
+        );
+    }
 }

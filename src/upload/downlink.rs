@@ -10,10 +10,10 @@
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
-//! | 0 | 4 | magic `FVBS` |
+//! | 0 | 4 | magic `FVB2` (`FVBS` before reason sets: still read) |
 //! | 4 | 8 | version |
 //! | 12 | 4 | entry count N |
-//! | 16 | 12 × N | entries: tag (1 card, 2 account), id (10: card BCD, or channel (2) ‖ account (8)), reason (1) |
+//! | 16 | 12 × N | entries: tag (1 card, 2 account), id (10: card BCD, or channel (2) ‖ account (8)), reasons (1: the set's bits, 1 lost, 2 replaced, 4 cancelled, 8 arrears; under `FVBS` one reason, 1..=4) |
 //! | 16+12N | 4 | CRC-32/ISCSI of everything before |
 //!
 //! Every received file is checked in full (structure, CRC, operator signature, content, and
@@ -33,7 +33,7 @@ use crate::blacklist::Blacklist;
 use crate::fare::FareTable;
 pub use crate::signed::FileKind;
 use crate::signed::{self, SignedError};
-use crate::types::{AccountId, CardNo, ListId, ListReason};
+use crate::types::{AccountId, CardNo, ListId, ListReason, ReasonSet};
 
 use super::frame::HeldVersions;
 
@@ -43,7 +43,9 @@ pub const DOWNLINK_FILE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Changes above which the station sends a snapshot instead of a delta.
 pub const DELTA_CHANGES_SENT_MAX: usize = 100_000;
 
-const STATE_MAGIC: [u8; 4] = *b"FVBS";
+const STATE_MAGIC: [u8; 4] = *b"FVB2";
+/// The list file's magic before reason sets: one reason an entry.
+const STATE_MAGIC_ONE_REASON: [u8; 4] = *b"FVBS";
 const ENTRY_BYTES: usize = 12;
 const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 
@@ -68,7 +70,7 @@ pub fn describe(file: &[u8]) -> Option<(FileKind, u64)> {
         .map(|u| (u.header.kind, u.header.version))
 }
 
-fn encode_entry(out: &mut Vec<u8>, id: &ListId, reason: ListReason) {
+fn encode_entry(out: &mut Vec<u8>, id: &ListId, reasons: ReasonSet) {
     match id {
         ListId::Card(c) => {
             out.push(1);
@@ -80,10 +82,11 @@ fn encode_entry(out: &mut Vec<u8>, id: &ListId, reason: ListReason) {
             out.extend_from_slice(&a.account.to_be_bytes());
         }
     }
-    out.push(reason as u8);
+    out.push(reasons.bits());
 }
 
-fn decode_entry(b: &[u8]) -> Option<(ListId, ListReason)> {
+/// An entry, its reason byte a set's bits, or under the old magic one reason.
+fn decode_entry(b: &[u8], one_reason: bool) -> Option<(ListId, ReasonSet)> {
     let id = match b[0] {
         1 => ListId::Card(CardNo::from_bcd(std::array::from_fn(|k| b[1 + k])).ok()?),
         2 => ListId::Account(AccountId {
@@ -92,7 +95,12 @@ fn decode_entry(b: &[u8]) -> Option<(ListId, ListReason)> {
         }),
         _ => return None,
     };
-    Some((id, ListReason::from_u8(b[11])?))
+    let reasons = if one_reason {
+        ReasonSet::of(ListReason::from_u8(b[11])?)
+    } else {
+        ReasonSet::from_bits(b[11])?
+    };
+    (!reasons.is_empty()).then_some((id, reasons))
 }
 
 fn encode_state(list: &Blacklist) -> Vec<u8> {
@@ -109,9 +117,10 @@ fn encode_state(list: &Blacklist) -> Vec<u8> {
 }
 
 fn decode_state(b: &[u8]) -> Option<Blacklist> {
-    if b.len() < 20 || b[..4] != STATE_MAGIC {
+    if b.len() < 20 || (b[..4] != STATE_MAGIC && b[..4] != STATE_MAGIC_ONE_REASON) {
         return None;
     }
+    let one_reason = b[..4] == STATE_MAGIC_ONE_REASON;
     let (body, crc) = b.split_at(b.len() - 4);
     if CRC32.checksum(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
         return None;
@@ -124,7 +133,7 @@ fn decode_state(b: &[u8]) -> Option<Blacklist> {
     }
     let entries = entries
         .chunks_exact(ENTRY_BYTES)
-        .map(decode_entry)
+        .map(|e| decode_entry(e, one_reason))
         .collect::<Option<Vec<_>>>()?;
     Some(Blacklist::from_entries(version, entries))
 }
@@ -282,12 +291,39 @@ mod tests {
         let b = encode_state(&list);
         let back = decode_state(&b).unwrap();
         assert_eq!(back.version(), 7);
-        assert_eq!(back.get(&card), Some(ListReason::Lost));
-        assert_eq!(back.get(&account), Some(ListReason::Arrears));
+        assert_eq!(back.get(&card), Some(ReasonSet::of(ListReason::Lost)));
+        assert_eq!(back.get(&account), Some(ReasonSet::of(ListReason::Arrears)));
         for bit in 0..b.len() * 8 {
             let mut c = b.clone();
             c[bit / 8] ^= 1 << (bit % 8);
             assert!(decode_state(&c).is_none(), "bit {bit}");
         }
+    }
+
+    #[test]
+    fn blacklist_state_keeps_every_reason_and_reads_the_one_reason_file() {
+        let card = ListId::Card("37140000000000000009".parse().unwrap());
+        let lost_replaced: ReasonSet = [ListReason::Lost, ListReason::Replaced]
+            .into_iter()
+            .collect();
+        let list = Blacklist::from_entries(3, [(card, lost_replaced)]);
+        let back = decode_state(&encode_state(&list)).unwrap();
+        assert_eq!(back.get(&card), Some(lost_replaced));
+        // The file as it was written before reason sets: FVBS, reason byte 3 = cancelled.
+        let mut old = b"FVBS".to_vec();
+        old.extend_from_slice(&5u64.to_be_bytes());
+        old.extend_from_slice(&1u32.to_be_bytes());
+        old.push(1);
+        if let ListId::Card(c) = card {
+            old.extend_from_slice(&c.0);
+        }
+        old.push(ListReason::Cancelled as u8);
+        let crc = CRC32.checksum(&old);
+        old.extend_from_slice(&crc.to_be_bytes());
+        let back = decode_state(&old).unwrap();
+        assert_eq!(
+            (back.version(), back.get(&card)),
+            (5, Some(ReasonSet::of(ListReason::Cancelled)))
+        );
     }
 }
