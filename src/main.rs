@@ -98,7 +98,8 @@ enum BenchWhat {
 #[derive(Subcommand)]
 enum JournalCmd {
     /// Print every durable record as a JSON line, in sequence order; a torn or corrupt tail is
-    /// reported on standard error.
+    /// reported on standard error, then a summary line (records, cursor, problems, and the
+    /// repairs of damaged side files counted from the repair log).
     Show {
         /// The validator's journal folder.
         dir: PathBuf,
@@ -224,6 +225,19 @@ fn journal_show(dir: &std::path::Path, grey: bool) -> CmdResult {
     for p in &greys.problems {
         eprintln!("fare-validator: journal {p}");
     }
+    // One line a person or a script reads: what is held, and how often a damaged side
+    // file had to be repaired (each repair was also logged when it was made).
+    let repairs = journal::repair::counts(dir);
+    let summary = serde_json::json!({"summary": {
+        "records": scan.records.len(),
+        "first_seq": scan.records.first().map(|r| r.seq),
+        "last_seq": scan.last_seq,
+        "acked_seq": scan.acked_seq,
+        "problems": scan.problems.len() + greys.problems.len(),
+        "repairs": repairs.total,
+        "repairs_by_file": repairs.by_file,
+    }});
+    eprintln!("fare-validator: journal {summary}");
     Ok(())
 }
 

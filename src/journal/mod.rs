@@ -6,7 +6,11 @@
 //! A journal is a folder of segment files `seg-<first seq, 20 digits>.jnl`, each a run of
 //! fixed-size [`Record`]s ([`RECORD_BYTES`]): slot `i` of a segment holds seq `first + i`, so
 //! a record's place proves its sequence number. `acked` holds the upload cursor (the highest
-//! seq the depot acknowledged), 8 bytes big-endian and their CRC-32, replaced atomically.
+//! seq the depot acknowledged), 8 bytes big-endian and their CRC-32, replaced atomically. A
+//! damaged cursor (an empty file from a flash card that lied about a flush, a bad CRC) is
+//! never fatal: the journal falls back to the seq before its oldest segment (every segment
+//! dropped was wholly acknowledged), so records are only ever sent again, which the depot
+//! stores once; the repair is reported ([`repair`]).
 //!
 //! ## Guarantees
 //!
@@ -24,6 +28,7 @@
 
 pub mod grey;
 pub mod record;
+pub mod repair;
 
 use std::fs;
 use std::io::{self, Write};
@@ -31,6 +36,7 @@ use std::path::{Path, PathBuf};
 
 pub use grey::{GreyOp, GreyRecord, GREY_OPEN_MAX};
 pub use record::{CardTx, QrTx, Record, RecordError, RecordKind, RECORD_BYTES};
+pub use repair::SideFile;
 
 /// Records in one segment file before a new one starts (6 MiB).
 pub const SEGMENT_RECORDS_MAX: u64 = 65_536;
@@ -52,8 +58,6 @@ pub enum JournalError {
         "journal group commit buffer is full ({GROUP_COMMIT_RECORDS_MAX} records): commit first"
     )]
     BufferFull,
-    #[error("journal cursor file is corrupt")]
-    CursorCorrupt,
 }
 
 /// Something wrong found in the files (never fatal: reported, and cut or skipped).
@@ -173,6 +177,8 @@ pub struct Scan {
     /// The newest segment: first seq, and the length of its valid prefix in bytes.
     pub newest: Option<(u64, u64)>,
     pub acked_seq: u64,
+    /// Why the cursor file could not be read (then `acked_seq` is the fallback).
+    pub cursor_damaged: Option<String>,
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -201,21 +207,45 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(firsts)
 }
 
-fn read_cursor(dir: &Path) -> Result<u64, JournalError> {
+/// What the cursor file said: the seq, or why it could not be read.
+enum CursorRead {
+    Seq(u64),
+    Missing,
+    Damaged(String),
+}
+
+fn read_cursor(dir: &Path) -> CursorRead {
     match fs::read(dir.join(CURSOR_FILE)) {
         Ok(b) if b.len() == 12 => {
             let seq = u64::from_be_bytes(std::array::from_fn(|i| b[i]));
             let crc = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
-            if record::CRC32.checksum(&b[..8]) == crc && seq <= SEQ_MAX {
-                Ok(seq)
+            if record::CRC32.checksum(&b[..8]) != crc {
+                CursorRead::Damaged("checksum does not match".into())
+            } else if seq > SEQ_MAX {
+                CursorRead::Damaged(format!("seq {seq} beyond SEQ_MAX"))
             } else {
-                Err(JournalError::CursorCorrupt)
+                CursorRead::Seq(seq)
             }
         }
-        Ok(_) => Err(JournalError::CursorCorrupt),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e.into()),
+        Ok(b) => CursorRead::Damaged(format!("{} bytes, 12 expected", b.len())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => CursorRead::Missing,
+        Err(e) => CursorRead::Damaged(format!("unreadable: {e}")),
     }
+}
+
+fn write_cursor(dir: &Path, seq: u64) -> io::Result<()> {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&seq.to_be_bytes());
+    let crc = record::CRC32.checksum(&b[..8]);
+    b[8..].copy_from_slice(&crc.to_be_bytes());
+    let tmp = dir.join("acked.tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&b)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(CURSOR_FILE))?;
+    sync_dir(dir)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -224,11 +254,28 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Read every segment and check every slot (read-only).
 pub fn scan(dir: &Path) -> Result<Scan, JournalError> {
-    let mut out = Scan {
-        acked_seq: read_cursor(dir)?,
-        ..Scan::default()
-    };
+    let mut out = Scan::default();
     let firsts = list_segments(dir)?;
+    match read_cursor(dir) {
+        CursorRead::Seq(seq) => out.acked_seq = seq,
+        CursorRead::Missing => {}
+        CursorRead::Damaged(what) => {
+            // Segments are dropped only once wholly acknowledged, so the seq before the
+            // oldest one held is at or below the lost cursor: re-sending from there sends
+            // again only what the depot stores once.
+            let fallback = firsts.first().map_or(0, |f| f - 1);
+            out.acked_seq = fallback;
+            out.cursor_damaged = Some(what.clone());
+            out.problems.push(Problem {
+                segment: dir.join(CURSOR_FILE),
+                offset: 0,
+                what: format!(
+                    "upload cursor damaged ({what}): records re-sent from seq {}",
+                    fallback + 1
+                ),
+            });
+        }
+    }
     for (i, &first) in firsts.iter().enumerate() {
         let path = segment_path(dir, first);
         let bytes = fs::read(&path)?;
@@ -314,12 +361,36 @@ impl Journal {
         fs::create_dir_all(dir)?;
         let mut scan = scan(dir)?;
         let (grey, grey_problems) = grey::GreyLog::open(dir, &*layer, &scan.records);
+        // A torn tail is what a power cut leaves by design; anything else is damage.
+        for p in grey_problems
+            .iter()
+            .filter(|p| !p.what.starts_with("torn grey tail"))
+        {
+            repair::report(
+                dir,
+                SideFile::PendingDebits,
+                &p.what,
+                "the readable grey records kept, the damaged entries dropped",
+            );
+        }
         scan.problems.extend(grey_problems);
         for p in &scan.problems {
             tracing::warn!(problem = %p, "journal: cut or skipped on open");
         }
         let keep_from = scan.records.len().saturating_sub(RECENT_RECORDS_MAX);
         let recent = scan.records.split_off(keep_from);
+        if let Some(what) = &scan.cursor_damaged {
+            repair::report(
+                dir,
+                SideFile::Cursor,
+                what,
+                &format!(
+                    "upload cursor set back to seq {}; records after it re-sent",
+                    scan.acked_seq
+                ),
+            );
+            write_cursor(dir, scan.acked_seq)?;
+        }
         let last = scan.last_seq.max(scan.acked_seq);
         let (first, valid_len) = scan.newest.unwrap_or((last + 1, 0));
         let mut j = Journal {
@@ -507,18 +578,7 @@ impl Journal {
         if seq <= self.acked_seq {
             return Ok(());
         }
-        let mut b = [0u8; 12];
-        b[..8].copy_from_slice(&seq.to_be_bytes());
-        let crc = record::CRC32.checksum(&b[..8]);
-        b[8..].copy_from_slice(&crc.to_be_bytes());
-        let tmp = self.dir.join("acked.tmp");
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&b)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.dir.join(CURSOR_FILE))?;
-        sync_dir(&self.dir)?;
+        write_cursor(&self.dir, seq)?;
         self.acked_seq = seq;
         for first in list_segments(&self.dir)? {
             let last = first + SEGMENT_RECORDS_MAX - 1;

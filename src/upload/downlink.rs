@@ -31,6 +31,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::blacklist::file::{self as blacklist_file, BlacklistFileError};
 use crate::blacklist::Blacklist;
 use crate::fare::FareTable;
+use crate::journal::SideFile;
 pub use crate::signed::FileKind;
 use crate::signed::{self, SignedError};
 use crate::types::{AccountId, CardNo, ListId, ListReason, ReasonSet};
@@ -116,6 +117,23 @@ fn encode_state(list: &Blacklist) -> Vec<u8> {
     b
 }
 
+/// Whether a state file's magic and CRC hold (without building the list).
+fn state_intact(b: &[u8]) -> bool {
+    if b.len() < 20 || b[..4] != STATE_MAGIC {
+        return false;
+    }
+    let (body, crc) = b.split_at(b.len() - 4);
+    CRC32.checksum(body) == u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]])
+}
+
+fn side_file(kind: FileKind) -> SideFile {
+    match kind {
+        FileKind::BlacklistSnapshot | FileKind::BlacklistDelta => SideFile::Blacklist,
+        FileKind::FareTable => SideFile::FareTable,
+        FileKind::RideCodeKeys => SideFile::RideCodeKeys,
+    }
+}
+
 fn decode_state(b: &[u8]) -> Option<Blacklist> {
     if b.len() < 20 || (b[..4] != STATE_MAGIC && b[..4] != STATE_MAGIC_ONE_REASON) {
         return None;
@@ -141,18 +159,35 @@ fn decode_state(b: &[u8]) -> Option<Blacklist> {
 /// The validator's downlink folder.
 pub struct DownlinkDir {
     dir: PathBuf,
+    /// Where repairs are logged: the data folder (the journal's).
+    data_dir: PathBuf,
 }
 
 const OPERATOR_FILE: &str = "operator.pub";
+/// Second copy of the pinned key: a key cannot be fetched again from the station without
+/// trusting it, so it is kept twice.
+const OPERATOR_COPY_FILE: &str = "operator.pub.copy";
 const BLACKLIST_FILE: &str = "blacklist.bin";
 const FARES_FILE: &str = "fares.signed";
 const KEYS_FILE: &str = "keys.signed";
+/// Suffix of the last good file a new one replaced.
+const PREV_SUFFIX: &str = ".prev";
+/// Suffix a damaged file is moved to (kept for inspection, never read).
+const DAMAGED_SUFFIX: &str = ".damaged";
+
+/// What reading one copy of a file gave.
+enum Copy<T> {
+    Good(T),
+    Missing,
+    Damaged(String),
+}
 
 impl DownlinkDir {
     /// `data_dir/downlink` (the validator's data folder, its journal folder by default).
     pub fn new(data_dir: &Path) -> Self {
         DownlinkDir {
             dir: data_dir.join("downlink"),
+            data_dir: data_dir.to_path_buf(),
         }
     }
 
@@ -160,18 +195,125 @@ impl DownlinkDir {
         &self.dir
     }
 
-    /// Pin the operator's public key (provisioning).
+    /// Pin the operator's public key (provisioning), in two copies.
     pub fn pin_operator_key(&self, key: &VerifyingKey) -> Result<(), DownlinkError> {
-        self.write_atomic(
-            OPERATOR_FILE,
-            crate::upload::auth::to_hex(key.as_bytes()).as_bytes(),
-        )
+        let text = crate::upload::auth::to_hex(key.as_bytes());
+        self.write_atomic(OPERATOR_FILE, text.as_bytes())?;
+        self.write_atomic(OPERATOR_COPY_FILE, text.as_bytes())
     }
 
+    fn read_key(&self, name: &str) -> Copy<VerifyingKey> {
+        let text = match fs::read(self.dir.join(name)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Copy::Missing,
+            Err(e) => return Copy::Damaged(format!("unreadable: {e}")),
+        };
+        std::str::from_utf8(&text)
+            .ok()
+            .and_then(crate::upload::auth::from_hex::<32>)
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+            .map_or_else(
+                || Copy::Damaged(format!("{} bytes, not an Ed25519 key in hex", text.len())),
+                Copy::Good,
+            )
+    }
+
+    /// The pinned operator key. One damaged copy is rewritten from the other (reported);
+    /// two copies that both parse but differ are decided by the signed files held (the
+    /// key that verifies one of them); with no copy left, None: downlink files are refused
+    /// until the key is pinned again, and the files already held stay as they are.
     pub fn operator_key(&self) -> Option<VerifyingKey> {
-        let text = fs::read_to_string(self.dir.join(OPERATOR_FILE)).ok()?;
-        let b = crate::upload::auth::from_hex::<32>(&text)?;
-        VerifyingKey::from_bytes(&b).ok()
+        let first = self.read_key(OPERATOR_FILE);
+        let copy = self.read_key(OPERATOR_COPY_FILE);
+        let repair = |bad: &str, what: &str, key: &VerifyingKey| {
+            self.report(
+                SideFile::OperatorKey,
+                &format!("{bad}: {what}"),
+                "rewritten from the other copy",
+            );
+            let text = crate::upload::auth::to_hex(key.as_bytes());
+            if let Err(e) = self.write_atomic(bad, text.as_bytes()) {
+                tracing::error!(error = %e, "downlink: operator key copy not rewritten");
+            }
+        };
+        match (first, copy) {
+            (Copy::Good(a), Copy::Good(b)) if a == b => Some(a),
+            (Copy::Good(a), Copy::Good(b)) => {
+                let held = |k: &VerifyingKey| {
+                    [
+                        (FARES_FILE, FileKind::FareTable),
+                        (KEYS_FILE, FileKind::RideCodeKeys),
+                    ]
+                    .iter()
+                    .any(|(name, kind)| {
+                        fs::read(self.dir.join(name))
+                            .is_ok_and(|f| signed::open(&f, *kind, k).is_ok())
+                    })
+                };
+                match (held(&a), held(&b)) {
+                    (true, false) => {
+                        repair(OPERATOR_COPY_FILE, "differs from the first copy", &a);
+                        Some(a)
+                    }
+                    (false, true) => {
+                        repair(OPERATOR_FILE, "differs from the second copy", &b);
+                        Some(b)
+                    }
+                    _ => {
+                        self.report(
+                            SideFile::OperatorKey,
+                            "the two copies differ and no held file decides",
+                            "no operator key: downlink files refused until it is pinned again",
+                        );
+                        None
+                    }
+                }
+            }
+            (Copy::Good(a), Copy::Missing) => {
+                // Pinned before the second copy existed: make it, nothing was damaged.
+                let text = crate::upload::auth::to_hex(a.as_bytes());
+                let _ = self.write_atomic(OPERATOR_COPY_FILE, text.as_bytes());
+                Some(a)
+            }
+            (Copy::Good(a), Copy::Damaged(what)) => {
+                repair(OPERATOR_COPY_FILE, &what, &a);
+                Some(a)
+            }
+            (Copy::Damaged(what), Copy::Good(b)) => {
+                repair(OPERATOR_FILE, &what, &b);
+                Some(b)
+            }
+            (Copy::Missing, Copy::Good(b)) => {
+                repair(OPERATOR_FILE, "missing", &b);
+                Some(b)
+            }
+            (Copy::Missing, Copy::Missing) => None,
+            (Copy::Damaged(what), _) | (Copy::Missing, Copy::Damaged(what)) => {
+                self.report(
+                    SideFile::OperatorKey,
+                    &format!("no readable copy: {what}"),
+                    "no operator key: downlink files refused until it is pinned again",
+                );
+                self.set_aside(OPERATOR_FILE);
+                self.set_aside(OPERATOR_COPY_FILE);
+                None
+            }
+        }
+    }
+
+    fn report(&self, file: SideFile, problem: &str, fallback: &str) {
+        crate::journal::repair::report(&self.data_dir, file, problem, fallback);
+    }
+
+    /// Move a damaged file out of the way (kept for inspection), so it is reported once.
+    fn set_aside(&self, name: &str) {
+        let from = self.dir.join(name);
+        if from.exists() {
+            let to = self.dir.join(format!("{name}{DAMAGED_SUFFIX}"));
+            if let Err(e) = fs::rename(&from, &to) {
+                tracing::error!(error = %e, file = %from.display(), "downlink: damaged file not set aside");
+            }
+        }
     }
 
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), DownlinkError> {
@@ -187,46 +329,124 @@ impl DownlinkDir {
         Ok(())
     }
 
-    /// The blacklist the validator holds (empty at version 0 if none or unreadable).
-    pub fn blacklist(&self) -> Blacklist {
-        let Ok(b) = fs::read(self.dir.join(BLACKLIST_FILE)) else {
-            return Blacklist::empty();
+    /// Install `bytes` as `name`, keeping the file it replaces as `name.prev` when that one
+    /// is good (`good`): the fallback if the new one is later found damaged.
+    fn replace_keeping_last_good(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        good: impl Fn(&[u8]) -> bool,
+    ) -> Result<(), DownlinkError> {
+        fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        let path = self.dir.join(name);
+        if fs::read(&path).is_ok_and(|b| good(&b)) {
+            fs::rename(&path, self.dir.join(format!("{name}{PREV_SUFFIX}")))?;
+        }
+        fs::rename(&tmp, &path)?;
+        fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Read `name` through `parse`; when it is missing or damaged, fall back to the last
+    /// good one (`name.prev`), put it back in place and report the repair; when neither is
+    /// good, set the damaged files aside, report, and return None (version 0: the station
+    /// sends the file again in full at the next session).
+    fn read_with_fallback<T>(
+        &self,
+        name: &str,
+        file: SideFile,
+        parse: impl Fn(&[u8]) -> Option<T>,
+    ) -> Option<T> {
+        let read = |n: &str| match fs::read(self.dir.join(n)) {
+            Ok(b) => match parse(&b) {
+                Some(t) => Copy::Good(t),
+                None => Copy::Damaged(format!("{} bytes that do not check", b.len())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Copy::Missing,
+            Err(e) => Copy::Damaged(format!("unreadable: {e}")),
         };
-        decode_state(&b).unwrap_or_else(|| {
-            tracing::warn!(dir = %self.dir.display(), "downlink: blacklist state unreadable");
-            Blacklist::empty()
-        })
+        let what = match read(name) {
+            Copy::Good(t) => return Some(t),
+            Copy::Missing => "missing".to_string(),
+            Copy::Damaged(w) => w,
+        };
+        let prev = format!("{name}{PREV_SUFFIX}");
+        match read(&prev) {
+            Copy::Good(t) => {
+                self.report(
+                    file,
+                    &what,
+                    "the last good file put back; newer versions come again from the depot",
+                );
+                self.set_aside(name);
+                if let Err(e) = fs::copy(self.dir.join(&prev), self.dir.join(name)) {
+                    tracing::error!(error = %e, "downlink: last good file not put back");
+                }
+                Some(t)
+            }
+            Copy::Missing if what == "missing" => None,
+            _ => {
+                self.report(
+                    file,
+                    &what,
+                    "no good copy: version 0, the depot sends the file again in full",
+                );
+                self.set_aside(name);
+                self.set_aside(&prev);
+                None
+            }
+        }
+    }
+
+    /// The blacklist the validator holds: the last good one if the newest is damaged
+    /// (reported), empty at version 0 if there is none (then the depot sends a snapshot).
+    pub fn blacklist(&self) -> Blacklist {
+        self.read_with_fallback(BLACKLIST_FILE, SideFile::Blacklist, decode_state)
+            .unwrap_or_else(Blacklist::empty)
     }
 
     fn save_blacklist(&self, list: &Blacklist) -> Result<(), DownlinkError> {
-        self.write_atomic(BLACKLIST_FILE, &encode_state(list))
+        self.replace_keeping_last_good(BLACKLIST_FILE, &encode_state(list), state_intact)
     }
 
     fn signed_version(&self, name: &str, kind: FileKind) -> u64 {
-        let (Some(key), Ok(b)) = (self.operator_key(), fs::read(self.dir.join(name))) else {
+        let Some(key) = self.operator_key() else {
             return 0;
         };
-        signed::open(&b, kind, &key).map_or(0, |o| o.header.version)
+        self.read_with_fallback(name, side_file(kind), |b| {
+            signed::open(b, kind, &key).ok().map(|o| o.header.version)
+        })
+        .unwrap_or(0)
     }
 
-    /// The fare table the validator holds, checked again.
+    /// The fare table the validator holds, checked again (the last good one if the newest
+    /// is damaged).
     pub fn fare_table(&self) -> Option<(u64, FareTable)> {
         let key = self.operator_key()?;
-        let b = fs::read(self.dir.join(FARES_FILE)).ok()?;
-        let o = signed::open(&b, FileKind::FareTable, &key).ok()?;
-        let t = FareTable::from_toml(std::str::from_utf8(o.payload).ok()?).ok()?;
-        Some((o.header.version, t))
+        self.read_with_fallback(FARES_FILE, SideFile::FareTable, |b| {
+            let o = signed::open(b, FileKind::FareTable, &key).ok()?;
+            let t = FareTable::from_toml(std::str::from_utf8(o.payload).ok()?).ok()?;
+            Some((o.header.version, t))
+        })
     }
 
-    /// The ride-code key file the validator holds (JSON text), checked again.
+    /// The ride-code key file the validator holds (JSON text), checked again (the last good
+    /// one if the newest is damaged).
     pub fn ride_code_keys(&self) -> Option<(u64, String)> {
         let key = self.operator_key()?;
-        let b = fs::read(self.dir.join(KEYS_FILE)).ok()?;
-        let o = signed::open(&b, FileKind::RideCodeKeys, &key).ok()?;
-        Some((
-            o.header.version,
-            String::from_utf8(o.payload.to_vec()).ok()?,
-        ))
+        self.read_with_fallback(KEYS_FILE, SideFile::RideCodeKeys, |b| {
+            let o = signed::open(b, FileKind::RideCodeKeys, &key).ok()?;
+            Some((
+                o.header.version,
+                String::from_utf8(o.payload.to_vec()).ok()?,
+            ))
+        })
     }
 
     /// Versions to report in the session hello.
@@ -259,13 +479,17 @@ impl DownlinkDir {
                 let o = signed::open(bytes, kind, &key)?;
                 let text = std::str::from_utf8(o.payload).map_err(|e| content(&e))?;
                 FareTable::from_toml(text).map_err(|e| content(&e))?;
-                self.write_atomic(FARES_FILE, bytes)?;
+                self.replace_keeping_last_good(FARES_FILE, bytes, |b| {
+                    signed::open(b, FileKind::FareTable, &key).is_ok()
+                })?;
                 o.header.version
             }
             FileKind::RideCodeKeys => {
                 let o = signed::open(bytes, kind, &key)?;
                 serde_json::from_slice::<serde_json::Value>(o.payload).map_err(|e| content(&e))?;
-                self.write_atomic(KEYS_FILE, bytes)?;
+                self.replace_keeping_last_good(KEYS_FILE, bytes, |b| {
+                    signed::open(b, FileKind::RideCodeKeys, &key).is_ok()
+                })?;
                 o.header.version
             }
         };
