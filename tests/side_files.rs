@@ -235,3 +235,22 @@ fn damaged_operator_key_is_rewritten_from_its_second_copy_and_none_left_refuses_
     assert_eq!(d.blacklist().get(&card(2)), Some(ListReason::Cancelled));
     assert_eq!(repair::counts(tmp.path()).of(SideFile::OperatorKey), 3);
 }
+
+#[test]
+fn unreadable_grey_record_file_is_counted_as_a_repair_and_the_journal_still_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    card_journal(dir, 3);
+    // A folder where the grey-record file should be: it cannot be read.
+    let grey = fare_validator::journal::grey::grey_path(dir);
+    let _ = std::fs::remove_file(&grey);
+    std::fs::create_dir_all(&grey).unwrap();
+    let (j, problems) = Journal::open(dir).unwrap();
+    assert!(problems.iter().any(|p| p.what.contains("unreadable")));
+    assert_eq!(j.next_seq(), 4);
+    drop(j);
+    assert_eq!(repair::counts(dir).of(SideFile::PendingDebits), 1);
+    let (records, summary) = show(dir);
+    assert_eq!(records.len(), 3);
+    assert_eq!(summary["repairs_by_file"]["pending_debits"], 1);
+}
