@@ -209,3 +209,68 @@ fn errors_about_a_file_name_the_file() {
     ]);
     assert_refused(&out, path_str(&not_csv));
 }
+
+#[test]
+fn files_that_no_bus_would_ever_use_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = dir.path().join("channel.json");
+    assert!(run(&[
+        "ride-code",
+        "keygen",
+        "--alg",
+        "p256",
+        "--seed",
+        "3",
+        "--out",
+        path_str(&channel)
+    ])
+    .status
+    .success());
+    let out = run(&[
+        "ride-code",
+        "issue",
+        "--key",
+        path_str(&channel),
+        "--channel",
+        "1",
+        "--key-id",
+        "1",
+        "--account",
+        "1",
+        "--card",
+        "37140000000000000001",
+        "--category",
+        "adult",
+        "--cert-not-before",
+        "100",
+        "--cert-not-after",
+        "50",
+        "--generated-at",
+        "60",
+        "--counter",
+        "1",
+    ]);
+    assert_refused(&out, "never be valid");
+    assert!(out.stdout.is_empty(), "a code was printed");
+
+    let key = dir.path().join("op.key");
+    assert!(run(&["blacklist", "keygen", "--out", path_str(&key)])
+        .status
+        .success());
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/blacklist.csv");
+    let snap = dir.path().join("v0.bin");
+    let out = run(&[
+        "blacklist",
+        "build",
+        "--csv",
+        path_str(&csv),
+        "--version",
+        "0",
+        "--key",
+        path_str(&key),
+        "--out",
+        path_str(&snap),
+    ]);
+    assert_refused(&out, "--version must be 1 or more");
+    assert!(!snap.exists());
+}

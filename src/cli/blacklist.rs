@@ -133,6 +133,11 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// `build`: CSV to signed snapshot. Returns a one-line JSON summary.
 pub fn build(csv: &Path, version: u64, key: &Path, out: &Path) -> Result<String, String> {
+    if version == 0 {
+        // Version 0 is the empty list every bus starts from: a snapshot numbered 0 would never
+        // be taken as newer.
+        return Err("--version must be 1 or more (0 is the empty list a bus starts with)".into());
+    }
     let key = signed::read_signing_key(key).map_err(|e| at(key, e))?;
     let mut list = load_blacklist_file(csv, None).map_err(|e| at(csv, e))?;
     list.set_version(version);

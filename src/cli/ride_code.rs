@@ -150,6 +150,13 @@ pub fn run_to(cmd: RideCodeCmd, out: &mut dyn Write) -> Result<(), String> {
             counter,
             holder_seed,
         } => {
+            if cert_not_after < cert_not_before {
+                // The window would be empty: every scan of the code would be refused.
+                return Err(format!(
+                    "--cert-not-after {cert_not_after} is before --cert-not-before \
+                     {cert_not_before}: the certificate would never be valid"
+                ));
+            }
             let signer = read_private_key(&key)?;
             let holder = new_key(signer.alg(), holder_seed)?;
             let fields = CertFields {
