@@ -14,7 +14,7 @@ use fare_validator::blacklist::{Blacklist, Change, ChangeOp};
 use fare_validator::journal::repair::{self, SideFile};
 use fare_validator::journal::Journal;
 use fare_validator::signed::{self, FileKind};
-use fare_validator::types::{ListId, ListReason};
+use fare_validator::types::{ListId, ListReason, ReasonSet};
 use fare_validator::upload::downlink::{DownlinkDir, DownlinkError};
 use fare_validator::upload::{self};
 use serde_json::Value;
@@ -162,7 +162,7 @@ fn damaged_blacklist_falls_back_to_the_last_good_version_and_the_depot_sends_it_
 
     let list = d.blacklist();
     assert_eq!(list.version(), 1, "the last good list, not an empty one");
-    assert_eq!(list.get(&card(1)), Some(ListReason::Lost));
+    assert_eq!(list.get(&card(1)), Some(ReasonSet::of(ListReason::Lost)));
     // Version 1 is what the hello reports: the depot sends the delta to 2 again.
     assert_eq!(d.held_versions().blacklist, 1);
     assert_eq!(
@@ -227,12 +227,15 @@ fn damaged_operator_key_is_rewritten_from_its_second_copy_and_none_left_refuses_
     std::fs::write(d.path().join("operator.pub"), b"zz").unwrap();
     std::fs::write(d.path().join("operator.pub.copy"), b"").unwrap();
     assert_eq!(d.operator_key(), None);
-    let v3 = Blacklist::from_entries(3, []);
+    let v3 = Blacklist::from_entries(3, Vec::<(ListId, ListReason)>::new());
     assert!(matches!(
         d.install(&snapshot_file(&v3, &operator())),
         Err(DownlinkError::NoOperatorKey)
     ));
-    assert_eq!(d.blacklist().get(&card(2)), Some(ListReason::Cancelled));
+    assert_eq!(
+        d.blacklist().get(&card(2)),
+        Some(ReasonSet::of(ListReason::Cancelled))
+    );
     assert_eq!(repair::counts(tmp.path()).of(SideFile::OperatorKey), 3);
 }
 
