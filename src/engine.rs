@@ -7,6 +7,12 @@
 //! and in tests. After start-up nothing on this path allocates: the tables below are sized
 //! once, with named bounds.
 //!
+//! Nothing a card or PSAM answers can panic this path (docs/reliability.md lists the
+//! `expect`s, asserts and indexing left on it and why each cannot fire;
+//! `tests/tap_answers.rs` drives whole taps with arbitrary answers). A card value the engine
+//! cannot carry (a balance that would leave the purse's range) is `unreadable` before any
+//! debit.
+//!
 //! Card checks, in order: `unreadable`, `card_blocked`, `not_activated`,
 //! `card_not_yet_valid` / `card_expired`, `blacklisted` (and the lock of a replaced or
 //! cancelled card), `repeat_tap`, `insufficient_balance`, `card_removed`.
