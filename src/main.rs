@@ -111,14 +111,25 @@ enum JournalCmd {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let service = match &cli.cmd {
+        Cmd::Depot { .. } | Cmd::Upload(_) | Cmd::SimCard(_) => true,
+        #[cfg(feature = "pcsc")]
+        Cmd::Run(_) | Cmd::Readers => true,
+        _ => false,
+    };
+    let level = if service {
+        cli::DEFAULT_LOG_LEVEL
+    } else {
+        cli::TOOL_LOG_LEVEL
+    };
     // Colour escapes only on a terminal: logs sent to a file or a pipe stay plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(cli::log_filter(level))
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
-    let cli = Cli::parse();
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {

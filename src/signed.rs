@@ -10,14 +10,14 @@
 //! | offset | size | field | meaning |
 //! | --- | --- | --- | --- |
 //! | 0 | 8 | magic | `FVSIGNED` |
-//! | 8 | 2 | format | format version: [`FORMAT_VERSION`] (2) written, [`FORMAT_VERSION_OLDEST`] (1) and up read |
+//! | 8 | 2 | format | format version: [`FORMAT_VERSION`] (3) written, [`FORMAT_VERSION_OLDEST`] (1) and up read |
 //! | 10 | 2 | kind | [`FileKind`]: 1 blacklist snapshot, 2 blacklist delta, 3 fare table, 4 ride-code keys |
-//! | 12 | 4 | flags | 0 (reserved) |
+//! | 12 | 4 | issued | format 3: when the operator signed it, unix seconds (u32); before: 0 |
 //! | 16 | 8 | version | content version this file gives (a delta's target version) |
 //! | 24 | 8 | base_version | a delta's starting version; 0 for a snapshot |
 //! | 32 | 8 | payload_len | bytes of payload after the header, at most [`PAYLOAD_LEN_MAX`] |
 //! | 40 | 4 | crc32c | CRC-32/ISCSI over bytes 0..40, then the payload |
-//! | 44 | 4 | reserved | 0 |
+//! | 44 | 4 | expires | format 3: after this second (unix, u32) a validator installs it no more; before: 0 |
 //! | 48 | 64 | signature | Ed25519 over `SIGNING_CONTEXT ‖ bytes 0..48 ‖ SHA-256(payload)` |
 //! | 112 | payload_len | payload | kind-specific |
 //!
@@ -25,6 +25,17 @@
 //! set of reasons (see [`crate::blacklist::file`]); a format 1 blacklist file is still read,
 //! as one reason an entry. Fare tables and key files are the same in both. A validator that
 //! knows only format 1 refuses a format 2 file rather than misread it.
+//!
+//! ## Dates and versions (rollback and freeze): format 3
+//!
+//! Format 3 signs an issue time and an expiry into every file ([`Dates`]; formats 1 and 2 have
+//! zeros there, and its payloads are those of format 2). Tools still read formats 1 and 2
+//! (`replay --blacklist`, `blacklist info`), their dates [`None`]; a validator's downlink
+//! folder refuses them ([`crate::upload::downlink::DownlinkError::Undated`]), refuses a file
+//! past its expiry, and refuses any file whose version is below the one it holds, so a
+//! replayed or restored older file cannot roll a bus back, and a file withheld long enough
+//! expires (as TUF's metadata expiry bounds a freeze attack). Unix seconds in a u32 last
+//! until 2106.
 //!
 //! The signature covers a digest of the payload rather than the payload itself so a 150 MB
 //! snapshot is hashed once, in one pass (SHA-256 runs on the CPU's SHA extensions where it has
@@ -50,10 +61,16 @@ pub use ed25519_dalek::{SigningKey as OperatorSigningKey, VerifyingKey as Operat
 
 /// First 8 bytes of every signed file.
 pub const MAGIC: [u8; 8] = *b"FVSIGNED";
-/// The format version written (see the module doc).
-pub const FORMAT_VERSION: u16 = 2;
+/// The format version written (see the module doc): dated.
+pub const FORMAT_VERSION: u16 = 3;
+/// The first format whose blacklist payloads carry a set of reasons an entry.
+pub const FORMAT_VERSION_REASON_SETS: u16 = 2;
+/// The first format with an issue time and an expiry.
+pub const FORMAT_VERSION_DATED: u16 = 3;
 /// The oldest format version still read: blacklist files of one reason an entry.
 pub const FORMAT_VERSION_OLDEST: u16 = 1;
+/// How long a file is valid when its signer does not say, seconds (30 days).
+pub const VALIDITY_S_DEFAULT: u32 = 30 * 24 * 3600;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 112;
 /// Largest payload accepted (a 20-million-entry blacklist is about 150 MB).
@@ -115,6 +132,8 @@ pub enum SignedError {
     },
     #[error("reserved header bytes are not zero")]
     ReservedNotZero,
+    #[error("dates out of order: issued {issued}, expires {expires} (unix s)")]
+    BadDates { issued: u32, expires: u32 },
     #[error("payload of {len} bytes is over the limit")]
     PayloadTooLarge { len: u64 },
     #[error("truncated: {need} bytes needed, {have} present")]
@@ -127,12 +146,45 @@ pub enum SignedError {
     BadSignature,
 }
 
+/// When a file was signed and until when a validator may install it (unix seconds, signed
+/// with the header). Issued is above 0 and below expires.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Dates {
+    pub issued_unix_s: u32,
+    pub expires_unix_s: u32,
+}
+
+impl Dates {
+    /// Issued at `issued_unix_s`, valid for `validity_s` seconds.
+    pub fn starting(issued_unix_s: u32, validity_s: u32) -> Dates {
+        Dates {
+            issued_unix_s: issued_unix_s.max(1),
+            expires_unix_s: issued_unix_s.max(1).saturating_add(validity_s.max(1)),
+        }
+    }
+
+    /// Issued now (the signer's clock), valid for [`VALIDITY_S_DEFAULT`].
+    pub fn from_now() -> Dates {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        Dates::starting(now, VALIDITY_S_DEFAULT)
+    }
+
+    /// Whether `now_unix_s` is past the expiry.
+    pub fn expired_at(&self, now_unix_s: i64) -> bool {
+        now_unix_s > i64::from(self.expires_unix_s)
+    }
+}
+
 /// The parsed header.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Header {
     /// [`FORMAT_VERSION_OLDEST`]..=[`FORMAT_VERSION`].
     pub format: u16,
     pub kind: FileKind,
+    /// [`None`] before [`FORMAT_VERSION_DATED`].
+    pub dates: Option<Dates>,
     pub version: u64,
     pub base_version: u64,
     pub payload_len: u64,
@@ -190,9 +242,21 @@ pub fn parse(bytes: &[u8]) -> Result<Unverified<'_>, SignedError> {
     let kind_raw = le_u16(bytes, 10);
     let kind =
         FileKind::from_u16(kind_raw).ok_or(SignedError::UnsupportedKind { found: kind_raw })?;
-    if le_u32(bytes, 12) != 0 || le_u32(bytes, 44) != 0 {
-        return Err(SignedError::ReservedNotZero);
-    }
+    let (issued, expires) = (le_u32(bytes, 12), le_u32(bytes, 44));
+    let dates = if format < FORMAT_VERSION_DATED {
+        if issued != 0 || expires != 0 {
+            return Err(SignedError::ReservedNotZero);
+        }
+        None
+    } else {
+        if issued == 0 || expires <= issued {
+            return Err(SignedError::BadDates { issued, expires });
+        }
+        Some(Dates {
+            issued_unix_s: issued,
+            expires_unix_s: expires,
+        })
+    };
     let payload_len = le_u64(bytes, 32);
     if payload_len > PAYLOAD_LEN_MAX {
         return Err(SignedError::PayloadTooLarge { len: payload_len });
@@ -215,6 +279,7 @@ pub fn parse(bytes: &[u8]) -> Result<Unverified<'_>, SignedError> {
     let header = Header {
         format,
         kind,
+        dates,
         version: le_u64(bytes, 16),
         base_version: le_u64(bytes, 24),
         payload_len,
@@ -263,7 +328,7 @@ pub fn open<'a>(
     parse(bytes)?.expect_kind(expected)?.verify(key)
 }
 
-/// Build a signed file around `payload`.
+/// Build a signed file around `payload`, issued now and valid for [`VALIDITY_S_DEFAULT`].
 pub fn seal(
     kind: FileKind,
     version: u64,
@@ -271,6 +336,22 @@ pub fn seal(
     payload: &[u8],
     key: &SigningKey,
 ) -> Vec<u8> {
+    seal_dated(kind, version, base_version, Dates::from_now(), payload, key)
+}
+
+/// Build a signed file around `payload` with the given dates.
+pub fn seal_dated(
+    kind: FileKind,
+    version: u64,
+    base_version: u64,
+    dates: Dates,
+    payload: &[u8],
+    key: &SigningKey,
+) -> Vec<u8> {
+    assert!(
+        dates.issued_unix_s > 0 && dates.expires_unix_s > dates.issued_unix_s,
+        "dates out of order"
+    );
     assert!(
         payload.len() as u64 <= PAYLOAD_LEN_MAX,
         "payload over PAYLOAD_LEN_MAX"
@@ -279,13 +360,13 @@ pub fn seal(
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(kind as u16).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&dates.issued_unix_s.to_le_bytes());
     out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&base_version.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     let crc = crc_of(&out[..CRC_END], payload);
     out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&dates.expires_unix_s.to_le_bytes());
     debug_assert_eq!(out.len(), SIGNED_HEADER_END);
     let signature = key.sign(&signed_message(&out, payload));
     out.extend_from_slice(&signature.to_bytes());
@@ -480,6 +561,35 @@ mod tests {
         out[CRC_END..CRC_END + 4].copy_from_slice(&crc.to_le_bytes());
         out.extend_from_slice(payload);
         out
+    }
+
+    #[test]
+    fn dates_are_signed_and_undated_files_still_parse() {
+        let dates = Dates::starting(1_800_000_000, 3600);
+        let file = seal_dated(FileKind::FareTable, 4, 0, dates, b"x", &key());
+        let v = open(&file, FileKind::FareTable, &key().verifying_key()).unwrap();
+        assert_eq!(v.header.dates, Some(dates));
+        assert!(!dates.expired_at(1_800_003_600) && dates.expired_at(1_800_003_601));
+        // A later expiry written over the signed one fails the signature.
+        let mut later = file.clone();
+        later[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            open(&later, FileKind::FareTable, &key().verifying_key()).unwrap_err(),
+            SignedError::BadSignature
+        );
+        // Expiry before issue is malformed.
+        let mut inverted = file.clone();
+        inverted[44..48].copy_from_slice(&1u32.to_le_bytes());
+        assert!(matches!(parse(&inverted), Err(SignedError::BadDates { .. })));
+        // The undated layouts of formats 1 and 2 still parse (tools read them), dates None.
+        for format in [FORMAT_VERSION_OLDEST, FORMAT_VERSION_REASON_SETS] {
+            let mut old = file.clone();
+            old[8..10].copy_from_slice(&format.to_le_bytes());
+            old[12..16].fill(0);
+            old[44..48].fill(0);
+            let old = resign_crc(&old, b"x");
+            assert_eq!(parse(&old).unwrap().header.dates, None);
+        }
     }
 
     #[test]

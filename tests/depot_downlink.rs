@@ -187,10 +187,10 @@ fn corrupted_or_misapplied_downlink_file_is_refused() {
     s.blacklist_change(&change(ChangeOp::Add, lost_card(), ListReason::Lost))
         .unwrap();
     let held = DownlinkDir::new(tmp.path());
-    let files = depot::downlink_for(&s, &HeldVersions::default()).unwrap();
+    let files = depot::downlink_for(&s, "bus-0000", &HeldVersions::default()).unwrap();
     assert_eq!(files.len(), 2);
     assert!(matches!(
-        held.install(&files[1]),
+        held.install(&files[1], now()),
         Err(DownlinkError::NoOperatorKey)
     ));
     held.pin_operator_key(&operator(1).verifying_key()).unwrap();
@@ -198,14 +198,14 @@ fn corrupted_or_misapplied_downlink_file_is_refused() {
         for at in [0, 7, 20, f.len() / 2, f.len() - 70, f.len() - 1] {
             let mut bad = f.clone();
             bad[at] ^= 0x04;
-            assert!(held.install(&bad).is_err(), "byte {at}");
+            assert!(held.install(&bad, now()).is_err(), "byte {at}");
         }
-        assert!(held.install(&f[..f.len() - 1]).is_err());
+        assert!(held.install(&f[..f.len() - 1], now()).is_err());
     }
     assert_eq!(held.held_versions(), HeldVersions::default());
 
-    held.install(&files[0]).unwrap();
-    held.install(&files[1]).unwrap();
+    held.install(&files[0], now()).unwrap();
+    held.install(&files[1], now()).unwrap();
     // A delta from a version the bus does not hold is refused, not half-applied.
     s.blacklist_change(&change(ChangeOp::Remove, lost_card(), ListReason::Lost))
         .unwrap();
@@ -213,22 +213,38 @@ fn corrupted_or_misapplied_downlink_file_is_refused() {
         blacklist: 0,
         ..HeldVersions::default()
     };
-    let delta = &depot::downlink_for(&s, &stale).unwrap()[0];
+    let delta = &depot::downlink_for(&s, "bus-0000", &stale).unwrap()[0];
     assert!(matches!(
-        held.install(delta),
+        held.install(delta, now()),
         Err(DownlinkError::Blacklist(BlacklistFileError::WrongBase {
             current: 1,
             from: 0
         }))
     ));
     assert_eq!(held.blacklist().version(), 1);
-    // A bus ahead of the station (database restored) gets a full snapshot.
+    // A bus ahead of the station (database restored from a backup) is sent nothing older.
     let ahead = HeldVersions {
         blacklist: 99,
+        fares: 99,
+        keys: 0,
+    };
+    assert!(depot::downlink_for(&s, "bus-0000", &ahead)
+        .unwrap()
+        .is_empty());
+    let one = HeldVersions {
+        blacklist: 1,
         ..HeldVersions::default()
     };
-    let snap = &depot::downlink_for(&s, &ahead).unwrap()[0];
-    assert_eq!(describe(snap).unwrap().0, FileKind::BlacklistSnapshot);
-    held.install(snap).unwrap();
+    let delta = &depot::downlink_for(&s, "bus-0000", &one).unwrap()[0];
+    assert_eq!(describe(delta).unwrap().0, FileKind::BlacklistDelta);
+    held.install(delta, now()).unwrap();
     assert_eq!((held.blacklist().version(), held.blacklist().len()), (2, 0));
+}
+
+/// The validator's clock: downlink files are dated by the signer's clock, now.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

@@ -86,7 +86,7 @@ pub struct Delta {
 
 /// How the tables of a snapshot of container format `format` carry reasons.
 fn snapshot_coding(format: u16) -> Coding {
-    if format >= signed::FORMAT_VERSION {
+    if format >= signed::FORMAT_VERSION_REASON_SETS {
         Coding::Sets
     } else {
         Coding::OneReason
@@ -203,7 +203,7 @@ pub fn parse_delta_payload_of_format(
             "length does not match the change count",
         ));
     }
-    let one_reason = format < signed::FORMAT_VERSION;
+    let one_reason = format < signed::FORMAT_VERSION_REASON_SETS;
     let mut changes = Vec::with_capacity(records.len() / DELTA_RECORD_LEN);
     for (i, r) in records.chunks_exact(DELTA_RECORD_LEN).enumerate() {
         let change = decode_change(r).map_err(|what| BlacklistFileError::Change {

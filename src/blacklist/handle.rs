@@ -135,10 +135,25 @@ impl BlacklistHandle {
         self.publish(next);
     }
 
-    /// Swap in a whole list (verified by the caller).
-    pub fn replace(&self, list: Blacklist) {
+    /// Swap in a whole list (verified by the caller). Versions only go up: a list older than
+    /// the current one is refused ([`BlacklistFileError::Stale`]) and the current one kept.
+    pub fn replace(&self, list: Blacklist) -> Result<u64, BlacklistFileError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.current.load().version();
+        if list.version() < current {
+            tracing::warn!(
+                current,
+                file = list.version(),
+                "blacklist older than the list in use refused"
+            );
+            return Err(BlacklistFileError::Stale {
+                current,
+                file: list.version(),
+            });
+        }
+        let version = list.version();
         self.publish(list);
+        Ok(version)
     }
 
     /// Install a delta file on a new thread at background priority

@@ -32,18 +32,23 @@ use crate::upload::downlink::DELTA_CHANGES_SENT_MAX;
 use crate::upload::frame::HeldVersions;
 
 /// The signed files a validator holding `held` lacks: the blacklist delta from its version
-/// (a snapshot when it is too far behind, or ahead of the station), then the fare table and
-/// the ride-code key file when the station has another version.
-pub fn downlink_for(store: &Store, held: &HeldVersions) -> Result<Vec<Vec<u8>>, StoreError> {
+/// (a snapshot when it is too far behind), then the fare table and the ride-code key file
+/// when the station has a newer version. Versions only go up: a validator holding a newer
+/// version than the station (a station restored from an old backup) is sent nothing older,
+/// and the station says so at warn.
+pub fn downlink_for(
+    store: &Store,
+    terminal: &str,
+    held: &HeldVersions,
+) -> Result<Vec<Vec<u8>>, StoreError> {
     let key: SigningKey = store.operator_key()?;
     let mut files = Vec::new();
     let current = store.blacklist_version()?;
-    if held.blacklist != current {
-        let changes = if held.blacklist < current {
-            store.blacklist_changes_after(held.blacklist, DELTA_CHANGES_SENT_MAX)?
-        } else {
-            None
-        };
+    if held.blacklist > current {
+        newer_on_the_bus(terminal, "blacklist", held.blacklist, current);
+    }
+    if held.blacklist < current {
+        let changes = store.blacklist_changes_after(held.blacklist, DELTA_CHANGES_SENT_MAX)?;
         files.push(match changes {
             Some(changes) => delta_file(
                 &Delta {
@@ -61,10 +66,19 @@ pub fn downlink_for(store: &Store, held: &HeldVersions) -> Result<Vec<Vec<u8>>, 
         ("keys", FileKind::RideCodeKeys, held.keys),
     ] {
         if let Some((version, body)) = store.downlink(name)? {
-            if version != held {
+            if version > held {
                 files.push(signed::seal(kind, version, 0, &body, &key));
+            } else if version < held {
+                newer_on_the_bus(terminal, name, held, version);
             }
         }
     }
     Ok(files)
+}
+
+fn newer_on_the_bus(terminal: &str, kind: &str, held: u64, station: u64) {
+    tracing::warn!(
+        %terminal, kind, held, station,
+        "depot: the validator holds a newer version than the station (restored from an old backup?): nothing older sent"
+    );
 }

@@ -92,6 +92,11 @@ pub struct UploadReport {
     pub blacklist_version: u64,
     pub fares_version: u64,
     pub keys_version: u64,
+    /// The blacklist held is older than [`UploadConfig::blacklist_age_s_max`], past its
+    /// expiry, or of unknown age: the station sent nothing newer (freeze protection).
+    pub blacklist_stale: bool,
+    /// Seconds since the operator signed the blacklist held (None: unknown).
+    pub blacklist_age_s: Option<u64>,
 }
 
 /// Everything a session needs besides the journal.
@@ -102,6 +107,8 @@ pub struct UploadConfig {
     pub secret: Secret,
     /// Where `downlink/` lives (the validator's data folder).
     pub data_dir: PathBuf,
+    /// Blacklist age above which the report says stale, seconds.
+    pub blacklist_age_s_max: u64,
 }
 
 /// Open the journal in `journal_dir`, upload everything not yet acknowledged, take the
@@ -118,6 +125,7 @@ pub async fn upload(
         terminal_id: terminal_id.to_string(),
         secret: *secret,
         data_dir: journal_dir.to_path_buf(),
+        blacklist_age_s_max: super::downlink::BLACKLIST_AGE_S_MAX_DEFAULT,
     };
     upload_journal(&mut journal, &cfg).await
 }
@@ -144,10 +152,20 @@ pub async fn upload_journal(
     }
     report.acked_seq = journal.acked_seq();
     report.uploaded = report.acked_seq - start_acked;
-    let held = DownlinkDir::new(&cfg.data_dir).held_versions();
-    report.blacklist_version = held.blacklist;
-    report.fares_version = held.fares;
-    report.keys_version = held.keys;
+    let status = DownlinkDir::new(&cfg.data_dir).status(unix_now_s(), cfg.blacklist_age_s_max);
+    report.blacklist_version = status.blacklist_version;
+    report.fares_version = status.fares_version;
+    report.keys_version = status.keys_version;
+    report.blacklist_stale = status.blacklist_stale;
+    report.blacklist_age_s = status.blacklist_age_s;
+    if status.blacklist_stale {
+        tracing::warn!(
+            version = status.blacklist_version,
+            age_s = ?status.blacklist_age_s,
+            age_s_max = cfg.blacklist_age_s_max,
+            "upload: the blacklist held is stale and the station sent no newer one"
+        );
+    }
     Ok(report)
 }
 
@@ -184,19 +202,28 @@ async fn session(
     let done = sess.seal(FrameType::Done, &[]);
     write_frame(&mut wr, FrameType::Done, &done).await?;
     let files = receive_files(&mut rd, &mut sess).await?;
+    let now_unix_s = unix_now_s();
     for file in files {
-        match downlink.install(&file) {
+        match downlink.install(&file, now_unix_s) {
             Ok((kind, version)) => {
                 tracing::info!(?kind, version, "upload: downlink file installed");
                 report.installed.push(format!("{kind:?}@{version}"));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "upload: downlink file refused, keeping the one held");
+                // Reported in the upload report's `refused` list too.
                 report.refused.push(refused_name(&file, &e));
             }
         }
     }
     Ok(())
+}
+
+/// The validator's clock, unix seconds.
+fn unix_now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn refused_name(file: &[u8], e: &DownlinkError) -> String {

@@ -10,16 +10,24 @@
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
-//! | 0 | 4 | magic `FVB2` (`FVBS` before reason sets: still read) |
+//! | 0 | 4 | magic `FVB3` (`FVB2` before dates, `FVBS` before reason sets: both still read) |
 //! | 4 | 8 | version |
-//! | 12 | 4 | entry count N |
-//! | 16 | 12 × N | entries: tag (1 card, 2 account), id (10: card BCD, or channel (2) ‖ account (8)), reasons (1: the set's bits, 1 lost, 2 replaced, 4 cancelled, 8 arrears; under `FVBS` one reason, 1..=4) |
-//! | 16+12N | 4 | CRC-32/ISCSI of everything before |
+//! | 12 | 4 | issued, unix s, of the signed file last applied (`FVB3` only) |
+//! | 16 | 4 | expires, unix s, of that file (`FVB3` only) |
+//! | 20 | 4 | entry count N (at 12 before `FVB3`) |
+//! | 24 | 12 × N | entries: tag (1 card, 2 account), id (10: card BCD, or channel (2) ‖ account (8)), reasons (1: the set's bits, 1 lost, 2 replaced, 4 cancelled, 8 arrears; under `FVBS` one reason, 1..=4) |
+//! | 24+12N | 4 | CRC-32/ISCSI of everything before |
 //!
 //! Every received file is checked in full (structure, CRC, operator signature, content, and
 //! for a delta its base version) before it replaces anything, and files are replaced
 //! atomically (write, sync, rename): a forged or corrupted file is refused and the validator
 //! keeps what it had.
+//!
+//! Versions only go up: a file older than the one held, of any kind, is refused
+//! ([`DownlinkError::Rollback`]), as is a file without dates (signed format before 3,
+//! [`DownlinkError::Undated`]) or past its expiry ([`DownlinkError::Expired`]).
+//! [`DownlinkDir::status`] says when the blacklist held is older than a configured age
+//! (freeze protection: a station that stops sending updates is noticed on the bus).
 
 use std::fs;
 use std::io::Write;
@@ -33,7 +41,7 @@ use crate::blacklist::Blacklist;
 use crate::fare::FareTable;
 use crate::journal::SideFile;
 pub use crate::signed::FileKind;
-use crate::signed::{self, SignedError};
+use crate::signed::{self, Dates, SignedError};
 use crate::types::{AccountId, CardNo, ListId, ListReason, ReasonSet};
 
 use super::frame::HeldVersions;
@@ -44,9 +52,14 @@ pub const DOWNLINK_FILE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Changes above which the station sends a snapshot instead of a delta.
 pub const DELTA_CHANGES_SENT_MAX: usize = 100_000;
 
-const STATE_MAGIC: [u8; 4] = *b"FVB2";
+const STATE_MAGIC: [u8; 4] = *b"FVB3";
+/// The list file's magic before dates: reason sets, no dates.
+const STATE_MAGIC_UNDATED: [u8; 4] = *b"FVB2";
 /// The list file's magic before reason sets: one reason an entry.
 const STATE_MAGIC_ONE_REASON: [u8; 4] = *b"FVBS";
+/// Blacklist age above which a validator reports its list stale by default, seconds (2 days:
+/// a bus returns to the depot every night).
+pub const BLACKLIST_AGE_S_MAX_DEFAULT: u64 = 2 * 24 * 3600;
 const ENTRY_BYTES: usize = 12;
 const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 
@@ -62,6 +75,31 @@ pub enum DownlinkError {
     Content(String),
     #[error("downlink storage: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{kind} version {file} is older than the version {held} held: refused (rollback)")]
+    Rollback {
+        kind: &'static str,
+        held: u64,
+        file: u64,
+    },
+    #[error("downlink file has no expiry (signed file format before 3): refused")]
+    Undated,
+    #[error("downlink file expired at {expires_unix_s} (unix s): refused")]
+    Expired { expires_unix_s: u32 },
+}
+
+/// What a validator holds, for its status line and the upload report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DownlinkStatus {
+    pub blacklist_version: u64,
+    /// When the operator signed the file the blacklist came from (None: none, or undated).
+    pub blacklist_issued_unix_s: Option<u32>,
+    pub blacklist_expires_unix_s: Option<u32>,
+    /// Seconds since `blacklist_issued_unix_s` by the validator's clock.
+    pub blacklist_age_s: Option<u64>,
+    /// Older than the configured age, past its expiry, or of unknown age: the bus says so.
+    pub blacklist_stale: bool,
+    pub fares_version: u64,
+    pub keys_version: u64,
 }
 
 /// The kind and version a received file claims (before any check of its signature).
@@ -104,10 +142,12 @@ fn decode_entry(b: &[u8], one_reason: bool) -> Option<(ListId, ReasonSet)> {
     (!reasons.is_empty()).then_some((id, reasons))
 }
 
-fn encode_state(list: &Blacklist) -> Vec<u8> {
-    let mut b = Vec::with_capacity(20 + list.len() * ENTRY_BYTES);
+fn encode_state(list: &Blacklist, dates: Dates) -> Vec<u8> {
+    let mut b = Vec::with_capacity(28 + list.len() * ENTRY_BYTES);
     b.extend_from_slice(&STATE_MAGIC);
     b.extend_from_slice(&list.version().to_be_bytes());
+    b.extend_from_slice(&dates.issued_unix_s.to_be_bytes());
+    b.extend_from_slice(&dates.expires_unix_s.to_be_bytes());
     b.extend_from_slice(&(list.len() as u32).to_be_bytes());
     for (id, reason) in list.iter() {
         encode_entry(&mut b, &id, reason);
@@ -119,7 +159,7 @@ fn encode_state(list: &Blacklist) -> Vec<u8> {
 
 /// Whether a state file's magic and CRC hold (without building the list).
 fn state_intact(b: &[u8]) -> bool {
-    if b.len() < 20 || b[..4] != STATE_MAGIC {
+    if b.len() < 20 || ![STATE_MAGIC, STATE_MAGIC_UNDATED].iter().any(|m| b[..4] == *m) {
         return false;
     }
     let (body, crc) = b.split_at(b.len() - 4);
@@ -134,18 +174,30 @@ fn side_file(kind: FileKind) -> SideFile {
     }
 }
 
-fn decode_state(b: &[u8]) -> Option<Blacklist> {
-    if b.len() < 20 || (b[..4] != STATE_MAGIC && b[..4] != STATE_MAGIC_ONE_REASON) {
+/// The list and the dates of the signed file it came from (None under the older magics).
+fn decode_state(b: &[u8]) -> Option<(Blacklist, Option<Dates>)> {
+    let magic = b.get(..4)?;
+    let dated = magic == STATE_MAGIC;
+    let one_reason = magic == STATE_MAGIC_ONE_REASON;
+    if !dated && !one_reason && magic != STATE_MAGIC_UNDATED {
         return None;
     }
-    let one_reason = b[..4] == STATE_MAGIC_ONE_REASON;
+    let head = if dated { 24 } else { 16 };
+    if b.len() < head + 4 {
+        return None;
+    }
     let (body, crc) = b.split_at(b.len() - 4);
     if CRC32.checksum(body) != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
         return None;
     }
+    let be32 = |at: usize| u32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
     let version = u64::from_be_bytes(std::array::from_fn(|k| body[4 + k]));
-    let n = u32::from_be_bytes([body[12], body[13], body[14], body[15]]) as usize;
-    let entries = &body[16..];
+    let dates = dated.then(|| Dates {
+        issued_unix_s: be32(12),
+        expires_unix_s: be32(16),
+    });
+    let n = be32(head - 4) as usize;
+    let entries = &body[head..];
     if n.checked_mul(ENTRY_BYTES) != Some(entries.len()) {
         return None;
     }
@@ -153,7 +205,7 @@ fn decode_state(b: &[u8]) -> Option<Blacklist> {
         .chunks_exact(ENTRY_BYTES)
         .map(|e| decode_entry(e, one_reason))
         .collect::<Option<Vec<_>>>()?;
-    Some(Blacklist::from_entries(version, entries))
+    Some((Blacklist::from_entries(version, entries), dates))
 }
 
 /// The validator's downlink folder.
@@ -407,12 +459,42 @@ impl DownlinkDir {
     /// The blacklist the validator holds: the last good one if the newest is damaged
     /// (reported), empty at version 0 if there is none (then the depot sends a snapshot).
     pub fn blacklist(&self) -> Blacklist {
-        self.read_with_fallback(BLACKLIST_FILE, SideFile::Blacklist, decode_state)
-            .unwrap_or_else(Blacklist::empty)
+        self.blacklist_dated().0
     }
 
-    fn save_blacklist(&self, list: &Blacklist) -> Result<(), DownlinkError> {
-        self.replace_keeping_last_good(BLACKLIST_FILE, &encode_state(list), state_intact)
+    /// The blacklist held and the dates of the signed file it came from.
+    pub fn blacklist_dated(&self) -> (Blacklist, Option<Dates>) {
+        self.read_with_fallback(BLACKLIST_FILE, SideFile::Blacklist, decode_state)
+            .unwrap_or_else(|| (Blacklist::empty(), None))
+    }
+
+    fn save_blacklist(&self, list: &Blacklist, dates: Dates) -> Result<(), DownlinkError> {
+        self.replace_keeping_last_good(BLACKLIST_FILE, &encode_state(list, dates), state_intact)
+    }
+
+    /// What the validator holds and whether its blacklist is older than `blacklist_age_s_max`
+    /// at `now_unix_s` (or past its expiry, or of unknown age): freeze protection.
+    pub fn status(&self, now_unix_s: i64, blacklist_age_s_max: u64) -> DownlinkStatus {
+        let (list, dates) = self.blacklist_dated();
+        let held = self.held_versions();
+        let age = dates.map(|d| {
+            now_unix_s
+                .saturating_sub(i64::from(d.issued_unix_s))
+                .max(0) as u64
+        });
+        let stale = match (dates, age) {
+            (Some(d), Some(age)) => age > blacklist_age_s_max || d.expired_at(now_unix_s),
+            _ => true,
+        };
+        DownlinkStatus {
+            blacklist_version: list.version(),
+            blacklist_issued_unix_s: dates.map(|d| d.issued_unix_s),
+            blacklist_expires_unix_s: dates.map(|d| d.expires_unix_s),
+            blacklist_age_s: age,
+            blacklist_stale: stale,
+            fares_version: held.fares,
+            keys_version: held.keys,
+        }
     }
 
     fn signed_version(&self, name: &str, kind: FileKind) -> u64 {
@@ -458,24 +540,50 @@ impl DownlinkDir {
         }
     }
 
-    /// Check a received file in full and, only if it passes, make it the one held.
-    pub fn install(&self, bytes: &[u8]) -> Result<(FileKind, u64), DownlinkError> {
+    /// Check a received file in full and, only if it passes, make it the one held: the
+    /// operator's signature, its dates at `now_unix_s` (the validator's clock), and a version
+    /// not below the one held.
+    pub fn install(&self, bytes: &[u8], now_unix_s: i64) -> Result<(FileKind, u64), DownlinkError> {
         let key = self.operator_key().ok_or(DownlinkError::NoOperatorKey)?;
-        let kind = signed::parse(bytes)?.header.kind;
+        // The claims below are checked before the signature (each kind's open verifies it):
+        // a forged claim fails there, and an honest old file is refused without hashing it.
+        let header = signed::parse(bytes)?.header;
+        let (kind, file) = (header.kind, header.version);
+        let dates = header.dates.ok_or(DownlinkError::Undated)?;
+        if dates.expired_at(now_unix_s) {
+            return Err(DownlinkError::Expired {
+                expires_unix_s: dates.expires_unix_s,
+            });
+        }
+        let held = self.held_versions();
+        let rollback = |held: u64| {
+            if file < held {
+                Err(DownlinkError::Rollback {
+                    kind: kind.as_str(),
+                    held,
+                    file,
+                })
+            } else {
+                Ok(())
+            }
+        };
         let content = |e: &dyn std::fmt::Display| DownlinkError::Content(e.to_string());
         let version = match kind {
             FileKind::BlacklistSnapshot => {
+                rollback(held.blacklist)?;
                 let list = blacklist_file::open_snapshot(bytes.to_vec(), Some(&key))?;
-                self.save_blacklist(&list)?;
+                self.save_blacklist(&list, dates)?;
                 list.version()
             }
             FileKind::BlacklistDelta => {
+                // A delta starts from the version held and goes forward (checked on apply).
                 let delta = blacklist_file::open_delta(bytes, &key)?;
                 let next = self.blacklist().with_delta(&delta)?;
-                self.save_blacklist(&next)?;
+                self.save_blacklist(&next, dates)?;
                 next.version()
             }
             FileKind::FareTable => {
+                rollback(held.fares)?;
                 let o = signed::open(bytes, kind, &key)?;
                 let text = std::str::from_utf8(o.payload).map_err(|e| content(&e))?;
                 FareTable::from_toml(text).map_err(|e| content(&e))?;
@@ -485,6 +593,7 @@ impl DownlinkDir {
                 o.header.version
             }
             FileKind::RideCodeKeys => {
+                rollback(held.keys)?;
                 let o = signed::open(bytes, kind, &key)?;
                 serde_json::from_slice::<serde_json::Value>(o.payload).map_err(|e| content(&e))?;
                 self.replace_keeping_last_good(KEYS_FILE, bytes, |b| {
@@ -512,8 +621,10 @@ mod tests {
             id: account,
             reason: ListReason::Arrears,
         });
-        let b = encode_state(&list);
-        let back = decode_state(&b).unwrap();
+        let dates = Dates::starting(1_800_000_000, 60);
+        let b = encode_state(&list, dates);
+        let (back, back_dates) = decode_state(&b).unwrap();
+        assert_eq!(back_dates, Some(dates));
         assert_eq!(back.version(), 7);
         assert_eq!(back.get(&card), Some(ReasonSet::of(ListReason::Lost)));
         assert_eq!(back.get(&account), Some(ReasonSet::of(ListReason::Arrears)));
@@ -531,7 +642,7 @@ mod tests {
             .into_iter()
             .collect();
         let list = Blacklist::from_entries(3, [(card, lost_replaced)]);
-        let back = decode_state(&encode_state(&list)).unwrap();
+        let (back, _) = decode_state(&encode_state(&list, Dates::starting(1, 1))).unwrap();
         assert_eq!(back.get(&card), Some(lost_replaced));
         // The file as it was written before reason sets: FVBS, reason byte 3 = cancelled.
         let mut old = b"FVBS".to_vec();
@@ -544,10 +655,10 @@ mod tests {
         old.push(ListReason::Cancelled as u8);
         let crc = CRC32.checksum(&old);
         old.extend_from_slice(&crc.to_be_bytes());
-        let back = decode_state(&old).unwrap();
+        let (back, dates) = decode_state(&old).unwrap();
         assert_eq!(
-            (back.version(), back.get(&card)),
-            (5, Some(ReasonSet::of(ListReason::Cancelled)))
+            (back.version(), back.get(&card), dates),
+            (5, Some(ReasonSet::of(ListReason::Cancelled)), None)
         );
     }
 }

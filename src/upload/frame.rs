@@ -8,7 +8,7 @@
 //! | 0 | 2 | magic `FV` (`0x46 0x56`) |
 //! | 2 | 1 | protocol version, [`PROTOCOL_VERSION`] |
 //! | 3 | 1 | type ([`FrameType`]) |
-//! | 4 | 4 | payload length N, at most [`FRAME_PAYLOAD_BYTES_MAX`] |
+//! | 4 | 4 | payload length N, at most [`FRAME_PAYLOAD_BYTES_MAX`] ([`HANDSHAKE_PAYLOAD_BYTES_MAX`] from a peer not yet authenticated) |
 //! | 8 | N | payload |
 //! | 8+N | 4 | CRC-32/ISCSI of bytes 0..8+N |
 //!
@@ -65,6 +65,9 @@ pub const FRAME_HEADER_BYTES: usize = 8;
 pub const FRAME_CRC_BYTES: usize = 4;
 /// Largest payload accepted (256 KiB: a full batch of records is 196,658 bytes sealed).
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 262_144;
+/// Largest payload the station reads before the peer has authenticated: a hello is at most
+/// 32 + 1 + 32 + 24 = 89 bytes, a proof 32.
+pub const HANDSHAKE_PAYLOAD_BYTES_MAX: usize = 128;
 /// Largest frame on the wire, header and CRC included.
 pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX + FRAME_CRC_BYTES;
 /// Records in one upload batch: one SQLite transaction, so one fsync, at the station. At
@@ -129,6 +132,8 @@ pub enum FrameError {
     UnknownType(u8),
     #[error("frame payload of {0} bytes exceeds {FRAME_PAYLOAD_BYTES_MAX}")]
     Oversized(u32),
+    #[error("frame payload of {len} bytes exceeds {max} at this point of the session")]
+    OverLimit { len: usize, max: usize },
     #[error("truncated frame: {needed} bytes needed")]
     Truncated { needed: usize },
     #[error("frame checksum does not match")]
