@@ -580,7 +580,10 @@ mod tests {
         // Expiry before issue is malformed.
         let mut inverted = file.clone();
         inverted[44..48].copy_from_slice(&1u32.to_le_bytes());
-        assert!(matches!(parse(&inverted), Err(SignedError::BadDates { .. })));
+        assert!(matches!(
+            parse(&inverted),
+            Err(SignedError::BadDates { .. })
+        ));
         // The undated layouts of formats 1 and 2 still parse (tools read them), dates None.
         for format in [FORMAT_VERSION_OLDEST, FORMAT_VERSION_REASON_SETS] {
             let mut old = file.clone();

@@ -258,9 +258,9 @@ fn format1_snapshot_and_delta_are_still_read_as_they_meant() {
     let v2 = load_blacklist_file(&format1("v2.csv"), None).unwrap();
     assert_eq!(sorted(&bus.load()), sorted(&v2));
     assert_eq!(bus.get(&card(LOST)), one(ListReason::Replaced));
-    // Files written now are format 2.
+    // Files written now are format 3 (reason sets, and dated).
     let now = snapshot_file(&bus.load().compacted(), &operator());
-    assert_eq!(u16::from_le_bytes([now[8], now[9]]), 2);
+    assert_eq!(u16::from_le_bytes([now[8], now[9]]), 3);
 }
 
 #[test]

@@ -113,7 +113,7 @@ fn downlink_with_two_versions(data: &Path) -> DownlinkDir {
     let d = DownlinkDir::new(data);
     d.pin_operator_key(&operator().verifying_key()).unwrap();
     let v1 = Blacklist::from_entries(1, [(card(1), ListReason::Lost)]);
-    d.install(&snapshot_file(&v1, &operator())).unwrap();
+    d.install(&snapshot_file(&v1, &operator()), now()).unwrap();
     let delta = Delta {
         from_version: 1,
         to_version: 2,
@@ -123,24 +123,18 @@ fn downlink_with_two_versions(data: &Path) -> DownlinkDir {
             reason: ListReason::Cancelled,
         }],
     };
-    d.install(&delta_file(&delta, &operator())).unwrap();
+    d.install(&delta_file(&delta, &operator()), now()).unwrap();
     for v in [1, 2] {
         let fares = FARES.replace("200", &format!("{}", 200 + v));
-        d.install(&signed::seal(
-            FileKind::FareTable,
-            v,
-            0,
-            fares.as_bytes(),
-            &operator(),
-        ))
+        d.install(
+            &signed::seal(FileKind::FareTable, v, 0, fares.as_bytes(), &operator()),
+            now(),
+        )
         .unwrap();
-        d.install(&signed::seal(
-            FileKind::RideCodeKeys,
-            v,
-            0,
-            KEYS.as_bytes(),
-            &operator(),
-        ))
+        d.install(
+            &signed::seal(FileKind::RideCodeKeys, v, 0, KEYS.as_bytes(), &operator()),
+            now(),
+        )
         .unwrap();
     }
     d
@@ -229,7 +223,7 @@ fn damaged_operator_key_is_rewritten_from_its_second_copy_and_none_left_refuses_
     assert_eq!(d.operator_key(), None);
     let v3 = Blacklist::from_entries(3, Vec::<(ListId, ListReason)>::new());
     assert!(matches!(
-        d.install(&snapshot_file(&v3, &operator())),
+        d.install(&snapshot_file(&v3, &operator()), now()),
         Err(DownlinkError::NoOperatorKey)
     ));
     assert_eq!(
@@ -256,4 +250,12 @@ fn unreadable_grey_record_file_is_counted_as_a_repair_and_the_journal_still_open
     let (records, summary) = show(dir);
     assert_eq!(records.len(), 3);
     assert_eq!(summary["repairs_by_file"]["pending_debits"], 1);
+}
+
+/// The validator's clock: the files here are dated by the signer's clock, now.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

@@ -159,7 +159,11 @@ fn encode_state(list: &Blacklist, dates: Dates) -> Vec<u8> {
 
 /// Whether a state file's magic and CRC hold (without building the list).
 fn state_intact(b: &[u8]) -> bool {
-    if b.len() < 20 || ![STATE_MAGIC, STATE_MAGIC_UNDATED].iter().any(|m| b[..4] == *m) {
+    if b.len() < 20
+        || ![STATE_MAGIC, STATE_MAGIC_UNDATED]
+            .iter()
+            .any(|m| b[..4] == *m)
+    {
         return false;
     }
     let (body, crc) = b.split_at(b.len() - 4);
@@ -477,11 +481,8 @@ impl DownlinkDir {
     pub fn status(&self, now_unix_s: i64, blacklist_age_s_max: u64) -> DownlinkStatus {
         let (list, dates) = self.blacklist_dated();
         let held = self.held_versions();
-        let age = dates.map(|d| {
-            now_unix_s
-                .saturating_sub(i64::from(d.issued_unix_s))
-                .max(0) as u64
-        });
+        let age =
+            dates.map(|d| now_unix_s.saturating_sub(i64::from(d.issued_unix_s)).max(0) as u64);
         let stale = match (dates, age) {
             (Some(d), Some(age)) => age > blacklist_age_s_max || d.expired_at(now_unix_s),
             _ => true,
