@@ -5,8 +5,12 @@
 //! Odd first byte: `journal::scan` on a temporary folder holding the rest as one segment
 //! (its first seq chosen by the fuzzer, up to u64::MAX) and optionally a cursor file; every
 //! record it returns is in its slot, and `Journal::open` on the same folder does not panic.
+//! Both modes: the same bytes as grey-record entries (`GreyRecord::decode` on 64 bytes, which
+//! re-encodes to the same bytes) and, with bit 3 of the first byte, as the folder's `grey.dat`
+//! (scanned and opened with the journal).
 #![no_main]
 
+use fare_validator::journal::grey::{scan_grey, GreyRecord, GREY_BYTES, GREY_FILE};
 use fare_validator::journal::record::{Record, RECORD_BYTES};
 use fare_validator::journal::{scan, Journal};
 use libfuzzer_sys::fuzz_target;
@@ -22,6 +26,13 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
+    let mut g = [0u8; GREY_BYTES];
+    let n = rest.len().min(GREY_BYTES);
+    g[..n].copy_from_slice(&rest[..n]);
+    if let Ok((op, entry)) = GreyRecord::decode(&g) {
+        assert_eq!(entry.encode(op), g, "grey decode then encode is the identity");
+        let _ = entry.to_json(op);
+    }
     if mode & 1 == 0 {
         let mut b = [0u8; RECORD_BYTES];
         let n = rest.len().min(RECORD_BYTES);
@@ -52,6 +63,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if !cursor.is_empty() && std::fs::write(dir.path().join("acked"), cursor).is_err() {
         return;
+    }
+    if mode & 8 == 8 {
+        if std::fs::write(dir.path().join(GREY_FILE), segment).is_err() {
+            return;
+        }
+        let g = scan_grey(dir.path());
+        assert!(g.valid_len as usize <= segment.len());
+        let _ = g.open_intents();
     }
     if let Ok(s) = scan(dir.path()) {
         for r in &s.records {
