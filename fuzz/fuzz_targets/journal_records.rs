@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
     let n = rest.len().min(GREY_BYTES);
     g[..n].copy_from_slice(&rest[..n]);
     if let Ok((op, entry)) = GreyRecord::decode(&g) {
-        assert_eq!(entry.encode(op), g, "grey decode then encode is the identity");
+        assert_eq!(
+            entry.encode(op),
+            g,
+            "grey decode then encode is the identity"
+        );
         let _ = entry.to_json(op);
     }
     if mode & 1 == 0 {
