@@ -11,6 +11,7 @@ use crate::fare::FareTable;
 use crate::journal::Journal;
 use crate::reader::{system_now, Station, CHINA_STANDARD_TIME_OFFSET_S};
 use crate::replay::{decision_line, load_blacklist};
+use crate::upload::downlink::{DownlinkDir, BLACKLIST_AGE_S_MAX_DEFAULT};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -20,17 +21,23 @@ pub struct RunArgs {
     /// The reader holding the PSAM.
     #[arg(long)]
     pub sam_reader: String,
-    /// Journal folder; default: a new temporary folder (records lost at exit).
+    /// Journal folder, also the data folder whose downlink/ holds the files the bus runs
+    /// with (installed by `upload`, verified against the pinned operator key); default: a new
+    /// temporary folder (records lost at exit, empty blacklist, built-in fares).
     #[arg(long)]
     pub journal: Option<PathBuf>,
     /// Route the vehicle runs.
     #[arg(long, default_value_t = 1)]
     pub route: u16,
-    /// BLACKLIST.csv (header kind,id,reason).
+    /// Take --blacklist and --fares as plain, unsigned files: for tests on a bench, never on a
+    /// bus (where only files verified against the pinned operator key count).
     #[arg(long)]
+    pub unsigned_files_for_tests: bool,
+    /// BLACKLIST.csv (header kind,id,reason), unsigned: only with --unsigned-files-for-tests.
+    #[arg(long, requires = "unsigned_files_for_tests")]
     pub blacklist: Option<PathBuf>,
-    /// Fare table (TOML); default: the embedded fixtures/fares.toml.
-    #[arg(long)]
+    /// Fare table (TOML), unsigned: only with --unsigned-files-for-tests.
+    #[arg(long, requires = "unsigned_files_for_tests")]
     pub fares: Option<PathBuf>,
     /// Stop after this many taps (default: run until stopped).
     #[arg(long)]
@@ -58,17 +65,6 @@ pub fn run(args: &RunArgs) -> Result<(), CmdError> {
     if !(-14 * 60..=14 * 60).contains(&args.utc_offset_min) {
         return Err(bad_input("--utc-offset-min must be within -840..840"));
     }
-    let fares = match &args.fares {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| e.to_string())
-            .and_then(|t| FareTable::from_toml(&t).map_err(|e| e.to_string()))
-            .map_err(|e| bad_input(format!("{}: {e}", p.display())))?,
-        None => FareTable::default_policy(),
-    };
-    let blacklist = match &args.blacklist {
-        Some(p) => load_blacklist(p).map_err(bad_input)?,
-        None => Blacklist::empty(),
-    };
     let _temp;
     let dir = match &args.journal {
         Some(d) => d.clone(),
@@ -80,6 +76,7 @@ pub fn run(args: &RunArgs) -> Result<(), CmdError> {
             d
         }
     };
+    let (fares, blacklist) = bus_files(args, &dir)?;
     let (journal, problems) = Journal::open(&dir).map_err(runtime)?;
     for p in &problems {
         tracing::warn!(%p, "journal");
@@ -122,6 +119,37 @@ pub fn run(args: &RunArgs) -> Result<(), CmdError> {
     Ok(())
 }
 
+/// The fare table and blacklist `run` uses: those the downlink folder holds, verified against
+/// the pinned operator key; plain files only behind `--unsigned-files-for-tests` (clap refuses
+/// `--blacklist` or `--fares` without it).
+fn bus_files(
+    args: &RunArgs,
+    data_dir: &std::path::Path,
+) -> Result<(FareTable, Blacklist), CmdError> {
+    if !args.unsigned_files_for_tests {
+        let held = DownlinkDir::new(data_dir);
+        let status = held.status(system_now(0).unix_s, BLACKLIST_AGE_S_MAX_DEFAULT);
+        if status.blacklist_stale {
+            tracing::warn!(version = status.blacklist_version, age_s = ?status.blacklist_age_s,
+                "run: the blacklist held is stale (older than its age limit, expired, or none)");
+        }
+        return Ok(held.bus_files());
+    }
+    tracing::warn!("run: unsigned files for tests: the blacklist and fares are not verified");
+    let fares = match &args.fares {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| FareTable::from_toml(&t).map_err(|e| e.to_string()))
+            .map_err(|e| bad_input(format!("{}: {e}", p.display())))?,
+        None => FareTable::default_policy(),
+    };
+    let blacklist = match &args.blacklist {
+        Some(p) => load_blacklist(p).map_err(bad_input)?,
+        None => Blacklist::empty(),
+    };
+    Ok((fares, blacklist))
+}
+
 /// List the readers pcscd knows, one a line: the name (as `--reader` takes it), a tab, and
 /// the card in it.
 pub fn readers() -> Result<(), CmdError> {
@@ -141,4 +169,73 @@ pub fn readers() -> Result<(), CmdError> {
         writeln!(out, "{}\t{card}", r.name).map_err(runtime)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut args = vec!["run", "--reader", "r", "--sam-reader", "s"];
+        args.extend_from_slice(extra);
+        Cmd::try_parse_from(args).map(|c| c.run)
+    }
+
+    #[test]
+    fn plain_blacklist_or_fares_need_the_option_named_for_tests() {
+        for extra in [
+            &["--blacklist", "blacklist.csv"][..],
+            &["--fares", "fares.toml"],
+        ] {
+            let e = parse(extra).expect_err("refused without the test option");
+            assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        }
+        let ok = parse(&["--unsigned-files-for-tests", "--blacklist", "b.csv"]).unwrap();
+        assert!(ok.unsigned_files_for_tests && ok.blacklist.is_some());
+    }
+
+    #[test]
+    fn a_bus_runs_only_with_files_verified_against_the_pinned_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = DownlinkDir::new(dir.path());
+        let operator = crate::signed::signing_key_from_seed([5; 32]);
+        let forger = crate::signed::signing_key_from_seed([6; 32]);
+        held.pin_operator_key(&operator.verifying_key()).unwrap();
+        // Free rides in a fare table signed by another key, and a plain file dropped in place.
+        let free = crate::fare::DEFAULT_FARES_TOML.replace("200", "0");
+        let forged = crate::signed::seal(
+            crate::signed::FileKind::FareTable,
+            9,
+            0,
+            free.as_bytes(),
+            &forger,
+        );
+        assert!(held.install(&forged, system_now(0).unix_s).is_err());
+        std::fs::write(held.path().join("fares.signed"), free.as_bytes()).unwrap();
+        let args = parse(&[]).unwrap();
+        let (fares, blacklist) = bus_files(&args, dir.path()).unwrap();
+        assert_eq!(
+            fares.base_fare_fen,
+            FareTable::default_policy().base_fare_fen
+        );
+        assert_eq!(blacklist.version(), 0);
+        // The operator's own signed table is taken.
+        let dearer = crate::fare::DEFAULT_FARES_TOML.replace("200", "250");
+        let good = crate::signed::seal(
+            crate::signed::FileKind::FareTable,
+            2,
+            0,
+            dearer.as_bytes(),
+            &operator,
+        );
+        held.install(&good, system_now(0).unix_s).unwrap();
+        assert_eq!(bus_files(&args, dir.path()).unwrap().0.base_fare_fen, 250);
+    }
 }

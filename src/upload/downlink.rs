@@ -532,6 +532,16 @@ impl DownlinkDir {
         })
     }
 
+    /// The fare table and blacklist a bus runs with: only what this folder holds, verified
+    /// against the pinned operator key (the fare policy built into the program until a signed
+    /// table is installed; an empty list at version 0 until a signed one is).
+    pub fn bus_files(&self) -> (FareTable, Blacklist) {
+        let fares = self
+            .fare_table()
+            .map_or_else(FareTable::default_policy, |(_, t)| t);
+        (fares, self.blacklist())
+    }
+
     /// Versions to report in the session hello.
     pub fn held_versions(&self) -> HeldVersions {
         HeldVersions {
