@@ -130,3 +130,76 @@ fn malformed_snapshots_are_errors_never_panics() {
         assert!(parse_snapshot_unverified(&f).is_err(), "byte {i}");
     }
 }
+
+#[test]
+fn check_and_info_show_every_reason_of_a_card_listed_for_several() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    run(BlacklistCmd::Keygen { out: p("op.key") }).unwrap();
+    std::fs::write(
+        p("v1.csv"),
+        "kind,id,reason\ncard,37140000000000000001,replaced\ncard,37140000000000000001,lost\n\
+         card,37140000000000000002,lost\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p("v2.csv"),
+        "kind,id,reason\ncard,37140000000000000001,replaced\ncard,37140000000000000002,lost\n",
+    )
+    .unwrap();
+    for (csv, version, out) in [("v1.csv", 1, "v1.snap"), ("v2.csv", 2, "v2.snap")] {
+        run(BlacklistCmd::Build {
+            csv: p(csv),
+            version,
+            key: p("op.key"),
+            out: p(out),
+        })
+        .unwrap();
+    }
+    let check = |file: &str, id: &str| {
+        run(BlacklistCmd::Check {
+            file: p(file),
+            id: id.to_string(),
+            public_key: None,
+        })
+        .unwrap()
+    };
+    assert_eq!(check("v1.csv", "37140000000000000001"), "lost+replaced");
+    assert_eq!(check("v1.snap", "37140000000000000001"), "lost+replaced");
+    assert_eq!(check("v2.snap", "37140000000000000001"), "replaced");
+    let info: serde_json::Value = serde_json::from_str(
+        &run(BlacklistCmd::Info {
+            file: p("v1.snap"),
+            public_key: None,
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            info["entries"].as_u64(),
+            info["several_reasons"].as_u64(),
+            info["by_reason"]["lost"].as_u64(),
+            info["format"].as_u64()
+        ),
+        (Some(2), Some(1), Some(2), Some(2))
+    );
+    // The delta between them lifts lost from card …0001 and nothing else.
+    run(BlacklistCmd::Delta {
+        from: p("v1.snap"),
+        to: p("v2.snap"),
+        key: p("op.key"),
+        out: p("1-2.delta"),
+    })
+    .unwrap();
+    let pk = read_public_key(p("op.key.pub").to_str().unwrap()).unwrap();
+    let delta = open_delta(&std::fs::read(p("1-2.delta")).unwrap(), &pk).unwrap();
+    assert_eq!(delta.changes.len(), 1);
+    assert_eq!(
+        (delta.changes[0].op, delta.changes[0].reason),
+        (
+            fare_validator::blacklist::ChangeOp::Remove,
+            ListReason::Lost
+        )
+    );
+}
