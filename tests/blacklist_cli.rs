@@ -182,7 +182,12 @@ fn check_and_info_show_every_reason_of_a_card_listed_for_several() {
             info["by_reason"]["lost"].as_u64(),
             info["format"].as_u64()
         ),
-        (Some(2), Some(1), Some(2), Some(2))
+        (
+            Some(2),
+            Some(1),
+            Some(2),
+            Some(u64::from(fare_validator::signed::FORMAT_VERSION))
+        )
     );
     // The delta between them lifts lost from card …0001 and nothing else.
     run(BlacklistCmd::Delta {

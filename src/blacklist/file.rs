@@ -3,11 +3,11 @@
 //!
 //! # Reason sets and format versions
 //!
-//! An id is listed for a set of reasons. Files of format 2 (the container's format field, see
-//! [`crate::signed`]) carry the set; format 1 files, from before sets, are still read, as one
-//! reason an entry, and never written:
+//! An id is listed for a set of reasons. Files of format 2 and later (the container's format
+//! field, see [`crate::signed`]; format 3 is written) carry the set; format 1 files, from
+//! before sets, are still read, as one reason an entry, and never written:
 //!
-//! | file | format 2 (written) | format 1 (read) |
+//! | file | format 2 and later | format 1 (read only) |
 //! | --- | --- | --- |
 //! | snapshot | each entry's reason set, 4 bits | one reason, a 2-bit code: converted into a new base when opened |
 //! | delta | an add adds its reason to the entry's set | an add set the entry to its one reason: read as removes of the three other reasons, then the add |
@@ -165,7 +165,7 @@ pub fn open_delta(bytes: &[u8], key: &VerifyingKey) -> Result<Delta, BlacklistFi
     parse_delta_payload_of_format(file.payload, h.base_version, h.version, h.format)
 }
 
-/// Fuzz entry point: a delta's payload (format 2).
+/// Fuzz entry point: a delta's payload (of reason sets, as written now).
 pub fn parse_delta_payload(
     payload: &[u8],
     from_version: u64,
