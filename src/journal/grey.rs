@@ -338,7 +338,14 @@ impl GreyLog {
 
     fn ensure_file(&mut self, layer: &dyn FileLayer) -> io::Result<()> {
         if self.file.is_none() {
+            let is_new = !self.path.exists();
             self.file = Some(layer.open_segment(&self.path)?);
+            if is_new {
+                // The file's name must outlive a power cut as surely as its first intent.
+                if let Some(dir) = self.path.parent() {
+                    super::sync_dir(dir)?;
+                }
+            }
             self.needs_cut = true;
         }
         if self.needs_cut {
