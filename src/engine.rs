@@ -41,6 +41,7 @@ use crate::card::ChannelError;
 use crate::clock::Timestamp;
 use crate::fare::{FareTable, PreviousBoarding};
 use crate::journal::{CardTx, GreyRecord, Journal, JournalError, QrTx, Record, RecordKind};
+use crate::ride_code::replay_cache::ReplayKey;
 use crate::ride_code::{ChannelKeys, ReplayCache, RideCode, RideCodeConfig, Verifier};
 use crate::types::{AccountId, BalanceFen, CardNo, Fen, ListId, Media, Reason, RiderCategory};
 
@@ -200,6 +201,19 @@ impl<P: CardChannel> Validator<P> {
         for rec in journal.recent_records() {
             recent.remember(passenger(rec), rec.at_unix_s);
         }
+        let mut ride = RideCodes::without_keys();
+        for rec in journal.recent_records() {
+            if let Some(q) = rec.qr {
+                // Codes accepted before the restart stay spent (check 12).
+                let key = ReplayKey {
+                    channel_id: q.account.channel,
+                    account_id: q.account.account,
+                    counter: q.counter,
+                };
+                ride.replay
+                    .remember(key, i64::from(q.generated_at), rec.at_unix_s);
+            }
+        }
         let open = journal.grey_open().len();
         if open > 0 {
             tracing::info!(
@@ -216,7 +230,7 @@ impl<P: CardChannel> Validator<P> {
             recent,
             last_now_s: None,
             deferred: heapless::Vec::new(),
-            ride: RideCodes::without_keys(),
+            ride,
             defer_commit: false,
         }
     }

@@ -159,3 +159,15 @@ fn a_second_code_from_the_same_account_within_a_minute_is_a_repeat_tap() {
         ["accepted", "repeat_tap", "accepted"]
     );
 }
+
+#[test]
+fn a_code_scanned_before_a_restart_is_still_replayed_after_it() {
+    let (now, code) = case("valid_p256");
+    let restart = serde_json::json!({"at": at(now + 10), "restart": true}).to_string();
+    let out = replay_with(
+        &with_keys(),
+        &[scan(now, &code), restart, scan(now + 50, &code)],
+    );
+    assert_eq!(reason(&out[0]), "accepted");
+    assert_eq!(reason(&out[1]), "replayed");
+}
