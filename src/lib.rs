@@ -36,3 +36,4 @@ pub mod sched;
 pub mod signed;
 pub mod types;
 pub mod upload;
+pub mod validator;

@@ -72,6 +72,16 @@ enum Cmd {
     /// Run the validator on PC/SC readers: the card reader and the PSAM's reader.
     #[cfg(feature = "pcsc")]
     Run(cli::pcsc::RunArgs),
+    /// The bus validator as one program: card reader and QR scanner into one engine, the
+    /// uplink to the depot while it runs, a decision line per tap or scan on standard output
+    /// (docs/config.md). Stops on SIGTERM; SIGUSR1 writes the status line.
+    #[cfg(feature = "pcsc")]
+    Validator(cli::validator::ValidatorArgs),
+    /// Write a validator's configuration from the depot's `terminal add` answer: the
+    /// secret to a 0600 file, the operator key pinned once.
+    Provision(cli::validator::ProvisionArgs),
+    /// Replace the operator key a validator pinned (the only way it ever changes).
+    RepinOperatorKey(cli::validator::RepinArgs),
     /// List the PC/SC readers (names for --reader and --sam-reader).
     #[cfg(feature = "pcsc")]
     Readers,
@@ -197,6 +207,10 @@ fn run(cmd: Cmd) -> CmdResult {
         Cmd::Run(args) => cli::pcsc::run(&args),
         #[cfg(feature = "pcsc")]
         Cmd::Readers => cli::pcsc::readers(),
+        #[cfg(feature = "pcsc")]
+        Cmd::Validator(args) => cli::validator::run(&args),
+        Cmd::Provision(args) => cli::validator::provision(&args),
+        Cmd::RepinOperatorKey(args) => cli::validator::repin(&args),
         Cmd::SimCard(args) => cli::sim_card::run(&args),
         Cmd::RideCode { cmd } => cli::ride_code::run(cmd).map_err(bad_input),
         Cmd::Journal {

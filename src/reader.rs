@@ -4,7 +4,7 @@
 //! [`Validator::tap_card`] on it, hand back the decision; then wait for the card to leave
 //! before the next tap, so a card held on the reader is not charged twice.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::blacklist::Blacklist;
@@ -68,22 +68,7 @@ impl Station {
         journal: Journal,
     ) -> Result<Self, StationError> {
         let card = readers.find(card_reader)?;
-        let sam = readers.find(sam_reader)?;
-        if !readers.wait_for(
-            &sam,
-            Presence::Card,
-            Some(Duration::from_millis(SAM_WAIT_MS)),
-        )? {
-            return Err(StationError::NoSam(sam_reader.to_string()));
-        }
-        let channel = readers.connect(&sam).map_err(|e| StationError::Psam {
-            reader: sam_reader.to_string(),
-            error: CardError::Channel(crate::card::pcsc::channel_error(e)),
-        })?;
-        let psam = Psam::open(channel).map_err(|error| StationError::Psam {
-            reader: sam_reader.to_string(),
-            error,
-        })?;
+        let psam = open_psam(&readers, sam_reader)?;
         tracing::info!(card_reader, sam_reader, terminal_no = ?psam.terminal_no(), "station open");
         Ok(Station {
             validator: Validator::new(cfg, psam, fares, blacklist, journal),
@@ -107,39 +92,9 @@ impl Station {
         clock: &mut dyn FnMut() -> Timestamp,
         timeout: Option<Duration>,
     ) -> Result<Option<(Timestamp, Decision)>, StationError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let left = |d: Option<Instant>| d.map(|d| d.saturating_duration_since(Instant::now()));
-        let mut channel = loop {
-            if !self
-                .readers
-                .wait_for(&self.card_reader, Presence::Card, left(deadline))?
-            {
-                return Ok(None);
-            }
-            match self.readers.connect(&self.card_reader) {
-                Ok(c) => break c,
-                Err(
-                    e @ (pcsc::Error::NoSmartcard
-                    | pcsc::Error::RemovedCard
-                    | pcsc::Error::ResetCard
-                    | pcsc::Error::UnresponsiveCard
-                    | pcsc::Error::UnpoweredCard),
-                ) => {
-                    // Gone (or mute) between arrival and connect: wait for the next one.
-                    tracing::debug!(error = %e, "card not connectable");
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(None);
-                    }
-                    std::thread::sleep(Duration::from_millis(CONNECT_RETRY_MS));
-                }
-                Err(pcsc::Error::UnknownReader | pcsc::Error::ReaderUnavailable) => {
-                    return Err(PcscError::ReaderGone(
-                        self.card_reader.to_string_lossy().into_owned(),
-                    )
-                    .into())
-                }
-                Err(e) => return Err(StationError::Connect(e)),
-            }
+        let Some(mut channel) = wait_and_connect(&self.readers, &self.card_reader, timeout)?
+        else {
+            return Ok(None);
         };
         let now = clock();
         let decision = self.validator.tap_card(&mut channel, now);
@@ -152,5 +107,66 @@ impl Station {
         Ok(self
             .readers
             .wait_for(&self.card_reader, Presence::Empty, timeout)?)
+    }
+}
+
+/// Wait for the PSAM in `sam_reader` (at most [`SAM_WAIT_MS`]) and open it: select, read
+/// the terminal number.
+pub fn open_psam(readers: &Readers, sam_reader: &str) -> Result<Psam<PcscChannel>, StationError> {
+    let sam = readers.find(sam_reader)?;
+    if !readers.wait_for(
+        &sam,
+        Presence::Card,
+        Some(Duration::from_millis(SAM_WAIT_MS)),
+    )? {
+        return Err(StationError::NoSam(sam_reader.to_string()));
+    }
+    let channel = readers.connect(&sam).map_err(|e| StationError::Psam {
+        reader: sam_reader.to_string(),
+        error: CardError::Channel(crate::card::pcsc::channel_error(e)),
+    })?;
+    Psam::open(channel).map_err(|error| StationError::Psam {
+        reader: sam_reader.to_string(),
+        error,
+    })
+}
+
+/// Wait for a card in `card_reader` and connect to it. `Ok(None)` when `timeout` passed
+/// with no card; a card that vanished (or is mute) between arrival and connect is waited
+/// out.
+pub fn wait_and_connect(
+    readers: &Readers,
+    card_reader: &CStr,
+    timeout: Option<Duration>,
+) -> Result<Option<PcscChannel>, StationError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let left = |d: Option<Instant>| d.map(|d| d.saturating_duration_since(Instant::now()));
+    loop {
+        if !readers.wait_for(card_reader, Presence::Card, left(deadline))? {
+            return Ok(None);
+        }
+        match readers.connect(card_reader) {
+            Ok(c) => return Ok(Some(c)),
+            Err(
+                e @ (pcsc::Error::NoSmartcard
+                | pcsc::Error::RemovedCard
+                | pcsc::Error::ResetCard
+                | pcsc::Error::UnresponsiveCard
+                | pcsc::Error::UnpoweredCard),
+            ) => {
+                // Gone (or mute) between arrival and connect: wait for the next one.
+                tracing::debug!(error = %e, "card not connectable");
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(CONNECT_RETRY_MS));
+            }
+            Err(pcsc::Error::UnknownReader | pcsc::Error::ReaderUnavailable) => {
+                return Err(
+                    PcscError::ReaderGone(card_reader.to_string_lossy().into_owned()).into(),
+                )
+            }
+            Err(e) => return Err(StationError::Connect(e)),
+        }
     }
 }

@@ -12,7 +12,6 @@ use crate::journal::record::hex;
 use crate::journal::Record;
 use crate::types::{AccountId, CardNo, ListId, ListReason};
 use crate::upload::auth::{from_hex, to_hex, Secret};
-use crate::upload::downlink::DownlinkDir;
 
 pub type CmdResult = Result<(), (u8, String)>;
 
@@ -148,7 +147,8 @@ pub struct UploadArgs {
     /// The terminal's secret, 64 hex digits.
     #[arg(long)]
     pub secret: String,
-    /// Pin this operator public key (hex) before the session.
+    /// Pin this operator public key (hex) before the session, if none is pinned yet (a
+    /// different pinned key is refused: `repin-operator-key` replaces it).
     #[arg(long)]
     pub operator_pub: Option<String>,
 }
@@ -398,9 +398,8 @@ pub fn run_upload(args: &UploadArgs) -> CmdResult {
         let key = from_hex::<32>(k)
             .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
             .ok_or_else(|| input_err("--operator-pub must be an Ed25519 public key in hex"))?;
-        DownlinkDir::new(&args.journal)
-            .pin_operator_key(&key)
-            .map_err(runtime_err)?;
+        // Pinned once: a key already pinned is never replaced in passing.
+        super::validator::pin_once(&args.journal, &key)?;
     }
     let rt = tokio::runtime::Runtime::new().map_err(runtime_err)?;
     let report = rt
@@ -412,5 +411,11 @@ pub fn run_upload(args: &UploadArgs) -> CmdResult {
         ))
         .map_err(runtime_err)?;
     println!("{}", serde_json::to_string(&report).map_err(runtime_err)?);
+    if !report.refused.is_empty() {
+        return Err(runtime_err(format!(
+            "downlink refused: {}",
+            report.refused.join("; ")
+        )));
+    }
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod depot;
 pub mod pcsc;
 pub mod ride_code;
 pub mod sim_card;
+pub mod validator;
 
 /// A command's failure: exit code (1 runtime, 2 bad input) and one line for standard error.
 pub type CmdError = (u8, String);

@@ -22,6 +22,7 @@ use super::frame::{
     decode_32, decode_empty, decode_refused, decode_u64, Ack, Batch, FileChunk, FrameError,
     FrameType, HeldVersions, Hello, BATCH_RECORDS_MAX, NONCE_BYTES,
 };
+use super::source::RecordSource;
 use crate::journal::{Journal, JournalError, Record};
 
 /// Longest wait for the TCP connection to the station.
@@ -130,9 +131,10 @@ pub async fn upload(
     upload_journal(&mut journal, &cfg).await
 }
 
-/// Upload from a journal the caller holds (a validator process keeps its journal open).
-pub async fn upload_journal(
-    journal: &mut Journal,
+/// Upload from a journal the caller holds (a validator process keeps its journal open), or
+/// from any other [`RecordSource`].
+pub async fn upload_journal<J: RecordSource>(
+    journal: &mut J,
     cfg: &UploadConfig,
 ) -> Result<UploadReport, UploadError> {
     let start_acked = journal.acked_seq();
@@ -186,8 +188,8 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, UploadError> {
 type Reader = FrameReader<tokio::net::tcp::OwnedReadHalf>;
 type Writer = tokio::net::tcp::OwnedWriteHalf;
 
-async fn session(
-    journal: &mut Journal,
+async fn session<J: RecordSource>(
+    journal: &mut J,
     cfg: &UploadConfig,
     report: &mut UploadReport,
 ) -> Result<(), UploadError> {
@@ -278,11 +280,11 @@ fn refused(ty: FrameType, payload: &[u8]) -> Result<(), UploadError> {
 }
 
 /// Send batches, up to [`BATCHES_IN_FLIGHT_MAX`] ahead, and move the cursor on each ack.
-async fn send_records(
+async fn send_records<J: RecordSource>(
     rd: &mut Reader,
     wr: &mut Writer,
     sess: &mut Session,
-    journal: &mut Journal,
+    journal: &mut J,
 ) -> Result<(), UploadError> {
     let mut sent_to = journal.acked_seq();
     let mut read_to = sent_to;

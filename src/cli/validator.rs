@@ -1,0 +1,363 @@
+//! `fare-validator validator`, `provision` and `repin-operator-key`: the program a bus runs
+//! all day, and setting it up.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::CmdError;
+use crate::upload::auth::{from_hex, Secret};
+use crate::upload::downlink::DownlinkDir;
+use crate::validator::config::{write_secret_file, ValidatorConfig};
+
+fn runtime(e: impl std::fmt::Display) -> CmdError {
+    (1, e.to_string())
+}
+
+fn bad_input(e: impl std::fmt::Display) -> CmdError {
+    (2, e.to_string())
+}
+
+/// `fare-validator validator`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ValidatorArgs {
+    /// The validator's configuration (docs/config.md; `provision` writes it).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// `fare-validator provision`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProvisionArgs {
+    /// The depot's `depot terminal add` answer (JSON with terminal, secret, operator_pub), or
+    /// - for standard input. The secret goes to its own file, never on a command line.
+    #[arg(long)]
+    pub answer: PathBuf,
+    /// The configuration file to write (refused if it exists).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The depot's upload station, HOST:PORT.
+    #[arg(long)]
+    pub depot: String,
+    /// Data folder (journal, downlink files); relative to the configuration's folder.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// PC/SC name of the card reader.
+    #[arg(long, default_value = "Virtual PCD 00 00")]
+    pub card_reader: String,
+    /// PC/SC name of the PSAM's reader.
+    #[arg(long, default_value = "Virtual PCD 00 01")]
+    pub sam_reader: String,
+    /// The QR scanner: a serial device path, tcp:127.0.0.1:PORT, or none.
+    #[arg(long, default_value = "none")]
+    pub scanner: String,
+    /// Serial speed of the scanner, bits per second.
+    #[arg(long, default_value_t = 115_200)]
+    pub scanner_baud: u32,
+    /// The route the bus runs at start.
+    #[arg(long, default_value_t = 1)]
+    pub route: u16,
+    /// Local time's offset from UTC, minutes.
+    #[arg(long, default_value_t = 480, allow_negative_numbers = true)]
+    pub utc_offset_min: i32,
+    /// SCHED_FIFO priority of the tap thread (1–99), or 0 for normal.
+    #[arg(long, default_value_t = 0)]
+    pub tap_priority: i32,
+    /// Seconds between upload sessions while the depot answers.
+    #[arg(long, default_value_t = 30)]
+    pub uplink_interval_s: u64,
+}
+
+/// `fare-validator repin-operator-key`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RepinArgs {
+    /// The validator's configuration.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The new operator public key (hex), replacing the pinned one.
+    #[arg(long)]
+    pub operator_pub: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TerminalAnswer {
+    terminal: String,
+    secret: String,
+    operator_pub: String,
+}
+
+fn parse_key(hex: &str) -> Result<ed25519_dalek::VerifyingKey, CmdError> {
+    from_hex::<32>(hex.trim())
+        .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+        .ok_or_else(|| bad_input("operator_pub must be an Ed25519 public key in hex"))
+}
+
+/// Pin the operator key in `data_dir` once: the same key again is fine, another one is
+/// refused (re-pinning is `repin-operator-key`, never a side effect).
+pub fn pin_once(data_dir: &Path, key: &ed25519_dalek::VerifyingKey) -> Result<(), CmdError> {
+    let dl = DownlinkDir::new(data_dir);
+    match dl.operator_key() {
+        Some(k) if k == *key => Ok(()),
+        Some(_) => Err(bad_input(format!(
+            "{}: another operator key is pinned; replacing it is `fare-validator repin-operator-key`",
+            dl.path().display()
+        ))),
+        None => dl.pin_operator_key(key).map_err(runtime),
+    }
+}
+
+/// Write the configuration, the secret file (0600) and pin the operator key.
+pub fn provision(args: &ProvisionArgs) -> Result<(), CmdError> {
+    let mut text = String::new();
+    if args.answer.as_os_str() == "-" {
+        std::io::stdin()
+            .take(64 * 1024)
+            .read_to_string(&mut text)
+            .map_err(runtime)?;
+    } else {
+        text = std::fs::read_to_string(&args.answer)
+            .map_err(|e| bad_input(format!("{}: {e}", args.answer.display())))?;
+    }
+    let answer: TerminalAnswer = serde_json::from_str(text.trim())
+        .map_err(|e| bad_input(format!("terminal add answer: {e}")))?;
+    let secret: Secret = from_hex::<32>(&answer.secret)
+        .ok_or_else(|| bad_input("terminal add answer: secret must be 64 hex digits"))?;
+    let key = parse_key(&answer.operator_pub)?;
+    if args.config.exists() {
+        return Err(bad_input(format!(
+            "{}: exists; provision never replaces a configuration",
+            args.config.display()
+        )));
+    }
+    let base = args
+        .config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let secret_name = PathBuf::from(format!("{}.secret", answer.terminal));
+    let cfg = ValidatorConfig {
+        terminal_id: answer.terminal.clone(),
+        route: args.route,
+        data_dir: args.data_dir.clone(),
+        card_reader: args.card_reader.clone(),
+        sam_reader: args.sam_reader.clone(),
+        scanner: args.scanner.clone(),
+        scanner_baud: args.scanner_baud,
+        depot: args.depot.clone(),
+        secret_file: secret_name.clone(),
+        utc_offset_min: args.utc_offset_min,
+        tap_priority: args.tap_priority,
+        uplink_interval_s: args.uplink_interval_s,
+    };
+    cfg.check().map_err(bad_input)?;
+    let data_dir = base.join(&args.data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| runtime(format!("{}: {e}", data_dir.display())))?;
+    pin_once(&data_dir, &key)?;
+    let secret_path = base.join(&secret_name);
+    write_secret_file(&secret_path, &secret)
+        .map_err(|e| runtime(format!("{}: {e}", secret_path.display())))?;
+    std::fs::write(&args.config, cfg.to_commented_toml())
+        .map_err(|e| runtime(format!("{}: {e}", args.config.display())))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "config": args.config,
+            "secret_file": secret_path,
+            "terminal": answer.terminal,
+            "operator_pub_pinned": answer.operator_pub.trim(),
+        })
+    );
+    Ok(())
+}
+
+/// Replace the pinned operator key (the operator's key changed): its own command.
+pub fn repin(args: &RepinArgs) -> Result<(), CmdError> {
+    let cfg = ValidatorConfig::load(&args.config).map_err(bad_input)?;
+    let key = parse_key(&args.operator_pub)?;
+    let dl = DownlinkDir::new(&cfg.data_dir);
+    let old = dl.operator_key();
+    dl.pin_operator_key(&key).map_err(runtime)?;
+    tracing::warn!(old = ?old.map(|k| crate::upload::auth::to_hex(k.as_bytes())), new = %args.operator_pub, "operator key re-pinned");
+    println!(
+        "{}",
+        serde_json::json!({"operator_pub_pinned": args.operator_pub.trim(), "replaced": old.is_some()})
+    );
+    Ok(())
+}
+
+#[cfg(feature = "pcsc")]
+pub use program::run;
+
+#[cfg(feature = "pcsc")]
+mod program {
+    use std::ffi::CString;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::blacklist::Blacklist;
+    use crate::card::pcsc::Readers;
+    use crate::engine::{EngineConfig, Validator};
+    use crate::fare::FareTable;
+    use crate::journal::Journal;
+    use crate::reader::{open_psam, system_now};
+    use crate::upload::client::UploadConfig;
+    use crate::validator::config::ScannerSource;
+    use crate::validator::status::{status_line, write_status_file};
+    use crate::validator::{card_loop, scanner, uplink, Shared};
+
+    /// Run the validator until SIGTERM or SIGINT (docs/config.md).
+    pub fn run(args: &ValidatorArgs) -> Result<(), CmdError> {
+        let cfg = ValidatorConfig::load(&args.config).map_err(bad_input)?;
+        let secret = cfg.read_secret().map_err(bad_input)?;
+        let depot = cfg.depot_addr().map_err(bad_input)?;
+        let scanner_src = cfg.scanner_source().map_err(bad_input)?;
+        if DownlinkDir::new(&cfg.data_dir).operator_key().is_none() {
+            return Err(bad_input(format!(
+                "{}: no operator key pinned; run `fare-validator provision` first",
+                cfg.data_dir.display()
+            )));
+        }
+        let (journal, problems) = Journal::open(&cfg.data_dir).map_err(runtime)?;
+        let repairs: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let psam_readers = Readers::establish().map_err(runtime)?;
+        let psam = open_psam(&psam_readers, &cfg.sam_reader).map_err(runtime)?;
+        // The card loop waits on its own PC/SC context, so its blocking status calls never
+        // hold up the PSAM's exchanges.
+        let card_readers = Readers::establish().map_err(runtime)?;
+        let card_reader: CString = card_readers.find(&cfg.card_reader).map_err(runtime)?;
+        let scanner_listener = match &scanner_src {
+            ScannerSource::Tcp(a) => Some(
+                scanner::bind_tcp(*a).map_err(|e| runtime(format!("scanner {a}: {e}")))?,
+            ),
+            _ => None,
+        };
+        let engine = Validator::new(
+            EngineConfig {
+                route: cfg.route,
+                ..EngineConfig::default()
+            },
+            psam,
+            FareTable::default_policy(),
+            Blacklist::empty(),
+            journal,
+        );
+        let offset_s = cfg.utc_offset_min * 60;
+        let shared = Arc::new(Shared::new(
+            engine,
+            Box::new(std::io::stdout()),
+            Box::new(move || system_now(offset_s)),
+            repairs,
+        ));
+        let applied = uplink::apply_downlink(&shared, &cfg.data_dir);
+        tracing::info!(?applied, terminal = %cfg.terminal_id, "validator starting");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(runtime)?;
+        let scanner_thread = spawn_scanner(&shared, scanner_src, scanner_listener);
+        let card_thread = {
+            let shared = Arc::clone(&shared);
+            let priority = cfg.tap_priority;
+            std::thread::Builder::new()
+                .name("tap".into())
+                .spawn(move || {
+                    if priority > 0 {
+                        if let Err(e) = crate::sched::set_realtime_priority(priority) {
+                            tracing::warn!(priority, error = %e, "tap thread priority not set");
+                        }
+                    }
+                    card_loop::run(&shared, &card_readers, &card_reader);
+                })
+                .map_err(runtime)?
+        };
+        let upload_cfg = UploadConfig {
+            depot,
+            terminal_id: cfg.terminal_id.clone(),
+            secret,
+            data_dir: cfg.data_dir.clone(),
+        };
+        rt.block_on(async {
+            watch_signals(Arc::clone(&shared), cfg.clone())?;
+            uplink::run(
+                Arc::clone(&shared),
+                upload_cfg,
+                cfg.terminal_id.clone(),
+                Duration::from_secs(cfg.uplink_interval_s),
+            )
+            .await;
+            Ok::<(), CmdError>(())
+        })?;
+        let _ = card_thread.join();
+        if let Some(t) = scanner_thread {
+            let _ = t.join();
+        }
+        let line = status_line(&shared, &cfg.terminal_id);
+        let _ = write_status_file(&cfg.data_dir, &line);
+        tracing::info!("validator stopped");
+        Ok(())
+    }
+
+    fn spawn_scanner(
+        shared: &Arc<Shared<crate::card::pcsc::PcscChannel>>,
+        src: ScannerSource,
+        listener: Option<std::net::TcpListener>,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        let shared = Arc::clone(shared);
+        let body: Box<dyn FnOnce() + Send> = match (src, listener) {
+            (ScannerSource::Tcp(_), Some(l)) => Box::new(move || {
+                scanner::serve_tcp(l, &shared.scanner_state, &shared.stop, &mut |line| {
+                    shared.scan(line);
+                })
+            }),
+            (ScannerSource::Serial { path, baud }, _) => Box::new(move || {
+                scanner::serve_serial(
+                    &path,
+                    baud,
+                    &shared.scanner_state,
+                    &shared.stop,
+                    &mut |line| {
+                        shared.scan(line);
+                    },
+                )
+            }),
+            _ => return None,
+        };
+        std::thread::Builder::new()
+            .name("scanner".into())
+            .spawn(body)
+            .ok()
+    }
+
+    /// SIGTERM and SIGINT stop the program (the tap in progress is finished); SIGUSR1 prints
+    /// the status line on standard error and writes the status file.
+    fn watch_signals(
+        shared: Arc<Shared<crate::card::pcsc::PcscChannel>>,
+        cfg: ValidatorConfig,
+    ) -> Result<(), CmdError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(runtime)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(runtime)?;
+        let mut usr1 = signal(SignalKind::user_defined1()).map_err(runtime)?;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = usr1.recv() => {
+                        let line = status_line(&shared, &cfg.terminal_id);
+                        eprintln!("{line}");
+                        if let Err(e) = write_status_file(&cfg.data_dir, &line) {
+                            tracing::warn!(error = %e, "status file not written");
+                        }
+                    }
+                }
+            }
+            tracing::info!("stopping: finishing the tap in progress");
+            shared.stop.store(true, Ordering::Relaxed);
+        });
+        Ok(())
+    }
+}

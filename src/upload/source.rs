@@ -1,0 +1,30 @@
+//! Where an upload session takes its records from and where it moves the cursor: the
+//! journal itself (the one-shot `upload` command), or a running validator's journal seen
+//! from its uplink task ([`crate::validator::uplink`]), which reads the durable files and
+//! hands the cursor back to the tap thread instead of writing under it.
+
+use crate::journal::{Journal, JournalError, Record};
+
+/// The journal as an upload session sees it.
+pub trait RecordSource {
+    /// Highest seq the depot is known to hold.
+    fn acked_seq(&self) -> u64;
+    /// Durable records with seq above `after`, at most `max`, in seq order.
+    fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError>;
+    /// The depot holds every record up to `seq` (authenticated): move the cursor forward.
+    fn set_acked(&mut self, seq: u64) -> Result<(), JournalError>;
+}
+
+impl RecordSource for Journal {
+    fn acked_seq(&self) -> u64 {
+        Journal::acked_seq(self)
+    }
+
+    fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
+        Journal::read_after(self, after, max)
+    }
+
+    fn set_acked(&mut self, seq: u64) -> Result<(), JournalError> {
+        Journal::set_acked(self, seq)
+    }
+}

@@ -1,0 +1,353 @@
+//! The validator's configuration file (`validator.toml`): which bus, which readers, which
+//! scanner, which depot. Written by `fare-validator provision` from the depot's `terminal
+//! add` answer; every field is described in docs/config.md and in the commented example
+//! `fixtures/validator.toml`.
+//!
+//! The terminal's secret is never in this file nor on a command line: the file names the
+//! secret's own file (mode 0600, 64 hex digits), read at start.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::upload::auth::{from_hex, Secret};
+
+/// Lowest and highest UTC offsets a validator accepts, minutes (UTC-14:00..UTC+14:00).
+pub const UTC_OFFSET_MIN_MAX: i32 = 14 * 60;
+/// Serial speeds a bus scanner is set to, bits per second.
+pub const SCANNER_BAUDS: [u32; 6] = [9_600, 19_200, 38_400, 57_600, 115_200, 230_400];
+/// Longest pause between two upload sessions while the depot answers, seconds.
+pub const UPLINK_INTERVAL_S_MAX: u64 = 3_600;
+/// Longest configuration file read, bytes.
+pub const CONFIG_BYTES_MAX: u64 = 64 * 1024;
+
+/// `validator.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorConfig {
+    /// The terminal id the depot provisioned (`depot terminal add`), e.g. `bus-0001`.
+    pub terminal_id: String,
+    /// The route the bus runs at start.
+    pub route: u16,
+    /// The data folder: journal, grey records, downlink files, status file.
+    pub data_dir: PathBuf,
+    /// PC/SC name of the contactless reader passengers tap.
+    pub card_reader: String,
+    /// PC/SC name of the reader holding the PSAM.
+    pub sam_reader: String,
+    /// The QR scanner: a serial device path, or `tcp:127.0.0.1:PORT` (tests, demos).
+    pub scanner: String,
+    /// Serial speed of the scanner, bits per second (ignored for `tcp:`).
+    pub scanner_baud: u32,
+    /// The depot's upload station, `HOST:PORT`.
+    pub depot: String,
+    /// The file holding the terminal's secret (64 hex digits, mode 0600).
+    pub secret_file: PathBuf,
+    /// Local time's offset from UTC, minutes (China Standard Time: 480).
+    pub utc_offset_min: i32,
+    /// SCHED_FIFO priority of the tap thread (1–99), or 0 to leave it at normal priority.
+    pub tap_priority: i32,
+    /// Seconds between upload sessions while the depot answers (1 to 3600).
+    pub uplink_interval_s: u64,
+}
+
+/// Where the scanner's lines come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScannerSource {
+    /// A serial device (USB CDC-ACM or RS-232) at a speed, raw mode.
+    Serial { path: PathBuf, baud: u32 },
+    /// A loopback TCP socket the validator listens on; one scanner connects at a time.
+    Tcp(std::net::SocketAddr),
+    /// No scanner fitted.
+    None,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {error}")]
+    Read { path: PathBuf, error: String },
+    #[error("{path}: {error}")]
+    Parse { path: PathBuf, error: String },
+    #[error("{field}: {error}")]
+    Field { field: &'static str, error: String },
+    #[error("secret file {path}: {error}")]
+    Secret { path: PathBuf, error: String },
+}
+
+fn field(field: &'static str, error: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        error: error.into(),
+    }
+}
+
+impl ValidatorConfig {
+    /// Read and check `path`. Relative paths inside are taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let read_err = |error: String| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| read_err(e.to_string()))?;
+        if meta.len() > CONFIG_BYTES_MAX {
+            return Err(read_err(format!("over {CONFIG_BYTES_MAX} bytes")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
+        let mut cfg: ValidatorConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.data_dir = base.join(&cfg.data_dir);
+        cfg.secret_file = base.join(&cfg.secret_file);
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Check every field's range and shape.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !crate::upload::frame::valid_terminal_id(&self.terminal_id) {
+            return Err(field("terminal_id", "1 to 32 of A-Z a-z 0-9 _ -"));
+        }
+        if !(-UTC_OFFSET_MIN_MAX..=UTC_OFFSET_MIN_MAX).contains(&self.utc_offset_min) {
+            return Err(field("utc_offset_min", "must be within -840..840"));
+        }
+        if self.tap_priority != 0 && !(1..=99).contains(&self.tap_priority) {
+            return Err(field("tap_priority", "0 (normal) or 1..99 (SCHED_FIFO)"));
+        }
+        if !(1..=UPLINK_INTERVAL_S_MAX).contains(&self.uplink_interval_s) {
+            return Err(field("uplink_interval_s", "1 to 3600"));
+        }
+        if self.card_reader.is_empty() || self.sam_reader.is_empty() {
+            return Err(field("card_reader", "both reader names must be given"));
+        }
+        self.depot_addr()?;
+        self.scanner_source()?;
+        Ok(())
+    }
+
+    /// The depot's address.
+    pub fn depot_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        use std::net::ToSocketAddrs;
+        self.depot
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| field("depot", format!("{:?} is not HOST:PORT", self.depot)))
+    }
+
+    /// The scanner this file names.
+    pub fn scanner_source(&self) -> Result<ScannerSource, ConfigError> {
+        parse_scanner(&self.scanner, self.scanner_baud)
+    }
+
+    /// The file as `provision` writes it: every field with a comment above it.
+    pub fn to_commented_toml(&self) -> String {
+        let q = |v: &str| toml::Value::String(v.to_string()).to_string();
+        let p = |v: &Path| q(&v.to_string_lossy());
+        format!(
+            "# validator.toml, written by `fare-validator provision` (fields: docs/config.md).\n\
+             # The terminal id the depot provisioned.\n\
+             terminal_id = {}\n\
+             # The route the bus runs at start.\n\
+             route = {}\n\
+             # The data folder: journal, grey records, downlink files, status.json.\n\
+             data_dir = {}\n\
+             # PC/SC name of the contactless reader passengers tap.\n\
+             card_reader = {}\n\
+             # PC/SC name of the reader holding the PSAM.\n\
+             sam_reader = {}\n\
+             # The QR scanner: a serial device, \"tcp:127.0.0.1:PORT\", or \"none\".\n\
+             scanner = {}\n\
+             # Serial speed of the scanner, bits per second (ignored for tcp:).\n\
+             scanner_baud = {}\n\
+             # The depot's upload station, HOST:PORT.\n\
+             depot = {}\n\
+             # The file holding the terminal's secret (mode 0600).\n\
+             secret_file = {}\n\
+             # Local time's offset from UTC, minutes.\n\
+             utc_offset_min = {}\n\
+             # SCHED_FIFO priority of the tap thread, 1 to 99, or 0 for normal.\n\
+             tap_priority = {}\n\
+             # Seconds between upload sessions while the depot answers.\n\
+             uplink_interval_s = {}\n",
+            q(&self.terminal_id),
+            self.route,
+            p(&self.data_dir),
+            q(&self.card_reader),
+            q(&self.sam_reader),
+            q(&self.scanner),
+            self.scanner_baud,
+            q(&self.depot),
+            p(&self.secret_file),
+            self.utc_offset_min,
+            self.tap_priority,
+            self.uplink_interval_s,
+        )
+    }
+
+    /// Read the terminal's secret from its file: 64 hex digits (a final newline allowed).
+    /// A file readable by others than its owner is refused.
+    pub fn read_secret(&self) -> Result<Secret, ConfigError> {
+        read_secret_file(&self.secret_file)
+    }
+}
+
+/// Parse the `scanner` field: `""` or `none`, `tcp:127.0.0.1:PORT` (loopback only), or a
+/// serial device path.
+pub fn parse_scanner(text: &str, baud: u32) -> Result<ScannerSource, ConfigError> {
+    if text.is_empty() || text == "none" {
+        return Ok(ScannerSource::None);
+    }
+    if let Some(addr) = text.strip_prefix("tcp:") {
+        let a: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|e| field("scanner", format!("{addr:?}: {e}")))?;
+        if !a.ip().is_loopback() {
+            return Err(field("scanner", "a tcp: scanner listens on loopback only"));
+        }
+        return Ok(ScannerSource::Tcp(a));
+    }
+    if !SCANNER_BAUDS.contains(&baud) {
+        return Err(field(
+            "scanner_baud",
+            format!("{baud}: one of {SCANNER_BAUDS:?}"),
+        ));
+    }
+    Ok(ScannerSource::Serial {
+        path: PathBuf::from(text),
+        baud,
+    })
+}
+
+/// Read a secret file: 64 hex digits, optionally followed by a newline; mode 0600 or
+/// stricter.
+pub fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
+    let err = |error: String| ConfigError::Secret {
+        path: path.to_path_buf(),
+        error,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(err(format!(
+                "mode {:o} lets others read it: chmod 600",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+    }
+    if meta.len() > 128 {
+        return Err(err("not a secret file (too long)".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    from_hex::<32>(text.trim_end_matches(['\n', '\r']))
+        .ok_or_else(|| err("must hold 64 hex digits".into()))
+}
+
+/// Write a secret file with mode 0600 (created new: an existing file is never replaced).
+pub fn write_secret_file(path: &Path, secret: &Secret) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(crate::upload::auth::to_hex(secret).as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> ValidatorConfig {
+        let text = include_str!("../../fixtures/validator.toml");
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_example_file_parses_and_passes_its_checks() {
+        let cfg = example();
+        cfg.check().unwrap();
+        assert_eq!(cfg.utc_offset_min, 480);
+    }
+
+    #[test]
+    fn every_field_of_the_example_has_a_comment_above_it() {
+        let text = include_str!("../../fixtures/validator.toml");
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains('=') && !l.trim_start().starts_with('#') {
+                assert!(
+                    i > 0 && lines[i - 1].trim_start().starts_with('#'),
+                    "no comment above {l:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_written_file_reads_back_the_same() {
+        let c = example();
+        let text = c.to_commented_toml();
+        assert_eq!(toml::from_str::<ValidatorConfig>(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let text = include_str!("../../fixtures/validator.toml");
+        assert!(toml::from_str::<ValidatorConfig>(&format!("{text}\nsecret = \"00\"\n")).is_err());
+        let mut c = example();
+        c.utc_offset_min = 900;
+        assert!(c.check().is_err());
+        let mut c = example();
+        c.tap_priority = 100;
+        assert!(c.check().is_err());
+        let mut c = example();
+        c.scanner = "tcp:10.0.0.5:9000".into();
+        assert!(c.check().is_err());
+        let mut c = example();
+        c.scanner = "/dev/ttyACM0".into();
+        c.scanner_baud = 1234;
+        assert!(c.check().is_err());
+    }
+
+    #[test]
+    fn scanner_sources() {
+        assert_eq!(parse_scanner("none", 0).unwrap(), ScannerSource::None);
+        assert_eq!(
+            parse_scanner("tcp:127.0.0.1:9100", 0).unwrap(),
+            ScannerSource::Tcp("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(
+            parse_scanner("/dev/ttyACM0", 115_200).unwrap(),
+            ScannerSource::Serial {
+                path: "/dev/ttyACM0".into(),
+                baud: 115_200
+            }
+        );
+    }
+
+    #[test]
+    fn secret_file_is_written_0600_never_replaced_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret");
+        let s = [7u8; 32];
+        write_secret_file(&p, &s).unwrap();
+        assert_eq!(read_secret_file(&p).unwrap(), s);
+        assert!(write_secret_file(&p, &[8u8; 32]).is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(read_secret_file(&p).is_err());
+        }
+    }
+}

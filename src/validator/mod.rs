@@ -1,0 +1,235 @@
+//! The bus validator as one program: `fare-validator validator --config validator.toml`.
+//!
+//! Two inputs, one engine. The card loop (PC/SC, [`card_loop`]) and the QR scanner
+//! ([`scanner`]) each block in their own thread on their own device, and share one
+//! [`Validator`] behind a [`Mutex`] held only for the decision itself: a card dialogue holds
+//! it for one tap (tens of milliseconds), a scan for one verification. A scan therefore
+//! never waits longer than one tap, and neither input polls the other. (A channel to one
+//! decision thread would need that thread to wait on the card reader and the channel at
+//! once, which PC/SC's blocking status call cannot do without polling.)
+//!
+//! Beside them, the uplink ([`uplink`]) runs on tokio: whenever the depot answers it uploads
+//! the records not yet acknowledged, takes home the downlink files and applies them to the
+//! running engine. It reads the journal's durable files and never takes the engine's lock
+//! for network work: the blacklist is swapped through its arc-swap handle without a lock,
+//! fares and ride-code keys are swapped under the lock between two decisions, and the upload
+//! cursor is handed to the tap thread, which moves it between taps.
+//!
+//! Every decision becomes one line on standard output ([`display`]); the state of the whole
+//! program is a JSON status line ([`status`]).
+
+pub mod config;
+pub mod display;
+pub mod scanner;
+pub mod status;
+pub mod uplink;
+
+#[cfg(feature = "pcsc")]
+pub mod card_loop;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::blacklist::BlacklistHandle;
+use crate::card::apdu::CardChannel;
+use crate::clock::Timestamp;
+use crate::engine::{Decision, Subject, Validator};
+use crate::types::{Media, Reason};
+
+use scanner::{ScanLine, ScannerState};
+
+/// What the card reader is doing, for the status line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ReaderState {
+    Starting = 0,
+    /// Waiting for a card.
+    Ready = 1,
+    /// A card dialogue is running.
+    Tapping = 2,
+    /// The reader failed (gone, pcscd down); retried.
+    Failed = 3,
+    Stopped = 4,
+}
+
+impl ReaderState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReaderState::Starting => "starting",
+            ReaderState::Ready => "ready",
+            ReaderState::Tapping => "tapping",
+            ReaderState::Failed => "failed",
+            ReaderState::Stopped => "stopped",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ReaderState::Ready,
+            2 => ReaderState::Tapping,
+            3 => ReaderState::Failed,
+            4 => ReaderState::Stopped,
+            _ => ReaderState::Starting,
+        }
+    }
+}
+
+/// Counts since start, for the status line.
+#[derive(Default)]
+pub struct Counters {
+    pub taps: AtomicU64,
+    pub scans: AtomicU64,
+    /// Scanner lines refused before the engine (too long, not UTF-8, cut off).
+    pub scans_malformed: AtomicU64,
+}
+
+/// The clock the program reads at each tap and scan.
+pub type Clock = Box<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// What the threads of one validator program share.
+pub struct Shared<P: CardChannel> {
+    engine: Mutex<Validator<P>>,
+    /// The live blacklist (the engine's own handle), swapped by the uplink without the lock.
+    pub blacklist: Arc<BlacklistHandle>,
+    out: Mutex<Box<dyn Write + Send>>,
+    clock: Clock,
+    /// Set by SIGTERM (or a test): every loop finishes what it is doing and returns.
+    pub stop: AtomicBool,
+    /// Highest seq durable in the journal (published after every decision).
+    pub durable_seq: AtomicU64,
+    /// Highest seq the journal's cursor file holds.
+    pub acked_seq: AtomicU64,
+    /// Cursor the depot acknowledged, waiting for the tap thread to write it.
+    acked_wanted: AtomicU64,
+    pub counters: Counters,
+    pub reader_state: AtomicU8,
+    pub scanner_state: AtomicU8,
+    pub uplink: Mutex<status::UplinkStatus>,
+    /// What opening the journal repaired or cut (torn tails, damaged side files).
+    pub repairs_at_start: Vec<String>,
+}
+
+impl<P: CardChannel> Shared<P> {
+    /// Wrap an engine; decisions are written to `out`, one line each.
+    pub fn new(
+        engine: Validator<P>,
+        out: Box<dyn Write + Send>,
+        clock: Clock,
+        repairs_at_start: Vec<String>,
+    ) -> Self {
+        let blacklist = Arc::clone(engine.blacklist());
+        let durable = engine.journal().durable_seq();
+        let acked = engine.journal().acked_seq();
+        Shared {
+            engine: Mutex::new(engine),
+            blacklist,
+            out: Mutex::new(out),
+            clock,
+            stop: AtomicBool::new(false),
+            durable_seq: AtomicU64::new(durable),
+            acked_seq: AtomicU64::new(acked),
+            acked_wanted: AtomicU64::new(acked),
+            counters: Counters::default(),
+            reader_state: AtomicU8::new(ReaderState::Starting as u8),
+            scanner_state: AtomicU8::new(ScannerState::None as u8),
+            uplink: Mutex::new(status::UplinkStatus::default()),
+            repairs_at_start,
+        }
+    }
+
+    /// The engine, for a decision or a swap between decisions. A thread that panicked while
+    /// holding it left nothing half-done that matters here (every record is durable or not
+    /// at all), so a poisoned lock is taken over.
+    pub fn engine(&self) -> MutexGuard<'_, Validator<P>> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+
+    /// One card tap: decide under the lock, then show the decision.
+    pub fn tap<C: CardChannel + ?Sized>(&self, card: &mut C) -> Decision {
+        self.reader_state
+            .store(ReaderState::Tapping as u8, Ordering::Relaxed);
+        let now = self.now();
+        let d = {
+            let mut engine = self.engine();
+            let d = engine.tap_card(card, now);
+            self.durable_seq
+                .store(engine.journal().durable_seq(), Ordering::Relaxed);
+            d
+        };
+        self.counters.taps.fetch_add(1, Ordering::Relaxed);
+        self.reader_state
+            .store(ReaderState::Ready as u8, Ordering::Relaxed);
+        self.show(now, &d);
+        d
+    }
+
+    /// One scanner line: a code goes to the engine; a line refused by the splitter is a
+    /// `malformed` refusal without it.
+    pub fn scan(&self, line: ScanLine<'_>) -> Decision {
+        let now = self.now();
+        let d = match line {
+            ScanLine::Code(text) => {
+                let mut engine = self.engine();
+                let d = engine.scan_code(text, now);
+                self.durable_seq
+                    .store(engine.journal().durable_seq(), Ordering::Relaxed);
+                d
+            }
+            ScanLine::Malformed(why) => {
+                tracing::debug!(?why, "scanner line refused");
+                self.counters.scans_malformed.fetch_add(1, Ordering::Relaxed);
+                Decision {
+                    media: Media::Qr,
+                    subject: Subject::Unknown,
+                    outcome: Err(Reason::Malformed),
+                    fare_fen: 0,
+                    balance_fen: None,
+                    seq: None,
+                }
+            }
+        };
+        self.counters.scans.fetch_add(1, Ordering::Relaxed);
+        self.show(now, &d);
+        d
+    }
+
+    /// Write the decision's line (its record is already durable).
+    fn show(&self, now: Timestamp, d: &Decision) {
+        let line = display::feedback_line(&now.to_rfc3339(), d);
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            tracing::warn!(error = %e, "decision line not written");
+        }
+    }
+
+    /// The depot acknowledged up to `seq`: the tap thread writes the cursor between taps.
+    pub fn ack_from_depot(&self, seq: u64) {
+        self.acked_wanted.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// Work done between taps: write the upload cursor the depot moved. Called by the card
+    /// loop while no card is on the reader.
+    pub fn between_taps(&self) {
+        let wanted = self.acked_wanted.load(Ordering::Relaxed);
+        if wanted <= self.acked_seq.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut engine = self.engine();
+        match engine.journal_mut().set_acked(wanted) {
+            Ok(()) => {
+                let now_acked = engine.journal().acked_seq();
+                self.acked_seq.store(now_acked, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "upload cursor not written; kept for later"),
+        }
+    }
+}
