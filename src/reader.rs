@@ -92,8 +92,7 @@ impl Station {
         clock: &mut dyn FnMut() -> Timestamp,
         timeout: Option<Duration>,
     ) -> Result<Option<(Timestamp, Decision)>, StationError> {
-        let Some(mut channel) = wait_and_connect(&self.readers, &self.card_reader, timeout)?
-        else {
+        let Some(mut channel) = wait_and_connect(&self.readers, &self.card_reader, timeout)? else {
             return Ok(None);
         };
         let now = clock();

@@ -229,9 +229,9 @@ mod program {
         let card_readers = Readers::establish().map_err(runtime)?;
         let card_reader: CString = card_readers.find(&cfg.card_reader).map_err(runtime)?;
         let scanner_listener = match &scanner_src {
-            ScannerSource::Tcp(a) => Some(
-                scanner::bind_tcp(*a).map_err(|e| runtime(format!("scanner {a}: {e}")))?,
-            ),
+            ScannerSource::Tcp(a) => {
+                Some(scanner::bind_tcp(*a).map_err(|e| runtime(format!("scanner {a}: {e}")))?)
+            }
             _ => None,
         };
         let engine = Validator::new(

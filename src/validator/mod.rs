@@ -186,7 +186,9 @@ impl<P: CardChannel> Shared<P> {
             }
             ScanLine::Malformed(why) => {
                 tracing::debug!(?why, "scanner line refused");
-                self.counters.scans_malformed.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .scans_malformed
+                    .fetch_add(1, Ordering::Relaxed);
                 Decision {
                     media: Media::Qr,
                     subject: Subject::Unknown,

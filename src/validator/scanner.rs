@@ -360,7 +360,10 @@ mod tests {
         flood.extend_from_slice(b"\nok\n");
         assert_eq!(
             run(&[flood], false),
-            vec![Want::Malformed(Malformation::TooLong), Want::Code("ok".into())]
+            vec![
+                Want::Malformed(Malformation::TooLong),
+                Want::Code("ok".into())
+            ]
         );
         let exact = vec![b'B'; SCANNER_LINE_BYTES_MAX];
         let mut one_more = exact.clone();

@@ -1,0 +1,253 @@
+//! The validator program's parts together, in one process and on real sockets: the engine
+//! shared by the card input and the loopback TCP scanner, the uplink to a depot on
+//! 127.0.0.1, and the downlink applied to the running engine (ride-code keys from the depot
+//! let the next scan through; a card reported lost at the counter is refused at its next tap
+//! with no restart). The same program through pcscd and vpcd is tests/validator_e2e.rs.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fare_validator::blacklist::{Blacklist, Change, ChangeOp};
+use fare_validator::card::psam::Psam;
+use fare_validator::card::sim::{CardSpec, SimCard, SimPsam, TestKeys};
+use fare_validator::clock::Timestamp;
+use fare_validator::depot::{self, Store};
+use fare_validator::engine::{EngineConfig, Validator};
+use fare_validator::fare::FareTable;
+use fare_validator::journal::Journal;
+use fare_validator::replay::{REPLAY_CARD_SEED, REPLAY_TERMINAL_NO};
+use fare_validator::types::{ListId, ListReason, Reason};
+use fare_validator::upload::client::UploadConfig;
+use fare_validator::upload::downlink::DownlinkDir;
+use fare_validator::validator::scanner;
+use fare_validator::validator::{uplink, Shared};
+use serde_json::Value;
+
+/// The ride-code vectors' clock (fixtures/ride-code-v1.json).
+const T0_UNIX_S: i64 = 1_795_824_000;
+/// Longest wait for something the uplink brings; generous, so a slow machine never fails.
+const WAIT_S: u64 = 60;
+const TERMINAL: &str = "bus-0001";
+const SECRET: [u8; 32] = [0x5a; 32];
+
+/// Standard output of the program, kept for the test.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Lines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn all(&self) -> Vec<Value> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(WAIT_S);
+    while !cond() {
+        assert!(Instant::now() < end, "waited {WAIT_S} s for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn vector_code(name: &str) -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/ride-code-v1.json"
+    ))
+    .unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let case = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap();
+    case["code"].as_str().unwrap().to_string()
+}
+
+fn card(card_no: &str) -> SimCard {
+    let spec: CardSpec = serde_json::from_value(serde_json::json!({
+        "card_no": card_no, "card_type": "adult", "enabled": true,
+        "valid_from": "2024-01-01", "valid_until": "2034-12-31", "balance_fen": 5000
+    }))
+    .unwrap();
+    SimCard::new(&spec, &TestKeys::default(), REPLAY_CARD_SEED).unwrap()
+}
+
+fn program(data: &Path, clock: Arc<AtomicI64>, out: Lines) -> Arc<Shared<SimPsam>> {
+    let (journal, problems) = Journal::open(data).unwrap();
+    let psam = Psam::open(SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1)).unwrap();
+    let engine = Validator::new(
+        EngineConfig::default(),
+        psam,
+        FareTable::default_policy(),
+        Blacklist::empty(),
+        journal,
+    );
+    Arc::new(Shared::new(
+        engine,
+        Box::new(out),
+        Box::new(move || Timestamp {
+            unix_s: clock.load(Ordering::Relaxed),
+            utc_offset_s: 8 * 3600,
+        }),
+        problems.iter().map(|p| p.to_string()).collect(),
+    ))
+}
+
+#[test]
+fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.sqlite");
+    let data = tmp.path().join("bus");
+    let store = Store::open(&db).unwrap();
+    store.add_terminal_with_secret(TERMINAL, &SECRET).unwrap();
+    let keys = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/ride-code-keys.json"
+    ))
+    .unwrap();
+    store.publish("keys", &keys).unwrap();
+    DownlinkDir::new(&data)
+        .pin_operator_key(&store.operator_key().unwrap().verifying_key())
+        .unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let station = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        depot::start(l, store).unwrap()
+    });
+
+    let clock = Arc::new(AtomicI64::new(T0_UNIX_S));
+    let out = Lines::default();
+    let shared = program(&data, Arc::clone(&clock), out.clone());
+    let cfg = UploadConfig {
+        depot: station.addr(),
+        terminal_id: TERMINAL.into(),
+        secret: SECRET,
+        data_dir: data.clone(),
+    };
+    let uplink = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(uplink::run(
+                shared,
+                cfg,
+                TERMINAL.into(),
+                Duration::from_millis(200),
+            ));
+        })
+    };
+    let listener = scanner::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let scan_addr = listener.local_addr().unwrap();
+    let scanner = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            scanner::serve_tcp(listener, &shared.scanner_state, &shared.stop, &mut |l| {
+                shared.scan(l);
+            })
+        })
+    };
+    // What the card loop does while no card is on the reader.
+    let idle = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            while !shared.stopping() {
+                shared.between_taps();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let mut a = card("37140000000000000011");
+    a.enter_field(None);
+    assert!(shared.tap(&mut a).accepted());
+
+    // The key file the depot published arrives with the first session and lets codes in.
+    wait_until("ride-code keys installed", || {
+        shared.uplink.lock().unwrap().keys_version > 0
+    });
+    let mut s = TcpStream::connect(scan_addr).unwrap();
+    s.write_all(vector_code("valid_p256").as_bytes()).unwrap();
+    s.write_all(b"\r\n").unwrap();
+    // A flood with no newline, then a line that is not UTF-8: one refusal each.
+    s.write_all(&vec![b'Q'; 100_000]).unwrap();
+    s.write_all(b"\n\xff\xfe\n").unwrap();
+    s.write_all(vector_code("valid_sm2").as_bytes()).unwrap();
+    s.write_all(b"\n").unwrap();
+    wait_until("four scan decisions", || out.all().len() == 5);
+    let lines = out.all();
+    let reasons: Vec<&str> = lines
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap_or("accepted"))
+        .collect();
+    assert_eq!(
+        reasons,
+        ["accepted", "accepted", "malformed", "malformed", "accepted"]
+    );
+    assert_eq!(lines[0]["text_zh"], "请上车");
+    assert_eq!(lines[2]["text_en"], "not a ride code");
+    assert_eq!(lines[1]["media"], "qr");
+
+    // The counter reports card A lost; the running validator refuses its next tap.
+    let version_before = shared.blacklist.version();
+    let mut counter = Store::open(&db).unwrap();
+    counter
+        .blacklist_change(&Change {
+            op: ChangeOp::Add,
+            id: ListId::Card("37140000000000000011".parse().unwrap()),
+            reason: ListReason::Lost,
+        })
+        .unwrap();
+    wait_until("the loss report installed", || {
+        shared.blacklist.version() > version_before
+    });
+    clock.fetch_add(600, Ordering::Relaxed);
+    a.enter_field(None);
+    let d = shared.tap(&mut a);
+    assert_eq!(d.outcome, Err(Reason::Blacklisted));
+    assert_eq!(out.all().last().unwrap()["text_zh"], "黑名单卡");
+
+    // Every record reached the depot, once.
+    let durable = shared.engine().journal().durable_seq();
+    assert_eq!(durable, 3, "one tap and two codes recorded");
+    wait_until("every record acknowledged", || {
+        counter.contiguous_seq(TERMINAL).unwrap() == durable
+            && shared.acked_seq.load(Ordering::Relaxed) == durable
+    });
+    assert_eq!(counter.record_count().unwrap(), durable);
+
+    let status = fare_validator::validator::status::status_line(&shared, TERMINAL);
+    assert_eq!(status["status"]["records_waiting"], 0);
+    assert_eq!(status["status"]["scans_malformed"], 2);
+    assert_eq!(status["status"]["scanner"], "connected");
+    assert!(status["status"]["installed"]["keys"].as_u64() > Some(0));
+
+    shared.stop.store(true, Ordering::Relaxed);
+    for t in [uplink, scanner, idle] {
+        t.join().unwrap();
+    }
+    rt.block_on(station.shutdown());
+    assert!(data.join("status.json").exists());
+}
