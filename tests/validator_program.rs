@@ -143,6 +143,7 @@ fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
         terminal_id: TERMINAL.into(),
         secret: SECRET,
         data_dir: data.clone(),
+        blacklist_age_s_max: fare_validator::upload::downlink::BLACKLIST_AGE_S_MAX_DEFAULT,
     };
     let uplink = {
         let shared = Arc::clone(&shared);

@@ -278,6 +278,7 @@ mod program {
             terminal_id: cfg.terminal_id.clone(),
             secret,
             data_dir: cfg.data_dir.clone(),
+            blacklist_age_s_max: crate::upload::downlink::BLACKLIST_AGE_S_MAX_DEFAULT,
         };
         rt.block_on(async {
             watch_signals(Arc::clone(&shared), cfg.clone())?;

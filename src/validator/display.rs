@@ -84,6 +84,19 @@ mod tests {
         );
     }
 
+    /// docs/config.md shows the same texts as the code, for every reason.
+    #[test]
+    fn the_docs_table_holds_every_reason_text() {
+        let doc = include_str!("../../docs/config.md");
+        for r in Reason::ALL {
+            let (zh, en) = reason_text(r);
+            let row = format!("| `{}` | {zh} | {en} |", r.as_str());
+            assert!(doc.contains(&row), "docs/config.md lacks {row}");
+        }
+        let (zh, en) = ACCEPTED_TEXT;
+        assert!(doc.contains(&format!("| accepted | {zh} | {en} |")));
+    }
+
     #[test]
     fn feedback_line_keeps_the_decision_line_and_adds_the_texts() {
         let d = Decision {

@@ -88,10 +88,12 @@ pub fn apply_downlink<P: CardChannel>(shared: &Shared<P>, data_dir: &Path) -> Ap
         (up.fares_version, up.keys_version)
     };
     let list = dir.blacklist();
-    if list.version() != shared.blacklist.version() {
+    if list.version() > shared.blacklist.version() {
         let v = list.version();
-        shared.blacklist.replace(list);
-        tracing::info!(version = v, "blacklist swapped in");
+        match shared.blacklist.replace(list) {
+            Ok(_) => tracing::info!(version = v, "blacklist swapped in"),
+            Err(e) => tracing::warn!(version = v, error = %e, "blacklist kept out"),
+        }
     }
     let mut applied = Applied {
         blacklist: shared.blacklist.version(),
