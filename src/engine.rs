@@ -237,7 +237,8 @@ impl<P: CardChannel> Validator<P> {
 
     /// Group commit: from now on an accepted tap's record is appended but not synced, and the
     /// caller must call [`Validator::commit`] before it shows any of those decisions (at the
-    /// latest after [`GROUP_COMMIT_TAPS_MAX`] taps, when it is forced).
+    /// latest after [`GROUP_COMMIT_TAPS_MAX`] taps, when it is forced). Each debit's grey
+    /// record is still synced before its debit: only the records share a sync.
     pub fn set_group_commit(&mut self, on: bool) {
         self.defer_commit = on;
     }

@@ -1,6 +1,9 @@
 //! The replay contract (docs/replay.md): a stream of taps, scans and changes runs
 //! through the same [`Validator`] a bus runs, against simulated cards, and each tap or scan
-//! prints one JSON line, after its record is durable.
+//! prints one JSON line, after its record is durable. A `power_cut` tap stops where the power
+//! goes and prints nothing; then, as after `restart`, the validator starts again from its disk
+//! (journal, grey records, installed blacklist and keys) while the simulated cards and PSAM
+//! keep their state, as hardware does.
 //!
 //! ```text
 //! fare-validator replay --cards CARDS.json [--keys KEYS.json] [--blacklist BLACKLIST.csv]
