@@ -45,6 +45,10 @@ enum Cmd {
         /// Route the vehicle starts on.
         #[arg(long, default_value_t = 1)]
         route: u16,
+        /// How the simulated PSAM answers: t1, or t0 as a T=0 contact card does (61xx: fetch
+        /// with GET RESPONSE; 6Cxx: send again with that Le). Decisions do not change.
+        #[arg(long, value_enum, default_value = "t1")]
+        psam_protocol: fare_validator::card::sim::PsamProtocol,
         /// EVENTS.jsonl, or - for standard input.
         events: PathBuf,
     },
@@ -179,6 +183,7 @@ fn run(cmd: Cmd) -> CmdResult {
             fares,
             journal,
             route,
+            psam_protocol,
             events,
         } => {
             let opts = replay::ReplayOptions {
@@ -188,6 +193,7 @@ fn run(cmd: Cmd) -> CmdResult {
                 fares,
                 journal,
                 route,
+                psam_protocol,
             };
             let stdout = std::io::stdout().lock();
             let input: Box<dyn BufRead> = if events.as_os_str() == "-" {

@@ -7,8 +7,13 @@
 //!
 //! ```text
 //! fare-validator replay --cards CARDS.json [--keys KEYS.json] [--blacklist BLACKLIST.csv]
-//!                       [--fares FARES.toml] [--journal DIR] [--route ROUTE] EVENTS.jsonl
+//!                       [--fares FARES.toml] [--journal DIR] [--route ROUTE]
+//!                       [--psam-protocol t0|t1] EVENTS.jsonl
 //! ```
+//!
+//! `--psam-protocol t0` makes the simulated PSAM answer as a T=0 contact card
+//! ([`crate::card::sim::PsamProtocol::T0`]); the engine's channel layer
+//! ([`crate::card::apdu::exchange`]) fetches and resends, and the decisions are those of `t1`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -19,7 +24,7 @@ use serde_json::{json, Map, Value};
 
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::card::psam::Psam;
-use crate::card::sim::{CardSpec, Removal, SimCard, SimPsam, TestKeys};
+use crate::card::sim::{CardSpec, PsamProtocol, Removal, SimCard, SimPsam, TestKeys};
 use crate::clock::Timestamp;
 use crate::engine::{Decision, EngineConfig, Subject, Validator};
 use crate::fare::FareTable;
@@ -203,6 +208,8 @@ pub struct ReplayOptions {
     pub fares: Option<PathBuf>,
     pub journal: Option<PathBuf>,
     pub route: u16,
+    /// How the simulated PSAM answers: T=1 (default) or T=0 (`61xx`, `6Cxx`).
+    pub psam_protocol: PsamProtocol,
 }
 
 fn read(path: &std::path::Path) -> Result<String, ReplayError> {
@@ -300,7 +307,7 @@ pub fn run(
     };
     let mut v = installed.switch_on(
         cfg,
-        SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1),
+        SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1).with_protocol(opts.psam_protocol),
     )?;
     let mut summary = ReplaySummary::default();
     for (i, line) in input.lines().enumerate() {

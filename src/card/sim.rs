@@ -11,7 +11,9 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::apdu::{parse_command, sw, CardChannel, ChannelError, Response};
+use super::apdu::{
+    parse_command, sw, CardChannel, ChannelError, ParsedCommand, Response, RESPONSE_DATA_BYTES_MAX,
+};
 use super::crypto::{self, Key16, PurchaseData};
 use super::psam::Mac1Input;
 use super::tunion::{
@@ -603,9 +605,28 @@ impl CardChannel for SimCard {
     }
 }
 
+/// The link protocol a simulated PSAM answers as (`replay --psam-protocol`, `sim-card --t0`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PsamProtocol {
+    /// Block protocol: every answer whole, in one response.
+    #[default]
+    #[value(name = "t1")]
+    T1,
+    /// Character protocol, as contact PSAMs often run (ISO 7816-3 12.2, ISO 7816-4 5.1.3): a
+    /// case 4 command (data in and out) answers `61 xx` and its data waits for GET RESPONSE
+    /// (`00 C0 00 00 xx`, handed out in pieces if Le asks for fewer); a case 2 command whose
+    /// Le is not the answer's length answers `6C xx` and must be sent again with Le = xx.
+    #[value(name = "t0")]
+    T0,
+}
+
 /// A simulated PSAM holding the scheme's purchase and maintenance master keys.
 #[derive(Clone, Debug)]
 pub struct SimPsam {
+    protocol: PsamProtocol,
+    /// T=0: the answer of the last case 4 command waiting for GET RESPONSE, and its status.
+    waiting: heapless::Vec<u8, RESPONSE_DATA_BYTES_MAX>,
+    waiting_sw: u16,
     keys: TestKeys,
     terminal_no: [u8; 6],
     terminal_seq: u32,
@@ -619,6 +640,9 @@ pub struct SimPsam {
 impl SimPsam {
     pub fn new(keys: TestKeys, terminal_no: [u8; 6], first_terminal_seq: u32) -> Self {
         SimPsam {
+            protocol: PsamProtocol::T1,
+            waiting: heapless::Vec::new(),
+            waiting_sw: sw::OK,
             keys,
             terminal_no,
             terminal_seq: first_terminal_seq,
@@ -628,6 +652,16 @@ impl SimPsam {
         }
     }
 
+    /// The same PSAM answering as `protocol` says.
+    pub fn with_protocol(mut self, protocol: PsamProtocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    pub fn protocol(&self) -> PsamProtocol {
+        self.protocol
+    }
+
     pub fn terminal_seq(&self) -> u32 {
         self.terminal_seq
     }
@@ -635,6 +669,7 @@ impl SimPsam {
     /// A reset of the module: the selection and any open MAC session are lost; the terminal
     /// sequence number is kept, as in a real PSAM's non-volatile memory.
     pub fn reset(&mut self) {
+        self.waiting.clear();
         self.selected = false;
         self.session = None;
         self.card_damk = None;
@@ -695,6 +730,54 @@ impl SimPsam {
     }
 }
 
+impl SimPsam {
+    /// GET RESPONSE on T=0: hand out `le` bytes (`00`: 256) of the waiting answer.
+    fn get_response(&mut self, le: Option<u8>, r: &mut Response) {
+        let n = self.waiting.len();
+        let want = match le {
+            None => {
+                r.status(sw::WRONG_LENGTH);
+                return;
+            }
+            Some(0) => RESPONSE_DATA_BYTES_MAX,
+            Some(le) => usize::from(le),
+        };
+        if n == 0 {
+            r.status(sw::CONDITIONS_NOT_SATISFIED);
+        } else if want > n {
+            r.status(0x6C00 | n as u16);
+        } else if want == n {
+            r.set(&self.waiting, self.waiting_sw);
+            self.waiting.clear();
+        } else {
+            r.set(&self.waiting[..want], 0x6100 | (n - want) as u16);
+            let rest: heapless::Vec<u8, RESPONSE_DATA_BYTES_MAX> =
+                self.waiting[want..].iter().copied().collect();
+            self.waiting = rest;
+        }
+    }
+
+    /// Turn a whole answer into what a T=0 PSAM sends (see [`PsamProtocol::T0`]).
+    fn as_t0(&mut self, data_in: bool, le: Option<u8>, r: &mut Response) {
+        let Some(le) = le else { return };
+        let n = r.data.len();
+        if n == 0 || r.sw != sw::OK {
+            return;
+        }
+        // 256 bytes are `61 00` / `6C 00`.
+        let xx = (n % 256) as u16;
+        if data_in {
+            self.waiting.clear();
+            // The answer came from this module's own buffer: at most 256 bytes.
+            let _ = self.waiting.extend_from_slice(&r.data);
+            self.waiting_sw = r.sw;
+            r.status(0x6100 | xx);
+        } else if usize::from(le) != n && !(le == 0 && n == 256) {
+            r.status(0x6C00 | xx);
+        }
+    }
+}
+
 impl CardChannel for SimPsam {
     fn transmit(&mut self, command: &[u8], r: &mut Response) -> Result<(), ChannelError> {
         r.clear();
@@ -702,6 +785,24 @@ impl CardChannel for SimPsam {
             r.status(sw::WRONG_LENGTH);
             return Ok(());
         };
+        if self.protocol == PsamProtocol::T0 {
+            if (c.cla, c.ins) == (0x00, 0xC0) {
+                self.get_response(c.le, r);
+                return Ok(());
+            }
+            // Any other command drops an answer nobody fetched.
+            self.waiting.clear();
+        }
+        self.answer(&c, r);
+        if self.protocol == PsamProtocol::T0 {
+            self.as_t0(!c.data.is_empty(), c.le, r);
+        }
+        Ok(())
+    }
+}
+
+impl SimPsam {
+    fn answer(&mut self, c: &ParsedCommand<'_>, r: &mut Response) {
         match (c.cla, c.ins) {
             (0x00, 0xA4) => {
                 self.selected = c.data == [0x10, 0x01];
@@ -719,6 +820,76 @@ impl CardChannel for SimPsam {
             (0x80, 0xFA) => self.cipher_mac(c.data, r),
             _ => r.status(sw::INS_NOT_SUPPORTED),
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::card::apdu::command;
+
+    fn t0_psam() -> SimPsam {
+        let mut p = SimPsam::new(TestKeys::default(), [0, 0, 0, 0, 0, 7], 1)
+            .with_protocol(PsamProtocol::T0);
+        let mut r = Response::default();
+        p.transmit(
+            &command(0x00, 0xA4, 0x00, 0x00, &[0x10, 0x01], None),
+            &mut r,
+        )
+        .unwrap();
+        assert_eq!(r.sw, sw::OK);
+        p
+    }
+
+    #[test]
+    fn t0_psam_hands_case_4_answers_out_by_get_response_in_pieces() {
+        let mut p = t0_psam();
+        let mut r = Response::default();
+        let mac1 = command(0x80, 0x70, 0, 0, &[0; 36], Some(8));
+        p.transmit(&mac1, &mut r).unwrap();
+        assert_eq!((r.data.len(), r.sw), (0, 0x6108));
+        p.transmit(&[0x00, 0xC0, 0, 0, 3], &mut r).unwrap();
+        assert_eq!((r.data.len(), r.sw), (3, 0x6105));
+        p.transmit(&[0x00, 0xC0, 0, 0, 9], &mut r).unwrap();
+        assert_eq!(
+            (r.data.len(), r.sw),
+            (0, 0x6C05),
+            "Le too long: 6C with what is left"
+        );
+        p.transmit(&[0x00, 0xC0, 0, 0, 5], &mut r).unwrap();
+        assert_eq!((r.data.len(), r.sw), (5, sw::OK));
+        p.transmit(&[0x00, 0xC0, 0, 0, 5], &mut r).unwrap();
+        assert_eq!(r.sw, sw::CONDITIONS_NOT_SATISFIED, "nothing left");
+        // Another command drops an answer nobody fetched.
+        p.transmit(&mac1, &mut r).unwrap();
+        p.transmit(&command(0x80, 0x72, 0, 0, &[0; 4], None), &mut r)
+            .unwrap();
+        assert_eq!(r.sw, sw::SM_DATA_INCORRECT, "case 3: answered at once");
+        p.transmit(&[0x00, 0xC0, 0, 0, 8], &mut r).unwrap();
+        assert_eq!(r.sw, sw::CONDITIONS_NOT_SATISFIED);
+    }
+
+    #[test]
+    fn t0_psam_answers_6cxx_to_a_case_2_command_with_the_wrong_le() {
+        let mut p = t0_psam();
+        let mut r = Response::default();
+        for le in [0u8, 5, 7] {
+            p.transmit(&command(0x00, 0xB0, 0x96, 0, &[], Some(le)), &mut r)
+                .unwrap();
+            assert_eq!((r.data.len(), r.sw), (0, 0x6C06), "Le {le}");
+        }
+        p.transmit(&command(0x00, 0xB0, 0x96, 0, &[], Some(6)), &mut r)
+            .unwrap();
+        assert_eq!((r.data.as_slice(), r.sw), (&[0, 0, 0, 0, 0, 7][..], sw::OK));
+        // On T=1 the whole file comes whatever Le says.
+        let mut t1 = SimPsam::new(TestKeys::default(), [0, 0, 0, 0, 0, 7], 1);
+        t1.transmit(
+            &command(0x00, 0xA4, 0x00, 0x00, &[0x10, 0x01], None),
+            &mut r,
+        )
+        .unwrap();
+        t1.transmit(&command(0x00, 0xB0, 0x96, 0, &[], Some(0)), &mut r)
+            .unwrap();
+        assert_eq!((r.data.len(), r.sw), (6, sw::OK));
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::apdu::RESPONSE_DATA_BYTES_MAX;
 use super::apdu::{sw, CardChannel, ChannelError, Response, COMMAND_BYTES_MAX};
-use super::sim::{SimCard, SimPsam};
+use super::sim::{PsamProtocol, SimCard, SimPsam};
 
 /// vpcd's first reader ("Virtual PCD 00 00"): the contactless card in these tests.
 pub const VPCD_CARD_PORT: u16 = 35963;
@@ -59,6 +59,9 @@ pub const CONNECT_RETRY_MS: u64 = 100;
 pub const SIM_CARD_ATR: [u8; 15] = with_tck(*b";\x8a\x80\x01DZ T-UNION\x00");
 /// ATR of the simulated PSAM: the same form, historical bytes "DZ PSAM".
 pub const SIM_PSAM_ATR: [u8; 12] = with_tck(*b";\x87\x80\x01DZ PSAM\x00");
+/// ATR of the simulated PSAM on T=0 (`sim-card --psam --t0`): `3B 07`, no interface bytes, so
+/// T=0 only (ISO 7816-3 8.2: no TD1 means T=0, and no TCK is sent), historical bytes "DZ PSAM".
+pub const SIM_PSAM_T0_ATR: [u8; 9] = *b";\x07DZ PSAM";
 
 /// Fill the last byte with the ATR check byte: the XOR of every byte from T0 to the end.
 const fn with_tck<const N: usize>(mut atr: [u8; N]) -> [u8; N] {
@@ -229,7 +232,10 @@ impl VirtualCard for SimCard {
 
 impl VirtualCard for SimPsam {
     fn atr(&self) -> &[u8] {
-        &SIM_PSAM_ATR
+        match self.protocol() {
+            PsamProtocol::T1 => &SIM_PSAM_ATR,
+            PsamProtocol::T0 => &SIM_PSAM_T0_ATR,
+        }
     }
     fn reset(&mut self) {
         SimPsam::reset(self);

@@ -5,8 +5,12 @@
 //! ```text
 //! fare-validator sim-card --vpcd 127.0.0.1:35963 --card CARD.json [--removal after_debit]
 //!                         [--state STATE.json]
-//! fare-validator sim-card --vpcd 127.0.0.1:35964 --psam
+//! fare-validator sim-card --vpcd 127.0.0.1:35964 --psam [--t0]
 //! ```
+//!
+//! `--t0` makes the PSAM a T=0 contact card: its ATR offers T=0 only, and it answers `61xx`
+//! to case 4 commands (the data waits for GET RESPONSE) and `6Cxx` to a case 2 command whose
+//! Le is not the answer's length (see [`PsamProtocol::T0`]).
 //!
 //! A card is presented (connects), answers until it has been idle `--idle-leave-ms` after its
 //! first command (the holder takes it away: the socket closes), stays away `--away-ms`, and
@@ -23,7 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::CmdError;
-use crate::card::sim::{CardSpec, Removal, SimCard, SimCardState, SimPsam, TestKeys};
+use crate::card::sim::{CardSpec, PsamProtocol, Removal, SimCard, SimCardState, SimPsam, TestKeys};
 use crate::card::vpcd::{parse_addr, SessionEnd, VpcdLink};
 use crate::replay::{REPLAY_CARD_SEED, REPLAY_TERMINAL_NO};
 
@@ -57,6 +61,9 @@ pub struct SimCardArgs {
     /// Present the simulated PSAM (test keys, replay's terminal number) instead of a card.
     #[arg(long)]
     pub psam: bool,
+    /// The PSAM answers as a T=0 contact card: ATR with T=0 only, 61xx and 6Cxx answers.
+    #[arg(long, requires = "psam")]
+    pub t0: bool,
     /// The card leaves the field mid-dialogue in its first presentation.
     #[arg(long, value_enum)]
     pub removal: Option<RemovalArg>,
@@ -115,7 +122,13 @@ pub fn run(args: &SimCardArgs) -> Result<(), CmdError> {
     let runtime = |e: crate::card::vpcd::VpcdError| (1, e.to_string());
     let mut out = std::io::stdout().lock();
     if args.psam {
-        let mut psam = SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1);
+        let protocol = if args.t0 {
+            PsamProtocol::T0
+        } else {
+            PsamProtocol::T1
+        };
+        let mut psam =
+            SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1).with_protocol(protocol);
         let link = VpcdLink::connect(addr).map_err(runtime)?;
         let end = link.serve(&mut psam, &mut |_| false).map_err(runtime)?;
         let line = serde_json::json!({"psam": true, "end": end_name(end),
