@@ -147,7 +147,7 @@ pub fn random_blacklist(n: usize, seed: u64) -> Vec<(ListId, ListReason)> {
         .collect()
 }
 
-fn bench_cards(seed: u64) -> Vec<SimCard> {
+pub(crate) fn bench_cards(seed: u64) -> Vec<SimCard> {
     let keys = TestKeys::default();
     (0..BENCH_CARDS)
         .map(|i| {

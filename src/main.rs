@@ -107,6 +107,9 @@ enum Cmd {
 enum BenchWhat {
     /// The blacklist at provincial scale against SQLite and HashSet<String>.
     Blacklist(fare_validator::blacklist::bench::BenchBlacklistArgs),
+    /// The validator program: a scanner line to its decision line with a card tap in
+    /// progress, and taps while a blacklist delta is applied, beside the engine alone.
+    Validator(fare_validator::validator::bench::ValidatorBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -173,6 +176,17 @@ fn run(cmd: Cmd) -> CmdResult {
             what: Some(BenchWhat::Blacklist(args)),
             ..
         } => fare_validator::blacklist::bench::run_bench(&args).map_err(|e| (1, e)),
+        Cmd::Bench {
+            what: Some(BenchWhat::Validator(args)),
+            ..
+        } => {
+            let r = fare_validator::validator::bench::run(&args).map_err(|e| (1, e))?;
+            println!(
+                "{}",
+                serde_json::to_string(&r).map_err(|e| (1, e.to_string()))?
+            );
+            Ok(())
+        }
         Cmd::Blacklist { cmd } => cli::blacklist::run(cmd).map_err(bad_input),
         Cmd::Depot { cmd } => cli::depot::run_depot(cmd),
         Cmd::Upload(args) => cli::depot::run_upload(&args),

@@ -18,6 +18,7 @@
 //! Every decision becomes one line on standard output ([`display`]); the state of the whole
 //! program is a JSON status line ([`status`]).
 
+pub mod bench;
 pub mod config;
 pub mod display;
 pub mod scanner;
