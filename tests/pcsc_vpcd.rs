@@ -23,7 +23,7 @@ use fare_validator::blacklist::Blacklist;
 use fare_validator::card::apdu::{command, sw, CardChannel, Response};
 use fare_validator::card::pcsc::{PcscChannel, Presence, Readers};
 use fare_validator::card::psam::Psam;
-use fare_validator::card::sim::{CardSpec, Removal, SimCard, SimPsam, TestKeys};
+use fare_validator::card::sim::{CardSpec, PsamProtocol, Removal, SimCard, SimPsam, TestKeys};
 use fare_validator::card::tunion::AID;
 use fare_validator::card::vpcd::{SessionEnd, VpcdLink, VPCD_CARD_PORT, VPCD_SAM_PORT};
 use fare_validator::clock::Timestamp;
@@ -44,6 +44,34 @@ const T0: &str = "2026-11-28T08:00:05+08:00";
 
 /// vpcd has one socket per reader: tests that use it run one at a time.
 static VPCD: Mutex<()> = Mutex::new(());
+
+/// vpcd's ports are shared by every process on the machine (another checkout's tests, a
+/// `sim-card` left running): an exclusive `flock` on this file in the temporary folder makes
+/// such tests wait for each other instead of fighting over the readers.
+const VPCD_LOCK_FILE: &str = "fare-validator-vpcd.lock";
+
+/// This binary's turn at vpcd, across threads and processes; released when dropped.
+struct VpcdTurn {
+    _file: std::fs::File,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+fn vpcd_turn() -> VpcdTurn {
+    use std::os::fd::AsRawFd;
+    let one = VPCD.lock().unwrap_or_else(|e| e.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(std::env::temp_dir().join(VPCD_LOCK_FILE))
+        .expect("vpcd lock file");
+    // Blocks until no other process holds it; the kernel releases it if that process dies.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {VPCD_LOCK_FILE}");
+    VpcdTurn {
+        _file: file,
+        _one: one,
+    }
+}
 
 fn loopback(port: u16) -> std::net::SocketAddrV4 {
     std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port)
@@ -91,9 +119,10 @@ fn sim_cards(specs: &[CardSpec]) -> Vec<SimCard> {
 }
 
 /// The simulated PSAM in vpcd's second reader, until `stop`.
-fn serve_psam(stop: Arc<AtomicBool>) -> JoinHandle<SimPsam> {
+fn serve_psam(stop: Arc<AtomicBool>, protocol: PsamProtocol) -> JoinHandle<SimPsam> {
     std::thread::spawn(move || {
-        let mut psam = SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1);
+        let mut psam =
+            SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1).with_protocol(protocol);
         let link = VpcdLink::connect(loopback(VPCD_SAM_PORT)).expect("connect PSAM to vpcd");
         let end = link
             .serve(&mut psam, &mut |_| stop.load(Ordering::Relaxed))
@@ -207,11 +236,16 @@ fn wait_readers_empty(readers: &Readers) {
     }
 }
 
-fn run_through_pcscd(readers: Readers, specs: &[CardSpec], steps: &[Step]) -> Outcome {
+fn run_through_pcscd(
+    readers: Readers,
+    specs: &[CardSpec],
+    steps: &[Step],
+    protocol: PsamProtocol,
+) -> Outcome {
     wait_readers_empty(&readers);
     let after = readers.clone();
     let stop = Arc::new(AtomicBool::new(false));
-    let psam_thread = serve_psam(stop.clone());
+    let psam_thread = serve_psam(stop.clone(), protocol);
     let (go, go_rx) = mpsc::channel();
     let (cards_thread, ended) = serve_cards(sim_cards(specs), go_rx);
     let dir = tempfile::tempdir().unwrap();
@@ -292,7 +326,7 @@ fn assert_same(pcsc: &Outcome, sim: &Outcome) {
 
 #[test]
 fn taps_through_pcscd_and_vpcd_decide_as_the_simulation() {
-    let _one = VPCD.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = vpcd_turn();
     let Some(readers) = pcscd_or_skip("taps_through_pcscd_and_vpcd_decide_as_the_simulation")
     else {
         return;
@@ -313,7 +347,7 @@ fn taps_through_pcscd_and_vpcd_decide_as_the_simulation() {
         tap(0, 600),    // accepted, 100
         tap(1, 610),    // student: 100 > 50, insufficient_balance
     ];
-    let pcsc = run_through_pcscd(readers, &specs, &steps);
+    let pcsc = run_through_pcscd(readers, &specs, &steps, PsamProtocol::T1);
     let sim = run_in_process(&specs, &steps);
     assert_same(&pcsc, &sim);
     let reasons: Vec<_> = pcsc.decisions.iter().map(|d| d.outcome).collect();
@@ -339,7 +373,7 @@ fn taps_through_pcscd_and_vpcd_decide_as_the_simulation() {
 
 #[test]
 fn card_pulled_away_after_debit_is_recovered_once() {
-    let _one = VPCD.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = vpcd_turn();
     let Some(readers) = pcscd_or_skip("card_pulled_away_after_debit_is_recovered_once") else {
         return;
     };
@@ -356,7 +390,7 @@ fn card_pulled_away_after_debit_is_recovered_once() {
             removal: None,
         },
     ];
-    let pcsc = run_through_pcscd(readers, &specs, &steps);
+    let pcsc = run_through_pcscd(readers, &specs, &steps, PsamProtocol::T1);
     let sim = run_in_process(&specs, &steps);
     assert_same(&pcsc, &sim);
     let [torn, again] = [pcsc.decisions[0], pcsc.decisions[1]];
@@ -372,6 +406,44 @@ fn card_pulled_away_after_debit_is_recovered_once() {
         pcsc.records[0].kind,
         fare_validator::journal::RecordKind::CardRecovered
     );
+}
+
+/// A whole day's taps through pcscd with the PSAM on T=0 (ATR with T=0 only, 61xx to MAC1,
+/// 6C06 to the terminal number read with Le 00): the same decisions, records and purses as the
+/// in-process T=1 simulation, a torn debit recovered through it too.
+#[test]
+fn t0_psam_through_pcscd_decides_as_the_t1_simulation() {
+    let _turn = vpcd_turn();
+    let Some(readers) = pcscd_or_skip("t0_psam_through_pcscd_decides_as_the_t1_simulation") else {
+        return;
+    };
+    let specs = [
+        spec("37140000000000000011", "adult", 5000),
+        spec("37140000000000000012", "senior", 0),
+    ];
+    let tap = |card, at_s, removal| Step::Tap {
+        card,
+        at_s,
+        removal,
+    };
+    let steps = [
+        tap(0, 0, None),
+        tap(1, 10, None),
+        Step::Route(2),
+        tap(0, 600, Some(Removal::AfterDebit)),
+        tap(0, 610, None),
+    ];
+    let pcsc = run_through_pcscd(readers, &specs, &steps, PsamProtocol::T0);
+    let sim = run_in_process(&specs, &steps);
+    assert_same(&pcsc, &sim);
+    let outcomes: Vec<_> = pcsc.decisions.iter().map(|d| d.outcome).collect();
+    assert_eq!(outcomes, [Ok(()), Ok(()), Err(Reason::CardRemoved), Ok(())]);
+    assert_eq!(
+        pcsc.cards[0].balance_fen(),
+        4700,
+        "200, then a transfer of 100, once"
+    );
+    assert_eq!(pcsc.records.len(), 3);
 }
 
 /// Connect to the card in the first vpcd reader and SELECT the transport application `n`
@@ -426,7 +498,7 @@ fn pct(sorted: &[u128], p: usize) -> u128 {
 #[test]
 #[ignore = "measurement: run with --ignored --nocapture"]
 fn measure_round_trips_through_pcscd() {
-    let _one = VPCD.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = vpcd_turn();
     let Some(readers) = pcscd_or_skip("measure_round_trips_through_pcscd") else {
         return;
     };
@@ -446,7 +518,7 @@ fn measure_round_trips_through_pcscd() {
     // anti-passback), each a full purchase dialogue with the PSAM behind vpcd as well.
     let taps = 300;
     let stop = Arc::new(AtomicBool::new(false));
-    let psam_thread = serve_psam(stop.clone());
+    let psam_thread = serve_psam(stop.clone(), PsamProtocol::T1);
     let mut card = sim_cards(&[spec("37140000000000000010", "adult", 1_000_000)]).remove(0);
     let cstop = Arc::new(AtomicBool::new(false));
     let s = cstop.clone();
@@ -503,7 +575,7 @@ fn measure_round_trips_through_pcscd() {
 #[test]
 fn run_and_sim_card_commands_end_to_end() {
     use std::process::{Command, Stdio};
-    let _one = VPCD.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = vpcd_turn();
     let Some(readers) = pcscd_or_skip("run_and_sim_card_commands_end_to_end") else {
         return;
     };
