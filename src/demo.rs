@@ -417,13 +417,17 @@ pub fn simulate_in(args: &DemoArgs, dir: &Path) -> Result<DemoReport, String> {
 fn night_upload(dir: &Path, buses: &mut [Bus], report: &mut DemoReport) -> Result<(), String> {
     let db = dir.join("depot.db");
     let store = Store::open(&db).map_err(|e| e.to_string())?;
+    // The demo's own operator key, made on purpose in its folder (a station never makes one).
+    let operator = crate::signed::generate_signing_key();
+    crate::signed::write_signing_key(&dir.join("operator.key"), &operator)
+        .map_err(|e| e.to_string())?;
+    store
+        .set_operator_key(&operator)
+        .map_err(|e| e.to_string())?;
     let mut secrets = Vec::with_capacity(buses.len());
     for b in buses.iter() {
-        let secret = match store.terminal_secret(&b.id).map_err(|e| e.to_string())? {
-            Some(s) => s,
-            None => store.add_terminal(&b.id).map_err(|e| e.to_string())?,
-        };
-        secrets.push(secret);
+        // Each bus keeps its master secret; the station keeps only the key derived from it.
+        secrets.push(store.add_terminal(&b.id).map_err(|e| e.to_string())?);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -454,6 +454,20 @@ fn read_text(path: &Path) -> Result<String, KeyError> {
     })
 }
 
+/// Write an operator secret key file: hex, readable by its owner only, never over an
+/// existing file.
+pub fn write_signing_key(path: &Path, key: &SigningKey) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    writeln!(options.open(path)?, "{}", signing_key_hex(key))
+}
+
 /// Read an operator secret key file (as `keygen` writes it).
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
     signing_key_from_hex(&read_text(path)?)

@@ -41,11 +41,12 @@ async fn handshake(addr: SocketAddr, id: &str, secret: &auth::Secret) -> Raw {
         .unwrap();
     let (ty, p) = rd.read(WAIT).await.unwrap();
     let nonce = decode_32(ty, p).unwrap();
-    let proof = auth::client_proof(secret, &nonce, &hello);
+    let key = auth::station_key(secret, id);
+    let proof = auth::client_proof(&key, &nonce, &hello);
     wr.write_all(&encode_frame(FrameType::Auth, &proof))
         .await
         .unwrap();
-    let mut sess = Session::new(auth::session_key(secret, &nonce, &hello), Role::Validator);
+    let mut sess = Session::new(auth::session_key(&key, &nonce, &hello), Role::Validator);
     let (ty, p) = rd.read(WAIT).await.unwrap();
     assert_eq!(ty, FrameType::Welcome);
     sess.open(ty, p).unwrap();

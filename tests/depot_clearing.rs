@@ -204,13 +204,33 @@ fn upload_command_prints_what_was_acknowledged_and_pins_the_operator_key() {
     let listening: serde_json::Value = serde_json::from_str(&line).unwrap();
     let dir = tmp.path().join("bus");
     card_journal(&dir, 300);
+    // The operator's key, made apart and imported on purpose (a station never makes one).
+    let key = tmp.path().join("operator.key");
+    let made = bin()
+        .args(["blacklist", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let imported = bin()
+        .args(["depot", "operator-key", "--db"])
+        .arg(&db)
+        .arg("--import")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let operator_pub = String::from_utf8(imported.stdout).unwrap();
     let upload = |secret: &str| {
+        let file = tmp.path().join("secret");
+        std::fs::write(&file, secret).unwrap();
         bin()
-            .args(["upload", "--terminal", "bus-0007", "--secret", secret])
+            .args(["upload", "--terminal", "bus-0007", "--secret-file"])
+            .arg(&file)
             .args(["--depot", listening["listening"].as_str().unwrap()])
-            .args(["--operator-pub", added["operator_pub"].as_str().unwrap()])
+            .args(["--operator-pub", operator_pub.trim()])
             .arg("--journal")
             .arg(&dir)
+            .env_remove("FARE_VALIDATOR_SECRET")
             .output()
             .unwrap()
     };

@@ -297,3 +297,68 @@ fn the_command_line_logs_a_failed_login_without_rust_log() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_station_makes_no_signing_key_and_its_database_gives_away_no_bus_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.db");
+    let s = Store::open(&db).unwrap();
+    assert!(s.operator_key().unwrap().is_none(), "no key made unasked");
+    let master = s.add_terminal(&terminal_id(0)).unwrap();
+    s.publish("fares", FARES.as_bytes()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the database holds keys: owner only");
+    }
+    let st = station(s).await;
+    let dir = tmp.path().join("bus");
+    card_journal(&dir, 4);
+    DownlinkDir::new(&dir)
+        .pin_operator_key(&operator().verifying_key())
+        .unwrap();
+    let r = upload::upload(&dir, st.addr(), &terminal_id(0), &master)
+        .await
+        .unwrap();
+    st.shutdown().await;
+    assert_eq!(
+        r.acked_seq, 4,
+        "the bus authenticates with its master secret"
+    );
+    assert!(r.installed.is_empty(), "nothing signed without a key");
+    // A copy of the database (a backup) holds the derived key, never the bus's secret.
+    let mut bytes = std::fs::read(&db).unwrap();
+    if let Ok(wal) = std::fs::read(tmp.path().join("depot.db-wal")) {
+        bytes.extend_from_slice(&wal);
+    }
+    let holds = |k: &[u8]| bytes.windows(k.len()).any(|w| w == k);
+    assert!(!holds(&master), "the master secret is not in the database");
+    assert!(holds(&fare_validator::upload::auth::station_key(
+        &master,
+        &terminal_id(0)
+    )));
+}
+
+#[test]
+fn upload_takes_no_secret_on_the_command_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fare-validator"))
+        .args(["upload", "--journal", ".", "--depot", "127.0.0.1:9"])
+        .args(["--terminal", "bus-0000", "--secret", &"11".repeat(32)])
+        .env_remove("FARE_VALIDATOR_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "no --secret option");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fare-validator"))
+        .args(["upload", "--journal", ".", "--depot", "127.0.0.1:9"])
+        .args(["--terminal", "bus-0000"])
+        .env_remove("FARE_VALIDATOR_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--secret-file") && err.contains("FARE_VALIDATOR_SECRET"),
+        "{err}"
+    );
+}

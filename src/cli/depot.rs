@@ -59,8 +59,9 @@ pub enum DepotCmd {
         #[arg(long)]
         db: PathBuf,
     },
-    /// Print the operator public key validators pin (hex); with --import, first replace the
-    /// station's signing key by the operator's key file (as `blacklist keygen` writes).
+    /// Print the operator public key validators pin (hex); with --import, first install the
+    /// operator's key file (as `blacklist keygen` writes it). A station never makes a key:
+    /// without one it sends no downlink file.
     OperatorKey {
         /// The station's SQLite database file.
         #[arg(long)]
@@ -144,9 +145,12 @@ pub struct UploadArgs {
     /// The terminal id the station provisioned (`depot terminal add`).
     #[arg(long)]
     pub terminal: String,
-    /// The terminal's secret, 64 hex digits.
+    /// File holding the terminal's master secret, 64 hex digits (as `depot terminal add`
+    /// printed it), readable by the validator's user only. Without it, the environment
+    /// variable FARE_VALIDATOR_SECRET. Never on the command line: argv is public
+    /// (/proc/PID/cmdline).
     #[arg(long)]
-    pub secret: String,
+    pub secret_file: Option<PathBuf>,
     /// Pin this operator public key (hex) before the session, if none is pinned yet (a
     /// different pinned key is refused: `repin-operator-key` replaces it).
     #[arg(long)]
@@ -185,7 +189,7 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
                 serde_json::json!({
                     "terminal": id,
                     "secret": to_hex(&secret),
-                    "operator_pub": to_hex(key.verifying_key().as_bytes()),
+                    "operator_pub": key.map(|k| to_hex(k.verifying_key().as_bytes())),
                 })
             );
             Ok(())
@@ -220,7 +224,9 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
                 let key = crate::signed::read_signing_key(&path).map_err(input_err)?;
                 store.set_operator_key(&key).map_err(runtime_err)?;
             }
-            let key = store.operator_key().map_err(runtime_err)?;
+            let key = store.operator_key().map_err(runtime_err)?.ok_or_else(|| {
+                input_err("no operator key: import one with --import (a station never makes one)")
+            })?;
             println!("{}", to_hex(key.verifying_key().as_bytes()));
             Ok(())
         }
@@ -381,9 +387,28 @@ fn export(db: &Path, out: Option<&Path>) -> CmdResult {
     w.flush().map_err(runtime_err)
 }
 
+/// Environment variable that may hold the terminal's master secret (hex).
+pub const SECRET_ENV: &str = "FARE_VALIDATOR_SECRET";
+
+/// The terminal's master secret from `file`, else from [`SECRET_ENV`].
+fn read_secret(file: Option<&Path>) -> Result<Secret, (u8, String)> {
+    let (text, from) = match file {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| input_err(format!("{}: {e}", p.display())))?,
+            p.display().to_string(),
+        ),
+        None => (
+            std::env::var(SECRET_ENV)
+                .map_err(|_| input_err(format!("give --secret-file FILE or set {SECRET_ENV}")))?,
+            SECRET_ENV.to_string(),
+        ),
+    };
+    from_hex::<32>(&text)
+        .ok_or_else(|| input_err(format!("{from}: the secret must be 64 hex digits")))
+}
+
 pub fn run_upload(args: &UploadArgs) -> CmdResult {
-    let secret: Secret =
-        from_hex::<32>(&args.secret).ok_or_else(|| input_err("--secret must be 64 hex digits"))?;
+    let secret = read_secret(args.secret_file.as_deref())?;
     let addr: std::net::SocketAddr = args
         .depot
         .parse()

@@ -41,7 +41,10 @@ pub fn downlink_for(
     terminal: &str,
     held: &HeldVersions,
 ) -> Result<Vec<Vec<u8>>, StoreError> {
-    let key: SigningKey = store.operator_key()?;
+    let Some(key): Option<SigningKey> = store.operator_key()? else {
+        tracing::warn!(%terminal, "depot: no operator key imported: no downlink file sent");
+        return Ok(Vec::new());
+    };
     let mut files = Vec::new();
     let current = store.blacklist_version()?;
     if held.blacklist > current {

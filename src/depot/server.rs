@@ -538,7 +538,7 @@ async fn handshake(
     expect(ty, FrameType::Auth)?;
     let proof = decode_32(FrameType::Auth, payload)?;
     let id = hello.terminal_id.clone();
-    let secret = with_store(store, move |s| s.terminal_secret(&id)).await?;
+    let secret = with_store(store, move |s| s.terminal_key(&id)).await?;
     let ok = secret.is_some_and(|secret| {
         auth::verify_client_proof(&secret, &server_nonce, &hello_bytes, &proof)
     });

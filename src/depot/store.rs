@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::journal::{Record, RecordKind, RECORD_BYTES};
 use crate::types::{ListId, ListReason, ReasonSet};
-use crate::upload::auth::{Secret, SECRET_BYTES};
+use crate::upload::auth::{station_key, Secret, SECRET_BYTES};
 use crate::upload::frame::{valid_terminal_id, Ack};
 
 /// How long a writer waits for another connection's lock before failing (ms).
@@ -127,6 +127,35 @@ pub struct Store {
     conn: Connection,
 }
 
+/// A new database file is made readable by the station's user only (SQLite gives its WAL and
+/// shared-memory files the database file's mode): it holds the terminals' keys.
+fn create_owner_only(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Fails harmlessly when the file exists; SQLite then reports any real problem.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
+}
+
+/// An existing database and its WAL files narrowed to the station's user (made before this
+/// rule, or copied with another mode).
+fn owner_only(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+}
+
 fn now_unix_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -136,6 +165,7 @@ fn now_unix_s() -> i64 {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        create_owner_only(path);
         let conn = Connection::open(path)?;
         // synchronous=FULL, not NORMAL: in WAL mode NORMAL syncs the WAL only at checkpoints,
         // so a transaction survives a crash of the station process but not a power cut. An
@@ -150,9 +180,8 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
         conn.execute_batch(SCHEMA)?;
         move_one_reason_table(&conn)?;
-        let store = Store { conn };
-        store.operator_key()?;
-        Ok(store)
+        owner_only(path);
+        Ok(Store { conn })
     }
 
     /// Open an existing database for reading only (the manager's page, reports): nothing is
@@ -165,30 +194,22 @@ impl Store {
         Ok(Store { conn })
     }
 
-    /// The operator's Ed25519 key that signs downlink files, made on first use.
-    /// (A real deployment keeps it offline and imports signed files; this store holds it so
-    /// that one depot can run end to end.)
-    pub fn operator_key(&self) -> Result<SigningKey, StoreError> {
+    /// The operator's Ed25519 key that signs downlink files, if one was imported
+    /// (`depot operator-key --import`). None is ever made here: without one the station
+    /// signs nothing and sends no downlink file (see docs/depot.md, key custody).
+    pub fn operator_key(&self) -> Result<Option<SigningKey>, StoreError> {
         let seed: Option<Vec<u8>> = self
             .conn
             .query_row("SELECT value FROM meta WHERE key='operator_key'", [], |r| {
                 r.get(0)
             })
             .optional()?;
-        let seed = match seed {
-            Some(s) => <[u8; 32]>::try_from(s.as_slice())
-                .map_err(|_| StoreError::Corrupt("operator key"))?,
-            None => {
-                let mut s = [0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut s);
-                self.conn.execute(
-                    "INSERT INTO meta(key, value) VALUES('operator_key', ?1)",
-                    params![&s[..]],
-                )?;
-                s
-            }
-        };
-        Ok(SigningKey::from_bytes(&seed))
+        seed.map(|s| {
+            <[u8; 32]>::try_from(s.as_slice())
+                .map(|s| SigningKey::from_bytes(&s))
+                .map_err(|_| StoreError::Corrupt("operator key"))
+        })
+        .transpose()
     }
 
     /// Use a given operator key (tests, or a key imported from the operator).
@@ -200,7 +221,8 @@ impl Store {
         Ok(())
     }
 
-    /// Provision a terminal with a fresh random secret (returned once, to be shown once).
+    /// Provision a terminal with a fresh random master secret, returned once (to be given to
+    /// the bus); the store keeps only the key derived from it ([`station_key`]).
     pub fn add_terminal(&self, id: &str) -> Result<Secret, StoreError> {
         let mut secret = [0u8; SECRET_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut secret);
@@ -208,13 +230,15 @@ impl Store {
         Ok(secret)
     }
 
-    pub fn add_terminal_with_secret(&self, id: &str, secret: &Secret) -> Result<(), StoreError> {
+    /// Provision a terminal whose bus holds `master`; the store keeps the derived key only.
+    pub fn add_terminal_with_secret(&self, id: &str, master: &Secret) -> Result<(), StoreError> {
         if !valid_terminal_id(id) {
             return Err(StoreError::BadTerminalId);
         }
+        let key = station_key(master, id);
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO terminals(id, secret, added_unix_s) VALUES(?1, ?2, ?3)",
-            params![id, &secret[..], now_unix_s()],
+            params![id, &key[..], now_unix_s()],
         )?;
         if n == 0 {
             return Err(StoreError::TerminalExists(id.to_string()));
@@ -222,7 +246,8 @@ impl Store {
         Ok(())
     }
 
-    pub fn terminal_secret(&self, id: &str) -> Result<Option<Secret>, StoreError> {
+    /// The key the station authenticates `id` with (derived from the bus's master secret).
+    pub fn terminal_key(&self, id: &str) -> Result<Option<Secret>, StoreError> {
         let s: Option<Vec<u8>> = self
             .conn
             .prepare_cached("SELECT secret FROM terminals WHERE id=?1")?

@@ -21,6 +21,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const SECRET_BYTES: usize = 32;
 const CLIENT_PROOF_LABEL: &[u8] = b"fare-validator depot v1 client proof\0";
 const SESSION_KEY_LABEL: &[u8] = b"fare-validator depot v1 session key\0";
+const STATION_KEY_LABEL: &[u8] = b"fare-validator depot v1 station key\0";
 
 pub type Secret = [u8; SECRET_BYTES];
 
@@ -33,7 +34,15 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
-/// The validator's answer to the station's challenge.
+/// The key the station holds for a terminal: `HMAC(master secret, "station key" ‖ terminal
+/// id)`. The bus keeps the master secret; the station's database holds only this derived
+/// key, so a copy of the database (a backup) does not give away the bus's secret, nor
+/// anything else the bus derives from it. Both sides authenticate with the derived key.
+pub fn station_key(master: &Secret, terminal_id: &str) -> Secret {
+    hmac(master, &[STATION_KEY_LABEL, terminal_id.as_bytes()])
+}
+
+/// The validator's answer to the station's challenge (`secret`: the station key).
 pub fn client_proof(secret: &Secret, server_nonce: &[u8; NONCE_BYTES], hello: &[u8]) -> [u8; 32] {
     hmac(secret, &[CLIENT_PROOF_LABEL, server_nonce, hello])
 }

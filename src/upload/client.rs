@@ -256,10 +256,11 @@ async fn authenticate(
         return Err(UploadError::Unexpected(ty));
     }
     let server_nonce = decode_32(ty, payload)?;
-    let proof = auth::client_proof(&cfg.secret, &server_nonce, &hello);
+    let key = auth::station_key(&cfg.secret, &cfg.terminal_id);
+    let proof = auth::client_proof(&key, &server_nonce, &hello);
     write_frame(wr, FrameType::Auth, &proof).await?;
     let mut sess = Session::new(
-        auth::session_key(&cfg.secret, &server_nonce, &hello),
+        auth::session_key(&key, &server_nonce, &hello),
         Role::Validator,
     );
     let (ty, payload) = rd.read(REPLY_TIMEOUT).await?;
