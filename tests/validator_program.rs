@@ -125,8 +125,11 @@ fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
     ))
     .unwrap();
     store.publish("keys", &keys).unwrap();
+    // The operator's key, imported on purpose (a station never makes one).
+    let operator = fare_validator::signed::signing_key_from_seed([17; 32]);
+    store.set_operator_key(&operator).unwrap();
     DownlinkDir::new(&data)
-        .pin_operator_key(&store.operator_key().unwrap().verifying_key())
+        .pin_operator_key(&operator.verifying_key())
         .unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -83,7 +83,8 @@ pub struct RepinArgs {
 struct TerminalAnswer {
     terminal: String,
     secret: String,
-    operator_pub: String,
+    /// Null when the station has no operator key imported yet (it never makes one).
+    operator_pub: Option<String>,
 }
 
 fn parse_key(hex: &str) -> Result<ed25519_dalek::VerifyingKey, CmdError> {
@@ -122,7 +123,13 @@ pub fn provision(args: &ProvisionArgs) -> Result<(), CmdError> {
         .map_err(|e| bad_input(format!("terminal add answer: {e}")))?;
     let secret: Secret = from_hex::<32>(&answer.secret)
         .ok_or_else(|| bad_input("terminal add answer: secret must be 64 hex digits"))?;
-    let key = parse_key(&answer.operator_pub)?;
+    let operator_pub = answer.operator_pub.as_deref().ok_or_else(|| {
+        bad_input(
+            "terminal add answer: operator_pub is null: import the operator key at the station \
+             (depot operator-key --import) before provisioning",
+        )
+    })?;
+    let key = parse_key(operator_pub)?;
     if args.config.exists() {
         return Err(bad_input(format!(
             "{}: exists; provision never replaces a configuration",
@@ -165,7 +172,7 @@ pub fn provision(args: &ProvisionArgs) -> Result<(), CmdError> {
             "config": args.config,
             "secret_file": secret_path,
             "terminal": answer.terminal,
-            "operator_pub_pinned": answer.operator_pub.trim(),
+            "operator_pub_pinned": operator_pub.trim(),
         })
     );
     Ok(())
