@@ -118,6 +118,11 @@ struct Depot {
 fn depot(dir: &Path) -> Depot {
     let db = dir.join("depot.sqlite");
     let answer = dir.join("answer.json");
+    // The operator's key, imported on purpose (a station never makes one).
+    fare_validator::depot::Store::open(&db)
+        .unwrap()
+        .set_operator_key(&fare_validator::signed::signing_key_from_seed([29; 32]))
+        .unwrap();
     let text = run_ok(
         bin()
             .args(["depot", "terminal", "add", TERMINAL, "--db"])

@@ -17,7 +17,19 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fare-validator"))
 }
 
+/// A different operator key for each station the tests set up.
+static OPERATOR_SEED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+
 fn terminal_add(db: &Path, id: &str) -> Value {
+    // The operator's key, imported on purpose before the first terminal (a station never
+    // makes one, and the answer carries its public key).
+    let s = fare_validator::depot::Store::open(db).unwrap();
+    if s.operator_key().unwrap().is_none() {
+        let seed = OPERATOR_SEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.set_operator_key(&fare_validator::signed::signing_key_from_seed([seed; 32]))
+            .unwrap();
+    }
+    drop(s);
     let out = bin()
         .args(["depot", "terminal", "add", id, "--db"])
         .arg(db)
@@ -157,9 +169,11 @@ fn upload_exits_1_when_a_downlink_file_is_refused_and_never_repins_in_passing() 
         .pin_operator_key(&stranger)
         .unwrap();
     let upload = |operator_pub: Option<&str>| {
+        let secret = tmp.path().join("bus-0043.secret");
+        std::fs::write(&secret, answer["secret"].as_str().unwrap()).unwrap();
         let mut c = bin();
-        c.args(["upload", "--terminal", "bus-0043"])
-            .args(["--secret", answer["secret"].as_str().unwrap()])
+        c.args(["upload", "--terminal", "bus-0043", "--secret-file"])
+            .arg(&secret)
             .args(["--depot", listening["listening"].as_str().unwrap()])
             .arg("--journal")
             .arg(&journal);
