@@ -32,6 +32,8 @@ fn bench_tap(c: &mut Criterion, name: &str, layer: Box<dyn FileLayer>) {
         valid_until: "2034-12-31".into(),
         balance_fen: i64::from(fare_validator::types::PURSE_BALANCE_FEN_MAX),
         purse_word: None,
+        issuer_city: None,
+        interop: None,
     };
     let mut card = SimCard::new(&spec, &keys, 1).unwrap();
     let mut now = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();

@@ -160,6 +160,8 @@ pub(crate) fn bench_cards(seed: u64) -> Vec<SimCard> {
                 valid_until: "2034-12-31".into(),
                 balance_fen: i64::from(crate::types::PURSE_BALANCE_FEN_MAX),
                 purse_word: None,
+                issuer_city: None,
+                interop: None,
             };
             SimCard::new(&spec, &keys, seed).expect("valid bench card")
         })

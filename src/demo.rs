@@ -151,6 +151,8 @@ fn population(
                 rng.gen_range(2_000..30_000)
             },
             purse_word: None,
+            issuer_city: None,
+            interop: None,
         };
         cards.push(SimCard::new(&spec, &keys, args.seed)?);
         categories.push(c);

@@ -15,7 +15,9 @@
 //!
 //! Card checks, in order: `unreadable`, `card_blocked`, `not_activated`,
 //! `card_not_yet_valid` / `card_expired`, `blacklisted` (and the lock of a replaced or
-//! cancelled card), `repeat_tap`, `insufficient_balance`, `card_removed`.
+//! cancelled card), `repeat_tap`, `issuer_not_accepted`, `insufficient_balance`,
+//! `card_removed`. The fare follows the card's issuing city (file 0x17) as well as its card
+//! type: only cards the fare table grants concessions get them ([`crate::fare`]).
 //!
 //! Before DEBIT FOR CAPP PURCHASE is sent, the intent to debit (a grey record, 灰记录: card,
 //! offline counter, PSAM transaction number, amount and what the record will say) is made
@@ -379,13 +381,22 @@ impl<P: CardChannel> Validator<P> {
         now: Timestamp,
     ) -> Result<Decision, Refusal> {
         let category = s.read_holder().map_err(card_reason)?;
+        let management = s.read_management().map_err(card_reason)?;
+        let Some(issuer) = self
+            .fares
+            .issuer(management.issuer_city, management.interop_kind)
+        else {
+            return Err(Reason::IssuerNotAccepted.into());
+        };
         let prev = s.read_boarding().map_err(card_reason)?;
         let route = self.cfg.route;
         let prev = prev.map(|b| PreviousBoarding {
             route: b.route,
             at_unix_s: i64::from(b.at_unix_s),
         });
-        let fare_fen = self.fares.card_fare(category, route, now.unix_s, prev);
+        let fare_fen = self
+            .fares
+            .card_fare(category, issuer, route, now.unix_s, prev);
         let terminal_no = self.psam.terminal_no();
         let init = match s.init_purchase(PURCHASE_KEY_INDEX, fare_fen, terminal_no) {
             Ok(init) if covers(init.balance_fen, fare_fen) => init,

@@ -470,6 +470,8 @@ pub enum Reason {
     CardExpired,
     Blacklisted,
     RepeatTap,
+    /// The card's issuing city (file 0x17) is not accepted by the fare table's interop rules.
+    IssuerNotAccepted,
     InsufficientBalance,
     CardRemoved,
     // Ride code reasons (ride-code-v1.md), besides Blacklisted and RepeatTap.
@@ -489,7 +491,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::Unreadable,
         Reason::CardBlocked,
         Reason::NotActivated,
@@ -497,6 +499,7 @@ impl Reason {
         Reason::CardExpired,
         Reason::Blacklisted,
         Reason::RepeatTap,
+        Reason::IssuerNotAccepted,
         Reason::InsufficientBalance,
         Reason::CardRemoved,
         Reason::Malformed,
@@ -522,6 +525,7 @@ impl Reason {
             Reason::CardExpired => "card_expired",
             Reason::Blacklisted => "blacklisted",
             Reason::RepeatTap => "repeat_tap",
+            Reason::IssuerNotAccepted => "issuer_not_accepted",
             Reason::InsufficientBalance => "insufficient_balance",
             Reason::CardRemoved => "card_removed",
             Reason::Malformed => "malformed",

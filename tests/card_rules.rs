@@ -337,6 +337,8 @@ fn group_commit_shares_one_sync_and_nothing_is_durable_before_it() {
             valid_until: "2034-12-31".into(),
             balance_fen: 1000,
             purse_word: None,
+            issuer_city: None,
+            interop: None,
         };
         let mut c = SimCard::new(&spec, &keys, 1).unwrap();
         let d = v.tap_card(&mut c, now);

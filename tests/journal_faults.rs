@@ -199,6 +199,8 @@ fn card(n: u32) -> SimCard {
         valid_until: "2034-12-31".into(),
         balance_fen: 5_000,
         purse_word: None,
+        issuer_city: None,
+        interop: None,
     };
     SimCard::new(&spec, &TestKeys::default(), 3).unwrap()
 }

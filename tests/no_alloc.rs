@@ -54,6 +54,8 @@ fn card_taps_allocate_nothing_after_start_up() {
         valid_until: "2034-12-31".into(),
         balance_fen: 100_000,
         purse_word: None,
+        issuer_city: None,
+        interop: None,
     };
     list.apply(&Change {
         op: ChangeOp::Add,

@@ -28,6 +28,8 @@ fn card_with(n: u32, balance_fen: u32) -> SimCard {
         valid_until: "2034-12-31".into(),
         balance_fen: balance_fen.into(),
         purse_word: None,
+        issuer_city: None,
+        interop: None,
     };
     SimCard::new(&spec, &TestKeys::default(), 7).unwrap()
 }

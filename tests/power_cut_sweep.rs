@@ -215,6 +215,8 @@ fn sim_card(n: u32) -> SimCard {
         valid_until: "2034-12-31".into(),
         balance_fen: BALANCE_FEN.into(),
         purse_word: None,
+        issuer_city: None,
+        interop: None,
     };
     SimCard::new(&spec, &TestKeys::default(), 11).unwrap()
 }

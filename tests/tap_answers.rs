@@ -174,6 +174,8 @@ fn run(c: &Case) -> Result<usize, TestCaseError> {
         valid_until: "2034-12-31".into(),
         balance_fen: c.balance_fen,
         purse_word: c.purse_word.map(|w| PurseWord(w.to_be_bytes())),
+        issuer_city: None,
+        interop: None,
     };
     let card = SimCard::new(&spec, &keys, 7).unwrap();
     let psam = Meddler::new(

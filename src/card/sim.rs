@@ -18,7 +18,8 @@ use super::crypto::{self, Key16, PurchaseData};
 use super::psam::Mac1Input;
 use super::tunion::{
     balance_after, category_card_type, covers, encode_bcd_date, encode_purse_word,
-    purse_balance_fen, AID, BLOCK_HEADER, BUS_RECORD_ID, COMPOUND_RECORD_BYTES, HOLDER_FILE_BYTES,
+    purse_balance_fen, CityCode, AID, BLOCK_HEADER, BUS_RECORD_ID, COMPOUND_RECORD_BYTES,
+    HOLDER_FILE_BYTES, INTEROP_KIND_CITY_ONLY, INTEROP_KIND_TUNION, MANAGEMENT_FILE_BYTES,
     PUBLIC_FILE_BYTES, PURSE_WORD_FLAG_BIT, SFI_COMPOUND, TX_TYPE_CAPP,
 };
 use crate::types::{BalanceFen, CardNo, Fen, RiderCategory};
@@ -27,6 +28,8 @@ use crate::types::{BalanceFen, CardNo, Fen, RiderCategory};
 pub const CARD_PROOFS_MAX: usize = 4;
 /// Issuer identifier of simulated Dezhou cards (city code 4530 in bytes 2–3).
 pub const SIM_ISSUER: [u8; 8] = [0x37, 0x14, 0x45, 0x30, 0x00, 0x00, 0x00, 0x01];
+/// Issuing city of a card whose CARDS.json entry names none: Dezhou.
+pub const SIM_HOME_CITY: CityCode = CityCode(4530);
 const KEY_VERSION: u8 = 0x01;
 const ALG_ID_3DES: u8 = 0x00;
 
@@ -69,6 +72,49 @@ pub struct CardSpec {
     /// instead of `balance_fen`'s encoding: 8 hex digits in CARDS.json.
     #[serde(default)]
     pub purse_word: Option<PurseWord>,
+    /// Issuing city code written in file 0x17 (and 0x15 bytes 2–3): 4 decimal digits in
+    /// CARDS.json; absent means Dezhou, [`SIM_HOME_CITY`].
+    #[serde(default)]
+    pub issuer_city: Option<CityCode>,
+    /// Interop kind written in file 0x17: `t_union` (the default) or `city_only`.
+    #[serde(default)]
+    pub interop: Option<InteropSpec>,
+}
+
+/// The interop kind a simulated card carries in file 0x17 bytes 8–9.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InteropSpec {
+    /// `00 01`: a T-Union interop card.
+    #[default]
+    TUnion,
+    /// `00 00`: a card for its own city only.
+    CityOnly,
+}
+
+impl InteropSpec {
+    pub fn kind(self) -> u16 {
+        match self {
+            InteropSpec::TUnion => INTEROP_KIND_TUNION,
+            InteropSpec::CityOnly => INTEROP_KIND_CITY_ONLY,
+        }
+    }
+}
+
+/// File 0x17 of a simulated card: country `86` (BCD, right-aligned), Shandong `37`, the city,
+/// the interop kind and the card category.
+pub fn management_file(
+    city: CityCode,
+    interop: InteropSpec,
+    category: RiderCategory,
+) -> [u8; MANAGEMENT_FILE_BYTES] {
+    let mut f = [0u8; MANAGEMENT_FILE_BYTES];
+    f[3] = 0x86;
+    f[5] = 0x37;
+    f[6..8].copy_from_slice(&city.to_bcd());
+    f[8..10].copy_from_slice(&interop.kind().to_be_bytes());
+    f[10] = category_card_type(category);
+    f
 }
 
 /// A purse word as CARDS.json gives it: exactly 8 hex digits (`"FFFFFFFF"`, `"80001388"`).
@@ -125,6 +171,7 @@ pub struct SimCard {
     card_no: CardNo,
     public_file: [u8; PUBLIC_FILE_BYTES],
     holder_file: [u8; HOLDER_FILE_BYTES],
+    management_file: [u8; MANAGEMENT_FILE_BYTES],
     dpk: Key16,
     dtk: Key16,
     damk: Key16,
@@ -169,8 +216,10 @@ impl SimCard {
             )
         })?;
         let purse_word = spec.purse_word.map_or(from_balance, |w| w.0);
+        let city = spec.issuer_city.unwrap_or(SIM_HOME_CITY);
         let mut public_file = [0u8; PUBLIC_FILE_BYTES];
         public_file[..8].copy_from_slice(&SIM_ISSUER);
+        public_file[2..4].copy_from_slice(&city.to_bcd());
         public_file[8] = 0x02; // application type: transport purse
         public_file[9] = u8::from(spec.enabled);
         public_file[10..20].copy_from_slice(&spec.card_no.0);
@@ -183,6 +232,11 @@ impl SimCard {
             card_no: spec.card_no,
             public_file,
             holder_file,
+            management_file: management_file(
+                city,
+                spec.interop.unwrap_or_default(),
+                spec.card_type,
+            ),
             dpk: crypto::diversify(&keys.purchase_master, serial),
             dtk: crypto::diversify(&keys.tac_master, serial),
             damk: crypto::diversify(&keys.maintenance_master, serial),
@@ -204,6 +258,11 @@ impl SimCard {
     /// Overwrite the raw public file (for tests of malformed cards).
     pub fn set_public_file(&mut self, bytes: [u8; PUBLIC_FILE_BYTES]) {
         self.public_file = bytes;
+    }
+
+    /// Overwrite the raw management file 0x17 (for tests of malformed cards).
+    pub fn set_management_file(&mut self, bytes: [u8; MANAGEMENT_FILE_BYTES]) {
+        self.management_file = bytes;
     }
 
     pub fn card_no(&self) -> CardNo {
@@ -325,6 +384,7 @@ impl SimCard {
         match p1 {
             0x95 => r.set(&self.public_file, sw::OK),
             0x96 => r.set(&self.holder_file, sw::OK),
+            0x97 => r.set(&self.management_file, sw::OK),
             _ => r.status(sw::FILE_NOT_FOUND),
         }
     }
@@ -493,6 +553,9 @@ pub struct SimCardState {
     pub card_no: CardNo,
     pub public_file: String,
     pub holder_file: String,
+    /// File 0x17; absent in states saved before it was simulated: a Dezhou T-Union card's.
+    #[serde(default)]
+    pub management_file: Option<String>,
     /// The purse word exactly as the card answers GET BALANCE (8 hex digits).
     pub purse_word: String,
     pub offline_counter: u16,
@@ -527,6 +590,7 @@ impl SimCard {
             card_no: self.card_no,
             public_file: hex::encode(self.public_file),
             holder_file: hex::encode(self.holder_file),
+            management_file: Some(hex::encode(self.management_file)),
             purse_word: hex::encode(self.purse_word),
             offline_counter: self.offline_counter,
             compound: self.compound.map(hex::encode),
@@ -568,10 +632,20 @@ impl SimCard {
         let mut rng = ChaCha8Rng::from_seed(unhex("rng_seed", &state.rng_seed)?);
         rng.set_word_pos(word_pos);
         let serial = state.card_no.serial_tail8();
+        let holder_file: [u8; HOLDER_FILE_BYTES] = unhex("holder_file", &state.holder_file)?;
+        let management_file = match &state.management_file {
+            Some(m) => unhex("management_file", m)?,
+            None => {
+                let category = super::tunion::card_type_category(holder_file[0])
+                    .unwrap_or(RiderCategory::Adult);
+                management_file(SIM_HOME_CITY, InteropSpec::TUnion, category)
+            }
+        };
         Ok(SimCard {
             card_no: state.card_no,
             public_file,
-            holder_file: unhex("holder_file", &state.holder_file)?,
+            holder_file,
+            management_file,
             dpk: crypto::diversify(&keys.purchase_master, serial),
             dtk: crypto::diversify(&keys.tac_master, serial),
             damk: crypto::diversify(&keys.maintenance_master, serial),

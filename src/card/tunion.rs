@@ -8,6 +8,7 @@
 //! | SELECT by AID | `00 A4 04 00 08 A0 00 00 06 32 01 01 05` | FCI; `6A 82` no application, `6A 81` / `93 03` blocked |
 //! | READ BINARY 0x15 | `00 B0 95 00 1E` | public application info, 30 bytes (below) |
 //! | READ BINARY 0x16 | `00 B0 96 00 37` | cardholder info, 55 bytes; byte 0 is the card type |
+//! | READ BINARY 0x17 | `00 B0 97 00 3C` | management info, 60 bytes (below): issuing city, interop kind |
 //! | READ RECORD 0x1A rec 2 | `00 B2 02 D4 80` | the bus compound record (last boarding), 128 bytes; `6A 83` none yet |
 //! | GET BALANCE | `80 5C 00 02 04` | balance (4) |
 //! | INITIALIZE FOR CAPP PURCHASE | `80 50 03 02 0B` key index (1) amount (4) terminal no (6), Le `0F` | balance (4), offline counter (2), overdraft limit (3), key version (1), algorithm (1), card random (4) |
@@ -28,6 +29,31 @@
 //! | 20–23 | start date, BCD YYYYMMDD |
 //! | 24–27 | expiry date, BCD YYYYMMDD (00000000 and FFFFFFFF invalid) |
 //! | 28–29 | issuer-defined |
+//!
+//! ## File 0x17 (management info, 管理信息文件)
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 0–3 | country code |
+//! | 4–5 | province code, BCD |
+//! | 6–7 | issuing city code, BCD, 4 digits (Dezhou's cards carry `45 30`, as in 0x15 bytes 2–3) |
+//! | 8–9 | interop kind (互通卡种): `00 01` a T-Union interop card (交通联合), `00 00` a city-only card; others kept as read |
+//! | 10 | card category as the issuer manages it |
+//! | 11–59 | issuer-defined |
+//!
+//! The issuing city decides the rider category: the card type byte of 0x16 is the issuer's
+//! own coding and its concessions are the issuer's, so a card whose city is not the fare
+//! table's home city gets the table's interop rules, not the local concession
+//! ([`crate::fare`]). A city code that is not 4 BCD digits is a malformed file: `unreadable`.
+//!
+//! Sources: JT/T 978.3 (the transport application's files); the byte positions as the
+//! project's working notes on the card give them. Open-source readers of these cards read the
+//! issuing city from the issuer identifier of 0x15 (bytes 2–3, or its copy in the FCI tag
+//! `9F0C`: `t_union_decode_app_meta` in `applications/external/t_union_master/src/protocol/
+//! t_union_poller_i.c` of the Flipper Zero "T-Union Master" application) and do not parse
+//! 0x17 (Metrodroid's `TUnionTransitData` reads 0x15 only); no public reader was found to
+//! confirm bytes 8–10, so the interop kind is carried as read and only its `00 01` value is
+//! given a meaning.
 //!
 //! ## The bus compound record (0x1A, record 02), this operator's layout
 //!
@@ -73,6 +99,12 @@ use crate::types::{is_purse_balance, BalanceFen, CardNo, Fen, RiderCategory};
 pub const AID: [u8; 8] = [0xA0, 0x00, 0x00, 0x06, 0x32, 0x01, 0x01, 0x05];
 pub const PUBLIC_FILE_BYTES: usize = 30;
 pub const HOLDER_FILE_BYTES: usize = 55;
+/// File 0x17, management info.
+pub const MANAGEMENT_FILE_BYTES: usize = 60;
+/// Interop kind (0x17 bytes 8–9) of a T-Union interop card.
+pub const INTEROP_KIND_TUNION: u16 = 0x0001;
+/// Interop kind of a city-only card.
+pub const INTEROP_KIND_CITY_ONLY: u16 = 0x0000;
 pub const COMPOUND_RECORD_BYTES: usize = 128;
 pub const INIT_PURCHASE_BYTES: usize = 15;
 /// Transaction type of a compound (CAPP) purchase.
@@ -111,6 +143,65 @@ pub struct PublicInfo {
     pub card_no: CardNo,
     pub valid_from: Ymd,
     pub valid_until: Ymd,
+}
+
+/// A city code as the card writes it: 4 BCD digits, held as their decimal value (`45 30` is
+/// 4530). Every value is 0..=9999; none stands for "no city".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CityCode(pub u16);
+
+impl CityCode {
+    /// From two BCD bytes; `None` when a nibble is not a decimal digit.
+    pub fn from_bcd(b: [u8; 2]) -> Option<CityCode> {
+        let v = bcd_digit_pair(b[0])? * 100 + bcd_digit_pair(b[1])?;
+        Some(CityCode(v as u16))
+    }
+
+    /// The two BCD bytes (the value is below 10,000 by construction of `from_bcd`/`parse`).
+    pub fn to_bcd(self) -> [u8; 2] {
+        let (hi, lo) = ((self.0 / 100) as u8, (self.0 % 100) as u8);
+        [((hi / 10) << 4) | (hi % 10), ((lo / 10) << 4) | (lo % 10)]
+    }
+}
+
+impl std::str::FromStr for CityCode {
+    type Err = String;
+    /// Exactly 4 decimal digits, as `"4530"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("a city code is 4 decimal digits, not {s:?}"));
+        }
+        s.parse()
+            .map(CityCode)
+            .map_err(|_| format!("bad city code {s:?}"))
+    }
+}
+
+impl std::fmt::Display for CityCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04}", self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CityCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for CityCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// File 0x17, parsed down to what the fare rules use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Management {
+    pub issuer_city: CityCode,
+    /// Bytes 8–9 as read ([`INTEROP_KIND_TUNION`], [`INTEROP_KIND_CITY_ONLY`] or another).
+    pub interop_kind: u16,
 }
 
 /// The last boarding written on the card.
@@ -275,6 +366,18 @@ pub fn parse_holder(r: &Response) -> Result<RiderCategory, CardError> {
     card_type_category(r.data[0]).ok_or(CardError::Field("unknown card type"))
 }
 
+/// Parse file 0x17: a city code that is not BCD is a typed error.
+pub fn parse_management(r: &Response) -> Result<Management, CardError> {
+    expect_len(0xB0, r, MANAGEMENT_FILE_BYTES)?;
+    let d = &r.data;
+    let issuer_city =
+        CityCode::from_bcd([d[6], d[7]]).ok_or(CardError::Field("issuing city code is not BCD"))?;
+    Ok(Management {
+        issuer_city,
+        interop_kind: u16::from_be_bytes([d[8], d[9]]),
+    })
+}
+
 /// Parse the bus compound record; `6A 83` (no record yet) is `None`.
 pub fn parse_boarding(r: &Response) -> Result<Option<Boarding>, CardError> {
     if r.sw == sw::RECORD_NOT_FOUND {
@@ -419,6 +522,18 @@ impl<'c, C: CardChannel + ?Sized> CardSession<'c, C> {
         parse_holder(r)
     }
 
+    pub fn read_management(&mut self) -> Result<Management, CardError> {
+        let r = self.send(&command(
+            0x00,
+            0xB0,
+            0x97,
+            0x00,
+            &[],
+            Some(MANAGEMENT_FILE_BYTES as u8),
+        ))?;
+        parse_management(r)
+    }
+
     pub fn read_boarding(&mut self) -> Result<Option<Boarding>, CardError> {
         let p2 = (SFI_COMPOUND << 3) | 0x04;
         let r = self.send(&command(
@@ -558,6 +673,32 @@ mod tests {
     }
 
     #[test]
+    fn management_file_gives_the_issuing_city_and_rejects_a_non_bcd_city() {
+        let mut d = [0u8; MANAGEMENT_FILE_BYTES];
+        d[6..8].copy_from_slice(&[0x10, 0x00]);
+        d[8..10].copy_from_slice(&INTEROP_KIND_TUNION.to_be_bytes());
+        assert_eq!(
+            parse_management(&resp(&d, sw::OK)),
+            Ok(Management {
+                issuer_city: CityCode(1000),
+                interop_kind: INTEROP_KIND_TUNION
+            })
+        );
+        d[7] = 0x0A;
+        assert_eq!(
+            parse_management(&resp(&d, sw::OK)),
+            Err(CardError::Field("issuing city code is not BCD"))
+        );
+        assert!(matches!(
+            parse_management(&resp(&d[..59], sw::OK)),
+            Err(CardError::Length { .. })
+        ));
+        assert_eq!(CityCode(4530).to_bcd(), [0x45, 0x30]);
+        assert_eq!("0531".parse::<CityCode>().unwrap().to_string(), "0531");
+        assert!("453".parse::<CityCode>().is_err() && "45a0".parse::<CityCode>().is_err());
+    }
+
+    #[test]
     fn purse_word_reads_bits_30_to_0_as_twos_complement() {
         for (word, fen) in [
             (0x0000_1388u32, 5000),
@@ -598,6 +739,7 @@ mod tests {
             let r = resp(&data, sw_);
             let _ = parse_public(&r);
             let _ = parse_holder(&r);
+            let _ = parse_management(&r);
             let _ = parse_boarding(&r);
             let _ = parse_balance(&r);
             let _ = parse_init_purchase(&r);

@@ -32,6 +32,7 @@ pub fn reason_text(reason: Reason) -> (&'static str, &'static str) {
         Reason::CardExpired => ("卡已过期", "card expired"),
         Reason::Blacklisted => ("黑名单卡", "card refused, see service counter"),
         Reason::RepeatTap => ("已刷卡", "already tapped"),
+        Reason::IssuerNotAccepted => ("此卡本地不受理", "card's city not accepted here"),
         Reason::InsufficientBalance => ("余额不足", "insufficient balance"),
         Reason::CardRemoved => ("请重新刷卡", "card moved away, tap again"),
         Reason::Malformed => ("无效乘车码", "not a ride code"),
