@@ -32,6 +32,17 @@ impl Timestamp {
     }
 
     /// The local calendar date as YYYYMMDD.
+    /// Seconds since local midnight (in the offset of the timestamp), 0..86_400.
+    pub fn local_second_of_day(&self) -> u32 {
+        (self.unix_s + i64::from(self.utc_offset_s)).rem_euclid(86_400) as u32
+    }
+
+    /// ISO weekday of the local date: 1 Monday .. 7 Sunday (1970-01-01 was a Thursday).
+    pub fn local_iso_weekday(&self) -> u8 {
+        let days = (self.unix_s + i64::from(self.utc_offset_s)).div_euclid(86_400);
+        ((days + 3).rem_euclid(7) + 1) as u8
+    }
+
     pub fn local_ymd(&self) -> u32 {
         let t = self.local();
         (t.year() as u32) * 10_000 + (t.month() as u32) * 100 + u32::from(t.day())

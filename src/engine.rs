@@ -394,9 +394,7 @@ impl<P: CardChannel> Validator<P> {
             route: b.route,
             at_unix_s: i64::from(b.at_unix_s),
         });
-        let fare_fen = self
-            .fares
-            .card_fare(category, issuer, route, now.unix_s, prev);
+        let fare_fen = self.fares.card_fare(category, issuer, route, &now, prev);
         let terminal_no = self.psam.terminal_no();
         let init = match s.init_purchase(PURCHASE_KEY_INDEX, fare_fen, terminal_no) {
             Ok(init) if covers(init.balance_fen, fare_fen) => init,
@@ -757,7 +755,9 @@ impl<P: CardChannel> Validator<P> {
             utc_offset_min: (now.utc_offset_s / 60) as i16,
             route: self.cfg.route,
             category: code.rider_category,
-            fare_fen: self.fares.category_fare(code.rider_category),
+            fare_fen: self
+                .fares
+                .category_fare_at(code.rider_category, crate::fare::LocalTime::of(&now)),
             balance_fen: None,
             card_no: code.card_no,
             card_tx: CardTx::default(),

@@ -156,3 +156,36 @@ fn cards_json_refuses_a_city_code_that_is_not_four_digits() {
         assert!(serde_json::from_str::<CardSpec>(&text).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn seniors_ride_free_off_peak_only_through_replay_at_both_edges_of_the_peak() {
+    let events: Vec<String> = [
+        "2026-11-27T06:59:59+08:00",
+        "2026-11-27T07:01:00+08:00",
+        "2026-11-27T08:59:59+08:00",
+        "2026-11-27T09:00:00+08:00",
+        "2026-11-28T07:30:00+08:00",
+    ]
+    .iter()
+    .map(|at| format!(r#"{{"at": "{at}", "card_no": "{}"}}"#, card(3)))
+    .collect();
+    let o = ReplayOptions {
+        fares: Some(fixture("timeframes/fares.toml")),
+        ..options(None)
+    };
+    let fares: Vec<(String, u64)> = replay_with(&o, &events)
+        .iter()
+        .map(|l| (reason(l).to_string(), l["fare_fen"].as_u64().unwrap()))
+        .collect();
+    // Card 3 of fixtures/replay is a senior with 0 fen: free rides pass, peak ones cannot pay.
+    assert_eq!(
+        fares,
+        [
+            ("accepted".to_string(), 0),
+            ("insufficient_balance".to_string(), 0),
+            ("insufficient_balance".to_string(), 0),
+            ("accepted".to_string(), 0),
+            ("accepted".to_string(), 0),
+        ]
+    );
+}

@@ -1,5 +1,7 @@
 //! After start-up the tap path does not allocate: a counting allocator watches a run of card
-//! taps (dialogue, decision, durable record) and refusals.
+//! taps (dialogue, decision, durable record) and refusals, under a fare table with every rule
+//! kind (`fixtures/fares-every-rule.toml`: interop lists, timeframes) and cards of the home
+//! city and of other cities (accepted, interop fare, refused by the deny list).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -65,7 +67,7 @@ fn card_taps_allocate_nothing_after_start_up() {
     let mut v = Validator::new(
         EngineConfig::default(),
         psam,
-        FareTable::default_policy(),
+        FareTable::from_toml(include_str!("../fixtures/fares-every-rule.toml")).unwrap(),
         list,
         journal,
     );
@@ -78,6 +80,19 @@ fn card_taps_allocate_nothing_after_start_up() {
     .enumerate()
     .map(|(i, t)| SimCard::new(&spec(i as u32 + 1, *t), &keys, 1).unwrap())
     .collect();
+    // A senior of the home city (timeframes), a student of city 1000 (interop fare) and an
+    // adult of denied city 2000 (issuer_not_accepted).
+    for (n, t, city) in [
+        (4, RiderCategory::Senior, None),
+        (5, RiderCategory::Student, Some("1000")),
+        (6, RiderCategory::Adult, Some("2000")),
+    ] {
+        let spec = CardSpec {
+            issuer_city: city.map(|c| c.parse().unwrap()),
+            ..spec(n, t)
+        };
+        cards.push(SimCard::new(&spec, &keys, 1).unwrap());
+    }
     let mut now = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();
     // Warm-up: the first tap opens what it needs.
     cards[0].enter_field(None);

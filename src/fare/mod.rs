@@ -25,6 +25,11 @@ pub const BASE_FARE_FEN_MAX: Fen = 10_000;
 pub const TRANSFER_WINDOW_S_MAX: u32 = 86_400;
 /// Longest city list (allow, deny, concession) a table may hold; a lookup scans at most this.
 pub const CITY_LIST_ENTRIES_MAX: usize = 512;
+/// Most timeframe rules a table may hold; a fare looks at most at this many.
+pub const TIMEFRAME_RULES_MAX: usize = 64;
+/// Seconds in a day: a timeframe's `end` may be at most this (24:00).
+pub const DAY_S: u32 = 86_400;
+
 /// Home city when the table names none: Dezhou, as its cards write it in file 0x17.
 pub const DEFAULT_HOME_CITY: CityCode = CityCode(4530);
 
@@ -73,6 +78,91 @@ impl Default for Interop {
     }
 }
 
+/// A time of day as TOML gives it, `"HH:MM"` (00:00 to 24:00), held as seconds since midnight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeOfDay(pub u32);
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let bad = || serde::de::Error::custom(format!("a time of day is \"HH:MM\", not {s:?}"));
+        let b = s.as_bytes();
+        if b.len() != 5
+            || b[2] != b':'
+            || !s[..2]
+                .bytes()
+                .chain(s[3..].bytes())
+                .all(|c| c.is_ascii_digit())
+        {
+            return Err(bad());
+        }
+        let (h, m): (u32, u32) = (
+            s[..2].parse().map_err(|_| bad())?,
+            s[3..].parse().map_err(|_| bad())?,
+        );
+        if m > 59 || h > 24 || (h == 24 && m != 0) {
+            return Err(bad());
+        }
+        Ok(TimeOfDay(h * 3600 + m * 60))
+    }
+}
+
+impl Serialize for TimeOfDay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!(
+            "{:02}:{:02}",
+            self.0 / 3600,
+            self.0 % 3600 / 60
+        ))
+    }
+}
+
+/// A rule that holds only at some times of day on some days of the week (the
+/// `[[timeframes]]` array): while it holds, `category` pays `percent` of the base fare instead
+/// of its `category_percent`. The first rule that holds wins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeframe {
+    pub category: RiderCategory,
+    pub percent: u8,
+    /// From this local time of the tap (inclusive).
+    pub start: TimeOfDay,
+    /// To this local time (exclusive); after `start`.
+    pub end: TimeOfDay,
+    /// ISO weekdays it holds on, 1 Monday .. 7 Sunday; absent: every day.
+    #[serde(default = "every_day")]
+    pub days: Vec<u8>,
+}
+
+fn every_day() -> Vec<u8> {
+    (1..=7).collect()
+}
+
+impl Timeframe {
+    /// Whether the rule holds at local second of day `second` on ISO weekday `weekday`.
+    pub fn holds(&self, weekday: u8, second: u32) -> bool {
+        self.days.contains(&weekday) && self.start.0 <= second && second < self.end.0
+    }
+}
+
+/// When a boarding happens, in the local time of the tap, as the fare rules read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalTime {
+    /// 1 Monday .. 7 Sunday.
+    pub iso_weekday: u8,
+    /// Seconds since local midnight.
+    pub second_of_day: u32,
+}
+
+impl LocalTime {
+    pub fn of(t: &crate::clock::Timestamp) -> Self {
+        LocalTime {
+            iso_weekday: t.local_iso_weekday(),
+            second_of_day: t.local_second_of_day(),
+        }
+    }
+}
+
 /// How the table treats a card, by its issuing city (file 0x17).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Issuer {
@@ -91,6 +181,9 @@ pub struct FareTable {
     pub transfer: Transfer,
     #[serde(default)]
     pub interop: Interop,
+    /// Rules by time of day and day of week; none by default.
+    #[serde(default)]
+    pub timeframes: Vec<Timeframe>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +240,28 @@ impl FareTable {
                 "interop.deny_cities holds the home city",
             ));
         }
+        self.validate_timeframes()
+    }
+
+    fn validate_timeframes(&self) -> Result<(), FareError> {
+        if self.timeframes.len() > TIMEFRAME_RULES_MAX {
+            return Err(FareError::Invalid(
+                "more timeframes than TIMEFRAME_RULES_MAX",
+            ));
+        }
+        for tf in &self.timeframes {
+            if tf.percent > 100 {
+                return Err(FareError::Invalid("a timeframe percent above 100"));
+            }
+            if tf.start >= tf.end || tf.end.0 > DAY_S {
+                return Err(FareError::Invalid(
+                    "a timeframe whose start is not before its end",
+                ));
+            }
+            if tf.days.is_empty() || tf.days.iter().any(|d| !(1..=7).contains(d)) {
+                return Err(FareError::Invalid("timeframe days are ISO weekdays 1 to 7"));
+            }
+        }
         Ok(())
     }
 
@@ -181,10 +296,25 @@ impl FareTable {
         }
     }
 
-    /// Fare of a boarding without transfer (ride codes, and cards with no recent boarding).
+    /// Fare of a boarding without transfer (ride codes, and cards with no recent boarding),
+    /// by `category_percent` alone.
     pub fn category_fare(&self, c: RiderCategory) -> Fen {
         // base ≤ 10_000 and percent ≤ 100: the product fits u32 and the division rounds down.
         self.base_fare_fen * Fen::from(self.percent(c)) / 100
+    }
+
+    /// The percentage category `c` pays at `at`: the first timeframe that holds, else
+    /// `category_percent`.
+    pub fn percent_at(&self, c: RiderCategory, at: LocalTime) -> u8 {
+        self.timeframes
+            .iter()
+            .find(|tf| tf.category == c && tf.holds(at.iso_weekday, at.second_of_day))
+            .map_or(self.percent(c), |tf| tf.percent)
+    }
+
+    /// [`Self::category_fare`] with the timeframes applied (ride codes, and the card fare).
+    pub fn category_fare_at(&self, c: RiderCategory, at: LocalTime) -> Fen {
+        self.base_fare_fen * Fen::from(self.percent_at(c, at)) / 100
     }
 
     /// Whether a boarding now on `route` is a transfer from `prev`.
@@ -200,9 +330,9 @@ impl FareTable {
 
     /// Fare of a card boarding before any transfer: the category fare for a card with the
     /// local concessions, `interop.fare_percent` of the base fare for any other.
-    pub fn issuer_fare(&self, c: RiderCategory, issuer: Issuer) -> Fen {
+    pub fn issuer_fare(&self, c: RiderCategory, issuer: Issuer, at: LocalTime) -> Fen {
         match issuer {
-            Issuer::Concessions => self.category_fare(c),
+            Issuer::Concessions => self.category_fare_at(c, at),
             // base ≤ 10_000 and percent ≤ 100, as in `category_fare`.
             Issuer::Interop => self.base_fare_fen * Fen::from(self.interop.fare_percent) / 100,
         }
@@ -215,10 +345,11 @@ impl FareTable {
         c: RiderCategory,
         issuer: Issuer,
         route: u16,
-        now_unix_s: i64,
+        now: &crate::clock::Timestamp,
         prev: Option<PreviousBoarding>,
     ) -> Fen {
-        let fare = self.issuer_fare(c, issuer);
+        let now_unix_s = now.unix_s;
+        let fare = self.issuer_fare(c, issuer, LocalTime::of(now));
         if self.is_transfer(route, now_unix_s, prev) {
             fare.saturating_sub(self.transfer.discount_fen)
         } else {
@@ -230,6 +361,14 @@ impl FareTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Timestamp;
+
+    fn at(unix_s: i64) -> Timestamp {
+        Timestamp {
+            unix_s,
+            utc_offset_s: 8 * 3600,
+        }
+    }
 
     #[test]
     fn default_policy_matches_replay_contract() {
@@ -257,7 +396,7 @@ mod tests {
                 RiderCategory::Adult,
                 Issuer::Concessions,
                 1,
-                1_000 + 3600,
+                &at(1_000 + 3600),
                 prev
             ),
             100
@@ -267,7 +406,7 @@ mod tests {
                 RiderCategory::Adult,
                 Issuer::Concessions,
                 1,
-                1_000 + 3660,
+                &at(1_000 + 3660),
                 prev
             ),
             200
@@ -277,18 +416,30 @@ mod tests {
                 RiderCategory::Adult,
                 Issuer::Concessions,
                 2,
-                1_000 + 60,
+                &at(1_000 + 60),
                 prev
             ),
             200,
             "same route is no transfer"
         );
         assert_eq!(
-            t.card_fare(RiderCategory::Student, Issuer::Concessions, 1, 1_060, prev),
+            t.card_fare(
+                RiderCategory::Student,
+                Issuer::Concessions,
+                1,
+                &at(1_060),
+                prev
+            ),
             0
         );
         assert_eq!(
-            t.card_fare(RiderCategory::Senior, Issuer::Concessions, 1, 1_060, prev),
+            t.card_fare(
+                RiderCategory::Senior,
+                Issuer::Concessions,
+                1,
+                &at(1_060),
+                prev
+            ),
             0
         );
     }
@@ -307,7 +458,11 @@ mod tests {
         assert_eq!(t.issuer(other, INTEROP_KIND_TUNION), Some(Issuer::Interop));
         assert_eq!(t.issuer(other, 0), None, "a city-only card of another city");
         for c in RiderCategory::ALL {
-            assert_eq!(t.issuer_fare(c, Issuer::Interop), 200, "{c:?}");
+            assert_eq!(
+                t.issuer_fare(c, Issuer::Interop, LocalTime::of(&at(0))),
+                200,
+                "{c:?}"
+            );
         }
     }
 
@@ -323,9 +478,16 @@ mod tests {
         assert_eq!(t.issuer(CityCode(1000), k), Some(Issuer::Interop));
         assert_eq!(t.issuer(CityCode(2000), k), None, "denied");
         assert_eq!(t.issuer(CityCode(3000), k), None, "outside the allow list");
-        assert_eq!(t.issuer_fare(RiderCategory::Student, Issuer::Interop), 180);
         assert_eq!(
-            t.card_fare(RiderCategory::Student, Issuer::Concessions, 1, 0, None),
+            t.issuer_fare(
+                RiderCategory::Student,
+                Issuer::Interop,
+                LocalTime::of(&at(0))
+            ),
+            180
+        );
+        assert_eq!(
+            t.card_fare(RiderCategory::Student, Issuer::Concessions, 1, &at(0), None),
             100
         );
     }
@@ -341,6 +503,76 @@ mod tests {
         ] {
             let text = format!("{DEFAULT_FARES_TOML}\n{extra}");
             assert!(FareTable::from_toml(&text).is_err(), "{extra}");
+        }
+    }
+
+    /// Seniors ride free off-peak only: 100 % on weekdays 07:00–09:00.
+    const SENIORS_PAY_AT_PEAK: &str = "[[timeframes]]\ncategory = \"senior\"\npercent = 100\n\
+        start = \"07:00\"\nend = \"09:00\"\ndays = [1, 2, 3, 4, 5]\n";
+
+    fn local(rfc3339: &str) -> LocalTime {
+        LocalTime::of(&Timestamp::parse_rfc3339(rfc3339).unwrap())
+    }
+
+    #[test]
+    fn seniors_ride_free_off_peak_only_at_both_edges_of_the_hours_and_the_week() {
+        let t =
+            FareTable::from_toml(&format!("{DEFAULT_FARES_TOML}\n{SENIORS_PAY_AT_PEAK}")).unwrap();
+        let senior = |at: &str| t.category_fare_at(RiderCategory::Senior, local(at));
+        // Friday 2026-11-27.
+        assert_eq!(senior("2026-11-27T06:59:59+08:00"), 0);
+        assert_eq!(senior("2026-11-27T07:00:00+08:00"), 200);
+        assert_eq!(senior("2026-11-27T08:59:59+08:00"), 200);
+        assert_eq!(senior("2026-11-27T09:00:00+08:00"), 0);
+        // Saturday and Sunday off, Monday 2026-11-30 on; time and weekday are taken in the
+        // offset of the tap, as the validity dates are.
+        assert_eq!(senior("2026-11-28T07:30:00+08:00"), 0);
+        assert_eq!(senior("2026-11-29T07:30:00+08:00"), 0);
+        assert_eq!(senior("2026-11-30T07:30:00+08:00"), 200);
+        assert_eq!(senior("2026-11-29T23:30:00+00:00"), 0);
+        // Other categories are untouched.
+        assert_eq!(
+            t.category_fare_at(RiderCategory::Student, local("2026-11-27T07:30:00+08:00")),
+            100
+        );
+    }
+
+    #[test]
+    fn a_commuter_discount_in_the_morning_holds_from_start_to_end_exclusive_and_the_first_rule_wins(
+    ) {
+        let text = format!(
+            "{DEFAULT_FARES_TOML}\n[[timeframes]]\ncategory = \"adult\"\npercent = 80\n\
+             start = \"06:30\"\nend = \"08:00\"\n[[timeframes]]\ncategory = \"adult\"\n\
+             percent = 50\nstart = \"00:00\"\nend = \"24:00\"\ndays = [7]\n"
+        );
+        let t = FareTable::from_toml(&text).unwrap();
+        let adult = |at: &str| t.category_fare_at(RiderCategory::Adult, local(at));
+        assert_eq!(adult("2026-11-27T06:29:59+08:00"), 200);
+        assert_eq!(adult("2026-11-27T06:30:00+08:00"), 160);
+        assert_eq!(adult("2026-11-27T07:59:59+08:00"), 160);
+        assert_eq!(adult("2026-11-27T08:00:00+08:00"), 200);
+        // Sunday 2026-11-29: the morning rule comes first; the all-day rule from 00:00 to 24:00.
+        assert_eq!(adult("2026-11-29T07:00:00+08:00"), 160);
+        assert_eq!(adult("2026-11-29T00:00:00+08:00"), 100);
+        assert_eq!(adult("2026-11-29T23:59:59+08:00"), 100);
+        assert_eq!(adult("2026-11-28T23:59:59+08:00"), 200);
+        assert_eq!(adult("2026-11-30T00:00:00+08:00"), 200);
+    }
+
+    #[test]
+    fn bad_timeframes_are_refused() {
+        for bad in [
+            "category = \"senior\"\npercent = 101\nstart = \"07:00\"\nend = \"09:00\"",
+            "category = \"senior\"\npercent = 0\nstart = \"09:00\"\nend = \"09:00\"",
+            "category = \"senior\"\npercent = 0\nstart = \"07:00\"\nend = \"24:01\"",
+            "category = \"senior\"\npercent = 0\nstart = \"7:00\"\nend = \"09:00\"",
+            "category = \"senior\"\npercent = 0\nstart = \"07:60\"\nend = \"09:00\"",
+            "category = \"senior\"\npercent = 0\nstart = \"07:00\"\nend = \"09:00\"\ndays = [0]",
+            "category = \"senior\"\npercent = 0\nstart = \"07:00\"\nend = \"09:00\"\ndays = []",
+            "category = \"child\"\npercent = 0\nstart = \"07:00\"\nend = \"09:00\"",
+        ] {
+            let text = format!("{DEFAULT_FARES_TOML}\n[[timeframes]]\n{bad}\n");
+            assert!(FareTable::from_toml(&text).is_err(), "{bad}");
         }
     }
 
