@@ -4,16 +4,19 @@
 //! decode, `Response::set_raw`) on fuzzer-chosen data and status word; parsers that succeed
 //! must round-trip where an encoder exists.
 //!
+//! Part 3: `apdu::exchange` (61xx GET RESPONSE chains, 6Cxx resends) on any answers.
+//!
 //! Part 2 (the strong one): `engine::Validator::tap_card` against a genuine simulated card
 //! whose answers the fuzzer may pass through, corrupt, replace or cut (card pulled), over up
-//! to three taps, so that mutations reach every step of the purchase and the torn-tap
+//! to three taps (held behind `61xx` or refused `6Cxx` as a T=0 card would, with any purse
+//! word, against a T=1 or T=0 PSAM), so that mutations reach every step of the purchase and the torn-tap
 //! recovery. Whatever the card says: no panic, an accepted tap has a record sequence number,
 //! and a refused tap has none.
 #![no_main]
 
-use fare_validator::card::apdu::{CardChannel, ChannelError, Response};
+use fare_validator::card::apdu::{self, command, CardChannel, ChannelError, Response};
 use fare_validator::card::psam::{Mac1Input, Psam};
-use fare_validator::card::sim::{CardSpec, PurseWord, SimCard, SimPsam, TestKeys};
+use fare_validator::card::sim::{CardSpec, PsamProtocol, PurseWord, SimCard, SimPsam, TestKeys};
 use fare_validator::card::tunion;
 use fare_validator::clock::Timestamp;
 use fare_validator::engine::{EngineConfig, Validator};
@@ -51,16 +54,47 @@ impl Bytes<'_> {
 struct Hostile<'a, 'd> {
     card: SimCard,
     script: &'a mut Bytes<'d>,
+    /// A genuine answer held back behind `61xx`, handed out by GET RESPONSE.
+    held: Option<Response>,
+}
+
+impl Hostile<'_, '_> {
+    /// The card's own answer, or the one held back if this is GET RESPONSE.
+    fn genuine(&mut self, command: &[u8], response: &mut Response) -> Result<(), ChannelError> {
+        match self.held.take() {
+            Some(h) if command.get(..2) == Some(&[0x00, 0xC0][..]) => {
+                *response = h;
+                Ok(())
+            }
+            _ => self.card.transmit(command, response),
+        }
+    }
 }
 
 impl CardChannel for Hostile<'_, '_> {
     fn transmit(&mut self, command: &[u8], response: &mut Response) -> Result<(), ChannelError> {
         // Out of script: the genuine card answers (so the happy path is the empty input).
         let Some(c) = self.script.u8() else {
-            return self.card.transmit(command, response);
+            return self.genuine(command, response);
         };
-        match c % 6 {
-            0 => self.card.transmit(command, response),
+        match c % 8 {
+            6 => {
+                // T=0: the genuine answer waits behind `61 xx` (xx fuzzer-chosen) for GET
+                // RESPONSE, which may itself be chained or meddled with.
+                self.genuine(command, response)?;
+                self.held = Some(std::mem::take(response));
+                response.status(0x6100 | u16::from(self.script.u8().unwrap_or(0)));
+                return Ok(());
+            }
+            7 => {
+                // T=0: `6C xx` (xx fuzzer-chosen) without the card hearing the command.
+                response.status(0x6C00 | u16::from(self.script.u8().unwrap_or(0)));
+                return Ok(());
+            }
+            _ => {}
+        }
+        match c % 8 {
+            0 => self.genuine(command, response),
             1 => {
                 // Genuine answer with one byte flipped (data or status word).
                 self.card.transmit(command, response)?;
@@ -96,6 +130,32 @@ impl CardChannel for Hostile<'_, '_> {
                 Ok(())
             }
         }
+    }
+}
+
+/// Answers from the fuzzer's bytes, one per command: a length byte, then that many bytes.
+struct Scripted<'a, 'd>(&'a mut Bytes<'d>, usize);
+
+impl CardChannel for Scripted<'_, '_> {
+    fn transmit(&mut self, _: &[u8], response: &mut Response) -> Result<(), ChannelError> {
+        self.1 += 1;
+        let n = usize::from(self.0.u8().ok_or(ChannelError::Removed)?);
+        let raw = self.0.take(n);
+        response.set_raw(raw)
+    }
+}
+
+/// The T=0 channel layer on any sequence of answers: bounded, never a panic.
+fn exchange(data: &[u8]) {
+    let mut b = Bytes(data);
+    let le = b.u8();
+    let cmd = command(0x80, 0x70, 0, 0, &[1, 2, 3], le.filter(|l| l & 1 == 0));
+    let mut card = Scripted(&mut b, 0);
+    let mut r = Response::default();
+    let ok = apdu::exchange(&mut card, &cmd, &mut r).is_ok();
+    assert!(card.1 <= 2 + 2 * apdu::GET_RESPONSE_CHAIN_MAX, "unbounded");
+    if ok {
+        assert!(r.sw >> 8 != 0x61 && r.sw >> 8 != 0x6C);
     }
 }
 
@@ -158,7 +218,14 @@ fn taps(data: &[u8]) {
     let Ok(card) = SimCard::new(&spec, &keys, 7) else {
         return;
     };
-    let Ok(psam) = Psam::open(SimPsam::new(keys, [0, 0, 0, 0, 0, 1], 1)) else {
+    // Bit 0 of the head: the PSAM answers as a T=0 card (61xx, 6Cxx).
+    let protocol = if head & 0x01 != 0 {
+        PsamProtocol::T0
+    } else {
+        PsamProtocol::T1
+    };
+    let Ok(psam) = Psam::open(SimPsam::new(keys, [0, 0, 0, 0, 0, 1], 1).with_protocol(protocol))
+    else {
         return;
     };
     let Ok(dir) = tempfile::Builder::new().tempdir_in(tmp_root()) else {
@@ -178,6 +245,7 @@ fn taps(data: &[u8]) {
     let mut hostile = Hostile {
         card,
         script: &mut b,
+        held: None,
     };
     let mut now = Timestamp {
         unix_s: BASE_UNIX_S,
@@ -208,9 +276,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    if mode & 1 == 0 {
-        parsers(rest);
-    } else {
-        taps(rest);
+    match mode % 3 {
+        0 => parsers(rest),
+        1 => taps(rest),
+        _ => exchange(rest),
     }
 });
