@@ -7,6 +7,9 @@ use fare_validator::journal::{CardTx, Record, RecordKind};
 use fare_validator::types::{CardNo, RiderCategory};
 use fare_validator::upload::frame::BATCH_RECORDS_MAX;
 
+/// The identity of the bus's journal.
+const EPOCH: u64 = 0x0123_4567_89ab_cdef;
+
 fn record(seq: u64) -> Record {
     Record {
         seq,
@@ -45,11 +48,13 @@ fn batch_ingest(c: &mut Criterion) {
                     let record = record(s);
                     Received {
                         record,
-                        raw: record.encode(),
+                        raw: record.encode_in(EPOCH),
                     }
                 })
                 .collect();
-            let stored = store.store_batch("bus-0001", next_seq, &batch).unwrap();
+            let stored = store
+                .store_batch("bus-0001", EPOCH, next_seq, &batch)
+                .unwrap();
             next_seq += BATCH_RECORDS_MAX as u64;
             assert_eq!(stored.ack.contiguous_seq, next_seq - 1);
         })

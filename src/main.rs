@@ -278,6 +278,10 @@ fn journal_show(dir: &std::path::Path, grey: bool) -> CmdResult {
         "first_seq": scan.records.first().map(|r| r.seq),
         "last_seq": scan.last_seq,
         "acked_seq": scan.acked_seq,
+        "epoch": match scan.identity {
+            journal::IdentityRead::Good(epoch, _) => Some(format!("{epoch:016x}")),
+            _ => None,
+        },
         "problems": scan.problems.len() + greys.problems.len(),
         "repairs": repairs.total,
         "repairs_by_file": repairs.by_file,

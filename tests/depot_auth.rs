@@ -34,6 +34,8 @@ async fn handshake(addr: SocketAddr, id: &str, secret: &auth::Secret) -> Raw {
         client_nonce: [3; 32],
         terminal_id: id.into(),
         held: HeldVersions::default(),
+        epoch: 0,
+        epoch_first_seq: 1,
     }
     .encode();
     wr.write_all(&encode_frame(FrameType::Hello, &hello))
@@ -228,5 +230,5 @@ async fn authenticated_batch_with_absurd_seqs_is_refused_not_acknowledged() {
     st.shutdown().await;
     let s = Store::open(&db).unwrap();
     assert_eq!(s.record_count().unwrap(), 0);
-    assert_eq!(s.contiguous_seq(&terminal_id(0)).unwrap(), 0);
+    assert_eq!(s.contiguous_seq(&terminal_id(0), 0).unwrap(), 0);
 }

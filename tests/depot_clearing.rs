@@ -60,18 +60,18 @@ fn hole_in_the_uploaded_sequence_holds_the_ack_and_is_reported() {
     let mut s = store(&tmp.path().join("depot.db"), 1);
     let id = terminal_id(0);
     assert_eq!(
-        s.store_batch(&id, 1, &received(1..=5))
+        s.store_batch(&id, 0, 1, &received(1..=5))
             .unwrap()
             .ack
             .contiguous_seq,
         5
     );
-    let ack = s.store_batch(&id, 8, &received(8..=10)).unwrap().ack;
+    let ack = s.store_batch(&id, 0, 8, &received(8..=10)).unwrap().ack;
     assert_eq!((ack.contiguous_seq, ack.max_seq, ack.stored), (5, 10, 3));
     let t = &s.report().unwrap().terminals[&id];
     assert_eq!((t.gaps.clone(), t.declared_lost.len()), (vec![[6, 7]], 0));
     // The missing records arrive later (and a batch arrives twice): the ack catches up.
-    let ack = s.store_batch(&id, 6, &received(6..=10)).unwrap().ack;
+    let ack = s.store_batch(&id, 0, 6, &received(6..=10)).unwrap().ack;
     assert_eq!((ack.contiguous_seq, ack.stored), (10, 2));
     assert!(s.report().unwrap().terminals[&id].gaps.is_empty());
     assert_eq!(s.record_count().unwrap(), 10);

@@ -259,3 +259,24 @@ fn now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+#[test]
+fn damaged_journal_identity_is_recovered_from_the_records_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    card_journal(dir, 3);
+    let epoch = Journal::open(dir).unwrap().0.epoch();
+    assert_ne!(epoch, 0, "a new journal gets an identity");
+    std::fs::write(dir.join("journal.id"), b"").unwrap();
+    let (j, _) = Journal::open(dir).unwrap();
+    assert_eq!(j.epoch(), epoch, "the epoch every record carries");
+    assert_eq!(j.next_seq(), 4);
+    drop(j);
+    assert_eq!(repair::counts(dir).of(SideFile::JournalId), 1);
+    assert_eq!(Journal::open(dir).unwrap().0.epoch(), epoch);
+    assert_eq!(
+        repair::counts(dir).of(SideFile::JournalId),
+        1,
+        "repaired once"
+    );
+}

@@ -301,7 +301,7 @@ fn status(data: &Path) -> Value {
 
 fn depot_seq(db: &Path) -> u64 {
     Store::open_read(db)
-        .and_then(|s| s.contiguous_seq(TERMINAL))
+        .and_then(|s| s.newest_contiguous_seq(TERMINAL))
         .unwrap_or(0)
 }
 

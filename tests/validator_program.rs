@@ -235,9 +235,10 @@ fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
 
     // Every record reached the depot, once.
     let durable = shared.engine().journal().durable_seq();
+    let epoch = shared.engine().journal().epoch();
     assert_eq!(durable, 3, "one tap and two codes recorded");
     wait_until("every record acknowledged", || {
-        counter.contiguous_seq(TERMINAL).unwrap() == durable
+        counter.contiguous_seq(TERMINAL, epoch).unwrap() == durable
             && shared.acked_seq.load(Ordering::Relaxed) == durable
     });
     assert_eq!(counter.record_count().unwrap(), durable);

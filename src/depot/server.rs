@@ -515,6 +515,9 @@ struct Opened {
     terminal: String,
     key: [u8; 32],
     held: HeldVersions,
+    /// The journal's identity: epoch and the first seq of the epoch.
+    epoch: u64,
+    epoch_first_seq: u64,
 }
 
 /// Hello, challenge, proof: every frame within the handshake bound.
@@ -523,9 +526,24 @@ async fn handshake(
     wr: &mut Writer,
     store: &SharedStore,
 ) -> Result<Opened, SessionFailure> {
-    let (ty, payload) = rd
+    let (ty, payload) = match rd
         .read_limited(READ_TIMEOUT, HANDSHAKE_PAYLOAD_BYTES_MAX)
-        .await?;
+        .await
+    {
+        Err(WireError::Frame(FrameError::OldVersion(v))) => {
+            // Refused in the old framing, so the old validator can say why.
+            let text = format!(
+                "protocol version {v} is no longer served (it has no journal identity): \
+                 update the validator to version {}",
+                crate::upload::frame::PROTOCOL_VERSION
+            );
+            let body = encode_refused(RefusedCode::Protocol, &text);
+            let frame = crate::upload::frame::encode_frame_version(v, FrameType::Refused, &body);
+            let _ = tokio::io::AsyncWriteExt::write_all(wr, &frame).await;
+            return Err(FrameError::OldVersion(v).into());
+        }
+        r => r?,
+    };
     expect(ty, FrameType::Hello)?;
     let hello_bytes = payload.to_vec();
     let hello = Hello::decode(&hello_bytes)?;
@@ -552,6 +570,8 @@ async fn handshake(
         terminal: hello.terminal_id,
         key: auth::session_key(&secret, &server_nonce, &hello_bytes),
         held: hello.held,
+        epoch: hello.epoch,
+        epoch_first_seq: hello.epoch_first_seq,
     })
 }
 
@@ -566,13 +586,16 @@ async fn session(
         terminal,
         key,
         held,
+        epoch,
+        epoch_first_seq,
     } = opened;
     // Each direction has its own counter: the reader opens, the writer seals.
     let mut opener = Session::new(key, Role::Station);
     let mut sealer = Session::new(key, Role::Station);
     let id = terminal.clone();
-    let acked = with_store(store, move |s| s.contiguous_seq(&id)).await?;
-    tracing::info!(%peer, %terminal, acked_seq = acked, ?held, "depot: session open");
+    let (acked, _new) =
+        with_store(store, move |s| s.open_journal(&id, epoch, epoch_first_seq)).await?;
+    tracing::info!(%peer, %terminal, epoch = %format!("{epoch:016x}"), acked_seq = acked, ?held, "depot: session open");
     let welcome = sealer.seal(FrameType::Welcome, &encode_u64(acked));
     write_frame(&mut wr, FrameType::Welcome, &welcome).await?;
     // Reading and checking batch n+1 overlaps storing batch n (its fsync).
@@ -582,10 +605,10 @@ async fn session(
         wr,
         sealer,
         store.clone(),
-        terminal.clone(),
+        (terminal.clone(), epoch),
         held,
     ));
-    let read = read_batches(&mut rd, &mut opener, &tx).await;
+    let read = read_batches(&mut rd, &mut opener, &tx, epoch).await;
     drop(tx);
     let written = writer
         .await
@@ -610,6 +633,11 @@ enum Job {
         from_seq: u64,
         records: Vec<Received>,
     },
+    /// Seqs the validator no longer holds.
+    Gone {
+        from_seq: u64,
+        to_seq: u64,
+    },
     Done,
 }
 
@@ -617,6 +645,7 @@ async fn read_batches(
     rd: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
     sess: &mut Session,
     tx: &mpsc::Sender<Job>,
+    epoch: u64,
 ) -> Result<(), SessionFailure> {
     loop {
         let (ty, payload) = tokio::select! {
@@ -626,7 +655,11 @@ async fn read_batches(
         };
         let body = sess.open(ty, payload)?;
         let job = match ty {
-            FrameType::Batch => check_batch(body)?,
+            FrameType::Batch => check_batch(body, epoch)?,
+            FrameType::Gone => {
+                let (from_seq, to_seq) = crate::upload::frame::decode_gone(body)?;
+                Job::Gone { from_seq, to_seq }
+            }
             FrameType::Done => {
                 decode_empty(ty, body)?;
                 Job::Done
@@ -646,14 +679,25 @@ async fn store_and_answer(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut sess: Session,
     store: SharedStore,
-    terminal: String,
+    (terminal, epoch): (String, u64),
     held: HeldVersions,
 ) -> Result<(), SessionFailure> {
     while let Some(job) = rx.recv().await {
         match job {
             Job::Batch { from_seq, records } => {
-                let ack = store_batch(&store, &terminal, from_seq, records).await?;
+                let ack = store_batch(&store, &terminal, epoch, from_seq, records).await?;
                 let sealed = sess.seal(FrameType::Ack, &ack);
+                write_frame(&mut wr, FrameType::Ack, &sealed).await?;
+            }
+            Job::Gone { from_seq, to_seq } => {
+                let id = terminal.clone();
+                let ack = with_store(&store, move |s| {
+                    s.declare_gone(&id, epoch, from_seq, to_seq)
+                })
+                .await?;
+                tracing::error!(%terminal, epoch = %format!("{epoch:016x}"), from = from_seq, to = to_seq,
+                    "depot: records acknowledged earlier are missing here (restored from a backup?) and gone from the validator: declared lost");
+                let sealed = sess.seal(FrameType::Ack, &ack.encode_body());
                 write_frame(&mut wr, FrameType::Ack, &sealed).await?;
             }
             Job::Done => {
@@ -672,13 +716,20 @@ async fn store_and_answer(
 }
 
 /// Check every record of a batch (CRC, order) before anything is stored.
-fn check_batch(body: &[u8]) -> Result<Job, SessionFailure> {
+fn check_batch(body: &[u8], epoch: u64) -> Result<Job, SessionFailure> {
     let batch = Batch::decode(body)?;
     let mut records = Vec::with_capacity(batch.records.len() / crate::journal::RECORD_BYTES);
     let mut next_seq = batch.from_seq;
     for raw in batch.raw_records() {
         let record = Record::decode(raw)
             .map_err(|e| SessionFailure::BadBatch(format!("record after seq {next_seq}: {e}")))?;
+        if Record::epoch_of(raw) != epoch {
+            return Err(SessionFailure::BadBatch(format!(
+                "record seq {} of epoch {:016x} in a session of epoch {epoch:016x}",
+                record.seq,
+                Record::epoch_of(raw)
+            )));
+        }
         if record.seq > SEQ_MAX {
             return Err(SessionFailure::BadBatch(format!(
                 "seq {} above {SEQ_MAX}",
@@ -712,11 +763,15 @@ fn check_batch(body: &[u8]) -> Result<Job, SessionFailure> {
 async fn store_batch(
     store: &SharedStore,
     terminal: &str,
+    epoch: u64,
     from_seq: u64,
     received: Vec<Received>,
 ) -> Result<Vec<u8>, SessionFailure> {
     let id = terminal.to_string();
-    let stored = with_store(store, move |s| s.store_batch(&id, from_seq, &received)).await?;
+    let stored = with_store(store, move |s| {
+        s.store_batch(&id, epoch, from_seq, &received)
+    })
+    .await?;
     for (a, b) in &stored.declared_lost {
         tracing::warn!(%terminal, from = a, to = b, "depot: validator declares records lost");
     }

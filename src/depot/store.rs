@@ -39,8 +39,23 @@ CREATE TABLE IF NOT EXISTS terminals(
     secret BLOB NOT NULL,
     contiguous_seq INTEGER NOT NULL DEFAULT 0,
     added_unix_s INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS journals(
+    terminal TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    contiguous_seq INTEGER NOT NULL,
+    first_seen_unix_s INTEGER NOT NULL,
+    PRIMARY KEY(terminal, epoch));
+CREATE TABLE IF NOT EXISTS conflicts(
+    terminal TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    raw BLOB NOT NULL,
+    at_unix_s INTEGER NOT NULL,
+    PRIMARY KEY(terminal, epoch, seq, raw)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records(
     terminal TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     kind INTEGER NOT NULL,
     at_unix_s INTEGER NOT NULL,
@@ -49,12 +64,14 @@ CREATE TABLE IF NOT EXISTS records(
     account INTEGER,
     qr_counter INTEGER,
     raw BLOB NOT NULL,
-    PRIMARY KEY(terminal, seq)) WITHOUT ROWID;
+    PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lost(
     terminal TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
     from_seq INTEGER NOT NULL,
     to_seq INTEGER NOT NULL,
-    PRIMARY KEY(terminal, from_seq)) WITHOUT ROWID;
+    reason TEXT NOT NULL,
+    PRIMARY KEY(terminal, epoch, from_seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blacklist_changes(
     version INTEGER PRIMARY KEY,
     op TEXT NOT NULL,
@@ -102,17 +119,44 @@ pub struct Stored {
     pub declared_lost: Vec<(u64, u64)>,
 }
 
+/// Ride-code records counted elsewhere first: (terminal, epoch as stored, seq).
+pub type Dups = HashSet<(String, i64, u64)>;
+
 /// Per-terminal clearing view.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TerminalReport {
     pub records: u64,
+    /// Highest seq stored of the terminal's newest journal.
     pub max_seq: u64,
-    /// Seq ranges `[from, to]` below `max_seq` with no record stored.
+    /// Seq ranges `[from, to]` with no record stored, of every journal in turn (each
+    /// journal's own are in `journals`).
     pub gaps: Vec<[u64; 2]>,
-    /// The part of `gaps` the validator declared lost (corrupt journal slots).
+    /// The part of `gaps` the validator declared lost (corrupt journal slots, or records
+    /// acknowledged earlier that the depot no longer holds).
     pub declared_lost: Vec<[u64; 2]>,
     /// Fares charged: a duplicated ride code counts once.
     pub fare_fen: u64,
+    /// Records refused because a different one is stored at their (epoch, seq).
+    pub conflicts: u64,
+    /// Every journal (epoch) the terminal uploaded from, first seen first: more than one
+    /// means its journal was replaced (new storage, a re-flash).
+    pub journals: Vec<JournalReport>,
+}
+
+/// One journal (epoch) of a terminal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct JournalReport {
+    /// The epoch, 16 hex digits (0: a journal made before identities).
+    pub epoch: String,
+    pub first_seq: u64,
+    pub records: u64,
+    pub max_seq: u64,
+    pub gaps: Vec<[u64; 2]>,
+    /// Declared losses: corrupt slots on the bus.
+    pub declared_lost: Vec<[u64; 2]>,
+    /// Declared losses: records acknowledged earlier, then lost at the depot.
+    pub gone: Vec<[u64; 2]>,
+    pub conflicts: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -178,6 +222,7 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        migrate_to_epochs(&conn)?;
         conn.execute_batch(SCHEMA)?;
         move_one_reason_table(&conn)?;
         owner_only(path);
@@ -257,37 +302,112 @@ impl Store {
             .transpose()
     }
 
-    /// Highest seq up to which every record of the terminal is stored or declared lost.
-    pub fn contiguous_seq(&self, id: &str) -> Result<u64, StoreError> {
+    /// Highest seq up to which every record of the terminal's journal `epoch` is stored or
+    /// declared lost (0 for a journal never seen).
+    pub fn contiguous_seq(&self, id: &str, epoch: u64) -> Result<u64, StoreError> {
         let s: Option<i64> = self
             .conn
-            .prepare_cached("SELECT contiguous_seq FROM terminals WHERE id=?1")?
+            .prepare_cached("SELECT contiguous_seq FROM journals WHERE terminal=?1 AND epoch=?2")?
+            .query_row(params![id, epoch as i64], |r| r.get(0))
+            .optional()?;
+        Ok(s.unwrap_or(0) as u64)
+    }
+
+    /// The contiguous seq of the terminal's newest journal (0 when none was seen).
+    pub fn newest_contiguous_seq(&self, id: &str) -> Result<u64, StoreError> {
+        let s: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT contiguous_seq FROM journals WHERE terminal=?1 ORDER BY rowid DESC LIMIT 1",
+            )?
             .query_row(params![id], |r| r.get(0))
             .optional()?;
         Ok(s.unwrap_or(0) as u64)
     }
 
+    /// Start a session of the terminal's journal `epoch` whose first seq is `first_seq`: a
+    /// journal never seen is stored as such (its count starts before `first_seq`) and
+    /// reported. Returns its contiguous seq and whether it is new.
+    pub fn open_journal(
+        &mut self,
+        id: &str,
+        epoch: u64,
+        first_seq: u64,
+    ) -> Result<(u64, bool), StoreError> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s)
+             VALUES(?1, ?2, ?3, ?4, ?5)",
+            params![id, epoch as i64, first_seq as i64, (first_seq - 1) as i64, now_unix_s()],
+        )?;
+        if n == 1 {
+            let others: i64 = self.conn.query_row(
+                "SELECT COUNT(*) FROM journals WHERE terminal=?1 AND epoch<>?2",
+                params![id, epoch as i64],
+                |r| r.get(0),
+            )?;
+            if others > 0 {
+                tracing::warn!(terminal = %id, epoch = %format!("{epoch:016x}"), first_seq, earlier_journals = others,
+                    "depot: the terminal's journal was replaced (new storage or re-flash): a new epoch, stored apart");
+            } else {
+                tracing::info!(terminal = %id, epoch = %format!("{epoch:016x}"), first_seq, "depot: first journal of the terminal");
+            }
+        }
+        Ok((self.contiguous_seq(id, epoch)?, n == 1))
+    }
+
+    /// Seqs `from ..= to` of a journal the validator no longer holds (it dropped them after
+    /// an acknowledgement this station has since lost: a restore from a backup): stored as
+    /// a declared loss with that reason, reported, and counted as accounted for.
+    pub fn declare_gone(
+        &mut self,
+        terminal: &str,
+        epoch: u64,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Ack, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO lost(terminal, epoch, from_seq, to_seq, reason)
+             VALUES(?1, ?2, ?3, ?4, 'acknowledged earlier, then lost at the depot')",
+            params![terminal, epoch as i64, from_seq as i64, to_seq as i64],
+        )?;
+        let contiguous_seq = advance_contiguous(&tx, terminal, epoch)?;
+        let max_seq = max_seq(&tx, terminal, epoch)?;
+        tx.commit()?;
+        Ok(Ack {
+            contiguous_seq,
+            max_seq,
+            ..Ack::default()
+        })
+    }
+
     /// Store one checked batch in one transaction and say what to acknowledge.
     /// `records` must be in strictly increasing seq order, all at or after `from_seq`.
+    /// A record whose (terminal, epoch, seq) already holds a different record is refused:
+    /// kept apart in `conflicts` and counted in the ack, never stored over the first and
+    /// never dropped quietly.
     pub fn store_batch(
         &mut self,
         terminal: &str,
+        epoch: u64,
         from_seq: u64,
         records: &[Received],
     ) -> Result<Stored, StoreError> {
         let tx = self.conn.transaction()?;
         let mut stored = 0u32;
+        let mut conflicts = 0u32;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO records
-                 (terminal, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 (terminal, epoch, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for r in records {
                 let rec = &r.record;
                 let qr = rec.qr.as_ref();
-                stored += insert.execute(params![
+                let n = insert.execute(params![
                     terminal,
+                    epoch as i64,
                     rec.seq as i64,
                     rec.kind as u8,
                     rec.at_unix_s,
@@ -297,27 +417,31 @@ impl Store {
                     qr.map(|q| q.counter),
                     &r.raw[..],
                 ])? as u32;
+                stored += n;
+                if n == 0 && is_conflict(&tx, terminal, epoch, r)? {
+                    conflicts += 1;
+                }
             }
         }
         let declared_lost = lost_ranges(from_seq, records);
         {
             let mut lost = tx.prepare_cached(
-                "INSERT OR REPLACE INTO lost(terminal, from_seq, to_seq) VALUES(?1, ?2, ?3)",
+                "INSERT OR REPLACE INTO lost(terminal, epoch, from_seq, to_seq, reason)
+                 VALUES(?1, ?2, ?3, ?4, 'corrupt slot')",
             )?;
             for (a, b) in &declared_lost {
-                lost.execute(params![terminal, *a as i64, *b as i64])?;
+                lost.execute(params![terminal, epoch as i64, *a as i64, *b as i64])?;
             }
         }
-        let contiguous_seq = advance_contiguous(&tx, terminal)?;
-        let max_seq: i64 = tx
-            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM records WHERE terminal=?1")?
-            .query_row(params![terminal], |r| r.get(0))?;
+        let contiguous_seq = advance_contiguous(&tx, terminal, epoch)?;
+        let max_seq = max_seq(&tx, terminal, epoch)?;
         tx.commit()?;
         Ok(Stored {
             ack: Ack {
                 contiguous_seq,
-                max_seq: max_seq as u64,
+                max_seq,
                 stored,
+                conflicts,
             },
             declared_lost,
         })
@@ -467,18 +591,23 @@ impl Store {
             .optional()?)
     }
 
-    /// (terminal, seq) of every ride-code record that repeats one counted earlier (same
+    /// (terminal, epoch, seq) of every ride-code record that repeats one counted earlier (same
     /// channel, account and counter; the earliest by time, then terminal and seq, counts).
-    pub fn qr_duplicates(&self) -> Result<HashSet<(String, u64)>, StoreError> {
+    pub fn qr_duplicates(&self) -> Result<Dups, StoreError> {
         let mut st = self.conn.prepare(
-            "SELECT terminal, seq FROM (
-               SELECT terminal, seq, ROW_NUMBER() OVER (
-                 PARTITION BY channel, account, qr_counter ORDER BY at_unix_s, terminal, seq) AS n
+            "SELECT terminal, epoch, seq FROM (
+               SELECT terminal, epoch, seq, ROW_NUMBER() OVER (
+                 PARTITION BY channel, account, qr_counter
+                 ORDER BY at_unix_s, terminal, epoch, seq) AS n
                FROM records WHERE kind = ?1)
              WHERE n > 1",
         )?;
         let rows = st.query_map(params![RecordKind::QrRide as u8], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)? as u64,
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -505,37 +634,80 @@ impl Store {
         Ok(report)
     }
 
-    fn terminal_report(
+    fn terminal_report(&self, id: &str, dups: &Dups) -> Result<TerminalReport, StoreError> {
+        let mut t = TerminalReport::default();
+        let journals: Vec<(i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT epoch, first_seq FROM journals WHERE terminal=?1 ORDER BY rowid",
+            )?
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (epoch, first_seq) in journals {
+            let j = self.journal_report(id, epoch, first_seq as u64, dups, &mut t.fare_fen)?;
+            t.records += j.records;
+            t.max_seq = j.max_seq;
+            t.gaps.extend_from_slice(&j.gaps);
+            t.declared_lost.extend_from_slice(&j.declared_lost);
+            t.declared_lost.extend_from_slice(&j.gone);
+            t.conflicts += j.conflicts;
+            t.journals.push(j);
+        }
+        Ok(t)
+    }
+
+    fn journal_report(
         &self,
         id: &str,
-        dups: &HashSet<(String, u64)>,
-    ) -> Result<TerminalReport, StoreError> {
-        let mut t = TerminalReport::default();
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT seq, fare_fen FROM records WHERE terminal=?1 ORDER BY seq")?;
-        let mut rows = st.query(params![id])?;
+        epoch: i64,
+        first_seq: u64,
+        dups: &Dups,
+        fare_fen: &mut u64,
+    ) -> Result<JournalReport, StoreError> {
+        let mut j = JournalReport {
+            epoch: format!("{:016x}", epoch as u64),
+            first_seq,
+            max_seq: first_seq - 1,
+            ..JournalReport::default()
+        };
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, fare_fen FROM records WHERE terminal=?1 AND epoch=?2 ORDER BY seq",
+        )?;
+        let mut rows = st.query(params![id, epoch])?;
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0)? as u64;
             let fare = row.get::<_, i64>(1)? as u64;
-            if seq > t.max_seq + 1 {
-                t.gaps.push([t.max_seq + 1, seq - 1]);
+            if seq > j.max_seq + 1 {
+                j.gaps.push([j.max_seq + 1, seq - 1]);
             }
-            t.max_seq = seq;
-            t.records += 1;
-            if !dups.contains(&(id.to_string(), seq)) {
-                t.fare_fen += fare;
+            j.max_seq = seq;
+            j.records += 1;
+            if !dups.contains(&(id.to_string(), epoch, seq)) {
+                *fare_fen += fare;
             }
         }
         let mut st = self.conn.prepare_cached(
-            "SELECT from_seq, to_seq FROM lost WHERE terminal=?1 ORDER BY from_seq",
+            "SELECT from_seq, to_seq, reason FROM lost WHERE terminal=?1 AND epoch=?2
+             ORDER BY from_seq",
         )?;
-        t.declared_lost = st
-            .query_map(params![id], |r| {
-                Ok([r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64])
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(t)
+        let mut rows = st.query(params![id, epoch])?;
+        while let Some(row) = rows.next()? {
+            let range = [row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64];
+            if row.get::<_, String>(2)? == "corrupt slot" {
+                j.declared_lost.push(range);
+            } else {
+                j.gone.push(range);
+            }
+        }
+        j.conflicts = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM conflicts WHERE terminal=?1 AND epoch=?2")?
+            .query_row(params![id, epoch], |r| r.get::<_, i64>(0))? as u64;
+        if j.conflicts > 0 {
+            tracing::error!(terminal = %id, epoch = %j.epoch, conflicts = j.conflicts,
+                "depot: records refused: another record is stored at their seq");
+        }
+        Ok(j)
     }
 
     /// Every record in (terminal, seq) order, with its duplicate flag, to `f`.
@@ -546,16 +718,17 @@ impl Store {
         let dups = self.qr_duplicates()?;
         let mut st = self
             .conn
-            .prepare("SELECT terminal, raw FROM records ORDER BY terminal, seq")?;
+            .prepare("SELECT terminal, epoch, raw FROM records ORDER BY terminal, epoch, seq")?;
         let mut rows = st.query([])?;
         while let Some(row) = rows.next()? {
             let terminal: String = row.get(0)?;
-            let raw: Vec<u8> = row.get(1)?;
+            let epoch: i64 = row.get(1)?;
+            let raw: Vec<u8> = row.get(2)?;
             let rec = <&[u8; RECORD_BYTES]>::try_from(raw.as_slice())
                 .ok()
                 .and_then(|b| Record::decode(b).ok())
                 .ok_or(StoreError::Corrupt("record"))?;
-            let dup = dups.contains(&(terminal.clone(), rec.seq));
+            let dup = dups.contains(&(terminal.clone(), epoch, rec.seq));
             f(&terminal, &rec, dup)?;
         }
         Ok(())
@@ -614,6 +787,38 @@ fn parse_reason(s: &str) -> Result<ListReason, StoreError> {
         .map_err(|_| StoreError::Corrupt("blacklist reason"))
 }
 
+/// A database made before journal identities: its records and losses become those of epoch
+/// 0 (the journals of those validators, which keep epoch 0 when they are upgraded), and
+/// each terminal's count becomes that journal's.
+fn migrate_to_epochs(conn: &Connection) -> Result<(), StoreError> {
+    let old: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='records'
+           AND NOT EXISTS (SELECT 1 FROM pragma_table_info('records') WHERE name='epoch')",
+        [],
+        |r| r.get(0),
+    )?;
+    if old == 0 {
+        return Ok(());
+    }
+    tracing::warn!("depot: database from before journal identities: records moved to epoch 0");
+    conn.execute_batch(&format!(
+        "BEGIN;
+         ALTER TABLE records RENAME TO records_v1;
+         ALTER TABLE lost RENAME TO lost_v1;
+         {SCHEMA}
+         INSERT INTO records(terminal, epoch, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw)
+           SELECT terminal, 0, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw FROM records_v1;
+         INSERT INTO lost(terminal, epoch, from_seq, to_seq, reason)
+           SELECT terminal, 0, from_seq, to_seq, 'corrupt slot' FROM lost_v1;
+         INSERT OR IGNORE INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s)
+           SELECT id, 0, 1, contiguous_seq, added_unix_s FROM terminals;
+         DROP TABLE records_v1;
+         DROP TABLE lost_v1;
+         COMMIT;"
+    ))?;
+    Ok(())
+}
+
 /// Seq ranges of `from ..= last record` with no record: what the validator declares lost.
 fn lost_ranges(from_seq: u64, records: &[Received]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
@@ -627,26 +832,70 @@ fn lost_ranges(from_seq: u64, records: &[Received]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Move the terminal's contiguous seq over every stored or declared-lost seq after it.
-fn advance_contiguous(tx: &rusqlite::Transaction<'_>, terminal: &str) -> Result<u64, StoreError> {
+fn max_seq(tx: &rusqlite::Transaction<'_>, terminal: &str, epoch: u64) -> Result<u64, StoreError> {
+    let m: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM records WHERE terminal=?1 AND epoch=?2")?
+        .query_row(params![terminal, epoch as i64], |r| r.get(0))?;
+    Ok(m as u64)
+}
+
+/// Whether the record already stored at `r`'s key differs from it (compared field by
+/// field, so the same record in another format version is the same); a differing one is
+/// kept in `conflicts` and reported.
+fn is_conflict(
+    tx: &rusqlite::Transaction<'_>,
+    terminal: &str,
+    epoch: u64,
+    r: &Received,
+) -> Result<bool, StoreError> {
+    let raw: Vec<u8> = tx
+        .prepare_cached("SELECT raw FROM records WHERE terminal=?1 AND epoch=?2 AND seq=?3")?
+        .query_row(
+            params![terminal, epoch as i64, r.record.seq as i64],
+            |row| row.get(0),
+        )?;
+    let same = <&[u8; RECORD_BYTES]>::try_from(raw.as_slice())
+        .ok()
+        .and_then(|b| Record::decode(b).ok())
+        .is_some_and(|stored| stored == r.record);
+    if !same {
+        tracing::error!(%terminal, epoch = %format!("{epoch:016x}"), seq = r.record.seq,
+            "depot: record differs from the one stored at its seq: refused and kept apart");
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO conflicts(terminal, epoch, seq, raw, at_unix_s) VALUES(?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![terminal, epoch as i64, r.record.seq as i64, &r.raw[..], now_unix_s()])?;
+    }
+    Ok(!same)
+}
+
+/// Move the journal's contiguous seq over every stored or declared-lost seq after it.
+fn advance_contiguous(
+    tx: &rusqlite::Transaction<'_>,
+    terminal: &str,
+    epoch: u64,
+) -> Result<u64, StoreError> {
+    let epoch = epoch as i64;
     let start: i64 = tx
-        .prepare_cached("SELECT contiguous_seq FROM terminals WHERE id=?1")?
-        .query_row(params![terminal], |r| r.get(0))
+        .prepare_cached("SELECT contiguous_seq FROM journals WHERE terminal=?1 AND epoch=?2")?
+        .query_row(params![terminal, epoch], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
     let mut c = start as u64;
     let lost: Vec<(u64, u64)> = tx
         .prepare_cached(
-            "SELECT from_seq, to_seq FROM lost WHERE terminal=?1 AND to_seq > ?2 ORDER BY from_seq",
+            "SELECT from_seq, to_seq FROM lost WHERE terminal=?1 AND epoch=?3 AND to_seq > ?2
+             ORDER BY from_seq",
         )?
-        .query_map(params![terminal, c as i64], |r| {
+        .query_map(params![terminal, c as i64, epoch], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
         })?
         .collect::<Result<_, _>>()?;
     let mut lost = lost.into_iter().peekable();
-    let mut st =
-        tx.prepare_cached("SELECT seq FROM records WHERE terminal=?1 AND seq > ?2 ORDER BY seq")?;
-    let mut rows = st.query(params![terminal, c as i64])?;
+    let mut st = tx.prepare_cached(
+        "SELECT seq FROM records WHERE terminal=?1 AND epoch=?3 AND seq > ?2 ORDER BY seq",
+    )?;
+    let mut rows = st.query(params![terminal, c as i64, epoch])?;
     let mut row = rows.next()?.map(|r| r.get::<_, i64>(0)).transpose()?;
     loop {
         if let Some(&(a, b)) = lost.peek() {
@@ -664,8 +913,12 @@ fn advance_contiguous(tx: &rusqlite::Transaction<'_>, terminal: &str) -> Result<
         row = rows.next()?.map(|r| r.get::<_, i64>(0)).transpose()?;
     }
     if c as i64 != start {
-        tx.prepare_cached("UPDATE terminals SET contiguous_seq=?2 WHERE id=?1")?
-            .execute(params![terminal, c as i64])?;
+        tx.prepare_cached(
+            "INSERT INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s)
+             VALUES(?1, ?3, 1, ?2, ?4)
+             ON CONFLICT(terminal, epoch) DO UPDATE SET contiguous_seq=?2",
+        )?
+        .execute(params![terminal, c as i64, epoch, now_unix_s()])?;
     }
     Ok(c)
 }

@@ -12,6 +12,12 @@
 //! dropped was wholly acknowledged), so records are only ever sent again, which the depot
 //! stores once; the repair is reported ([`repair`]).
 //!
+//! `journal.id` holds the journal's identity: magic `FVJI`, the epoch (8 bytes, 64 random
+//! bits made when the journal is created; 0 for a journal made before identities), the first
+//! seq of the epoch (8) and a CRC-32 (4). Every record carries the epoch too, so a damaged
+//! identity file is rewritten from the newest record (reported); with no record held, a new
+//! epoch starts at the next seq. The depot keys records by (terminal, epoch, seq).
+//!
 //! ## Guarantees
 //!
 //! - [`Journal::commit`] returns only after the appended records are written and
@@ -179,6 +185,124 @@ pub struct Scan {
     pub acked_seq: u64,
     /// Why the cursor file could not be read (then `acked_seq` is the fallback).
     pub cursor_damaged: Option<String>,
+    /// The epoch written in the newest valid record.
+    pub newest_epoch: Option<u64>,
+    /// What `journal.id` holds: (epoch, first seq of the epoch), or why it cannot be read.
+    pub identity: IdentityRead,
+}
+
+/// What the journal's identity file (`journal.id`) gave.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum IdentityRead {
+    /// (epoch, first seq of the epoch).
+    Good(u64, u64),
+    #[default]
+    Missing,
+    Damaged(String),
+}
+
+const IDENTITY_FILE: &str = "journal.id";
+const IDENTITY_MAGIC: [u8; 4] = *b"FVJI";
+const IDENTITY_BYTES: usize = 24;
+
+fn read_identity(dir: &Path) -> IdentityRead {
+    let b = match fs::read(dir.join(IDENTITY_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return IdentityRead::Missing,
+        Err(e) => return IdentityRead::Damaged(format!("unreadable: {e}")),
+    };
+    let damaged = IdentityRead::Damaged;
+    if b.len() != IDENTITY_BYTES || b[..4] != IDENTITY_MAGIC {
+        return damaged(format!("{} bytes, not an identity", b.len()));
+    }
+    let crc = u32::from_be_bytes([b[20], b[21], b[22], b[23]]);
+    if record::CRC32.checksum(&b[..20]) != crc {
+        return damaged("checksum does not match".into());
+    }
+    let epoch = u64::from_be_bytes(std::array::from_fn(|i| b[4 + i]));
+    let first = u64::from_be_bytes(std::array::from_fn(|i| b[12 + i]));
+    if first == 0 || first > SEQ_MAX {
+        return damaged(format!("first seq {first} out of range"));
+    }
+    IdentityRead::Good(epoch, first)
+}
+
+/// The identity in `dir/journal.id` (epoch, first seq of the epoch), if it reads and checks.
+pub fn read_identity_file(dir: &Path) -> Option<(u64, u64)> {
+    match read_identity(dir) {
+        IdentityRead::Good(epoch, first) => Some((epoch, first)),
+        _ => None,
+    }
+}
+
+/// The seq before the oldest record held in `dir` (segments are dropped only once wholly
+/// acknowledged), never below the epoch's start; `durable_seq` when no segment is held.
+pub fn held_from_seq(
+    dir: &Path,
+    epoch_first_seq: u64,
+    durable_seq: u64,
+) -> Result<u64, JournalError> {
+    let first_segment = list_segments(dir)?.first().copied();
+    Ok(first_segment
+        .map_or(durable_seq, |f| f - 1)
+        .max(epoch_first_seq - 1))
+}
+
+fn write_identity(dir: &Path, epoch: u64, first_seq: u64) -> io::Result<()> {
+    let mut b = [0u8; IDENTITY_BYTES];
+    b[..4].copy_from_slice(&IDENTITY_MAGIC);
+    b[4..12].copy_from_slice(&epoch.to_be_bytes());
+    b[12..20].copy_from_slice(&first_seq.to_be_bytes());
+    let crc = record::CRC32.checksum(&b[..20]);
+    b[20..].copy_from_slice(&crc.to_be_bytes());
+    let tmp = dir.join("journal.id.tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&b)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(IDENTITY_FILE))?;
+    sync_dir(dir)
+}
+
+fn new_epoch() -> u64 {
+    use rand::RngCore;
+    loop {
+        // 0 is the epoch of journals made before identities: never made anew.
+        let e = rand::rngs::OsRng.next_u64();
+        if e != 0 {
+            return e;
+        }
+    }
+}
+
+/// The journal's identity on open: the file's, else recovered from the newest record (a
+/// journal made before identities is epoch 0), else a new epoch from `next_seq`. Damage is
+/// reported as a repair; the file is written when it was not good.
+fn open_identity(dir: &Path, scan: &Scan, next_seq: u64) -> Result<(u64, u64), JournalError> {
+    if let IdentityRead::Good(epoch, first) = scan.identity {
+        return Ok((epoch, first));
+    }
+    let first_held = scan.records.first().map(|r| r.seq);
+    let (epoch, first) = match (scan.newest_epoch, first_held) {
+        (Some(e), Some(first)) => (e, if e == 0 { 1 } else { first }),
+        _ => (new_epoch(), next_seq),
+    };
+    let fresh = scan.newest.is_none() && scan.acked_seq == 0;
+    match &scan.identity {
+        IdentityRead::Damaged(what) => repair::report(
+            dir,
+            SideFile::JournalId,
+            what,
+            &format!("epoch {epoch:016x} from seq {first} (from the records held, else new: the depot stores it as a new journal)"),
+        ),
+        IdentityRead::Missing if !fresh && epoch != 0 && scan.newest_epoch != Some(epoch) => {
+            tracing::warn!(epoch = %format!("{epoch:016x}"), first_seq = first, "journal: no identity and no record to take it from: new epoch");
+        }
+        IdentityRead::Missing | IdentityRead::Good(..) => {}
+    }
+    write_identity(dir, epoch, first)?;
+    Ok((epoch, first))
 }
 
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -254,7 +378,10 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Read every segment and check every slot (read-only).
 pub fn scan(dir: &Path) -> Result<Scan, JournalError> {
-    let mut out = Scan::default();
+    let mut out = Scan {
+        identity: read_identity(dir),
+        ..Scan::default()
+    };
     let firsts = list_segments(dir)?;
     match read_cursor(dir) {
         CursorRead::Seq(seq) => out.acked_seq = seq,
@@ -291,6 +418,7 @@ pub fn scan(dir: &Path) -> Result<Scan, JournalError> {
                         // Slots before this valid one that failed are corrupt records, not a tail.
                         out.problems.append(&mut invalid);
                         out.records.push(r);
+                        out.newest_epoch = Some(Record::epoch_of(b));
                         out.last_seq = out.last_seq.max(r.seq);
                         valid_len = offset + RECORD_BYTES as u64;
                         continue;
@@ -344,6 +472,10 @@ pub struct Journal {
     grey: grey::GreyLog,
     /// The newest records found at open, oldest first (at most [`RECENT_RECORDS_MAX`]).
     recent: Vec<Record>,
+    /// The journal's identity: made when it was created, written in every record.
+    epoch: u64,
+    /// The first seq this epoch holds (1 unless the identity was lost and remade).
+    epoch_first_seq: u64,
 }
 
 impl Journal {
@@ -377,6 +509,9 @@ impl Journal {
         for p in &scan.problems {
             tracing::warn!(problem = %p, "journal: cut or skipped on open");
         }
+        // Before the records are cut down to the recent ones: the oldest held counts.
+        let (epoch, epoch_first_seq) =
+            open_identity(dir, &scan, scan.last_seq.max(scan.acked_seq) + 1)?;
         let keep_from = scan.records.len().saturating_sub(RECENT_RECORDS_MAX);
         let recent = scan.records.split_off(keep_from);
         if let Some(what) = &scan.cursor_damaged {
@@ -407,6 +542,8 @@ impl Journal {
             needs_cut: true,
             grey,
             recent,
+            epoch,
+            epoch_first_seq,
         };
         if first + j.segment_records != j.next_seq {
             // The cursor is ahead of the newest segment (all acknowledged and pruned): start anew.
@@ -433,6 +570,26 @@ impl Journal {
 
     pub fn acked_seq(&self) -> u64 {
         self.acked_seq
+    }
+
+    /// The journal's identity (epoch), made when it was created (0: made before identities).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The first seq of this epoch.
+    pub fn epoch_first_seq(&self) -> u64 {
+        self.epoch_first_seq
+    }
+
+    /// The seq before the oldest record still held (records at or below it were dropped
+    /// once acknowledged, or never existed in this epoch).
+    pub fn held_from_seq(&self) -> Result<u64, JournalError> {
+        let first_segment = list_segments(&self.dir)?.first().copied();
+        Ok(first_segment
+            .map_or(self.next_seq, |f| f)
+            .max(self.epoch_first_seq)
+            - 1)
     }
 
     /// The newest durable records found when the journal was opened, oldest first (at most
@@ -512,7 +669,7 @@ impl Journal {
             return Err(JournalError::BufferFull);
         }
         rec.seq = self.next_seq;
-        self.buf.extend_from_slice(&rec.encode());
+        self.buf.extend_from_slice(&rec.encode_in(self.epoch));
         self.buffered += 1;
         self.next_seq += 1;
         Ok(rec.seq)

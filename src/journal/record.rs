@@ -22,7 +22,8 @@
 //! | 66 | 4 | ride code generated_at, unix seconds |
 //! | 70 | 6 | terminal number (BCD) |
 //! | 76 | 1 | flags: bit 0 the balance at 28 is present (a card tap); bits 1–7 reserved, zero |
-//! | 77 | 15 | reserved, zero |
+//! | 77 | 8 | journal epoch: the identity of the journal that wrote the record, made when the journal was created (0: a journal made before identities) |
+//! | 85 | 7 | reserved, zero |
 //! | 92 | 4 | CRC-32/ISCSI of bytes 0..92, big-endian |
 //!
 //! Integers are big-endian. A record is checked before it is written and again after it is
@@ -48,6 +49,8 @@ pub const RECORD_BYTES: usize = 96;
 const MAGIC: u8 = 0xFA;
 /// The version written.
 pub const FORMAT_VERSION: u8 = 2;
+/// Offset of the journal epoch (version 2).
+const EPOCH_AT: usize = 77;
 /// The version before the flags byte; read, never written.
 pub const FORMAT_VERSION_1: u8 = 1;
 const CRC_AT: usize = 92;
@@ -149,7 +152,14 @@ impl Record {
         Ok(())
     }
 
+    /// The bytes of this record as a journal of epoch 0 (made before identities) writes
+    /// them; a journal writes [`Record::encode_in`] its own epoch.
     pub fn encode(&self) -> [u8; RECORD_BYTES] {
+        self.encode_in(0)
+    }
+
+    /// The bytes of this record written by the journal of `epoch`.
+    pub fn encode_in(&self, epoch: u64) -> [u8; RECORD_BYTES] {
         // A record that fails its own invariants is a bug in the engine, not bad input.
         assert_eq!(self.check(), Ok(()), "record invariant broken: {self:?}");
         let mut b = [0u8; RECORD_BYTES];
@@ -177,9 +187,19 @@ impl Record {
             b[66..70].copy_from_slice(&q.generated_at.to_be_bytes());
         }
         b[70..76].copy_from_slice(&self.terminal_no);
+        b[EPOCH_AT..EPOCH_AT + 8].copy_from_slice(&epoch.to_be_bytes());
         let crc = CRC32.checksum(&b[..CRC_AT]);
         b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
         b
+    }
+
+    /// The epoch of the journal that wrote these bytes (0 for version 1). Only meaningful
+    /// for bytes that [`Record::decode`] accepts.
+    pub fn epoch_of(b: &[u8; RECORD_BYTES]) -> u64 {
+        if b[1] == FORMAT_VERSION_1 {
+            return 0;
+        }
+        u64::from_be_bytes(std::array::from_fn(|k| b[EPOCH_AT + k]))
     }
 
     pub fn decode(b: &[u8; RECORD_BYTES]) -> Result<Record, RecordError> {

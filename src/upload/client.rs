@@ -19,8 +19,8 @@ use super::auth::{self, Role, Secret, Session};
 use super::conn::{write_frame, FrameReader, WireError};
 use super::downlink::{DownlinkDir, DownlinkError, DOWNLINK_FILE_BYTES_MAX};
 use super::frame::{
-    decode_32, decode_empty, decode_refused, decode_u64, Ack, Batch, FileChunk, FrameError,
-    FrameType, HeldVersions, Hello, BATCH_RECORDS_MAX, NONCE_BYTES,
+    decode_32, decode_empty, decode_refused, decode_u64, encode_gone, Ack, Batch, FileChunk,
+    FrameError, FrameType, HeldVersions, Hello, BATCH_RECORDS_MAX, NONCE_BYTES,
 };
 use super::source::RecordSource;
 use crate::journal::{Journal, JournalError, Record};
@@ -89,6 +89,16 @@ pub struct UploadReport {
     pub installed: Vec<String>,
     /// Downlink files refused (forged, corrupt, or not applicable), with the reason.
     pub refused: Vec<String>,
+    /// The journal's identity (epoch, hex).
+    pub epoch: String,
+    /// Records the station refused because it holds a different record at their seq
+    /// (reported by the station too).
+    pub conflicts: u64,
+    /// Seq ranges the station lacked and this validator no longer held (dropped after an
+    /// earlier acknowledgement the station has since lost): declared to the station.
+    pub gone: Vec<[u64; 2]>,
+    /// What kept records from going up while the session still reached the downlink.
+    pub problems: Vec<String>,
     /// Versions held after the session.
     pub blacklist_version: u64,
     pub fares_version: u64,
@@ -154,6 +164,7 @@ pub async fn upload_journal<J: RecordSource>(
     }
     report.acked_seq = journal.acked_seq();
     report.uploaded = report.acked_seq - start_acked;
+    report.epoch = format!("{:016x}", journal.identity()?.0);
     let status = DownlinkDir::new(&cfg.data_dir).status(unix_now_s(), cfg.blacklist_age_s_max);
     report.blacklist_version = status.blacklist_version;
     report.fares_version = status.fares_version;
@@ -196,11 +207,40 @@ async fn session<J: RecordSource>(
     let (rd, mut wr) = connect(cfg.depot).await?.into_split();
     let mut rd = FrameReader::new(rd);
     let downlink = DownlinkDir::new(&cfg.data_dir);
+    let ident = journal.identity()?;
     let (mut sess, station_acked) =
-        authenticate(&mut rd, &mut wr, cfg, downlink.held_versions()).await?;
-    // The station's count is authenticated: records it already holds need not go again.
-    journal.set_acked(station_acked)?;
-    send_records(&mut rd, &mut wr, &mut sess, journal).await?;
+        authenticate(&mut rd, &mut wr, cfg, downlink.held_versions(), ident).await?;
+    // The station's count is authenticated, but it moves the cursor only within what this
+    // journal wrote: a count beyond it means the journal was rolled back (a restored image).
+    let durable = journal.durable_seq();
+    let mut start = station_acked;
+    if station_acked > durable {
+        // Its count is then no word on this journal: send from this journal's own cursor,
+        // and the station refuses and reports every seq it holds otherwise.
+        start = journal.acked_seq();
+        let problem = format!(
+            "the depot holds seq {station_acked} of this journal, which wrote only {durable}: \
+             the journal was rolled back; its next records will conflict and be reported"
+        );
+        tracing::error!("upload: {problem}");
+        report.problems.push(problem);
+    }
+    journal.set_acked(start)?;
+    // Resend from the station's own count; what is no longer held is declared gone.
+    let held_from = journal.held_from_seq()?;
+    let mut from = start;
+    if start < held_from {
+        declare_gone(&mut rd, &mut wr, &mut sess, start + 1, held_from).await?;
+        tracing::error!(
+            from = start + 1,
+            to = held_from,
+            "upload: the depot lacks records this journal dropped after an earlier acknowledgement: declared gone"
+        );
+        report.gone.push([start + 1, held_from]);
+        from = held_from;
+    }
+    // Whatever keeps records from going up, the session goes on to the downlink.
+    send_records(&mut rd, &mut wr, &mut sess, journal, from, report).await?;
     let done = sess.seal(FrameType::Done, &[]);
     write_frame(&mut wr, FrameType::Done, &done).await?;
     let files = receive_files(&mut rd, &mut sess).await?;
@@ -235,11 +275,29 @@ fn refused_name(file: &[u8], e: &DownlinkError) -> String {
     }
 }
 
+async fn declare_gone(
+    rd: &mut Reader,
+    wr: &mut Writer,
+    sess: &mut Session,
+    from_seq: u64,
+    to_seq: u64,
+) -> Result<(), UploadError> {
+    let sealed = sess.seal(FrameType::Gone, &encode_gone(from_seq, to_seq));
+    write_frame(wr, FrameType::Gone, &sealed).await?;
+    let (ty, payload) = rd.read(REPLY_TIMEOUT).await?;
+    if ty != FrameType::Ack {
+        return Err(UploadError::Unexpected(ty));
+    }
+    Ack::decode(sess.open(ty, payload).map_err(WireError::from)?)?;
+    Ok(())
+}
+
 async fn authenticate(
     rd: &mut Reader,
     wr: &mut Writer,
     cfg: &UploadConfig,
     held: HeldVersions,
+    (epoch, epoch_first_seq): (u64, u64),
 ) -> Result<(Session, u64), UploadError> {
     let mut client_nonce = [0u8; NONCE_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut client_nonce);
@@ -247,6 +305,8 @@ async fn authenticate(
         client_nonce,
         terminal_id: cfg.terminal_id.clone(),
         held,
+        epoch,
+        epoch_first_seq,
     }
     .encode();
     write_frame(wr, FrameType::Hello, &hello).await?;
@@ -280,19 +340,26 @@ fn refused(ty: FrameType, payload: &[u8]) -> Result<(), UploadError> {
     Ok(())
 }
 
-/// Send batches, up to [`BATCHES_IN_FLIGHT_MAX`] ahead, and move the cursor on each ack.
+/// Send batches after seq `from`, up to [`BATCHES_IN_FLIGHT_MAX`] ahead, and move the
+/// cursor on each ack. An ack that does not cover its batch stops the sending (reported in
+/// `report.problems`) but not the session: the acks in flight are read and the session
+/// goes on to the downlink.
 async fn send_records<J: RecordSource>(
     rd: &mut Reader,
     wr: &mut Writer,
     sess: &mut Session,
     journal: &mut J,
+    from: u64,
+    report: &mut UploadReport,
 ) -> Result<(), UploadError> {
-    let mut sent_to = journal.acked_seq();
+    let (epoch, _) = journal.identity()?;
+    let mut sent_to = from;
     let mut read_to = sent_to;
+    let mut stuck = false;
     let mut ahead: VecDeque<Record> = VecDeque::with_capacity(READ_AHEAD_RECORDS_MAX);
     let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(BATCHES_IN_FLIGHT_MAX);
     loop {
-        while in_flight.len() < BATCHES_IN_FLIGHT_MAX {
+        while !stuck && in_flight.len() < BATCHES_IN_FLIGHT_MAX {
             if ahead.is_empty() {
                 // Reading a segment costs the same for one record or thousands: read ahead.
                 ahead.extend(journal.read_after(read_to, READ_AHEAD_RECORDS_MAX)?);
@@ -303,7 +370,7 @@ async fn send_records<J: RecordSource>(
             let Some(last) = batch.last().map(|r| r.seq) else {
                 break;
             };
-            let raw: Vec<_> = batch.iter().map(Record::encode).collect();
+            let raw: Vec<_> = batch.iter().map(|r| r.encode_in(epoch)).collect();
             let body = Batch::encode_body(sent_to + 1, &raw);
             let sealed = sess.seal(FrameType::Batch, &body);
             write_frame(wr, FrameType::Batch, &sealed).await?;
@@ -318,11 +385,21 @@ async fn send_records<J: RecordSource>(
             return Err(UploadError::Unexpected(ty));
         }
         let ack = Ack::decode(sess.open(ty, payload).map_err(WireError::from)?)?;
-        if ack.contiguous_seq < last {
-            return Err(UploadError::NotAdvancing {
+        if ack.conflicts > 0 {
+            tracing::error!(
+                conflicts = ack.conflicts,
+                "upload: the depot holds different records at these seqs: refused there and reported"
+            );
+            report.conflicts += u64::from(ack.conflicts);
+        }
+        if ack.contiguous_seq < last && !stuck {
+            let e = UploadError::NotAdvancing {
                 acked: ack.contiguous_seq,
                 last,
-            });
+            };
+            tracing::error!(error = %e, "upload: records stop here; the session goes on to the downlink");
+            report.problems.push(e.to_string());
+            stuck = true;
         }
         journal.set_acked(ack.contiguous_seq)?;
     }

@@ -19,10 +19,11 @@
 //!
 //! ```text
 //! validator                                  station
-//!   Hello {client nonce, terminal, held versions}  ─▶
+//!   Hello {client nonce, terminal, held versions, journal epoch}  ─▶
 //!                                            ◀─  Challenge {server nonce}
 //!   Auth {HMAC(secret, server nonce ‖ hello)}      ─▶      (or ◀─ Refused, then close)
 //!                                            ◀─  Welcome {acked seq}            sealed
+//!   [Gone {from, to} ─▶  ◀─ Ack]                                        sealed, when needed
 //!   Batch {from seq, records} ─▶  ◀─ Ack {contiguous seq, max seq}   ... sealed, repeated
 //!   Done                                           ─▶                            sealed
 //!                                            ◀─  FileChunk ... Bye               sealed
@@ -40,16 +41,17 @@
 //!
 //! | type | body |
 //! | --- | --- |
-//! | 1 Hello | client nonce (32), terminal id length (1), terminal id (ASCII `[A-Za-z0-9_-]`, 1..=[`TERMINAL_ID_BYTES_MAX`]), blacklist version (8), fare table version (8), ride-code keys version (8) |
+//! | 1 Hello | client nonce (32), terminal id length (1), terminal id (ASCII `[A-Za-z0-9_-]`, 1..=[`TERMINAL_ID_BYTES_MAX`]), blacklist version (8), fare table version (8), ride-code keys version (8), journal epoch (8), first seq of the epoch (8) |
 //! | 2 Challenge | server nonce (32) |
 //! | 3 Auth | proof (32) |
-//! | 4 Welcome | acknowledged seq (8) |
+//! | 4 Welcome | acknowledged seq of this terminal's journal of that epoch (8) |
 //! | 5 Refused | reason code (1), UTF-8 text (rest, at most [`REFUSED_TEXT_BYTES_MAX`]) |
 //! | 6 Batch | from seq (8), record count (2, 1..=[`BATCH_RECORDS_MAX`]), records (count × 96) |
-//! | 7 Ack | highest contiguous seq stored (8), highest seq stored (8), records newly stored (4) |
+//! | 7 Ack | highest contiguous seq stored (8), highest seq stored (8), records newly stored (4), records refused because another record is stored at their seq (4) |
 //! | 8 Done | empty |
 //! | 9 FileChunk | file kind (1), file version (8), total length (4), offset (4), bytes (rest) |
 //! | 10 Bye | empty |
+//! | 11 Gone | from seq (8), to seq (8): records the validator no longer holds (dropped after an earlier acknowledgement the station has since lost); answered by an Ack |
 //!
 //! A batch covers the seqs `from ..= last record's seq`: the records are in increasing seq
 //! order, and a seq of that range with no record is one the validator's journal lost (a
@@ -57,16 +59,19 @@
 
 use crc::{Crc, CRC_32_ISCSI};
 
-use crate::journal::RECORD_BYTES;
+use crate::journal::{RECORD_BYTES, SEQ_MAX};
 
 pub const MAGIC: [u8; 2] = *b"FV";
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version 2 added the journal's identity (epoch) to the hello, the conflict count to the
+/// ack and the Gone frame. A station answers a version 1 hello with a Refused frame in
+/// version 1 framing, so an old validator says why, and serves nothing.
+pub const PROTOCOL_VERSION: u8 = 2;
 pub const FRAME_HEADER_BYTES: usize = 8;
 pub const FRAME_CRC_BYTES: usize = 4;
 /// Largest payload accepted (256 KiB: a full batch of records is 196,658 bytes sealed).
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 262_144;
 /// Largest payload the station reads before the peer has authenticated: a hello is at most
-/// 32 + 1 + 32 + 24 = 89 bytes, a proof 32.
+/// 32 + 1 + 32 + 24 + 16 = 105 bytes, a proof 32.
 pub const HANDSHAKE_PAYLOAD_BYTES_MAX: usize = 128;
 /// Largest frame on the wire, header and CRC included.
 pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX + FRAME_CRC_BYTES;
@@ -100,13 +105,14 @@ pub enum FrameType {
     Done = 8,
     FileChunk = 9,
     Bye = 10,
+    Gone = 11,
 }
 
 impl FrameType {
     pub fn from_u8(v: u8) -> Option<Self> {
         use FrameType::*;
         [
-            Hello, Challenge, Auth, Welcome, Refused, Batch, Ack, Done, FileChunk, Bye,
+            Hello, Challenge, Auth, Welcome, Refused, Batch, Ack, Done, FileChunk, Bye, Gone,
         ]
         .into_iter()
         .find(|t| *t as u8 == v)
@@ -128,6 +134,8 @@ pub enum FrameError {
     BadMagic,
     #[error("unsupported protocol version {0}")]
     BadVersion(u8),
+    #[error("a hello of protocol version {0}, no longer served")]
+    OldVersion(u8),
     #[error("unknown frame type {0}")]
     UnknownType(u8),
     #[error("frame payload of {0} bytes exceeds {FRAME_PAYLOAD_BYTES_MAX}")]
@@ -155,6 +163,9 @@ pub struct Frame<'a> {
 pub fn parse_header(h: &[u8; FRAME_HEADER_BYTES]) -> Result<(FrameType, usize), FrameError> {
     if h[..2] != MAGIC {
         return Err(FrameError::BadMagic);
+    }
+    if h[2] == 1 && h[3] == FrameType::Hello as u8 {
+        return Err(FrameError::OldVersion(1));
     }
     if h[2] != PROTOCOL_VERSION {
         return Err(FrameError::BadVersion(h[2]));
@@ -213,13 +224,19 @@ pub fn check_crc(header: &[u8; FRAME_HEADER_BYTES], rest: &[u8]) -> Result<(), F
 
 /// Encode a frame. A payload above the bound is a bug of the sender, not input.
 pub fn encode_frame(ty: FrameType, payload: &[u8]) -> Vec<u8> {
+    encode_frame_version(PROTOCOL_VERSION, ty, payload)
+}
+
+/// Encode a frame in the framing of protocol `version` (only to refuse an old validator in
+/// words it reads).
+pub fn encode_frame_version(version: u8, ty: FrameType, payload: &[u8]) -> Vec<u8> {
     assert!(
         payload.len() <= FRAME_PAYLOAD_BYTES_MAX,
         "frame payload too long"
     );
     let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len() + FRAME_CRC_BYTES);
     out.extend_from_slice(&MAGIC);
-    out.push(PROTOCOL_VERSION);
+    out.push(version);
     out.push(ty as u8);
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
@@ -241,6 +258,10 @@ pub struct Hello {
     pub client_nonce: [u8; NONCE_BYTES],
     pub terminal_id: String,
     pub held: HeldVersions,
+    /// The identity of the validator's journal (0: a journal made before identities).
+    pub epoch: u64,
+    /// The first seq of that journal's epoch (1 unless its identity was remade).
+    pub epoch_first_seq: u64,
 }
 
 /// Whether a terminal id is acceptable (also used when a terminal is provisioned).
@@ -296,11 +317,17 @@ impl<'a> Body<'a> {
 impl Hello {
     pub fn encode(&self) -> Vec<u8> {
         let id = self.terminal_id.as_bytes();
-        let mut out = Vec::with_capacity(NONCE_BYTES + 1 + id.len() + 24);
+        let mut out = Vec::with_capacity(NONCE_BYTES + 1 + id.len() + 40);
         out.extend_from_slice(&self.client_nonce);
         out.push(id.len() as u8);
         out.extend_from_slice(id);
-        for v in [self.held.blacklist, self.held.fares, self.held.keys] {
+        for v in [
+            self.held.blacklist,
+            self.held.fares,
+            self.held.keys,
+            self.epoch,
+            self.epoch_first_seq,
+        ] {
             out.extend_from_slice(&v.to_be_bytes());
         }
         out
@@ -321,11 +348,18 @@ impl Hello {
             fares: b.u64("fares version")?,
             keys: b.u64("keys version")?,
         };
+        let epoch = b.u64("epoch")?;
+        let epoch_first_seq = b.u64("epoch first seq")?;
+        if !(1..=SEQ_MAX).contains(&epoch_first_seq) {
+            return Err(b.bad("epoch first seq out of range"));
+        }
         b.end()?;
         Ok(Hello {
             client_nonce,
             terminal_id,
             held,
+            epoch,
+            epoch_first_seq,
         })
     }
 }
@@ -420,14 +454,17 @@ pub struct Ack {
     pub contiguous_seq: u64,
     pub max_seq: u64,
     pub stored: u32,
+    /// Records refused: another record is stored at their (terminal, epoch, seq).
+    pub conflicts: u32,
 }
 
 impl Ack {
     pub fn encode_body(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20);
+        let mut out = Vec::with_capacity(24);
         out.extend_from_slice(&self.contiguous_seq.to_be_bytes());
         out.extend_from_slice(&self.max_seq.to_be_bytes());
         out.extend_from_slice(&self.stored.to_be_bytes());
+        out.extend_from_slice(&self.conflicts.to_be_bytes());
         out
     }
 
@@ -437,10 +474,33 @@ impl Ack {
             contiguous_seq: b.u64("contiguous seq")?,
             max_seq: b.u64("max seq")?,
             stored: b.u32("stored")?,
+            conflicts: b.u32("conflicts")?,
         };
         b.end()?;
         Ok(a)
     }
+}
+
+/// The body of a Gone frame: seqs `from ..= to` the validator no longer holds.
+pub fn encode_gone(from_seq: u64, to_seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&from_seq.to_be_bytes());
+    out.extend_from_slice(&to_seq.to_be_bytes());
+    out
+}
+
+pub fn decode_gone(body: &[u8]) -> Result<(u64, u64), FrameError> {
+    let mut b = Body::new(FrameType::Gone, body);
+    let from = b.u64("from seq")?;
+    let to = b.u64("to seq")?;
+    b.end()?;
+    if from == 0 || from > to || to > SEQ_MAX {
+        return Err(FrameError::Body {
+            ty: FrameType::Gone,
+            what: "seq range",
+        });
+    }
+    Ok((from, to))
 }
 
 pub fn encode_u64(v: u64) -> Vec<u8> {
@@ -550,6 +610,8 @@ mod tests {
                 fares: 1,
                 keys: 0,
             },
+            epoch: 0x1234,
+            epoch_first_seq: 1,
         };
         assert_eq!(Hello::decode(&h.encode()), Ok(h.clone()));
         let mut e = h.encode();
@@ -564,7 +626,7 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse_frame(&bytes);
-            for ty in 1..=10u8 {
+            for ty in 1..=11u8 {
                 let Some(ty) = FrameType::from_u8(ty) else { continue };
                 let _ = match ty {
                     FrameType::Hello => Hello::decode(&bytes).map(|_| ()),
@@ -572,6 +634,7 @@ mod tests {
                     FrameType::Ack => Ack::decode(&bytes).map(|_| ()),
                     FrameType::FileChunk => FileChunk::decode(&bytes).map(|_| ()),
                     FrameType::Refused => decode_refused(&bytes).map(|_| ()),
+                    FrameType::Gone => decode_gone(&bytes).map(|_| ()),
                     _ => decode_32(ty, &bytes).map(|_| ()),
                 };
             }

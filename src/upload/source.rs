@@ -13,6 +13,12 @@ pub trait RecordSource {
     fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError>;
     /// The depot holds every record up to `seq` (authenticated): move the cursor forward.
     fn set_acked(&mut self, seq: u64) -> Result<(), JournalError>;
+    /// The journal's identity: its epoch and the first seq of the epoch.
+    fn identity(&self) -> Result<(u64, u64), JournalError>;
+    /// Highest seq durable: the cursor never moves past it.
+    fn durable_seq(&self) -> u64;
+    /// The seq before the oldest record still held.
+    fn held_from_seq(&self) -> Result<u64, JournalError>;
 }
 
 impl RecordSource for Journal {
@@ -26,5 +32,17 @@ impl RecordSource for Journal {
 
     fn set_acked(&mut self, seq: u64) -> Result<(), JournalError> {
         Journal::set_acked(self, seq)
+    }
+
+    fn identity(&self) -> Result<(u64, u64), JournalError> {
+        Ok((self.epoch(), self.epoch_first_seq()))
+    }
+
+    fn durable_seq(&self) -> u64 {
+        Journal::durable_seq(self)
+    }
+
+    fn held_from_seq(&self) -> Result<u64, JournalError> {
+        Journal::held_from_seq(self)
     }
 }

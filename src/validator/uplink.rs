@@ -59,6 +59,24 @@ impl<P: CardChannel> RecordSource for LiveJournal<'_, P> {
         Ok(recs)
     }
 
+    fn identity(&self) -> Result<(u64, u64), JournalError> {
+        // The tap thread's journal wrote it when it opened (repairing it if it had to).
+        crate::journal::read_identity_file(&self.dir).ok_or_else(|| {
+            JournalError::Io(std::io::Error::other(
+                "journal identity unreadable: the uplink waits for the next start",
+            ))
+        })
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    fn held_from_seq(&self) -> Result<u64, JournalError> {
+        let (_, first) = self.identity()?;
+        crate::journal::held_from_seq(&self.dir, first, self.durable_seq())
+    }
+
     fn set_acked(&mut self, seq: u64) -> Result<(), JournalError> {
         let seq = seq.min(self.shared.durable_seq.load(Ordering::Acquire));
         if seq > self.acked {
