@@ -411,6 +411,11 @@ pub enum KeyError {
     Format,
     #[error("not a valid Ed25519 public key")]
     BadPublicKey,
+    #[error(
+        "not an operator signing key file (no signing-key label line): a public key (KEY.pub) \
+         cannot sign; give the file `blacklist keygen --out KEY` wrote as KEY"
+    )]
+    NotASigningKey,
 }
 
 /// A signing key from its 32-byte seed (tests and fixtures use fixed seeds).
@@ -454,8 +459,13 @@ fn read_text(path: &Path) -> Result<String, KeyError> {
     })
 }
 
-/// Write an operator secret key file: hex, readable by its owner only, never over an
-/// existing file.
+/// The first line of an operator signing-key file. A public key file holds the same 64 hex
+/// digits with no such line, so a public key given where the secret one is wanted is refused
+/// instead of signing files that every bus would refuse.
+pub const SIGNING_KEY_LABEL: &str = "fare-validator operator signing key (Ed25519, secret)";
+
+/// Write an operator secret key file: [`SIGNING_KEY_LABEL`], then the key in hex; readable by
+/// its owner only, never over an existing file.
 pub fn write_signing_key(path: &Path, key: &SigningKey) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -465,12 +475,21 @@ pub fn write_signing_key(path: &Path, key: &SigningKey) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    writeln!(options.open(path)?, "{}", signing_key_hex(key))
+    let mut f = options.open(path)?;
+    writeln!(f, "{SIGNING_KEY_LABEL}")?;
+    writeln!(f, "{}", signing_key_hex(key))
 }
 
-/// Read an operator secret key file (as `keygen` writes it).
+/// Read an operator secret key file (as `keygen` writes it: the label line, then 64 hex
+/// digits). A file without the label is refused as [`KeyError::NotASigningKey`]: it is most
+/// likely the public key (`KEY.pub`).
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
-    signing_key_from_hex(&read_text(path)?)
+    let text = read_text(path)?;
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    match (lines.next(), lines.next(), lines.next()) {
+        (Some(label), Some(hex), None) if label == SIGNING_KEY_LABEL => signing_key_from_hex(hex),
+        _ => Err(KeyError::NotASigningKey),
+    }
 }
 
 /// Read a public key given as 64 hex digits, or as the path of a file holding them.

@@ -274,3 +274,47 @@ fn files_that_no_bus_would_ever_use_are_refused() {
     assert_refused(&out, "--version must be 1 or more");
     assert!(!snap.exists());
 }
+
+#[test]
+fn blacklist_build_refuses_a_public_key_where_the_signing_key_belongs() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("op.key");
+    assert!(run(&["blacklist", "keygen", "--out", path_str(&key)])
+        .status
+        .success());
+    let public = dir.path().join("op.key.pub");
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/blacklist.csv");
+    let snap = dir.path().join("snap.bin");
+    let out = run(&[
+        "blacklist",
+        "build",
+        "--csv",
+        path_str(&csv),
+        "--version",
+        "1",
+        "--key",
+        path_str(&public),
+        "--out",
+        path_str(&snap),
+    ]);
+    assert_refused(&out, "not an operator signing key file");
+    assert!(!snap.exists(), "a snapshot no bus would take was written");
+    // The signing key itself still works.
+    let out = run(&[
+        "blacklist",
+        "build",
+        "--csv",
+        path_str(&csv),
+        "--version",
+        "1",
+        "--key",
+        path_str(&key),
+        "--out",
+        path_str(&snap),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -242,23 +242,10 @@ pub fn keygen(out: &Path) -> Result<String, String> {
     }
     let key = signed::generate_signing_key();
     let public = signed::public_key_hex(&key.verifying_key());
-    write_secret(out, &signed::signing_key_hex(&key))?;
+    signed::write_signing_key(out, &key)
+        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let mut pub_path = out.as_os_str().to_owned();
     pub_path.push(".pub");
     write_file(Path::new(&pub_path), format!("{public}\n").as_bytes())?;
     Ok(public)
-}
-
-fn write_secret(path: &Path, hex: &str) -> Result<(), String> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options
-        .open(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    writeln!(f, "{hex}").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
