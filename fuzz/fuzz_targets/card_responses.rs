@@ -213,6 +213,8 @@ fn taps(data: &[u8]) {
         valid_until: "2034-12-31".into(),
         balance_fen,
         purse_word,
+        issuer_city: None,
+        interop: None,
     };
     let keys = TestKeys::default();
     let Ok(card) = SimCard::new(&spec, &keys, 7) else {
