@@ -755,9 +755,11 @@ impl<P: CardChannel> Validator<P> {
             utc_offset_min: (now.utc_offset_s / 60) as i16,
             route: self.cfg.route,
             category: code.rider_category,
-            fare_fen: self
-                .fares
-                .category_fare_at(code.rider_category, crate::fare::LocalTime::of(&now)),
+            fare_fen: self.fares.category_fare_at(
+                code.rider_category,
+                self.cfg.route,
+                crate::fare::LocalTime::of(&now),
+            ),
             balance_fen: None,
             card_no: code.card_no,
             card_tx: CardTx::default(),

@@ -1,5 +1,6 @@
-//! Cards issued by other cities (互联互通): the issuing city of file 0x17 decides whether the
-//! card type's concession holds, through `replay` with fixtures/interop.
+//! The fare table's rules through `replay`: cards issued by other cities (互联互通: the issuing
+//! city of file 0x17 decides whether the card type's concession holds, fixtures/interop),
+//! timeframes (fixtures/timeframes) and route base fares (fixtures/routes).
 
 mod common;
 
@@ -188,4 +189,27 @@ fn seniors_ride_free_off_peak_only_through_replay_at_both_edges_of_the_peak() {
             ("accepted".to_string(), 0),
         ]
     );
+}
+
+#[test]
+fn a_route_with_its_own_base_fare_charges_it_to_every_category() {
+    let events: Vec<String> = [1, 2]
+        .iter()
+        .map(|n| tap("2026-11-28T07:00:00+08:00", *n))
+        .collect();
+    let fares = |route: u16| -> Vec<u64> {
+        let o = ReplayOptions {
+            fares: Some(fixture("routes/fares.toml")),
+            route,
+            ..options(None)
+        };
+        replay_with(&o, &events)
+            .iter()
+            .map(|l| l["fare_fen"].as_u64().unwrap())
+            .collect()
+    };
+    // Card 1 is an adult, card 2 a student of fixtures/replay.
+    assert_eq!(fares(5), [300, 150]);
+    assert_eq!(fares(4), [200, 100]);
+    assert_eq!(fares(6), [200, 100]);
 }

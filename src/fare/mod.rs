@@ -27,6 +27,8 @@ pub const TRANSFER_WINDOW_S_MAX: u32 = 86_400;
 pub const CITY_LIST_ENTRIES_MAX: usize = 512;
 /// Most timeframe rules a table may hold; a fare looks at most at this many.
 pub const TIMEFRAME_RULES_MAX: usize = 64;
+/// Most routes a table may give their own base fare; a fare looks at most at this many.
+pub const ROUTE_FARES_MAX: usize = 256;
 /// Seconds in a day: a timeframe's `end` may be at most this (24:00).
 pub const DAY_S: u32 = 86_400;
 
@@ -76,6 +78,15 @@ impl Default for Interop {
             deny_cities: Vec::new(),
         }
     }
+}
+
+/// A route with its own base fare (the `[[routes]]` array): air-conditioned or express lines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFare {
+    pub route: u16,
+    /// Replaces `base_fare_fen` on this route; the percentages apply to it.
+    pub base_fare_fen: Fen,
 }
 
 /// A time of day as TOML gives it, `"HH:MM"` (00:00 to 24:00), held as seconds since midnight.
@@ -184,6 +195,9 @@ pub struct FareTable {
     /// Rules by time of day and day of week; none by default.
     #[serde(default)]
     pub timeframes: Vec<Timeframe>,
+    /// Routes with their own base fare; every other route has `base_fare_fen`.
+    #[serde(default)]
+    pub routes: Vec<RouteFare>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,7 +254,33 @@ impl FareTable {
                 "interop.deny_cities holds the home city",
             ));
         }
-        self.validate_timeframes()
+        self.validate_timeframes()?;
+        self.validate_routes()
+    }
+
+    fn validate_routes(&self) -> Result<(), FareError> {
+        if self.routes.len() > ROUTE_FARES_MAX {
+            return Err(FareError::Invalid("more routes than ROUTE_FARES_MAX"));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.base_fare_fen > BASE_FARE_FEN_MAX {
+                return Err(FareError::Invalid(
+                    "a route's base_fare_fen above BASE_FARE_FEN_MAX",
+                ));
+            }
+            if self.routes[..i].iter().any(|o| o.route == r.route) {
+                return Err(FareError::Invalid("a route listed twice in routes"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The base fare of a boarding on `route`: its `[[routes]]` entry, else `base_fare_fen`.
+    pub fn base_fare_on(&self, route: u16) -> Fen {
+        self.routes
+            .iter()
+            .find(|r| r.route == route)
+            .map_or(self.base_fare_fen, |r| r.base_fare_fen)
     }
 
     fn validate_timeframes(&self) -> Result<(), FareError> {
@@ -312,9 +352,10 @@ impl FareTable {
             .map_or(self.percent(c), |tf| tf.percent)
     }
 
-    /// [`Self::category_fare`] with the timeframes applied (ride codes, and the card fare).
-    pub fn category_fare_at(&self, c: RiderCategory, at: LocalTime) -> Fen {
-        self.base_fare_fen * Fen::from(self.percent_at(c, at)) / 100
+    /// [`Self::category_fare`] on `route`'s base fare with the timeframes applied (ride codes,
+    /// and the card fare).
+    pub fn category_fare_at(&self, c: RiderCategory, route: u16, at: LocalTime) -> Fen {
+        self.base_fare_on(route) * Fen::from(self.percent_at(c, at)) / 100
     }
 
     /// Whether a boarding now on `route` is a transfer from `prev`.
@@ -330,11 +371,13 @@ impl FareTable {
 
     /// Fare of a card boarding before any transfer: the category fare for a card with the
     /// local concessions, `interop.fare_percent` of the base fare for any other.
-    pub fn issuer_fare(&self, c: RiderCategory, issuer: Issuer, at: LocalTime) -> Fen {
+    pub fn issuer_fare(&self, c: RiderCategory, issuer: Issuer, route: u16, at: LocalTime) -> Fen {
         match issuer {
-            Issuer::Concessions => self.category_fare_at(c, at),
+            Issuer::Concessions => self.category_fare_at(c, route, at),
             // base ≤ 10_000 and percent ≤ 100, as in `category_fare`.
-            Issuer::Interop => self.base_fare_fen * Fen::from(self.interop.fare_percent) / 100,
+            Issuer::Interop => {
+                self.base_fare_on(route) * Fen::from(self.interop.fare_percent) / 100
+            }
         }
     }
 
@@ -349,7 +392,7 @@ impl FareTable {
         prev: Option<PreviousBoarding>,
     ) -> Fen {
         let now_unix_s = now.unix_s;
-        let fare = self.issuer_fare(c, issuer, LocalTime::of(now));
+        let fare = self.issuer_fare(c, issuer, route, LocalTime::of(now));
         if self.is_transfer(route, now_unix_s, prev) {
             fare.saturating_sub(self.transfer.discount_fen)
         } else {
@@ -459,7 +502,7 @@ mod tests {
         assert_eq!(t.issuer(other, 0), None, "a city-only card of another city");
         for c in RiderCategory::ALL {
             assert_eq!(
-                t.issuer_fare(c, Issuer::Interop, LocalTime::of(&at(0))),
+                t.issuer_fare(c, Issuer::Interop, 1, LocalTime::of(&at(0))),
                 200,
                 "{c:?}"
             );
@@ -482,6 +525,7 @@ mod tests {
             t.issuer_fare(
                 RiderCategory::Student,
                 Issuer::Interop,
+                1,
                 LocalTime::of(&at(0))
             ),
             180
@@ -518,7 +562,7 @@ mod tests {
     fn seniors_ride_free_off_peak_only_at_both_edges_of_the_hours_and_the_week() {
         let t =
             FareTable::from_toml(&format!("{DEFAULT_FARES_TOML}\n{SENIORS_PAY_AT_PEAK}")).unwrap();
-        let senior = |at: &str| t.category_fare_at(RiderCategory::Senior, local(at));
+        let senior = |at: &str| t.category_fare_at(RiderCategory::Senior, 1, local(at));
         // Friday 2026-11-27.
         assert_eq!(senior("2026-11-27T06:59:59+08:00"), 0);
         assert_eq!(senior("2026-11-27T07:00:00+08:00"), 200);
@@ -532,7 +576,11 @@ mod tests {
         assert_eq!(senior("2026-11-29T23:30:00+00:00"), 0);
         // Other categories are untouched.
         assert_eq!(
-            t.category_fare_at(RiderCategory::Student, local("2026-11-27T07:30:00+08:00")),
+            t.category_fare_at(
+                RiderCategory::Student,
+                1,
+                local("2026-11-27T07:30:00+08:00")
+            ),
             100
         );
     }
@@ -546,7 +594,7 @@ mod tests {
              percent = 50\nstart = \"00:00\"\nend = \"24:00\"\ndays = [7]\n"
         );
         let t = FareTable::from_toml(&text).unwrap();
-        let adult = |at: &str| t.category_fare_at(RiderCategory::Adult, local(at));
+        let adult = |at: &str| t.category_fare_at(RiderCategory::Adult, 1, local(at));
         assert_eq!(adult("2026-11-27T06:29:59+08:00"), 200);
         assert_eq!(adult("2026-11-27T06:30:00+08:00"), 160);
         assert_eq!(adult("2026-11-27T07:59:59+08:00"), 160);
@@ -574,6 +622,33 @@ mod tests {
             let text = format!("{DEFAULT_FARES_TOML}\n[[timeframes]]\n{bad}\n");
             assert!(FareTable::from_toml(&text).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_route_with_its_own_base_fare_prices_every_category_and_interop_cards_from_it() {
+        let text = format!(
+            "{DEFAULT_FARES_TOML}\n[interop]\nfare_percent = 90\n\
+             [[routes]]\nroute = 5\nbase_fare_fen = 300\n"
+        );
+        let t = FareTable::from_toml(&text).unwrap();
+        let noon = LocalTime::of(&at(4 * 3600));
+        for (route, adult, student, interop) in
+            [(4, 200, 100, 180), (5, 300, 150, 270), (6, 200, 100, 180)]
+        {
+            assert_eq!(t.category_fare_at(RiderCategory::Adult, route, noon), adult);
+            assert_eq!(
+                t.category_fare_at(RiderCategory::Student, route, noon),
+                student
+            );
+            assert_eq!(
+                t.issuer_fare(RiderCategory::Student, Issuer::Interop, route, noon),
+                interop
+            );
+        }
+        let twice = format!("{text}[[routes]]\nroute = 5\nbase_fare_fen = 100\n");
+        assert!(FareTable::from_toml(&twice).is_err());
+        let dear = format!("{DEFAULT_FARES_TOML}\n[[routes]]\nroute = 5\nbase_fare_fen = 10001\n");
+        assert!(FareTable::from_toml(&dear).is_err());
     }
 
     #[test]
