@@ -94,7 +94,16 @@ async fn idle_sockets_and_oversized_hellos_do_not_block_a_real_upload() {
         .await
         .expect("a real upload succeeds during the flood");
     assert_eq!(report.acked_seq, 5);
-    let s = station.stats();
+    // The station counts the session when its task ends, a moment after the bus has its ack:
+    // wait for it, bounded, rather than read the counter too early.
+    let mut s = station.stats();
+    for _ in 0..1_000 {
+        if s.sessions_complete >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        s = station.stats();
+    }
     assert_eq!(s.sessions_complete, 1);
     assert_eq!(s.handshake_frames_oversized as usize, OVERSIZED_HELLOS);
     assert!(s.handshakes_peak as usize <= HANDSHAKES_MAX, "{s:?}");
@@ -286,15 +295,38 @@ fn the_command_line_logs_a_failed_login_without_rust_log() {
     let dir = tmp.path().join("bus");
     card_journal(&dir, 1);
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // Read the station's log as it comes, so the test waits for the line (bounded) instead
+    // of killing the station before it has written it.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     assert!(rt
         .block_on(upload::upload(&dir, addr, &terminal_id(0), &secret(9)))
         .is_err());
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("WARN") && line.contains("authentication refused") => {
+                break true
+            }
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
     child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let _ = child.wait();
     assert!(
-        err.contains("WARN") && err.contains("authentication refused"),
-        "{err}"
+        found,
+        "no WARN line for the refused login; stderr: {seen:?}"
     );
 }
 

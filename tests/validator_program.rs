@@ -49,8 +49,13 @@ impl Write for Lines {
 }
 
 impl Lines {
+    /// Every complete line so far: a line the program is still writing (its newline not yet
+    /// written) is left for the next look.
     fn all(&self) -> Vec<Value> {
-        String::from_utf8(self.0.lock().unwrap().clone())
+        let mut bytes = self.0.lock().unwrap().clone();
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(complete);
+        String::from_utf8(bytes)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
