@@ -178,3 +178,19 @@ fn journal_byte_tables_in_docs_are_the_code_s() {
         );
     }
 }
+
+#[test]
+fn depot_protocol_page_is_the_wire_format_module_doc() {
+    let src = read("src/upload/frame.rs");
+    let module_doc: Vec<&str> = src
+        .lines()
+        .take_while(|l| l.starts_with("//!"))
+        .map(|l| l.strip_prefix("//! ").unwrap_or(""))
+        .collect();
+    assert!(module_doc.len() > 20, "frame.rs lost its module doc");
+    let doc = read("docs/depot-protocol.md");
+    assert!(
+        doc.contains(&module_doc.join("\n")),
+        "docs/depot-protocol.md is not the module doc of src/upload/frame.rs as it stands"
+    );
+}
