@@ -22,6 +22,22 @@ fn assert_refused(out: &Output, about: &str) {
     assert!(err.contains(about), "{err:?} does not name {about:?}");
 }
 
+/// `blacklist build --csv CSV --version VERSION --key KEY --out OUT`.
+fn build_snapshot(csv: &str, version: &str, key: &str, out: &str) -> Output {
+    run(&[
+        "blacklist",
+        "build",
+        "--csv",
+        csv,
+        "--version",
+        version,
+        "--key",
+        key,
+        "--out",
+        out,
+    ])
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -156,18 +172,7 @@ fn errors_about_a_file_name_the_file() {
         .success());
     let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/blacklist.csv");
     let snap = dir.path().join("snap.bin");
-    let built = run(&[
-        "blacklist",
-        "build",
-        "--csv",
-        path_str(&csv),
-        "--version",
-        "1",
-        "--key",
-        path_str(&key),
-        "--out",
-        path_str(&snap),
-    ]);
+    let built = build_snapshot(path_str(&csv), "1", path_str(&key), path_str(&snap));
     assert!(built.status.success());
     // One bit flipped in the payload: the CRC catches it, and the error says which file.
     let mut bytes = std::fs::read(&snap).unwrap();
@@ -182,31 +187,9 @@ fn errors_about_a_file_name_the_file() {
     );
     let not_csv = dir.path().join("not.csv");
     std::fs::write(&not_csv, "{").unwrap();
-    let out = run(&[
-        "blacklist",
-        "build",
-        "--csv",
-        path_str(&not_csv),
-        "--version",
-        "1",
-        "--key",
-        path_str(&key),
-        "--out",
-        path_str(&snap),
-    ]);
+    let out = build_snapshot(path_str(&not_csv), "1", path_str(&key), path_str(&snap));
     assert_refused(&out, path_str(&not_csv));
-    let out = run(&[
-        "blacklist",
-        "build",
-        "--csv",
-        path_str(&csv),
-        "--version",
-        "1",
-        "--key",
-        path_str(&not_csv),
-        "--out",
-        path_str(&snap),
-    ]);
+    let out = build_snapshot(path_str(&csv), "1", path_str(&not_csv), path_str(&snap));
     assert_refused(&out, path_str(&not_csv));
 }
 
@@ -259,18 +242,7 @@ fn files_that_no_bus_would_ever_use_are_refused() {
         .success());
     let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/blacklist.csv");
     let snap = dir.path().join("v0.bin");
-    let out = run(&[
-        "blacklist",
-        "build",
-        "--csv",
-        path_str(&csv),
-        "--version",
-        "0",
-        "--key",
-        path_str(&key),
-        "--out",
-        path_str(&snap),
-    ]);
+    let out = build_snapshot(path_str(&csv), "0", path_str(&key), path_str(&snap));
     assert_refused(&out, "--version must be 1 or more");
     assert!(!snap.exists());
 }
@@ -285,33 +257,11 @@ fn blacklist_build_refuses_a_public_key_where_the_signing_key_belongs() {
     let public = dir.path().join("op.key.pub");
     let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/blacklist.csv");
     let snap = dir.path().join("snap.bin");
-    let out = run(&[
-        "blacklist",
-        "build",
-        "--csv",
-        path_str(&csv),
-        "--version",
-        "1",
-        "--key",
-        path_str(&public),
-        "--out",
-        path_str(&snap),
-    ]);
+    let out = build_snapshot(path_str(&csv), "1", path_str(&public), path_str(&snap));
     assert_refused(&out, "not an operator signing key file");
     assert!(!snap.exists(), "a snapshot no bus would take was written");
     // The signing key itself still works.
-    let out = run(&[
-        "blacklist",
-        "build",
-        "--csv",
-        path_str(&csv),
-        "--version",
-        "1",
-        "--key",
-        path_str(&key),
-        "--out",
-        path_str(&snap),
-    ]);
+    let out = build_snapshot(path_str(&csv), "1", path_str(&key), path_str(&snap));
     assert!(
         out.status.success(),
         "{}",
