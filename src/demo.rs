@@ -78,7 +78,7 @@ pub struct DemoReport {
     pub depot_records: u64,
     pub depot_fare_fen: u64,
     pub depot_gaps: u64,
-    pub qr_duplicates: u64,
+    pub qr_conflicts: u64,
     pub uploaded: u64,
     pub latency_us_p50: u64,
     pub latency_us_p99: u64,
@@ -470,7 +470,7 @@ fn night_upload(dir: &Path, buses: &mut [Bus], report: &mut DemoReport) -> Resul
         report.depot_fare_fen += t.fare_fen;
         report.depot_gaps += t.gaps.len() as u64;
     }
-    report.qr_duplicates = depot.qr_duplicates;
+    report.qr_conflicts = depot.qr_conflicts.len() as u64;
     Ok(())
 }
 
@@ -568,17 +568,17 @@ fn print_report(r: &DemoReport) {
     let not_charged = r.journal_fare_fen.saturating_sub(r.depot_fare_fen);
     if not_charged > 0 {
         println!(
-            "  the depot charges {} yuan less: {} ride-code record(s) repeat a code already \
-             charged (one code shown on two buses, e.g. a screenshot, is charged once)",
+            "  the depot charges {} yuan less: {} ride code(s) claimed on more than one bus \
+             (one code shown on two buses, e.g. a screenshot): every claim held for clearing",
             yuan(not_charged),
-            r.qr_duplicates
+            r.qr_conflicts
         );
     }
     println!();
     println!("{:<28}{:>8}", "records accepted on buses", r.accepted);
     println!("{:<28}{:>8}", "records stored at depot", r.depot_records);
     println!("{:<28}{:>8}", "sequence gaps at depot", r.depot_gaps);
-    println!("{:<28}{:>8}", "ride codes used twice", r.qr_duplicates);
+    println!("{:<28}{:>8}", "ride codes claimed twice", r.qr_conflicts);
     println!();
     println!(
         "engine latency per tap or scan (dialogue, checks, durable record): p50 {} us, p99 {} us, max {} us",

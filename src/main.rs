@@ -71,7 +71,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::depot::DepotCmd,
     },
-    /// Upload a journal to the depot once; prints {"uploaded": N, "acked_seq": S, ...}.
+    /// Upload a journal to the depot once; prints {"uploaded": N, "acked_seq": S, ...}. Exits 1
+    /// when the depot refused records, records are declared gone or could not go up, or a
+    /// downlink file failed its checks (the report is printed first; the message says what).
     Upload(cli::depot::UploadArgs),
     /// Run the validator on PC/SC readers: the card reader and the PSAM's reader.
     #[cfg(feature = "pcsc")]

@@ -78,7 +78,7 @@ fn hole_in_the_uploaded_sequence_holds_the_ack_and_is_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ride_code_accepted_on_two_buses_is_charged_once() {
+async fn ride_code_accepted_on_two_buses_is_a_conflict_listing_both_claims() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("depot.db");
     let st = station(store(&db, 2)).await;
@@ -107,13 +107,21 @@ async fn ride_code_accepted_on_two_buses_is_charged_once() {
         .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["qr_duplicates"], 1);
-    assert_eq!(v["terminals"][terminal_id(0)]["fare_fen"], 5 * 200);
-    assert_eq!(
-        v["terminals"][terminal_id(1)]["fare_fen"],
-        200,
-        "the repeat is not charged"
-    );
+    // No claim is picked: both are listed for clearing and neither is charged here.
+    let conflicts = v["qr_conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1);
+    let claims: Vec<(&str, u64)> = conflicts[0]["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["terminal"].as_str().unwrap(), c["seq"].as_u64().unwrap()))
+        .collect();
+    let (t0_id, t1_id) = (terminal_id(0), terminal_id(1));
+    assert_eq!(claims, [(t0_id.as_str(), 4), (t1_id.as_str(), 1)]);
+    assert_eq!(v["terminals"][&t0_id]["fare_fen"], 4 * 200);
+    assert_eq!(v["terminals"][&t0_id]["fare_fen_in_conflict"], 200);
+    assert_eq!(v["terminals"][&t1_id]["fare_fen"], 200);
+    assert_eq!(v["terminals"][&t1_id]["fare_fen_in_conflict"], 200);
     assert_eq!(v["terminals"][terminal_id(1)]["records"], 2);
 
     let csv = tmp.path().join("clearing.csv");
@@ -130,8 +138,9 @@ async fn ride_code_accepted_on_two_buses_is_charged_once() {
     assert_eq!(lines[0], fare_validator::cli::depot::EXPORT_HEADER);
     assert_eq!(lines.len(), 1 + 7);
     let flagged: Vec<&&str> = lines[1..].iter().filter(|l| l.ends_with(",1")).collect();
-    assert_eq!(flagged.len(), 1);
-    assert!(flagged[0].starts_with(&format!("{},1,qr_ride,", terminal_id(1))));
+    assert_eq!(flagged.len(), 2);
+    assert!(flagged[0].starts_with(&format!("{},4,qr_ride,", terminal_id(0))));
+    assert!(flagged[1].starts_with(&format!("{},1,qr_ride,", terminal_id(1))));
 }
 
 #[test]

@@ -90,7 +90,10 @@ async fn record_differing_from_the_one_stored_at_its_seq_is_refused_and_reported
     write_journal(&image, (106..=108).map(card_record));
     let r = up(&image, st.addr()).await;
     st.shutdown().await;
-    assert_eq!(r.conflicts, 3, "seqs 6..=8 hold other records at the depot");
+    assert_eq!(
+        r.records_refused, 3,
+        "seqs 6..=8 hold other records at the depot"
+    );
     assert!(
         r.problems.iter().any(|p| p.contains("rolled back")),
         "{:?}",

@@ -70,7 +70,8 @@ pub enum DepotCmd {
         #[arg(long)]
         import: Option<PathBuf>,
     },
-    /// Clearing view per terminal: records, max seq, gaps, fares (duplicate ride codes once).
+    /// Clearing view per terminal: records, max seq, gaps, refused records, fares; ride codes
+    /// claimed more than once listed with every claim (`qr_conflicts`), charged to no one.
     Report {
         /// The station's SQLite database file.
         #[arg(long)]
@@ -79,7 +80,7 @@ pub enum DepotCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Every record as CSV for the clearing house, duplicates flagged.
+    /// Every record as CSV for the clearing house, claims to a ride code in conflict flagged.
     Export {
         /// The station's SQLite database file.
         #[arg(long)]
@@ -343,7 +344,7 @@ fn blacklist(cmd: BlacklistCmd) -> CmdResult {
 }
 
 /// CSV header of `depot export`.
-pub const EXPORT_HEADER: &str = "terminal,seq,kind,at,route,category,fare_fen,balance_fen,card_no,channel,account,qr_counter,card_counter,terminal_seq,tac,terminal_no,duplicate";
+pub const EXPORT_HEADER: &str = "terminal,seq,kind,at,route,category,fare_fen,balance_fen,card_no,channel,account,qr_counter,card_counter,terminal_seq,tac,terminal_no,conflict";
 
 fn csv_row(terminal: &str, r: &Record, dup: bool) -> String {
     let qr = r.qr;
@@ -436,11 +437,34 @@ pub fn run_upload(args: &UploadArgs) -> CmdResult {
         ))
         .map_err(runtime_err)?;
     println!("{}", serde_json::to_string(&report).map_err(runtime_err)?);
-    if !report.refused.is_empty() {
-        return Err(runtime_err(format!(
-            "downlink refused: {}",
-            report.refused.join("; ")
-        )));
+    match upload_failures(&report) {
+        None => Ok(()),
+        Some(what) => Err(runtime_err(what)),
     }
-    Ok(())
+}
+
+/// What went wrong in a session that still ran to its end, for `upload`'s exit status: the
+/// station refused records, records are declared gone, records could not go up, or a
+/// downlink file failed its checks. None when everything sent was taken.
+pub fn upload_failures(report: &crate::upload::UploadReport) -> Option<String> {
+    let mut what = Vec::new();
+    if report.records_refused > 0 {
+        what.push(format!(
+            "the depot refused {} record(s) (a different record at their seq, or a field out of range: see `depot report`)",
+            report.records_refused
+        ));
+    }
+    if !report.gone.is_empty() {
+        what.push(format!(
+            "records declared gone (acknowledged earlier, lost at the depot): {:?}",
+            report.gone
+        ));
+    }
+    if !report.problems.is_empty() {
+        what.push(report.problems.join("; "));
+    }
+    if !report.refused.is_empty() {
+        what.push(format!("downlink refused: {}", report.refused.join("; ")));
+    }
+    (!what.is_empty()).then(|| what.join("; "))
 }

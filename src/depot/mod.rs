@@ -3,6 +3,7 @@
 //! delta or snapshot, fare table, ride-code keys), signed by the operator.
 //!
 //! - [`store`]: the SQLite store (records keyed by terminal and seq, blacklist change log);
+//! - [`checks`]: the range checks a record passes before it is stored;
 //! - [`server`]: the accept loop, one task per session, shutdown and limits;
 //! - [`page`]: the depot manager's read-only web page.
 //!
@@ -17,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod checks;
 pub mod page;
 pub mod server;
 pub mod store;

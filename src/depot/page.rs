@@ -41,8 +41,10 @@ pub struct BusRow {
     pub gaps: Vec<[u64; 2]>,
     /// The part of `gaps` the bus declared lost.
     pub declared_lost: Vec<[u64; 2]>,
-    /// Fares charged (a ride code seen on several buses counts once).
+    /// Fares charged (claims to a ride code in conflict are held for clearing).
     pub fare_fen: u64,
+    /// Records refused: a field out of range, or a different record at their seq.
+    pub refused: u64,
 }
 
 /// A ride code (channel, account, counter) recorded on more than one bus, or twice.
@@ -52,7 +54,7 @@ pub struct SharedCode {
     pub account: u64,
     pub counter: u32,
     pub terminals: Vec<String>,
-    /// Fares recorded for it beyond the one charged.
+    /// Fares of every claim to it: held for clearing, charged to no one here.
     pub not_charged_fen: u64,
 }
 
@@ -89,7 +91,11 @@ impl DayView {
         let report = store.report()?;
         let mut view = DayView {
             taps_by_hour: vec![0; HOURS_PER_DAY],
-            shared_code_records: report.qr_duplicates,
+            shared_code_records: report
+                .qr_conflicts
+                .iter()
+                .map(|c| c.claims.len() as u64)
+                .sum(),
             ..DayView::default()
         };
         let mut newest: BTreeMap<String, i64> = BTreeMap::new();
@@ -119,6 +125,7 @@ impl DayView {
                 gaps: t.gaps,
                 declared_lost: t.declared_lost,
                 fare_fen: t.fare_fen,
+                refused: t.refused + t.conflicts,
             });
         }
         view.versions = Versions {
@@ -297,20 +304,23 @@ fn buses_table(h: &mut String, view: &DayView) {
     h.push_str(
         "<h2>Buses</h2><table id=\"buses\"><tr><th>terminal</th><th>records</th>\
          <th>last seq</th><th>newest record</th><th>waiting for (gaps)</th>\
-         <th>declared lost</th><th>fares charged, yuan</th></tr>",
+         <th>declared lost</th><th>records refused</th><th>fares charged, yuan</th></tr>",
     );
     for b in &view.buses {
         let gap_class = if b.gaps.is_empty() { "" } else { " warn" };
+        let refused_class = if b.refused == 0 { "" } else { " warn" };
         let _ = write!(
             h,
             "<tr data-terminal=\"{t}\"><td>{t}</td><td class=\"num records\">{}</td>\
              <td class=\"num\">{}</td><td>{}</td><td class=\"gaps{gap_class}\">{}</td>\
-             <td>{}</td><td class=\"num fare\" data-fen=\"{}\">{}</td></tr>",
+             <td>{}</td><td class=\"num refused{refused_class}\">{}</td>\
+             <td class=\"num fare\" data-fen=\"{}\">{}</td></tr>",
             b.records,
             b.max_seq,
             utc_time(b.newest_record_unix_s),
             ranges(&b.gaps),
             ranges(&b.declared_lost),
+            b.refused,
             b.fare_fen,
             yuan(b.fare_fen),
             t = esc(&b.terminal),
@@ -354,8 +364,10 @@ fn shared_codes(h: &mut String, view: &DayView) {
         h,
         "<h2>Why revenue differs from the sum of fares</h2><p id=\"why\">The buses recorded \
          <b>{}</b> yuan of fares; <b>{}</b> yuan is charged. The difference, <b id=\"difference\">{}</b> \
-         yuan, is {} ride-code record(s) repeating a code already charged: a code (one \
-         channel, account and counter) shown on several buses, or twice, is charged once.</p>",
+         yuan, is {} ride-code record(s) claiming a code another record claims too (one \
+         channel, account and counter on several buses, or twice): held for clearing, which \
+         decides which claim, if any, is charged. Records refused at the depot (a field out of \
+         range, see the buses table) are in neither sum.</p>",
         yuan(view.fares_recorded_fen),
         yuan(view.fares_charged_fen),
         yuan(diff),
@@ -366,7 +378,7 @@ fn shared_codes(h: &mut String, view: &DayView) {
     }
     h.push_str(
         "<table id=\"shared-codes\"><tr><th>channel:account</th><th>counter</th>\
-         <th>buses</th><th>not charged again, yuan</th></tr>",
+         <th>buses</th><th>held for clearing, yuan</th></tr>",
     );
     for c in view.shared_codes.iter().take(SHARED_CODES_LISTED_MAX) {
         let _ = write!(

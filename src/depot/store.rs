@@ -18,7 +18,9 @@ use ed25519_dalek::SigningKey;
 use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::checks::{check_record, FareCeilings};
 use crate::blacklist::{Blacklist, Change, ChangeOp};
+use crate::fare::FareTable;
 use crate::journal::{Record, RecordKind, RECORD_BYTES};
 use crate::types::{ListId, ListReason, ReasonSet};
 use crate::upload::auth::{station_key, Secret, SECRET_BYTES};
@@ -53,6 +55,18 @@ CREATE TABLE IF NOT EXISTS conflicts(
     raw BLOB NOT NULL,
     at_unix_s INTEGER NOT NULL,
     PRIMARY KEY(terminal, epoch, seq, raw)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS refused(
+    terminal TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    raw BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    at_unix_s INTEGER NOT NULL,
+    PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fare_history(
+    version INTEGER PRIMARY KEY,
+    body BLOB NOT NULL,
+    published_unix_s INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS records(
     terminal TEXT NOT NULL,
     epoch INTEGER NOT NULL,
@@ -119,7 +133,7 @@ pub struct Stored {
     pub declared_lost: Vec<(u64, u64)>,
 }
 
-/// Ride-code records counted elsewhere first: (terminal, epoch as stored, seq).
+/// Claims to ride codes in conflict: (terminal, epoch as stored, seq).
 pub type Dups = HashSet<(String, i64, u64)>;
 
 /// Per-terminal clearing view.
@@ -134,10 +148,15 @@ pub struct TerminalReport {
     /// The part of `gaps` the validator declared lost (corrupt journal slots, or records
     /// acknowledged earlier that the depot no longer holds).
     pub declared_lost: Vec<[u64; 2]>,
-    /// Fares charged: a duplicated ride code counts once.
+    /// Fares charged: every record stored but the claims of a ride code in conflict.
     pub fare_fen: u64,
+    /// Fares of this terminal's claims to ride codes claimed more than once
+    /// ([`Report::qr_conflicts`]): held for clearing, in no one's `fare_fen`.
+    pub fare_fen_in_conflict: u64,
     /// Records refused because a different one is stored at their (epoch, seq).
     pub conflicts: u64,
+    /// Records refused for a field out of range ([`super::checks`]), every journal.
+    pub refused: u64,
     /// Every journal (epoch) the terminal uploaded from, first seen first: more than one
     /// means its journal was replaced (new storage, a re-flash).
     pub journals: Vec<JournalReport>,
@@ -157,18 +176,65 @@ pub struct JournalReport {
     /// Declared losses: records acknowledged earlier, then lost at the depot.
     pub gone: Vec<[u64; 2]>,
     pub conflicts: u64,
+    /// Records refused for a field out of range: how many.
+    pub refused: u64,
+    /// The first [`REFUSED_LISTED_MAX`] of them, by seq.
+    pub refused_records: Vec<RefusedRecord>,
+}
+
+/// Refused records listed per journal in a report (all are kept in the database).
+pub const REFUSED_LISTED_MAX: usize = 64;
+
+/// A record refused at ingest for a field out of range, as the bus sent it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RefusedRecord {
+    pub seq: u64,
+    /// Which check failed ([`super::checks`]).
+    pub reason: String,
+    /// What the record claims.
+    pub at_unix_s: i64,
+    pub fare_fen: u64,
+    /// The station's clock when it arrived.
+    pub received_unix_s: i64,
+}
+
+/// One ride code (channel, account, counter) claimed by more than one record: the same code
+/// accepted on two buses, or a forged claim (an earlier time, say). No claim is charged
+/// until clearing decides; every claim is listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QrConflict {
+    pub channel: u16,
+    pub account: u64,
+    pub counter: u32,
+    /// Earliest claimed time first.
+    pub claims: Vec<QrClaim>,
+}
+
+/// One record's claim to a ride code.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QrClaim {
+    pub terminal: String,
+    /// The journal's epoch, 16 hex digits.
+    pub epoch: String,
+    pub seq: u64,
+    pub at_unix_s: i64,
+    pub fare_fen: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
     pub terminals: std::collections::BTreeMap<String, TerminalReport>,
-    /// Ride-code records that repeat a (channel, account, counter) already counted.
-    pub qr_duplicates: u64,
+    /// Ride codes claimed by more than one record, each with every claim: flagged for
+    /// clearing, charged to no one here.
+    pub qr_conflicts: Vec<QrConflict>,
 }
 
 /// The station's database.
 pub struct Store {
     conn: Connection,
+    /// The fare ceilings of the tables published, with the fare-table version they were
+    /// computed at (recomputed when another process publishes a table).
+    ceilings: Option<(i64, FareCeilings)>,
 }
 
 /// A new database file is made readable by the station's user only (SQLite gives its WAL and
@@ -226,7 +292,10 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         move_one_reason_table(&conn)?;
         owner_only(path);
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            ceilings: None,
+        })
     }
 
     /// Open an existing database for reading only (the manager's page, reports): nothing is
@@ -236,7 +305,10 @@ impl Store {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            ceilings: None,
+        })
     }
 
     /// The operator's Ed25519 key that signs downlink files, if one was imported
@@ -381,11 +453,8 @@ impl Store {
         })
     }
 
-    /// Store one checked batch in one transaction and say what to acknowledge.
-    /// `records` must be in strictly increasing seq order, all at or after `from_seq`.
-    /// A record whose (terminal, epoch, seq) already holds a different record is refused:
-    /// kept apart in `conflicts` and counted in the ack, never stored over the first and
-    /// never dropped quietly.
+    /// Store one checked batch in one transaction and say what to acknowledge, checked
+    /// against the station's clock now (see [`Store::store_batch_at`]).
     pub fn store_batch(
         &mut self,
         terminal: &str,
@@ -393,17 +462,56 @@ impl Store {
         from_seq: u64,
         records: &[Received],
     ) -> Result<Stored, StoreError> {
+        self.store_batch_at(terminal, epoch, from_seq, records, now_unix_s())
+    }
+
+    /// Store one checked batch in one transaction and say what to acknowledge.
+    /// `records` must be in strictly increasing seq order, all at or after `from_seq`;
+    /// `now_unix_s` is the station's clock when they arrived.
+    ///
+    /// A record with a field out of range ([`super::checks`]) is refused: kept in
+    /// `refused` with the reason, its seq accounted for, counted in the ack's refused count.
+    /// A record whose (terminal, epoch, seq) already holds a different record is refused
+    /// too: kept apart in `conflicts` and counted in the ack, never stored over the first
+    /// and never dropped quietly.
+    pub fn store_batch_at(
+        &mut self,
+        terminal: &str,
+        epoch: u64,
+        from_seq: u64,
+        records: &[Received],
+        now_unix_s: i64,
+    ) -> Result<Stored, StoreError> {
+        let ceilings = self.fare_ceilings()?;
         let tx = self.conn.transaction()?;
         let mut stored = 0u32;
-        let mut conflicts = 0u32;
+        let mut refused = 0u32;
+        let mut first_refusal: Option<(u64, &'static str)> = None;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO records
                  (terminal, epoch, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw)
                  VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
+            let mut refuse = tx.prepare_cached(
+                "INSERT OR IGNORE INTO refused(terminal, epoch, seq, raw, reason, at_unix_s)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
             for r in records {
                 let rec = &r.record;
+                if let Err(reason) = check_record(rec, &ceilings, now_unix_s) {
+                    refuse.execute(params![
+                        terminal,
+                        epoch as i64,
+                        rec.seq as i64,
+                        &r.raw[..],
+                        reason,
+                        now_unix_s
+                    ])?;
+                    refused += 1;
+                    first_refusal.get_or_insert((rec.seq, reason));
+                    continue;
+                }
                 let qr = rec.qr.as_ref();
                 let n = insert.execute(params![
                     terminal,
@@ -419,9 +527,14 @@ impl Store {
                 ])? as u32;
                 stored += n;
                 if n == 0 && is_conflict(&tx, terminal, epoch, r)? {
-                    conflicts += 1;
+                    refused += 1;
                 }
             }
+        }
+        if let Some((seq, reason)) = first_refusal {
+            // One line a batch: a forging terminal cannot flood the log.
+            tracing::error!(%terminal, epoch = %format!("{epoch:016x}"), first_seq = seq, reason,
+                "depot: records with fields out of range refused and kept apart (a compromised or broken terminal?)");
         }
         let declared_lost = lost_ranges(from_seq, records);
         {
@@ -441,10 +554,41 @@ impl Store {
                 contiguous_seq,
                 max_seq,
                 stored,
-                conflicts,
+                refused,
             },
             declared_lost,
         })
+    }
+
+    /// The fare ceilings of the default policy and every fare table published, computed
+    /// again only when a newer table was published.
+    fn fare_ceilings(&mut self) -> Result<FareCeilings, StoreError> {
+        let version: i64 = self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM fare_history")?
+            .query_row([], |r| r.get(0))?;
+        if let Some((v, c)) = &self.ceilings {
+            if *v == version {
+                return Ok(c.clone());
+            }
+        }
+        let mut tables = Vec::new();
+        let bodies: Vec<Vec<u8>> = self
+            .conn
+            .prepare("SELECT body FROM fare_history UNION ALL SELECT body FROM downlink WHERE kind='fares'")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for body in bodies {
+            // Checked when published; a row that no longer parses is a damaged database.
+            let table = std::str::from_utf8(&body)
+                .ok()
+                .and_then(|t| FareTable::from_toml(t).ok())
+                .ok_or(StoreError::Corrupt("published fare table"))?;
+            tables.push(table);
+        }
+        let c = FareCeilings::of(&tables);
+        self.ceilings = Some((version, c.clone()));
+        Ok(c)
     }
 
     /// Record a service counter's action and return the new blacklist version: an add adds
@@ -571,12 +715,23 @@ impl Store {
     }
 
     /// Publish a new fare table or key file (`kind` "fares" or "keys"); returns its version.
+    /// A fare table is also kept in `fare_history`: records of buses still charging by an
+    /// earlier table are within range ([`super::checks`]).
     pub fn publish(&self, kind: &str, body: &[u8]) -> Result<u64, StoreError> {
         let version = self.downlink(kind)?.map_or(0, |(v, _)| v) + 1;
-        self.conn.execute(
+        // One connection, no other transaction open on it: `unchecked` is safe here.
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO downlink(kind, version, body) VALUES(?1, ?2, ?3)",
             params![kind, version as i64, body],
         )?;
+        if kind == "fares" {
+            tx.execute(
+                "INSERT OR REPLACE INTO fare_history(version, body, published_unix_s) VALUES(?1, ?2, ?3)",
+                params![version as i64, body, now_unix_s()],
+            )?;
+        }
+        tx.commit()?;
         Ok(version)
     }
 
@@ -591,32 +746,67 @@ impl Store {
             .optional()?)
     }
 
-    /// (terminal, epoch, seq) of every ride-code record that repeats one counted earlier (same
-    /// channel, account and counter; the earliest by time, then terminal and seq, counts).
-    pub fn qr_duplicates(&self) -> Result<Dups, StoreError> {
+    /// Every ride code claimed by more than one record, with all its claims (earliest
+    /// claimed time first). None is picked as the true one: a forged record with an earlier
+    /// time would otherwise make an honest bus's ride the repeat.
+    pub fn qr_conflicts(&self) -> Result<Vec<QrConflict>, StoreError> {
         let mut st = self.conn.prepare(
-            "SELECT terminal, epoch, seq FROM (
-               SELECT terminal, epoch, seq, ROW_NUMBER() OVER (
-                 PARTITION BY channel, account, qr_counter
-                 ORDER BY at_unix_s, terminal, epoch, seq) AS n
-               FROM records WHERE kind = ?1)
-             WHERE n > 1",
+            "SELECT channel, account, qr_counter, terminal, epoch, seq, at_unix_s, fare_fen
+             FROM records WHERE kind = ?1 AND (channel, account, qr_counter) IN (
+               SELECT channel, account, qr_counter FROM records WHERE kind = ?1
+               GROUP BY channel, account, qr_counter HAVING COUNT(*) > 1)
+             ORDER BY channel, account, qr_counter, at_unix_s, terminal, epoch, seq",
         )?;
-        let rows = st.query_map(params![RecordKind::QrRide as u8], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)? as u64,
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows = st.query(params![RecordKind::QrRide as u8])?;
+        let mut out: Vec<QrConflict> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let code = (
+                r.get::<_, u16>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, u32>(2)?,
+            );
+            let claim = QrClaim {
+                terminal: r.get(3)?,
+                epoch: format!("{:016x}", r.get::<_, i64>(4)? as u64),
+                seq: r.get::<_, i64>(5)? as u64,
+                at_unix_s: r.get(6)?,
+                fare_fen: r.get::<_, i64>(7)? as u64,
+            };
+            match out.last_mut() {
+                Some(c) if (c.channel, c.account, c.counter) == code => c.claims.push(claim),
+                _ => out.push(QrConflict {
+                    channel: code.0,
+                    account: code.1,
+                    counter: code.2,
+                    claims: vec![claim],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// (terminal, epoch as stored, seq) of every claim in `conflicts`.
+    fn conflict_claims(conflicts: &[QrConflict]) -> Dups {
+        conflicts
+            .iter()
+            .flat_map(|c| &c.claims)
+            .map(|c| {
+                let epoch = u64::from_str_radix(&c.epoch, 16).unwrap_or(0) as i64;
+                (c.terminal.clone(), epoch, c.seq)
+            })
+            .collect()
     }
 
     /// The clearing view of every terminal.
     pub fn report(&self) -> Result<Report, StoreError> {
-        let dups = self.qr_duplicates()?;
+        let conflicts = self.qr_conflicts()?;
+        let dups = Self::conflict_claims(&conflicts);
+        for c in &conflicts {
+            tracing::warn!(channel = c.channel, account = c.account, counter = c.counter,
+                claims = c.claims.len(), "depot: ride code claimed by more than one record: flagged for clearing, not charged");
+        }
         let mut report = Report {
-            qr_duplicates: dups.len() as u64,
+            qr_conflicts: conflicts,
             ..Report::default()
         };
         let ids: Vec<String> = self
@@ -644,13 +834,14 @@ impl Store {
             .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         for (epoch, first_seq) in journals {
-            let j = self.journal_report(id, epoch, first_seq as u64, dups, &mut t.fare_fen)?;
+            let j = self.journal_report(id, epoch, first_seq as u64, dups, &mut t)?;
             t.records += j.records;
             t.max_seq = j.max_seq;
             t.gaps.extend_from_slice(&j.gaps);
             t.declared_lost.extend_from_slice(&j.declared_lost);
             t.declared_lost.extend_from_slice(&j.gone);
             t.conflicts += j.conflicts;
+            t.refused += j.refused;
             t.journals.push(j);
         }
         Ok(t)
@@ -662,7 +853,7 @@ impl Store {
         epoch: i64,
         first_seq: u64,
         dups: &Dups,
-        fare_fen: &mut u64,
+        t: &mut TerminalReport,
     ) -> Result<JournalReport, StoreError> {
         let mut j = JournalReport {
             epoch: format!("{:016x}", epoch as u64),
@@ -670,20 +861,32 @@ impl Store {
             max_seq: first_seq - 1,
             ..JournalReport::default()
         };
+        // Stored and refused records in seq order: a refused seq is no gap.
         let mut st = self.conn.prepare_cached(
-            "SELECT seq, fare_fen FROM records WHERE terminal=?1 AND epoch=?2 ORDER BY seq",
+            "SELECT seq, fare_fen, NULL, 0, 0 FROM records WHERE terminal=?1 AND epoch=?2
+             UNION ALL SELECT seq, raw, reason, at_unix_s, 1 FROM refused WHERE terminal=?1 AND epoch=?2
+             ORDER BY seq",
         )?;
         let mut rows = st.query(params![id, epoch])?;
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0)? as u64;
-            let fare = row.get::<_, i64>(1)? as u64;
             if seq > j.max_seq + 1 {
                 j.gaps.push([j.max_seq + 1, seq - 1]);
             }
-            j.max_seq = seq;
+            j.max_seq = j.max_seq.max(seq);
+            if row.get::<_, i64>(4)? == 1 {
+                j.refused += 1;
+                if j.refused_records.len() < REFUSED_LISTED_MAX {
+                    j.refused_records.push(refused_record(seq, row)?);
+                }
+                continue;
+            }
+            let fare = row.get::<_, i64>(1)? as u64;
             j.records += 1;
-            if !dups.contains(&(id.to_string(), epoch, seq)) {
-                *fare_fen += fare;
+            if dups.contains(&(id.to_string(), epoch, seq)) {
+                t.fare_fen_in_conflict += fare;
+            } else {
+                t.fare_fen += fare;
             }
         }
         let mut st = self.conn.prepare_cached(
@@ -707,15 +910,20 @@ impl Store {
             tracing::error!(terminal = %id, epoch = %j.epoch, conflicts = j.conflicts,
                 "depot: records refused: another record is stored at their seq");
         }
+        if j.refused > 0 {
+            tracing::error!(terminal = %id, epoch = %j.epoch, refused = j.refused,
+                "depot: records refused: fields out of range (a compromised or broken terminal?)");
+        }
         Ok(j)
     }
 
-    /// Every record in (terminal, seq) order, with its duplicate flag, to `f`.
+    /// Every record in (terminal, seq) order, with its flag "a claim to a ride code in
+    /// conflict" ([`Store::qr_conflicts`]), to `f`.
     pub fn for_each_record(
         &self,
         mut f: impl FnMut(&str, &Record, bool) -> std::io::Result<()>,
     ) -> Result<(), ExportError> {
-        let dups = self.qr_duplicates()?;
+        let dups = Self::conflict_claims(&self.qr_conflicts()?);
         let mut st = self
             .conn
             .prepare("SELECT terminal, epoch, raw FROM records ORDER BY terminal, epoch, seq")?;
@@ -819,6 +1027,23 @@ fn migrate_to_epochs(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A refused row of the report's query: seq, raw, reason, received.
+fn refused_record(seq: u64, row: &rusqlite::Row<'_>) -> Result<RefusedRecord, StoreError> {
+    let raw: Vec<u8> = row.get(1)?;
+    // Refused for its fields, not its form: its bytes decode (checked when received).
+    let rec = <&[u8; RECORD_BYTES]>::try_from(raw.as_slice())
+        .ok()
+        .and_then(|b| Record::decode(b).ok())
+        .ok_or(StoreError::Corrupt("refused record"))?;
+    Ok(RefusedRecord {
+        seq,
+        reason: row.get(2)?,
+        at_unix_s: rec.at_unix_s,
+        fare_fen: u64::from(rec.fare_fen),
+        received_unix_s: row.get(3)?,
+    })
+}
+
 /// Seq ranges of `from ..= last record` with no record: what the validator declares lost.
 fn lost_ranges(from_seq: u64, records: &[Received]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
@@ -892,8 +1117,11 @@ fn advance_contiguous(
         })?
         .collect::<Result<_, _>>()?;
     let mut lost = lost.into_iter().peekable();
+    // A refused record's seq is accounted for: kept apart, reported, not waited for.
     let mut st = tx.prepare_cached(
-        "SELECT seq FROM records WHERE terminal=?1 AND epoch=?3 AND seq > ?2 ORDER BY seq",
+        "SELECT seq FROM records WHERE terminal=?1 AND epoch=?3 AND seq > ?2
+         UNION ALL SELECT seq FROM refused WHERE terminal=?1 AND epoch=?3 AND seq > ?2
+         ORDER BY seq",
     )?;
     let mut rows = st.query(params![terminal, c as i64, epoch])?;
     let mut row = rows.next()?.map(|r| r.get::<_, i64>(0)).transpose()?;

@@ -91,9 +91,9 @@ pub struct UploadReport {
     pub refused: Vec<String>,
     /// The journal's identity (epoch, hex).
     pub epoch: String,
-    /// Records the station refused because it holds a different record at their seq
-    /// (reported by the station too).
-    pub conflicts: u64,
+    /// Records the station refused: it holds a different record at their seq, or a field
+    /// is out of range (the station keeps and reports each; see `depot report`).
+    pub records_refused: u64,
     /// Seq ranges the station lacked and this validator no longer held (dropped after an
     /// earlier acknowledgement the station has since lost): declared to the station.
     pub gone: Vec<[u64; 2]>,
@@ -385,12 +385,12 @@ async fn send_records<J: RecordSource>(
             return Err(UploadError::Unexpected(ty));
         }
         let ack = Ack::decode(sess.open(ty, payload).map_err(WireError::from)?)?;
-        if ack.conflicts > 0 {
+        if ack.refused > 0 {
             tracing::error!(
-                conflicts = ack.conflicts,
-                "upload: the depot holds different records at these seqs: refused there and reported"
+                refused = ack.refused,
+                "upload: the depot refused records (a different record at their seq, or a field out of range): kept there and reported"
             );
-            report.conflicts += u64::from(ack.conflicts);
+            report.records_refused += u64::from(ack.refused);
         }
         if ack.contiguous_seq < last && !stuck {
             let e = UploadError::NotAdvancing {

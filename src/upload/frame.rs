@@ -47,7 +47,7 @@
 //! | 4 Welcome | acknowledged seq of this terminal's journal of that epoch (8) |
 //! | 5 Refused | reason code (1), UTF-8 text (rest, at most [`REFUSED_TEXT_BYTES_MAX`]) |
 //! | 6 Batch | from seq (8), record count (2, 1..=[`BATCH_RECORDS_MAX`]), records (count × 96) |
-//! | 7 Ack | highest contiguous seq stored (8), highest seq stored (8), records newly stored (4), records refused because another record is stored at their seq (4) |
+//! | 7 Ack | highest contiguous seq stored (8), highest seq stored (8), records newly stored (4), records refused (4): another record is stored at their seq, or a field is out of range (`depot::checks`); the station keeps and reports each |
 //! | 8 Done | empty |
 //! | 9 FileChunk | file kind (1), file version (8), total length (4), offset (4), bytes (rest) |
 //! | 10 Bye | empty |
@@ -454,8 +454,10 @@ pub struct Ack {
     pub contiguous_seq: u64,
     pub max_seq: u64,
     pub stored: u32,
-    /// Records refused: another record is stored at their (terminal, epoch, seq).
-    pub conflicts: u32,
+    /// Records refused: another record is stored at their (terminal, epoch, seq), or a
+    /// field is out of range (`crate::depot::checks`). The station keeps each apart and
+    /// reports it; its seq counts as accounted for.
+    pub refused: u32,
 }
 
 impl Ack {
@@ -464,7 +466,7 @@ impl Ack {
         out.extend_from_slice(&self.contiguous_seq.to_be_bytes());
         out.extend_from_slice(&self.max_seq.to_be_bytes());
         out.extend_from_slice(&self.stored.to_be_bytes());
-        out.extend_from_slice(&self.conflicts.to_be_bytes());
+        out.extend_from_slice(&self.refused.to_be_bytes());
         out
     }
 
@@ -474,7 +476,7 @@ impl Ack {
             contiguous_seq: b.u64("contiguous seq")?,
             max_seq: b.u64("max seq")?,
             stored: b.u32("stored")?,
-            conflicts: b.u32("conflicts")?,
+            refused: b.u32("refused")?,
         };
         b.end()?;
         Ok(a)
