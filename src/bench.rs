@@ -2,17 +2,19 @@
 //! user would otherwise write, in the same process, on the same cards and taps.
 //!
 //! - card taps with a large blacklist, the journal in memory (no sync);
-//! - card taps made durable by group commit (one fdatasync shared by a group of taps; a tap's
-//!   latency runs until its group's sync returns);
+//! - card taps made durable by group commit (a burst's grey records share one fdatasync
+//!   before any of its debits, its records one more after them; a tap's latency runs until
+//!   its group's record sync returns);
 //! - the baseline: the same card dialogue, but a SQLite query per tap for the blacklist and
 //!   one SQLite INSERT per tap with `synchronous=FULL` for the record.
 //!
-//! The durable workload is bursts: [`BENCH_BURST_TAPS`] taps arrive at once (a queue at the
-//! door, or a whole depot's worth of readers), the next burst when the last is answered. A
-//! tap's latency runs from its burst's arrival to its answer, which is only given once its
-//! record is durable. Group commit exists for exactly this: the burst shares one sync, while
-//! the baseline pays one commit per tap, one after another. The same taps one at a time
-//! (bursts of one, where group commit has nothing to share) are reported beside it.
+//! The durable workload is bursts: [`BENCH_BURST_TAPS`] taps arrive at once (a whole depot's
+//! worth of readers, one card on each: [`Validator::tap_burst`]), the next burst when the last
+//! is answered. A tap's latency runs from its burst's arrival to its answer, which is only
+//! given once its record is durable. Group commit exists for exactly this: the burst's
+//! intents share one sync and its records another, while the baseline pays one commit per
+//! tap, one after another. The same taps one at a time (bursts of one, where group commit has
+//! nothing to share: the intent's sync, then the record's) are reported beside it.
 
 use std::path::Path;
 use std::time::Instant;
@@ -201,6 +203,23 @@ impl Taps {
         card.enter_field(None);
         (card, self.now)
     }
+
+    /// The next `k` taps at once, one card on each of `k` readers: consecutive cards (from
+    /// the first card again when too few are left), the clock moved on as for `k` taps.
+    fn burst(&mut self, k: usize) -> (&mut [SimCard], Timestamp) {
+        let k = k.min(self.cards.len());
+        let mut from = self.i % self.cards.len();
+        if from + k > self.cards.len() {
+            from = 0;
+        }
+        self.i = from + k;
+        self.now = self.now.plus_s(k as i64);
+        let cards = &mut self.cards[from..from + k];
+        for card in cards.iter_mut() {
+            card.enter_field(None);
+        }
+        (cards, self.now)
+    }
 }
 
 fn micros(since: Instant) -> u64 {
@@ -324,11 +343,18 @@ fn durable_round(
     while done < n {
         let arrived = Instant::now();
         let k = burst.min(n - done);
-        for _ in 0..k {
+        if k == 1 {
             let (card, now) = taps.next();
             let d = v.tap_card(card, now);
             if !d.accepted() {
                 return Err(format!("bench tap refused: {d:?}"));
+            }
+        } else {
+            let (cards, now) = taps.burst(k);
+            for d in v.tap_burst(cards, now) {
+                if !d.accepted() {
+                    return Err(format!("bench tap refused: {d:?}"));
+                }
             }
         }
         v.commit().map_err(|e| e.to_string())?;

@@ -364,6 +364,155 @@ fn group_commit_shares_one_sync_and_nothing_is_durable_before_it() {
     );
 }
 
+/// What the disk and the cards saw, in order: `grey sync`, `journal sync`, `debit N`.
+type Events = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+struct Logged {
+    file: std::fs::File,
+    what: &'static str,
+    events: Events,
+}
+
+impl fare_validator::journal::SegmentFile for Logged {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.file, bytes)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("{} sync", self.what));
+        self.file.sync_data()
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+}
+
+struct LoggedFiles(Events);
+
+impl fare_validator::journal::FileLayer for LoggedFiles {
+    fn open_segment(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<Box<dyn fare_validator::journal::SegmentFile>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let what = if path.ends_with(fare_validator::journal::grey::GREY_FILE) {
+            "grey"
+        } else {
+            "journal"
+        };
+        Ok(Box::new(Logged {
+            file,
+            what,
+            events: self.0.clone(),
+        }))
+    }
+}
+
+struct LoggedCard {
+    card: fare_validator::card::sim::SimCard,
+    n: u32,
+    events: Events,
+}
+
+impl CardChannel for LoggedCard {
+    fn transmit(&mut self, cmd: &[u8], r: &mut Response) -> Result<(), ChannelError> {
+        if cmd.get(..2) == Some(&[0x80, 0x54]) {
+            self.events
+                .lock()
+                .unwrap()
+                .push(format!("debit {}", self.n));
+        }
+        self.card.transmit(cmd, r)
+    }
+}
+
+#[test]
+fn a_burst_on_several_readers_syncs_its_intents_once_before_any_debit_and_its_records_once() {
+    use fare_validator::card::sim::{CardSpec, SimCard};
+    let dir = tempfile::tempdir().unwrap();
+    let events = Events::default();
+    let psam = Psam::open(SimPsam::new(TestKeys::default(), [0, 0, 0, 0, 0, 1], 1)).unwrap();
+    let (journal, _) =
+        Journal::open_with(dir.path(), Box::new(LoggedFiles(events.clone()))).unwrap();
+    let mut v = Validator::new(
+        EngineConfig::default(),
+        psam,
+        fare_validator::fare::FareTable::default_policy(),
+        fare_validator::blacklist::Blacklist::empty(),
+        journal,
+    );
+    let sim = |n: u32| {
+        let spec = CardSpec {
+            card_no: card(n).parse().unwrap(),
+            card_type: fare_validator::types::RiderCategory::Adult,
+            enabled: true,
+            valid_from: "2024-01-01".into(),
+            valid_until: "2034-12-31".into(),
+            balance_fen: 1000,
+            purse_word: None,
+            issuer_city: None,
+            interop: None,
+        };
+        LoggedCard {
+            card: SimCard::new(&spec, &TestKeys::default(), 1).unwrap(),
+            n,
+            events: events.clone(),
+        }
+    };
+    let mut cards: Vec<LoggedCard> = (1..=3).map(sim).collect();
+    // The same card on a fourth reader (a copy of card 2): it boards once.
+    cards.push(sim(2));
+    let t0 = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();
+    // A first tap alone: the PSAM's counter is known from then on.
+    let mut first = sim(9);
+    first.card.enter_field(None);
+    assert!(v.tap_card(&mut first, t0).accepted());
+    events.lock().unwrap().clear();
+
+    for c in cards.iter_mut() {
+        c.card.enter_field(None);
+    }
+    let d = v.tap_burst(&mut cards, t0.plus_s(5));
+    let outcomes: Vec<_> = d.iter().map(|d| (d.outcome, d.seq)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Ok(()), Some(2)),
+            (Ok(()), Some(3)),
+            (Ok(()), Some(4)),
+            (Err(Reason::RepeatTap), None)
+        ]
+    );
+    assert_eq!(
+        *events.lock().unwrap(),
+        ["grey sync", "debit 1", "debit 2", "debit 3", "journal sync"],
+        "one sync of the intents before any debit, one of the records after"
+    );
+    assert_eq!(v.journal().durable_seq(), 4, "committed before the answers");
+    let records = fare_validator::journal::scan(dir.path()).unwrap().records;
+    let counters: Vec<_> = records.iter().map(|r| r.card_tx.terminal_seq).collect();
+    let want: Vec<_> = (0..4).map(|k| counters[0] + k).collect();
+    assert_eq!(
+        counters, want,
+        "each record holds the sequence its MAC1 took"
+    );
+    assert!(v.journal().grey_open().is_empty(), "every intent settled");
+    // The intents on disk said what the records say.
+    let greys = fare_validator::journal::grey::scan_grey(dir.path()).entries;
+    for r in &records[1..] {
+        assert!(greys
+            .iter()
+            .any(|(op, g)| *op == fare_validator::journal::GreyOp::Intent
+                && g.is_recorded_by(r)
+                && g.terminal_seq == r.card_tx.terminal_seq));
+    }
+}
+
 #[test]
 fn lost_then_replaced_card_stays_locked_after_late_unreport() {
     // 挂失, then 补领 (the old card is replaced), then the loss report filed again at another

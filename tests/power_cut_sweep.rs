@@ -221,18 +221,41 @@ fn sim_card(n: u32) -> SimCard {
     SimCard::new(&spec, &TestKeys::default(), 11).unwrap()
 }
 
-/// One boarding: which card, when (seconds after the first).
-#[derive(Clone, Copy)]
+/// One boarding: which cards, when (seconds after the first). One card taps alone
+/// (`tap_card`); several tap at once on a reader each (`tap_burst`).
+#[derive(Clone, Copy, Debug)]
 struct Boarding {
-    card: usize,
+    cards: &'static [usize],
     at_s: i64,
 }
 
 /// A short day: two passengers, one of them boarding again later (beyond anti-passback).
 const DAY: [Boarding; 3] = [
-    Boarding { card: 0, at_s: 0 },
-    Boarding { card: 1, at_s: 100 },
-    Boarding { card: 0, at_s: 300 },
+    Boarding {
+        cards: &[0],
+        at_s: 0,
+    },
+    Boarding {
+        cards: &[1],
+        at_s: 100,
+    },
+    Boarding {
+        cards: &[0],
+        at_s: 300,
+    },
+];
+
+/// The same passengers on two readers at once: their grey records share one sync, their
+/// records another.
+const BURST_DAY: [Boarding; 2] = [
+    Boarding {
+        cards: &[0, 1],
+        at_s: 0,
+    },
+    Boarding {
+        cards: &[1, 0],
+        at_s: 300,
+    },
 ];
 
 /// Seconds between a cut-off tap and the passenger's next try (within anti-passback).
@@ -304,27 +327,37 @@ impl World {
             let mut m = self.m.lock().unwrap();
             m.cut_at = cut.map(|k| m.boundaries + k);
         }
-        let card = &mut self.cards[b.card];
-        card.enter_field(None);
-        let mut reader = Powered {
-            inner: &mut *card,
-            m: self.m.clone(),
+        let mut readers: Vec<(usize, Powered<&mut SimCard>)> = Vec::new();
+        for (n, card) in self.cards.iter_mut().enumerate() {
+            if let Some(k) = b.cards.iter().position(|&c| c == n) {
+                card.enter_field(None);
+                let reader = Powered {
+                    inner: card,
+                    m: self.m.clone(),
+                };
+                readers.push((k, reader));
+            }
+        }
+        readers.sort_by_key(|(k, _)| *k);
+        let mut readers: Vec<_> = readers.into_iter().map(|(_, r)| r).collect();
+        let decisions: Vec<Decision> = match readers.as_mut_slice() {
+            [one] => vec![v.tap_card(one, now)],
+            many => v.tap_burst(many, now).into_iter().collect(),
         };
-        let d = v.tap_card(&mut reader, now);
         let mut m = self.m.lock().unwrap();
         m.cut_at = None;
         if m.dead {
             return true;
         }
-        // Shown to the passenger: acknowledged.
-        assert!(
-            d.accepted() || d.outcome == Err(Reason::RepeatTap),
-            "a boarding ends accepted or repeat_tap: {d:?}"
-        );
-        self.shown.push(Shown {
-            card: b.card,
-            decision: d,
-        });
+        assert_eq!(decisions.len(), b.cards.len());
+        for (&card, d) in b.cards.iter().zip(decisions) {
+            // Shown to the passenger: acknowledged.
+            assert!(
+                d.accepted() || d.outcome == Err(Reason::RepeatTap),
+                "a boarding ends accepted or repeat_tap: {d:?}"
+            );
+            self.shown.push(Shown { card, decision: d });
+        }
         false
     }
 
@@ -340,6 +373,7 @@ impl World {
 /// `first`, and (sweep) the try after the restart at `second`.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
+    day: &'static [Boarding],
     boarding: usize,
     first: u64,
     second: Option<u64>,
@@ -361,7 +395,7 @@ fn run_day(plan: Plan, seen: &mut Seen) -> usize {
     let t0 = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();
     let mut v = w.switch_on();
     let mut fired = 0;
-    for (i, b) in DAY.iter().enumerate() {
+    for (i, b) in plan.day.iter().enumerate() {
         let mut now = t0.plus_s(b.at_s);
         let cuts: Vec<u64> = if i == plan.boarding {
             std::iter::once(plan.first).chain(plan.second).collect()
@@ -410,7 +444,7 @@ fn check(w: &World, plan: Plan) {
     let want: Vec<u64> = (1..=records.len() as u64).collect();
     assert_eq!(seqs, want, "{plan:?}: sequence numbers");
     for (n, card) in w.cards.iter().enumerate() {
-        let boardings = DAY.iter().filter(|b| b.card == n).count() as u32;
+        let boardings = plan.day.iter().filter(|b| b.cards.contains(&n)).count() as u32;
         let mut counters: Vec<u16> = records
             .iter()
             .filter(|r| r.card_no == card.card_no())
@@ -448,9 +482,16 @@ fn check(w: &World, plan: Plan) {
 
 /// Every boundary of the first try of boarding `boarding`, until a cut point lies past the
 /// end of the try (that run completes with no cut).
-fn sweep_boarding(boarding: usize, unsynced: Unsynced, second: bool, seen: &mut Seen) {
+fn sweep_boarding(
+    day: &'static [Boarding],
+    boarding: usize,
+    unsynced: Unsynced,
+    second: bool,
+    seen: &mut Seen,
+) {
     for first in 0.. {
         let plan = Plan {
+            day,
             boarding,
             first,
             second: None,
@@ -479,11 +520,27 @@ fn power_cut_at_every_apdu_and_storage_boundary_charges_once_and_records_every_d
     let mut seen = Seen::default();
     for unsynced in UNSYNCED {
         for boarding in 0..DAY.len() {
-            sweep_boarding(boarding, unsynced, false, &mut seen);
+            sweep_boarding(&DAY, boarding, unsynced, false, &mut seen);
         }
     }
     // Not vacuous: cuts fired at every boundary, debits were recovered after restarts, and
     // records that outlived the cut made the re-tap a repeat.
+    eprintln!("{seen:?}");
+    assert!(seen.cuts > 100, "{seen:?}");
+    assert!(seen.recovered > 0, "{seen:?}");
+    assert!(seen.repeat_taps > 0, "{seen:?}");
+}
+
+#[test]
+fn power_cut_at_every_boundary_of_a_burst_charges_once_and_records_every_debit_once() {
+    let mut seen = Seen::default();
+    for unsynced in UNSYNCED {
+        for boarding in 0..BURST_DAY.len() {
+            sweep_boarding(&BURST_DAY, boarding, unsynced, false, &mut seen);
+        }
+    }
+    // Not vacuous: every boundary of both bursts was cut (a burst of two has more than twice
+    // a tap's), debits in doubt were recovered, records that outlived a cut made repeats.
     eprintln!("{seen:?}");
     assert!(seen.cuts > 100, "{seen:?}");
     assert!(seen.recovered > 0, "{seen:?}");
@@ -496,7 +553,10 @@ fn power_cut_during_recovery_at_every_pair_of_boundaries() {
     let mut seen = Seen::default();
     for unsynced in UNSYNCED {
         for boarding in 0..DAY.len() {
-            sweep_boarding(boarding, unsynced, true, &mut seen);
+            sweep_boarding(&DAY, boarding, unsynced, true, &mut seen);
+        }
+        for boarding in 0..BURST_DAY.len() {
+            sweep_boarding(&BURST_DAY, boarding, unsynced, true, &mut seen);
         }
     }
     eprintln!("{seen:?}");

@@ -84,6 +84,8 @@ pub struct Psam<C: CardChannel> {
     channel: C,
     resp: Response,
     terminal_no: [u8; 6],
+    /// The terminal transaction sequence the next MAC1 will take, once a MAC1 has shown it.
+    next_terminal_seq: Option<u32>,
 }
 
 impl<C: CardChannel> Psam<C> {
@@ -112,6 +114,7 @@ impl<C: CardChannel> Psam<C> {
             channel,
             resp,
             terminal_no,
+            next_terminal_seq: None,
         })
     }
 
@@ -126,16 +129,25 @@ impl<C: CardChannel> Psam<C> {
 
     /// MAC1 and the terminal transaction sequence number the PSAM assigned.
     pub fn mac1(&mut self, input: &Mac1Input) -> Result<(u32, [u8; 4]), CardError> {
+        // Until this MAC1 answers, the module's counter is unknown (it may have moved on).
+        self.next_terminal_seq = None;
         exchange(
             &mut self.channel,
             &command(0x80, 0x70, 0x00, 0x00, &input.encode(), Some(8)),
             &mut self.resp,
         )?;
         let d = fixed::<8>(0x70, &self.resp)?;
-        Ok((
-            u32::from_be_bytes([d[0], d[1], d[2], d[3]]),
-            [d[4], d[5], d[6], d[7]],
-        ))
+        let terminal_seq = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+        self.next_terminal_seq = Some(terminal_seq.wrapping_add(1));
+        Ok((terminal_seq, [d[4], d[5], d[6], d[7]]))
+    }
+
+    /// The terminal transaction sequence the next MAC1 should take: one more than the last
+    /// MAC1's (JT/T 978 PSAMs count every MAC1). `None` before the first MAC1 or after one
+    /// whose answer was lost. A guess to write ahead in a grey record, never a promise: the
+    /// MAC1's own answer is what counts.
+    pub fn next_terminal_seq(&self) -> Option<u32> {
+        self.next_terminal_seq
     }
 
     /// Check the card's MAC2 for the purchase of the last MAC1.

@@ -13,7 +13,29 @@ use crate::fare::PreviousBoarding;
 use crate::journal::{CardTx, GreyRecord, Record, RecordKind};
 use crate::types::{BalanceFen, CardNo, Fen, ListId, Media, Reason, RiderCategory};
 
-use super::{Decision, Refusal, Subject, Validator, PURCHASE_KEY_INDEX};
+use super::{Decision, Refusal, Subject, Validator, GROUP_COMMIT_TAPS_MAX, PURCHASE_KEY_INDEX};
+
+/// A purchase up to DEBIT FOR CAPP PURCHASE: the card checked and its purchase initialised;
+/// then signed (MAC1, the boarding written to the card).
+#[derive(Clone, Copy, Debug)]
+struct Prepared {
+    /// What the record will say; its terminal sequence is MAC1's once signed.
+    grey: GreyRecord,
+    mac_in: Mac1Input,
+    /// Written to the card before the debit.
+    boarding: Boarding,
+    /// Set once MAC1 is computed and the boarding written.
+    mac1: Option<[u8; 4]>,
+    /// The purse before the debit, as INITIALIZE FOR CAPP PURCHASE read it.
+    known_balance: Option<BalanceFen>,
+}
+
+/// How a card's checks ended: decided already (a refusal, a recovered debit), or a purchase
+/// waiting for its intent to be durable.
+enum Checked {
+    Done(Decision),
+    Purchase(Prepared),
+}
 
 /// Map a card error to the reason a passenger sees.
 fn card_reason(e: CardError) -> Reason {
@@ -23,12 +45,23 @@ fn card_reason(e: CardError) -> Reason {
     }
 }
 impl<P: CardChannel> Validator<P> {
-    /// A card is tapped: decide, debit, record durably, answer.
+    /// A card is tapped: decide, debit, record durably, answer. The grey record is synced
+    /// before the debit and the record before the answer: two syncs for an accepted tap
+    /// (the record's is shared in group-commit mode).
     pub fn tap_card<C: CardChannel + ?Sized>(&mut self, card: &mut C, now: Timestamp) -> Decision {
         self.observe_clock(now);
         let mut s = CardSession::new(card);
         let mut subject = Subject::Unknown;
-        let result = self.card_dialogue(&mut s, now, &mut subject);
+        let result =
+            self.card_dialogue(&mut s, now, &mut subject, &[])
+                .and_then(|step| match step {
+                    Checked::Done(d) => Ok(d),
+                    Checked::Purchase(mut p) => {
+                        p.grey.terminal_seq = self.sign_purchase(&mut s, &mut p)?;
+                        self.write_intent(&p, true)?;
+                        self.finish_purchase(&mut s, &p, now)
+                    }
+                });
         let decision = match result {
             Ok(d) => d,
             Err(r) => Decision::refused(Media::Card, subject, r.reason, r.balance_fen),
@@ -37,12 +70,180 @@ impl<P: CardChannel> Validator<P> {
         decision
     }
 
+    /// Cards tapped on several readers at once (doors with a reader each, a depot's gate):
+    /// the first [`GROUP_COMMIT_TAPS_MAX`] of `cards` are tapped, the rest are left for the
+    /// next burst. Each card's dialogue runs up to its debit and its grey record is written;
+    /// one sync of `grey.dat` makes every intent durable; then each card is debited and its
+    /// record appended, and the records share one journal commit. Each debit still follows
+    /// its own intent's sync: a burst costs two syncs, not two per tap.
+    ///
+    /// Returns one decision per card tapped, in order. In group-commit mode the records
+    /// wait for [`Validator::commit`] like any tap's; otherwise they are committed before
+    /// this returns (if that fails, the burst's acceptances become `storage_unavailable`
+    /// and their debits are recovered when the cards come back). The same card on two
+    /// readers boards once: the second is a `repeat_tap`.
+    pub fn tap_burst<C: CardChannel>(
+        &mut self,
+        cards: &mut [C],
+        now: Timestamp,
+    ) -> heapless::Vec<Decision, GROUP_COMMIT_TAPS_MAX> {
+        self.observe_clock(now);
+        let group_mode = self.defer_commit;
+        self.defer_commit = true;
+        let mut decisions: heapless::Vec<Decision, GROUP_COMMIT_TAPS_MAX> = heapless::Vec::new();
+        let mut prepared: heapless::Vec<Prepared, GROUP_COMMIT_TAPS_MAX> = heapless::Vec::new();
+        let mut slots: heapless::Vec<usize, GROUP_COMMIT_TAPS_MAX> = heapless::Vec::new();
+        for (i, card) in cards.iter_mut().take(GROUP_COMMIT_TAPS_MAX).enumerate() {
+            let mut s = CardSession::new(card);
+            let mut subject = Subject::Unknown;
+            let step = self
+                .card_dialogue(&mut s, now, &mut subject, &prepared)
+                .and_then(|step| match step {
+                    Checked::Purchase(mut p) => {
+                        // Written ahead of MAC1: the sequence the PSAM should give it.
+                        p.grey.terminal_seq = self
+                            .psam
+                            .next_terminal_seq()
+                            .map_or(0, |n| n.wrapping_add(prepared.len() as u32));
+                        self.write_intent(&p, false).map(|()| Checked::Purchase(p))
+                    }
+                    Checked::Done(_) => Ok(step),
+                });
+            let d = match step {
+                Ok(Checked::Done(d)) => d,
+                Ok(Checked::Purchase(p)) => {
+                    // Capacity: at most GROUP_COMMIT_TAPS_MAX cards are taken above.
+                    let _ = prepared.push(p);
+                    let _ = slots.push(i);
+                    // Replaced once the card is debited.
+                    Decision::refused(Media::Card, subject, Reason::StorageUnavailable, None)
+                }
+                Err(r) => Decision::refused(Media::Card, subject, r.reason, r.balance_fen),
+            };
+            let _ = decisions.push(d);
+        }
+        if !prepared.is_empty() {
+            if let Err(e) = self.journal.grey_sync() {
+                tracing::error!(error = %e, "grey records not synced: no debit, no ride");
+                for p in &prepared {
+                    self.journal.grey_void(p.grey.card_no);
+                }
+                prepared.clear();
+            }
+        }
+        for k in 0..prepared.len() {
+            let i = slots[k];
+            let mut s = CardSession::new(&mut cards[i]);
+            let result = self
+                .sign_burst_purchase(&mut s, &mut prepared[k..])
+                .and_then(|()| self.finish_purchase(&mut s, &prepared[k], now));
+            decisions[i] = match result {
+                Ok(d) => d,
+                Err(r) => Decision::refused(
+                    Media::Card,
+                    Subject::Card(prepared[k].grey.card_no),
+                    r.reason,
+                    r.balance_fen,
+                ),
+            };
+        }
+        self.defer_commit = group_mode;
+        if !group_mode && self.commit().is_err() {
+            tracing::error!(
+                "journal commit failed: the burst's taps refused, debits recovered later"
+            );
+            for d in decisions.iter_mut().filter(|d| d.seq.is_some()) {
+                *d = Decision::refused(
+                    d.media,
+                    d.subject,
+                    Reason::StorageUnavailable,
+                    d.balance_fen,
+                );
+            }
+        }
+        for decision in &decisions {
+            tracing::debug!(?decision, "card tap (burst)");
+        }
+        decisions
+    }
+
+    /// Sign the first of a burst's purchases left (`rest[0]`). If MAC1 took another terminal
+    /// sequence than its intent says (the first burst after a start, a MAC1 whose answer was
+    /// lost), the intents of `rest` are written again from MAC1's and synced, before any of
+    /// their debits. If signing fails, nothing was debited: the intent is voided.
+    fn sign_burst_purchase<C: CardChannel + ?Sized>(
+        &mut self,
+        s: &mut CardSession<'_, C>,
+        rest: &mut [Prepared],
+    ) -> Result<(), Refusal> {
+        let Some(p) = rest.first_mut() else {
+            return Ok(());
+        };
+        let terminal_seq = match self.sign_purchase(s, p) {
+            Ok(seq) => seq,
+            Err(r) => {
+                self.journal.grey_void(p.grey.card_no);
+                return Err(r);
+            }
+        };
+        if terminal_seq == p.grey.terminal_seq {
+            return Ok(());
+        }
+        tracing::debug!(
+            terminal_seq,
+            written = p.grey.terminal_seq,
+            "grey records written ahead again"
+        );
+        let mut written = Ok(());
+        for (n, q) in rest.iter_mut().enumerate() {
+            q.grey.terminal_seq = terminal_seq.wrapping_add(n as u32);
+            written = written.and_then(|()| self.write_intent(q, false));
+        }
+        let synced = written.and_then(|()| {
+            self.journal.grey_sync().map_err(|e| {
+                tracing::error!(error = %e, "grey records not synced: no debit, no ride");
+                Refusal {
+                    reason: Reason::StorageUnavailable,
+                    balance_fen: rest[0].known_balance,
+                }
+            })
+        });
+        if synced.is_err() {
+            // Not debited; the rest are refused by `finish_purchase` (their intents are not
+            // durable) and voided there.
+            self.journal.grey_void(rest[0].grey.card_no);
+        }
+        synced
+    }
+
+    /// Write the purchase's intent (synced, or to be synced with others' before any of
+    /// their debits). On error the card is not debited: `storage_unavailable`.
+    fn write_intent(&mut self, p: &Prepared, sync: bool) -> Result<(), Refusal> {
+        let written = self.journal_ready().and_then(|()| {
+            if sync {
+                self.journal.grey_intent(&p.grey)
+            } else {
+                self.journal.grey_intent_unsynced(&p.grey)
+            }
+        });
+        written.map_err(|e| {
+            tracing::error!(error = %e, "journal unavailable: no record, no ride");
+            Refusal {
+                reason: Reason::StorageUnavailable,
+                balance_fen: p.known_balance,
+            }
+        })
+    }
+
+    /// The checks of a card tap, up to the debit. `burst`: purchases of the same burst
+    /// already prepared (a card among them boards once).
     fn card_dialogue<C: CardChannel + ?Sized>(
         &mut self,
         s: &mut CardSession<'_, C>,
         now: Timestamp,
         subject: &mut Subject,
-    ) -> Result<Decision, Refusal> {
+        burst: &[Prepared],
+    ) -> Result<Checked, Refusal> {
         match s.select().map_err(card_reason)? {
             Selected::Ok => {}
             Selected::Blocked => return Err(Reason::CardBlocked.into()),
@@ -50,11 +251,14 @@ impl<P: CardChannel> Validator<P> {
         }
         let info = s.read_public().map_err(card_reason)?;
         *subject = Subject::Card(info.card_no);
+        if burst.iter().any(|p| p.grey.card_no == info.card_no) {
+            return Err(Reason::RepeatTap.into());
+        }
         let awaiting_group_sync = self.deferred.contains(&ListId::Card(info.card_no));
         if let Some(g) = self.journal.grey_for(info.card_no) {
             if !awaiting_group_sync {
                 if let Some(d) = self.recover(s, g, now)? {
-                    return Ok(d);
+                    return Ok(Checked::Done(d));
                 }
             }
         }
@@ -81,15 +285,17 @@ impl<P: CardChannel> Validator<P> {
         {
             return Err(Reason::RepeatTap.into());
         }
-        self.purchase(s, &info, now)
+        self.prepare_purchase(s, &info, now).map(Checked::Purchase)
     }
 
-    fn purchase<C: CardChannel + ?Sized>(
+    /// Everything of a purchase before its debit: fare, INITIALIZE FOR CAPP PURCHASE, MAC1,
+    /// the boarding written to the card, and the grey record the debit needs.
+    fn prepare_purchase<C: CardChannel + ?Sized>(
         &mut self,
         s: &mut CardSession<'_, C>,
         info: &PublicInfo,
         now: Timestamp,
-    ) -> Result<Decision, Refusal> {
+    ) -> Result<Prepared, Refusal> {
         let category = s.read_holder().map_err(card_reason)?;
         let management = s.read_management().map_err(card_reason)?;
         let Some(issuer) = self
@@ -148,13 +354,6 @@ impl<P: CardChannel> Validator<P> {
             card_serial8: info.card_no.serial_tail8(),
             issuer8: issuer8_for_mac(&info.issuer),
         };
-        let (terminal_seq, mac1) = self.psam.mac1(&mac_in).map_err(|e| {
-            tracing::error!(error = %e, "PSAM refused MAC1");
-            Refusal {
-                reason: Reason::Unreadable,
-                balance_fen: known_balance,
-            }
-        })?;
         let boarding = Boarding {
             route,
             terminal_no,
@@ -162,14 +361,11 @@ impl<P: CardChannel> Validator<P> {
             fare_fen,
             category: category as u8,
         };
-        s.update_boarding(&boarding).map_err(|e| Refusal {
-            reason: card_reason(e),
-            balance_fen: known_balance,
-        })?;
         let grey = GreyRecord {
             card_no: info.card_no,
             offline_counter: init.offline_counter,
-            terminal_seq,
+            // Set by MAC1 (or written ahead from the PSAM's last one in a burst).
+            terminal_seq: 0,
             fare_fen,
             balance_after_fen: balance_fen,
             category,
@@ -178,17 +374,61 @@ impl<P: CardChannel> Validator<P> {
             utc_offset_min: (now.utc_offset_s / 60) as i16,
             terminal_no,
         };
-        if let Err(e) = self
-            .journal_ready()
-            .and_then(|()| self.journal.grey_intent(&grey))
-        {
-            tracing::error!(error = %e, "journal unavailable: no record, no ride");
+        Ok(Prepared {
+            grey,
+            mac_in,
+            boarding,
+            mac1: None,
+            known_balance,
+        })
+    }
+
+    /// MAC1 from the PSAM, then the boarding written to the card: returns the terminal
+    /// transaction sequence MAC1 took. `p.mac1` is set only once both succeeded.
+    fn sign_purchase<C: CardChannel + ?Sized>(
+        &mut self,
+        s: &mut CardSession<'_, C>,
+        p: &mut Prepared,
+    ) -> Result<u32, Refusal> {
+        let (terminal_seq, mac1) = self.psam.mac1(&p.mac_in).map_err(|e| {
+            tracing::error!(error = %e, "PSAM refused MAC1");
+            Refusal {
+                reason: Reason::Unreadable,
+                balance_fen: p.known_balance,
+            }
+        })?;
+        s.update_boarding(&p.boarding).map_err(|e| Refusal {
+            reason: card_reason(e),
+            balance_fen: p.known_balance,
+        })?;
+        p.mac1 = Some(mac1);
+        Ok(terminal_seq)
+    }
+
+    /// DEBIT FOR CAPP PURCHASE once the intent is durable, MAC2, and the record.
+    fn finish_purchase<C: CardChannel + ?Sized>(
+        &mut self,
+        s: &mut CardSession<'_, C>,
+        p: &Prepared,
+        now: Timestamp,
+    ) -> Result<Decision, Refusal> {
+        let Prepared {
+            grey,
+            mac_in,
+            known_balance,
+            ..
+        } = *p;
+        let (Some(mac1), true) = (p.mac1, self.journal.grey_durable()) else {
+            // Never debit unsigned or ahead of the intent (its sync did not succeed): nothing
+            // was sent to the card, so there is nothing in doubt.
+            self.journal.grey_void(grey.card_no);
             return Err(Refusal {
                 reason: Reason::StorageUnavailable,
                 balance_fen: known_balance,
             });
-        }
-        let proof = match s.debit(terminal_seq, datetime, mac1) {
+        };
+        let card_no = grey.card_no;
+        let proof = match s.debit(grey.terminal_seq, mac_in.datetime, mac1) {
             Ok(p) => p,
             Err(e @ CardError::Channel(_)) => {
                 // The debit may or may not have happened: the grey record settles it later.
@@ -198,8 +438,8 @@ impl<P: CardChannel> Validator<P> {
                 });
             }
             Err(e) => {
-                self.journal.grey_void(info.card_no);
-                tracing::warn!(error = %e, card = %info.card_no, "debit refused by card");
+                self.journal.grey_void(card_no);
+                tracing::warn!(error = %e, card = %card_no, "debit refused by card");
                 return Err(Refusal {
                     reason: Reason::Unreadable,
                     balance_fen: known_balance,
@@ -210,30 +450,30 @@ impl<P: CardChannel> Validator<P> {
             if matches!(e, CardError::Channel(_)) {
                 // The PSAM could not be asked (a reader fault, a power cut): the card was
                 // debited and holds its proof, so the grey record stays open for recovery.
-                tracing::error!(error = %e, card = %info.card_no, "PSAM unreachable at MAC2");
+                tracing::error!(error = %e, card = %card_no, "PSAM unreachable at MAC2");
                 return Err(Refusal {
                     reason: Reason::Unreadable,
                     balance_fen: known_balance,
                 });
             }
-            self.journal.grey_void(info.card_no);
-            tracing::error!(error = %e, card = %info.card_no, "MAC2 did not verify: card not genuine");
+            self.journal.grey_void(card_no);
+            tracing::error!(error = %e, card = %card_no, "MAC2 did not verify: card not genuine");
             return Err(Refusal {
                 reason: Reason::Unreadable,
                 balance_fen: known_balance,
             });
         }
         let card_tx = CardTx {
-            offline_counter: init.offline_counter,
-            terminal_seq,
+            offline_counter: grey.offline_counter,
+            terminal_seq: grey.terminal_seq,
             tac: proof.tac,
         };
         let rec = self.card_record(
             RecordKind::CardPurchase,
-            info.card_no,
-            category,
-            fare_fen,
-            Some(balance_fen),
+            card_no,
+            grey.category,
+            grey.fare_fen,
+            Some(grey.balance_after_fen),
             card_tx,
             now,
         );

@@ -292,6 +292,8 @@ pub struct GreyLog {
     open: heapless::Vec<GreyRecord, GREY_OPEN_MAX>,
     /// The file must be cut to its valid length before the next append.
     needs_cut: bool,
+    /// An intent was written since the last successful sync.
+    unsynced_intents: bool,
 }
 
 impl GreyLog {
@@ -318,6 +320,7 @@ impl GreyLog {
             entries: scan.valid_len / GREY_BYTES as u64,
             open: open.into_iter().collect(),
             needs_cut: true,
+            unsynced_intents: false,
         };
         if let Err(e) = log.ensure_file(layer) {
             // Retried before the next intent; until then card debits are refused.
@@ -363,19 +366,51 @@ impl GreyLog {
 
     /// Make the intent durable (written and synced). On error nothing may be debited.
     pub fn intent(&mut self, layer: &dyn FileLayer, g: &GreyRecord) -> io::Result<()> {
+        self.intent_unsynced(layer, g)?;
+        self.sync()
+    }
+
+    /// Write the intent without a sync: several taps' intents then share one [`sync`], and
+    /// none of their debits may be sent before it returns ([`GreyLog::is_durable`]).
+    ///
+    /// [`sync`]: GreyLog::sync
+    pub fn intent_unsynced(&mut self, layer: &dyn FileLayer, g: &GreyRecord) -> io::Result<()> {
         self.ensure_file(layer)?;
+        // Set first: whatever fails below, a debit waits for a sync that succeeds.
+        self.unsynced_intents = true;
         if let Some(i) = self.open.iter().position(|o| o.card_no == g.card_no) {
             self.open.remove(i);
         }
         if self.open.is_full() {
             let oldest = self.open.remove(0);
             tracing::warn!(card = %oldest.card_no, "grey record table full: oldest abandoned");
-            self.append(&oldest.encode(GreyOp::Abandoned), false)?;
+            self.append(&oldest.encode(GreyOp::Abandoned))?;
         }
-        self.append(&g.encode(GreyOp::Intent), true)?;
+        self.append(&g.encode(GreyOp::Intent))?;
         // Capacity was made above.
         let _ = self.open.push(*g);
         Ok(())
+    }
+
+    /// Sync every entry written so far: the intents written unsynced become durable (and the
+    /// closes before them with them).
+    pub fn sync(&mut self) -> io::Result<()> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("grey file not open"))?;
+        if let Err(e) = file.sync() {
+            // What reached the disk is unknown: reopened and cut to the entries written.
+            self.file = None;
+            return Err(e);
+        }
+        self.unsynced_intents = false;
+        Ok(())
+    }
+
+    /// Whether every intent written is durable: a debit may be sent only then.
+    pub fn is_durable(&self) -> bool {
+        !self.unsynced_intents
     }
 
     /// Close the card's open intent (settled: its record is durable; voided: never debited).
@@ -387,7 +422,7 @@ impl GreyLog {
         let g = self.open.remove(i);
         let written = self
             .ensure_file(layer)
-            .and_then(|()| self.append(&g.encode(op), false));
+            .and_then(|()| self.append(&g.encode(op)));
         if let Err(e) = written {
             tracing::warn!(error = %e, card = %card_no, "grey record not closed on disk: repaired at the next start");
             return;
@@ -397,15 +432,12 @@ impl GreyLog {
         }
     }
 
-    fn append(&mut self, bytes: &[u8; GREY_BYTES], sync: bool) -> io::Result<()> {
+    fn append(&mut self, bytes: &[u8; GREY_BYTES]) -> io::Result<()> {
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("grey file not open"))?;
-        let result = file
-            .write_all(bytes)
-            .and_then(|()| if sync { file.sync() } else { Ok(()) });
-        match result {
+        match file.write_all(bytes) {
             Ok(()) => {
                 self.entries += 1;
                 Ok(())

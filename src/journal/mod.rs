@@ -616,6 +616,25 @@ impl Journal {
             .map_err(JournalError::from)
     }
 
+    /// Write the intent to debit without a sync (taps on several readers at once): their
+    /// intents share one [`Journal::grey_sync`], and no debit may be sent until
+    /// [`Journal::grey_durable`] holds.
+    pub fn grey_intent_unsynced(&mut self, g: &GreyRecord) -> Result<(), JournalError> {
+        self.grey
+            .intent_unsynced(&*self.layer, g)
+            .map_err(JournalError::from)
+    }
+
+    /// Make every grey entry written so far durable (one fdatasync of `grey.dat`).
+    pub fn grey_sync(&mut self) -> Result<(), JournalError> {
+        self.grey.sync().map_err(JournalError::from)
+    }
+
+    /// Whether every intent written is durable, so that its debit may be sent.
+    pub fn grey_durable(&self) -> bool {
+        self.grey.is_durable()
+    }
+
     /// The card's debit is durable in the journal: settle its grey record.
     pub fn grey_settle(&mut self, card_no: crate::types::CardNo) {
         self.grey.close(&*self.layer, card_no, GreyOp::Settled);
