@@ -9,6 +9,7 @@
 //! - [`ride_code`]: ride code parsing and verification;
 //! - [`blacklist`]: the offline blacklist;
 //! - [`signed`]: signed, versioned files from the depot (blacklist, fares, keys);
+//! - [`signing`]: the offline signing step (the station's request, the operator's signature);
 //! - [`cli`]: the command-line subcommands as library functions;
 //! - [`fare`]: the fare table;
 //! - [`engine`]: where a tap becomes a decision;
@@ -34,6 +35,7 @@ pub mod replay;
 pub mod ride_code;
 pub mod sched;
 pub mod signed;
+pub mod signing;
 pub mod types;
 pub mod upload;
 pub mod validator;

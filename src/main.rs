@@ -71,6 +71,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::depot::DepotCmd,
     },
+    /// The operator's offline step, on a machine apart from the station: sign what the
+    /// station asked for (`depot sign-request`) with the operator's key file.
+    Operator {
+        #[command(subcommand)]
+        cmd: cli::operator::OperatorCmd,
+    },
     /// Upload a journal to the depot once; prints {"uploaded": N, "acked_seq": S, ...}. Exits 1
     /// when the depot refused records, records are declared gone or could not go up, or a
     /// downlink file failed its checks (the report is printed first; the message says what).
@@ -192,6 +198,7 @@ fn run(cmd: Cmd) -> CmdResult {
         Cmd::Blacklist { cmd } => cli::blacklist::run(cmd).map_err(bad_input),
         Cmd::Depot { cmd } => cli::depot::run_depot(cmd),
         Cmd::Upload(args) => cli::depot::run_upload(&args),
+        Cmd::Operator { cmd } => cli::operator::run(cmd),
         Cmd::Replay {
             cards,
             keys,

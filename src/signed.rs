@@ -339,6 +339,21 @@ pub fn seal(
     seal_dated(kind, version, base_version, Dates::from_now(), payload, key)
 }
 
+/// The one operation the operator's key performs: an Ed25519 signature over the message
+/// `SIGNING_CONTEXT ‖ signed header (48 bytes) ‖ SHA-256(payload)` (125 bytes). A key file's
+/// [`SigningKey`] implements it; an HSM (PKCS#11, mechanism `CKM_EDDSA`, the key
+/// non-exportable) would implement it too and be handed to [`seal_dated_by`] or
+/// [`crate::signing::sign_request`] instead.
+pub trait FileSigner {
+    fn sign_message(&self, message: &[u8]) -> [u8; SIGNATURE_LEN];
+}
+
+impl FileSigner for SigningKey {
+    fn sign_message(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.sign(message).to_bytes()
+    }
+}
+
 /// Build a signed file around `payload` with the given dates.
 pub fn seal_dated(
     kind: FileKind,
@@ -347,6 +362,18 @@ pub fn seal_dated(
     dates: Dates,
     payload: &[u8],
     key: &SigningKey,
+) -> Vec<u8> {
+    seal_dated_by(kind, version, base_version, dates, payload, key)
+}
+
+/// [`seal_dated`] with any [`FileSigner`] (a key file, an HSM).
+pub fn seal_dated_by(
+    kind: FileKind,
+    version: u64,
+    base_version: u64,
+    dates: Dates,
+    payload: &[u8],
+    signer: &dyn FileSigner,
 ) -> Vec<u8> {
     assert!(
         dates.issued_unix_s > 0 && dates.expires_unix_s > dates.issued_unix_s,
@@ -368,8 +395,8 @@ pub fn seal_dated(
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&dates.expires_unix_s.to_le_bytes());
     debug_assert_eq!(out.len(), SIGNED_HEADER_END);
-    let signature = key.sign(&signed_message(&out, payload));
-    out.extend_from_slice(&signature.to_bytes());
+    let signature = signer.sign_message(&signed_message(&out, payload));
+    out.extend_from_slice(&signature);
     debug_assert_eq!(out.len(), HEADER_LEN);
     out.extend_from_slice(payload);
     out

@@ -144,11 +144,7 @@ pub fn parse_snapshot_unverified(bytes: &[u8]) -> Result<Blacklist, BlacklistFil
 
 /// A signed delta file.
 pub fn delta_file(delta: &Delta, key: &SigningKey) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(DELTA_COUNT_LEN + DELTA_RECORD_LEN * delta.changes.len());
-    payload.extend_from_slice(&(delta.changes.len() as u64).to_le_bytes());
-    for c in &delta.changes {
-        payload.extend_from_slice(&encode_change(c));
-    }
+    let payload = delta_payload(delta);
     signed::seal(
         FileKind::BlacklistDelta,
         delta.to_version,
@@ -156,6 +152,16 @@ pub fn delta_file(delta: &Delta, key: &SigningKey) -> Vec<u8> {
         &payload,
         key,
     )
+}
+
+/// The payload of a delta file (what the operator signs, [`crate::signing`]).
+pub fn delta_payload(delta: &Delta) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(DELTA_COUNT_LEN + DELTA_RECORD_LEN * delta.changes.len());
+    payload.extend_from_slice(&(delta.changes.len() as u64).to_le_bytes());
+    for c in &delta.changes {
+        payload.extend_from_slice(&encode_change(c));
+    }
+    payload
 }
 
 /// Open a delta file: structure, CRC, signature, then every change.

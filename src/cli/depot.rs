@@ -59,16 +59,43 @@ pub enum DepotCmd {
         #[arg(long)]
         db: PathBuf,
     },
-    /// Print the operator public key validators pin (hex); with --import, first install the
-    /// operator's key file (as `blacklist keygen` writes it). A station never makes a key:
-    /// without one it sends no downlink file.
+    /// Print the operator public key validators pin (hex). With --pub, first pin the
+    /// operator's public key (production: the signing key stays on the operator's machine,
+    /// files are signed offline: sign-request, `operator sign`, import-signed). With
+    /// --import, install the signing key itself into the station's database (online
+    /// signing, for tests and demos: a copy of the database then forges files for every bus).
+    /// A station never makes a key: without one it sends no downlink file.
     OperatorKey {
         /// The station's SQLite database file.
         #[arg(long)]
         db: PathBuf,
-        /// The operator's signing key file (as `blacklist keygen` writes it) to install first.
+        /// The operator's public key (64 hex digits, or a file holding them) to pin.
+        #[arg(long, conflicts_with = "import")]
+        r#pub: Option<String>,
+        /// The operator's signing key file (as `blacklist keygen` writes it) to install:
+        /// online signing, not for production.
         #[arg(long)]
         import: Option<PathBuf>,
+    },
+    /// Write what the operator must sign (blacklist snapshot and deltas, fare table, key
+    /// file not signed yet) to FILE, for `fare-validator operator sign` on the operator's
+    /// machine; prints {"entries": [...]} (none: nothing written).
+    SignRequest {
+        /// The station's SQLite database file.
+        #[arg(long)]
+        db: PathBuf,
+        /// The signing request file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import the operator's signed bundle (from `operator sign`): every file is checked
+    /// against the pinned operator public key before any is kept; prints {"imported": [...]}.
+    ImportSigned {
+        /// The signed bundle.
+        file: PathBuf,
+        /// The station's SQLite database file.
+        #[arg(long)]
+        db: PathBuf,
     },
     /// Clearing view per terminal: records, max seq, gaps, refused records, fares; ride codes
     /// claimed more than once listed with every claim (`qr_conflicts`), charged to no one.
@@ -184,13 +211,13 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
         } => {
             let store = open_store(&db)?;
             let secret = store.add_terminal(&id).map_err(input_err)?;
-            let key = store.operator_key().map_err(runtime_err)?;
+            let key = store.operator_pub().map_err(runtime_err)?;
             println!(
                 "{}",
                 serde_json::json!({
                     "terminal": id,
                     "secret": to_hex(&secret),
-                    "operator_pub": key.map(|k| to_hex(k.verifying_key().as_bytes())),
+                    "operator_pub": key.map(|k| to_hex(k.as_bytes())),
                 })
             );
             Ok(())
@@ -219,16 +246,46 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
             println!("{}", serde_json::json!({ "kind": name, "version": v }));
             Ok(())
         }
-        DepotCmd::OperatorKey { db, import } => {
+        DepotCmd::OperatorKey { db, r#pub, import } => {
             let store = open_existing_store(&db)?;
+            if let Some(arg) = r#pub {
+                let key = crate::signed::read_public_key(&arg).map_err(input_err)?;
+                store.set_operator_pub(&key).map_err(runtime_err)?;
+            }
             if let Some(path) = import {
                 let key = crate::signed::read_signing_key(&path).map_err(input_err)?;
                 store.set_operator_key(&key).map_err(runtime_err)?;
+                tracing::warn!(
+                    "depot: the operator signing key is now in the station's database (online signing, for tests and demos); production pins the public key (--pub) and signs offline"
+                );
             }
-            let key = store.operator_key().map_err(runtime_err)?.ok_or_else(|| {
-                input_err("no operator key: import one with --import (a station never makes one)")
+            let key = store.operator_pub().map_err(runtime_err)?.ok_or_else(|| {
+                input_err(
+                    "no operator key: pin the public key with --pub (a station never makes one)",
+                )
             })?;
-            println!("{}", to_hex(key.verifying_key().as_bytes()));
+            println!("{}", to_hex(key.as_bytes()));
+            Ok(())
+        }
+        DepotCmd::SignRequest { db, out } => {
+            let entries = open_existing_store(&db)?
+                .signing_request()
+                .map_err(runtime_err)?;
+            if !entries.is_empty() {
+                std::fs::write(&out, crate::signing::encode_request(&entries))
+                    .map_err(|e| runtime_err(format!("{}: {e}", out.display())))?;
+            }
+            let summary: Vec<_> = entries.iter().map(|e| e.summary()).collect();
+            println!("{}", serde_json::json!({ "entries": summary }));
+            Ok(())
+        }
+        DepotCmd::ImportSigned { file, db } => {
+            let bundle =
+                std::fs::read(&file).map_err(|e| input_err(format!("{}: {e}", file.display())))?;
+            let imported = open_existing_store(&db)?
+                .import_signed(&bundle)
+                .map_err(|e| input_err(format!("{}: {e}", file.display())))?;
+            println!("{}", serde_json::json!({ "imported": imported }));
             Ok(())
         }
         DepotCmd::Report { db, json: _ } => {
@@ -273,6 +330,11 @@ pub async fn start_page(
 
 fn serve(db: &Path, listen: &str, http: Option<&str>) -> CmdResult {
     let store = open_store(db)?;
+    if store.operator_key().map_err(runtime_err)?.is_some() {
+        tracing::warn!(
+            "depot: the operator signing key is in the station's database (online signing): for tests and demos only; production signs offline (docs/depot.md, key custody)"
+        );
+    }
     let rt = tokio::runtime::Runtime::new().map_err(runtime_err)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen)

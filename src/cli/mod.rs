@@ -2,6 +2,7 @@
 //! functions; errors are rendered once, as one line for humans.
 
 pub mod depot;
+pub mod operator;
 #[cfg(feature = "pcsc")]
 pub mod pcsc;
 pub mod ride_code;

@@ -1,6 +1,8 @@
 //! The depot upload station: a tokio server that takes every validator's unacknowledged
 //! records into SQLite, exactly once, and sends back what the validator lacks (blacklist
-//! delta or snapshot, fare table, ride-code keys), signed by the operator.
+//! delta or snapshot, fare table, ride-code keys), signed by the operator: offline, on a
+//! machine apart, the station holding only the signed files and the public key
+//! ([`crate::signing`]), or, for tests and demos, online with a key imported into its database.
 //!
 //! - [`store`]: the SQLite store (records keyed by terminal and seq, blacklist change log);
 //! - [`checks`]: the range checks a record passes before it is stored;
@@ -44,8 +46,7 @@ pub fn downlink_for(
     held: &HeldVersions,
 ) -> Result<Vec<Vec<u8>>, StoreError> {
     let Some(key): Option<SigningKey> = store.operator_key()? else {
-        tracing::warn!(%terminal, "depot: no operator key imported: no downlink file sent");
-        return Ok(Vec::new());
+        return offline_downlink_for(store, terminal, held);
     };
     let mut files = Vec::new();
     let current = store.blacklist_version()?;
@@ -77,6 +78,38 @@ pub fn downlink_for(
                 newer_on_the_bus(terminal, name, held, version);
             }
         }
+    }
+    Ok(files)
+}
+
+/// The downlink of a station that holds no signing key (offline signing, the production
+/// mode: [`crate::signing`]): the files the operator signed and the station imported, as they
+/// are. A bus gets the delta from its version to the newest signed blacklist when the
+/// operator signed one, else the snapshot; a newer fare table or key file when one is signed.
+fn offline_downlink_for(
+    store: &Store,
+    terminal: &str,
+    held: &HeldVersions,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    if store.operator_pub()?.is_none() {
+        tracing::warn!(%terminal, "depot: no operator key pinned or imported: no downlink file sent");
+        return Ok(Vec::new());
+    }
+    let mut files = Vec::new();
+    let current = store.blacklist_version()?;
+    if held.blacklist > current {
+        newer_on_the_bus(terminal, "blacklist", held.blacklist, current);
+    }
+    files.extend(store.signed_blacklist_after(held.blacklist)?);
+    for (kind, held) in [
+        (FileKind::FareTable, held.fares),
+        (FileKind::RideCodeKeys, held.keys),
+    ] {
+        files.extend(store.signed_file_after(kind, held)?);
+    }
+    if current > held.blacklist && store.signed_blacklist_after(current - 1)?.is_none() {
+        tracing::warn!(%terminal, version = current,
+            "depot: blacklist changes not signed yet: `depot sign-request`, `operator sign`, `depot import-signed`");
     }
     Ok(files)
 }

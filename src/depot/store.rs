@@ -14,16 +14,20 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::checks::{check_record, FareCeilings};
+use crate::blacklist::file::{delta_payload, Delta};
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::fare::FareTable;
 use crate::journal::{Record, RecordKind, RECORD_BYTES};
+use crate::signed::{self, FileKind};
+use crate::signing::{decode_bundle, BundleError, EntrySummary, RequestEntry};
 use crate::types::{ListId, ListReason, ReasonSet};
 use crate::upload::auth::{station_key, Secret, SECRET_BYTES};
+use crate::upload::downlink::DELTA_CHANGES_SENT_MAX;
 use crate::upload::frame::{valid_terminal_id, Ack};
 
 /// How long a writer waits for another connection's lock before failing (ms).
@@ -67,6 +71,13 @@ CREATE TABLE IF NOT EXISTS fare_history(
     version INTEGER PRIMARY KEY,
     body BLOB NOT NULL,
     published_unix_s INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS signed_files(
+    kind INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    base_version INTEGER NOT NULL,
+    expires_unix_s INTEGER NOT NULL,
+    file BLOB NOT NULL,
+    PRIMARY KEY(kind, version, base_version));
 CREATE TABLE IF NOT EXISTS records(
     terminal TEXT NOT NULL,
     epoch INTEGER NOT NULL,
@@ -116,6 +127,33 @@ pub enum StoreError {
     NotListed { id: String, reason: &'static str },
     #[error("depot database: corrupt {0}")]
     Corrupt(&'static str),
+}
+
+/// Deltas in one signing request: from the newest blacklist versions signed before.
+pub const SIGNING_DELTAS_MAX: usize = 16;
+
+/// Why a signed bundle was not imported (nothing of it is stored).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no operator public key pinned at the station: `depot operator-key --pub KEY` first")]
+    NoPublicKey,
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("signed file {index}: {source}")]
+    File {
+        index: usize,
+        source: signed::SignedError,
+    },
+    #[error("signed file {0} has no dates (signed container format before 3)")]
+    Undated(usize),
+}
+
+impl From<rusqlite::Error> for ImportError {
+    fn from(e: rusqlite::Error) -> Self {
+        ImportError::Store(e.into())
+    }
 }
 
 /// A record checked by the receiver, with the bytes it arrived as.
@@ -327,6 +365,197 @@ impl Store {
                 .map_err(|_| StoreError::Corrupt("operator key"))
         })
         .transpose()
+    }
+
+    /// The operator public key the station's files are checked against: the one pinned
+    /// ([`Store::set_operator_pub`], offline signing), else the imported signing key's.
+    pub fn operator_pub(&self) -> Result<Option<VerifyingKey>, StoreError> {
+        let pk: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key='operator_pub'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match pk {
+            Some(pk) => <[u8; 32]>::try_from(pk.as_slice())
+                .ok()
+                .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+                .map(Some)
+                .ok_or(StoreError::Corrupt("operator public key")),
+            None => Ok(self.operator_key()?.map(|k| k.verifying_key())),
+        }
+    }
+
+    /// Pin the operator's public key (offline signing: the station never holds the secret
+    /// key). Replacing a pinned key other than by this call is not possible.
+    pub fn set_operator_pub(&self, key: &VerifyingKey) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES('operator_pub', ?1)",
+            params![&key.as_bytes()[..]],
+        )?;
+        Ok(())
+    }
+
+    /// What the station needs the operator to sign ([`crate::signing`]): the blacklist
+    /// snapshot at its version and deltas to it from each blacklist version signed before
+    /// (the only versions a bus can hold; the newest [`SIGNING_DELTAS_MAX`], each within
+    /// [`DELTA_CHANGES_SENT_MAX`] changes), and the fare table and key file at their
+    /// versions; whatever is signed already is left out.
+    pub fn signing_request(&self) -> Result<Vec<RequestEntry>, StoreError> {
+        let mut out = Vec::new();
+        let current = self.blacklist_version()?;
+        if current > 0 && !self.is_signed(FileKind::BlacklistSnapshot, current, 0)? {
+            out.push(RequestEntry {
+                kind: FileKind::BlacklistSnapshot,
+                version: current,
+                base_version: 0,
+                payload: self.blacklist()?.snapshot_payload().into_owned(),
+            });
+        }
+        let held: Vec<i64> = self
+            .conn
+            .prepare(
+                "SELECT DISTINCT version FROM signed_files WHERE kind IN (?1, ?2) AND version < ?3
+                 ORDER BY version DESC LIMIT ?4",
+            )?
+            .query_map(
+                params![
+                    FileKind::BlacklistSnapshot as u16,
+                    FileKind::BlacklistDelta as u16,
+                    current as i64,
+                    SIGNING_DELTAS_MAX as i64
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        for from in held.into_iter().map(|v| v as u64) {
+            if self.is_signed(FileKind::BlacklistDelta, current, from)? {
+                continue;
+            }
+            if let Some(changes) = self.blacklist_changes_after(from, DELTA_CHANGES_SENT_MAX)? {
+                out.push(RequestEntry {
+                    kind: FileKind::BlacklistDelta,
+                    version: current,
+                    base_version: from,
+                    payload: delta_payload(&Delta {
+                        from_version: from,
+                        to_version: current,
+                        changes,
+                    }),
+                });
+            }
+        }
+        for (name, kind) in [
+            ("fares", FileKind::FareTable),
+            ("keys", FileKind::RideCodeKeys),
+        ] {
+            if let Some((version, body)) = self.downlink(name)? {
+                if !self.is_signed(kind, version, 0)? {
+                    out.push(RequestEntry {
+                        kind,
+                        version,
+                        base_version: 0,
+                        payload: body,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn is_signed(&self, kind: FileKind, version: u64, base: u64) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM signed_files WHERE kind=?1 AND version=?2 AND base_version=?3",
+            )?
+            .query_row(
+                params![kind as u16, version as i64, base as i64],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Import the operator's signed bundle: every file is checked against the pinned operator
+    /// public key before any is stored (all or nothing); returns what was imported.
+    pub fn import_signed(&self, bundle: &[u8]) -> Result<Vec<EntrySummary>, ImportError> {
+        let key = self.operator_pub()?.ok_or(ImportError::NoPublicKey)?;
+        let files = decode_bundle(bundle)?;
+        let mut checked = Vec::with_capacity(files.len());
+        for (index, file) in files.iter().enumerate() {
+            let v = signed::parse(file)
+                .and_then(|f| f.verify(&key))
+                .map_err(|source| ImportError::File { index, source })?;
+            let h = v.header;
+            let expires = h.dates.map_or(0, |d| d.expires_unix_s);
+            if h.dates.is_none() {
+                return Err(ImportError::Undated(index));
+            }
+            checked.push((h, expires, *file));
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        let mut out = Vec::with_capacity(checked.len());
+        for (h, expires, file) in checked {
+            tx.execute(
+                "INSERT OR REPLACE INTO signed_files(kind, version, base_version, expires_unix_s, file)
+                 VALUES(?1, ?2, ?3, ?4, ?5)",
+                params![h.kind as u16, h.version as i64, h.base_version as i64, expires, file],
+            )?;
+            out.push(EntrySummary {
+                kind: h.kind.as_str(),
+                version: h.version,
+                base_version: h.base_version,
+                payload_bytes: h.payload_len,
+            });
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The signed blacklist file for a bus holding version `held`: the delta from `held` to
+    /// the newest signed snapshot's version when the operator signed one, else that snapshot;
+    /// None when nothing newer is signed.
+    pub fn signed_blacklist_after(&self, held: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let newest: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(version) FROM signed_files WHERE kind=?1")?
+            .query_row(params![FileKind::BlacklistSnapshot as u16], |r| r.get(0))?;
+        let Some(newest) = newest.filter(|v| *v as u64 > held) else {
+            return Ok(None);
+        };
+        let mut st = self.conn.prepare_cached(
+            "SELECT file FROM signed_files WHERE version=?1
+               AND ((kind=?2 AND base_version=?3) OR (kind=?4 AND base_version=0))
+             ORDER BY kind DESC LIMIT 1",
+        )?;
+        Ok(st
+            .query_row(
+                params![
+                    newest,
+                    FileKind::BlacklistDelta as u16,
+                    held as i64,
+                    FileKind::BlacklistSnapshot as u16
+                ],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The newest signed fare table or key file (`kind`) above version `held`.
+    pub fn signed_file_after(
+        &self,
+        kind: FileKind,
+        held: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT file FROM signed_files WHERE kind=?1 AND version>?2
+                 ORDER BY version DESC LIMIT 1",
+            )?
+            .query_row(params![kind as u16, held as i64], |r| r.get(0))
+            .optional()?)
     }
 
     /// Use a given operator key (tests, or a key imported from the operator).
