@@ -208,7 +208,7 @@ mod program {
     use crate::card::pcsc::Readers;
     use crate::engine::{EngineConfig, Validator};
     use crate::fare::FareTable;
-    use crate::journal::Journal;
+    use crate::journal::{Journal, JournalKey, OsFiles};
     use crate::reader::{open_psam, system_now};
     use crate::upload::client::UploadConfig;
     use crate::validator::config::ScannerSource;
@@ -227,7 +227,11 @@ mod program {
                 cfg.data_dir.display()
             )));
         }
-        let (journal, problems) = Journal::open(&cfg.data_dir).map_err(runtime)?;
+        // The records are chained with a key derived from the secret, which lives apart
+        // from the journal: a copy of the journal cannot alter or cut them unnoticed.
+        let key = JournalKey::for_terminal(&secret, &cfg.terminal_id);
+        let (journal, problems) =
+            Journal::open_keyed(&cfg.data_dir, Box::new(OsFiles), key).map_err(runtime)?;
         let repairs: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let psam_readers = Readers::establish().map_err(runtime)?;
         let psam = open_psam(&psam_readers, &cfg.sam_reader).map_err(runtime)?;

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod checks;
+pub mod integrity;
 pub mod page;
 pub mod server;
 pub mod store;

@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
+use super::integrity::{ChainKeys, Link, SessionChain};
 use super::store::{Received, Store, StoreError};
 use crate::journal::Record;
 use crate::upload::auth::{self, Role, Session};
@@ -518,6 +519,8 @@ struct Opened {
     /// The journal's identity: epoch and the first seq of the epoch.
     epoch: u64,
     epoch_first_seq: u64,
+    /// The chain keys of this terminal's journal (from the station key).
+    chain: ChainKeys,
 }
 
 /// Hello, challenge, proof: every frame within the handshake bound.
@@ -572,6 +575,7 @@ async fn handshake(
         held: hello.held,
         epoch: hello.epoch,
         epoch_first_seq: hello.epoch_first_seq,
+        chain: ChainKeys::new(&secret, hello.epoch, hello.epoch_first_seq),
     })
 }
 
@@ -588,6 +592,7 @@ async fn session(
         held,
         epoch,
         epoch_first_seq,
+        chain,
     } = opened;
     // Each direction has its own counter: the reader opens, the writer seals.
     let mut opener = Session::new(key, Role::Station);
@@ -605,10 +610,11 @@ async fn session(
         wr,
         sealer,
         store.clone(),
-        (terminal.clone(), epoch),
+        (terminal.clone(), chain.clone()),
         held,
     ));
-    let read = read_batches(&mut rd, &mut opener, &tx, epoch).await;
+    let mut chain = SessionChain::new(chain);
+    let read = read_batches(&mut rd, &mut opener, &tx, &mut chain).await;
     drop(tx);
     let written = writer
         .await
@@ -632,6 +638,8 @@ enum Job {
     Batch {
         from_seq: u64,
         records: Vec<Received>,
+        /// What the session found of each record's chain MAC.
+        links: Vec<Link>,
     },
     /// Seqs the validator no longer holds.
     Gone {
@@ -645,7 +653,7 @@ async fn read_batches(
     rd: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
     sess: &mut Session,
     tx: &mpsc::Sender<Job>,
-    epoch: u64,
+    chain: &mut SessionChain,
 ) -> Result<(), SessionFailure> {
     loop {
         let (ty, payload) = tokio::select! {
@@ -655,7 +663,7 @@ async fn read_batches(
         };
         let body = sess.open(ty, payload)?;
         let job = match ty {
-            FrameType::Batch => check_batch(body, epoch)?,
+            FrameType::Batch => check_batch(body, chain)?,
             FrameType::Gone => {
                 let (from_seq, to_seq) = crate::upload::frame::decode_gone(body)?;
                 Job::Gone { from_seq, to_seq }
@@ -679,13 +687,19 @@ async fn store_and_answer(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut sess: Session,
     store: SharedStore,
-    (terminal, epoch): (String, u64),
+    (terminal, chain): (String, ChainKeys),
     held: HeldVersions,
 ) -> Result<(), SessionFailure> {
+    let epoch = chain.epoch();
+    let chain = Arc::new(chain);
     while let Some(job) = rx.recv().await {
         match job {
-            Job::Batch { from_seq, records } => {
-                let ack = store_batch(&store, &terminal, epoch, from_seq, records).await?;
+            Job::Batch {
+                from_seq,
+                records,
+                links,
+            } => {
+                let ack = store_batch(&store, &terminal, &chain, from_seq, records, links).await?;
                 let sealed = sess.seal(FrameType::Ack, &ack);
                 write_frame(&mut wr, FrameType::Ack, &sealed).await?;
             }
@@ -716,9 +730,11 @@ async fn store_and_answer(
 }
 
 /// Check every record of a batch (CRC, order) before anything is stored.
-fn check_batch(body: &[u8], epoch: u64) -> Result<Job, SessionFailure> {
+fn check_batch(body: &[u8], chain: &mut SessionChain) -> Result<Job, SessionFailure> {
+    let epoch = chain.keys.epoch();
     let batch = Batch::decode(body)?;
     let mut records = Vec::with_capacity(batch.records.len() / crate::journal::RECORD_BYTES);
+    let mut links = Vec::with_capacity(records.capacity());
     let mut next_seq = batch.from_seq;
     for raw in batch.raw_records() {
         let record = Record::decode(raw)
@@ -743,6 +759,7 @@ fn check_batch(body: &[u8], epoch: u64) -> Result<Job, SessionFailure> {
             )));
         }
         next_seq = record.seq + 1;
+        links.push(chain.next(record.seq, raw));
         records.push(Received { record, raw: *raw });
     }
     // Seqs skipped inside a batch are declared lost; more than this is not a corrupt slot
@@ -756,6 +773,7 @@ fn check_batch(body: &[u8], epoch: u64) -> Result<Job, SessionFailure> {
     Ok(Job::Batch {
         from_seq: batch.from_seq,
         records,
+        links,
     })
 }
 
@@ -763,13 +781,22 @@ fn check_batch(body: &[u8], epoch: u64) -> Result<Job, SessionFailure> {
 async fn store_batch(
     store: &SharedStore,
     terminal: &str,
-    epoch: u64,
+    chain: &Arc<ChainKeys>,
     from_seq: u64,
     received: Vec<Received>,
+    links: Vec<Link>,
 ) -> Result<Vec<u8>, SessionFailure> {
     let id = terminal.to_string();
+    let chain = chain.clone();
     let stored = with_store(store, move |s| {
-        s.store_batch(&id, epoch, from_seq, &received)
+        s.store_checked_batch_at(
+            &id,
+            chain.epoch(),
+            from_seq,
+            &received,
+            super::store::now_unix_s(),
+            Some((&chain, &links)),
+        )
     })
     .await?;
     for (a, b) in &stored.declared_lost {

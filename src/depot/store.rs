@@ -19,6 +19,7 @@ use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::checks::{check_record, FareCeilings};
+use super::integrity::{self, BatchState, ChainKeys, Finding, Link};
 use crate::blacklist::file::{delta_payload, Delta};
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::fare::FareTable;
@@ -67,6 +68,22 @@ CREATE TABLE IF NOT EXISTS refused(
     reason TEXT NOT NULL,
     at_unix_s INTEGER NOT NULL,
     PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS findings(
+    terminal TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    from_seq INTEGER NOT NULL,
+    to_seq INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    at_unix_s INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS keyed_terminals(terminal TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS psam_counters(psam INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS psam_gaps(
+    psam INTEGER NOT NULL,
+    from_seq INTEGER NOT NULL,
+    to_seq INTEGER NOT NULL,
+    PRIMARY KEY(psam, from_seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS fare_history(
     version INTEGER PRIMARY KEY,
     body BLOB NOT NULL,
@@ -169,6 +186,8 @@ pub struct Stored {
     pub ack: Ack,
     /// Seq ranges this batch declared lost by the validator's journal.
     pub declared_lost: Vec<(u64, u64)>,
+    /// What the chain and PSAM checks found (stored and logged).
+    pub findings: Vec<Finding>,
 }
 
 /// Claims to ride codes in conflict: (terminal, epoch as stored, seq).
@@ -265,7 +284,13 @@ pub struct Report {
     /// Ride codes claimed by more than one record, each with every claim: flagged for
     /// clearing, charged to no one here.
     pub qr_conflicts: Vec<QrConflict>,
+    /// Security findings (altered records, cuts, PSAM numbers that skip or repeat...),
+    /// newest first, at most [`REPORT_FINDINGS_MAX`].
+    pub findings: Vec<Finding>,
 }
+
+/// Findings a report carries (`depot findings` lists more).
+pub const REPORT_FINDINGS_MAX: usize = 1_000;
 
 /// The station's database.
 pub struct Store {
@@ -304,7 +329,7 @@ fn owner_only(path: &Path) {
     }
 }
 
-fn now_unix_s() -> i64 {
+pub(super) fn now_unix_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -711,8 +736,26 @@ impl Store {
         records: &[Received],
         now_unix_s: i64,
     ) -> Result<Stored, StoreError> {
+        self.store_checked_batch_at(terminal, epoch, from_seq, records, now_unix_s, None)
+    }
+
+    /// [`Store::store_batch_at`] with the journal's chain checked ([`integrity`]):
+    /// `links[i]` is what the session found of `records[i]`'s MAC, settled here against the
+    /// records stored; an altered record is refused (kept in `refused`, its seq accounted
+    /// for), a reused seq of an authentic record reported as a cut. Without `chain` (records
+    /// not from a session) only the PSAM numbers are checked.
+    pub fn store_checked_batch_at(
+        &mut self,
+        terminal: &str,
+        epoch: u64,
+        from_seq: u64,
+        records: &[Received],
+        now_unix_s: i64,
+        chain: Option<(&ChainKeys, &[Link])>,
+    ) -> Result<Stored, StoreError> {
         let ceilings = self.fare_ceilings()?;
         let tx = self.conn.transaction()?;
+        let mut st = BatchState::default();
         let mut stored = 0u32;
         let mut refused = 0u32;
         let mut first_refusal: Option<(u64, &'static str)> = None;
@@ -726,7 +769,20 @@ impl Store {
                 "INSERT OR IGNORE INTO refused(terminal, epoch, seq, raw, reason, at_unix_s)
                  VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            for r in records {
+            for (i, r) in records.iter().enumerate() {
+                let link = match chain {
+                    Some((keys, links)) => {
+                        let link = links.get(i).copied().unwrap_or(Link::Unknown);
+                        match integrity::resolve(&tx, terminal, keys, r, link, &mut st)? {
+                            Some(link) => Some(link),
+                            None => {
+                                refused += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    None => None,
+                };
                 let rec = &r.record;
                 if let Err(reason) = check_record(rec, &ceilings, now_unix_s) {
                     refuse.execute(params![
@@ -755,11 +811,23 @@ impl Store {
                     &r.raw[..],
                 ])? as u32;
                 stored += n;
-                if n == 0 && is_conflict(&tx, terminal, epoch, r)? {
+                if n == 1 {
+                    st.psam(&tx, rec)?;
+                } else if is_conflict(&tx, terminal, epoch, r)? {
                     refused += 1;
+                    if link.is_some() {
+                        st.findings.add(
+                            integrity::FindingKind::Cut,
+                            rec.seq,
+                            rec.seq,
+                            "seq reused: the journal wrote another record at a seq the depot holds (its last records cut, or its storage rolled back)",
+                        );
+                    }
                 }
             }
         }
+        st.flush_psam(&tx)?;
+        let findings = integrity::write_findings(&tx, terminal, epoch, &mut st)?;
         if let Some((seq, reason)) = first_refusal {
             // One line a batch: a forging terminal cannot flood the log.
             tracing::error!(%terminal, epoch = %format!("{epoch:016x}"), first_seq = seq, reason,
@@ -786,7 +854,13 @@ impl Store {
                 refused,
             },
             declared_lost,
+            findings,
         })
+    }
+
+    /// Stored security findings, newest first, at most `max` ([`integrity`]).
+    pub fn findings(&self, max: usize) -> Result<Vec<Finding>, StoreError> {
+        integrity::read_findings(&self.conn, max)
     }
 
     /// The fare ceilings of the default policy and every fare table published, computed
@@ -1036,6 +1110,7 @@ impl Store {
         }
         let mut report = Report {
             qr_conflicts: conflicts,
+            findings: self.findings(REPORT_FINDINGS_MAX)?,
             ..Report::default()
         };
         let ids: Vec<String> = self

@@ -32,6 +32,7 @@
 //! - When a write or sync fails, the records of that commit are dropped (never reported),
 //!   the file is cut back to its last durable length, and later commits retry the storage.
 
+pub mod chain;
 pub mod grey;
 pub mod record;
 pub mod repair;
@@ -40,8 +41,9 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+pub use chain::{Chain, JournalKey, RecordMac, SealKey, RECORD_MAC_BYTES};
 pub use grey::{GreyOp, GreyRecord, GREY_OPEN_MAX};
-pub use record::{CardTx, QrTx, Record, RecordError, RecordKind, RECORD_BYTES};
+pub use record::{CardTx, QrTx, Record, RecordError, RecordKind, SealRead, RECORD_BYTES};
 pub use repair::SideFile;
 
 /// Records in one segment file before a new one starts (6 MiB).
@@ -187,6 +189,8 @@ pub struct Scan {
     pub cursor_damaged: Option<String>,
     /// The epoch written in the newest valid record.
     pub newest_epoch: Option<u64>,
+    /// The newest valid record's seq and seal (its chain MAC, if it has one).
+    pub newest_seal: Option<(u64, SealRead)>,
     /// What `journal.id` holds: (epoch, first seq of the epoch), or why it cannot be read.
     pub identity: IdentityRead,
 }
@@ -419,6 +423,7 @@ pub fn scan(dir: &Path) -> Result<Scan, JournalError> {
                         out.problems.append(&mut invalid);
                         out.records.push(r);
                         out.newest_epoch = Some(Record::epoch_of(b));
+                        out.newest_seal = Some((r.seq, Record::seal_of(b)));
                         out.last_seq = out.last_seq.max(r.seq);
                         valid_len = offset + RECORD_BYTES as u64;
                         continue;
@@ -476,19 +481,44 @@ pub struct Journal {
     epoch: u64,
     /// The first seq this epoch holds (1 unless the identity was lost and remade).
     epoch_first_seq: u64,
+    /// The chain of the records appended: its key and the MAC of the last one buffered.
+    chain: Chain,
+    /// The MAC of the last durable record (the chain goes back to it when a commit fails).
+    durable_mac: RecordMac,
+}
+
+/// A record read back from the journal with the bytes it is stored as (its MAC among them):
+/// what the uplink sends, byte for byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub record: Record,
+    pub raw: [u8; RECORD_BYTES],
 }
 
 impl Journal {
-    /// Open (or create) the journal in `dir` on the operating system's files.
+    /// Open (or create) the journal in `dir` on the operating system's files, its records
+    /// chained with the public test key ([`JournalKey::test`]: replay, the demo, tests). A
+    /// bus opens with its own key: [`Journal::open_keyed`].
     pub fn open(dir: &Path) -> Result<(Journal, Vec<Problem>), JournalError> {
         Self::open_with(dir, Box::new(OsFiles))
     }
 
-    /// Open on a given file layer: scan, verify, and cut a torn tail; read the grey records
-    /// and settle those the records already hold.
+    /// [`Journal::open`] on a given file layer (test key).
     pub fn open_with(
         dir: &Path,
         layer: Box<dyn FileLayer>,
+    ) -> Result<(Journal, Vec<Problem>), JournalError> {
+        Self::open_keyed(dir, layer, JournalKey::test())
+    }
+
+    /// Open on a given file layer, the records appended chained with `key`: scan, verify,
+    /// and cut a torn tail; read the grey records and settle those the records already hold.
+    /// The chain goes on from the record before the next seq when the disk holds it, else it
+    /// starts again (see [`chain`]).
+    pub fn open_keyed(
+        dir: &Path,
+        layer: Box<dyn FileLayer>,
+        key: JournalKey,
     ) -> Result<(Journal, Vec<Problem>), JournalError> {
         fs::create_dir_all(dir)?;
         let mut scan = scan(dir)?;
@@ -528,6 +558,14 @@ impl Journal {
         }
         let last = scan.last_seq.max(scan.acked_seq);
         let (first, valid_len) = scan.newest.unwrap_or((last + 1, 0));
+        let prev = match scan.newest_seal {
+            Some((seq, SealRead::Sealed(_, mac)))
+                if seq == last && scan.newest_epoch == Some(epoch) =>
+            {
+                mac
+            }
+            _ => key.chain_start(epoch),
+        };
         let mut j = Journal {
             dir: dir.to_path_buf(),
             layer,
@@ -544,6 +582,8 @@ impl Journal {
             recent,
             epoch,
             epoch_first_seq,
+            chain: Chain { key, prev },
+            durable_mac: prev,
         };
         if first + j.segment_records != j.next_seq {
             // The cursor is ahead of the newest segment (all acknowledged and pruned): start anew.
@@ -688,7 +728,8 @@ impl Journal {
             return Err(JournalError::BufferFull);
         }
         rec.seq = self.next_seq;
-        self.buf.extend_from_slice(&rec.encode_in(self.epoch));
+        self.buf
+            .extend_from_slice(&rec.encode_chained(self.epoch, &mut self.chain));
         self.buffered += 1;
         self.next_seq += 1;
         Ok(rec.seq)
@@ -708,7 +749,10 @@ impl Journal {
         let result = self.write_buffered();
         if result.is_err() {
             self.next_seq = self.durable_seq + 1;
+            self.chain.prev = self.durable_mac;
             self.file = None;
+        } else {
+            self.durable_mac = self.chain.prev;
         }
         self.buf.clear();
         self.buffered = 0;
@@ -743,8 +787,13 @@ impl Journal {
         Ok(())
     }
 
+    /// Which key the records appended are chained with.
+    pub fn seal_key(&self) -> SealKey {
+        self.chain.key.kind()
+    }
+
     /// Durable records with seq above `after`, at most `max` of them (for the uplink).
-    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
+    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<Held>, JournalError> {
         read_after(&self.dir, after, max)
     }
 
@@ -767,7 +816,7 @@ impl Journal {
 }
 
 /// Durable records with seq above `after`, at most `max`, read from the files.
-pub fn read_after(dir: &Path, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
+pub fn read_after(dir: &Path, after: u64, max: usize) -> Result<Vec<Held>, JournalError> {
     let mut out = Vec::new();
     let firsts = list_segments(dir)?;
     for (i, &first) in firsts.iter().enumerate() {
@@ -784,9 +833,9 @@ pub fn read_after(dir: &Path, after: u64, max: usize) -> Result<Vec<Record>, Jou
             let b: &[u8; RECORD_BYTES] = chunk
                 .try_into()
                 .map_err(|_| io::Error::other("slot size"))?;
-            if let Ok(r) = Record::decode(b) {
-                if r.seq == first + slot as u64 && r.seq > after {
-                    out.push(r);
+            if let Ok(record) = Record::decode(b) {
+                if record.seq == first + slot as u64 && record.seq > after {
+                    out.push(Held { record, raw: *b });
                 }
             }
         }

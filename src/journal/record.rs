@@ -3,7 +3,7 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 1 | magic `0xFA` |
-//! | 1 | 1 | format version, 2 (version 1 is still read: below) |
+//! | 1 | 1 | format version, 3 (versions 1 and 2 are still read: below) |
 //! | 2 | 1 | kind: 1 card purchase, 2 card purchase recovered by proof, 3 ride code (pay after ride) |
 //! | 3 | 1 | rider category (0 adult .. 4 veteran) |
 //! | 4 | 8 | seq, per terminal, from 1, never reused |
@@ -21,9 +21,9 @@
 //! | 62 | 4 | ride code counter |
 //! | 66 | 4 | ride code generated_at, unix seconds |
 //! | 70 | 6 | terminal number (BCD) |
-//! | 76 | 1 | flags: bit 0 the balance at 28 is present (a card tap); bits 1–7 reserved, zero |
+//! | 76 | 1 | flags: bit 0 the balance at 28 is present (a card tap); bit 1 the MAC is made with the public test key, not the terminal's (replay, demo, tests); bits 2–7 reserved, zero |
 //! | 77 | 8 | journal epoch: the identity of the journal that wrote the record, made when the journal was created (0: a journal made before identities) |
-//! | 85 | 7 | reserved, zero |
+//! | 85 | 7 | chain MAC: the first 7 bytes of HMAC-SHA256(journal key, bytes 0..85 ‖ the MAC of the record before): the chain, below |
 //! | 92 | 4 | CRC-32/ISCSI of bytes 0..92, big-endian |
 //!
 //! Integers are big-endian. A record is checked before it is written and again after it is
@@ -32,6 +32,13 @@
 //!
 //! No value stands for "none": whether a balance is present is its own flag, so any balance
 //! a card can hold, −1 fen included, is recorded as it is.
+//!
+//! The CRC finds a torn or damaged record with no key; the chain MAC finds an altered one,
+//! and a cut, at the depot, which holds the key: the chain is in [`super::chain`].
+//!
+//! Version 2 (still read; [`Record::encode_in`] still makes it, for tools and tests that
+//! build records outside a journal) is version 3 without the MAC: bytes 85..92 are reserved,
+//! flags bit 1 too. The depot reports such records as unauthenticated.
 //!
 //! Version 1 (still read, never written) had no flags byte: bytes 28..32 held the balance as
 //! an unsigned number, `FFFFFFFF` meaning none. That sentinel was also the balance of an
@@ -42,13 +49,20 @@
 
 use crc::{Crc, CRC_32_ISCSI};
 
+use super::chain::{Chain, RecordMac, SealKey, RECORD_MAC_BYTES};
 use crate::card::tunion::purse_balance_fen;
 use crate::types::{is_purse_balance, AccountId, BalanceFen, CardNo, Fen, Media, RiderCategory};
 
 pub const RECORD_BYTES: usize = 96;
 const MAGIC: u8 = 0xFA;
-/// The version written.
-pub const FORMAT_VERSION: u8 = 2;
+/// The version a journal writes: chained and authenticated.
+pub const FORMAT_VERSION: u8 = 3;
+/// The version before the chain MAC: read, and made by [`Record::encode_in`].
+pub const FORMAT_VERSION_2: u8 = 2;
+/// Offset of the chain MAC (version 3): the bytes before it are what it authenticates.
+pub const MAC_AT: usize = 85;
+/// Flags bit 1 (version 3): the MAC is made with the public test key.
+const FLAG_TEST_KEY: u8 = 0x02;
 /// Offset of the journal epoch (version 2).
 const EPOCH_AT: usize = 77;
 /// The version before the flags byte; read, never written.
@@ -124,6 +138,15 @@ pub enum RecordError {
     Field(&'static str),
 }
 
+/// A record's seal, as its bytes carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealRead {
+    /// Versions 1 and 2: no MAC.
+    Unsealed,
+    /// Version 3: the chain MAC and the key it was made with.
+    Sealed(SealKey, RecordMac),
+}
+
 impl Record {
     pub fn media(&self) -> Media {
         self.kind.media()
@@ -158,13 +181,51 @@ impl Record {
         self.encode_in(0)
     }
 
-    /// The bytes of this record written by the journal of `epoch`.
+    /// The bytes of this record in version 2 (no chain MAC) as the journal of `epoch` wrote
+    /// them before chaining: for tools and tests that build records outside a journal. A
+    /// journal writes [`Record::encode_chained`].
     pub fn encode_in(&self, epoch: u64) -> [u8; RECORD_BYTES] {
+        let mut b = self.fields(epoch);
+        b[1] = FORMAT_VERSION_2;
+        let crc = CRC32.checksum(&b[..CRC_AT]);
+        b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// The bytes of this record in version 3, written by the journal of `epoch`: its MAC
+    /// follows `chain.prev`, and becomes it.
+    pub fn encode_chained(&self, epoch: u64, chain: &mut Chain) -> [u8; RECORD_BYTES] {
+        let mut b = self.fields(epoch);
+        b[1] = FORMAT_VERSION;
+        if chain.key.kind() == SealKey::Test {
+            b[FLAGS_AT] |= FLAG_TEST_KEY;
+        }
+        let mac = chain.key.mac(&b[..MAC_AT], &chain.prev);
+        b[MAC_AT..MAC_AT + RECORD_MAC_BYTES].copy_from_slice(&mac);
+        chain.prev = mac;
+        let crc = CRC32.checksum(&b[..CRC_AT]);
+        b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// The seal `b` carries. Only meaningful for bytes that [`Record::decode`] accepts.
+    pub fn seal_of(b: &[u8; RECORD_BYTES]) -> SealRead {
+        if b[1] != FORMAT_VERSION {
+            return SealRead::Unsealed;
+        }
+        let key = match b[FLAGS_AT] & FLAG_TEST_KEY != 0 {
+            true => SealKey::Test,
+            false => SealKey::Terminal,
+        };
+        SealRead::Sealed(key, std::array::from_fn(|i| b[MAC_AT + i]))
+    }
+
+    /// Every field but version, MAC and CRC.
+    fn fields(&self, epoch: u64) -> [u8; RECORD_BYTES] {
         // A record that fails its own invariants is a bug in the engine, not bad input.
         assert_eq!(self.check(), Ok(()), "record invariant broken: {self:?}");
         let mut b = [0u8; RECORD_BYTES];
         b[0] = MAGIC;
-        b[1] = FORMAT_VERSION;
         b[2] = self.kind as u8;
         b[3] = self.category as u8;
         b[4..12].copy_from_slice(&self.seq.to_be_bytes());
@@ -188,8 +249,6 @@ impl Record {
         }
         b[70..76].copy_from_slice(&self.terminal_no);
         b[EPOCH_AT..EPOCH_AT + 8].copy_from_slice(&epoch.to_be_bytes());
-        let crc = CRC32.checksum(&b[..CRC_AT]);
-        b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
         b
     }
 
@@ -207,7 +266,7 @@ impl Record {
         if CRC32.checksum(&b[..CRC_AT]) != crc {
             return Err(RecordError::Crc);
         }
-        if b[0] != MAGIC || (b[1] != FORMAT_VERSION && b[1] != FORMAT_VERSION_1) {
+        if b[0] != MAGIC || !matches!(b[1], FORMAT_VERSION_1..=FORMAT_VERSION) {
             return Err(RecordError::Magic);
         }
         let u16_at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
@@ -227,7 +286,11 @@ impl Record {
             (word != V1_NO_BALANCE).then(|| purse_balance_fen(word.to_be_bytes()))
         } else {
             let flags = b[FLAGS_AT];
-            if flags & !FLAG_BALANCE != 0 {
+            let allowed = match b[1] {
+                FORMAT_VERSION => FLAG_BALANCE | FLAG_TEST_KEY,
+                _ => FLAG_BALANCE,
+            };
+            if flags & !allowed != 0 {
                 return Err(RecordError::Field("reserved flags"));
             }
             let balance = u32_at(28) as i32;
@@ -413,8 +476,65 @@ mod tests {
             Err(RecordError::Field("balance"))
         );
         let mut b = sample(3).encode();
-        b[1] = 3;
+        b[1] = 4;
         assert_eq!(Record::decode(&with_crc(b)), Err(RecordError::Magic));
+    }
+
+    #[test]
+    fn version_3_is_chained_and_an_altered_record_with_its_crc_fixed_fails_its_mac() {
+        use crate::journal::chain::JournalKey;
+        let key = JournalKey::for_terminal(&[3u8; 32], "bus-0001");
+        let start = key.chain_start(9);
+        let mut chain = Chain {
+            key: key.clone(),
+            prev: start,
+        };
+        let (r1, r2) = (sample(1), sample(2));
+        let b1 = r1.encode_chained(9, &mut chain);
+        let b2 = r2.encode_chained(9, &mut chain);
+        assert_eq!(
+            (b1[1], Record::decode(&b1), Record::decode(&b2)),
+            (3, Ok(r1), Ok(r2))
+        );
+        assert_eq!(Record::epoch_of(&b2), 9);
+        let SealRead::Sealed(SealKey::Terminal, m1) = Record::seal_of(&b1) else {
+            panic!("sealed")
+        };
+        let SealRead::Sealed(_, m2) = Record::seal_of(&b2) else {
+            panic!("sealed")
+        };
+        assert!(key.verify(&b1[..MAC_AT], &start, &m1));
+        assert!(key.verify(&b2[..MAC_AT], &m1, &m2), "chained to seq 1");
+        assert!(!key.verify(&b2[..MAC_AT], &start, &m2));
+        // A fare set to 0 and the CRC fixed: the CRC is content, the MAC is not.
+        let mut altered = b2;
+        altered[24..28].copy_from_slice(&0u32.to_be_bytes());
+        let altered = with_crc(altered);
+        assert!(Record::decode(&altered).is_ok());
+        assert!(!key.verify(&altered[..MAC_AT], &m1, &m2));
+        for bit in 0..RECORD_BYTES * 8 {
+            let mut c = b2;
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert!(Record::decode(&c).is_err(), "bit {bit}");
+        }
+        let mut t = Chain {
+            key: JournalKey::test(),
+            prev: start,
+        };
+        let bt = r1.encode_chained(9, &mut t);
+        assert_eq!(bt[76] & 0x02, 0x02, "the test key says so");
+        assert!(matches!(
+            Record::seal_of(&bt),
+            SealRead::Sealed(SealKey::Test, _)
+        ));
+        assert_eq!(Record::seal_of(&r1.encode()), SealRead::Unsealed);
+        let mut v2 = r1.encode();
+        v2[76] |= 0x02;
+        assert_eq!(
+            Record::decode(&with_crc(v2)),
+            Err(RecordError::Field("reserved flags")),
+            "no test-key flag before version 3"
+        );
     }
 
     #[test]

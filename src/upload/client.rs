@@ -23,7 +23,7 @@ use super::frame::{
     FrameError, FrameType, HeldVersions, Hello, BATCH_RECORDS_MAX, NONCE_BYTES,
 };
 use super::source::RecordSource;
-use crate::journal::{Journal, JournalError, Record};
+use crate::journal::{Held, Journal, JournalError};
 
 /// Longest wait for the TCP connection to the station.
 pub const CONNECT_TIMEOUT_S: u64 = 10;
@@ -91,8 +91,9 @@ pub struct UploadReport {
     pub refused: Vec<String>,
     /// The journal's identity (epoch, hex).
     pub epoch: String,
-    /// Records the station refused: it holds a different record at their seq, or a field
-    /// is out of range (the station keeps and reports each; see `depot report`).
+    /// Records the station refused: it holds a different record at their seq, a field is
+    /// out of range, or the record's chain MAC is wrong (altered on the bus's storage); the
+    /// station keeps and reports each (see `depot report`).
     pub records_refused: u64,
     /// Seq ranges the station lacked and this validator no longer held (dropped after an
     /// earlier acknowledgement the station has since lost): declared to the station.
@@ -352,25 +353,24 @@ async fn send_records<J: RecordSource>(
     from: u64,
     report: &mut UploadReport,
 ) -> Result<(), UploadError> {
-    let (epoch, _) = journal.identity()?;
     let mut sent_to = from;
     let mut read_to = sent_to;
     let mut stuck = false;
-    let mut ahead: VecDeque<Record> = VecDeque::with_capacity(READ_AHEAD_RECORDS_MAX);
+    let mut ahead: VecDeque<Held> = VecDeque::with_capacity(READ_AHEAD_RECORDS_MAX);
     let mut in_flight: VecDeque<u64> = VecDeque::with_capacity(BATCHES_IN_FLIGHT_MAX);
     loop {
         while !stuck && in_flight.len() < BATCHES_IN_FLIGHT_MAX {
             if ahead.is_empty() {
                 // Reading a segment costs the same for one record or thousands: read ahead.
                 ahead.extend(journal.read_after(read_to, READ_AHEAD_RECORDS_MAX)?);
-                read_to = ahead.back().map_or(read_to, |r| r.seq);
+                read_to = ahead.back().map_or(read_to, |r| r.record.seq);
             }
             let n = ahead.len().min(BATCH_RECORDS_MAX);
-            let batch: Vec<Record> = ahead.drain(..n).collect();
-            let Some(last) = batch.last().map(|r| r.seq) else {
+            let batch: Vec<Held> = ahead.drain(..n).collect();
+            let Some(last) = batch.last().map(|r| r.record.seq) else {
                 break;
             };
-            let raw: Vec<_> = batch.iter().map(|r| r.encode_in(epoch)).collect();
+            let raw: Vec<_> = batch.iter().map(|r| r.raw).collect();
             let body = Batch::encode_body(sent_to + 1, &raw);
             let sealed = sess.seal(FrameType::Batch, &body);
             write_frame(wr, FrameType::Batch, &sealed).await?;

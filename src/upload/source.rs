@@ -3,14 +3,15 @@
 //! from its uplink task ([`crate::validator::uplink`]), which reads the durable files and
 //! hands the cursor back to the tap thread instead of writing under it.
 
-use crate::journal::{Journal, JournalError, Record};
+use crate::journal::{Held, Journal, JournalError};
 
 /// The journal as an upload session sees it.
 pub trait RecordSource {
     /// Highest seq the depot is known to hold.
     fn acked_seq(&self) -> u64;
-    /// Durable records with seq above `after`, at most `max`, in seq order.
-    fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError>;
+    /// Durable records with seq above `after`, at most `max`, in seq order, with their bytes
+    /// as stored (sent as they are: the chain MAC is the journal's, never made again).
+    fn read_after(&self, after: u64, max: usize) -> Result<Vec<Held>, JournalError>;
     /// The depot holds every record up to `seq` (authenticated): move the cursor forward.
     fn set_acked(&mut self, seq: u64) -> Result<(), JournalError>;
     /// The journal's identity: its epoch and the first seq of the epoch.
@@ -26,7 +27,7 @@ impl RecordSource for Journal {
         Journal::acked_seq(self)
     }
 
-    fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
+    fn read_after(&self, after: u64, max: usize) -> Result<Vec<Held>, JournalError> {
         Journal::read_after(self, after, max)
     }
 

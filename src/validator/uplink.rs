@@ -16,7 +16,7 @@ use std::time::Duration;
 use super::status::{status_line, write_status_file};
 use super::Shared;
 use crate::card::apdu::CardChannel;
-use crate::journal::{JournalError, Record};
+use crate::journal::{Held, JournalError};
 use crate::ride_code::{ChannelKeys, RideCodeConfig};
 use crate::upload::client::{upload_journal, UploadConfig};
 use crate::upload::downlink::DownlinkDir;
@@ -50,12 +50,12 @@ impl<P: CardChannel> RecordSource for LiveJournal<'_, P> {
         self.acked
     }
 
-    fn read_after(&self, after: u64, max: usize) -> Result<Vec<Record>, JournalError> {
+    fn read_after(&self, after: u64, max: usize) -> Result<Vec<Held>, JournalError> {
         // A record written but not yet synced is not durable: it might vanish in a power cut
         // and its seq be reused, so it is not sent before the tap thread says it is durable.
         let durable = self.shared.durable_seq.load(Ordering::Acquire);
         let mut recs = crate::journal::read_after(&self.dir, after, max)?;
-        recs.retain(|r| r.seq <= durable);
+        recs.retain(|r| r.record.seq <= durable);
         Ok(recs)
     }
 
