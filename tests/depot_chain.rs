@@ -10,6 +10,7 @@ use std::path::Path;
 
 use depot_support::*;
 use fare_validator::depot::integrity::{Finding, ALTERED};
+use fare_validator::depot::page::{render, DayView};
 use fare_validator::depot::Store;
 use fare_validator::journal::record::CRC32;
 use fare_validator::journal::{Journal, JournalKey, Record, UnsyncedFiles, RECORD_BYTES};
@@ -104,6 +105,27 @@ async fn record_with_its_fare_set_to_zero_and_its_crc_fixed_is_refused_and_repor
         "kept apart with its reason"
     );
     assert!(findings(&db, "test_key").is_empty());
+    // Seen without asking SQL: the `depot findings` command and the manager's page.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fare-validator"))
+        .args(["depot", "findings", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Newest first: the refused record's PSAM number is missing too.
+    let kinds: Vec<_> = lines
+        .iter()
+        .map(|l| (l["kind"].as_str().unwrap(), l["from"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(kinds, vec![("psam_gap", 3), ("altered", 3)], "{lines:?}");
+    let view = DayView::from_store(&Store::open(&db).unwrap()).unwrap();
+    let html = render(&view, "depot.db");
+    assert!(html.contains("<td class=\"kind\">altered</td>"), "{html}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Security events reach the log at the command line's default level (no `RUST_LOG`): failed
-//! logins, protocol errors, gaps, handshake places and session slots exhausted. Alone in its
+//! logins, protocol errors, gaps, handshake places and session slots exhausted, findings of
+//! the chain check. Alone in its
 //! test binary: tracing's per-callsite interest cache is shared by the threads of a process,
 //! and a test thread logging with no subscriber could hide events from this one's.
 
@@ -116,6 +117,11 @@ async fn security_events_are_logged_at_the_default_level() {
         "declares records lost",
         "handshake places full",
         "every session slot taken",
+        // Findings of the chain check: records chained with the public test key, and the
+        // record after the corrupt slot, which the depot cannot prove.
+        "security finding",
+        "test_key",
+        "chain_unverified",
     ] {
         assert!(
             captured.has(what),

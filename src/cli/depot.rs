@@ -107,6 +107,17 @@ pub enum DepotCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Security findings, newest first, one JSON line each: altered records refused, journals
+    /// cut, chains restarted, unauthenticated records, PSAM numbers that skip or repeat
+    /// (docs/depot.md).
+    Findings {
+        /// The station's SQLite database file.
+        #[arg(long)]
+        db: PathBuf,
+        /// At most this many lines.
+        #[arg(long, default_value_t = 1_000)]
+        max: usize,
+    },
     /// Every record as CSV for the clearing house, claims to a ride code in conflict flagged.
     Export {
         /// The station's SQLite database file.
@@ -291,6 +302,15 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
         DepotCmd::Report { db, json: _ } => {
             let report = open_existing_store(&db)?.report().map_err(runtime_err)?;
             println!("{}", serde_json::to_string(&report).map_err(runtime_err)?);
+            Ok(())
+        }
+        DepotCmd::Findings { db, max } => {
+            let findings = open_existing_store(&db)?
+                .findings(max)
+                .map_err(runtime_err)?;
+            for f in findings {
+                println!("{}", serde_json::to_string(&f).map_err(runtime_err)?);
+            }
             Ok(())
         }
         DepotCmd::Export { db, out } => export(&db, out.as_deref()),
@@ -512,7 +532,7 @@ pub fn upload_failures(report: &crate::upload::UploadReport) -> Option<String> {
     let mut what = Vec::new();
     if report.records_refused > 0 {
         what.push(format!(
-            "the depot refused {} record(s) (a different record at their seq, or a field out of range: see `depot report`)",
+            "the depot refused {} record(s) (a different record at their seq, a field out of range, or an altered record: see `depot report`)",
             report.records_refused
         ));
     }

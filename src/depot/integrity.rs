@@ -484,7 +484,7 @@ pub(super) fn resolve(
     Ok(Some(link))
 }
 
-/// Store the batch's findings (one row a kind) and log each at the default level.
+/// Store the batch's findings (one row a kind); the caller logs them ([`log_finding`]).
 pub(super) fn write_findings(
     tx: &Transaction<'_>,
     terminal: &str,
@@ -515,12 +515,13 @@ pub(super) fn write_findings(
             f.detail,
             now
         ])?;
-        log_finding(f);
     }
     Ok(out)
 }
 
-fn log_finding(f: &Finding) {
+/// Log a finding at the default level: error for those that mean money or records may be
+/// wrong, warn for the rest. The session logs what its batch found.
+pub fn log_finding(f: &Finding) {
     let attack = FINDING_KINDS
         .iter()
         .any(|k| k.as_str() == f.kind && k.is_attack());
@@ -546,6 +547,15 @@ const FINDING_KINDS: [FindingKind; 8] = [
 
 /// Stored findings, newest first, at most `max`.
 pub fn read_findings(conn: &Connection, max: usize) -> Result<Vec<Finding>, StoreError> {
+    // A database opened read-only that a station of this version never opened has none.
+    let table: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type='table' AND name='findings')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !table {
+        return Ok(Vec::new());
+    }
     let mut st = conn.prepare_cached(
         "SELECT terminal, epoch, kind, from_seq, to_seq, count, detail, at_unix_s
          FROM findings ORDER BY rowid DESC LIMIT ?1",

@@ -7,7 +7,7 @@
 //!
 //! | path | what |
 //! | --- | --- |
-//! | `/` | the page: buses and their newest record, gaps, revenue by route and by medium, taps by hour, downlink versions, ride codes seen on several buses, why the charged revenue differs from the sum of fares |
+//! | `/` | the page: buses and their newest record, gaps, security findings (altered records, cuts, PSAM numbers that skip), revenue by route and by medium, taps by hour, downlink versions, ride codes seen on several buses, why the charged revenue differs from the sum of fares |
 //! | `/day.json` | the same figures as one JSON object ([`DayView`]) |
 //!
 //! Each request opens the database anew, read-only in effect (it only runs SELECTs), so the
@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::depot::integrity::Finding;
 use crate::depot::store::ExportError;
 use crate::depot::Store;
 use crate::journal::{Record, RecordKind};
@@ -28,6 +29,8 @@ use crate::journal::{Record, RecordKind};
 pub const HOURS_PER_DAY: usize = 24;
 /// Ride codes listed by name on the page; the count covers them all.
 pub const SHARED_CODES_LISTED_MAX: usize = 200;
+/// Security findings listed on the page, newest first (`depot findings` lists more).
+pub const FINDINGS_LISTED_MAX: usize = 100;
 
 /// One bus as the station knows it.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -83,6 +86,9 @@ pub struct DayView {
     pub fares_recorded_fen: u64,
     /// What is charged: the sum less the repeats of shared ride codes.
     pub fares_charged_fen: u64,
+    /// Security findings, newest first, at most [`FINDINGS_LISTED_MAX`]
+    /// ([`crate::depot::integrity`]).
+    pub findings: Vec<Finding>,
 }
 
 impl DayView {
@@ -90,6 +96,12 @@ impl DayView {
     pub fn from_store(store: &Store) -> Result<DayView, ExportError> {
         let report = store.report()?;
         let mut view = DayView {
+            findings: report
+                .findings
+                .iter()
+                .take(FINDINGS_LISTED_MAX)
+                .cloned()
+                .collect(),
             taps_by_hour: vec![0; HOURS_PER_DAY],
             shared_code_records: report
                 .qr_conflicts
@@ -277,6 +289,7 @@ pub fn render(view: &DayView, db_name: &str) -> String {
         charged = yuan(view.fares_charged_fen),
     );
     buses_table(&mut h, view);
+    findings_table(&mut h, view);
     revenue_tables(&mut h, view);
     let _ = write!(
         h,
@@ -324,6 +337,35 @@ fn buses_table(h: &mut String, view: &DayView) {
             b.fare_fen,
             yuan(b.fare_fen),
             t = esc(&b.terminal),
+        );
+    }
+    h.push_str("</table>");
+}
+
+fn findings_table(h: &mut String, view: &DayView) {
+    h.push_str("<h2>Security findings 安全</h2>");
+    if view.findings.is_empty() {
+        h.push_str(
+            "<p id=\"findings\">None: every record's chain MAC and PSAM number checked out.</p>",
+        );
+        return;
+    }
+    h.push_str(
+        "<table id=\"findings\"><tr><th>when (UTC)</th><th>terminal</th><th>finding</th>\
+         <th>seqs (PSAM numbers)</th><th>records</th><th>what</th></tr>",
+    );
+    for f in &view.findings {
+        let _ = write!(
+            h,
+            "<tr class=\"warn\"><td>{}</td><td>{}</td><td class=\"kind\">{}</td><td>{}–{}</td>\
+             <td class=\"num\">{}</td><td>{}</td></tr>",
+            utc_time(f.at_unix_s),
+            esc(&f.terminal),
+            esc(f.kind),
+            f.from,
+            f.to,
+            f.count,
+            esc(&f.detail),
         );
     }
     h.push_str("</table>");

@@ -802,6 +802,9 @@ async fn store_batch(
     for (a, b) in &stored.declared_lost {
         tracing::warn!(%terminal, from = a, to = b, "depot: validator declares records lost");
     }
+    for f in &stored.findings {
+        super::integrity::log_finding(f);
+    }
     if stored.ack.max_seq > stored.ack.contiguous_seq {
         tracing::warn!(
             %terminal,
