@@ -369,7 +369,15 @@ fn raws_at(
     epoch: u64,
     seq: u64,
 ) -> Result<Vec<[u8; RECORD_BYTES]>, StoreError> {
-    let sql = format!("SELECT raw FROM {table} WHERE terminal=?1 AND epoch=?2 AND seq=?3");
+    // `records` is keyed by the journal's number (`journals.no`), the others by
+    // (terminal, epoch).
+    let sql = if table == "records" {
+        "SELECT raw FROM records
+         WHERE journal=(SELECT no FROM journals WHERE terminal=?1 AND epoch=?2) AND seq=?3"
+            .to_string()
+    } else {
+        format!("SELECT raw FROM {table} WHERE terminal=?1 AND epoch=?2 AND seq=?3")
+    };
     let raws: Vec<Vec<u8>> = tx
         .prepare_cached(&sql)?
         .query_map(params![terminal, epoch as i64, seq as i64], |r| r.get(0))?

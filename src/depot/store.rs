@@ -1,5 +1,12 @@
 //! The station's SQLite store: terminals and their secrets, every uploaded record keyed by
-//! (terminal, seq), declared losses, the blacklist change log, and the downlink files.
+//! its journal (terminal, epoch) and seq, declared losses, the blacklist change log, and the
+//! downlink files.
+//!
+//! Each journal a terminal uploads from gets a small number (`journals.no`, 1, 2, ...) the
+//! first time it is seen, and the `records` table is keyed by (journal number, seq): the key
+//! every record carries in the table's B-tree stays a few bytes wide instead of the
+//! terminal's id and an 8-byte random epoch. Databases keyed the older ways are moved on
+//! open.
 //!
 //! The blacklist is one row per (kind, id, reason) in `blacklist_reasons`: a card reported
 //! lost and later reissued has two rows, a remove deletes only its reason's row, and the id is
@@ -52,7 +59,9 @@ CREATE TABLE IF NOT EXISTS journals(
     first_seq INTEGER NOT NULL,
     contiguous_seq INTEGER NOT NULL,
     first_seen_unix_s INTEGER NOT NULL,
+    no INTEGER NOT NULL,
     PRIMARY KEY(terminal, epoch));
+CREATE UNIQUE INDEX IF NOT EXISTS journals_no ON journals(no);
 CREATE TABLE IF NOT EXISTS conflicts(
     terminal TEXT NOT NULL,
     epoch INTEGER NOT NULL,
@@ -96,8 +105,7 @@ CREATE TABLE IF NOT EXISTS signed_files(
     file BLOB NOT NULL,
     PRIMARY KEY(kind, version, base_version));
 CREATE TABLE IF NOT EXISTS records(
-    terminal TEXT NOT NULL,
-    epoch INTEGER NOT NULL,
+    journal INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     kind INTEGER NOT NULL,
     at_unix_s INTEGER NOT NULL,
@@ -106,7 +114,7 @@ CREATE TABLE IF NOT EXISTS records(
     account INTEGER,
     qr_counter INTEGER,
     raw BLOB NOT NULL,
-    PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
+    PRIMARY KEY(journal, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lost(
     terminal TEXT NOT NULL,
     epoch INTEGER NOT NULL,
@@ -352,6 +360,7 @@ impl Store {
         conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
         migrate_to_epochs(&conn)?;
+        migrate_to_journal_numbers(&conn)?;
         conn.execute_batch(SCHEMA)?;
         move_one_reason_table(&conn)?;
         owner_only(path);
@@ -661,8 +670,8 @@ impl Store {
         first_seq: u64,
     ) -> Result<(u64, bool), StoreError> {
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s)
-             VALUES(?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s, no)
+             VALUES(?1, ?2, ?3, ?4, ?5, (SELECT COALESCE(MAX(no), 0) + 1 FROM journals))",
             params![id, epoch as i64, first_seq as i64, (first_seq - 1) as i64, now_unix_s()],
         )?;
         if n == 1 {
@@ -692,13 +701,14 @@ impl Store {
         to_seq: u64,
     ) -> Result<Ack, StoreError> {
         let tx = self.conn.transaction()?;
+        let journal = journal_no(&tx, terminal, epoch)?;
         tx.execute(
             "INSERT OR REPLACE INTO lost(terminal, epoch, from_seq, to_seq, reason)
              VALUES(?1, ?2, ?3, ?4, 'acknowledged earlier, then lost at the depot')",
             params![terminal, epoch as i64, from_seq as i64, to_seq as i64],
         )?;
-        let contiguous_seq = advance_contiguous(&tx, terminal, epoch)?;
-        let max_seq = max_seq(&tx, terminal, epoch)?;
+        let contiguous_seq = advance_contiguous(&tx, terminal, epoch, journal)?;
+        let max_seq = max_seq(&tx, journal)?;
         tx.commit()?;
         Ok(Ack {
             contiguous_seq,
@@ -756,14 +766,15 @@ impl Store {
         let ceilings = self.fare_ceilings()?;
         let tx = self.conn.transaction()?;
         let mut st = BatchState::default();
+        let journal = journal_no(&tx, terminal, epoch)?;
         let mut stored = 0u32;
         let mut refused = 0u32;
         let mut first_refusal: Option<(u64, &'static str)> = None;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO records
-                 (terminal, epoch, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 (journal, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut refuse = tx.prepare_cached(
                 "INSERT OR IGNORE INTO refused(terminal, epoch, seq, raw, reason, at_unix_s)
@@ -799,8 +810,7 @@ impl Store {
                 }
                 let qr = rec.qr.as_ref();
                 let n = insert.execute(params![
-                    terminal,
-                    epoch as i64,
+                    journal,
                     rec.seq as i64,
                     rec.kind as u8,
                     rec.at_unix_s,
@@ -813,7 +823,7 @@ impl Store {
                 stored += n;
                 if n == 1 {
                     st.psam(&tx, rec)?;
-                } else if is_conflict(&tx, terminal, epoch, r)? {
+                } else if is_conflict(&tx, terminal, epoch, journal, r)? {
                     refused += 1;
                     if link.is_some() {
                         st.findings.add(
@@ -843,8 +853,8 @@ impl Store {
                 lost.execute(params![terminal, epoch as i64, *a as i64, *b as i64])?;
             }
         }
-        let contiguous_seq = advance_contiguous(&tx, terminal, epoch)?;
-        let max_seq = max_seq(&tx, terminal, epoch)?;
+        let contiguous_seq = advance_contiguous(&tx, terminal, epoch, journal)?;
+        let max_seq = max_seq(&tx, journal)?;
         tx.commit()?;
         Ok(Stored {
             ack: Ack {
@@ -1054,11 +1064,13 @@ impl Store {
     /// time would otherwise make an honest bus's ride the repeat.
     pub fn qr_conflicts(&self) -> Result<Vec<QrConflict>, StoreError> {
         let mut st = self.conn.prepare(
-            "SELECT channel, account, qr_counter, terminal, epoch, seq, at_unix_s, fare_fen
-             FROM records WHERE kind = ?1 AND (channel, account, qr_counter) IN (
+            "SELECT r.channel, r.account, r.qr_counter, j.terminal, j.epoch, r.seq, r.at_unix_s,
+                    r.fare_fen
+             FROM records r JOIN journals j ON j.no = r.journal
+             WHERE r.kind = ?1 AND (r.channel, r.account, r.qr_counter) IN (
                SELECT channel, account, qr_counter FROM records WHERE kind = ?1
                GROUP BY channel, account, qr_counter HAVING COUNT(*) > 1)
-             ORDER BY channel, account, qr_counter, at_unix_s, terminal, epoch, seq",
+             ORDER BY r.channel, r.account, r.qr_counter, r.at_unix_s, j.terminal, j.epoch, r.seq",
         )?;
         let mut rows = st.query(params![RecordKind::QrRide as u8])?;
         let mut out: Vec<QrConflict> = Vec::new();
@@ -1115,7 +1127,10 @@ impl Store {
         };
         let ids: Vec<String> = self
             .conn
-            .prepare("SELECT id FROM terminals UNION SELECT DISTINCT terminal FROM records")?
+            .prepare(
+                "SELECT id FROM terminals UNION SELECT j.terminal FROM journals j
+                 WHERE EXISTS (SELECT 1 FROM records r WHERE r.journal = j.no)",
+            )?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for id in ids {
@@ -1167,7 +1182,8 @@ impl Store {
         };
         // Stored and refused records in seq order: a refused seq is no gap.
         let mut st = self.conn.prepare_cached(
-            "SELECT seq, fare_fen, NULL, 0, 0 FROM records WHERE terminal=?1 AND epoch=?2
+            "SELECT seq, fare_fen, NULL, 0, 0 FROM records
+               WHERE journal=(SELECT no FROM journals WHERE terminal=?1 AND epoch=?2)
              UNION ALL SELECT seq, raw, reason, at_unix_s, 1 FROM refused WHERE terminal=?1 AND epoch=?2
              ORDER BY seq",
         )?;
@@ -1228,9 +1244,10 @@ impl Store {
         mut f: impl FnMut(&str, &Record, bool) -> std::io::Result<()>,
     ) -> Result<(), ExportError> {
         let dups = Self::conflict_claims(&self.qr_conflicts()?);
-        let mut st = self
-            .conn
-            .prepare("SELECT terminal, epoch, raw FROM records ORDER BY terminal, epoch, seq")?;
+        let mut st = self.conn.prepare(
+            "SELECT j.terminal, j.epoch, r.raw FROM records r JOIN journals j ON j.no = r.journal
+                 ORDER BY j.terminal, j.epoch, r.seq",
+        )?;
         let mut rows = st.query([])?;
         while let Some(row) = rows.next()? {
             let terminal: String = row.get(0)?;
@@ -1305,6 +1322,7 @@ fn parse_reason(s: &str) -> Result<ListReason, StoreError> {
 fn migrate_to_epochs(conn: &Connection) -> Result<(), StoreError> {
     let old: i64 = conn.query_row(
         "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='records'
+           AND EXISTS (SELECT 1 FROM pragma_table_info('records') WHERE name='terminal')
            AND NOT EXISTS (SELECT 1 FROM pragma_table_info('records') WHERE name='epoch')",
         [],
         |r| r.get(0),
@@ -1318,14 +1336,57 @@ fn migrate_to_epochs(conn: &Connection) -> Result<(), StoreError> {
          ALTER TABLE records RENAME TO records_v1;
          ALTER TABLE lost RENAME TO lost_v1;
          {SCHEMA}
-         INSERT INTO records(terminal, epoch, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw)
-           SELECT terminal, 0, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw FROM records_v1;
+         INSERT OR IGNORE INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s, no)
+           SELECT id, 0, 1, contiguous_seq, added_unix_s, ROW_NUMBER() OVER (ORDER BY rowid)
+           FROM terminals;
+         INSERT OR IGNORE INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s, no)
+           SELECT terminal, 0, 1, 0, 0,
+                  (SELECT COALESCE(MAX(no), 0) FROM journals) + ROW_NUMBER() OVER (ORDER BY terminal)
+           FROM (SELECT DISTINCT terminal FROM records_v1
+                 WHERE terminal NOT IN (SELECT id FROM terminals));
+         INSERT INTO records(journal, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw)
+           SELECT j.no, r.seq, r.kind, r.at_unix_s, r.fare_fen, r.channel, r.account, r.qr_counter, r.raw
+           FROM records_v1 r JOIN journals j ON j.terminal = r.terminal AND j.epoch = 0;
          INSERT INTO lost(terminal, epoch, from_seq, to_seq, reason)
            SELECT terminal, 0, from_seq, to_seq, 'corrupt slot' FROM lost_v1;
-         INSERT OR IGNORE INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s)
-           SELECT id, 0, 1, contiguous_seq, added_unix_s FROM terminals;
          DROP TABLE records_v1;
          DROP TABLE lost_v1;
+         COMMIT;"
+    ))?;
+    Ok(())
+}
+
+/// A database made with the records keyed by (terminal, epoch, seq): each journal gets its
+/// number (`journals.no`) and the records are keyed by (journal number, seq), which keeps
+/// the key of every record as narrow as it was before epochs (batch ingest pays for its
+/// width).
+fn migrate_to_journal_numbers(conn: &Connection) -> Result<(), StoreError> {
+    let old: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='records'
+           AND EXISTS (SELECT 1 FROM pragma_table_info('records') WHERE name='terminal')",
+        [],
+        |r| r.get(0),
+    )?;
+    if old == 0 {
+        return Ok(());
+    }
+    tracing::warn!("depot: records re-keyed by journal number");
+    conn.execute_batch(&format!(
+        "BEGIN;
+         ALTER TABLE journals ADD COLUMN no INTEGER;
+         UPDATE journals SET no = rowid;
+         INSERT INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s, no)
+           SELECT terminal, epoch, 1, 0, 0,
+                  (SELECT COALESCE(MAX(no), 0) FROM journals)
+                    + ROW_NUMBER() OVER (ORDER BY terminal, epoch)
+           FROM (SELECT DISTINCT terminal, epoch FROM records r WHERE NOT EXISTS
+                   (SELECT 1 FROM journals j WHERE j.terminal = r.terminal AND j.epoch = r.epoch));
+         ALTER TABLE records RENAME TO records_v2;
+         {SCHEMA}
+         INSERT INTO records(journal, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw)
+           SELECT j.no, r.seq, r.kind, r.at_unix_s, r.fare_fen, r.channel, r.account, r.qr_counter, r.raw
+           FROM records_v2 r JOIN journals j ON j.terminal = r.terminal AND j.epoch = r.epoch;
+         DROP TABLE records_v2;
          COMMIT;"
     ))?;
     Ok(())
@@ -1361,10 +1422,34 @@ fn lost_ranges(from_seq: u64, records: &[Received]) -> Vec<(u64, u64)> {
     out
 }
 
-fn max_seq(tx: &rusqlite::Transaction<'_>, terminal: &str, epoch: u64) -> Result<u64, StoreError> {
+/// The journal number of the terminal's journal `epoch` (`journals.no`), made for a journal
+/// never seen (its count starting at seq 1). Records are keyed by this small number and
+/// their seq: a key of a few bytes, not the terminal's id and an 8-byte epoch.
+fn journal_no(
+    tx: &rusqlite::Transaction<'_>,
+    terminal: &str,
+    epoch: u64,
+) -> Result<i64, StoreError> {
+    let no: Option<i64> = tx
+        .prepare_cached("SELECT no FROM journals WHERE terminal=?1 AND epoch=?2")?
+        .query_row(params![terminal, epoch as i64], |r| r.get(0))
+        .optional()?;
+    if let Some(no) = no {
+        return Ok(no);
+    }
+    Ok(tx
+        .prepare_cached(
+            "INSERT INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s, no)
+             VALUES(?1, ?2, 1, 0, ?3, (SELECT COALESCE(MAX(no), 0) + 1 FROM journals))
+             RETURNING no",
+        )?
+        .query_row(params![terminal, epoch as i64, now_unix_s()], |r| r.get(0))?)
+}
+
+fn max_seq(tx: &rusqlite::Transaction<'_>, journal: i64) -> Result<u64, StoreError> {
     let m: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM records WHERE terminal=?1 AND epoch=?2")?
-        .query_row(params![terminal, epoch as i64], |r| r.get(0))?;
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM records WHERE journal=?1")?
+        .query_row(params![journal], |r| r.get(0))?;
     Ok(m as u64)
 }
 
@@ -1375,14 +1460,12 @@ fn is_conflict(
     tx: &rusqlite::Transaction<'_>,
     terminal: &str,
     epoch: u64,
+    journal: i64,
     r: &Received,
 ) -> Result<bool, StoreError> {
     let raw: Vec<u8> = tx
-        .prepare_cached("SELECT raw FROM records WHERE terminal=?1 AND epoch=?2 AND seq=?3")?
-        .query_row(
-            params![terminal, epoch as i64, r.record.seq as i64],
-            |row| row.get(0),
-        )?;
+        .prepare_cached("SELECT raw FROM records WHERE journal=?1 AND seq=?2")?
+        .query_row(params![journal, r.record.seq as i64], |row| row.get(0))?;
     let same = <&[u8; RECORD_BYTES]>::try_from(raw.as_slice())
         .ok()
         .and_then(|b| Record::decode(b).ok())
@@ -1403,11 +1486,12 @@ fn advance_contiguous(
     tx: &rusqlite::Transaction<'_>,
     terminal: &str,
     epoch: u64,
+    journal: i64,
 ) -> Result<u64, StoreError> {
     let epoch = epoch as i64;
     let start: i64 = tx
-        .prepare_cached("SELECT contiguous_seq FROM journals WHERE terminal=?1 AND epoch=?2")?
-        .query_row(params![terminal, epoch], |r| r.get(0))
+        .prepare_cached("SELECT contiguous_seq FROM journals WHERE no=?1")?
+        .query_row(params![journal], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
     let mut c = start as u64;
@@ -1423,11 +1507,11 @@ fn advance_contiguous(
     let mut lost = lost.into_iter().peekable();
     // A refused record's seq is accounted for: kept apart, reported, not waited for.
     let mut st = tx.prepare_cached(
-        "SELECT seq FROM records WHERE terminal=?1 AND epoch=?3 AND seq > ?2
+        "SELECT seq FROM records WHERE journal=?4 AND seq > ?2
          UNION ALL SELECT seq FROM refused WHERE terminal=?1 AND epoch=?3 AND seq > ?2
          ORDER BY seq",
     )?;
-    let mut rows = st.query(params![terminal, c as i64, epoch])?;
+    let mut rows = st.query(params![terminal, c as i64, epoch, journal])?;
     let mut row = rows.next()?.map(|r| r.get::<_, i64>(0)).transpose()?;
     loop {
         if let Some(&(a, b)) = lost.peek() {
@@ -1445,12 +1529,8 @@ fn advance_contiguous(
         row = rows.next()?.map(|r| r.get::<_, i64>(0)).transpose()?;
     }
     if c as i64 != start {
-        tx.prepare_cached(
-            "INSERT INTO journals(terminal, epoch, first_seq, contiguous_seq, first_seen_unix_s)
-             VALUES(?1, ?3, 1, ?2, ?4)
-             ON CONFLICT(terminal, epoch) DO UPDATE SET contiguous_seq=?2",
-        )?
-        .execute(params![terminal, c as i64, epoch, now_unix_s()])?;
+        tx.prepare_cached("UPDATE journals SET contiguous_seq=?2 WHERE no=?1")?
+            .execute(params![journal, c as i64])?;
     }
     Ok(c)
 }
@@ -1458,6 +1538,146 @@ fn advance_contiguous(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_record(seq: u64, fare_fen: u32) -> Record {
+        Record {
+            seq,
+            kind: RecordKind::CardPurchase,
+            at_unix_s: 1_795_824_000 + seq as i64,
+            utc_offset_min: 480,
+            route: 7,
+            category: crate::types::RiderCategory::Adult,
+            fare_fen,
+            balance_fen: Some(4_800),
+            card_no: "37140000000000000001".parse().unwrap(),
+            card_tx: crate::journal::CardTx::default(),
+            qr: None,
+            terminal_no: [0, 0, 0, 0, 0, 1],
+        }
+    }
+
+    fn received(seq: u64, fare_fen: u32, epoch: u64) -> Received {
+        let record = test_record(seq, fare_fen);
+        Received {
+            record,
+            raw: record.encode_in(epoch),
+        }
+    }
+
+    /// (terminal, seq) of every record, in export order.
+    fn exported(store: &Store) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        store
+            .for_each_record(|t, r, _| {
+                out.push((t.to_string(), r.seq));
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn records_keyed_by_terminal_and_epoch_are_re_keyed_by_journal_number_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("depot.db");
+        // The tables as a station with journal epochs in the records' key made them; bus-2's
+        // journal has records but no row of its own.
+        let old = Connection::open(&db).unwrap();
+        old.execute_batch(
+            "CREATE TABLE journals(terminal TEXT NOT NULL, epoch INTEGER NOT NULL,
+                 first_seq INTEGER NOT NULL, contiguous_seq INTEGER NOT NULL,
+                 first_seen_unix_s INTEGER NOT NULL, PRIMARY KEY(terminal, epoch));
+             CREATE TABLE records(terminal TEXT NOT NULL, epoch INTEGER NOT NULL,
+                 seq INTEGER NOT NULL, kind INTEGER NOT NULL, at_unix_s INTEGER NOT NULL,
+                 fare_fen INTEGER NOT NULL, channel INTEGER, account INTEGER,
+                 qr_counter INTEGER, raw BLOB NOT NULL,
+                 PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
+             INSERT INTO journals VALUES('bus-1', 5, 1, 2, 0);",
+        )
+        .unwrap();
+        for (terminal, epoch, seq) in [("bus-1", 5u64, 1u64), ("bus-1", 5, 2), ("bus-2", 7, 1)] {
+            old.execute(
+                "INSERT INTO records VALUES(?1, ?2, ?3, 1, 0, 200, NULL, NULL, NULL, ?4)",
+                params![
+                    terminal,
+                    epoch as i64,
+                    seq as i64,
+                    &received(seq, 200, epoch).raw[..]
+                ],
+            )
+            .unwrap();
+        }
+        drop(old);
+        let mut store = Store::open(&db).unwrap();
+        assert_eq!(store.record_count().unwrap(), 3);
+        assert_eq!(
+            exported(&store),
+            [
+                ("bus-1".into(), 1),
+                ("bus-1".into(), 2),
+                ("bus-2".into(), 1)
+            ]
+        );
+        assert_eq!(store.contiguous_seq("bus-1", 5).unwrap(), 2);
+        // Stored after them, and a different record at a stored seq is still a conflict.
+        let ack = store
+            .store_batch("bus-1", 5, 3, &[received(3, 200, 5)])
+            .unwrap()
+            .ack;
+        assert_eq!((ack.contiguous_seq, ack.stored), (3, 1));
+        let ack = store
+            .store_batch("bus-2", 7, 1, &[received(1, 100, 7)])
+            .unwrap()
+            .ack;
+        assert_eq!((ack.stored, ack.refused), (0, 1));
+        drop(store);
+        // Opened again: nothing to move, nothing lost.
+        let store = Store::open(&db).unwrap();
+        assert_eq!(store.record_count().unwrap(), 4);
+    }
+
+    #[test]
+    fn records_from_before_journal_identities_become_epoch_0_with_a_journal_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("depot.db");
+        let old = Connection::open(&db).unwrap();
+        old.execute_batch(
+            "CREATE TABLE terminals(id TEXT PRIMARY KEY, secret BLOB NOT NULL,
+                 contiguous_seq INTEGER NOT NULL DEFAULT 0, added_unix_s INTEGER NOT NULL);
+             CREATE TABLE records(terminal TEXT NOT NULL, seq INTEGER NOT NULL,
+                 kind INTEGER NOT NULL, at_unix_s INTEGER NOT NULL, fare_fen INTEGER NOT NULL,
+                 channel INTEGER, account INTEGER, qr_counter INTEGER, raw BLOB NOT NULL,
+                 PRIMARY KEY(terminal, seq)) WITHOUT ROWID;
+             CREATE TABLE lost(terminal TEXT NOT NULL, from_seq INTEGER NOT NULL,
+                 to_seq INTEGER NOT NULL, PRIMARY KEY(terminal, from_seq)) WITHOUT ROWID;
+             INSERT INTO terminals VALUES('bus-1', x'00', 2, 0);",
+        )
+        .unwrap();
+        // bus-9 uploaded before it was removed from the terminals.
+        for (terminal, seq) in [("bus-1", 1u64), ("bus-1", 2), ("bus-9", 1)] {
+            old.execute(
+                "INSERT INTO records VALUES(?1, ?2, 1, 0, 200, NULL, NULL, NULL, ?3)",
+                params![terminal, seq as i64, &received(seq, 200, 0).raw[..]],
+            )
+            .unwrap();
+        }
+        drop(old);
+        let mut store = Store::open(&db).unwrap();
+        assert_eq!(
+            exported(&store),
+            [
+                ("bus-1".into(), 1),
+                ("bus-1".into(), 2),
+                ("bus-9".into(), 1)
+            ]
+        );
+        assert_eq!(store.contiguous_seq("bus-1", 0).unwrap(), 2);
+        let ack = store
+            .store_batch("bus-1", 0, 3, &[received(3, 200, 0)])
+            .unwrap()
+            .ack;
+        assert_eq!((ack.contiguous_seq, ack.stored), (3, 1));
+    }
 
     #[test]
     fn one_reason_blacklist_table_is_moved_to_a_row_a_reason_on_open() {
