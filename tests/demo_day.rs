@@ -21,6 +21,12 @@ fn small_day_stores_every_accepted_record_and_revenue_matches_the_journals() {
     assert!(r.accepted > 100, "{r:?}");
     assert_eq!(r.depot_records, r.accepted);
     assert_eq!(r.depot_gaps, 0);
+    // Every bus chains its journal with its own key: nothing unauthenticated, altered or cut.
+    assert!(
+        r.depot_findings.keys().all(|k| k == "psam_gap"),
+        "{:?}",
+        r.depot_findings
+    );
     assert!(
         r.taps["qr"].len() > 2 && r.taps["card"].len() > 2,
         "{:?}",

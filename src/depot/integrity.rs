@@ -171,20 +171,18 @@ impl FindingKind {
         }
     }
 
-    /// Findings that mean money or records may be wrong (logged at error, the rest at warn).
+    /// Findings that mean money or records are wrong (logged at error, the rest at warn; a
+    /// PSAM gap also has an innocent cause, a tap abandoned after MAC1).
     pub fn is_attack(self) -> bool {
         matches!(
             self,
-            FindingKind::Altered
-                | FindingKind::Cut
-                | FindingKind::PsamGap
-                | FindingKind::PsamDuplicate
+            FindingKind::Altered | FindingKind::Cut | FindingKind::PsamDuplicate
         )
     }
 }
 
-/// Findings of one batch, one entry a kind (and PSAM), so a flood of records makes a few
-/// rows: the count and the first and last seq (journal seqs, or PSAM numbers for `psam_*`).
+/// Findings of one batch: a row a run of like findings (kind, detail, contiguous seqs), with
+/// the count and the first and last seq (journal seqs, or PSAM numbers for `psam_*`).
 #[derive(Clone, Debug, Default)]
 pub struct BatchFindings {
     pub items: Vec<Finding>,
@@ -208,14 +206,29 @@ pub struct Finding {
 impl BatchFindings {
     /// Count `seq` under `kind` (and `detail`, which tells PSAMs apart).
     pub fn add(&mut self, kind: FindingKind, from: u64, to: u64, detail: &str) {
-        if let Some(f) = self
+        self.add_counted(kind, from, to, detail, 1);
+    }
+
+    /// Count `count` records (or PSAM numbers) `from ..= to` under `kind` and `detail`: one
+    /// row with the row it continues, a row of its own otherwise, until the batch holds
+    /// [`FINDINGS_PER_BATCH_MAX`] rows; then it joins a row of its kind.
+    pub fn add_counted(&mut self, kind: FindingKind, from: u64, to: u64, detail: &str, count: u64) {
+        let full = self.items.len() >= FINDINGS_PER_BATCH_MAX;
+        let same = |f: &&mut Finding| f.kind == kind.as_str() && f.detail == detail;
+        let row = match self
             .items
             .iter_mut()
-            .find(|f| f.kind == kind.as_str() && f.detail == detail)
+            .rev()
+            .find(|f| same(f) && (full || f.to.saturating_add(1) >= from))
         {
+            Some(f) => Some(f),
+            None if full => self.items.iter_mut().find(|f| f.kind == kind.as_str()),
+            None => None,
+        };
+        if let Some(f) = row {
             f.from = f.from.min(from);
             f.to = f.to.max(to);
-            f.count += 1;
+            f.count += count;
             return;
         }
         self.items.push(Finding {
@@ -224,12 +237,16 @@ impl BatchFindings {
             kind: kind.as_str(),
             from,
             to,
-            count: 1,
+            count,
             detail: detail.to_string(),
             at_unix_s: 0,
         });
     }
 }
+
+/// Finding rows one batch stores before like findings share a row (a record's worth of
+/// rows at most per kind beyond it): a flood of findings makes a bounded number of rows.
+pub const FINDINGS_PER_BATCH_MAX: usize = 32;
 
 /// Most open PSAM gaps loaded for one PSAM in one batch (older ones stay reported, unfilled).
 pub const PSAM_GAPS_LOADED_MAX: usize = 1_024;
@@ -298,8 +315,13 @@ impl BatchState {
             Some(last) if n == last + 1 => p.last = Some(n),
             Some(last) if n > last + 1 => {
                 p.gaps.push((last + 1, n - 1));
-                self.findings
-                    .add(FindingKind::PsamGap, last + 1, n - 1, &detail);
+                self.findings.add_counted(
+                    FindingKind::PsamGap,
+                    last + 1,
+                    n - 1,
+                    &detail,
+                    n - 1 - last,
+                );
                 p.last = Some(n);
             }
             Some(_) => match p.gaps.iter().position(|&(a, b)| a <= n && n <= b) {
@@ -610,6 +632,39 @@ mod tests {
             qr: None,
             terminal_no: [0, 0, 0, 0, 1, 0x23],
         }
+    }
+
+    #[test]
+    fn like_findings_share_a_row_when_they_run_on_and_a_flood_stays_bounded() {
+        let mut f = BatchFindings::default();
+        f.add(FindingKind::Altered, 3, 3, "x");
+        f.add(FindingKind::Altered, 4, 4, "x");
+        f.add(FindingKind::Altered, 9, 9, "x");
+        f.add_counted(FindingKind::PsamGap, 6, 8, "PSAM 1", 3);
+        let rows: Vec<_> = f
+            .items
+            .iter()
+            .map(|r| (r.kind, r.from, r.to, r.count))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("altered", 3, 4, 2),
+                ("altered", 9, 9, 1),
+                ("psam_gap", 6, 8, 3)
+            ]
+        );
+        for seq in (20..10_000).step_by(2) {
+            f.add(FindingKind::Altered, seq, seq, "x");
+        }
+        assert_eq!(f.items.len(), FINDINGS_PER_BATCH_MAX);
+        let total: u64 = f
+            .items
+            .iter()
+            .filter(|r| r.kind == "altered")
+            .map(|r| r.count)
+            .sum();
+        assert_eq!(total, 3 + 4_990, "every record counted");
     }
 
     #[test]
