@@ -27,6 +27,7 @@ fn record(seq: u64) -> Record {
             tac: [1, 2, 3, 4],
         },
         qr: None,
+        quickpass: None,
         terminal_no: [0, 0, 0, 0, 1, 0x23],
     }
 }

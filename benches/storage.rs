@@ -52,6 +52,7 @@ fn record() -> Record {
         card_no: CardNo::from_u128(3714_0000_0000_0000_0001).unwrap(),
         card_tx: CardTx::default(),
         qr: None,
+        quickpass: None,
         terminal_no: [0, 0, 0, 0, 0, 1],
     }
 }

@@ -23,6 +23,7 @@ fn main() {
                     card_no: "37140000000000000001".parse().unwrap(),
                     card_tx: CardTx::default(),
                     qr: None,
+                    quickpass: None,
                     terminal_no: [0; 6],
                 };
                 j.append(&mut r).unwrap();

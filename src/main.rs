@@ -49,6 +49,10 @@ enum Cmd {
         /// with GET RESPONSE; 6Cxx: send again with that Le). Decisions do not change.
         #[arg(long, value_enum, default_value = "t1")]
         psam_protocol: fare_validator::card::sim::PsamProtocol,
+        /// CA.json: the UnionPay CA public keys QuickPass taps are authenticated with
+        /// (docs/quickpass.md). Without it every QuickPass tap is bad_certificate.
+        #[arg(long)]
+        emv_ca: Option<PathBuf>,
         /// EVENTS.jsonl, or - for standard input.
         events: PathBuf,
     },
@@ -207,6 +211,7 @@ fn run(cmd: Cmd) -> CmdResult {
             journal,
             route,
             psam_protocol,
+            emv_ca,
             events,
         } => {
             let opts = replay::ReplayOptions {
@@ -217,6 +222,7 @@ fn run(cmd: Cmd) -> CmdResult {
                 journal,
                 route,
                 psam_protocol,
+                emv_ca,
             };
             let stdout = std::io::stdout().lock();
             let input: Box<dyn BufRead> = if events.as_os_str() == "-" {

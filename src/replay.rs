@@ -8,8 +8,13 @@
 //! ```text
 //! fare-validator replay --cards CARDS.json [--keys KEYS.json] [--blacklist BLACKLIST.csv]
 //!                       [--fares FARES.toml] [--journal DIR] [--route ROUTE]
-//!                       [--psam-protocol t0|t1] EVENTS.jsonl
+//!                       [--emv-ca CA.json] [--psam-protocol t0|t1] EVENTS.jsonl
 //! ```
+//!
+//! A card may carry the T-Union transport application, a QuickPass application
+//! (quickpass.md's fields), or both: each becomes one [`SimPhysicalCard`], tapped by its
+//! `card_no` or by its `pan`. `--emv-ca` gives the UnionPay CA keys QuickPass taps are
+//! authenticated with; without it every QuickPass tap is `bad_certificate`.
 //!
 //! `--psam-protocol t0` makes the simulated PSAM answer as a T=0 contact card
 //! ([`crate::card::sim::PsamProtocol::T0`]); the engine's channel layer
@@ -24,9 +29,11 @@ use serde_json::{json, Map, Value};
 
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::card::psam::Psam;
+use crate::card::quickpass::{CaKeys, PanTokenKey};
 use crate::card::sim::{CardSpec, PsamProtocol, Removal, SimCard, SimPsam, TestKeys};
+use crate::card::sim_quickpass::{QuickPassSpec, SimPhysicalCard, SimQuickPass, QUICKPASS_FIELDS};
 use crate::clock::Timestamp;
-use crate::engine::{Decision, EngineConfig, Subject, Validator};
+use crate::engine::{Decision, EngineConfig, Subject, Validator, UNPREDICTABLE_SEED_DEFAULT};
 use crate::fare::FareTable;
 use crate::journal::Journal;
 use crate::types::{CardNo, ListId, ListReason};
@@ -61,13 +68,33 @@ pub enum PowerCut {
     AfterRecord,
 }
 
+/// Which card a tap names: by its transport serial number or by its QuickPass PAN.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TapTarget {
+    CardNo(CardNo),
+    /// The PAN's digits.
+    Pan(String),
+}
+
+impl std::fmt::Display for TapTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TapTarget::CardNo(c) => c.fmt(f),
+            TapTarget::Pan(p) => match crate::card::quickpass::Pan::parse(p) {
+                Some(pan) => pan.fmt(f),
+                None => f.write_str("an invalid PAN"),
+            },
+        }
+    }
+}
+
 /// One line of EVENTS.jsonl.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Tap {
         at: String,
         time: Timestamp,
-        card_no: CardNo,
+        card: TapTarget,
         removal: Option<Removal>,
         power_cut: Option<PowerCut>,
     },
@@ -113,11 +140,22 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
     let o = v.as_object().ok_or("an event must be a JSON object")?;
     let at = string(o, "at")?.to_string();
     let time = Timestamp::parse_rfc3339(&at).map_err(|e| e.to_string())?;
-    if o.contains_key("card_no") {
-        only_keys(o, &["at", "card_no", "remove", "power_cut"])?;
-        let card_no = string(o, "card_no")?
-            .parse()
-            .map_err(|e| format!("card_no: {e}"))?;
+    if o.contains_key("card_no") || o.contains_key("pan") {
+        let card = if o.contains_key("card_no") {
+            only_keys(o, &["at", "card_no", "remove", "power_cut"])?;
+            TapTarget::CardNo(
+                string(o, "card_no")?
+                    .parse()
+                    .map_err(|e| format!("card_no: {e}"))?,
+            )
+        } else {
+            only_keys(o, &["at", "pan", "remove", "power_cut"])?;
+            let pan = string(o, "pan")?;
+            if crate::card::quickpass::Pan::parse(pan).is_none() {
+                return Err("pan must be 12 to 19 decimal digits".into());
+            }
+            TapTarget::Pan(pan.to_string())
+        };
         let removal = match o.get("remove") {
             None => None,
             Some(Value::String(s)) if s == "before_debit" => Some(Removal::BeforeDebit),
@@ -142,7 +180,7 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
         Ok(Event::Tap {
             at,
             time,
-            card_no,
+            card,
             removal,
             power_cut,
         })
@@ -189,14 +227,69 @@ pub fn parse_event(line: &str) -> Result<Event, String> {
             change: Change { op, id, reason },
         })
     } else {
-        Err("not an event: expected card_no, qr, route, blacklist or restart".into())
+        Err("not an event: expected card_no, pan, qr, route, blacklist or restart".into())
     }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CardsFile {
-    cards: Vec<CardSpec>,
+    cards: Vec<Map<String, Value>>,
+}
+
+/// The simulated cards of a run, found by card number or by PAN.
+pub struct Cards {
+    cards: Vec<SimPhysicalCard>,
+    by_card_no: HashMap<CardNo, usize>,
+    by_pan: HashMap<String, usize>,
+}
+
+impl Cards {
+    pub fn get_mut(&mut self, target: &TapTarget) -> Option<&mut SimPhysicalCard> {
+        let i = match target {
+            TapTarget::CardNo(c) => self.by_card_no.get(c),
+            TapTarget::Pan(p) => self.by_pan.get(p),
+        }?;
+        self.cards.get_mut(*i)
+    }
+
+    pub fn len(&self) -> usize {
+        self.cards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cards.is_empty()
+    }
+}
+
+/// One CARDS.json entry: its transport part (replay.md's fields) and its QuickPass part
+/// (quickpass.md's fields), either of which may be absent.
+fn card_entry(
+    entry: &Map<String, Value>,
+    keys: &TestKeys,
+) -> Result<(Option<SimCard>, Option<SimQuickPass>), String> {
+    let (qp, transport): (Map<String, Value>, Map<String, Value>) = entry
+        .clone()
+        .into_iter()
+        .partition(|(k, _)| QUICKPASS_FIELDS.contains(&k.as_str()));
+    let transport = if transport.is_empty() {
+        None
+    } else {
+        let spec: CardSpec =
+            serde_json::from_value(Value::Object(transport)).map_err(|e| e.to_string())?;
+        Some(SimCard::new(&spec, keys, REPLAY_CARD_SEED)?)
+    };
+    let quickpass = if qp.is_empty() {
+        None
+    } else {
+        let spec: QuickPassSpec =
+            serde_json::from_value(Value::Object(qp)).map_err(|e| format!("QuickPass: {e}"))?;
+        Some(SimQuickPass::new(&spec, REPLAY_CARD_SEED)?)
+    };
+    if transport.is_none() && quickpass.is_none() {
+        return Err("a card needs card_no or pan".into());
+    }
+    Ok((transport, quickpass))
 }
 
 /// Inputs of one replay run.
@@ -210,6 +303,8 @@ pub struct ReplayOptions {
     pub route: u16,
     /// How the simulated PSAM answers: T=1 (default) or T=0 (`61xx`, `6Cxx`).
     pub psam_protocol: PsamProtocol,
+    /// UnionPay CA public keys for QuickPass taps (quickpass.md).
+    pub emv_ca: Option<PathBuf>,
 }
 
 fn read(path: &std::path::Path) -> Result<String, ReplayError> {
@@ -227,18 +322,29 @@ fn file_err(path: &std::path::Path, what: impl std::fmt::Display) -> ReplayError
 }
 
 /// Load CARDS.json into simulated cards.
-pub fn load_cards(path: &std::path::Path) -> Result<HashMap<CardNo, SimCard>, ReplayError> {
+pub fn load_cards(path: &std::path::Path) -> Result<Cards, ReplayError> {
     let f: CardsFile = serde_json::from_str(&read(path)?).map_err(|e| file_err(path, e))?;
     let keys = TestKeys::default();
-    let mut cards = HashMap::with_capacity(f.cards.len());
-    for spec in &f.cards {
-        let card = SimCard::new(spec, &keys, REPLAY_CARD_SEED).map_err(|e| file_err(path, e))?;
-        if cards.insert(spec.card_no, card).is_some() {
-            return Err(file_err(
-                path,
-                format!("card {} listed twice", spec.card_no),
-            ));
+    let mut cards = Cards {
+        cards: Vec::with_capacity(f.cards.len()),
+        by_card_no: HashMap::with_capacity(f.cards.len()),
+        by_pan: HashMap::new(),
+    };
+    for (i, entry) in f.cards.iter().enumerate() {
+        let (transport, quickpass) =
+            card_entry(entry, &keys).map_err(|e| file_err(path, format!("card {}: {e}", i + 1)))?;
+        if let Some(t) = &transport {
+            if cards.by_card_no.insert(t.card_no(), i).is_some() {
+                return Err(file_err(path, format!("card {} listed twice", t.card_no())));
+            }
         }
+        if let Some(q) = &quickpass {
+            let digits = String::from_utf8_lossy(q.pan().digits()).into_owned();
+            if cards.by_pan.insert(digits, i).is_some() {
+                return Err(file_err(path, format!("PAN {} listed twice", q.pan())));
+            }
+        }
+        cards.cards.push(SimPhysicalCard::new(transport, quickpass));
     }
     Ok(cards)
 }
@@ -248,6 +354,7 @@ pub fn decision_line(at: &str, d: &Decision, fallback_id: Option<String>) -> Val
     let id = match d.subject {
         Subject::Card(c) => Some(c.to_string()),
         Subject::Account(a) => Some(a.to_string()),
+        Subject::Quickpass(m) => Some(m.to_string()),
         Subject::Unknown => fallback_id,
     };
     json!({
@@ -304,6 +411,10 @@ pub fn run(
         fares,
         blacklist,
         keys: opts.keys.clone(),
+        emv_ca: match &opts.emv_ca {
+            Some(p) => CaKeys::load(p).map_err(|e| file_err(p, e))?,
+            None => CaKeys::empty(),
+        },
     };
     let mut v = installed.switch_on(
         cfg,
@@ -330,19 +441,19 @@ pub fn run(
             Event::Tap {
                 at,
                 time,
-                card_no,
+                card: target,
                 removal,
                 power_cut,
             } => {
-                let card = cards.get_mut(&card_no).ok_or_else(|| ReplayError::Event {
+                let card = cards.get_mut(&target).ok_or_else(|| ReplayError::Event {
                     line: i + 1,
-                    what: format!("card {card_no} is not in the cards file"),
+                    what: format!("card {target} is not in the cards file"),
                 })?;
                 match power_cut {
                     None => {
                         card.enter_field(removal);
                         let d = v.tap_card(card, time);
-                        Some(decision_line(&at, &d, Some(card_no.to_string())))
+                        Some(decision_line(&at, &d, Some(target.to_string())))
                     }
                     Some(cut) => {
                         // The dialogue stops where the power goes: the card keeps what it
@@ -396,6 +507,7 @@ struct Installed {
     fares: FareTable,
     blacklist: Blacklist,
     keys: Option<PathBuf>,
+    emv_ca: CaKeys,
 }
 
 impl Installed {
@@ -416,6 +528,11 @@ impl Installed {
             self.fares.clone(),
             self.blacklist.clone(),
             journal,
+        );
+        v.set_quickpass(
+            self.emv_ca.clone(),
+            PanTokenKey::TEST,
+            UNPREDICTABLE_SEED_DEFAULT,
         );
         if let Some(p) = &self.keys {
             let keys = crate::ride_code::ChannelKeys::load(p).map_err(|e| file_err(p, e))?;

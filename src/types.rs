@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::card::quickpass::{Pan, PanToken, PanTokenKey};
+
 /// Amount in fen (1/100 yuan): a fare, a charge, an amount to debit.
 pub type Fen = u32;
 
@@ -165,17 +167,25 @@ impl fmt::Display for AccountId {
     }
 }
 
-/// What a blacklist entry names: a physical card or a ride-code account.
+/// What a blacklist entry names: a physical card, a ride-code account, or a QuickPass card
+/// by the keyed token of its PAN (the deny list never holds a clear PAN).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub enum ListId {
     Card(CardNo),
     Account(AccountId),
+    Pan(PanToken),
 }
+
+/// How a [`ListId::Pan`] is written: `t:` and the token's 16 hex digits, so that no PAN's
+/// digits can be read as a token.
+pub const PAN_TOKEN_PREFIX: &str = "t:";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ListIdError {
-    #[error("kind must be card or account")]
+    #[error("kind must be card, account or pan")]
     Kind,
+    #[error("a pan id must be 12 to 19 decimal digits, or t: and a token's 16 hex digits")]
+    Pan,
     #[error(transparent)]
     Card(#[from] CardNoError),
     #[error(transparent)]
@@ -188,14 +198,30 @@ impl ListId {
         match kind {
             "card" => Ok(ListId::Card(id.parse()?)),
             "account" => Ok(ListId::Account(id.parse()?)),
+            "pan" => Self::parse_pan(id, &PanTokenKey::TEST),
             _ => Err(ListIdError::Kind),
         }
+    }
+
+    /// A `pan` id: the PAN's digits (tokenised under `key` at once; the digits are not kept)
+    /// or an existing token, `t:` and 16 hex digits.
+    pub fn parse_pan(id: &str, key: &PanTokenKey) -> Result<Self, ListIdError> {
+        if let Some(hex) = id.strip_prefix(PAN_TOKEN_PREFIX) {
+            if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ListIdError::Pan);
+            }
+            let t = u64::from_str_radix(hex, 16).map_err(|_| ListIdError::Pan)?;
+            return Ok(ListId::Pan(PanToken(t)));
+        }
+        let pan = Pan::parse(id).ok_or(ListIdError::Pan)?;
+        Ok(ListId::Pan(key.token(&pan)))
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             ListId::Card(_) => "card",
             ListId::Account(_) => "account",
+            ListId::Pan(_) => "pan",
         }
     }
 }
@@ -205,6 +231,7 @@ impl fmt::Display for ListId {
         match self {
             ListId::Card(c) => c.fmt(f),
             ListId::Account(a) => a.fmt(f),
+            ListId::Pan(t) => write!(f, "{PAN_TOKEN_PREFIX}{t}"),
         }
     }
 }
@@ -446,6 +473,8 @@ impl FromStr for RiderCategory {
 pub enum Media {
     Card,
     Qr,
+    /// A UnionPay QuickPass (闪付) tap, charged after the ride (quickpass.md).
+    Quickpass,
 }
 
 impl Media {
@@ -453,6 +482,7 @@ impl Media {
         match self {
             Media::Card => "card",
             Media::Qr => "qr",
+            Media::Quickpass => "quickpass",
         }
     }
 }
@@ -566,6 +596,32 @@ mod tests {
             Err(CardNoError::NotDecimal)
         );
         assert!(CardNo::from_bcd([0xFF; 10]).is_err());
+    }
+
+    #[test]
+    fn pan_ids_are_tokens_and_never_read_as_digits() {
+        let by_digits = ListId::parse("pan", "6214830000000001").unwrap();
+        let ListId::Pan(t) = by_digits else {
+            panic!("not a pan id")
+        };
+        assert_eq!(
+            t,
+            PanTokenKey::TEST.token(&Pan::parse("6214830000000001").unwrap())
+        );
+        let text = by_digits.to_string();
+        assert!(text.starts_with(PAN_TOKEN_PREFIX) && !text.contains("6214830000000001"));
+        assert_eq!(ListId::parse("pan", &text), Ok(by_digits));
+        // Sixteen decimal digits are a PAN, never a token.
+        let sixteen = ListId::parse("pan", "1234567890123456").unwrap();
+        assert_ne!(sixteen, ListId::Pan(PanToken(0x1234567890123456)));
+        for bad in [
+            "62148300000",
+            "t:12",
+            "t:zz34567890123456",
+            "621483000000000x",
+        ] {
+            assert_eq!(ListId::parse("pan", bad), Err(ListIdError::Pan), "{bad}");
+        }
     }
 
     #[test]

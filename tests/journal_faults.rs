@@ -37,6 +37,7 @@ fn record(i: u64) -> Record {
             tac: [9; 4],
         },
         qr: None,
+        quickpass: None,
         terminal_no: [0, 0, 0, 0, 0, 1],
     }
 }

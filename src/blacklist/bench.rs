@@ -294,7 +294,7 @@ impl ClusteredCards {
 
 fn random_reason(rng: &mut ChaCha8Rng, id: &ListId) -> ListReason {
     match id {
-        ListId::Account(_) => ListReason::Arrears,
+        ListId::Account(_) | ListId::Pan(_) => ListReason::Arrears,
         ListId::Card(_) => [
             ListReason::Lost,
             ListReason::Lost,
@@ -360,6 +360,7 @@ fn neighbour(id: &ListId) -> ListId {
             channel: a.channel,
             account: a.account.wrapping_add(1),
         }),
+        ListId::Pan(t) => ListId::Pan(crate::card::quickpass::PanToken(t.0.wrapping_add(1))),
     }
 }
 

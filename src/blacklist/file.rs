@@ -23,10 +23,10 @@
 //! | --- | --- | --- |
 //! | 0 | 8 | count of changes, at most [`DELTA_CHANGES_MAX`] |
 //! | 8 + 16·i | 1 | op: 1 add, 2 remove |
-//! | +1 | 1 | kind: 1 card, 2 account |
+//! | +1 | 1 | kind: 1 card, 2 account, 3 pan (the keyed token of a QuickPass PAN) |
 //! | +2 | 1 | reason: 1 lost, 2 replaced, 3 cancelled, 4 arrears (an add adds it, a remove lifts only it) |
 //! | +3 | 1 | reserved, 0 |
-//! | +4 | 12 | card: 10 BCD bytes then 2 zero bytes; account: u16 channel, u64 account, 2 zero bytes |
+//! | +4 | 12 | card: 10 BCD bytes then 2 zero bytes; account: u16 channel, u64 account, 2 zero bytes; pan: u64 token, 4 zero bytes |
 //!
 //! Changes apply in order. A delta applies only to the list at exactly `base_version`. An id
 //! with several reasons takes one add a reason.
@@ -254,6 +254,10 @@ fn encode_change(c: &Change) -> [u8; DELTA_RECORD_LEN] {
             r[4..6].copy_from_slice(&a.channel.to_le_bytes());
             r[6..14].copy_from_slice(&a.account.to_le_bytes());
         }
+        ListId::Pan(t) => {
+            r[1] = 3;
+            r[4..12].copy_from_slice(&t.0.to_le_bytes());
+        }
     }
     r
 }
@@ -283,7 +287,15 @@ fn decode_change(r: &[u8]) -> Result<Change, &'static str> {
                 account: u64::from_le_bytes(a),
             })
         }
-        _ => return Err("kind must be 1 (card) or 2 (account)"),
+        3 => {
+            if r[12] != 0 || r[13] != 0 {
+                return Err("reserved bytes not zero");
+            }
+            let mut t = [0u8; 8];
+            t.copy_from_slice(&r[4..12]);
+            ListId::Pan(crate::card::quickpass::PanToken(u64::from_le_bytes(t)))
+        }
+        _ => return Err("kind must be 1 (card), 2 (account) or 3 (pan)"),
     };
     Ok(Change { op, id, reason })
 }
@@ -383,6 +395,15 @@ mod tests {
                     }),
                     ListReason::Arrears,
                 ),
+                // QuickPass deny-list entries share the card table, above every card number.
+                (
+                    ListId::Pan(crate::card::quickpass::PanToken(u64::MAX)),
+                    ListReason::Arrears,
+                ),
+                (
+                    ListId::parse("pan", "6214830000000001").unwrap(),
+                    ListReason::Lost,
+                ),
             ],
         )
     }
@@ -414,6 +435,11 @@ mod tests {
                 channel: 0,
                 account: 0,
             }),
+            reason: ListReason::Arrears,
+        });
+        new.apply(&Change {
+            op: ChangeOp::Add,
+            id: ListId::Pan(crate::card::quickpass::PanToken(0)),
             reason: ListReason::Arrears,
         });
         new.set_version(5);

@@ -32,6 +32,7 @@
 
 use thiserror::Error;
 
+use crate::card::quickpass::PanToken;
 use crate::types::{AccountId, CardNo, ListId, ListReason, ReasonSet};
 
 /// Bits of a card key: 20 decimal digits are below 10^20 < 2^67.
@@ -173,6 +174,11 @@ pub fn unmix(mixed: u128, bits: u32) -> u128 {
     unxorshift(x, s1, bits)
 }
 
+/// QuickPass PAN tokens share the card table: a token t is the key 10^20 + t, above every
+/// 20-digit card number and below 2^[`CARD_KEY_BITS`] (10^20 + 2^64 < 1.19·10^20 < 2^67).
+pub const PAN_TOKEN_KEY_BASE: u128 = 100_000_000_000_000_000_000;
+const _: () = assert!(PAN_TOKEN_KEY_BASE + (u64::MAX as u128) < (1u128 << CARD_KEY_BITS));
+
 /// Which key space a table holds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Space {
@@ -190,6 +196,9 @@ impl Space {
 
     pub(crate) fn id_from_key(self, key: u128) -> Option<ListId> {
         match self {
+            Space::Cards if key >= PAN_TOKEN_KEY_BASE => u64::try_from(key - PAN_TOKEN_KEY_BASE)
+                .ok()
+                .map(|t| ListId::Pan(PanToken(t))),
             Space::Cards => CardNo::from_u128(key).ok().map(ListId::Card),
             Space::Accounts => Some(ListId::Account(AccountId {
                 channel: u16::try_from(key >> 64).ok()?,
@@ -204,6 +213,7 @@ impl Space {
 pub fn key_of(id: &ListId) -> (Space, u128) {
     match id {
         ListId::Card(c) => (Space::Cards, card_key(c)),
+        ListId::Pan(t) => (Space::Cards, PAN_TOKEN_KEY_BASE + u128::from(t.0)),
         ListId::Account(a) => (
             Space::Accounts,
             (u128::from(a.channel) << 64) | u128::from(a.account),

@@ -10,7 +10,9 @@ pub mod crypto;
 #[cfg(feature = "pcsc")]
 pub mod pcsc;
 pub mod psam;
+pub mod quickpass;
 pub mod sim;
+pub mod sim_quickpass;
 pub mod tunion;
 pub mod vpcd;
 

@@ -137,6 +137,7 @@ mod tests {
             card_no: CardNo::from_u128(37_140_000_000_000_000_001).unwrap(),
             card_tx: CardTx::default(),
             qr: None,
+            quickpass: None,
             terminal_no: [0; 6],
         }
     }

@@ -630,6 +630,7 @@ mod tests {
             card_no: "37140000000000000001".parse().unwrap(),
             card_tx: CardTx::default(),
             qr: None,
+            quickpass: None,
             terminal_no: [0, 0, 0, 0, 1, 0x23],
         }
     }

@@ -247,7 +247,11 @@ impl<P: CardChannel> Validator<P> {
         match s.select().map_err(card_reason)? {
             Selected::Ok => {}
             Selected::Blocked => return Err(Reason::CardBlocked.into()),
-            Selected::NoApplication => return Err(Reason::Unreadable.into()),
+            Selected::NoApplication => {
+                return self
+                    .quickpass_instead(s.channel, now, Reason::Unreadable)
+                    .map(Checked::Done)
+            }
         }
         let info = s.read_public().map_err(card_reason)?;
         *subject = Subject::Card(info.card_no);
@@ -263,7 +267,9 @@ impl<P: CardChannel> Validator<P> {
             }
         }
         if info.enable_flag != 1 {
-            return Err(Reason::NotActivated.into());
+            return self
+                .quickpass_instead(s.channel, now, Reason::NotActivated)
+                .map(Checked::Done);
         }
         let today = now.local_ymd();
         if today < info.valid_from {
@@ -517,6 +523,7 @@ impl<P: CardChannel> Validator<P> {
                 tac: proof.tac,
             },
             qr: None,
+            quickpass: None,
             terminal_no: g.terminal_no,
         };
         self.record_and_accept(rec, now).map(Some)
@@ -545,6 +552,7 @@ impl<P: CardChannel> Validator<P> {
             card_no,
             card_tx,
             qr: None,
+            quickpass: None,
             terminal_no: self.psam.terminal_no(),
         }
     }

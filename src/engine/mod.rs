@@ -37,6 +37,7 @@
 //! journal holds.
 
 mod card;
+mod quickpass;
 mod ride_code;
 
 use std::sync::Arc;
@@ -44,12 +45,15 @@ use std::sync::Arc;
 use crate::blacklist::{Blacklist, BlacklistHandle, Change};
 use crate::card::apdu::CardChannel;
 use crate::card::psam::Psam;
+use crate::card::quickpass::MaskedPan;
 use crate::clock::Timestamp;
 use crate::fare::FareTable;
 use crate::journal::{Journal, JournalError, Record};
 use crate::ride_code::replay_cache::ReplayKey;
 use crate::types::{AccountId, BalanceFen, CardNo, Fen, ListId, Media, Reason};
 
+use quickpass::QuickPass;
+pub use quickpass::UNPREDICTABLE_SEED_DEFAULT;
 use ride_code::RideCodes;
 
 /// Accepted taps remembered for anti-passback. A validator accepts at most a few taps a
@@ -86,6 +90,8 @@ impl Default for EngineConfig {
 pub enum Subject {
     Card(CardNo),
     Account(AccountId),
+    /// A QuickPass card, known by its masked PAN.
+    Quickpass(MaskedPan),
     /// Nothing could be read (an unreadable card, a malformed code).
     Unknown,
 }
@@ -168,6 +174,7 @@ pub struct Validator<P: CardChannel> {
     /// Group commit: accepted taps whose records wait for [`Validator::commit`].
     deferred: heapless::Vec<ListId, GROUP_COMMIT_TAPS_MAX>,
     ride: RideCodes,
+    quickpass: QuickPass,
     defer_commit: bool,
 }
 
@@ -230,6 +237,7 @@ impl<P: CardChannel> Validator<P> {
             last_now_s: None,
             deferred: heapless::Vec::new(),
             ride,
+            quickpass: QuickPass::without_keys(),
             defer_commit: false,
         }
     }
@@ -338,13 +346,14 @@ impl<P: CardChannel> Validator<P> {
         if defer {
             // Its grey record stays open until the group is durable; capacity was made above.
             let _ = self.deferred.push(passenger(&rec));
-        } else if rec.qr.is_none() {
+        } else if rec.qr.is_none() && rec.quickpass.is_none() {
             self.journal.grey_settle(rec.card_no);
         }
         self.recent.remember(passenger(&rec), now.unix_s);
-        let subject = match rec.qr {
-            Some(q) => Subject::Account(q.account),
-            None => Subject::Card(rec.card_no),
+        let subject = match (rec.qr, rec.quickpass) {
+            (Some(q), _) => Subject::Account(q.account),
+            (None, Some(p)) => Subject::Quickpass(p.masked_pan),
+            (None, None) => Subject::Card(rec.card_no),
         };
         Ok(Decision {
             media: rec.media(),
@@ -367,8 +376,9 @@ impl<P: CardChannel> Validator<P> {
 
 /// Who anti-passback and group commit know a record by: the card, or the ride-code account.
 fn passenger(rec: &Record) -> ListId {
-    match rec.qr {
-        Some(q) => ListId::Account(q.account),
-        None => ListId::Card(rec.card_no),
+    match (rec.qr, rec.quickpass) {
+        (Some(q), _) => ListId::Account(q.account),
+        (None, Some(p)) => ListId::Pan(p.pan_token),
+        (None, None) => ListId::Card(rec.card_no),
     }
 }

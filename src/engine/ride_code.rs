@@ -95,6 +95,7 @@ impl<P: CardChannel> Validator<P> {
                 counter: code.counter,
                 generated_at: code.generated_at.clamp(0, i64::from(u32::MAX)) as u32,
             }),
+            quickpass: None,
             terminal_no: self.psam.terminal_no(),
         };
         let d = self

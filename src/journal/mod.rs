@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 
 pub use chain::{Chain, JournalKey, RecordMac, SealKey, RECORD_MAC_BYTES};
 pub use grey::{GreyOp, GreyRecord, GREY_OPEN_MAX};
-pub use record::{CardTx, QrTx, Record, RecordError, RecordKind, SealRead, RECORD_BYTES};
+pub use record::{CardTx, QpTx, QrTx, Record, RecordError, RecordKind, SealRead, RECORD_BYTES};
 pub use repair::SideFile;
 
 /// Records in one segment file before a new one starts (6 MiB).

@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | 0 | 1 | magic `0xFA` |
 //! | 1 | 1 | format version, 3 (versions 1 and 2 are still read: below) |
-//! | 2 | 1 | kind: 1 card purchase, 2 card purchase recovered by proof, 3 ride code (pay after ride) |
+//! | 2 | 1 | kind: 1 card purchase, 2 card purchase recovered by proof, 3 ride code (pay after ride), 4 QuickPass (pay after ride) |
 //! | 3 | 1 | rider category (0 adult .. 4 veteran) |
 //! | 4 | 8 | seq, per terminal, from 1, never reused |
 //! | 12 | 8 | at: unix seconds |
@@ -25,6 +25,22 @@
 //! | 77 | 8 | journal epoch: the identity of the journal that wrote the record, made when the journal was created (0: a journal made before identities) |
 //! | 85 | 7 | chain MAC: the first 7 bytes of HMAC-SHA256(journal key, bytes 0..85 ‖ the MAC of the record before): the chain, below |
 //! | 92 | 4 | CRC-32/ISCSI of bytes 0..92, big-endian |
+//!
+//! A QuickPass record (kind 4) uses bytes 32..70 for its own fields instead of the card and
+//! ride-code fields (quickpass.md; the clear PAN is never among them):
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 32 | 8 | PAN token (keyed, HMAC-SHA256 of the PAN, first 8 bytes) |
+//! | 40 | 1 | PAN sequence number (`5F34`) |
+//! | 41 | 1 | cryptogram information data (`9F27`) |
+//! | 42 | 2 | application transaction counter (`9F36`) |
+//! | 44 | 4 | unpredictable number (`9F37`) |
+//! | 48 | 8 | application cryptogram (`9F26`) |
+//! | 56 | 3 | first 6 PAN digits (BCD) |
+//! | 59 | 2 | last 4 PAN digits (BCD) |
+//! | 61 | 1 | PAN length, digits (12..=19) |
+//! | 62 | 8 | reserved, zero |
 //!
 //! Integers are big-endian. A record is checked before it is written and again after it is
 //! read: a balance, when present, lies within the purse's range
@@ -50,6 +66,7 @@
 use crc::{Crc, CRC_32_ISCSI};
 
 use super::chain::{Chain, RecordMac, SealKey, RECORD_MAC_BYTES};
+use crate::card::quickpass::{MaskedPan, PanToken};
 use crate::card::tunion::purse_balance_fen;
 use crate::types::{is_purse_balance, AccountId, BalanceFen, CardNo, Fen, Media, RiderCategory};
 
@@ -83,6 +100,8 @@ pub enum RecordKind {
     CardPurchase = 1,
     CardRecovered = 2,
     QrRide = 3,
+    /// A QuickPass tap, charged after the ride by the acquirer (quickpass.md).
+    Quickpass = 4,
 }
 
 impl RecordKind {
@@ -90,6 +109,7 @@ impl RecordKind {
         match self {
             RecordKind::CardPurchase | RecordKind::CardRecovered => Media::Card,
             RecordKind::QrRide => Media::Qr,
+            RecordKind::Quickpass => Media::Quickpass,
         }
     }
 }
@@ -110,6 +130,19 @@ pub struct QrTx {
     pub generated_at: u32,
 }
 
+/// QuickPass fields of a pay-after-ride record: what the acquirer needs besides the amount,
+/// and the keyed token of the PAN (never the PAN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QpTx {
+    pub pan_token: PanToken,
+    pub masked_pan: MaskedPan,
+    pub pan_seq: u8,
+    pub cid: u8,
+    pub atc: u16,
+    pub unpredictable_number: [u8; 4],
+    pub cryptogram: [u8; 8],
+}
+
 /// One accepted tap or scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -125,6 +158,8 @@ pub struct Record {
     pub card_no: CardNo,
     pub card_tx: CardTx,
     pub qr: Option<QrTx>,
+    /// QuickPass fields; present exactly for kind 4 (the card fields are then zero).
+    pub quickpass: Option<QpTx>,
     pub terminal_no: [u8; 6],
 }
 
@@ -154,9 +189,10 @@ impl Record {
 
     /// The passenger id that replay prints: card number, or CHANNEL:ACCOUNT.
     pub fn id_string(&self) -> String {
-        match self.qr {
-            Some(q) => q.account.to_string(),
-            None => self.card_no.to_string(),
+        match (self.qr, self.quickpass) {
+            (Some(q), _) => q.account.to_string(),
+            (None, Some(p)) => p.masked_pan.to_string(),
+            (None, None) => self.card_no.to_string(),
         }
     }
 
@@ -166,6 +202,16 @@ impl Record {
         }
         if (self.kind == RecordKind::QrRide) != self.qr.is_some() {
             return Err(RecordError::Field("ride-code fields and kind disagree"));
+        }
+        if (self.kind == RecordKind::Quickpass) != self.quickpass.is_some() {
+            return Err(RecordError::Field("QuickPass fields and kind disagree"));
+        }
+        if let Some(p) = self.quickpass {
+            let digits = p.masked_pan.first6.iter().chain(&p.masked_pan.last4);
+            if !(12..=19).contains(&p.masked_pan.len) || !digits.into_iter().all(u8::is_ascii_digit)
+            {
+                return Err(RecordError::Field("masked PAN"));
+            }
         }
         if let Some(b) = self.balance_fen {
             if !is_purse_balance(i64::from(b)) {
@@ -247,6 +293,9 @@ impl Record {
             b[62..66].copy_from_slice(&q.counter.to_be_bytes());
             b[66..70].copy_from_slice(&q.generated_at.to_be_bytes());
         }
+        if let Some(p) = self.quickpass {
+            encode_quickpass(&p, &mut b);
+        }
         b[70..76].copy_from_slice(&self.terminal_no);
         b[EPOCH_AT..EPOCH_AT + 8].copy_from_slice(&epoch.to_be_bytes());
         b
@@ -276,11 +325,17 @@ impl Record {
             1 => RecordKind::CardPurchase,
             2 => RecordKind::CardRecovered,
             3 => RecordKind::QrRide,
+            4 => RecordKind::Quickpass,
             _ => return Err(RecordError::Field("kind")),
         };
         let category = RiderCategory::from_u8(b[3]).ok_or(RecordError::Field("category"))?;
-        let card_no = CardNo::from_bcd(std::array::from_fn(|k| b[32 + k]))
-            .map_err(|_| RecordError::Field("card"))?;
+        let is_quickpass = kind == RecordKind::Quickpass;
+        let card_no = if is_quickpass {
+            CardNo([0; 10])
+        } else {
+            CardNo::from_bcd(std::array::from_fn(|k| b[32 + k]))
+                .map_err(|_| RecordError::Field("card"))?
+        };
         let balance_fen = if b[1] == FORMAT_VERSION_1 {
             let word = u32_at(28);
             (word != V1_NO_BALANCE).then(|| purse_balance_fen(word.to_be_bytes()))
@@ -308,6 +363,10 @@ impl Record {
             counter: u32_at(62),
             generated_at: u32_at(66),
         });
+        let quickpass = match kind {
+            RecordKind::Quickpass => Some(decode_quickpass(b)?),
+            _ => None,
+        };
         let rec = Record {
             seq: u64_at(4),
             kind,
@@ -318,12 +377,17 @@ impl Record {
             fare_fen: u32_at(24),
             balance_fen,
             card_no,
-            card_tx: CardTx {
-                offline_counter: u16_at(42),
-                terminal_seq: u32_at(44),
-                tac: std::array::from_fn(|k| b[48 + k]),
+            card_tx: if is_quickpass {
+                CardTx::default()
+            } else {
+                CardTx {
+                    offline_counter: u16_at(42),
+                    terminal_seq: u32_at(44),
+                    tac: std::array::from_fn(|k| b[48 + k]),
+                }
             },
             qr,
+            quickpass,
             terminal_no: std::array::from_fn(|k| b[70 + k]),
         };
         rec.check()?;
@@ -353,6 +417,15 @@ impl Record {
             "category": self.category.as_str(),
             "terminal": hex(&self.terminal_no),
         });
+        if let Some(p) = self.quickpass {
+            v["pan_token"] = p.pan_token.to_string().into();
+            v["pan_seq"] = p.pan_seq.into();
+            v["atc"] = p.atc.into();
+            v["cryptogram"] = hex(&p.cryptogram).into();
+            v["cid"] = hex(&[p.cid]).into();
+            v["unpredictable_number"] = hex(&p.unpredictable_number).into();
+            return v;
+        }
         match self.qr {
             Some(q) => {
                 v["card_no"] = self.card_no.to_string().into();
@@ -369,6 +442,57 @@ impl Record {
         }
         v
     }
+}
+
+fn bcd_digits<const N: usize>(digits: &[u8], out: &mut [u8]) {
+    for (i, pair) in digits.chunks(2).enumerate().take(N) {
+        out[i] = ((pair[0] - b'0') << 4) | (pair[1] - b'0');
+    }
+}
+
+fn encode_quickpass(p: &QpTx, b: &mut [u8; RECORD_BYTES]) {
+    // A card number is not kept for QuickPass: the card fields stay zero.
+    b[32..42].fill(0);
+    b[42..52].fill(0);
+    b[32..40].copy_from_slice(&p.pan_token.0.to_be_bytes());
+    b[40] = p.pan_seq;
+    b[41] = p.cid;
+    b[42..44].copy_from_slice(&p.atc.to_be_bytes());
+    b[44..48].copy_from_slice(&p.unpredictable_number);
+    b[48..56].copy_from_slice(&p.cryptogram);
+    bcd_digits::<3>(&p.masked_pan.first6, &mut b[56..59]);
+    bcd_digits::<2>(&p.masked_pan.last4, &mut b[59..61]);
+    b[61] = p.masked_pan.len;
+}
+
+fn decode_quickpass(b: &[u8; RECORD_BYTES]) -> Result<QpTx, RecordError> {
+    let bad = RecordError::Field("QuickPass fields");
+    if b[62..70].iter().any(|&x| x != 0) {
+        return Err(bad);
+    }
+    let mut digits = [0u8; 10];
+    for (i, &x) in b[56..61].iter().enumerate() {
+        let (hi, lo) = (x >> 4, x & 0x0F);
+        if hi > 9 || lo > 9 {
+            return Err(bad);
+        }
+        digits[2 * i] = b'0' + hi;
+        digits[2 * i + 1] = b'0' + lo;
+    }
+    let masked_pan = MaskedPan {
+        first6: std::array::from_fn(|k| digits[k]),
+        last4: std::array::from_fn(|k| digits[6 + k]),
+        len: b[61],
+    };
+    Ok(QpTx {
+        pan_token: PanToken(u64::from_be_bytes(std::array::from_fn(|k| b[32 + k]))),
+        masked_pan,
+        pan_seq: b[40],
+        cid: b[41],
+        atc: u16::from_be_bytes([b[42], b[43]]),
+        unpredictable_number: std::array::from_fn(|k| b[44 + k]),
+        cryptogram: std::array::from_fn(|k| b[48 + k]),
+    })
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -396,6 +520,7 @@ mod tests {
                 tac: [1, 2, 3, 4],
             },
             qr: None,
+            quickpass: None,
             terminal_no: [0x00, 0x00, 0x00, 0x00, 0x01, 0x23],
         }
     }

@@ -15,7 +15,7 @@
 //! | 12 | 4 | issued, unix s, of the signed file last applied (`FVB3` only) |
 //! | 16 | 4 | expires, unix s, of that file (`FVB3` only) |
 //! | 20 | 4 | entry count N (at 12 before `FVB3`) |
-//! | 24 | 12 × N | entries: tag (1 card, 2 account), id (10: card BCD, or channel (2) ‖ account (8)), reasons (1: the set's bits, 1 lost, 2 replaced, 4 cancelled, 8 arrears; under `FVBS` one reason, 1..=4) |
+//! | 24 | 12 × N | entries: tag (1 card, 2 account, 3 pan), id (10: card BCD, or channel (2) ‖ account (8), or PAN token (8) ‖ 2 zero bytes), reasons (1: the set's bits, 1 lost, 2 replaced, 4 cancelled, 8 arrears; under `FVBS` one reason, 1..=4) |
 //! | 24+12N | 4 | CRC-32/ISCSI of everything before |
 //!
 //! Every received file is checked in full (structure, CRC, operator signature, content, and
@@ -120,6 +120,11 @@ fn encode_entry(out: &mut Vec<u8>, id: &ListId, reasons: ReasonSet) {
             out.extend_from_slice(&a.channel.to_be_bytes());
             out.extend_from_slice(&a.account.to_be_bytes());
         }
+        ListId::Pan(t) => {
+            out.push(3);
+            out.extend_from_slice(&t.0.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+        }
     }
     out.push(reasons.bits());
 }
@@ -132,6 +137,9 @@ fn decode_entry(b: &[u8], one_reason: bool) -> Option<(ListId, ReasonSet)> {
             channel: u16::from_be_bytes([b[1], b[2]]),
             account: u64::from_be_bytes(std::array::from_fn(|k| b[3 + k])),
         }),
+        3 if b[9] == 0 && b[10] == 0 => ListId::Pan(crate::card::quickpass::PanToken(
+            u64::from_be_bytes(std::array::from_fn(|k| b[1 + k])),
+        )),
         _ => return None,
     };
     let reasons = if one_reason {

@@ -41,6 +41,7 @@ pub fn card_record(i: u64) -> Record {
             tac: [1, 2, 3, 4],
         },
         qr: None,
+        quickpass: None,
         terminal_no: [0, 0, 0, 0, 0x01, 0x23],
     }
 }

@@ -1,0 +1,173 @@
+//! The QuickPass (闪付) tap (quickpass.md, docs/quickpass.md): a card whose transport
+//! application is absent or was never activated is read as a UnionPay contactless transit
+//! terminal reads it ([`crate::card::quickpass`]), authenticated offline by fDDA, checked
+//! against the deny list (blacklist kind `pan`, by keyed token) and anti-passback, and
+//! recorded for the acquirer to charge after the ride.
+//!
+//! Checks, in order: `unreadable`, `card_expired`, `bad_certificate`, `bad_signature`,
+//! `blacklisted`, `repeat_tap`; `card_removed` when the card leaves before the dialogue ends
+//! (nothing is recorded). The fare is the fare table's adult fare on the vehicle's route:
+//! bank cards carry no rider category.
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::card::apdu::CardChannel;
+use crate::card::quickpass::{
+    authenticate, read_card, AuthError, CaKeys, CardData, PanTokenKey, ReadError, TerminalData,
+};
+use crate::clock::Timestamp;
+use crate::journal::{CardTx, QpTx, Record, RecordKind};
+use crate::types::{CardNo, ListId, Media, Reason, RiderCategory};
+
+use super::{Decision, Refusal, Subject, Validator};
+
+/// Seed of the unpredictable numbers (`9F37`) of a validator whose owner gave none: replay
+/// and tests stay repeatable. A bus seeds from the operating system
+/// ([`Validator::set_quickpass`]).
+pub const UNPREDICTABLE_SEED_DEFAULT: u64 = 0x9F37;
+
+/// The QuickPass side of a validator: the CA keys, the PAN token key, the source of
+/// unpredictable numbers.
+pub(super) struct QuickPass {
+    ca: CaKeys,
+    token_key: PanTokenKey,
+    rng: ChaCha8Rng,
+}
+
+impl QuickPass {
+    /// No CA keys: every QuickPass tap is `bad_certificate` (quickpass.md).
+    pub(super) fn without_keys() -> Self {
+        QuickPass {
+            ca: CaKeys::empty(),
+            token_key: PanTokenKey::TEST,
+            rng: ChaCha8Rng::seed_from_u64(UNPREDICTABLE_SEED_DEFAULT),
+        }
+    }
+}
+
+impl<P: CardChannel> Validator<P> {
+    /// Trust these UnionPay CA keys, tokenise PANs with `token_key`, and draw unpredictable
+    /// numbers from `seed` from now on.
+    pub fn set_quickpass(&mut self, ca: CaKeys, token_key: PanTokenKey, seed: u64) {
+        self.quickpass = QuickPass {
+            ca,
+            token_key,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        };
+    }
+
+    /// The card has no usable transport application (`transport_reason` says why): its
+    /// QuickPass application decides, or, when it has none, `transport_reason` does.
+    pub(super) fn quickpass_instead<C: CardChannel + ?Sized>(
+        &mut self,
+        card: &mut C,
+        now: Timestamp,
+        transport_reason: Reason,
+    ) -> Result<Decision, Refusal> {
+        let mut subject = Subject::Unknown;
+        match self.quickpass_dialogue(card, now, &mut subject) {
+            Ok(d) => Ok(d),
+            Err(None) => Err(transport_reason.into()),
+            Err(Some(reason)) => Ok(Decision::refused(Media::Quickpass, subject, reason, None)),
+        }
+    }
+
+    /// `Err(None)`: the card has no UnionPay application.
+    fn quickpass_dialogue<C: CardChannel + ?Sized>(
+        &mut self,
+        card: &mut C,
+        now: Timestamp,
+        subject: &mut Subject,
+    ) -> Result<Decision, Option<Reason>> {
+        let route = self.cfg.route;
+        let fare_fen = self.fares.category_fare_at(
+            RiderCategory::Adult,
+            route,
+            crate::fare::LocalTime::of(&now),
+        );
+        let mut un = [0u8; 4];
+        self.quickpass.rng.fill_bytes(&mut un);
+        let terminal = TerminalData {
+            amount_fen: fare_fen,
+            datetime_bcd: now.local_bcd(),
+            unpredictable_number: un,
+        };
+        let data = read_card(card, &terminal).map_err(|e| match e {
+            ReadError::NoApplication => None,
+            ReadError::Removed => Some(Reason::CardRemoved),
+            ReadError::Unreadable(what) => {
+                tracing::info!(what, "QuickPass card unreadable");
+                Some(Reason::Unreadable)
+            }
+        })?;
+        let pan = data.pan().map_err(|_| Some(Reason::Unreadable))?;
+        *subject = Subject::Quickpass(pan.masked());
+        let today = now.local_ymd();
+        if today > data.expiry_ymd {
+            return Err(Some(Reason::CardExpired));
+        }
+        authenticate(&data, &self.quickpass.ca, today).map_err(|e| {
+            tracing::info!(pan = %pan, error = %e, "QuickPass offline data authentication failed");
+            Some(match e {
+                AuthError::Certificate(_) => Reason::BadCertificate,
+                AuthError::Signature(_) => Reason::BadSignature,
+            })
+        })?;
+        let listed_as = ListId::Pan(self.quickpass.token_key.token(&pan));
+        if self.blacklist.get(&listed_as).is_some() {
+            return Err(Some(Reason::Blacklisted));
+        }
+        if self
+            .recent
+            .is_repeat(&listed_as, now.unix_s, self.cfg.anti_passback_s)
+        {
+            return Err(Some(Reason::RepeatTap));
+        }
+        let rec = self.quickpass_record(&data, &listed_as, fare_fen, now);
+        self.record_and_accept(rec, now).map_err(|r| Some(r.reason))
+    }
+
+    fn quickpass_record(
+        &self,
+        data: &CardData,
+        listed_as: &ListId,
+        fare_fen: u32,
+        now: Timestamp,
+    ) -> Record {
+        let ListId::Pan(pan_token) = *listed_as else {
+            unreachable!("a QuickPass passenger is listed by PAN token")
+        };
+        let masked_pan = data.pan.map(|p| p.masked()).unwrap_or(
+            // read_card returned, so the PAN is there; the record check would refuse this.
+            crate::card::quickpass::MaskedPan {
+                first6: [0; 6],
+                last4: [0; 4],
+                len: 0,
+            },
+        );
+        Record {
+            seq: 0,
+            kind: RecordKind::Quickpass,
+            at_unix_s: now.unix_s,
+            utc_offset_min: (now.utc_offset_s / 60) as i16,
+            route: self.cfg.route,
+            category: RiderCategory::Adult,
+            fare_fen,
+            balance_fen: None,
+            card_no: CardNo([0; 10]),
+            card_tx: CardTx::default(),
+            qr: None,
+            quickpass: Some(QpTx {
+                pan_token,
+                masked_pan,
+                pan_seq: data.pan_seq,
+                cid: data.cid,
+                atc: data.atc,
+                unpredictable_number: data.terminal.map_or([0; 4], |t| t.unpredictable_number),
+                cryptogram: data.cryptogram,
+            }),
+            terminal_no: self.psam.terminal_no(),
+        }
+    }
+}
