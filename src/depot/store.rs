@@ -1552,6 +1552,7 @@ mod tests {
             card_no: "37140000000000000001".parse().unwrap(),
             card_tx: crate::journal::CardTx::default(),
             qr: None,
+            quickpass: None,
             terminal_no: [0, 0, 0, 0, 0, 1],
         }
     }
