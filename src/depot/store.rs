@@ -31,6 +31,7 @@ use crate::blacklist::file::{delta_payload, Delta};
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::fare::FareTable;
 use crate::journal::{Record, RecordKind, RECORD_BYTES};
+use crate::ride_code::format::{RideCode, CODE_BYTES};
 use crate::signed::{self, FileKind};
 use crate::signing::{decode_bundle, BundleError, EntrySummary, RequestEntry};
 use crate::types::{ListId, ListReason, ReasonSet};
@@ -104,6 +105,12 @@ CREATE TABLE IF NOT EXISTS signed_files(
     expires_unix_s INTEGER NOT NULL,
     file BLOB NOT NULL,
     PRIMARY KEY(kind, version, base_version));
+CREATE TABLE IF NOT EXISTS ride_code_proofs(
+    terminal TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    code BLOB NOT NULL,
+    PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records(
     journal INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -284,6 +291,12 @@ pub struct QrClaim {
     pub seq: u64,
     pub at_unix_s: i64,
     pub fare_fen: u64,
+    /// The rider's signed code the bus kept for this record (`ride_code_proofs`): `matches`
+    /// (its account, counter and generated_at are the record's), `differs`, or `none`.
+    pub proof: &'static str,
+    /// The code's 201 bytes as its text (`ESSC1.` and base64url), for clearing to verify
+    /// against the channel's keys; absent without a proof.
+    pub code: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -1065,7 +1078,7 @@ impl Store {
     pub fn qr_conflicts(&self) -> Result<Vec<QrConflict>, StoreError> {
         let mut st = self.conn.prepare(
             "SELECT r.channel, r.account, r.qr_counter, j.terminal, j.epoch, r.seq, r.at_unix_s,
-                    r.fare_fen
+                    r.fare_fen, r.raw
              FROM records r JOIN journals j ON j.no = r.journal
              WHERE r.kind = ?1 AND (r.channel, r.account, r.qr_counter) IN (
                SELECT channel, account, qr_counter FROM records WHERE kind = ?1
@@ -1080,13 +1093,16 @@ impl Store {
                 r.get::<_, i64>(1)? as u64,
                 r.get::<_, u32>(2)?,
             );
-            let claim = QrClaim {
+            let mut claim = QrClaim {
                 terminal: r.get(3)?,
                 epoch: format!("{:016x}", r.get::<_, i64>(4)? as u64),
                 seq: r.get::<_, i64>(5)? as u64,
                 at_unix_s: r.get(6)?,
                 fare_fen: r.get::<_, i64>(7)? as u64,
+                proof: "none",
+                code: None,
             };
+            self.attach_proof(&mut claim, r.get::<_, i64>(4)?, r.get(8)?)?;
             match out.last_mut() {
                 Some(c) if (c.channel, c.account, c.counter) == code => c.claims.push(claim),
                 _ => out.push(QrConflict {
@@ -1098,6 +1114,63 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Keep the ride codes a validator sent as proof of its records (seq, code bytes);
+    /// a proof sent again is stored once.
+    pub fn store_proofs(
+        &mut self,
+        terminal: &str,
+        epoch: u64,
+        proofs: &[crate::journal::proofs::Proof],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO ride_code_proofs(terminal, epoch, seq, code) VALUES(?1, ?2, ?3, ?4)",
+            )?;
+            for (seq, code) in proofs {
+                st.execute(params![terminal, epoch as i64, *seq as i64, &code[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The proof kept for `claim`'s record (`raw`), and whether it says what the record says.
+    fn attach_proof(
+        &self,
+        claim: &mut QrClaim,
+        epoch: i64,
+        raw: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let code: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached(
+                "SELECT code FROM ride_code_proofs WHERE terminal=?1 AND epoch=?2 AND seq=?3",
+            )?
+            .query_row(params![claim.terminal, epoch, claim.seq as i64], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(code) = code.and_then(|c| <[u8; CODE_BYTES]>::try_from(c.as_slice()).ok()) else {
+            return Ok(());
+        };
+        let rec = <&[u8; RECORD_BYTES]>::try_from(raw.as_slice())
+            .ok()
+            .and_then(|b| Record::decode(b).ok())
+            .and_then(|r| r.qr);
+        let same = RideCode::from_bytes(code)
+            .ok()
+            .zip(rec)
+            .is_some_and(|(c, q)| {
+                c.account() == q.account
+                    && c.counter == q.counter
+                    && c.generated_at == q.generated_at
+            });
+        claim.proof = if same { "matches" } else { "differs" };
+        claim.code = Some(crate::ride_code::format::to_text(&code));
+        Ok(())
     }
 
     /// (terminal, epoch as stored, seq) of every claim in `conflicts`.
