@@ -782,7 +782,6 @@ impl Store {
         let journal = journal_no(&tx, terminal, epoch)?;
         let mut stored = 0u32;
         let mut refused = 0u32;
-        let mut first_refusal: Option<(u64, &'static str)> = None;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO records
@@ -818,7 +817,9 @@ impl Store {
                         now_unix_s
                     ])?;
                     refused += 1;
-                    first_refusal.get_or_insert((rec.seq, reason));
+                    // Logged with the batch's findings: one row a run, never a flood.
+                    st.findings
+                        .add(integrity::FindingKind::OutOfRange, rec.seq, rec.seq, reason);
                     continue;
                 }
                 let qr = rec.qr.as_ref();
@@ -851,11 +852,6 @@ impl Store {
         }
         st.flush_psam(&tx)?;
         let findings = integrity::write_findings(&tx, terminal, epoch, &mut st)?;
-        if let Some((seq, reason)) = first_refusal {
-            // One line a batch: a forging terminal cannot flood the log.
-            tracing::error!(%terminal, epoch = %format!("{epoch:016x}"), first_seq = seq, reason,
-                "depot: records with fields out of range refused and kept apart (a compromised or broken terminal?)");
-        }
         let declared_lost = lost_ranges(from_seq, records);
         {
             let mut lost = tx.prepare_cached(
