@@ -328,18 +328,34 @@ fn scan_on_a_bus(dir: &std::path::Path, codes: &[String]) -> Vec<Record> {
 async fn the_riders_signed_code_travels_with_its_record_and_tells_the_honest_claim_apart() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("depot.db");
-    let st = station(store(&db, 2)).await;
+    let s = store(&db, 3);
+    // The channel keys the station publishes to its buses: clearing's check of a proof.
+    let keys = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/ride-code-keys.json"
+    ))
+    .unwrap();
+    s.publish("keys", &keys).unwrap();
+    let st = station(s).await;
     let codes = [vector_code("valid_p256"), vector_code("valid_sm2")];
     let honest_dir = tmp.path().join(terminal_id(0));
     let honest = scan_on_a_bus(&honest_dir, &codes);
     assert_eq!(honest.len(), 2);
-    // The forger copies the first record's claim a minute earlier: it has no rider's code.
+    // Two forgers copy the first record's claim a minute earlier: one has no rider's code,
+    // the other makes one up from the code's fields (it cannot sign as the rider).
     let forged = Record {
         at_unix_s: honest[0].at_unix_s - 60,
         ..honest[0]
     };
     write_journal(&tmp.path().join(terminal_id(1)), [forged]);
-    for n in 0..2 {
+    let mut made_up = fare_validator::ride_code::format::RideCode::parse(&codes[0])
+        .unwrap()
+        .bytes;
+    made_up[200] ^= 0x5a; // the last byte of the rider's signature
+    let mut j = write_journal(&tmp.path().join(terminal_id(2)), [forged]);
+    j.keep_proof(1, &made_up);
+    drop(j);
+    for n in 0..3 {
         let r = upload::upload(
             &tmp.path().join(terminal_id(n)),
             st.addr(),
@@ -360,10 +376,12 @@ async fn the_riders_signed_code_travels_with_its_record_and_tells_the_honest_cla
             .find(|c| c.terminal == terminal_id(n))
             .unwrap()
     };
-    assert_eq!(by_terminal(0).proof, "matches");
+    assert_eq!(claims.len(), 3);
+    assert_eq!(by_terminal(0).proof, "verified");
     assert_eq!(by_terminal(0).code.as_deref(), Some(codes[0].as_str()));
     assert_eq!(
         (by_terminal(1).proof, by_terminal(1).code.as_deref()),
         ("none", None)
     );
+    assert_eq!(by_terminal(2).proof, "bad_signature");
 }

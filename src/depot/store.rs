@@ -26,12 +26,15 @@ use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::checks::{check_record, FareCeilings};
+use super::checks::{RIDE_CODE_AGE_AT_SCAN_S_MAX, RIDE_CODE_AHEAD_OF_SCAN_S_MAX};
 use super::integrity::{self, BatchState, ChainKeys, Finding, Link};
 use crate::blacklist::file::{delta_payload, Delta};
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::fare::FareTable;
 use crate::journal::{Record, RecordKind, RECORD_BYTES};
 use crate::ride_code::format::{RideCode, CODE_BYTES};
+use crate::ride_code::keys::ChannelKeys;
+use crate::ride_code::verify::{RideCodeConfig, Verifier};
 use crate::signed::{self, FileKind};
 use crate::signing::{decode_bundle, BundleError, EntrySummary, RequestEntry};
 use crate::types::{ListId, ListReason, ReasonSet};
@@ -291,8 +294,11 @@ pub struct QrClaim {
     pub seq: u64,
     pub at_unix_s: i64,
     pub fare_fen: u64,
-    /// The rider's signed code the bus kept for this record (`ride_code_proofs`): `matches`
-    /// (its account, counter and generated_at are the record's), `differs`, or `none`.
+    /// The rider's signed code the bus kept for this record (`ride_code_proofs`): `verified`
+    /// (it says what the record says, and its certificate and signature verify with the
+    /// ride-code keys the station publishes, at the record's time), `bad_signature` (they do
+    /// not), `matches` (it says what the record says; no keys published to check it with),
+    /// `differs`, or `none`.
     pub proof: &'static str,
     /// The code's 201 bytes as its text (`ESSC1.` and base64url), for clearing to verify
     /// against the channel's keys; absent without a proof.
@@ -1083,6 +1089,7 @@ impl Store {
         )?;
         let mut rows = st.query(params![RecordKind::QrRide as u8])?;
         let mut out: Vec<QrConflict> = Vec::new();
+        let mut verifier = self.proof_verifier()?;
         while let Some(r) = rows.next()? {
             let code = (
                 r.get::<_, u16>(0)?,
@@ -1098,7 +1105,12 @@ impl Store {
                 proof: "none",
                 code: None,
             };
-            self.attach_proof(&mut claim, r.get::<_, i64>(4)?, r.get(8)?)?;
+            self.attach_proof(
+                &mut claim,
+                r.get::<_, i64>(4)?,
+                r.get(8)?,
+                verifier.as_mut(),
+            )?;
             match out.last_mut() {
                 Some(c) if (c.channel, c.account, c.counter) == code => c.claims.push(claim),
                 _ => out.push(QrConflict {
@@ -1133,12 +1145,32 @@ impl Store {
         Ok(())
     }
 
-    /// The proof kept for `claim`'s record (`raw`), and whether it says what the record says.
+    /// A verifier over the ride-code keys the station publishes, its freshness as wide as
+    /// the ingest checks allow (they bound a code's age already): None when none is published.
+    fn proof_verifier(&self) -> Result<Option<Verifier>, StoreError> {
+        let Some((_, body)) = self.downlink("keys")? else {
+            return Ok(None);
+        };
+        // Checked when published; a file that no longer loads verifies nothing.
+        let keys = std::str::from_utf8(&body)
+            .ok()
+            .and_then(|t| ChannelKeys::from_json(t).ok());
+        let config = RideCodeConfig {
+            code_validity_s: RIDE_CODE_AGE_AT_SCAN_S_MAX as u32,
+            clock_skew_s: RIDE_CODE_AHEAD_OF_SCAN_S_MAX as u32,
+        };
+        Ok(keys.map(|k| Verifier::new(k, config)))
+    }
+
+    /// The proof kept for `claim`'s record (`raw`): whether it says what the record says and,
+    /// with the station's published keys, whether the channel's and the rider's signatures
+    /// verify at the record's time.
     fn attach_proof(
         &self,
         claim: &mut QrClaim,
         epoch: i64,
         raw: Vec<u8>,
+        verifier: Option<&mut Verifier>,
     ) -> Result<(), StoreError> {
         let code: Option<Vec<u8>> = self
             .conn
@@ -1164,8 +1196,21 @@ impl Store {
                     && c.counter == q.counter
                     && c.generated_at == q.generated_at
             });
-        claim.proof = if same { "matches" } else { "differs" };
-        claim.code = Some(crate::ride_code::format::to_text(&code));
+        let text = crate::ride_code::format::to_text(&code);
+        let at = claim.at_unix_s;
+        claim.proof = match (same, verifier) {
+            (false, _) => "differs",
+            (true, None) => "matches",
+            (true, Some(v)) => match v.verify(&text, at) {
+                Ok(_) => "verified",
+                Err(reason) => {
+                    tracing::warn!(terminal = %claim.terminal, seq = claim.seq, reason = reason.as_str(),
+                        "depot: a ride-code proof does not verify with the published keys");
+                    "bad_signature"
+                }
+            },
+        };
+        claim.code = Some(text);
         Ok(())
     }
 
