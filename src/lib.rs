@@ -18,10 +18,13 @@
 //! - `reader` (feature `pcsc`): the validator on PC/SC readers; [`card::vpcd`]: simulated
 //!   cards in vsmartcard's virtual reader.
 //! - [`cli`]: command-line front ends over the library.
+//! - `clearing` (feature `clearing`): the city clearing service on PostgreSQL.
 
 pub mod bench;
 pub mod blacklist;
 pub mod card;
+#[cfg(feature = "clearing")]
+pub mod clearing;
 pub mod cli;
 pub mod clock;
 pub mod demo;

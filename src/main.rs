@@ -75,6 +75,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::depot::DepotCmd,
     },
+    /// The city clearing database on PostgreSQL: forward a depot's records, clear a service
+    /// day (feature `clearing`; docs/clearing.md).
+    #[cfg(feature = "clearing")]
+    Clearing {
+        #[command(subcommand)]
+        cmd: cli::clearing::ClearingCmd,
+    },
     /// The operator's offline step, on a machine apart from the station: sign what the
     /// station asked for (`depot sign-request`) with the operator's key file.
     Operator {
@@ -202,6 +209,8 @@ fn run(cmd: Cmd) -> CmdResult {
         Cmd::Blacklist { cmd } => cli::blacklist::run(cmd).map_err(bad_input),
         Cmd::Depot { cmd } => cli::depot::run_depot(cmd),
         Cmd::Upload(args) => cli::depot::run_upload(&args),
+        #[cfg(feature = "clearing")]
+        Cmd::Clearing { cmd } => cli::clearing::run(cmd),
         Cmd::Operator { cmd } => cli::operator::run(cmd),
         Cmd::Replay {
             cards,

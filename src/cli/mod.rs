@@ -1,6 +1,8 @@
 //! Command-line front ends: each subcommand parses its arguments with clap and calls library
 //! functions; errors are rendered once, as one line for humans.
 
+#[cfg(feature = "clearing")]
+pub mod clearing;
 pub mod depot;
 pub mod operator;
 #[cfg(feature = "pcsc")]

@@ -17,7 +17,6 @@
 //! | `test_key` / `unsealed` | records chained with the public test key, or of a format before the chain | stored, not authenticated |
 //! | `psam_gap` | the PSAM's transaction numbers skip: numbers with no record (a tap abandoned after MAC1, or records cut) | stored |
 //! | `psam_duplicate` | a PSAM transaction number already used by another record (a cloned PSAM, a replayed record) | stored |
-//! | `out_of_range` | a field no fare table or clock allows: a fare above every table's on the route, a time before 2020 or ahead of the station's clock ([`super::checks`]); the detail says which | refused, kept in `refused` with the reason, its seq accounted for |
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -156,7 +155,6 @@ pub enum FindingKind {
     Unsealed,
     PsamGap,
     PsamDuplicate,
-    OutOfRange,
 }
 
 impl FindingKind {
@@ -170,7 +168,6 @@ impl FindingKind {
             FindingKind::Unsealed => "unsealed",
             FindingKind::PsamGap => "psam_gap",
             FindingKind::PsamDuplicate => "psam_duplicate",
-            FindingKind::OutOfRange => "out_of_range",
         }
     }
 
@@ -179,10 +176,7 @@ impl FindingKind {
     pub fn is_attack(self) -> bool {
         matches!(
             self,
-            FindingKind::Altered
-                | FindingKind::Cut
-                | FindingKind::PsamDuplicate
-                | FindingKind::OutOfRange
+            FindingKind::Altered | FindingKind::Cut | FindingKind::PsamDuplicate
         )
     }
 }
@@ -570,7 +564,7 @@ pub fn log_finding(f: &Finding) {
     }
 }
 
-const FINDING_KINDS: [FindingKind; 9] = [
+const FINDING_KINDS: [FindingKind; 8] = [
     FindingKind::Altered,
     FindingKind::Cut,
     FindingKind::ChainRestarted,
@@ -579,7 +573,6 @@ const FINDING_KINDS: [FindingKind; 9] = [
     FindingKind::Unsealed,
     FindingKind::PsamGap,
     FindingKind::PsamDuplicate,
-    FindingKind::OutOfRange,
 ];
 
 /// Stored findings, newest first, at most `max`.
