@@ -114,6 +114,10 @@ pub struct BenchReport {
     pub baseline_single_tap_us_p50: u64,
     pub baseline_single_tap_us_p99: u64,
     pub single_p99_ratio: f64,
+    /// The validator program beside the engine alone (`bench validator` at this plan's
+    /// blacklist size and scan count; a 100,000-change delta, or one change an entry below
+    /// that size).
+    pub validator: crate::validator::bench::ValidatorBenchReport,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -298,6 +302,17 @@ pub fn run_plan(plan: BenchPlan, seed: u64) -> Result<BenchReport, String> {
     }
     let durable_taps_per_s = (durable.len() as f64 / durable_s) as u64;
     let baseline_taps_per_s = (base.len() as f64 / base_s) as u64;
+    drop(v);
+    drop(naive);
+    tracing::info!("the validator program");
+    let validator = crate::validator::bench::run(&crate::validator::bench::ValidatorBenchArgs {
+        scans: plan.qr_scans,
+        taps: plan.memory_taps.min(2_000),
+        blacklist_entries: plan.blacklist_entries,
+        delta_changes: plan.blacklist_entries.min(100_000),
+        seed,
+        ..crate::validator::bench::ValidatorBenchArgs::default()
+    })?;
     let p99_ratio = |theirs: &Histogram<u64>, ours: &Histogram<u64>| {
         theirs.value_at_quantile(0.99) as f64 / ours.value_at_quantile(0.99).max(1) as f64
     };
@@ -325,6 +340,7 @@ pub fn run_plan(plan: BenchPlan, seed: u64) -> Result<BenchReport, String> {
         baseline_single_tap_us_p50: base_one.value_at_quantile(0.50),
         baseline_single_tap_us_p99: base_one.value_at_quantile(0.99),
         single_p99_ratio: p99_ratio(&base_one, &durable_one),
+        validator,
     })
 }
 

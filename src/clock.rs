@@ -4,11 +4,27 @@
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
+/// Longest RFC 3339 text of a [`Timestamp`], bytes: `YYYY-MM-DDThh:mm:ss+hh:mm` (25), or the
+/// unix seconds (at most 20) when the year is outside RFC 3339's 0000..9999.
+pub const RFC3339_BYTES_MAX: usize = 25;
+
 /// An instant with the offset of local time (China Standard Time is +08:00).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timestamp {
     pub unix_s: i64,
     pub utc_offset_s: i32,
+}
+
+/// The current time of the validator's system clock, with its local offset: the one place a
+/// running validator reads the clock (tests and replay pass theirs in).
+pub fn system_now(utc_offset_s: i32) -> Timestamp {
+    let unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Timestamp {
+        unix_s,
+        utc_offset_s,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +78,17 @@ impl Timestamp {
             bcd(u32::from(t.minute())),
             bcd(u32::from(t.second())),
         ]
+    }
+
+    /// What [`Timestamp::to_rfc3339`] returns, written to `out` without allocating (the
+    /// validator's decision line): at most [`RFC3339_BYTES_MAX`] bytes.
+    pub fn write_rfc3339(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let mut buf = [0u8; RFC3339_BYTES_MAX];
+        let mut cursor = &mut buf[..];
+        match self.local().format_into(&mut cursor, &Rfc3339) {
+            Ok(n) => out.write_all(&buf[..n]),
+            Err(_) => write!(out, "{}", self.unix_s),
+        }
     }
 
     pub fn to_rfc3339(&self) -> String {

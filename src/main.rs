@@ -97,8 +97,8 @@ enum Cmd {
     Run(cli::pcsc::RunArgs),
     /// The bus validator as one program: card reader and QR scanner into one engine, the
     /// uplink to the depot while it runs, a decision line per tap or scan on standard output
-    /// (docs/config.md). Stops on SIGTERM; SIGUSR1 writes the status line.
-    #[cfg(feature = "pcsc")]
+    /// (docs/config.md). Without the `pcsc` feature it runs on the QR scanner alone
+    /// (card_reader = "none"). Stops on SIGTERM; SIGUSR1 writes the status line.
     Validator(cli::validator::ValidatorArgs),
     /// Write a validator's configuration from the depot's `terminal add` answer: the
     /// secret to a 0600 file, the operator key pinned once.
@@ -251,7 +251,6 @@ fn run(cmd: Cmd) -> CmdResult {
         Cmd::Run(args) => cli::pcsc::run(&args),
         #[cfg(feature = "pcsc")]
         Cmd::Readers => cli::pcsc::readers(),
-        #[cfg(feature = "pcsc")]
         Cmd::Validator(args) => cli::validator::run(&args),
         Cmd::Provision(args) => cli::validator::provision(&args),
         Cmd::RepinOperatorKey(args) => cli::validator::repin(&args),

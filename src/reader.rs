@@ -5,7 +5,7 @@
 //! before the next tap, so a card held on the reader is not charged twice.
 
 use std::ffi::{CStr, CString};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::blacklist::Blacklist;
 use crate::card::pcsc::{PcscChannel, PcscError, Presence, Readers};
@@ -37,16 +37,7 @@ pub enum StationError {
     Connect(pcsc::Error),
 }
 
-/// The current time of the validator's clock, with its local offset.
-pub fn system_now(utc_offset_s: i32) -> Timestamp {
-    let unix_s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    Timestamp {
-        unix_s,
-        utc_offset_s,
-    }
-}
+pub use crate::clock::system_now;
 
 /// A validator wired to a card reader and a PSAM reader.
 pub struct Station {

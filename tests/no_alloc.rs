@@ -1,7 +1,10 @@
 //! After start-up the tap path does not allocate: a counting allocator watches a run of card
 //! taps (dialogue, decision, durable record) and refusals, under a fare table with every rule
 //! kind (`fixtures/fares-every-rule.toml`: interop lists, timeframes) and cards of the home
-//! city and of other cities (accepted, interop fare, refused by the deny list).
+//! city and of other cities (accepted, interop fare, refused by the deny list). Then the same
+//! through the validator program's shared part: the core's lock taken for each step of the
+//! dialogue, and the decision line written from its fixed buffer, for taps and for scanner
+//! lines refused before the engine.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,6 +17,8 @@ use fare_validator::engine::{EngineConfig, Validator};
 use fare_validator::fare::FareTable;
 use fare_validator::journal::Journal;
 use fare_validator::types::{ListId, ListReason, RiderCategory};
+use fare_validator::validator::scanner::{Malformation, ScanLine};
+use fare_validator::validator::Shared;
 
 struct Counting;
 
@@ -114,4 +119,41 @@ fn card_taps_allocate_nothing_after_start_up() {
         "allocations on the tap path"
     );
     assert!(v.journal().durable_seq() > 50);
+
+    // The program: its shared core, its decision lines.
+    let (mut psam, core) = v.into_parts();
+    let clock = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(now.unix_s));
+    let c = std::sync::Arc::clone(&clock);
+    let shared = Shared::new(
+        core,
+        Box::new(std::io::sink()),
+        Box::new(move || Timestamp {
+            unix_s: c.load(Ordering::Relaxed),
+            utc_offset_s: now.utc_offset_s,
+        }),
+        Vec::new(),
+    );
+    cards[0].enter_field(None);
+    let _ = shared.tap(&mut psam, &mut cards[0]);
+    let taps_before = shared.counters.taps.load(Ordering::SeqCst);
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        clock.fetch_add(30, Ordering::Relaxed);
+        for card in cards.iter_mut() {
+            card.enter_field(None);
+            let _ = shared.tap(&mut psam, card);
+        }
+        let _ = shared.scan(ScanLine::Malformed(Malformation::TooLong));
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::SeqCst),
+        0,
+        "allocations on the program's tap and decision-line path"
+    );
+    assert_eq!(
+        shared.counters.taps.load(Ordering::SeqCst) - taps_before,
+        20 * cards.len() as u64
+    );
 }

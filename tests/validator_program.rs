@@ -96,7 +96,8 @@ fn card(card_no: &str) -> SimCard {
     SimCard::new(&spec, &TestKeys::default(), REPLAY_CARD_SEED).unwrap()
 }
 
-fn program(data: &Path, clock: Arc<AtomicI64>, out: Lines) -> Arc<Shared<SimPsam>> {
+/// The program's shared part, and the PSAM its card loop owns.
+fn program(data: &Path, clock: Arc<AtomicI64>, out: Lines) -> (Arc<Shared>, Psam<SimPsam>) {
     let (journal, problems) = Journal::open(data).unwrap();
     let psam = Psam::open(SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1)).unwrap();
     let engine = Validator::new(
@@ -106,15 +107,17 @@ fn program(data: &Path, clock: Arc<AtomicI64>, out: Lines) -> Arc<Shared<SimPsam
         Blacklist::empty(),
         journal,
     );
-    Arc::new(Shared::new(
-        engine,
+    let (psam, core) = engine.into_parts();
+    let shared = Arc::new(Shared::new(
+        core,
         Box::new(out),
         Box::new(move || Timestamp {
             unix_s: clock.load(Ordering::Relaxed),
             utc_offset_s: 8 * 3600,
         }),
         problems.iter().map(|p| p.to_string()).collect(),
-    ))
+    ));
+    (shared, psam)
 }
 
 #[test]
@@ -145,7 +148,7 @@ fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
 
     let clock = Arc::new(AtomicI64::new(T0_UNIX_S));
     let out = Lines::default();
-    let shared = program(&data, Arc::clone(&clock), out.clone());
+    let (shared, mut psam) = program(&data, Arc::clone(&clock), out.clone());
     let cfg = UploadConfig {
         depot: station.addr(),
         terminal_id: TERMINAL.into(),
@@ -191,7 +194,7 @@ fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
 
     let mut a = card("37140000000000000011");
     a.enter_field(None);
-    assert!(shared.tap(&mut a).accepted());
+    assert!(shared.tap(&mut psam, &mut a).accepted());
 
     // The key file the depot published arrives with the first session and lets codes in.
     wait_until("ride-code keys installed", || {
@@ -234,7 +237,7 @@ fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
     });
     clock.fetch_add(600, Ordering::Relaxed);
     a.enter_field(None);
-    let d = shared.tap(&mut a);
+    let d = shared.tap(&mut psam, &mut a);
     assert_eq!(d.outcome, Err(Reason::Blacklisted));
     assert_eq!(out.all().last().unwrap()["text_zh"], "黑名单卡");
 
@@ -260,4 +263,164 @@ fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
     }
     rt.block_on(station.shutdown());
     assert!(data.join("status.json").exists());
+}
+
+/// Holds a tap at one chosen exchange (card or PSAM, counted together) until told to go on.
+struct GateCtl {
+    count: std::sync::atomic::AtomicUsize,
+    stop_at: std::sync::atomic::AtomicUsize,
+    /// true: the tap reached the chosen exchange; false: it ended.
+    reached: Mutex<std::sync::mpsc::Sender<bool>>,
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+struct Gate<C> {
+    inner: C,
+    ctl: Arc<GateCtl>,
+}
+
+impl<C: fare_validator::card::apdu::CardChannel> fare_validator::card::apdu::CardChannel
+    for Gate<C>
+{
+    fn transmit(
+        &mut self,
+        command: &[u8],
+        response: &mut fare_validator::card::apdu::Response,
+    ) -> Result<(), fare_validator::card::ChannelError> {
+        let i = self.ctl.count.fetch_add(1, Ordering::SeqCst);
+        if i == self.ctl.stop_at.load(Ordering::SeqCst) {
+            self.ctl.reached.lock().unwrap().send(true).unwrap();
+            self.ctl.go.lock().unwrap().recv().unwrap();
+        }
+        self.inner.transmit(command, response)
+    }
+}
+
+/// A scan never waits behind a card dialogue: with the tap held at each of its card and PSAM
+/// exchanges in turn, a ride code scanned meanwhile is decided and recorded, and the tap then
+/// goes on to its own record. The tap's grey record and record stay in their order (its seq
+/// comes after the scan's when it was held before its record).
+#[test]
+fn a_scan_is_decided_while_a_card_dialogue_is_held_at_any_exchange() {
+    use fare_validator::ride_code::issuer::SimChannels;
+    use fare_validator::ride_code::{ChannelKeys, RideCodeConfig};
+    use fare_validator::types::{CardNo, RiderCategory};
+    use fare_validator::validator::scanner::ScanLine;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (reached_tx, reached) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let ctl = Arc::new(GateCtl {
+        count: 0.into(),
+        stop_at: usize::MAX.into(),
+        reached: Mutex::new(reached_tx),
+        go: Mutex::new(go_rx),
+    });
+    let clock = Arc::new(AtomicI64::new(T0_UNIX_S));
+    let (journal, _) = Journal::open(tmp.path()).unwrap();
+    let gated_psam = Gate {
+        inner: SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1),
+        ctl: Arc::clone(&ctl),
+    };
+    let engine = Validator::new(
+        EngineConfig::default(),
+        Psam::open(gated_psam).unwrap(),
+        FareTable::default_policy(),
+        Blacklist::empty(),
+        journal,
+    );
+    let (mut psam, core) = engine.into_parts();
+    let out = Lines::default();
+    let c = Arc::clone(&clock);
+    let shared = Shared::new(
+        core,
+        Box::new(out.clone()),
+        Box::new(move || Timestamp {
+            unix_s: c.load(Ordering::Relaxed),
+            utc_offset_s: 8 * 3600,
+        }),
+        Vec::new(),
+    );
+    let t0 = T0_UNIX_S as u32;
+    let mut channels = SimChannels::new(7, (t0 - 86_400, t0 + 86_400 * 30));
+    let keys = ChannelKeys::from_file(&channels.key_file()).unwrap();
+    shared
+        .engine()
+        .set_ride_code_keys(keys, RideCodeConfig::default());
+    let mut card = Gate {
+        inner: card("37140000000000000011"),
+        ctl: Arc::clone(&ctl),
+    };
+    let wait = Duration::from_secs(WAIT_S);
+    let mut held_at = 0;
+    loop {
+        // A new minute each round: no repeat_tap, a fresh code.
+        let now = clock.fetch_add(120, Ordering::SeqCst) + 120;
+        let text = channels
+            .issue(
+                1,
+                held_at as u64,
+                CardNo::from_u128(3714_0000_0000_0009_0000 + held_at as u128).unwrap(),
+                RiderCategory::Adult,
+                now as u32 - 2,
+                held_at as u32,
+            )
+            .unwrap();
+        ctl.count.store(0, Ordering::SeqCst);
+        ctl.stop_at.store(held_at, Ordering::SeqCst);
+        card.inner.enter_field(None);
+        let done = std::thread::scope(|s| {
+            let ended = ctl.reached.lock().unwrap().clone();
+            let (shared_ref, psam, card) = (&shared, &mut psam, &mut card);
+            let tap = s.spawn(move || {
+                let d = shared_ref.tap(psam, card);
+                ended.send(false).unwrap();
+                d
+            });
+            if !reached.recv_timeout(wait).unwrap() {
+                // The tap ended before this many exchanges: every one was tried.
+                return tap.join().unwrap().accepted().then_some(None);
+            }
+            let (scanned_tx, scanned) = std::sync::mpsc::channel();
+            let (shared, text) = (&shared, &text);
+            let scan = s.spawn(move || {
+                let d = shared.scan(ScanLine::Code(text));
+                scanned_tx.send(d).unwrap();
+            });
+            let d = scanned.recv_timeout(wait);
+            // Let the tap go on either way, so a failure ends instead of hanging.
+            go.send(()).unwrap();
+            let d = d.unwrap_or_else(|_| {
+                panic!("the scan waited behind the tap held at exchange {held_at}")
+            });
+            scan.join().unwrap();
+            let t = tap.join().unwrap();
+            // The tap's own word that it ended, so the next round starts clean.
+            assert!(!reached.recv().unwrap());
+            assert!(d.accepted(), "scan at exchange {held_at}: {d:?}");
+            assert!(t.accepted(), "tap held at exchange {held_at}: {t:?}");
+            Some(Some((d.seq.unwrap(), t.seq.unwrap())))
+        });
+        match done {
+            Some(Some((scan_seq, tap_seq))) => assert_ne!(scan_seq, tap_seq),
+            Some(None) => break,
+            None => panic!("the last tap was refused"),
+        }
+        held_at += 1;
+    }
+    // SELECT, READ BINARY x4, INITIALIZE, MAC1, UPDATE, DEBIT, MAC2 at least.
+    assert!(held_at >= 8, "only {held_at} exchanges in a tap");
+    let lines = out.all();
+    assert_eq!(lines.len(), 2 * held_at + 1);
+    // The journal holds every decision once, in seq order, nothing lost.
+    let seqs: Vec<u64> = lines.iter().filter_map(|l| l["seq"].as_u64()).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seqs.len());
+    assert_eq!(
+        shared.engine().journal().durable_seq(),
+        *sorted.last().unwrap()
+    );
+    assert!(shared.engine().journal().grey_open().is_empty());
 }

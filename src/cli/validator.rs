@@ -41,12 +41,16 @@ pub struct ProvisionArgs {
     /// Data folder (journal, downlink files); relative to the configuration's folder.
     #[arg(long, default_value = "data")]
     pub data_dir: PathBuf,
-    /// PC/SC name of the card reader.
+    /// PC/SC name of the card reader, or none (a scanner-only validator: then --sam-reader
+    /// none and --terminal-no too).
     #[arg(long, default_value = "Virtual PCD 00 00")]
     pub card_reader: String,
-    /// PC/SC name of the PSAM's reader.
+    /// PC/SC name of the PSAM's reader, or none.
     #[arg(long, default_value = "Virtual PCD 00 01")]
     pub sam_reader: String,
+    /// The terminal number written in every record (12 hex digits), only without a PSAM.
+    #[arg(long)]
+    pub terminal_no: Option<String>,
     /// The QR scanner: a serial device path, tcp:127.0.0.1:PORT, or none.
     #[arg(long, default_value = "none")]
     pub scanner: String,
@@ -148,6 +152,7 @@ pub fn provision(args: &ProvisionArgs) -> Result<(), CmdError> {
         data_dir: args.data_dir.clone(),
         card_reader: args.card_reader.clone(),
         sam_reader: args.sam_reader.clone(),
+        terminal_no: args.terminal_no.clone(),
         scanner: args.scanner.clone(),
         scanner_baud: args.scanner_baud,
         depot: args.depot.clone(),
@@ -193,29 +198,26 @@ pub fn repin(args: &RepinArgs) -> Result<(), CmdError> {
     Ok(())
 }
 
-#[cfg(feature = "pcsc")]
 pub use program::run;
 
-#[cfg(feature = "pcsc")]
 mod program {
-    use std::ffi::CString;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
     use crate::blacklist::Blacklist;
-    use crate::card::pcsc::Readers;
-    use crate::engine::{EngineConfig, Validator};
+    use crate::clock::system_now;
+    use crate::engine::{Core, EngineConfig};
     use crate::fare::FareTable;
     use crate::journal::{Journal, JournalKey, OsFiles};
-    use crate::reader::{open_psam, system_now};
     use crate::upload::client::UploadConfig;
     use crate::validator::config::ScannerSource;
     use crate::validator::status::{status_line, write_status_file};
-    use crate::validator::{card_loop, scanner, uplink, Shared};
+    use crate::validator::{idle_loop, scanner, uplink, ReaderState, Shared};
 
-    /// Run the validator until SIGTERM or SIGINT (docs/config.md).
+    /// Run the validator until SIGTERM or SIGINT (docs/config.md). Without a card reader
+    /// (`card_reader = "none"`) it runs on the scanner alone, and needs no PC/SC.
     pub fn run(args: &ValidatorArgs) -> Result<(), CmdError> {
         let cfg = ValidatorConfig::load(&args.config).map_err(bad_input)?;
         let secret = cfg.read_secret().map_err(bad_input)?;
@@ -233,37 +235,45 @@ mod program {
         let (journal, problems) =
             Journal::open_keyed(&cfg.data_dir, Box::new(OsFiles), key).map_err(runtime)?;
         let repairs: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        let psam_readers = Readers::establish().map_err(runtime)?;
-        let psam = open_psam(&psam_readers, &cfg.sam_reader).map_err(runtime)?;
-        // The card loop waits on its own PC/SC context, so its blocking status calls never
-        // hold up the PSAM's exchanges.
-        let card_readers = Readers::establish().map_err(runtime)?;
-        let card_reader: CString = card_readers.find(&cfg.card_reader).map_err(runtime)?;
+        let card_side = match cfg.readers() {
+            None => None,
+            Some((card_reader, sam_reader)) => Some(card_side::open(card_reader, sam_reader)?),
+        };
+        let terminal_no = match (&card_side, cfg.terminal_no_bytes().map_err(bad_input)?) {
+            (Some(side), _) => side.terminal_no(),
+            (None, Some(t)) => t,
+            (None, None) => return Err(bad_input("terminal_no: needed without a PSAM")),
+        };
         let scanner_listener = match &scanner_src {
             ScannerSource::Tcp(a) => {
                 Some(scanner::bind_tcp(*a).map_err(|e| runtime(format!("scanner {a}: {e}")))?)
             }
             _ => None,
         };
-        let engine = Validator::new(
+        let core = Core::new(
             EngineConfig {
                 route: cfg.route,
                 ..EngineConfig::default()
             },
-            psam,
+            terminal_no,
             FareTable::default_policy(),
             Blacklist::empty(),
             journal,
         );
         let offset_s = cfg.utc_offset_min * 60;
         let shared = Arc::new(Shared::new(
-            engine,
+            core,
             Box::new(std::io::stdout()),
             Box::new(move || system_now(offset_s)),
             repairs,
         ));
+        if card_side.is_none() {
+            shared
+                .reader_state
+                .store(ReaderState::Absent as u8, Ordering::Relaxed);
+        }
         let applied = uplink::apply_downlink(&shared, &cfg.data_dir);
-        tracing::info!(?applied, terminal = %cfg.terminal_id, "validator starting");
+        tracing::info!(?applied, terminal = %cfg.terminal_id, card_reader = card_side.is_some(), "validator starting");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -274,13 +284,16 @@ mod program {
             let priority = cfg.tap_priority;
             std::thread::Builder::new()
                 .name("tap".into())
-                .spawn(move || {
-                    if priority > 0 {
-                        if let Err(e) = crate::sched::set_realtime_priority(priority) {
-                            tracing::warn!(priority, error = %e, "tap thread priority not set");
+                .spawn(move || match card_side {
+                    Some(side) => {
+                        if priority > 0 {
+                            if let Err(e) = crate::sched::set_realtime_priority(priority) {
+                                tracing::warn!(priority, error = %e, "tap thread priority not set");
+                            }
                         }
+                        side.run(&shared);
                     }
-                    card_loop::run(&shared, &card_readers, &card_reader);
+                    None => idle_loop(&shared),
                 })
                 .map_err(runtime)?
         };
@@ -291,6 +304,7 @@ mod program {
             data_dir: cfg.data_dir.clone(),
             blacklist_age_s_max: crate::upload::downlink::BLACKLIST_AGE_S_MAX_DEFAULT,
         };
+        write_status(&shared, &cfg);
         rt.block_on(async {
             watch_signals(Arc::clone(&shared), cfg.clone())?;
             uplink::run(
@@ -306,14 +320,91 @@ mod program {
         if let Some(t) = scanner_thread {
             let _ = t.join();
         }
-        let line = status_line(&shared, &cfg.terminal_id);
-        let _ = write_status_file(&cfg.data_dir, &line);
+        write_status(&shared, &cfg);
         tracing::info!("validator stopped");
         Ok(())
     }
 
+    fn write_status(shared: &Shared, cfg: &ValidatorConfig) {
+        let line = status_line(shared, &cfg.terminal_id);
+        if let Err(e) = write_status_file(&cfg.data_dir, &line) {
+            tracing::warn!(error = %e, "status file not written");
+        }
+    }
+
+    /// The card input: the PSAM and the card reader, on PC/SC.
+    #[cfg(feature = "pcsc")]
+    mod card_side {
+        use std::ffi::CString;
+
+        use super::{runtime, CmdError};
+        use crate::card::pcsc::{PcscChannel, Readers};
+        use crate::card::psam::Psam;
+        use crate::reader::open_psam;
+        use crate::validator::{card_loop, Shared};
+
+        pub struct CardSide {
+            psam: Psam<PcscChannel>,
+            readers: Readers,
+            card_reader: CString,
+            /// Kept open for the PSAM's exchanges.
+            _psam_readers: Readers,
+        }
+
+        pub fn open(card_reader: &str, sam_reader: &str) -> Result<CardSide, CmdError> {
+            let psam_readers = Readers::establish().map_err(runtime)?;
+            let psam = open_psam(&psam_readers, sam_reader).map_err(runtime)?;
+            // The card loop waits on its own PC/SC context, so its blocking status calls
+            // never hold up the PSAM's exchanges.
+            let readers = Readers::establish().map_err(runtime)?;
+            let card_reader = readers.find(card_reader).map_err(runtime)?;
+            Ok(CardSide {
+                psam,
+                readers,
+                card_reader,
+                _psam_readers: psam_readers,
+            })
+        }
+
+        impl CardSide {
+            pub fn terminal_no(&self) -> [u8; 6] {
+                self.psam.terminal_no()
+            }
+
+            pub fn run(mut self, shared: &Shared) {
+                card_loop::run(shared, &mut self.psam, &self.readers, &self.card_reader);
+            }
+        }
+    }
+
+    /// Built without PC/SC: there is no card input, only the scanner-only validator.
+    #[cfg(not(feature = "pcsc"))]
+    mod card_side {
+        use super::{bad_input, CmdError};
+        use crate::validator::Shared;
+
+        pub enum CardSide {}
+
+        pub fn open(_card_reader: &str, _sam_reader: &str) -> Result<CardSide, CmdError> {
+            Err(bad_input(
+                "card_reader: this build has no PC/SC (cargo feature pcsc); a scanner-only \
+                 validator has card_reader = \"none\" and sam_reader = \"none\"",
+            ))
+        }
+
+        impl CardSide {
+            pub fn terminal_no(&self) -> [u8; 6] {
+                match *self {}
+            }
+
+            pub fn run(self, _shared: &Shared) {
+                match self {}
+            }
+        }
+    }
+
     fn spawn_scanner(
-        shared: &Arc<Shared<crate::card::pcsc::PcscChannel>>,
+        shared: &Arc<Shared>,
         src: ScannerSource,
         listener: Option<std::net::TcpListener>,
     ) -> Option<std::thread::JoinHandle<()>> {
@@ -345,10 +436,7 @@ mod program {
 
     /// SIGTERM and SIGINT stop the program (the tap in progress is finished); SIGUSR1 prints
     /// the status line on standard error and writes the status file.
-    fn watch_signals(
-        shared: Arc<Shared<crate::card::pcsc::PcscChannel>>,
-        cfg: ValidatorConfig,
-    ) -> Result<(), CmdError> {
+    fn watch_signals(shared: Arc<Shared>, cfg: ValidatorConfig) -> Result<(), CmdError> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(runtime)?;
         let mut int = signal(SignalKind::interrupt()).map_err(runtime)?;

@@ -2,7 +2,7 @@
 //! docs/replay.md, the debit behind its grey record, and the recovery of a torn debit.
 
 use crate::card::apdu::CardChannel;
-use crate::card::psam::{issuer8_for_mac, Mac1Input};
+use crate::card::psam::{issuer8_for_mac, Mac1Input, Psam};
 use crate::card::tunion::{
     balance_after, covers, Boarding, CardError, CardSession, PublicInfo, Selected, BLOCK_HEADER,
     TX_TYPE_CAPP,
@@ -11,9 +11,11 @@ use crate::card::ChannelError;
 use crate::clock::Timestamp;
 use crate::fare::PreviousBoarding;
 use crate::journal::{CardTx, GreyRecord, Record, RecordKind};
-use crate::types::{BalanceFen, CardNo, Fen, ListId, Media, Reason, RiderCategory};
+use crate::types::{BalanceFen, ListId, Media, Reason};
 
-use super::{Decision, Refusal, Subject, Validator, GROUP_COMMIT_TAPS_MAX, PURCHASE_KEY_INDEX};
+use super::{
+    CoreAccess, Decision, Refusal, Subject, Validator, GROUP_COMMIT_TAPS_MAX, PURCHASE_KEY_INDEX,
+};
 
 /// A purchase up to DEBIT FOR CAPP PURCHASE: the card checked and its purchase initialised;
 /// then signed (MAC1, the boarding written to the card).
@@ -44,30 +46,54 @@ fn card_reason(e: CardError) -> Reason {
         _ => Reason::Unreadable,
     }
 }
+
+/// A card is tapped: decide, debit, record durably, answer. The grey record is synced before
+/// the debit and the record before the answer: two syncs for an accepted tap (the record's is
+/// shared in group-commit mode).
+///
+/// The PSAM is the dialogue's own; the core is reached through `core` in short steps, none
+/// of them across a card or PSAM exchange: the grey record and anti-passback looks at the
+/// start, the fare, the grey record's write before the debit, the record after it. The grey
+/// record's order is the same as on one thread (intent durable before DEBIT, settled after
+/// the record), so a power cut anywhere loses nothing.
+pub fn tap_card_with<P: CardChannel, A: CoreAccess, C: CardChannel + ?Sized>(
+    psam: &mut Psam<P>,
+    core: &mut A,
+    card: &mut C,
+    now: Timestamp,
+) -> Decision {
+    core.with(|c| c.observe_clock(now));
+    let mut tap = CardTap { psam, core };
+    let mut s = CardSession::new(card);
+    let mut subject = Subject::Unknown;
+    let result = tap
+        .card_dialogue(&mut s, now, &mut subject, &[])
+        .and_then(|step| match step {
+            Checked::Done(d) => Ok(d),
+            Checked::Purchase(mut p) => {
+                p.grey.terminal_seq = tap.sign_purchase(&mut s, &mut p)?;
+                tap.write_intent(&p, true)?;
+                tap.finish_purchase(&mut s, &p, now)
+            }
+        });
+    let decision = match result {
+        Ok(d) => d,
+        Err(r) => Decision::refused(Media::Card, subject, r.reason, r.balance_fen),
+    };
+    tracing::debug!(?decision, "card tap");
+    decision
+}
+
+/// One card dialogue: the PSAM, and the way to the core.
+pub(super) struct CardTap<'a, P: CardChannel, A: CoreAccess> {
+    pub(super) psam: &'a mut Psam<P>,
+    pub(super) core: &'a mut A,
+}
+
 impl<P: CardChannel> Validator<P> {
-    /// A card is tapped: decide, debit, record durably, answer. The grey record is synced
-    /// before the debit and the record before the answer: two syncs for an accepted tap
-    /// (the record's is shared in group-commit mode).
+    /// A card is tapped: [`tap_card_with`] this validator's PSAM and core.
     pub fn tap_card<C: CardChannel + ?Sized>(&mut self, card: &mut C, now: Timestamp) -> Decision {
-        self.observe_clock(now);
-        let mut s = CardSession::new(card);
-        let mut subject = Subject::Unknown;
-        let result =
-            self.card_dialogue(&mut s, now, &mut subject, &[])
-                .and_then(|step| match step {
-                    Checked::Done(d) => Ok(d),
-                    Checked::Purchase(mut p) => {
-                        p.grey.terminal_seq = self.sign_purchase(&mut s, &mut p)?;
-                        self.write_intent(&p, true)?;
-                        self.finish_purchase(&mut s, &p, now)
-                    }
-                });
-        let decision = match result {
-            Ok(d) => d,
-            Err(r) => Decision::refused(Media::Card, subject, r.reason, r.balance_fen),
-        };
-        tracing::debug!(?decision, "card tap");
-        decision
+        tap_card_with(&mut self.psam, &mut self.core, card, now)
     }
 
     /// Cards tapped on several readers at once (doors with a reader each, a depot's gate):
@@ -87,9 +113,24 @@ impl<P: CardChannel> Validator<P> {
         cards: &mut [C],
         now: Timestamp,
     ) -> heapless::Vec<Decision, GROUP_COMMIT_TAPS_MAX> {
-        self.observe_clock(now);
-        let group_mode = self.defer_commit;
-        self.defer_commit = true;
+        let mut tap = CardTap {
+            psam: &mut self.psam,
+            core: &mut self.core,
+        };
+        tap.tap_burst(cards, now)
+    }
+}
+
+impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
+    fn tap_burst<C: CardChannel>(
+        &mut self,
+        cards: &mut [C],
+        now: Timestamp,
+    ) -> heapless::Vec<Decision, GROUP_COMMIT_TAPS_MAX> {
+        let group_mode = self.core.with(|c| {
+            c.observe_clock(now);
+            std::mem::replace(&mut c.defer_commit, true)
+        });
         let mut decisions: heapless::Vec<Decision, GROUP_COMMIT_TAPS_MAX> = heapless::Vec::new();
         let mut prepared: heapless::Vec<Prepared, GROUP_COMMIT_TAPS_MAX> = heapless::Vec::new();
         let mut slots: heapless::Vec<usize, GROUP_COMMIT_TAPS_MAX> = heapless::Vec::new();
@@ -123,11 +164,13 @@ impl<P: CardChannel> Validator<P> {
             let _ = decisions.push(d);
         }
         if !prepared.is_empty() {
-            if let Err(e) = self.journal.grey_sync() {
+            if let Err(e) = self.core.with(|c| c.journal.grey_sync()) {
                 tracing::error!(error = %e, "grey records not synced: no debit, no ride");
-                for p in &prepared {
-                    self.journal.grey_void(p.grey.card_no);
-                }
+                self.core.with(|c| {
+                    for p in &prepared {
+                        c.journal.grey_void(p.grey.card_no);
+                    }
+                });
                 prepared.clear();
             }
         }
@@ -147,8 +190,11 @@ impl<P: CardChannel> Validator<P> {
                 ),
             };
         }
-        self.defer_commit = group_mode;
-        if !group_mode && self.commit().is_err() {
+        let committed = self.core.with(|c| {
+            c.defer_commit = group_mode;
+            group_mode || c.commit().is_ok()
+        });
+        if !committed {
             tracing::error!(
                 "journal commit failed: the burst's taps refused, debits recovered later"
             );
@@ -182,7 +228,7 @@ impl<P: CardChannel> Validator<P> {
         let terminal_seq = match self.sign_purchase(s, p) {
             Ok(seq) => seq,
             Err(r) => {
-                self.journal.grey_void(p.grey.card_no);
+                self.core.with(|c| c.journal.grey_void(p.grey.card_no));
                 return Err(r);
             }
         };
@@ -200,7 +246,7 @@ impl<P: CardChannel> Validator<P> {
             written = written.and_then(|()| self.write_intent(q, false));
         }
         let synced = written.and_then(|()| {
-            self.journal.grey_sync().map_err(|e| {
+            self.core.with(|c| c.journal.grey_sync()).map_err(|e| {
                 tracing::error!(error = %e, "grey records not synced: no debit, no ride");
                 Refusal {
                     reason: Reason::StorageUnavailable,
@@ -211,7 +257,8 @@ impl<P: CardChannel> Validator<P> {
         if synced.is_err() {
             // Not debited; the rest are refused by `finish_purchase` (their intents are not
             // durable) and voided there.
-            self.journal.grey_void(rest[0].grey.card_no);
+            self.core
+                .with(|c| c.journal.grey_void(rest[0].grey.card_no));
         }
         synced
     }
@@ -219,12 +266,14 @@ impl<P: CardChannel> Validator<P> {
     /// Write the purchase's intent (synced, or to be synced with others' before any of
     /// their debits). On error the card is not debited: `storage_unavailable`.
     fn write_intent(&mut self, p: &Prepared, sync: bool) -> Result<(), Refusal> {
-        let written = self.journal_ready().and_then(|()| {
-            if sync {
-                self.journal.grey_intent(&p.grey)
-            } else {
-                self.journal.grey_intent_unsynced(&p.grey)
-            }
+        let written = self.core.with(|c| {
+            c.journal_ready().and_then(|()| {
+                if sync {
+                    c.journal.grey_intent(&p.grey)
+                } else {
+                    c.journal.grey_intent_unsynced(&p.grey)
+                }
+            })
         });
         written.map_err(|e| {
             tracing::error!(error = %e, "journal unavailable: no record, no ride");
@@ -258,8 +307,11 @@ impl<P: CardChannel> Validator<P> {
         if burst.iter().any(|p| p.grey.card_no == info.card_no) {
             return Err(Reason::RepeatTap.into());
         }
-        let awaiting_group_sync = self.deferred.contains(&ListId::Card(info.card_no));
-        if let Some(g) = self.journal.grey_for(info.card_no) {
+        let (grey, awaiting_group_sync) = self.core.with(|c| {
+            let awaiting = c.deferred.contains(&ListId::Card(info.card_no));
+            (c.journal.grey_for(info.card_no), awaiting)
+        });
+        if let Some(g) = grey {
             if !awaiting_group_sync {
                 if let Some(d) = self.recover(s, g, now)? {
                     return Ok(Checked::Done(d));
@@ -279,16 +331,17 @@ impl<P: CardChannel> Validator<P> {
             return Err(Reason::CardExpired.into());
         }
         let listed_as = ListId::Card(info.card_no);
-        if let Some(why) = self.blacklist.get(&listed_as) {
+        if let Some(why) = self.core.with(|c| c.blacklist.get(&listed_as)) {
             if why.locks_card() {
                 self.lock_card(s, &info);
             }
             return Err(Reason::Blacklisted.into());
         }
-        if self
-            .recent
-            .is_repeat(&listed_as, now.unix_s, self.cfg.anti_passback_s)
-        {
+        let repeat = self.core.with(|c| {
+            c.recent
+                .is_repeat(&listed_as, now.unix_s, c.cfg.anti_passback_s)
+        });
+        if repeat {
             return Err(Reason::RepeatTap.into());
         }
         self.prepare_purchase(s, &info, now).map(Checked::Purchase)
@@ -304,19 +357,26 @@ impl<P: CardChannel> Validator<P> {
     ) -> Result<Prepared, Refusal> {
         let category = s.read_holder().map_err(card_reason)?;
         let management = s.read_management().map_err(card_reason)?;
-        let Some(issuer) = self
-            .fares
-            .issuer(management.issuer_city, management.interop_kind)
-        else {
+        let Some(issuer) = self.core.with(|c| {
+            c.fares
+                .issuer(management.issuer_city, management.interop_kind)
+        }) else {
             return Err(Reason::IssuerNotAccepted.into());
         };
         let prev = s.read_boarding().map_err(card_reason)?;
-        let route = self.cfg.route;
         let prev = prev.map(|b| PreviousBoarding {
             route: b.route,
             at_unix_s: i64::from(b.at_unix_s),
         });
-        let fare_fen = self.fares.card_fare(category, issuer, route, &now, prev);
+        // One look for route and fare: a fare table or route swapped in between applies to
+        // the whole of the next tap.
+        let (route, fare_fen) = self.core.with(|c| {
+            let route = c.cfg.route;
+            (
+                route,
+                c.fares.card_fare(category, issuer, route, &now, prev),
+            )
+        });
         let terminal_no = self.psam.terminal_no();
         let init = match s.init_purchase(PURCHASE_KEY_INDEX, fare_fen, terminal_no) {
             Ok(init) if covers(init.balance_fen, fare_fen) => init,
@@ -424,10 +484,11 @@ impl<P: CardChannel> Validator<P> {
             known_balance,
             ..
         } = *p;
-        let (Some(mac1), true) = (p.mac1, self.journal.grey_durable()) else {
+        let durable = self.core.with(|c| c.journal.grey_durable());
+        let (Some(mac1), true) = (p.mac1, durable) else {
             // Never debit unsigned or ahead of the intent (its sync did not succeed): nothing
             // was sent to the card, so there is nothing in doubt.
-            self.journal.grey_void(grey.card_no);
+            self.core.with(|c| c.journal.grey_void(grey.card_no));
             return Err(Refusal {
                 reason: Reason::StorageUnavailable,
                 balance_fen: known_balance,
@@ -444,7 +505,7 @@ impl<P: CardChannel> Validator<P> {
                 });
             }
             Err(e) => {
-                self.journal.grey_void(card_no);
+                self.core.with(|c| c.journal.grey_void(card_no));
                 tracing::warn!(error = %e, card = %card_no, "debit refused by card");
                 return Err(Refusal {
                     reason: Reason::Unreadable,
@@ -462,7 +523,7 @@ impl<P: CardChannel> Validator<P> {
                     balance_fen: known_balance,
                 });
             }
-            self.journal.grey_void(card_no);
+            self.core.with(|c| c.journal.grey_void(card_no));
             tracing::error!(error = %e, card = %card_no, "MAC2 did not verify: card not genuine");
             return Err(Refusal {
                 reason: Reason::Unreadable,
@@ -474,16 +535,23 @@ impl<P: CardChannel> Validator<P> {
             terminal_seq: grey.terminal_seq,
             tac: proof.tac,
         };
-        let rec = self.card_record(
-            RecordKind::CardPurchase,
+        // What the grey record promised: route and terminal as they were when it was made.
+        let rec = Record {
+            seq: 0,
+            kind: RecordKind::CardPurchase,
+            at_unix_s: now.unix_s,
+            utc_offset_min: (now.utc_offset_s / 60) as i16,
+            route: grey.route,
+            category: grey.category,
+            fare_fen: grey.fare_fen,
+            balance_fen: Some(grey.balance_after_fen),
             card_no,
-            grey.category,
-            grey.fare_fen,
-            Some(grey.balance_after_fen),
             card_tx,
-            now,
-        );
-        self.record_and_accept(rec, now)
+            qr: None,
+            quickpass: None,
+            terminal_no: grey.terminal_no,
+        };
+        self.core.with(|c| c.record_and_accept(rec, now))
     }
 
     /// Settle the card's open grey record `g` now that the card is in the field again.
@@ -498,7 +566,7 @@ impl<P: CardChannel> Validator<P> {
             .transaction_proof(g.offline_counter)
             .map_err(card_reason)?;
         let Some(proof) = proof else {
-            self.journal.grey_void(g.card_no);
+            self.core.with(|c| c.journal.grey_void(g.card_no));
             tracing::info!(card = %g.card_no, "torn tap: the card was not debited");
             return Ok(None);
         };
@@ -526,35 +594,7 @@ impl<P: CardChannel> Validator<P> {
             quickpass: None,
             terminal_no: g.terminal_no,
         };
-        self.record_and_accept(rec, now).map(Some)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn card_record(
-        &self,
-        kind: RecordKind,
-        card_no: CardNo,
-        category: RiderCategory,
-        fare_fen: Fen,
-        balance_fen: Option<BalanceFen>,
-        card_tx: CardTx,
-        now: Timestamp,
-    ) -> Record {
-        Record {
-            seq: 0,
-            kind,
-            at_unix_s: now.unix_s,
-            utc_offset_min: (now.utc_offset_s / 60) as i16,
-            route: self.cfg.route,
-            category,
-            fare_fen,
-            balance_fen,
-            card_no,
-            card_tx,
-            qr: None,
-            quickpass: None,
-            terminal_no: self.psam.terminal_no(),
-        }
+        self.core.with(|c| c.record_and_accept(rec, now)).map(Some)
     }
 
     /// Block a replaced or cancelled card's transport application, as validators do with dead

@@ -35,12 +35,20 @@
 //! accepted with the earlier fare, charging nothing more. On start the anti-passback memory
 //! is rebuilt from the journal's newest records, so a restart forgets no acceptance the
 //! journal holds.
+//!
+//! A validator is two parts: its PSAM, which only the card dialogue uses, and its [`Core`]
+//! (journal, anti-passback, fares, blacklist handle, ride-code and QuickPass sides), which
+//! taps and scans share. The card dialogue reaches the core through [`CoreAccess`] in short
+//! steps between its card and PSAM exchanges, never across one, so the validator program can
+//! keep the core behind a lock that a scan waits on for one such step at most
+//! ([`tap_card_with`]).
 
 mod card;
 mod quickpass;
 mod ride_code;
 
-use std::sync::Arc;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
 
 use crate::blacklist::{Blacklist, BlacklistHandle, Change};
 use crate::card::apdu::CardChannel;
@@ -52,6 +60,7 @@ use crate::journal::{Journal, JournalError, Record};
 use crate::ride_code::replay_cache::ReplayKey;
 use crate::types::{AccountId, BalanceFen, CardNo, Fen, ListId, Media, Reason};
 
+pub use card::tap_card_with;
 use quickpass::QuickPass;
 pub use quickpass::UNPREDICTABLE_SEED_DEFAULT;
 use ride_code::RideCodes;
@@ -162,16 +171,39 @@ impl RecentTaps {
     }
 }
 
-/// One bus validator: its PSAM, fare table, blacklist, journal and short-term memory.
+/// One bus validator: its PSAM and its [`Core`] (every [`Core`] method is reachable through
+/// it).
 pub struct Validator<P: CardChannel> {
-    cfg: EngineConfig,
     psam: Psam<P>,
+    core: Core,
+}
+
+impl<P: CardChannel> Deref for Validator<P> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl<P: CardChannel> DerefMut for Validator<P> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
+}
+
+/// What taps and scans share: fare table, blacklist handle, journal, anti-passback memory,
+/// the ride-code and QuickPass sides. A scanner-only validator (no card reader, no PSAM) is a
+/// core alone.
+pub struct Core {
+    cfg: EngineConfig,
+    /// The PSAM's terminal number (file 0x16), or the configured one without a PSAM.
+    terminal_no: [u8; 6],
     fares: FareTable,
     blacklist: Arc<BlacklistHandle>,
     journal: Journal,
     recent: RecentTaps,
     last_now_s: Option<i64>,
-    /// Group commit: accepted taps whose records wait for [`Validator::commit`].
+    /// Group commit: accepted taps whose records wait for [`Core::commit`].
     deferred: heapless::Vec<ListId, GROUP_COMMIT_TAPS_MAX>,
     ride: RideCodes,
     quickpass: QuickPass,
@@ -193,10 +225,56 @@ impl From<Reason> for Refusal {
     }
 }
 
+/// How a card dialogue reaches the [`Core`]: directly on one thread, or through a lock
+/// taken for each short step (a few table looks, one journal write and sync) and released
+/// before the next card or PSAM exchange.
+pub trait CoreAccess {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Core) -> R) -> R;
+}
+
+impl CoreAccess for Core {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Core) -> R) -> R {
+        f(self)
+    }
+}
+
+/// A core shared by threads. A thread that panicked while holding it left nothing half-done
+/// that matters (every record is durable or not at all), so a poisoned lock is taken over.
+impl CoreAccess for &Mutex<Core> {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Core) -> R) -> R {
+        f(&mut self.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 impl<P: CardChannel> Validator<P> {
     pub fn new(
         cfg: EngineConfig,
         psam: Psam<P>,
+        fares: FareTable,
+        blacklist: Blacklist,
+        journal: Journal,
+    ) -> Self {
+        let core = Core::new(cfg, psam.terminal_no(), fares, blacklist, journal);
+        Validator { psam, core }
+    }
+
+    /// The PSAM (for the card dialogue) and the core (shared with scans), apart.
+    pub fn into_parts(self) -> (Psam<P>, Core) {
+        (self.psam, self.core)
+    }
+
+    /// Switch the validator off: its PSAM comes back (a real module keeps its transaction
+    /// counter across power cycles); everything else in memory is gone.
+    pub fn into_psam(self) -> Psam<P> {
+        self.psam
+    }
+}
+
+impl Core {
+    /// A validator's shared part; `terminal_no` is written in every record.
+    pub fn new(
+        cfg: EngineConfig,
+        terminal_no: [u8; 6],
         fares: FareTable,
         blacklist: Blacklist,
         journal: Journal,
@@ -227,9 +305,9 @@ impl<P: CardChannel> Validator<P> {
                 "grey records open: recovered when their cards come back"
             );
         }
-        Validator {
+        Core {
             cfg,
-            psam,
+            terminal_no,
             fares,
             blacklist: Arc::new(BlacklistHandle::new(blacklist)),
             journal,
@@ -243,7 +321,7 @@ impl<P: CardChannel> Validator<P> {
     }
 
     /// Group commit: from now on an accepted tap's record is appended but not synced, and the
-    /// caller must call [`Validator::commit`] before it shows any of those decisions (at the
+    /// caller must call [`Core::commit`] before it shows any of those decisions (at the
     /// latest after [`GROUP_COMMIT_TAPS_MAX`] taps, when it is forced). Each debit's grey
     /// record is still synced before its debit: only the records share a sync.
     pub fn set_group_commit(&mut self, on: bool) {
@@ -270,10 +348,9 @@ impl<P: CardChannel> Validator<P> {
         &self.cfg
     }
 
-    /// Switch the validator off: its PSAM comes back (a real module keeps its transaction
-    /// counter across power cycles); everything else in memory is gone.
-    pub fn into_psam(self) -> Psam<P> {
-        self.psam
+    /// The terminal number written in every record.
+    pub fn terminal_no(&self) -> [u8; 6] {
+        self.terminal_no
     }
 
     /// The vehicle now runs `route`.
@@ -319,7 +396,7 @@ impl<P: CardChannel> Validator<P> {
     }
 }
 
-impl<P: CardChannel> Validator<P> {
+impl Core {
     /// Make the record durable, then accept. If the journal fails, the debit stays pending
     /// (the card holds its proof) and the passenger is refused: no record, no ride.
     fn record_and_accept(&mut self, mut rec: Record, now: Timestamp) -> Result<Decision, Refusal> {

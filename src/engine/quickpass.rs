@@ -20,11 +20,12 @@ use crate::clock::Timestamp;
 use crate::journal::{CardTx, QpTx, Record, RecordKind};
 use crate::types::{CardNo, ListId, Media, Reason, RiderCategory};
 
-use super::{Decision, Refusal, Subject, Validator};
+use super::card::CardTap;
+use super::{Core, CoreAccess, Decision, Refusal, Subject};
 
 /// Seed of the unpredictable numbers (`9F37`) of a validator whose owner gave none: replay
 /// and tests stay repeatable. A bus seeds from the operating system
-/// ([`Validator::set_quickpass`]).
+/// ([`Core::set_quickpass`]).
 pub const UNPREDICTABLE_SEED_DEFAULT: u64 = 0x9F37;
 
 /// The QuickPass side of a validator: the CA keys, the PAN token key, the source of
@@ -46,7 +47,7 @@ impl QuickPass {
     }
 }
 
-impl<P: CardChannel> Validator<P> {
+impl Core {
     /// Trust these UnionPay CA keys, tokenise PANs with `token_key`, and draw unpredictable
     /// numbers from `seed` from now on.
     pub fn set_quickpass(&mut self, ca: CaKeys, token_key: PanTokenKey, seed: u64) {
@@ -56,7 +57,9 @@ impl<P: CardChannel> Validator<P> {
             rng: ChaCha8Rng::seed_from_u64(seed),
         };
     }
+}
 
+impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
     /// The card has no usable transport application (`transport_reason` says why): its
     /// QuickPass application decides, or, when it has none, `transport_reason` does.
     pub(super) fn quickpass_instead<C: CardChannel + ?Sized>(
@@ -80,14 +83,16 @@ impl<P: CardChannel> Validator<P> {
         now: Timestamp,
         subject: &mut Subject,
     ) -> Result<Decision, Option<Reason>> {
-        let route = self.cfg.route;
-        let fare_fen = self.fares.category_fare_at(
-            RiderCategory::Adult,
-            route,
-            crate::fare::LocalTime::of(&now),
-        );
-        let mut un = [0u8; 4];
-        self.quickpass.rng.fill_bytes(&mut un);
+        let (fare_fen, un) = self.core.with(|c| {
+            let fare_fen = c.fares.category_fare_at(
+                RiderCategory::Adult,
+                c.cfg.route,
+                crate::fare::LocalTime::of(&now),
+            );
+            let mut un = [0u8; 4];
+            c.quickpass.rng.fill_bytes(&mut un);
+            (fare_fen, un)
+        });
         let terminal = TerminalData {
             amount_fen: fare_fen,
             datetime_bcd: now.local_bcd(),
@@ -107,27 +112,34 @@ impl<P: CardChannel> Validator<P> {
         if today > data.expiry_ymd {
             return Err(Some(Reason::CardExpired));
         }
-        authenticate(&data, &self.quickpass.ca, today).map_err(|e| {
+        let authenticated = self
+            .core
+            .with(|c| authenticate(&data, &c.quickpass.ca, today));
+        authenticated.map_err(|e| {
             tracing::info!(pan = %pan, error = %e, "QuickPass offline data authentication failed");
             Some(match e {
                 AuthError::Certificate(_) => Reason::BadCertificate,
                 AuthError::Signature(_) => Reason::BadSignature,
             })
         })?;
-        let listed_as = ListId::Pan(self.quickpass.token_key.token(&pan));
-        if self.blacklist.get(&listed_as).is_some() {
-            return Err(Some(Reason::Blacklisted));
-        }
-        if self
-            .recent
-            .is_repeat(&listed_as, now.unix_s, self.cfg.anti_passback_s)
-        {
-            return Err(Some(Reason::RepeatTap));
-        }
-        let rec = self.quickpass_record(&data, &listed_as, fare_fen, now);
-        self.record_and_accept(rec, now).map_err(|r| Some(r.reason))
+        // One step: the list and anti-passback looked at, and the record made, together.
+        self.core.with(|c| {
+            let listed_as = ListId::Pan(c.quickpass.token_key.token(&pan));
+            if c.blacklist.get(&listed_as).is_some() {
+                return Err(Some(Reason::Blacklisted));
+            }
+            if c.recent
+                .is_repeat(&listed_as, now.unix_s, c.cfg.anti_passback_s)
+            {
+                return Err(Some(Reason::RepeatTap));
+            }
+            let rec = c.quickpass_record(&data, &listed_as, fare_fen, now);
+            c.record_and_accept(rec, now).map_err(|r| Some(r.reason))
+        })
     }
+}
 
+impl Core {
     fn quickpass_record(
         &self,
         data: &CardData,
@@ -167,7 +179,7 @@ impl<P: CardChannel> Validator<P> {
                 unpredictable_number: data.terminal.map_or([0; 4], |t| t.unpredictable_number),
                 cryptogram: data.cryptogram,
             }),
-            terminal_no: self.psam.terminal_no(),
+            terminal_no: self.terminal_no,
         }
     }
 }

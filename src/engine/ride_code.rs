@@ -1,13 +1,12 @@
 //! The e-SSC ride code scan (ride-code-v1.md): checks 1–13 in order, then the
 //! pay-after-ride record.
 
-use crate::card::apdu::CardChannel;
 use crate::clock::Timestamp;
 use crate::journal::{CardTx, QrTx, Record, RecordKind};
 use crate::ride_code::{ChannelKeys, ReplayCache, RideCode, RideCodeConfig, Verifier};
 use crate::types::{ListId, Media, Reason};
 
-use super::{Decision, Subject, Validator};
+use super::{Core, Decision, Subject};
 
 /// The ride-code side of a validator: the channel keys and verifier, and the memory of codes
 /// already accepted.
@@ -28,7 +27,7 @@ impl RideCodes {
     }
 }
 
-impl<P: CardChannel> Validator<P> {
+impl Core {
     /// Trust these channel keys from now on (a verified key file from the depot). Codes
     /// accepted before stay remembered.
     pub fn set_ride_code_keys(&mut self, keys: ChannelKeys, config: RideCodeConfig) {
@@ -96,7 +95,7 @@ impl<P: CardChannel> Validator<P> {
                 generated_at: code.generated_at.clamp(0, i64::from(u32::MAX)) as u32,
             }),
             quickpass: None,
-            terminal_no: self.psam.terminal_no(),
+            terminal_no: self.terminal_no,
         };
         let d = self
             .record_and_accept(rec, now)

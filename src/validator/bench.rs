@@ -3,20 +3,27 @@
 //!
 //! - **scan under a tap**: a scanner line written to the loopback scanner socket until its
 //!   decision line is written, while another thread taps cards without pause (so a card
-//!   dialogue is nearly always in progress on the other input, holding the engine's lock);
-//!   against `scan_code` on an engine alone;
-//! - **tap under a delta**: taps while a blacklist delta of `--delta-changes` changes is
-//!   applied to the live list (the uplink's work: build the next list, swap it through the
-//!   handle); the longest tap, against taps on an engine alone.
+//!   dialogue is nearly always in progress on the other input); against `scan_code` on an
+//!   engine alone. The cards answer each exchange after `--card-exchange-us`, as a card in
+//!   the reader's field does (a contactless APDU takes a millisecond or so over the air), so
+//!   a tap lasts as long as a real one while leaving the CPU to the scan. The same scans go
+//!   through a third engine whose tap holds the core's lock for its whole dialogue (the
+//!   program before the lock was split) for comparison. The three run in alternated blocks
+//!   (`--rounds`), each on its own engine with its own cold caches and the same codes, so a
+//!   slow minute of the machine falls on all of them.
+//! - **tap under a delta**: taps (cards answering at once: the engine's own cost) while a
+//!   blacklist delta of `--delta-changes` changes is applied to the live list (the uplink's
+//!   work: build the next list, swap it through the handle); the longest tap, against taps on
+//!   the engine alone measured just before and just after.
 //!
-//! Cards are the bench's simulated cards in process (a PC/SC card dialogue is slower, and a
-//! scan may wait for one whole tap); the journal is in memory (no sync), so the figures are
-//! the program's cost and not the disk's.
+//! The journal is in memory (no sync), so the figures are the program's cost and not the
+//! disk's.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -25,10 +32,12 @@ use serde::Serialize;
 
 use super::{scanner, Shared};
 use crate::blacklist::{Blacklist, Change, ChangeOp, Delta};
+use crate::card::apdu::{CardChannel, Response};
 use crate::card::psam::Psam;
 use crate::card::sim::{SimCard, SimPsam, TestKeys};
+use crate::card::ChannelError;
 use crate::clock::Timestamp;
-use crate::engine::{EngineConfig, Validator};
+use crate::engine::{tap_card_with, EngineConfig, Validator};
 use crate::fare::FareTable;
 use crate::journal::{Journal, UnsyncedFiles};
 use crate::replay::REPLAY_TERMINAL_NO;
@@ -46,7 +55,15 @@ pub struct ValidatorBenchArgs {
     /// Ride codes scanned, by the engine alone and through the program each.
     #[arg(long, default_value_t = 2_000)]
     pub scans: usize,
-    /// Card taps by the engine alone (the reference for the taps under a delta).
+    /// Alternated blocks the scans are split into (engine alone, program, program with the
+    /// tap holding the lock throughout).
+    #[arg(long, default_value_t = 4)]
+    pub rounds: usize,
+    /// How long a card takes to answer each exchange while scans run, microseconds.
+    #[arg(long, default_value_t = 500)]
+    pub card_exchange_us: u64,
+    /// Card taps by the engine alone (the reference for the taps under a delta), half
+    /// before and half after the delta.
     #[arg(long, default_value_t = 2_000)]
     pub taps: usize,
     /// Entries of the blacklist the delta applies to.
@@ -60,18 +77,41 @@ pub struct ValidatorBenchArgs {
     pub seed: u64,
 }
 
+impl Default for ValidatorBenchArgs {
+    /// The command's defaults.
+    fn default() -> Self {
+        ValidatorBenchArgs {
+            scans: 2_000,
+            rounds: 4,
+            card_exchange_us: 500,
+            taps: 2_000,
+            blacklist_entries: 1_000_000,
+            delta_changes: 100_000,
+            seed: 42,
+        }
+    }
+}
+
 /// One run's figures, microseconds unless named otherwise.
 #[derive(Debug, Clone, Serialize)]
 pub struct ValidatorBenchReport {
     pub scans: usize,
+    pub rounds: usize,
+    pub card_exchange_us: u64,
     pub engine_scan_us_p50: u64,
     pub engine_scan_us_p99: u64,
+    /// Scanner line to decision line, with a tap in progress on the other input.
     pub program_scan_us_p50: u64,
     pub program_scan_us_p99: u64,
+    pub program_scan_us_max: u64,
     /// (program p99 − engine p99) / engine p99, percent.
     pub program_scan_p99_added_pct: f64,
     /// Card taps made on the other input while the program's scans ran.
     pub taps_during_scans: u64,
+    /// The same scans when a tap holds the core's lock for its whole dialogue.
+    pub whole_tap_lock_scan_us_p50: u64,
+    pub whole_tap_lock_scan_us_p99: u64,
+    pub whole_tap_lock_scan_p99_added_pct: f64,
     pub engine_tap_us_p99: u64,
     pub engine_tap_us_max: u64,
     pub delta_changes: usize,
@@ -164,6 +204,21 @@ impl Write for Stamp {
     }
 }
 
+/// A card in the reader's field: each exchange answered after `delay` (none: at once).
+struct OnAir<'a> {
+    card: &'a mut SimCard,
+    delay: Duration,
+}
+
+impl CardChannel for OnAir<'_> {
+    fn transmit(&mut self, command: &[u8], response: &mut Response) -> Result<(), ChannelError> {
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        self.card.transmit(command, response)
+    }
+}
+
 fn blacklist_and_delta(args: &ValidatorBenchArgs) -> (Blacklist, Delta) {
     let base = Blacklist::from_entries(
         1,
@@ -187,12 +242,182 @@ fn blacklist_and_delta(args: &ValidatorBenchArgs) -> (Blacklist, Delta) {
     (base, delta)
 }
 
+/// One validator program in process: its shared part, its scanner socket, the PSAM and the
+/// cards its card loop owns while no tap thread runs.
+struct Program {
+    shared: Arc<Shared>,
+    clock: Arc<AtomicI64>,
+    stamps: mpsc::Receiver<Instant>,
+    sock: TcpStream,
+    scanner: Option<std::thread::JoinHandle<()>>,
+    psam: Option<Psam<SimPsam>>,
+    cards: Option<Vec<SimCard>>,
+    /// The tap holds the core's lock for its whole dialogue (the program before the split).
+    whole_tap_lock: bool,
+}
+
+/// What a tap thread hands back when it stops: the PSAM, the cards, each tap's duration.
+type TapRun = (Psam<SimPsam>, Vec<SimCard>, Vec<u64>);
+
+impl Program {
+    fn start(v: Validator<SimPsam>, seed: u64, whole_tap_lock: bool) -> Result<Self, String> {
+        let clock = Arc::new(AtomicI64::new(T0_UNIX_S));
+        let (tx, stamps) = mpsc::channel();
+        let (psam, core) = v.into_parts();
+        let c = Arc::clone(&clock);
+        let shared = Arc::new(Shared::new(
+            core,
+            Box::new(Stamp {
+                line: Vec::new(),
+                tx,
+            }),
+            Box::new(move || at(c.load(Ordering::Relaxed))),
+            Vec::new(),
+        ));
+        let listener = scanner::bind_tcp("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let scanner = {
+            let p = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                scanner::serve_tcp(listener, &p.scanner_state, &p.stop, &mut |l| {
+                    p.scan(l);
+                })
+            })
+        };
+        let sock = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        let _ = sock.set_nodelay(true);
+        Ok(Program {
+            shared,
+            clock,
+            stamps,
+            sock,
+            scanner: Some(scanner),
+            psam: Some(psam),
+            cards: Some(crate::bench::bench_cards(seed)),
+            whole_tap_lock,
+        })
+    }
+
+    /// Tap without pause until `tapping` is cleared; with `tick`, each tap a second later
+    /// than the one before (the clock is the taps' own).
+    fn spawn_taps(
+        &mut self,
+        tapping: &Arc<AtomicBool>,
+        delay: Duration,
+        tick: bool,
+    ) -> std::thread::JoinHandle<TapRun> {
+        let p = Arc::clone(&self.shared);
+        let clock = Arc::clone(&self.clock);
+        let tapping = Arc::clone(tapping);
+        let whole = self.whole_tap_lock;
+        let mut psam = self.psam.take().expect("no tap thread running");
+        let mut cards = self.cards.take().expect("no tap thread running");
+        std::thread::spawn(move || {
+            let mut took = Vec::new();
+            let mut i = 0usize;
+            while tapping.load(Ordering::Relaxed) {
+                if tick {
+                    clock.fetch_add(1, Ordering::Relaxed);
+                }
+                let n = cards.len();
+                let card = &mut cards[i % n];
+                card.enter_field(None);
+                let mut on_air = OnAir { card, delay };
+                let start = Instant::now();
+                if whole {
+                    let now = p.now();
+                    tap_card_with(&mut psam, &mut *p.engine(), &mut on_air, now);
+                } else {
+                    p.tap(&mut psam, &mut on_air);
+                }
+                took.push(micros(start));
+                i += 1;
+            }
+            (psam, cards, took)
+        })
+    }
+
+    fn join_taps(&mut self, t: std::thread::JoinHandle<TapRun>) -> Result<Vec<u64>, String> {
+        let (psam, cards, took) = t.join().map_err(|_| "tap thread panicked")?;
+        self.psam = Some(psam);
+        self.cards = Some(cards);
+        Ok(took)
+    }
+
+    /// Scan `codes` through the socket with a tap in progress on the other input: the time
+    /// from the line's first byte to its decision line, into `hist`. Returns the taps made.
+    fn scans(
+        &mut self,
+        codes: &[(i64, String)],
+        exchange: Duration,
+        hist: &mut Histogram<u64>,
+    ) -> Result<u64, String> {
+        let tapping = Arc::new(AtomicBool::new(true));
+        let taps = self.spawn_taps(&tapping, exchange, false);
+        let mut result = Ok(());
+        for (t, text) in codes {
+            self.clock.store(*t, Ordering::Relaxed);
+            let start = Instant::now();
+            let sent = self
+                .sock
+                .write_all(text.as_bytes())
+                .and_then(|()| self.sock.write_all(b"\n"));
+            if let Err(e) = sent {
+                result = Err(e.to_string());
+                break;
+            }
+            match self.stamps.recv() {
+                Ok(done) => hist.saturating_record(
+                    u64::try_from(done.duration_since(start).as_micros()).unwrap_or(u64::MAX),
+                ),
+                Err(e) => {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+        }
+        tapping.store(false, Ordering::Relaxed);
+        let took = self.join_taps(taps)?;
+        result.map(|()| took.len() as u64)
+    }
+
+    fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.scanner.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Taps on the engine alone, cards answering at once, one second apart from `from_s`.
+fn engine_taps(
+    v: &mut Validator<SimPsam>,
+    cards: &mut [SimCard],
+    n: usize,
+    from_s: i64,
+    hist: &mut Histogram<u64>,
+) {
+    for i in 0..n {
+        let k = cards.len();
+        let card = &mut cards[i % k];
+        card.enter_field(None);
+        let start = Instant::now();
+        v.tap_card(card, at(from_s + i as i64));
+        hist.saturating_record(micros(start));
+    }
+}
+
+fn added_pct(p99: u64, base: u64) -> f64 {
+    (p99 as f64 - base as f64) * 100.0 / base.max(1) as f64
+}
+
 /// Run the bench and report.
 pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
     let (keys, codes) = codes(args.scans, args.seed)?;
     let (base, delta) = blacklist_and_delta(args);
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut cards: Vec<SimCard> = crate::bench::bench_cards(args.seed);
+    let exchange = Duration::from_micros(args.card_exchange_us);
 
     // A first pass on a throwaway engine: the process's one-time costs (precomputed curve
     // tables, page faults, the certificate worker's start) are paid before either side is
@@ -203,116 +428,85 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
     }
     drop(warm);
 
-    // The engine alone: scans, then taps.
     let mut alone = engine(&tmp.path().join("alone"), base.clone(), &keys)?;
-    let mut engine_scan = histogram();
-    for (t, text) in &codes {
-        let start = Instant::now();
-        let d = alone.scan_code(text, at(*t));
-        engine_scan.saturating_record(micros(start));
-        if !d.accepted() {
-            return Err(format!("bench scan refused: {d:?}"));
-        }
-    }
-    let mut engine_tap = histogram();
-    for i in 0..args.taps {
-        let n = cards.len();
-        let card = &mut cards[i % n];
-        card.enter_field(None);
-        let start = Instant::now();
-        alone.tap_card(card, at(T0_UNIX_S + 100_000 + i as i64));
-        engine_tap.saturating_record(micros(start));
-    }
-    drop(alone);
-
-    // The program: scanner socket, card thread, the list swapped under it.
-    let clock = Arc::new(AtomicI64::new(T0_UNIX_S));
-    let (tx, stamps) = mpsc::channel();
-    let program = {
-        let v = engine(&tmp.path().join("program"), base, &keys)?;
-        let clock = Arc::clone(&clock);
-        Arc::new(Shared::new(
-            v,
-            Box::new(Stamp {
-                line: Vec::new(),
-                tx,
-            }),
-            Box::new(move || at(clock.load(Ordering::Relaxed))),
-            Vec::new(),
-        ))
-    };
-    let listener = scanner::bind_tcp("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
-        .map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let scan_thread = {
-        let p = Arc::clone(&program);
-        std::thread::spawn(move || {
-            scanner::serve_tcp(listener, &p.scanner_state, &p.stop, &mut |l| {
-                p.scan(l);
-            })
-        })
-    };
-    let tapping = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let (tap_tx, tap_rx) = mpsc::channel::<u64>();
-    let tap_thread = {
-        let p = Arc::clone(&program);
-        let tapping = Arc::clone(&tapping);
-        std::thread::spawn(move || {
-            let mut i = 0usize;
-            while tapping.load(Ordering::Relaxed) {
-                let n = cards.len();
-                let card = &mut cards[i % n];
-                card.enter_field(None);
-                let start = Instant::now();
-                p.tap(card);
-                let _ = tap_tx.send(micros(start));
-                i += 1;
-            }
-        })
-    };
-    let mut program_scan = histogram();
-    {
-        let mut sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-        let _ = sock.set_nodelay(true);
-        for (t, text) in &codes {
-            clock.store(*t, Ordering::Relaxed);
+    let mut program = Program::start(
+        engine(&tmp.path().join("program"), base, &keys)?,
+        args.seed,
+        false,
+    )?;
+    let mut whole = Program::start(
+        engine(&tmp.path().join("whole"), Blacklist::empty(), &keys)?,
+        args.seed,
+        true,
+    )?;
+    let (mut engine_scan, mut program_scan, mut whole_scan) =
+        (histogram(), histogram(), histogram());
+    let mut taps_during_scans = 0;
+    let block = codes.len().div_ceil(args.rounds.max(1)).max(1);
+    for part in codes.chunks(block) {
+        for (t, text) in part {
             let start = Instant::now();
-            sock.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
-            sock.write_all(b"\n").map_err(|e| e.to_string())?;
-            let done = stamps.recv().map_err(|e| e.to_string())?;
-            program_scan.saturating_record(
-                u64::try_from(done.duration_since(start).as_micros()).unwrap_or(u64::MAX),
-            );
+            let d = alone.scan_code(text, at(*t));
+            engine_scan.saturating_record(micros(start));
+            if !d.accepted() {
+                return Err(format!("bench scan refused: {d:?}"));
+            }
         }
+        taps_during_scans += program.scans(part, exchange, &mut program_scan)?;
+        whole.scans(part, exchange, &mut whole_scan)?;
     }
-    let taps_during_scans = tap_rx.try_iter().count() as u64;
+    whole.stop();
 
-    // A delta applied to the live list while the card thread taps on.
+    // Taps while a delta is applied to the live list, between two blocks of the engine alone.
+    let mut alone_cards = crate::bench::bench_cards(args.seed);
+    let mut engine_tap = histogram();
+    let half = args.taps / 2;
+    engine_taps(
+        &mut alone,
+        &mut alone_cards,
+        half,
+        T0_UNIX_S + 100_000,
+        &mut engine_tap,
+    );
+    program.clock.store(T0_UNIX_S + 200_000, Ordering::Relaxed);
+    let tapping = Arc::new(AtomicBool::new(true));
+    let taps = program.spawn_taps(&tapping, Duration::ZERO, true);
     let start = Instant::now();
-    program
-        .blacklist
-        .install_delta(&delta)
-        .map_err(|e| e.to_string())?;
+    let installed = program.shared.blacklist.install_delta(&delta);
     let delta_apply_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tapping.store(false, Ordering::Relaxed);
+    let took = program.join_taps(taps)?;
+    installed.map_err(|e| e.to_string())?;
+    engine_taps(
+        &mut alone,
+        &mut alone_cards,
+        args.taps - half,
+        T0_UNIX_S + 300_000,
+        &mut engine_tap,
+    );
     let mut during = histogram();
-    for us in tap_rx.try_iter() {
+    for us in took {
         during.saturating_record(us);
     }
-    tapping.store(false, Ordering::Relaxed);
-    let _ = tap_thread.join();
-    program.stop.store(true, Ordering::Relaxed);
-    let _ = scan_thread.join();
+    program.stop();
 
     let e99 = engine_scan.value_at_quantile(0.99);
     let p99 = program_scan.value_at_quantile(0.99);
+    let w99 = whole_scan.value_at_quantile(0.99);
     Ok(ValidatorBenchReport {
         scans: codes.len(),
+        rounds: args.rounds,
+        card_exchange_us: args.card_exchange_us,
         engine_scan_us_p50: engine_scan.value_at_quantile(0.50),
         engine_scan_us_p99: e99,
         program_scan_us_p50: program_scan.value_at_quantile(0.50),
         program_scan_us_p99: p99,
-        program_scan_p99_added_pct: (p99 as f64 - e99 as f64) * 100.0 / e99.max(1) as f64,
+        program_scan_us_max: program_scan.max(),
+        program_scan_p99_added_pct: added_pct(p99, e99),
         taps_during_scans,
+        whole_tap_lock_scan_us_p50: whole_scan.value_at_quantile(0.50),
+        whole_tap_lock_scan_us_p99: w99,
+        whole_tap_lock_scan_p99_added_pct: added_pct(w99, e99),
         engine_tap_us_p99: engine_tap.value_at_quantile(0.99),
         engine_tap_us_max: engine_tap.max(),
         delta_changes: delta.changes.len(),
@@ -335,6 +529,8 @@ mod tests {
     fn a_small_run_measures_both_sides() {
         let r = run(&ValidatorBenchArgs {
             scans: 20,
+            rounds: 2,
+            card_exchange_us: 100,
             taps: 20,
             blacklist_entries: 2_000,
             delta_changes: 2_000,
@@ -344,6 +540,7 @@ mod tests {
         assert_eq!(r.scans, 20);
         assert!(r.engine_scan_us_p99 >= r.engine_scan_us_p50 && r.engine_scan_us_p50 > 0);
         assert!(r.program_scan_us_p99 >= r.program_scan_us_p50 && r.program_scan_us_p50 > 0);
+        assert!(r.whole_tap_lock_scan_us_p50 > 0 && r.taps_during_scans > 0);
         assert_eq!(r.delta_changes, 2_000);
     }
 }

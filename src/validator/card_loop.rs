@@ -1,5 +1,6 @@
 //! The card input of the validator program: wait for a card on the PC/SC reader, run the
-//! tap under the engine's lock, wait for the card to leave, again; between taps, the work
+//! tap with the PSAM this loop owns (the engine's core is locked for the tap's short steps
+//! only), wait for the card to leave, again; between taps, the work
 //! the other threads handed over ([`Shared::between_taps`]).
 
 use std::ffi::CStr;
@@ -8,16 +9,17 @@ use std::time::Duration;
 
 use super::{ReaderState, Shared};
 use crate::card::pcsc::{PcscChannel, Presence, Readers};
+use crate::card::psam::Psam;
 use crate::reader::wait_and_connect;
 
 /// How long one wait for a card (or for it to leave) lasts before the loop looks at the stop
 /// flag and the work between taps, milliseconds.
-pub const CARD_POLL_MS: u64 = 200;
+pub const CARD_POLL_MS: u64 = super::IDLE_POLL_MS;
 /// Pause after the reader failed (pcscd restarted, reader unplugged), milliseconds.
 pub const READER_RETRY_MS: u64 = 1_000;
 
 /// Run until `shared.stop`. A tap in progress when the stop comes is finished first.
-pub fn run(shared: &Shared<PcscChannel>, readers: &Readers, card_reader: &CStr) {
+pub fn run(shared: &Shared, psam: &mut Psam<PcscChannel>, readers: &Readers, card_reader: &CStr) {
     let poll = Some(Duration::from_millis(CARD_POLL_MS));
     while !shared.stopping() {
         shared
@@ -26,7 +28,7 @@ pub fn run(shared: &Shared<PcscChannel>, readers: &Readers, card_reader: &CStr) 
         match wait_and_connect(readers, card_reader, poll) {
             Ok(None) => shared.between_taps(),
             Ok(Some(mut channel)) => {
-                shared.tap(&mut channel);
+                shared.tap(psam, &mut channel);
                 channel.disconnect();
                 wait_gone(shared, readers, card_reader);
             }
@@ -46,7 +48,7 @@ pub fn run(shared: &Shared<PcscChannel>, readers: &Readers, card_reader: &CStr) 
 }
 
 /// Wait for the card to leave, so a card held on the reader is not charged twice.
-fn wait_gone(shared: &Shared<PcscChannel>, readers: &Readers, card_reader: &CStr) {
+fn wait_gone(shared: &Shared, readers: &Readers, card_reader: &CStr) {
     let poll = Some(Duration::from_millis(CARD_POLL_MS));
     while !shared.stopping() {
         match readers.wait_for(card_reader, Presence::Empty, poll) {

@@ -18,6 +18,8 @@ pub const UTC_OFFSET_MIN_MAX: i32 = 14 * 60;
 pub const SCANNER_BAUDS: [u32; 6] = [9_600, 19_200, 38_400, 57_600, 115_200, 230_400];
 /// Longest pause between two upload sessions while the depot answers, seconds.
 pub const UPLINK_INTERVAL_S_MAX: u64 = 3_600;
+/// The reader names of a validator without a card reader (a scanner-only bus).
+pub const NO_READER: &str = "none";
 /// Longest configuration file read, bytes.
 pub const CONFIG_BYTES_MAX: u64 = 64 * 1024;
 
@@ -31,10 +33,16 @@ pub struct ValidatorConfig {
     pub route: u16,
     /// The data folder: journal, grey records, downlink files, status file.
     pub data_dir: PathBuf,
-    /// PC/SC name of the contactless reader passengers tap.
+    /// PC/SC name of the contactless reader passengers tap, or `none` (a scanner-only
+    /// validator: then `sam_reader` is `none` too and `terminal_no` is given).
     pub card_reader: String,
-    /// PC/SC name of the reader holding the PSAM.
+    /// PC/SC name of the reader holding the PSAM, or `none` with `card_reader`.
     pub sam_reader: String,
+    /// The terminal number written in every record (12 hex digits, the PSAM's file 0x16 as
+    /// JT/T 978 names it), only when there is no PSAM: with one, the PSAM's own number is
+    /// written and this field is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_no: Option<String>,
     /// The QR scanner: a serial device path, or `tcp:127.0.0.1:PORT` (tests, demos).
     pub scanner: String,
     /// Serial speed of the scanner, bits per second (ignored for `tcp:`).
@@ -120,11 +128,55 @@ impl ValidatorConfig {
             return Err(field("uplink_interval_s", "1 to 3600"));
         }
         if self.card_reader.is_empty() || self.sam_reader.is_empty() {
-            return Err(field("card_reader", "both reader names must be given"));
+            return Err(field(
+                "card_reader",
+                "both reader names must be given (or both \"none\")",
+            ));
+        }
+        if (self.card_reader == NO_READER) != (self.sam_reader == NO_READER) {
+            return Err(field(
+                "sam_reader",
+                "a card reader needs the PSAM's reader, and \"none\" goes with \"none\"",
+            ));
+        }
+        match (self.readers(), &self.terminal_no) {
+            (Some(_), Some(_)) => {
+                return Err(field(
+                    "terminal_no",
+                    "only without a PSAM: with one, the PSAM's own number is written",
+                ))
+            }
+            (None, None) => {
+                return Err(field(
+                    "terminal_no",
+                    "a validator without a PSAM needs its terminal number (12 hex digits)",
+                ))
+            }
+            _ => {}
+        }
+        self.terminal_no_bytes()?;
+        if self.readers().is_none() && self.scanner_source()? == ScannerSource::None {
+            return Err(field(
+                "scanner",
+                "a validator with no card reader needs a scanner",
+            ));
         }
         self.depot_addr()?;
         self.scanner_source()?;
         Ok(())
+    }
+
+    /// The card reader's and the PSAM reader's names; `None` for a scanner-only validator.
+    pub fn readers(&self) -> Option<(&str, &str)> {
+        (self.card_reader != NO_READER).then_some((&self.card_reader, &self.sam_reader))
+    }
+
+    /// The configured terminal number (a validator without a PSAM), as bytes.
+    pub fn terminal_no_bytes(&self) -> Result<Option<[u8; 6]>, ConfigError> {
+        self.terminal_no
+            .as_deref()
+            .map(|t| from_hex::<6>(t).ok_or_else(|| field("terminal_no", "12 hex digits")))
+            .transpose()
     }
 
     /// The depot's address.
@@ -154,10 +206,11 @@ impl ValidatorConfig {
              route = {}\n\
              # The data folder: journal, grey records, downlink files, status.json.\n\
              data_dir = {}\n\
-             # PC/SC name of the contactless reader passengers tap.\n\
+             # PC/SC name of the contactless reader passengers tap, or \"none\".\n\
              card_reader = {}\n\
-             # PC/SC name of the reader holding the PSAM.\n\
+             # PC/SC name of the reader holding the PSAM, or \"none\" with card_reader.\n\
              sam_reader = {}\n\
+             {}\
              # The QR scanner: a serial device, \"tcp:127.0.0.1:PORT\", or \"none\".\n\
              scanner = {}\n\
              # Serial speed of the scanner, bits per second (ignored for tcp:).\n\
@@ -177,6 +230,13 @@ impl ValidatorConfig {
             p(&self.data_dir),
             q(&self.card_reader),
             q(&self.sam_reader),
+            self.terminal_no
+                .as_deref()
+                .map_or(String::new(), |t| format!(
+                    "# The terminal number in every record, 12 hex digits (no PSAM to give it).\n\
+                 terminal_no = {}\n",
+                    q(t)
+                )),
             q(&self.scanner),
             self.scanner_baud,
             q(&self.depot),
@@ -316,6 +376,54 @@ mod tests {
         let mut c = example();
         c.scanner = "/dev/ttyACM0".into();
         c.scanner_baud = 1234;
+        assert!(c.check().is_err());
+    }
+
+    fn scanner_only() -> ValidatorConfig {
+        toml::from_str(include_str!("../../fixtures/validator-scanner-only.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_scanner_only_file_has_no_readers_and_its_own_terminal_number() {
+        let c = scanner_only();
+        c.check().unwrap();
+        assert_eq!(c.readers(), None);
+        assert_eq!(c.terminal_no_bytes().unwrap(), Some([0, 0, 0, 0, 0, 2]));
+        let text = c.to_commented_toml();
+        assert_eq!(toml::from_str::<ValidatorConfig>(&text).unwrap(), c);
+        let with_readers = example();
+        assert_eq!(
+            with_readers.readers(),
+            Some(("Virtual PCD 00 00", "Virtual PCD 00 01"))
+        );
+        assert!(!with_readers.to_commented_toml().contains("terminal_no"));
+    }
+
+    #[test]
+    fn readers_and_terminal_number_go_together_or_not_at_all() {
+        // A card reader without the PSAM's, or the other way round.
+        let mut c = example();
+        c.sam_reader = NO_READER.into();
+        assert!(c.check().is_err());
+        let mut c = scanner_only();
+        c.card_reader = "Virtual PCD 00 00".into();
+        assert!(c.check().is_err());
+        // A PSAM gives the number: a configured one beside it is refused.
+        let mut c = example();
+        c.terminal_no = Some("000000000001".into());
+        assert!(c.check().is_err());
+        // No PSAM: the number is needed, as 12 hex digits.
+        let mut c = scanner_only();
+        c.terminal_no = None;
+        assert!(c.check().is_err());
+        for bad in ["00000000002", "0000000000020", "00000000000g", ""] {
+            let mut c = scanner_only();
+            c.terminal_no = Some(bad.into());
+            assert!(c.check().is_err(), "{bad:?}");
+        }
+        // No reader and no scanner: nothing to take passengers.
+        let mut c = scanner_only();
+        c.scanner = "none".into();
         assert!(c.check().is_err());
     }
 

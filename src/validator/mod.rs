@@ -1,19 +1,27 @@
 //! The bus validator as one program: `fare-validator validator --config validator.toml`.
 //!
 //! Two inputs, one engine. The card loop (PC/SC, [`card_loop`]) and the QR scanner
-//! ([`scanner`]) each block in their own thread on their own device, and share one
-//! [`Validator`] behind a [`Mutex`] held only for the decision itself: a card dialogue holds
-//! it for one tap (tens of milliseconds), a scan for one verification. A scan therefore
-//! never waits longer than one tap, and neither input polls the other. (A channel to one
-//! decision thread would need that thread to wait on the card reader and the channel at
-//! once, which PC/SC's blocking status call cannot do without polling.)
+//! ([`scanner`]) each block in their own thread on their own device. The card loop owns the
+//! PSAM; both share the engine's [`Core`] (journal, anti-passback, fares, ride-code verifier)
+//! behind a [`Mutex`]. A scan holds it for its whole decision (one verification, one journal
+//! write). A card dialogue never holds it across a card or PSAM exchange, only for its short
+//! steps in between ([`crate::engine::tap_card_with`]): the longest is the grey record's or
+//! the record's journal write and sync. So a scan waits behind a tap for one such step at
+//! most, never for the dialogue (`bench validator` measures it), and neither input polls the
+//! other. (A channel to one decision thread would need that thread to wait on the card
+//! reader and the channel at once, which PC/SC's blocking status call cannot do without
+//! polling.)
+//!
+//! A validator without a card reader (a bus with only a QR scanner, or a machine without
+//! pcscd) is the same program with a core and no PSAM: the reader's state is `absent`.
 //!
 //! Beside them, the uplink ([`uplink`]) runs on tokio: whenever the depot answers it uploads
 //! the records not yet acknowledged, takes home the downlink files and applies them to the
 //! running engine. It reads the journal's durable files and never takes the engine's lock
 //! for network work: the blacklist is swapped through its arc-swap handle without a lock,
 //! fares and ride-code keys are swapped under the lock between two decisions, and the upload
-//! cursor is handed to the tap thread, which moves it between taps.
+//! cursor is handed to the tap thread (or, without a reader, the idle loop), which moves it
+//! between taps.
 //!
 //! Every decision becomes one line on standard output ([`display`]); the state of the whole
 //! program is a JSON status line ([`status`]).
@@ -34,11 +42,27 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::blacklist::BlacklistHandle;
 use crate::card::apdu::CardChannel;
+use crate::card::psam::Psam;
 use crate::clock::Timestamp;
-use crate::engine::{Decision, Subject, Validator};
+use crate::engine::{tap_card_with, Core, Decision, Subject};
 use crate::types::{Media, Reason};
 
 use scanner::{ScanLine, ScannerState};
+
+/// How often the loop between taps looks at the stop flag and the work handed over
+/// ([`Shared::between_taps`]), milliseconds: the card loop's wait for a card, or the idle loop
+/// of a validator without a card reader.
+pub const IDLE_POLL_MS: u64 = 200;
+
+/// The card loop's place in a validator without a card reader: the work between taps
+/// (writing the upload cursor the depot moved), every [`IDLE_POLL_MS`], until `stop`.
+pub fn idle_loop(shared: &Shared) {
+    while !shared.stopping() {
+        shared.between_taps();
+        std::thread::sleep(std::time::Duration::from_millis(IDLE_POLL_MS));
+    }
+    shared.between_taps();
+}
 
 /// What the card reader is doing, for the status line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +76,8 @@ pub enum ReaderState {
     /// The reader failed (gone, pcscd down); retried.
     Failed = 3,
     Stopped = 4,
+    /// No card reader configured (a scanner-only validator).
+    Absent = 5,
 }
 
 impl ReaderState {
@@ -62,6 +88,7 @@ impl ReaderState {
             ReaderState::Tapping => "tapping",
             ReaderState::Failed => "failed",
             ReaderState::Stopped => "stopped",
+            ReaderState::Absent => "absent",
         }
     }
 
@@ -71,6 +98,7 @@ impl ReaderState {
             2 => ReaderState::Tapping,
             3 => ReaderState::Failed,
             4 => ReaderState::Stopped,
+            5 => ReaderState::Absent,
             _ => ReaderState::Starting,
         }
     }
@@ -88,9 +116,10 @@ pub struct Counters {
 /// The clock the program reads at each tap and scan.
 pub type Clock = Box<dyn Fn() -> Timestamp + Send + Sync>;
 
-/// What the threads of one validator program share.
-pub struct Shared<P: CardChannel> {
-    engine: Mutex<Validator<P>>,
+/// What the threads of one validator program share. The PSAM is not here: the card loop
+/// owns it.
+pub struct Shared {
+    core: Mutex<Core>,
     /// The live blacklist (the engine's own handle), swapped by the uplink without the lock.
     pub blacklist: Arc<BlacklistHandle>,
     out: Mutex<Box<dyn Write + Send>>,
@@ -111,19 +140,20 @@ pub struct Shared<P: CardChannel> {
     pub repairs_at_start: Vec<String>,
 }
 
-impl<P: CardChannel> Shared<P> {
-    /// Wrap an engine; decisions are written to `out`, one line each.
+impl Shared {
+    /// Wrap an engine's core (a validator's second part, [`crate::engine::Validator::into_parts`],
+    /// or a scanner-only core); decisions are written to `out`, one line each.
     pub fn new(
-        engine: Validator<P>,
+        core: Core,
         out: Box<dyn Write + Send>,
         clock: Clock,
         repairs_at_start: Vec<String>,
     ) -> Self {
-        let blacklist = Arc::clone(engine.blacklist());
-        let durable = engine.journal().durable_seq();
-        let acked = engine.journal().acked_seq();
+        let blacklist = Arc::clone(core.blacklist());
+        let durable = core.journal().durable_seq();
+        let acked = core.journal().acked_seq();
         Shared {
-            engine: Mutex::new(engine),
+            core: Mutex::new(core),
             blacklist,
             out: Mutex::new(out),
             clock,
@@ -139,11 +169,11 @@ impl<P: CardChannel> Shared<P> {
         }
     }
 
-    /// The engine, for a decision or a swap between decisions. A thread that panicked while
-    /// holding it left nothing half-done that matters here (every record is durable or not
-    /// at all), so a poisoned lock is taken over.
-    pub fn engine(&self) -> MutexGuard<'_, Validator<P>> {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    /// The engine's core, for a scan or a swap between decisions. A thread that panicked
+    /// while holding it left nothing half-done that matters here (every record is durable or
+    /// not at all), so a poisoned lock is taken over.
+    pub fn engine(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn stopping(&self) -> bool {
@@ -154,18 +184,20 @@ impl<P: CardChannel> Shared<P> {
         (self.clock)()
     }
 
-    /// One card tap: decide under the lock, then show the decision.
-    pub fn tap<C: CardChannel + ?Sized>(&self, card: &mut C) -> Decision {
+    /// One card tap with the card loop's PSAM: the core's lock is taken for the dialogue's
+    /// short steps only; then show the decision.
+    pub fn tap<P: CardChannel, C: CardChannel + ?Sized>(
+        &self,
+        psam: &mut Psam<P>,
+        card: &mut C,
+    ) -> Decision {
         self.reader_state
             .store(ReaderState::Tapping as u8, Ordering::Relaxed);
         let now = self.now();
-        let d = {
-            let mut engine = self.engine();
-            let d = engine.tap_card(card, now);
-            self.durable_seq
-                .store(engine.journal().durable_seq(), Ordering::Relaxed);
-            d
-        };
+        let d = tap_card_with(psam, &mut &self.core, card, now);
+        // fetch_max: a scan may have published a later seq since this tap's record.
+        self.durable_seq
+            .fetch_max(self.engine().journal().durable_seq(), Ordering::Relaxed);
         self.counters.taps.fetch_add(1, Ordering::Relaxed);
         self.reader_state
             .store(ReaderState::Ready as u8, Ordering::Relaxed);
@@ -182,7 +214,7 @@ impl<P: CardChannel> Shared<P> {
                 let mut engine = self.engine();
                 let d = engine.scan_code(text, now);
                 self.durable_seq
-                    .store(engine.journal().durable_seq(), Ordering::Relaxed);
+                    .fetch_max(engine.journal().durable_seq(), Ordering::Relaxed);
                 d
             }
             ScanLine::Malformed(why) => {
@@ -205,11 +237,10 @@ impl<P: CardChannel> Shared<P> {
         d
     }
 
-    /// Write the decision's line (its record is already durable).
+    /// Write the decision's line (its record is already durable), from a fixed buffer.
     fn show(&self, now: Timestamp, d: &Decision) {
-        let line = display::feedback_line(&now.to_rfc3339(), d);
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if let Err(e) = display::write_feedback_line(&mut *out, now, d).and_then(|()| out.flush()) {
             tracing::warn!(error = %e, "decision line not written");
         }
     }

@@ -22,7 +22,6 @@ use serde_json::{json, Value};
 
 use super::scanner::ScannerState;
 use super::{ReaderState, Shared};
-use crate::card::apdu::CardChannel;
 
 /// The status file's name in the data folder.
 pub const STATUS_FILE: &str = "status.json";
@@ -47,7 +46,7 @@ pub struct UplinkStatus {
 }
 
 /// The status line of `shared` now.
-pub fn status_line<P: CardChannel>(shared: &Shared<P>, terminal_id: &str) -> Value {
+pub fn status_line(shared: &Shared, terminal_id: &str) -> Value {
     let durable = shared.durable_seq.load(Ordering::Relaxed);
     let acked = shared.acked_seq.load(Ordering::Relaxed);
     let up = shared

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use super::status::{status_line, write_status_file};
 use super::Shared;
-use crate::card::apdu::CardChannel;
 use crate::journal::{Held, JournalError};
 use crate::ride_code::{ChannelKeys, RideCodeConfig};
 use crate::upload::client::{upload_journal, UploadConfig};
@@ -29,14 +28,14 @@ pub const UPLINK_BACKOFF_MS_MAX: u64 = 60_000;
 
 /// A running validator's journal as the upload session sees it: durable records read from
 /// the files (never past what the tap thread published as durable), the cursor handed back.
-pub struct LiveJournal<'a, P: CardChannel> {
-    shared: &'a Shared<P>,
+pub struct LiveJournal<'a> {
+    shared: &'a Shared,
     dir: PathBuf,
     acked: u64,
 }
 
-impl<'a, P: CardChannel> LiveJournal<'a, P> {
-    pub fn new(shared: &'a Shared<P>, dir: &Path) -> Self {
+impl<'a> LiveJournal<'a> {
+    pub fn new(shared: &'a Shared, dir: &Path) -> Self {
         LiveJournal {
             acked: shared.acked_seq.load(Ordering::Relaxed),
             shared,
@@ -45,7 +44,7 @@ impl<'a, P: CardChannel> LiveJournal<'a, P> {
     }
 }
 
-impl<P: CardChannel> RecordSource for LiveJournal<'_, P> {
+impl RecordSource for LiveJournal<'_> {
     fn acked_seq(&self) -> u64 {
         self.acked
     }
@@ -99,7 +98,7 @@ pub struct Applied {
 /// swapped through its handle (taps go on), fares and keys are swapped under the lock.
 /// Files are read and checked here, off the tap path. A file that no longer checks is kept
 /// out and reported.
-pub fn apply_downlink<P: CardChannel>(shared: &Shared<P>, data_dir: &Path) -> Applied {
+pub fn apply_downlink(shared: &Shared, data_dir: &Path) -> Applied {
     let dir = DownlinkDir::new(data_dir);
     let (had_fares, had_keys) = {
         let up = shared.uplink.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,11 +147,7 @@ pub fn apply_downlink<P: CardChannel>(shared: &Shared<P>, data_dir: &Path) -> Ap
 
 /// One upload session and what it brought, applied; the status updated either way.
 /// Returns whether the depot answered.
-pub async fn attempt<P: CardChannel>(
-    shared: &Shared<P>,
-    cfg: &UploadConfig,
-    terminal_id: &str,
-) -> bool {
+pub async fn attempt(shared: &Shared, cfg: &UploadConfig, terminal_id: &str) -> bool {
     let mut src = LiveJournal::new(shared, &cfg.data_dir);
     let result = upload_journal(&mut src, cfg).await;
     let at = shared.now().to_rfc3339();
@@ -191,12 +186,7 @@ pub async fn attempt<P: CardChannel>(
 
 /// Try the depot every `interval` while it answers, backing off from
 /// [`UPLINK_BACKOFF_MS_MIN`] to [`UPLINK_BACKOFF_MS_MAX`] while it does not, until `stop`.
-pub async fn run<P: CardChannel + Send + 'static>(
-    shared: Arc<Shared<P>>,
-    cfg: UploadConfig,
-    terminal_id: String,
-    interval: Duration,
-) {
+pub async fn run(shared: Arc<Shared>, cfg: UploadConfig, terminal_id: String, interval: Duration) {
     let mut backoff = Duration::from_millis(UPLINK_BACKOFF_MS_MIN);
     while !shared.stopping() {
         let pause = if attempt(&shared, &cfg, &terminal_id).await {
