@@ -667,7 +667,7 @@ impl Journal {
 
     /// Make every grey entry written so far durable (one fdatasync of `grey.dat`).
     pub fn grey_sync(&mut self) -> Result<(), JournalError> {
-        self.grey.sync().map_err(JournalError::from)
+        self.grey.sync(&*self.layer).map_err(JournalError::from)
     }
 
     /// Whether every intent written is durable, so that its debit may be sent.
