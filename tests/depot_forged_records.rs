@@ -264,7 +264,124 @@ fn upload_exits_non_zero_when_the_depot_refused_records_and_the_station_logs_why
     assert!(stderr.contains("the depot refused 3 record(s)"), "{stderr}");
     // The station said so at its default level.
     let line = served
-        .wait_for(&["ERROR", "fields out of range", "bus-0001"])
+        .wait_for(&["ERROR", "security finding", "out_of_range", "bus-0001"])
         .unwrap_or_else(|seen| panic!("no error line; stderr: {seen:?}"));
-    assert!(line.contains("first_seq=3"), "{line}");
+    assert!(line.contains("from=3"), "{line}");
+}
+
+/// The ride-code vectors' clock (fixtures/ride-code-v1.json).
+const VECTORS_T0_UNIX_S: i64 = 1_795_824_000;
+
+fn vector_code(name: &str) -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/ride-code-v1.json"
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let case = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap();
+    case["code"].as_str().unwrap().to_string()
+}
+
+/// A validator whose engine scans `codes` at the vectors' clock into a journal in `dir`.
+fn scan_on_a_bus(dir: &std::path::Path, codes: &[String]) -> Vec<Record> {
+    use fare_validator::card::psam::Psam;
+    use fare_validator::card::sim::{SimPsam, TestKeys};
+    use fare_validator::engine::{EngineConfig, Validator};
+    use fare_validator::ride_code::{keys::ChannelKeys, verify::RideCodeConfig};
+    let (journal, _) = fare_validator::journal::Journal::open(dir).unwrap();
+    let psam = Psam::open(SimPsam::new(
+        TestKeys::default(),
+        fare_validator::replay::REPLAY_TERMINAL_NO,
+        1,
+    ))
+    .unwrap();
+    let mut engine = Validator::new(
+        EngineConfig::default(),
+        psam,
+        fare_validator::fare::FareTable::default_policy(),
+        fare_validator::blacklist::Blacklist::empty(),
+        journal,
+    );
+    let keys = ChannelKeys::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/ride-code-keys.json"
+    ))
+    .unwrap();
+    engine.set_ride_code_keys(keys, RideCodeConfig::default());
+    let now = fare_validator::clock::Timestamp {
+        unix_s: VECTORS_T0_UNIX_S,
+        utc_offset_s: 8 * 3600,
+    };
+    for code in codes {
+        assert!(engine.scan_code(code, now).accepted(), "{code}");
+    }
+    fare_validator::journal::scan(dir).unwrap().records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_riders_signed_code_travels_with_its_record_and_tells_the_honest_claim_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.db");
+    let s = store(&db, 3);
+    // The channel keys the station publishes to its buses: clearing's check of a proof.
+    let keys = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/ride-code-keys.json"
+    ))
+    .unwrap();
+    s.publish("keys", &keys).unwrap();
+    let st = station(s).await;
+    let codes = [vector_code("valid_p256"), vector_code("valid_sm2")];
+    let honest_dir = tmp.path().join(terminal_id(0));
+    let honest = scan_on_a_bus(&honest_dir, &codes);
+    assert_eq!(honest.len(), 2);
+    // Two forgers copy the first record's claim a minute earlier: one has no rider's code,
+    // the other makes one up from the code's fields (it cannot sign as the rider).
+    let forged = Record {
+        at_unix_s: honest[0].at_unix_s - 60,
+        ..honest[0]
+    };
+    write_journal(&tmp.path().join(terminal_id(1)), [forged]);
+    let mut made_up = fare_validator::ride_code::format::RideCode::parse(&codes[0])
+        .unwrap()
+        .bytes;
+    made_up[200] ^= 0x5a; // the last byte of the rider's signature
+    let mut j = write_journal(&tmp.path().join(terminal_id(2)), [forged]);
+    j.keep_proof(1, &made_up);
+    drop(j);
+    for n in 0..3 {
+        let r = upload::upload(
+            &tmp.path().join(terminal_id(n)),
+            st.addr(),
+            &terminal_id(n),
+            &secret(n as u8),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.records_refused, 0);
+    }
+    st.shutdown().await;
+    let report = Store::open(&db).unwrap().report().unwrap();
+    assert_eq!(report.qr_conflicts.len(), 1);
+    let claims = &report.qr_conflicts[0].claims;
+    let by_terminal = |n: usize| {
+        claims
+            .iter()
+            .find(|c| c.terminal == terminal_id(n))
+            .unwrap()
+    };
+    assert_eq!(claims.len(), 3);
+    assert_eq!(by_terminal(0).proof, "verified");
+    assert_eq!(by_terminal(0).code.as_deref(), Some(codes[0].as_str()));
+    assert_eq!(
+        (by_terminal(1).proof, by_terminal(1).code.as_deref()),
+        ("none", None)
+    );
+    assert_eq!(by_terminal(2).proof, "bad_signature");
 }

@@ -1,11 +1,12 @@
 //! Range checks at ingest: what a record may say, given the fare tables the station has
 //! published and the time it arrives.
 //!
-//! A record's CRC, and soon its MAC, prove only that the bus wrote it. A terminal whose
+//! A record's CRC and chain MAC prove only that the bus wrote it. A terminal whose
 //! software is compromised writes whatever it likes, with a valid checksum: a fare of
 //! 4,294,967,295 fen, a tap before 1970 or next year. The station refuses such a record
 //! instead of storing it as sent: it is kept apart (the `refused` table, with the reason),
-//! counted in the ack's refused count, logged at error, listed per journal in the report
+//! counted in the ack's refused count, stored and logged at error as an `out_of_range`
+//! finding ([`super::integrity`]), listed per journal in the report
 //! and on the manager's page, and never counted in a fare total. Its seq is accounted for,
 //! so the bus's cursor moves on and the rest of its day goes up.
 //!

@@ -17,6 +17,7 @@
 //! | `test_key` / `unsealed` | records chained with the public test key, or of a format before the chain | stored, not authenticated |
 //! | `psam_gap` | the PSAM's transaction numbers skip: numbers with no record (a tap abandoned after MAC1, or records cut) | stored |
 //! | `psam_duplicate` | a PSAM transaction number already used by another record (a cloned PSAM, a replayed record) | stored |
+//! | `out_of_range` | a field no fare table or clock allows: a fare above every table's on the route, a time before 2020 or ahead of the station's clock ([`super::checks`]); the detail says which | refused, kept in `refused` with the reason, its seq accounted for |
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -155,6 +156,7 @@ pub enum FindingKind {
     Unsealed,
     PsamGap,
     PsamDuplicate,
+    OutOfRange,
 }
 
 impl FindingKind {
@@ -168,6 +170,7 @@ impl FindingKind {
             FindingKind::Unsealed => "unsealed",
             FindingKind::PsamGap => "psam_gap",
             FindingKind::PsamDuplicate => "psam_duplicate",
+            FindingKind::OutOfRange => "out_of_range",
         }
     }
 
@@ -176,7 +179,10 @@ impl FindingKind {
     pub fn is_attack(self) -> bool {
         matches!(
             self,
-            FindingKind::Altered | FindingKind::Cut | FindingKind::PsamDuplicate
+            FindingKind::Altered
+                | FindingKind::Cut
+                | FindingKind::PsamDuplicate
+                | FindingKind::OutOfRange
         )
     }
 }
@@ -564,7 +570,7 @@ pub fn log_finding(f: &Finding) {
     }
 }
 
-const FINDING_KINDS: [FindingKind; 8] = [
+const FINDING_KINDS: [FindingKind; 9] = [
     FindingKind::Altered,
     FindingKind::Cut,
     FindingKind::ChainRestarted,
@@ -573,6 +579,7 @@ const FINDING_KINDS: [FindingKind; 8] = [
     FindingKind::Unsealed,
     FindingKind::PsamGap,
     FindingKind::PsamDuplicate,
+    FindingKind::OutOfRange,
 ];
 
 /// Stored findings, newest first, at most `max`.

@@ -641,6 +641,8 @@ enum Job {
         /// What the session found of each record's chain MAC.
         links: Vec<Link>,
     },
+    /// The ride codes behind records (seq, code bytes), kept as proof.
+    Proofs(Vec<crate::journal::proofs::Proof>),
     /// Seqs the validator no longer holds.
     Gone {
         from_seq: u64,
@@ -668,6 +670,7 @@ async fn read_batches(
                 let (from_seq, to_seq) = crate::upload::frame::decode_gone(body)?;
                 Job::Gone { from_seq, to_seq }
             }
+            FrameType::Proofs => Job::Proofs(crate::upload::frame::decode_proofs(body)?),
             FrameType::Done => {
                 decode_empty(ty, body)?;
                 Job::Done
@@ -702,6 +705,10 @@ async fn store_and_answer(
                 let ack = store_batch(&store, &terminal, &chain, from_seq, records, links).await?;
                 let sealed = sess.seal(FrameType::Ack, &ack);
                 write_frame(&mut wr, FrameType::Ack, &sealed).await?;
+            }
+            Job::Proofs(proofs) => {
+                let id = terminal.clone();
+                with_store(&store, move |s| s.store_proofs(&id, epoch, &proofs)).await?;
             }
             Job::Gone { from_seq, to_seq } => {
                 let id = terminal.clone();

@@ -26,11 +26,15 @@ use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::checks::{check_record, FareCeilings};
+use super::checks::{RIDE_CODE_AGE_AT_SCAN_S_MAX, RIDE_CODE_AHEAD_OF_SCAN_S_MAX};
 use super::integrity::{self, BatchState, ChainKeys, Finding, Link};
 use crate::blacklist::file::{delta_payload, Delta};
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::fare::FareTable;
 use crate::journal::{Record, RecordKind, RECORD_BYTES};
+use crate::ride_code::format::{RideCode, CODE_BYTES};
+use crate::ride_code::keys::ChannelKeys;
+use crate::ride_code::verify::{RideCodeConfig, Verifier};
 use crate::signed::{self, FileKind};
 use crate::signing::{decode_bundle, BundleError, EntrySummary, RequestEntry};
 use crate::types::{ListId, ListReason, ReasonSet};
@@ -104,6 +108,12 @@ CREATE TABLE IF NOT EXISTS signed_files(
     expires_unix_s INTEGER NOT NULL,
     file BLOB NOT NULL,
     PRIMARY KEY(kind, version, base_version));
+CREATE TABLE IF NOT EXISTS ride_code_proofs(
+    terminal TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    code BLOB NOT NULL,
+    PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records(
     journal INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -284,6 +294,15 @@ pub struct QrClaim {
     pub seq: u64,
     pub at_unix_s: i64,
     pub fare_fen: u64,
+    /// The rider's signed code the bus kept for this record (`ride_code_proofs`): `verified`
+    /// (it says what the record says, and its certificate and signature verify with the
+    /// ride-code keys the station publishes, at the record's time), `bad_signature` (they do
+    /// not), `matches` (it says what the record says; no keys published to check it with),
+    /// `differs`, or `none`.
+    pub proof: &'static str,
+    /// The code's 201 bytes as its text (`ESSC1.` and base64url), for clearing to verify
+    /// against the channel's keys; absent without a proof.
+    pub code: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -769,7 +788,6 @@ impl Store {
         let journal = journal_no(&tx, terminal, epoch)?;
         let mut stored = 0u32;
         let mut refused = 0u32;
-        let mut first_refusal: Option<(u64, &'static str)> = None;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO records
@@ -805,7 +823,9 @@ impl Store {
                         now_unix_s
                     ])?;
                     refused += 1;
-                    first_refusal.get_or_insert((rec.seq, reason));
+                    // Logged with the batch's findings: one row a run, never a flood.
+                    st.findings
+                        .add(integrity::FindingKind::OutOfRange, rec.seq, rec.seq, reason);
                     continue;
                 }
                 let qr = rec.qr.as_ref();
@@ -838,11 +858,6 @@ impl Store {
         }
         st.flush_psam(&tx)?;
         let findings = integrity::write_findings(&tx, terminal, epoch, &mut st)?;
-        if let Some((seq, reason)) = first_refusal {
-            // One line a batch: a forging terminal cannot flood the log.
-            tracing::error!(%terminal, epoch = %format!("{epoch:016x}"), first_seq = seq, reason,
-                "depot: records with fields out of range refused and kept apart (a compromised or broken terminal?)");
-        }
         let declared_lost = lost_ranges(from_seq, records);
         {
             let mut lost = tx.prepare_cached(
@@ -1065,7 +1080,7 @@ impl Store {
     pub fn qr_conflicts(&self) -> Result<Vec<QrConflict>, StoreError> {
         let mut st = self.conn.prepare(
             "SELECT r.channel, r.account, r.qr_counter, j.terminal, j.epoch, r.seq, r.at_unix_s,
-                    r.fare_fen
+                    r.fare_fen, r.raw
              FROM records r JOIN journals j ON j.no = r.journal
              WHERE r.kind = ?1 AND (r.channel, r.account, r.qr_counter) IN (
                SELECT channel, account, qr_counter FROM records WHERE kind = ?1
@@ -1074,19 +1089,28 @@ impl Store {
         )?;
         let mut rows = st.query(params![RecordKind::QrRide as u8])?;
         let mut out: Vec<QrConflict> = Vec::new();
+        let mut verifier = self.proof_verifier()?;
         while let Some(r) = rows.next()? {
             let code = (
                 r.get::<_, u16>(0)?,
                 r.get::<_, i64>(1)? as u64,
                 r.get::<_, u32>(2)?,
             );
-            let claim = QrClaim {
+            let mut claim = QrClaim {
                 terminal: r.get(3)?,
                 epoch: format!("{:016x}", r.get::<_, i64>(4)? as u64),
                 seq: r.get::<_, i64>(5)? as u64,
                 at_unix_s: r.get(6)?,
                 fare_fen: r.get::<_, i64>(7)? as u64,
+                proof: "none",
+                code: None,
             };
+            self.attach_proof(
+                &mut claim,
+                r.get::<_, i64>(4)?,
+                r.get(8)?,
+                verifier.as_mut(),
+            )?;
             match out.last_mut() {
                 Some(c) if (c.channel, c.account, c.counter) == code => c.claims.push(claim),
                 _ => out.push(QrConflict {
@@ -1098,6 +1122,96 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Keep the ride codes a validator sent as proof of its records (seq, code bytes);
+    /// a proof sent again is stored once.
+    pub fn store_proofs(
+        &mut self,
+        terminal: &str,
+        epoch: u64,
+        proofs: &[crate::journal::proofs::Proof],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO ride_code_proofs(terminal, epoch, seq, code) VALUES(?1, ?2, ?3, ?4)",
+            )?;
+            for (seq, code) in proofs {
+                st.execute(params![terminal, epoch as i64, *seq as i64, &code[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A verifier over the ride-code keys the station publishes, its freshness as wide as
+    /// the ingest checks allow (they bound a code's age already): None when none is published.
+    fn proof_verifier(&self) -> Result<Option<Verifier>, StoreError> {
+        let Some((_, body)) = self.downlink("keys")? else {
+            return Ok(None);
+        };
+        // Checked when published; a file that no longer loads verifies nothing.
+        let keys = std::str::from_utf8(&body)
+            .ok()
+            .and_then(|t| ChannelKeys::from_json(t).ok());
+        let config = RideCodeConfig {
+            code_validity_s: RIDE_CODE_AGE_AT_SCAN_S_MAX as u32,
+            clock_skew_s: RIDE_CODE_AHEAD_OF_SCAN_S_MAX as u32,
+        };
+        Ok(keys.map(|k| Verifier::new(k, config)))
+    }
+
+    /// The proof kept for `claim`'s record (`raw`): whether it says what the record says and,
+    /// with the station's published keys, whether the channel's and the rider's signatures
+    /// verify at the record's time.
+    fn attach_proof(
+        &self,
+        claim: &mut QrClaim,
+        epoch: i64,
+        raw: Vec<u8>,
+        verifier: Option<&mut Verifier>,
+    ) -> Result<(), StoreError> {
+        let code: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached(
+                "SELECT code FROM ride_code_proofs WHERE terminal=?1 AND epoch=?2 AND seq=?3",
+            )?
+            .query_row(params![claim.terminal, epoch, claim.seq as i64], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(code) = code.and_then(|c| <[u8; CODE_BYTES]>::try_from(c.as_slice()).ok()) else {
+            return Ok(());
+        };
+        let rec = <&[u8; RECORD_BYTES]>::try_from(raw.as_slice())
+            .ok()
+            .and_then(|b| Record::decode(b).ok())
+            .and_then(|r| r.qr);
+        let same = RideCode::from_bytes(code)
+            .ok()
+            .zip(rec)
+            .is_some_and(|(c, q)| {
+                c.account() == q.account
+                    && c.counter == q.counter
+                    && c.generated_at == q.generated_at
+            });
+        let text = crate::ride_code::format::to_text(&code);
+        let at = claim.at_unix_s;
+        claim.proof = match (same, verifier) {
+            (false, _) => "differs",
+            (true, None) => "matches",
+            (true, Some(v)) => match v.verify(&text, at) {
+                Ok(_) => "verified",
+                Err(reason) => {
+                    tracing::warn!(terminal = %claim.terminal, seq = claim.seq, reason = reason.as_str(),
+                        "depot: a ride-code proof does not verify with the published keys");
+                    "bad_signature"
+                }
+            },
+        };
+        claim.code = Some(text);
+        Ok(())
     }
 
     /// (terminal, epoch as stored, seq) of every claim in `conflicts`.

@@ -100,6 +100,11 @@ impl Core {
         let d = self
             .record_and_accept(rec, now)
             .map_err(|r| (subject, r.reason))?;
+        // The rider's signed code, kept beside its record as proof for clearing (the record
+        // has no room for it); the text verified above parses again without allocating.
+        if let (Some(seq), Ok(signed)) = (d.seq, RideCode::parse(text)) {
+            self.journal.keep_proof(seq, &signed.bytes);
+        }
         self.ride.replay.remember_code(&code, now.unix_s);
         Ok(d)
     }

@@ -34,6 +34,7 @@
 
 pub mod chain;
 pub mod grey;
+pub mod proofs;
 pub mod record;
 pub mod repair;
 
@@ -485,6 +486,8 @@ pub struct Journal {
     chain: Chain,
     /// The MAC of the last durable record (the chain goes back to it when a commit fails).
     durable_mac: RecordMac,
+    /// The ride codes behind pay-after-ride records, as proof ([`proofs`]).
+    proofs: proofs::ProofLog,
 }
 
 /// A record read back from the journal with the bytes it is stored as (its MAC among them):
@@ -566,7 +569,12 @@ impl Journal {
             }
             _ => key.chain_start(epoch),
         };
+        let proofs = proofs::ProofLog::open(dir, scan.acked_seq).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "journal: ride-code proof file unusable: scans recorded without proof");
+            proofs::ProofLog::none(dir)
+        });
         let mut j = Journal {
+            proofs,
             dir: dir.to_path_buf(),
             layer,
             file: None,
@@ -596,6 +604,12 @@ impl Journal {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Keep the ride code (its 201 bytes) behind the durable record `seq` as proof
+    /// ([`proofs`]); never fails the scan.
+    pub fn keep_proof(&mut self, seq: u64, code: &[u8; crate::ride_code::format::CODE_BYTES]) {
+        self.proofs.append(seq, code);
     }
 
     /// The seq the next appended record gets.

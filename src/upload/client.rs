@@ -19,8 +19,9 @@ use super::auth::{self, Role, Secret, Session};
 use super::conn::{write_frame, FrameReader, WireError};
 use super::downlink::{DownlinkDir, DownlinkError, DOWNLINK_FILE_BYTES_MAX};
 use super::frame::{
-    decode_32, decode_empty, decode_refused, decode_u64, encode_gone, Ack, Batch, FileChunk,
-    FrameError, FrameType, HeldVersions, Hello, BATCH_RECORDS_MAX, NONCE_BYTES,
+    decode_32, decode_empty, decode_refused, decode_u64, encode_gone, encode_proofs, Ack, Batch,
+    FileChunk, FrameError, FrameType, HeldVersions, Hello, BATCH_RECORDS_MAX, NONCE_BYTES,
+    PROOFS_PER_FRAME_MAX,
 };
 use super::source::RecordSource;
 use crate::journal::{Held, Journal, JournalError};
@@ -240,6 +241,9 @@ async fn session<J: RecordSource>(
         report.gone.push([start + 1, held_from]);
         from = held_from;
     }
+    // The riders' signed codes go first: a session cut after the records' acks has sent
+    // their proofs already.
+    send_proofs(&mut wr, &mut sess, &journal.proofs_after(from)).await?;
     // Whatever keeps records from going up, the session goes on to the downlink.
     send_records(&mut rd, &mut wr, &mut sess, journal, from, report).await?;
     let done = sess.seal(FrameType::Done, &[]);
@@ -274,6 +278,20 @@ fn refused_name(file: &[u8], e: &DownlinkError) -> String {
         Some((kind, version)) => format!("{kind:?}@{version}: {e}"),
         None => format!("unreadable file: {e}"),
     }
+}
+
+/// Send the ride-code proofs in Proofs frames of at most [`PROOFS_PER_FRAME_MAX`]; the
+/// station does not answer them.
+async fn send_proofs(
+    wr: &mut Writer,
+    sess: &mut Session,
+    proofs: &[crate::journal::proofs::Proof],
+) -> Result<(), UploadError> {
+    for chunk in proofs.chunks(PROOFS_PER_FRAME_MAX) {
+        let sealed = sess.seal(FrameType::Proofs, &encode_proofs(chunk));
+        write_frame(wr, FrameType::Proofs, &sealed).await?;
+    }
+    Ok(())
 }
 
 async fn declare_gone(

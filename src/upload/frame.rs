@@ -24,6 +24,7 @@
 //!   Auth {HMAC(secret, server nonce ‖ hello)}      ─▶      (or ◀─ Refused, then close)
 //!                                            ◀─  Welcome {acked seq}            sealed
 //!   [Gone {from, to} ─▶  ◀─ Ack]                                        sealed, when needed
+//!   [Proofs {seq, ride code} ...  ─▶]                     sealed, when the records have any
 //!   Batch {from seq, records} ─▶  ◀─ Ack {contiguous seq, max seq}   ... sealed, repeated
 //!   Done                                           ─▶                            sealed
 //!                                            ◀─  FileChunk ... Bye               sealed
@@ -52,6 +53,7 @@
 //! | 9 FileChunk | file kind (1), file version (8), total length (4), offset (4), bytes (rest) |
 //! | 10 Bye | empty |
 //! | 11 Gone | from seq (8), to seq (8): records the validator no longer holds (dropped after an earlier acknowledgement the station has since lost); answered by an Ack |
+//! | 12 Proofs | count (2, 1..=[`PROOFS_PER_FRAME_MAX`]), then per proof: record seq (8), the ride code's bytes as scanned (201, ride-code-v1.md); sent before the batches of those records, not answered: the station keeps them beside the records as the riders' signatures |
 //!
 //! A batch covers the seqs `from ..= last record's seq`: the records are in increasing seq
 //! order, and a seq of that range with no record is one the validator's journal lost (a
@@ -63,9 +65,14 @@ use crate::journal::{RECORD_BYTES, SEQ_MAX};
 
 pub const MAGIC: [u8; 2] = *b"FV";
 /// Version 2 added the journal's identity (epoch) to the hello, the conflict count to the
-/// ack and the Gone frame. A station answers a version 1 hello with a Refused frame in
-/// version 1 framing, so an old validator says why, and serves nothing.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// ack and the Gone frame; version 3 the Proofs frame. A station answers an older hello with
+/// a Refused frame in that version's framing, so an old validator says why, and serves
+/// nothing.
+pub const PROTOCOL_VERSION: u8 = 3;
+/// Ride-code proofs in one Proofs frame: 512 × 209 bytes, well under a frame.
+pub const PROOFS_PER_FRAME_MAX: usize = 512;
+/// Bytes of one proof in a Proofs frame: seq and the ride code.
+pub const PROOF_BYTES: usize = 8 + crate::ride_code::format::CODE_BYTES;
 pub const FRAME_HEADER_BYTES: usize = 8;
 pub const FRAME_CRC_BYTES: usize = 4;
 /// Largest payload accepted (256 KiB: a full batch of records is 196,658 bytes sealed).
@@ -106,6 +113,7 @@ pub enum FrameType {
     FileChunk = 9,
     Bye = 10,
     Gone = 11,
+    Proofs = 12,
 }
 
 impl FrameType {
@@ -113,6 +121,7 @@ impl FrameType {
         use FrameType::*;
         [
             Hello, Challenge, Auth, Welcome, Refused, Batch, Ack, Done, FileChunk, Bye, Gone,
+            Proofs,
         ]
         .into_iter()
         .find(|t| *t as u8 == v)
@@ -164,8 +173,8 @@ pub fn parse_header(h: &[u8; FRAME_HEADER_BYTES]) -> Result<(FrameType, usize), 
     if h[..2] != MAGIC {
         return Err(FrameError::BadMagic);
     }
-    if h[2] == 1 && h[3] == FrameType::Hello as u8 {
-        return Err(FrameError::OldVersion(1));
+    if (1..PROTOCOL_VERSION).contains(&h[2]) && h[3] == FrameType::Hello as u8 {
+        return Err(FrameError::OldVersion(h[2]));
     }
     if h[2] != PROTOCOL_VERSION {
         return Err(FrameError::BadVersion(h[2]));
@@ -505,6 +514,39 @@ pub fn decode_gone(body: &[u8]) -> Result<(u64, u64), FrameError> {
     Ok((from, to))
 }
 
+/// The body of a Proofs frame: each record's seq and the ride code behind it.
+pub fn encode_proofs(proofs: &[(u64, [u8; crate::ride_code::format::CODE_BYTES])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + proofs.len() * PROOF_BYTES);
+    out.extend_from_slice(&(proofs.len() as u16).to_be_bytes());
+    for (seq, code) in proofs {
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(code);
+    }
+    out
+}
+
+/// The proofs of a Proofs frame, each seq within 1..=[`SEQ_MAX`].
+#[allow(clippy::type_complexity)]
+pub fn decode_proofs(
+    body: &[u8],
+) -> Result<Vec<(u64, [u8; crate::ride_code::format::CODE_BYTES])>, FrameError> {
+    let mut b = Body::new(FrameType::Proofs, body);
+    let n = u16::from_be_bytes(b.array::<2>("count")?) as usize;
+    if n == 0 || n > PROOFS_PER_FRAME_MAX {
+        return Err(b.bad("proof count"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let seq = b.u64("seq")?;
+        if seq == 0 || seq > SEQ_MAX {
+            return Err(b.bad("seq"));
+        }
+        out.push((seq, b.array("ride code")?));
+    }
+    b.end()?;
+    Ok(out)
+}
+
 pub fn encode_u64(v: u64) -> Vec<u8> {
     v.to_be_bytes().to_vec()
 }
@@ -624,11 +666,22 @@ mod tests {
         assert!(Hello::decode(&e).is_err());
     }
 
+    #[test]
+    fn proofs_round_trip_and_bad_counts_are_refused() {
+        let proofs = vec![(3u64, [7u8; 201]), (9, [1; 201])];
+        assert_eq!(decode_proofs(&encode_proofs(&proofs)), Ok(proofs.clone()));
+        assert!(decode_proofs(&encode_proofs(&[])).is_err());
+        let mut cut = encode_proofs(&proofs);
+        cut.pop();
+        assert!(decode_proofs(&cut).is_err());
+        assert!(decode_proofs(&encode_proofs(&[(0, [0; 201])])).is_err());
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse_frame(&bytes);
-            for ty in 1..=11u8 {
+            for ty in 1..=12u8 {
                 let Some(ty) = FrameType::from_u8(ty) else { continue };
                 let _ = match ty {
                     FrameType::Hello => Hello::decode(&bytes).map(|_| ()),
@@ -637,6 +690,7 @@ mod tests {
                     FrameType::FileChunk => FileChunk::decode(&bytes).map(|_| ()),
                     FrameType::Refused => decode_refused(&bytes).map(|_| ()),
                     FrameType::Gone => decode_gone(&bytes).map(|_| ()),
+                    FrameType::Proofs => decode_proofs(&bytes).map(|_| ()),
                     _ => decode_32(ty, &bytes).map(|_| ()),
                 };
             }

@@ -3,6 +3,7 @@
 //! from its uplink task ([`crate::validator::uplink`]), which reads the durable files and
 //! hands the cursor back to the tap thread instead of writing under it.
 
+use crate::journal::proofs::Proof;
 use crate::journal::{Held, Journal, JournalError};
 
 /// The journal as an upload session sees it.
@@ -20,6 +21,12 @@ pub trait RecordSource {
     fn durable_seq(&self) -> u64;
     /// The seq before the oldest record still held.
     fn held_from_seq(&self) -> Result<u64, JournalError>;
+    /// The ride codes kept as proof of the durable records above `after`
+    /// ([`crate::journal::proofs`]); none by default.
+    fn proofs_after(&self, after: u64) -> Vec<Proof> {
+        let _ = after;
+        Vec::new()
+    }
 }
 
 impl RecordSource for Journal {
@@ -45,5 +52,24 @@ impl RecordSource for Journal {
 
     fn held_from_seq(&self) -> Result<u64, JournalError> {
         Journal::held_from_seq(self)
+    }
+
+    fn proofs_after(&self, after: u64) -> Vec<Proof> {
+        durable_proofs(self.dir(), after, self.durable_seq())
+    }
+}
+
+/// The proofs in the journal folder `dir` of records above `after` and at most `durable`;
+/// an unreadable proof file is logged and sends none (the records go up without them).
+pub fn durable_proofs(dir: &std::path::Path, after: u64, durable: u64) -> Vec<Proof> {
+    match crate::journal::proofs::read_after(dir, after) {
+        Ok(mut p) => {
+            p.retain(|(seq, _)| *seq <= durable);
+            p
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "upload: ride-code proofs unreadable: records sent without them");
+            Vec::new()
+        }
     }
 }

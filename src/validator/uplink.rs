@@ -76,6 +76,10 @@ impl RecordSource for LiveJournal<'_> {
         crate::journal::held_from_seq(&self.dir, first, self.durable_seq())
     }
 
+    fn proofs_after(&self, after: u64) -> Vec<crate::journal::proofs::Proof> {
+        crate::upload::source::durable_proofs(&self.dir, after, self.durable_seq())
+    }
+
     fn set_acked(&mut self, seq: u64) -> Result<(), JournalError> {
         let seq = seq.min(self.shared.durable_seq.load(Ordering::Acquire));
         if seq > self.acked {
