@@ -128,6 +128,38 @@ async fn record_with_its_fare_set_to_zero_and_its_crc_fixed_is_refused_and_repor
     assert!(html.contains("<td class=\"kind\">altered</td>"), "{html}");
 }
 
+/// Set seq `seq`'s fare to 0 in the journal's one segment and make its CRC right again.
+fn zero_fare(bus: &Path, seq: usize) {
+    let seg = segment(bus);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let rec = &mut bytes[(seq - 1) * RECORD_BYTES..seq * RECORD_BYTES];
+    rec[24..28].copy_from_slice(&0u32.to_be_bytes());
+    let crc = CRC32.checksum(&rec[..92]);
+    rec[92..].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_after_a_refused_record_checks_the_next_against_the_mac_it_carried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.db");
+    let st = station(store(&db, 1)).await;
+    let bus = tmp.path().join("bus");
+    bus_journal(&bus, (1..=3).map(card_record));
+    zero_fare(&bus, 3);
+    assert_eq!(up(&bus, st.addr()).await.acked_seq, 3);
+    bus_journal(&bus, (4..=5).map(card_record));
+    assert_eq!(up(&bus, st.addr()).await.acked_seq, 5);
+    st.shutdown().await;
+    let seqs: Vec<u64> = stored_fares(&db).iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![1, 2, 4, 5]);
+    assert_eq!(findings(&db, "altered").len(), 1);
+    assert!(
+        findings(&db, "chain_unverified").is_empty(),
+        "seq 4 is proven against the refused record's MAC"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_records_cut_after_upload_and_the_bus_tapping_on_is_reported_as_a_cut() {
     let tmp = tempfile::tempdir().unwrap();

@@ -66,6 +66,14 @@ async fn replaced_journal_is_a_new_epoch_whose_records_are_stored_and_reported()
     );
     assert!(t.gaps.is_empty());
     assert_eq!(t.fare_fen, 15 * 200);
+    let replaced: Vec<_> = s
+        .findings(100)
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.kind == "journal_replaced")
+        .map(|f| (f.epoch, f.from))
+        .collect();
+    assert_eq!(replaced, vec![(r.epoch.clone(), 1)], "a stored finding");
 }
 
 fn up_epoch(dir: &std::path::Path) -> String {

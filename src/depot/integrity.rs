@@ -18,6 +18,7 @@
 //! | `psam_gap` | the PSAM's transaction numbers skip: numbers with no record (a tap abandoned after MAC1, or records cut) | stored |
 //! | `psam_duplicate` | a PSAM transaction number already used by another record (a cloned PSAM, a replayed record) | stored |
 //! | `out_of_range` | a field no fare table or clock allows: a fare above every table's on the route, a time before 2020 or ahead of the station's clock ([`super::checks`]); the detail says which | refused, kept in `refused` with the reason, its seq accounted for |
+//! | `journal_replaced` | a terminal's new journal (epoch) after others: new storage, a re-flash, or the old journal deleted with its identity | its records stored as that journal's |
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -157,6 +158,7 @@ pub enum FindingKind {
     PsamGap,
     PsamDuplicate,
     OutOfRange,
+    JournalReplaced,
 }
 
 impl FindingKind {
@@ -171,6 +173,7 @@ impl FindingKind {
             FindingKind::PsamGap => "psam_gap",
             FindingKind::PsamDuplicate => "psam_duplicate",
             FindingKind::OutOfRange => "out_of_range",
+            FindingKind::JournalReplaced => "journal_replaced",
         }
     }
 
@@ -314,7 +317,8 @@ impl BatchState {
             return Ok(());
         };
         let n = u64::from(rec.card_tx.terminal_seq);
-        let detail = format!("PSAM {}", psam_hex(psam));
+        // Made only for a finding: the common case allocates nothing.
+        let detail = || format!("PSAM {}", psam_hex(psam));
         p.dirty = true;
         match p.last {
             None => p.last = Some(n),
@@ -325,7 +329,7 @@ impl BatchState {
                     FindingKind::PsamGap,
                     last + 1,
                     n - 1,
-                    &detail,
+                    &detail(),
                     n - 1 - last,
                 );
                 p.last = Some(n);
@@ -342,7 +346,9 @@ impl BatchState {
                         p.gaps.push((n + 1, b));
                     }
                 }
-                None => self.findings.add(FindingKind::PsamDuplicate, n, n, &detail),
+                None => self
+                    .findings
+                    .add(FindingKind::PsamDuplicate, n, n, &detail()),
             },
         }
         Ok(())
@@ -463,7 +469,13 @@ pub(super) fn resolve(
     let (epoch, seq) = (keys.epoch(), r.record.seq);
     let mut link = link;
     if link == Link::Unknown {
-        match raws_at(tx, "records", terminal, epoch, seq - 1)?.first() {
+        // The record before, stored, or refused (an altered record keeps the MAC it was
+        // written with).
+        let mut prev = raws_at(tx, "records", terminal, epoch, seq - 1)?;
+        if prev.is_empty() {
+            prev = raws_at(tx, "refused", terminal, epoch, seq - 1)?;
+        }
+        match prev.first() {
             Some(p) => link = keys.link(seq, &r.raw, Some(Record::seal_of(p))),
             None => {
                 st.findings.add(
@@ -533,26 +545,54 @@ pub(super) fn write_findings(
     }
     let now = now_unix_s();
     let mut out = std::mem::take(&mut st.findings.items);
-    let mut ins = tx.prepare_cached(
-        "INSERT INTO findings(terminal, epoch, kind, from_seq, to_seq, count, detail, at_unix_s)
-         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
     for f in &mut out {
         f.terminal = terminal.to_string();
         f.epoch = format!("{epoch:016x}");
         f.at_unix_s = now;
-        ins.execute(params![
-            terminal,
-            epoch as i64,
-            f.kind,
-            f.from as i64,
-            f.to as i64,
-            f.count as i64,
-            f.detail,
-            now
-        ])?;
+        store_finding(tx, epoch, f)?;
     }
     Ok(out)
+}
+
+/// Store one finding (its `epoch` given as the number, the finding's text being hex).
+pub(super) fn store_finding(conn: &Connection, epoch: u64, f: &Finding) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO findings(terminal, epoch, kind, from_seq, to_seq, count, detail, at_unix_s)
+         VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        f.terminal,
+        epoch as i64,
+        f.kind,
+        f.from as i64,
+        f.to as i64,
+        f.count as i64,
+        f.detail,
+        f.at_unix_s
+    ])?;
+    Ok(())
+}
+
+/// A terminal's journal replaced (a new epoch after others): new storage, a re-flash, or
+/// the old journal deleted with its identity. Records the old one held that never reached
+/// the depot are gone (the PSAM numbers show how many card taps).
+pub(super) fn journal_replaced(
+    conn: &Connection,
+    terminal: &str,
+    epoch: u64,
+    first_seq: u64,
+) -> Result<(), StoreError> {
+    let f = Finding {
+        terminal: terminal.to_string(),
+        epoch: format!("{epoch:016x}"),
+        kind: FindingKind::JournalReplaced.as_str(),
+        from: first_seq,
+        to: first_seq,
+        count: 1,
+        detail: "a new journal: new storage, a re-flash, or the old journal deleted; what the old one did not upload is gone".to_string(),
+        at_unix_s: now_unix_s(),
+    };
+    store_finding(conn, epoch, &f)
 }
 
 /// Log a finding at the default level: error for those that mean money or records may be
@@ -570,7 +610,7 @@ pub fn log_finding(f: &Finding) {
     }
 }
 
-const FINDING_KINDS: [FindingKind; 9] = [
+const FINDING_KINDS: [FindingKind; 10] = [
     FindingKind::Altered,
     FindingKind::Cut,
     FindingKind::ChainRestarted,
@@ -580,6 +620,7 @@ const FINDING_KINDS: [FindingKind; 9] = [
     FindingKind::PsamGap,
     FindingKind::PsamDuplicate,
     FindingKind::OutOfRange,
+    FindingKind::JournalReplaced,
 ];
 
 /// Stored findings, newest first, at most `max`.

@@ -702,6 +702,7 @@ impl Store {
             if others > 0 {
                 tracing::warn!(terminal = %id, epoch = %format!("{epoch:016x}"), first_seq, earlier_journals = others,
                     "depot: the terminal's journal was replaced (new storage or re-flash): a new epoch, stored apart");
+                integrity::journal_replaced(&self.conn, id, epoch, first_seq)?;
             } else {
                 tracing::info!(terminal = %id, epoch = %format!("{epoch:016x}"), first_seq, "depot: first journal of the terminal");
             }
