@@ -26,7 +26,9 @@ use serde::Serialize;
 
 use crate::blacklist::Blacklist;
 use crate::card::psam::Psam;
+use crate::card::quickpass::{CaKeys, PanTokenKey};
 use crate::card::sim::{CardSpec, SimCard, SimPsam, TestKeys};
+use crate::card::sim_quickpass::{QuickPassSpec, SimPhysicalCard, SimQuickPass};
 use crate::clock::Timestamp;
 use crate::engine::{EngineConfig, Validator, GROUP_COMMIT_TAPS_MAX};
 use crate::fare::FareTable;
@@ -62,6 +64,8 @@ pub struct BenchPlan {
     pub baseline_taps: usize,
     /// Taps made one at a time (bursts of one), ours and the baseline's each.
     pub single_taps: usize,
+    /// QuickPass taps: the whole dialogue with a simulated card, fDDA included.
+    pub quickpass_taps: usize,
 }
 
 impl BenchPlan {
@@ -71,6 +75,7 @@ impl BenchPlan {
         } else {
             (5_000_000, 200_000, 20_000, 204_800, 6_400, 2_000)
         };
+        let quickpass = if a.quick { 2_000 } else { 10_000 };
         BenchPlan {
             blacklist_entries: a.blacklist_entries.unwrap_or(entries),
             memory_taps: memory,
@@ -78,6 +83,7 @@ impl BenchPlan {
             durable_taps: durable,
             baseline_taps: baseline,
             single_taps: single,
+            quickpass_taps: quickpass,
         }
     }
 }
@@ -93,6 +99,11 @@ pub struct BenchReport {
     pub qr_scan_us_p99: u64,
     pub qr_scan_p256_us_p99: u64,
     pub qr_scan_sm2_us_p99: u64,
+    /// QuickPass taps (docs/quickpass.md): SELECT of the transport application, PPSE, GPO,
+    /// records, fDDA (three RSA recoveries) and the record, with the simulated card's own
+    /// signing inside the time.
+    pub quickpass_tap_us_p50: u64,
+    pub quickpass_tap_us_p99: u64,
     /// Taps arriving together in the durable workload.
     pub burst_taps: usize,
     /// Durable taps in bursts: from the burst's arrival to the tap's answer (record synced).
@@ -272,6 +283,7 @@ pub fn run_plan(plan: BenchPlan, seed: u64) -> Result<BenchReport, String> {
         }
     }
     let qr = scans(&mut v, start, plan.qr_scans, seed)?;
+    let quickpass = quickpass_taps(&mut v, start, plan.quickpass_taps, seed)?;
     drop(v);
 
     // Durable (group commit) and the baseline, round by round, in bursts and one at a time.
@@ -325,6 +337,8 @@ pub fn run_plan(plan: BenchPlan, seed: u64) -> Result<BenchReport, String> {
         qr_scan_us_p99: qr.all.value_at_quantile(0.99),
         qr_scan_p256_us_p99: qr.p256.value_at_quantile(0.99),
         qr_scan_sm2_us_p99: qr.sm2.value_at_quantile(0.99),
+        quickpass_tap_us_p50: quickpass.value_at_quantile(0.50),
+        quickpass_tap_us_p99: quickpass.value_at_quantile(0.99),
         burst_taps: BENCH_BURST_TAPS,
         durable_tap_us_p50: durable.value_at_quantile(0.50),
         durable_tap_us_p99: durable.value_at_quantile(0.99),
@@ -342,6 +356,44 @@ pub fn run_plan(plan: BenchPlan, seed: u64) -> Result<BenchReport, String> {
         single_p99_ratio: p99_ratio(&base_one, &durable_one),
         validator,
     })
+}
+
+/// The vectors' first card and CA keys (fixtures/quickpass-v1.json), built in.
+pub fn quickpass_vector_card() -> Result<(SimPhysicalCard, CaKeys), String> {
+    let v: serde_json::Value = serde_json::from_str(include_str!("../fixtures/quickpass-v1.json"))
+        .map_err(|e| e.to_string())?;
+    let spec: QuickPassSpec =
+        serde_json::from_value(v["cases"][0]["card"].clone()).map_err(|e| e.to_string())?;
+    let ca = CaKeys::from_json(&v["ca_keys"].to_string())?;
+    Ok((
+        SimPhysicalCard::new(None, Some(SimQuickPass::new(&spec, 1)?)),
+        ca,
+    ))
+}
+
+/// QuickPass taps of one card, each past the anti-passback window of the one before.
+fn quickpass_taps(
+    v: &mut Validator<SimPsam>,
+    start: Timestamp,
+    n: usize,
+    seed: u64,
+) -> Result<Histogram<u64>, String> {
+    let (mut card, ca) = quickpass_vector_card()?;
+    v.set_quickpass(ca, PanTokenKey::TEST, seed);
+    let step_s = i64::from(v.config().anti_passback_s) + 1;
+    let mut h = histogram();
+    let mut now = start;
+    for _ in 0..n {
+        now = now.plus_s(step_s);
+        card.enter_field(None);
+        let t = Instant::now();
+        let d = v.tap_card(&mut card, now);
+        h.saturating_record(micros(t));
+        if !d.accepted() {
+            return Err(format!("bench QuickPass tap refused: {d:?}"));
+        }
+    }
+    Ok(h)
 }
 
 /// Durable taps in bursts of `burst` that share one sync: every tap of a burst waits from
@@ -558,11 +610,13 @@ mod tests {
             durable_taps: 2 * BENCH_BURST_TAPS * BENCH_ROUNDS,
             baseline_taps: BENCH_BURST_TAPS * BENCH_ROUNDS,
             single_taps: 2 * BENCH_ROUNDS,
+            quickpass_taps: 20,
         };
         let r = run_plan(plan, 5).unwrap();
         assert_eq!(r.burst_taps, BENCH_BURST_TAPS);
         assert!(r.card_tap_us_p50 >= 1 && r.card_tap_us_p99 >= r.card_tap_us_p50);
         assert!(r.qr_scan_us_p99 >= r.qr_scan_us_p50);
+        assert!(r.quickpass_tap_us_p50 >= 1 && r.quickpass_tap_us_p99 >= r.quickpass_tap_us_p50);
         // In a burst the baseline commits tap after tap, so its last tap waits for all of them.
         assert!(r.baseline_card_tap_us_p99 > r.baseline_card_tap_us_p50);
         assert!(r.durable_taps_per_s > 0 && r.baseline_taps_per_s > 0);

@@ -128,8 +128,7 @@ pub struct SimQuickPass {
     icc_cert: Vec<u8>,
     icc_remainder: Vec<u8>,
     icc_exponent: Vec<u8>,
-    icc_n: BigUint,
-    icc_d: BigUint,
+    icc_key: IccKey,
     icc_n_bytes: usize,
     ac_key: [u8; 32],
     atc: u16,
@@ -138,6 +137,33 @@ pub struct SimQuickPass {
     in_field: bool,
     removal: Option<QpRemoval>,
     rng: ChaCha8Rng,
+}
+
+/// The simulated card's private key: with its primes (recovered from n, e, d by RustCrypto
+/// `rsa`) the signature takes the CRT's four times shorter exponentiations; a key whose
+/// primes cannot be recovered (not a consistent key pair) signs with d directly.
+#[derive(Clone, Debug)]
+enum IccKey {
+    Crt(Box<rsa::RsaPrivateKey>),
+    Plain { n: BigUint, d: BigUint },
+}
+
+impl IccKey {
+    fn new(n: BigUint, e: BigUint, d: BigUint) -> IccKey {
+        match rsa::RsaPrivateKey::from_components(n.clone(), e, d.clone(), Vec::new()) {
+            Ok(k) => IccKey::Crt(Box::new(k)),
+            Err(_) => IccKey::Plain { n, d },
+        }
+    }
+
+    fn sign(&self, m: &BigUint) -> BigUint {
+        match self {
+            IccKey::Crt(k) => rsa::hazmat::rsa_decrypt(None::<&mut ChaCha8Rng>, k.as_ref(), m)
+                // The message is below the modulus by construction (it starts 6A).
+                .unwrap_or_default(),
+            IccKey::Plain { n, d } => m.modpow(d, n),
+        }
+    }
 }
 
 fn hex_field(name: &str, v: &str) -> Result<Vec<u8>, String> {
@@ -194,11 +220,14 @@ impl SimQuickPass {
             icc_remainder: hex_field("icc_remainder", &spec.icc_remainder)?,
             icc_exponent: hex_field("icc_exponent", &spec.icc_exponent)?,
             icc_n_bytes: icc_modulus.len(),
-            icc_n: BigUint::from_bytes_be(&icc_modulus),
-            icc_d: BigUint::from_bytes_be(&hex_field(
-                "icc_private_exponent",
-                &spec.icc_private_exponent,
-            )?),
+            icc_key: IccKey::new(
+                BigUint::from_bytes_be(&icc_modulus),
+                BigUint::from_bytes_be(&hex_field("icc_exponent", &spec.icc_exponent)?),
+                BigUint::from_bytes_be(&hex_field(
+                    "icc_private_exponent",
+                    &spec.icc_private_exponent,
+                )?),
+            ),
             ac_key,
             atc: spec.atc,
             selected: Selected::None,
@@ -318,7 +347,7 @@ impl SimQuickPass {
         self.rng.fill_bytes(&mut dynamic[3..]);
         let plain =
             sdad_plain(&dynamic, &fdda, self.icc_n_bytes).ok_or(sw::CONDITIONS_NOT_SATISFIED)?;
-        let signed = BigUint::from_bytes_be(&plain).modpow(&self.icc_d, &self.icc_n);
+        let signed = self.icc_key.sign(&BigUint::from_bytes_be(&plain));
         let sdad = left_pad(&signed.to_bytes_be(), self.icc_n_bytes);
         let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.ac_key).expect("any key");
         mac.update(pdol);
