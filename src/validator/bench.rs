@@ -112,6 +112,8 @@ pub struct ValidatorBenchReport {
     pub whole_tap_lock_scan_us_p50: u64,
     pub whole_tap_lock_scan_us_p99: u64,
     pub whole_tap_lock_scan_p99_added_pct: f64,
+    /// Card taps made while those scans ran.
+    pub taps_during_whole_tap_lock_scans: u64,
     pub engine_tap_us_p99: u64,
     pub engine_tap_us_max: u64,
     pub delta_changes: usize,
@@ -441,7 +443,7 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
     )?;
     let (mut engine_scan, mut program_scan, mut whole_scan) =
         (histogram(), histogram(), histogram());
-    let mut taps_during_scans = 0;
+    let (mut taps_during_scans, mut taps_during_whole) = (0, 0);
     let block = codes.len().div_ceil(args.rounds.max(1)).max(1);
     for part in codes.chunks(block) {
         for (t, text) in part {
@@ -453,7 +455,7 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
             }
         }
         taps_during_scans += program.scans(part, exchange, &mut program_scan)?;
-        whole.scans(part, exchange, &mut whole_scan)?;
+        taps_during_whole += whole.scans(part, exchange, &mut whole_scan)?;
     }
     whole.stop();
 
@@ -507,6 +509,7 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
         whole_tap_lock_scan_us_p50: whole_scan.value_at_quantile(0.50),
         whole_tap_lock_scan_us_p99: w99,
         whole_tap_lock_scan_p99_added_pct: added_pct(w99, e99),
+        taps_during_whole_tap_lock_scans: taps_during_whole,
         engine_tap_us_p99: engine_tap.value_at_quantile(0.99),
         engine_tap_us_max: engine_tap.max(),
         delta_changes: delta.changes.len(),
