@@ -44,7 +44,10 @@ async fn fresh_db(test: &str) -> Option<(Client, String)> {
     let (server, _) = base.rsplit_once('/').unwrap();
     let url = format!("{server}/{db}");
     let mut client = clearing::connect(&url).await.unwrap();
-    assert_eq!(schema::migrate(&mut client).await.unwrap(), vec![1]);
+    assert_eq!(
+        schema::migrate(&mut client).await.unwrap(),
+        schema::MIGRATIONS.iter().map(|m| m.0).collect::<Vec<_>>()
+    );
     assert!(schema::migrate(&mut client).await.unwrap().is_empty());
     Some((client, url))
 }
@@ -251,4 +254,315 @@ async fn server_side_killed_mid_batch_then_forwarding_resumes_exactly_once() {
     let r = forward::forward(&store, &mut client, &o).await.unwrap();
     assert_eq!((r.records_sent, r.records_new), (30, 0));
     assert_eq!(distinct_keys(&client).await, (n as i64, n as i64));
+}
+
+// ---- The clearing run ------------------------------------------------------------------
+
+use fare_validator::card::crypto::{self, PurchaseData};
+use fare_validator::card::sim::TestKeys;
+use fare_validator::clearing::run::{self, RunOptions, RunSummary};
+use fare_validator::journal::RecordKind;
+use fare_validator::types::CardNo;
+
+/// 2026-11-28 08:00 +08:00 (a Saturday): the cleared day's first boarding.
+const DAY_AT: i64 = 1_795_824_000;
+
+fn day(s: &str) -> time::Date {
+    time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).unwrap()
+}
+
+/// The TAC the simulated card makes for `r` (src/card/sim.rs, src/card/crypto.rs).
+fn tac_of(r: &Record) -> [u8; 4] {
+    let dtk = crypto::diversify(&TestKeys::default().tac_master, r.card_no.serial_tail8());
+    let local =
+        time::OffsetDateTime::from_unix_timestamp(r.at_unix_s + i64::from(r.utc_offset_min) * 60)
+            .unwrap();
+    let digits = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        local.year(),
+        local.month() as u8,
+        local.day(),
+        local.hour(),
+        local.minute(),
+        local.second()
+    );
+    let datetime: [u8; 7] = hex::decode(digits).unwrap().try_into().unwrap();
+    crypto::tac(
+        &dtk,
+        &PurchaseData {
+            amount_fen: r.fare_fen,
+            tx_type: 0x09,
+            terminal_no: r.terminal_no,
+            terminal_seq: r.card_tx.terminal_seq,
+            datetime,
+        },
+    )
+}
+
+/// A purse purchase of card `card` (last digits) with a true TAC.
+fn purse(card: u128, counter: u16, psam_seq: u32, at_unix_s: i64) -> Record {
+    let mut r = card_record(0);
+    r.card_no = CardNo::from_u128(37_140_000_000_000_000_000 + card).unwrap();
+    r.card_tx.offline_counter = counter;
+    r.card_tx.terminal_seq = psam_seq;
+    r.at_unix_s = at_unix_s;
+    r.card_tx.tac = tac_of(&r);
+    r
+}
+
+/// A depot holding `journals` (terminal n, epoch 1, seqs from 1), forwarded to `client`.
+async fn forwarded(client: &mut Client, dir: &std::path::Path, journals: Vec<Vec<Record>>) -> u64 {
+    let mut store = Store::open(&dir.join("depot.db")).unwrap();
+    for (t, records) in journals.into_iter().enumerate() {
+        let received: Vec<Received> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut record)| {
+                record.seq = i as u64 + 1;
+                Received {
+                    record,
+                    raw: record.encode(),
+                }
+            })
+            .collect();
+        let s = store.store_batch(&terminal_id(t), 1, 1, &received).unwrap();
+        assert_eq!(s.ack.refused, 0);
+    }
+    forward::forward(&store, client, &opts(1_000))
+        .await
+        .unwrap()
+        .records_new
+}
+
+fn test_keys() -> Vec<(String, Vec<u8>)> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/issuer-tac-keys.json"
+    ))
+    .unwrap();
+    run::IssuerKeys::from_json(&text).unwrap()
+}
+
+fn run_opts(d: &str, daily: Option<i64>, weekly: Option<i64>) -> RunOptions {
+    RunOptions {
+        day: day(d),
+        issuer_keys: test_keys(),
+        daily_cap_fen: daily,
+        weekly_cap_fen: weekly,
+        acquirer: "test-acquirer".to_string(),
+    }
+}
+
+async fn rows(client: &Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn forged_tac_counter_gap_and_grey_recovery_are_found() {
+    let Some((mut client, _)) = fresh_db("run_findings").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut forged = purse(2, 0, 4, DAY_AT + 400);
+    forged.card_tx.tac[3] ^= 0x01;
+    let mut recovered = purse(4, 5, 7, DAY_AT + 700);
+    recovered.kind = RecordKind::CardRecovered;
+    let bus0 = vec![
+        purse(1, 0, 1, DAY_AT + 100),
+        purse(1, 1, 2, DAY_AT + 200),
+        purse(3, 0, 3, DAY_AT + 300),
+        forged,
+        // PSAM number 5 and card 3's counter 1 never seen: a debit with no record.
+        purse(3, 2, 6, DAY_AT + 600),
+        recovered,
+        purse(4, 6, 8, DAY_AT + 900),
+    ];
+    forwarded(&mut client, tmp.path(), vec![bus0]).await;
+    let s = run::run_day(&mut client, &run_opts("2026-11-28", None, None))
+        .await
+        .unwrap();
+
+    assert_eq!(s.records, 7);
+    assert_eq!(s.tac_failures, 1, "{s:?}");
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT terminal || '/' || seq || '/' || reason FROM tac_failures"
+        )
+        .await,
+        vec!["bus-0000/4/mismatch"],
+        "the forged record, and only it"
+    );
+    assert_eq!(
+        rows(&client, "SELECT subject || ':' || from_counter || '-' || to_counter FROM counter_findings WHERE finding = 'gap' ORDER BY 1").await,
+        vec!["card:1-1", "psam:5-5"]
+    );
+    assert_eq!(
+        rows(&client, "SELECT record || ' by ' || recovered_by || ' after ' || delay_s FROM grey_findings WHERE finding = 'recovered'").await,
+        vec!["bus-0000/1/6 by bus-0000/1/7 after 200"],
+        "the recovered debit matched with the tap that recovered it"
+    );
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT card_no || '#' || card_counter FROM grey_findings WHERE finding = 'unsettled'"
+        )
+        .await,
+        vec!["37140000000000000003#1"]
+    );
+    assert_eq!(
+        s.charged_fen,
+        6 * 200,
+        "the forged record is charged to no one"
+    );
+}
+
+#[tokio::test]
+async fn ride_code_on_two_buses_is_charged_once_and_caps_charge_the_remainder() {
+    let Some((mut client, _)) = fresh_db("run_caps").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let code = |account, counter, at| qr_record(1, account, counter, at);
+    // Account 1:77 on the 28th: code 1 shown on two buses (a screenshot), then codes 2, 3, 4.
+    // Account 1:88: 400 fen on Friday the 27th, the same ISO week, then 2 rides on the 28th.
+    let bus0 = vec![
+        code(88, 1, DAY_AT - 86_400 + 100),
+        code(88, 2, DAY_AT - 86_400 + 200),
+        code(77, 1, DAY_AT + 100),
+        code(77, 2, DAY_AT + 300),
+        code(77, 4, DAY_AT + 700),
+        code(88, 3, DAY_AT + 800),
+    ];
+    // The same code (account, counter, generated_at) as bus 0's, shown 50 s later.
+    let mut screenshot = code(77, 1, DAY_AT + 150);
+    screenshot.qr = code(77, 1, DAY_AT + 100).qr;
+    let bus1 = vec![
+        screenshot,
+        code(77, 3, DAY_AT + 500),
+        code(88, 4, DAY_AT + 900),
+    ];
+    forwarded(&mut client, tmp.path(), vec![bus0, bus1]).await;
+    let s = run::run_day(&mut client, &run_opts("2026-11-28", Some(500), Some(600)))
+        .await
+        .unwrap();
+
+    let charged = rows(
+        &client,
+        "SELECT account || ' ' || terminal || '/' || seq || ' ' || charged_fen || coalesce(' dup of ' || duplicate_of, '')
+         FROM charges ORDER BY at_unix_s",
+    )
+    .await;
+    assert_eq!(
+        charged,
+        vec![
+            "1:77 bus-0000/3 200",
+            "1:77 bus-0001/1 0 dup of bus-0000/1/3",
+            "1:77 bus-0000/4 200",
+            "1:77 bus-0001/2 100", // crosses the daily cap of 500: the remainder
+            "1:77 bus-0000/5 0",
+            "1:88 bus-0000/6 200", // 400 on Friday + 200 = the weekly cap of 600
+            "1:88 bus-0001/3 0",
+        ]
+    );
+    assert_eq!(s.charged_once_duplicates, 1);
+    assert_eq!(
+        rows(&client, "SELECT account || ' ' || rides || ' ' || capped_fen || ' ' || rides_capped FROM caps_applied ORDER BY 1").await,
+        vec!["1:77 5 300 2", "1:88 2 200 1"]
+    );
+    // Settlement = the journals' fares less the second claim and what the caps took off.
+    let fares: i64 = 9 * 200 - 2 * 200; // the 28th's 7 records
+    assert_eq!(s.fare_fen, fares);
+    assert_eq!(s.charged_fen, fares - 200 - 300 - 200);
+    let by_kind = |k: &str| {
+        s.settlement
+            .iter()
+            .filter(|l| l.kind == k)
+            .map(|l| l.charged_fen)
+            .sum::<i64>()
+    };
+    assert_eq!(by_kind("channel"), s.charged_fen);
+    assert_eq!(by_kind("route"), s.charged_fen);
+
+    // The same day again: the same result.
+    let again = run::run_day(&mut client, &run_opts("2026-11-28", Some(500), Some(600)))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&again).unwrap(),
+        serde_json::to_value(&s).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn settlement_totals_equal_the_fares_in_the_journals_and_files_are_written() {
+    let Some((mut client, _)) = fresh_db("run_settlement").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut journals = Vec::new();
+    let mut fares_fen: i64 = 0;
+    for bus in 0..3u32 {
+        let mut j = Vec::new();
+        for i in 0..40u32 {
+            let at = DAY_AT + i64::from(bus * 1_000 + i * 10);
+            let mut r = if i % 4 == 0 {
+                qr_record((i % 8 + 1) as u16, u64::from(bus * 100 + i), i, at)
+            } else {
+                purse(u128::from(bus * 100 + i), 0, bus * 100 + i + 1, at)
+            };
+            r.route = (bus + 1) as u16;
+            r.fare_fen = 100 + i;
+            if r.kind == RecordKind::CardPurchase {
+                r.card_tx.tac = tac_of(&r);
+            }
+            fares_fen += i64::from(r.fare_fen);
+            j.push(r);
+        }
+        journals.push(j);
+    }
+    forwarded(&mut client, tmp.path(), journals).await;
+    let s = run::run_day(&mut client, &run_opts("2026-11-28", Some(100_000), None))
+        .await
+        .unwrap();
+    assert_eq!(s.tac_failures, 0, "{s:?}");
+    assert_eq!((s.fare_fen, s.charged_fen), (fares_fen, fares_fen));
+    let sum = |s: &RunSummary, kinds: &[&str]| -> i64 {
+        s.settlement
+            .iter()
+            .filter(|l| kinds.contains(&l.kind.as_str()))
+            .map(|l| l.charged_fen)
+            .sum()
+    };
+    assert_eq!(sum(&s, &["issuer", "channel", "acquirer"]), fares_fen);
+    assert_eq!(sum(&s, &["route"]), fares_fen);
+
+    let out = tmp.path().join("settlement");
+    let files = run::write_files(&client, day("2026-11-28"), &out)
+        .await
+        .unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"issuer-3714.csv".to_string()), "{names:?}");
+    assert!(names.contains(&"channel-1.csv".to_string()), "{names:?}");
+    assert!(names.contains(&"summary.csv".to_string()));
+    let mut in_files: i64 = 0;
+    for f in files.iter().filter(|p| !p.ends_with("summary.csv")) {
+        let text = std::fs::read_to_string(f).unwrap();
+        for line in text.lines().skip(1) {
+            in_files += line.split(',').nth(9).unwrap().parse::<i64>().unwrap();
+        }
+    }
+    assert_eq!(
+        in_files, fares_fen,
+        "every fen in exactly one counterparty's file"
+    );
 }

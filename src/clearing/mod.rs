@@ -21,6 +21,7 @@
 //! ```
 
 pub mod forward;
+pub mod run;
 pub mod schema;
 
 use crate::depot::StoreError;

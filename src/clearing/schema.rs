@@ -9,7 +9,10 @@ use super::ClearingError;
 
 /// The migrations in order: (version, SQL). A new step is a new file, never an edit of an
 /// applied one.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../sql/clearing/0001_records.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../sql/clearing/0001_records.sql")),
+    (2, include_str!("../../sql/clearing/0002_clearing_run.sql")),
+];
 
 /// Advisory lock key held while migrating (any constant both sides agree on).
 const MIGRATE_LOCK_KEY: i64 = 0x4641_5245_434c_5231; // "FARECLR1"

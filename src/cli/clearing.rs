@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::CmdError;
-use crate::clearing::{self, forward, schema};
+use crate::clearing::{self, forward, run, schema};
 use crate::depot::Store;
+use crate::fare::FareTable;
 
 #[derive(Subcommand)]
 pub enum ClearingCmd {
@@ -37,6 +38,30 @@ pub enum ClearingCmd {
         /// gap below a mark was filled at the depot.
         #[arg(long)]
         from_start: bool,
+    },
+    /// Clear one service day: TACs, counters, grey records, one charge per claim, caps,
+    /// settlement; prints the summary (JSON) and writes one CSV per counterparty and
+    /// summary.csv into --out. Same day again: same result, replacing the one before.
+    Run {
+        /// The service day, YYYY-MM-DD (04:00 to 04:00 local time).
+        #[arg(long)]
+        day: String,
+        /// The clearing database, postgres://USER@HOST:PORT/DB.
+        #[arg(long)]
+        to: String,
+        /// The issuers' TAC master keys (JSON; fixtures/issuer-tac-keys.json has the
+        /// simulated issuer's test key).
+        #[arg(long)]
+        keys: PathBuf,
+        /// The fare table whose [capping] applies (default: the embedded fixtures/fares.toml).
+        #[arg(long)]
+        fares: Option<PathBuf>,
+        /// The bank QuickPass rides are charged through.
+        #[arg(long, default_value = "quickpass-acquirer")]
+        acquirer: String,
+        /// Folder for the settlement files (made if missing).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -82,6 +107,63 @@ pub fn run(cmd: ClearingCmd) -> Result<(), CmdError> {
                 println!("{}", serde_json::to_string(&r).map_err(runtime)?);
                 Ok(())
             }
+            ClearingCmd::Run {
+                day,
+                to,
+                keys,
+                fares,
+                acquirer,
+                out,
+            } => {
+                let opts = run_options(&day, &keys, fares.as_deref(), acquirer)?;
+                let mut client = clearing::connect(&to).await.map_err(runtime)?;
+                schema::migrate(&mut client).await.map_err(runtime)?;
+                let s = run::run_day(&mut client, &opts).await.map_err(runtime)?;
+                if let Some(dir) = out {
+                    run::write_files(&client, opts.day, &dir)
+                        .await
+                        .map_err(runtime)?;
+                }
+                println!("{}", serde_json::to_string(&s).map_err(runtime)?);
+                Ok(())
+            }
         }
+    })
+}
+
+fn input(e: impl std::fmt::Display) -> CmdError {
+    (2, e.to_string())
+}
+
+/// A run's options from the command line: the day, the key file, the fare table's caps.
+pub fn run_options(
+    day: &str,
+    keys: &std::path::Path,
+    fares: Option<&std::path::Path>,
+    acquirer: String,
+) -> Result<run::RunOptions, CmdError> {
+    let day = time::Date::parse(
+        day,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .map_err(|e| input(format!("--day {day}: {e}")))?;
+    let text =
+        std::fs::read_to_string(keys).map_err(|e| input(format!("{}: {e}", keys.display())))?;
+    let issuer_keys =
+        run::IssuerKeys::from_json(&text).map_err(|e| input(format!("{}: {e}", keys.display())))?;
+    let table = match fares {
+        Some(p) => {
+            let t =
+                std::fs::read_to_string(p).map_err(|e| input(format!("{}: {e}", p.display())))?;
+            FareTable::from_toml(&t).map_err(|e| input(format!("{}: {e}", p.display())))?
+        }
+        None => FareTable::default_policy(),
+    };
+    Ok(run::RunOptions {
+        day,
+        issuer_keys,
+        daily_cap_fen: table.capping.daily_cap_fen.map(i64::from),
+        weekly_cap_fen: table.capping.weekly_cap_fen.map(i64::from),
+        acquirer,
     })
 }

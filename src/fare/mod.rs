@@ -198,6 +198,18 @@ pub struct FareTable {
     /// Routes with their own base fare; every other route has `base_fare_fen`.
     #[serde(default)]
     pub routes: Vec<RouteFare>,
+    /// Caps for the media charged after the ride, applied at clearing, never on the bus.
+    #[serde(default)]
+    pub capping: Capping,
+}
+
+/// Daily and weekly (ISO week, from Monday) caps per ride-code account or QuickPass card,
+/// applied by the clearing run in boarding order (docs/clearing.md); none when absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capping {
+    pub daily_cap_fen: Option<Fen>,
+    pub weekly_cap_fen: Option<Fen>,
 }
 
 #[derive(Debug, thiserror::Error)]
