@@ -305,7 +305,8 @@ impl BatchState {
 
     /// Follow the PSAM transaction number of a card record newly stored.
     pub fn psam(&mut self, tx: &Transaction<'_>, rec: &Record) -> Result<(), StoreError> {
-        if rec.qr.is_some() {
+        // Ride codes and QuickPass taps take no PSAM transaction number.
+        if rec.qr.is_some() || rec.quickpass.is_some() {
             return Ok(());
         }
         let psam = psam_id(&rec.terminal_no);
