@@ -61,6 +61,11 @@ pub struct DemoArgs {
     /// 127.0.0.1:7780, this machine only).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = crate::cli::depot::PAGE_ADDR_DEFAULT)]
     pub serve: Option<String>,
+    /// Then clear the day on PostgreSQL (a binary built with the `clearing` feature): forward
+    /// the depot's records to this database, run the clearing of each service day and print
+    /// its settlement summary (docs/clearing.md).
+    #[arg(long, value_name = "URL")]
+    pub clearing: Option<String>,
 }
 
 /// What the day came to.
@@ -518,10 +523,43 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
             r.accepted, r.depot_records
         ));
     }
+    if let Some(url) = &args.clearing {
+        clear_day(&dir.join("depot.db"), url, args.json)?;
+    }
     if let Some(addr) = &args.serve {
         serve_page(&dir.join("depot.db"), addr)?;
     }
     Ok(())
+}
+
+/// Forward the day's depot to the clearing database at `url`, clear each service day in it
+/// and print the settlement summary (a JSON line {"clearing": ...} with `json`).
+#[cfg(feature = "clearing")]
+fn clear_day(db: &Path, url: &str, json: bool) -> Result<(), String> {
+    let summaries = crate::clearing::clear_depot(db, url, "demo").map_err(|e| e.to_string())?;
+    for s in summaries {
+        if json {
+            println!("{}", serde_json::json!({ "clearing": s }));
+            continue;
+        }
+        println!(
+            "clearing {}: {} records, {} TAC failures, {} card / {} PSAM counter gaps, {} duplicate claims charged once, {} accounts capped; fares {} fen, charged {} fen",
+            s.service_day, s.records, s.tac_failures, s.card_gaps, s.psam_gaps,
+            s.charged_once_duplicates, s.capped_accounts, s.fare_fen, s.charged_fen
+        );
+        for l in &s.settlement {
+            println!(
+                "  {:<8} {:<20} {:>6} records {:>9} fen charged",
+                l.kind, l.counterparty, l.records, l.charged_fen
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "clearing"))]
+fn clear_day(_db: &Path, _url: &str, _json: bool) -> Result<(), String> {
+    Err("--clearing needs a binary built with --features clearing".to_string())
 }
 
 /// Keep the depot manager's page up over the day's database until Ctrl-C or SIGTERM.

@@ -566,3 +566,50 @@ async fn settlement_totals_equal_the_fares_in_the_journals_and_files_are_written
         "every fen in exactly one counterparty's file"
     );
 }
+
+#[tokio::test]
+async fn demo_clears_its_day_and_prints_the_settlement_summary() {
+    let Some((_client, url)) = fresh_db("run_demo").await else {
+        return;
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fare-validator"))
+        .args([
+            "demo",
+            "--buses",
+            "2",
+            "--taps-per-bus",
+            "40",
+            "--json",
+            "--clearing",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let day: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let clearing: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let c = &clearing["clearing"];
+    assert_eq!(c["records"], day["accepted"]);
+    assert_eq!(
+        c["tac_failures"], 0,
+        "every purse TAC the simulated cards made verifies"
+    );
+    assert_eq!(
+        c["fare_fen"], day["journal_fare_fen"],
+        "every fare in the journals is cleared"
+    );
+    let settled: i64 = c["settlement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["kind"] != "route")
+        .map(|l| l["charged_fen"].as_i64().unwrap())
+        .sum();
+    assert_eq!(settled, c["charged_fen"].as_i64().unwrap());
+}

@@ -16,6 +16,7 @@ fn small_day_stores_every_accepted_record_and_revenue_matches_the_journals() {
         data: Some(dir.path().to_path_buf()),
         json: true,
         serve: None,
+        clearing: None,
     };
     let r = simulate(&args).unwrap();
     assert!(r.accepted > 100, "{r:?}");

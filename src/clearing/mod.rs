@@ -61,3 +61,43 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, ClearingError>
     });
     Ok(client)
 }
+
+/// Forward the depot at `db` to the clearing database at `url` as depot `depot`, then clear
+/// every service day its records fall on, with the simulated issuer's test keys
+/// (`fixtures/issuer-tac-keys.json`) and the default fare table: what `demo --clearing` does.
+pub fn clear_depot(
+    db: &std::path::Path,
+    url: &str,
+    depot: &str,
+) -> Result<Vec<run::RunSummary>, ClearingError> {
+    let store = crate::depot::Store::open_read(db)?;
+    let keys = run::IssuerKeys::from_json(include_str!("../../fixtures/issuer-tac-keys.json"))
+        .map_err(|e| std::io::Error::other(format!("issuer-tac-keys.json: {e}")))?;
+    let capping = crate::fare::FareTable::default_policy().capping;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut client = connect(url).await?;
+        schema::migrate(&mut client).await?;
+        forward::forward(&store, &mut client, &forward::ForwardOptions::new(depot)).await?;
+        let days = client
+            .query(
+                "SELECT DISTINCT service_day FROM records WHERE depot = $1 ORDER BY 1",
+                &[&depot],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for row in days {
+            let opts = run::RunOptions {
+                day: row.get(0),
+                issuer_keys: keys.clone(),
+                daily_cap_fen: capping.daily_cap_fen.map(i64::from),
+                weekly_cap_fen: capping.weekly_cap_fen.map(i64::from),
+                acquirer: "quickpass-acquirer".to_string(),
+            };
+            out.push(run::run_day(&mut client, &opts).await?);
+        }
+        Ok(out)
+    })
+}
