@@ -826,6 +826,15 @@ fn recover(
     data: &[u8],
 ) -> Result<heapless::Vec<u8, CERT_BYTES_MAX>, &'static str> {
     let key = RsaPublicKey::new(n.clone(), BigUint::from_bytes_be(e)).map_err(|_| "public key")?;
+    recover_with(&key, data)
+}
+
+/// [`recover`] under a key already checked (the CA keys, checked once when `--emv-ca` is
+/// read).
+fn recover_with(
+    key: &RsaPublicKey,
+    data: &[u8],
+) -> Result<heapless::Vec<u8, CERT_BYTES_MAX>, &'static str> {
     let len = key.size();
     if data.len() != len {
         return Err("length differs from the key's");
@@ -834,7 +843,7 @@ fn recover(
     if &m >= key.n() {
         return Err("not below the modulus");
     }
-    let x = rsa::hazmat::rsa_encrypt(&key, &m).map_err(|_| "recovery")?;
+    let x = rsa::hazmat::rsa_encrypt(key, &m).map_err(|_| "recovery")?;
     let bytes = x.to_bytes_be();
     let mut out = heapless::Vec::new();
     out.resize(len - bytes.len(), 0).map_err(|_| "length")?;
@@ -892,7 +901,7 @@ pub fn authenticate(d: &CardData, ca: &CaKeys, today_ymd: u32) -> Result<(), Aut
 
 fn issuer_key(d: &CardData, pan: &Pan, ca: &CaKey, today_ymd: u32) -> Result<BigUint, AuthError> {
     let cert = AuthError::Certificate;
-    let x = recover(ca.key.n(), &ca.key.e().to_bytes_be(), &d.issuer_cert).map_err(cert)?;
+    let x = recover_with(&ca.key, &d.issuer_cert).map_err(cert)?;
     let n = x.len();
     if n < 36 || x[0] != 0x6A || x[n - 1] != 0xBC || x[1] != 0x02 {
         return Err(cert("issuer certificate format"));
