@@ -341,6 +341,16 @@ async fn the_riders_signed_code_travels_with_its_record_and_tells_the_honest_cla
     let honest_dir = tmp.path().join(terminal_id(0));
     let honest = scan_on_a_bus(&honest_dir, &codes);
     assert_eq!(honest.len(), 2);
+    // Each record names the holder certificate it was accepted with (journal version 4).
+    for (rec, code) in honest.iter().zip(&codes) {
+        let cert = fare_validator::ride_code::RideCode::parse(code)
+            .unwrap()
+            .cert_digest();
+        assert_eq!(
+            rec.qr.unwrap().cert_ref,
+            Some(fare_validator::journal::QrTx::cert_ref_of(&cert))
+        );
+    }
     // Two forgers copy the first record's claim a minute earlier: one has no rider's code,
     // the other makes one up from the code's fields (it cannot sign as the rider).
     let forged = Record {

@@ -1,7 +1,7 @@
 //! Hostile journal bytes never make the reader panic.
 //!
 //! Even first byte: `Record::decode` on 96 bytes; a record that decodes re-encodes to the
-//! same fields, and a version 2 record (no chain MAC) to the same bytes.
+//! same fields (but a ride code's certificate reference, which version 2 has no room for), and a version 2 record (no chain MAC) to the same bytes.
 //! Odd first byte: `journal::scan` on a temporary folder holding the rest as one segment
 //! (its first seq chosen by the fuzzer, up to u64::MAX) and optionally a cursor file; every
 //! record it returns is in its slot, and `Journal::open` on the same folder does not panic.
@@ -46,7 +46,12 @@ fuzz_target!(|data: &[u8]| {
             // made again exactly. Version 3's MAC needs the journal's key: not made here.
             let epoch = Record::epoch_of(&b);
             let again = r.encode_in(epoch);
-            assert_eq!(Record::decode(&again), Ok(r), "decode then encode keeps every field");
+            // Version 2 has no ride-code certificate reference: the one field it leaves out.
+            let mut r2 = r;
+            if let Some(q) = r2.qr.as_mut() {
+                q.cert_ref = None;
+            }
+            assert_eq!(Record::decode(&again), Ok(r2), "decode then encode keeps every field");
             if b[1] == 2 && b[85..92] == [0; 7] {
                 assert_eq!(again, b, "decode then encode is the identity");
             }

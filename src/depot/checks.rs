@@ -197,6 +197,7 @@ mod tests {
                 },
                 counter: 1,
                 generated_at: generated_at as u32,
+                cert_ref: None,
             }),
             ..record(200, NOW)
         };

@@ -31,7 +31,7 @@ use super::integrity::{self, BatchState, ChainKeys, Finding, Link};
 use crate::blacklist::file::{delta_payload, Delta};
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::fare::FareTable;
-use crate::journal::{Record, RecordKind, RECORD_BYTES};
+use crate::journal::{QrTx, Record, RecordKind, RECORD_BYTES};
 use crate::ride_code::format::{RideCode, CODE_BYTES};
 use crate::ride_code::keys::ChannelKeys;
 use crate::ride_code::verify::{RideCodeConfig, Verifier};
@@ -1196,6 +1196,9 @@ impl Store {
                 c.account() == q.account
                     && c.counter == q.counter
                     && c.generated_at == q.generated_at
+                    // Version 4 records name their certificate: the proof must hold that one.
+                    && q.cert_ref
+                        .map_or(true, |r| r == QrTx::cert_ref_of(&c.cert_digest()))
             });
         let text = crate::ride_code::format::to_text(&code);
         let at = claim.at_unix_s;

@@ -93,6 +93,7 @@ impl Core {
                 account: code.account,
                 counter: code.counter,
                 generated_at: code.generated_at.clamp(0, i64::from(u32::MAX)) as u32,
+                cert_ref: Some(QrTx::cert_ref_of(&code.cert_digest)),
             }),
             quickpass: None,
             terminal_no: self.terminal_no,

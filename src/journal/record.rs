@@ -3,7 +3,7 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 1 | magic `0xFA` |
-//! | 1 | 1 | format version, 3 (versions 1 and 2 are still read: below) |
+//! | 1 | 1 | format version, 4 (versions 1 to 3 are still read: below) |
 //! | 2 | 1 | kind: 1 card purchase, 2 card purchase recovered by proof, 3 ride code (pay after ride), 4 QuickPass (pay after ride) |
 //! | 3 | 1 | rider category (0 adult .. 4 veteran) |
 //! | 4 | 8 | seq, per terminal, from 1, never reused |
@@ -13,7 +13,7 @@
 //! | 24 | 4 | fare, fen |
 //! | 28 | 4 | purse balance after, fen, signed (two's complement); zero when flag bit 0 is clear |
 //! | 32 | 10 | card number (BCD): the card tapped, or the card linked to the ride code |
-//! | 42 | 2 | card offline counter of the purchase |
+//! | 42 | 2 | card offline counter of the purchase; ride code (version 4): bytes 42..52 are the certificate reference, below |
 //! | 44 | 4 | PSAM terminal transaction sequence |
 //! | 48 | 4 | TAC |
 //! | 52 | 2 | ride code channel id |
@@ -49,12 +49,29 @@
 //! No value stands for "none": whether a balance is present is its own flag, so any balance
 //! a card can hold, −1 fen included, is recorded as it is.
 //!
+//! # The ride-code certificate reference (version 4)
+//!
+//! A ride-code record (kind 3) of version 4 carries at 42..52, where a card purchase has its
+//! counter, PSAM sequence and TAC, the first [`CERT_REF_BYTES`] bytes of the SHA-256 of the
+//! holder certificate the code was accepted with (its bytes [0, 129): signed part and channel
+//! signature; [`crate::ride_code::cert_digest`]). The full 32 bytes do not fit a 96-byte
+//! record, and need not: the reference names the certificate, it never vouches for one. The
+//! depot computes the full digest itself from the certificate it holds (the code kept as
+//! proof beside the record), checks its first bytes against the record's, and verifies the
+//! channel's signature before the full digest enters the fleet's verified-certificate set;
+//! membership in that set is always by the full 32 bytes. A record of version 1 to 3 has no
+//! reference (`None`, by version: no byte value stands for it).
+//!
 //! The CRC finds a torn or damaged record with no key; the chain MAC finds an altered one,
 //! and a cut, at the depot, which holds the key: the chain is in [`super::chain`].
 //!
+//! Version 3 (still read) is version 4 without the certificate reference: a ride-code
+//! record has zeros at 42..52.
+//!
 //! Version 2 (still read; [`Record::encode_in`] still makes it, for tools and tests that
 //! build records outside a journal) is version 3 without the MAC: bytes 85..92 are reserved,
-//! flags bit 1 too. The depot reports such records as unauthenticated.
+//! flags bit 1 too. The depot reports such records as unauthenticated. It has no certificate
+//! reference either: `encode_in` leaves it out.
 //!
 //! Version 1 (still read, never written) had no flags byte: bytes 28..32 held the balance as
 //! an unsigned number, `FFFFFFFF` meaning none. That sentinel was also the balance of an
@@ -72,11 +89,19 @@ use crate::types::{is_purse_balance, AccountId, BalanceFen, CardNo, Fen, Media, 
 
 pub const RECORD_BYTES: usize = 96;
 const MAGIC: u8 = 0xFA;
-/// The version a journal writes: chained and authenticated.
-pub const FORMAT_VERSION: u8 = 3;
+/// The version a journal writes: chained and authenticated, ride codes with their
+/// certificate reference.
+pub const FORMAT_VERSION: u8 = 4;
+/// The version before the certificate reference: chained; read, no longer written.
+pub const FORMAT_VERSION_3: u8 = 3;
+/// Bytes of a ride-code certificate's SHA-256 that a version 4 record carries, at
+/// [`CERT_REF_AT`].
+pub const CERT_REF_BYTES: usize = 10;
+/// Offset of the certificate reference in a version 4 ride-code record.
+pub const CERT_REF_AT: usize = 42;
 /// The version before the chain MAC: read, and made by [`Record::encode_in`].
 pub const FORMAT_VERSION_2: u8 = 2;
-/// Offset of the chain MAC (version 3): the bytes before it are what it authenticates.
+/// Offset of the chain MAC (version 3 and up): the bytes before it are what it authenticates.
 pub const MAC_AT: usize = 85;
 /// Flags bit 1 (version 3): the MAC is made with the public test key.
 const FLAG_TEST_KEY: u8 = 0x02;
@@ -128,6 +153,17 @@ pub struct QrTx {
     pub account: AccountId,
     pub counter: u32,
     pub generated_at: u32,
+    /// The first [`CERT_REF_BYTES`] bytes of the holder certificate's SHA-256 (module doc);
+    /// `None` in a record of version 1 to 3, and in the version 2 bytes of
+    /// [`Record::encode_in`].
+    pub cert_ref: Option<[u8; CERT_REF_BYTES]>,
+}
+
+impl QrTx {
+    /// The reference a record keeps of a certificate's full SHA-256.
+    pub fn cert_ref_of(digest: &crate::ride_code::CertDigest) -> [u8; CERT_REF_BYTES] {
+        std::array::from_fn(|i| digest[i])
+    }
 }
 
 /// QuickPass fields of a pay-after-ride record: what the acquirer needs besides the amount,
@@ -203,6 +239,9 @@ impl Record {
         if (self.kind == RecordKind::QrRide) != self.qr.is_some() {
             return Err(RecordError::Field("ride-code fields and kind disagree"));
         }
+        if self.qr.is_some_and(|q| q.cert_ref.is_some()) && self.card_tx != CardTx::default() {
+            return Err(RecordError::Field("card fields in a ride-code record"));
+        }
         if (self.kind == RecordKind::Quickpass) != self.quickpass.is_some() {
             return Err(RecordError::Field("QuickPass fields and kind disagree"));
         }
@@ -229,16 +268,20 @@ impl Record {
 
     /// The bytes of this record in version 2 (no chain MAC) as the journal of `epoch` wrote
     /// them before chaining: for tools and tests that build records outside a journal. A
-    /// journal writes [`Record::encode_chained`].
+    /// journal writes [`Record::encode_chained`]. Version 2 has no certificate reference: a
+    /// ride code's is left out.
     pub fn encode_in(&self, epoch: u64) -> [u8; RECORD_BYTES] {
         let mut b = self.fields(epoch);
         b[1] = FORMAT_VERSION_2;
+        if self.kind == RecordKind::QrRide {
+            b[CERT_REF_AT..CERT_REF_AT + CERT_REF_BYTES].fill(0);
+        }
         let crc = CRC32.checksum(&b[..CRC_AT]);
         b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
         b
     }
 
-    /// The bytes of this record in version 3, written by the journal of `epoch`: its MAC
+    /// The bytes of this record in version 4, written by the journal of `epoch`: its MAC
     /// follows `chain.prev`, and becomes it.
     pub fn encode_chained(&self, epoch: u64, chain: &mut Chain) -> [u8; RECORD_BYTES] {
         let mut b = self.fields(epoch);
@@ -256,7 +299,7 @@ impl Record {
 
     /// The seal `b` carries. Only meaningful for bytes that [`Record::decode`] accepts.
     pub fn seal_of(b: &[u8; RECORD_BYTES]) -> SealRead {
-        if b[1] != FORMAT_VERSION {
+        if !matches!(b[1], FORMAT_VERSION_3 | FORMAT_VERSION) {
             return SealRead::Unsealed;
         }
         let key = match b[FLAGS_AT] & FLAG_TEST_KEY != 0 {
@@ -292,6 +335,9 @@ impl Record {
             b[54..62].copy_from_slice(&q.account.account.to_be_bytes());
             b[62..66].copy_from_slice(&q.counter.to_be_bytes());
             b[66..70].copy_from_slice(&q.generated_at.to_be_bytes());
+            if let Some(r) = q.cert_ref {
+                b[CERT_REF_AT..CERT_REF_AT + CERT_REF_BYTES].copy_from_slice(&r);
+            }
         }
         if let Some(p) = self.quickpass {
             encode_quickpass(&p, &mut b);
@@ -342,7 +388,7 @@ impl Record {
         } else {
             let flags = b[FLAGS_AT];
             let allowed = match b[1] {
-                FORMAT_VERSION => FLAG_BALANCE | FLAG_TEST_KEY,
+                FORMAT_VERSION_3 | FORMAT_VERSION => FLAG_BALANCE | FLAG_TEST_KEY,
                 _ => FLAG_BALANCE,
             };
             if flags & !allowed != 0 {
@@ -355,6 +401,9 @@ impl Record {
                 false => return Err(RecordError::Field("balance without its flag")),
             }
         };
+        // Version 4 ride codes keep the certificate reference where a purchase has its proof.
+        let cert_ref = (kind == RecordKind::QrRide && b[1] == FORMAT_VERSION)
+            .then(|| std::array::from_fn(|k| b[CERT_REF_AT + k]));
         let qr = (kind == RecordKind::QrRide).then(|| QrTx {
             account: AccountId {
                 channel: u16_at(52),
@@ -362,6 +411,7 @@ impl Record {
             },
             counter: u32_at(62),
             generated_at: u32_at(66),
+            cert_ref,
         });
         let quickpass = match kind {
             RecordKind::Quickpass => Some(decode_quickpass(b)?),
@@ -377,7 +427,7 @@ impl Record {
             fare_fen: u32_at(24),
             balance_fen,
             card_no,
-            card_tx: if is_quickpass {
+            card_tx: if is_quickpass || cert_ref.is_some() {
                 CardTx::default()
             } else {
                 CardTx {
@@ -433,6 +483,9 @@ impl Record {
                 v["account"] = q.account.account.into();
                 v["counter"] = q.counter.into();
                 v["generated_at"] = q.generated_at.into();
+                if let Some(r) = q.cert_ref {
+                    v["cert_ref"] = hex(&r).into();
+                }
             }
             None => {
                 v["card_counter"] = self.card_tx.offline_counter.into();
@@ -601,7 +654,7 @@ mod tests {
             Err(RecordError::Field("balance"))
         );
         let mut b = sample(3).encode();
-        b[1] = 4;
+        b[1] = 5;
         assert_eq!(Record::decode(&with_crc(b)), Err(RecordError::Magic));
     }
 
@@ -619,7 +672,7 @@ mod tests {
         let b2 = r2.encode_chained(9, &mut chain);
         assert_eq!(
             (b1[1], Record::decode(&b1), Record::decode(&b2)),
-            (3, Ok(r1), Ok(r2))
+            (4, Ok(r1), Ok(r2))
         );
         assert_eq!(Record::epoch_of(&b2), 9);
         let SealRead::Sealed(SealKey::Terminal, m1) = Record::seal_of(&b1) else {
@@ -662,11 +715,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn qr_record_round_trips() {
-        let mut r = sample(1);
+    fn qr_sample(seq: u64, cert_ref: Option<[u8; CERT_REF_BYTES]>) -> Record {
+        let mut r = sample(seq);
         r.kind = RecordKind::QrRide;
         r.balance_fen = None;
+        r.card_tx = CardTx::default();
         r.qr = Some(QrTx {
             account: AccountId {
                 channel: 2,
@@ -674,8 +727,70 @@ mod tests {
             },
             counter: 5,
             generated_at: 1_795_823_990,
+            cert_ref,
         });
+        r
+    }
+
+    #[test]
+    fn qr_record_round_trips() {
+        let r = qr_sample(1, None);
         assert_eq!(Record::decode(&r.encode()), Ok(r));
         assert_eq!(r.id_string(), "2:1001");
+    }
+
+    #[test]
+    fn version_4_ride_code_records_carry_the_certificate_reference_and_version_3_still_reads() {
+        use crate::journal::chain::JournalKey;
+        let digest: crate::ride_code::CertDigest = std::array::from_fn(|i| 0xA0 ^ i as u8);
+        let cert_ref = QrTx::cert_ref_of(&digest);
+        assert_eq!(&cert_ref[..], &digest[..CERT_REF_BYTES]);
+        let key = JournalKey::for_terminal(&[3u8; 32], "bus-0001");
+        let mut chain = Chain {
+            key: key.clone(),
+            prev: key.chain_start(9),
+        };
+        let r = qr_sample(1, Some(cert_ref));
+        let b = r.encode_chained(9, &mut chain);
+        assert_eq!(b[1], FORMAT_VERSION);
+        assert_eq!(&b[CERT_REF_AT..CERT_REF_AT + CERT_REF_BYTES], &cert_ref[..]);
+        assert_eq!(Record::decode(&b), Ok(r));
+        assert_eq!(r.to_json()["cert_ref"], hex(&cert_ref));
+        // An all-zero reference is a reference, not "none": version 4 always has one.
+        let zero = qr_sample(2, Some([0; CERT_REF_BYTES]));
+        assert_eq!(
+            Record::decode(&zero.encode_chained(9, &mut chain)),
+            Ok(zero)
+        );
+        for bit in 0..RECORD_BYTES * 8 {
+            let mut c = b;
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert!(Record::decode(&c).is_err(), "bit {bit}");
+        }
+        // The same record written by a version 3 journal: zeros at 42..52, read with no
+        // reference, and still sealed.
+        let mut v3 = b;
+        v3[1] = FORMAT_VERSION_3;
+        v3[CERT_REF_AT..CERT_REF_AT + CERT_REF_BYTES].fill(0);
+        let v3 = with_crc(v3);
+        assert_eq!(Record::decode(&v3), Ok(qr_sample(1, None)));
+        assert!(matches!(Record::seal_of(&v3), SealRead::Sealed(..)));
+        assert!(Record::decode(&v3)
+            .unwrap()
+            .to_json()
+            .get("cert_ref")
+            .is_none());
+        // Version 2 bytes of tools have no room for it: left out.
+        assert_eq!(Record::decode(&r.encode()), Ok(qr_sample(1, None)));
+    }
+
+    #[test]
+    fn a_ride_code_record_with_a_reference_has_no_card_purchase_fields() {
+        let mut r = qr_sample(1, Some([7; CERT_REF_BYTES]));
+        r.card_tx.tac = [1, 2, 3, 4];
+        assert_eq!(
+            r.check(),
+            Err(RecordError::Field("card fields in a ride-code record"))
+        );
     }
 }

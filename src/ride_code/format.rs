@@ -27,6 +27,9 @@ pub const CERT_SIGNED_BYTES: usize = 65;
 pub const CERT_BYTES: usize = 129;
 /// The holder key signs bytes [0, 137).
 pub const CODE_SIGNED_BYTES: usize = 137;
+/// SHA-256 of the holder certificate (bytes [0, 129)): its identity in journal records and
+/// in the fleet's verified-certificate set.
+pub const CERT_DIGEST_BYTES: usize = 32;
 /// SEC1 compressed point.
 pub const PUBLIC_KEY_BYTES: usize = 33;
 /// r ‖ s, 32 bytes each.
@@ -147,10 +150,24 @@ impl RideCode {
             .expect("CERT_BYTES < CODE_BYTES")
     }
 
+    /// SHA-256 of [`Self::cert`]: the certificate's signed bytes and the channel's signature.
+    pub fn cert_digest(&self) -> CertDigest {
+        cert_digest(self.cert())
+    }
+
     /// Bytes the holder key signs.
     pub fn code_signed(&self) -> &[u8] {
         &self.bytes[..CODE_SIGNED_BYTES]
     }
+}
+
+/// A holder certificate's SHA-256 ([`CERT_DIGEST_BYTES`]).
+pub type CertDigest = [u8; CERT_DIGEST_BYTES];
+
+/// SHA-256 of a holder certificate's 129 bytes (signed part and channel signature); no heap.
+pub fn cert_digest(cert: &[u8; CERT_BYTES]) -> CertDigest {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(cert).into()
 }
 
 /// Encodes 201 bytes as the text form.

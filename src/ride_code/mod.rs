@@ -83,7 +83,7 @@ mod cert_cache;
 mod cert_worker;
 mod crypto;
 
-pub use format::{FormatError, RideCode};
+pub use format::{cert_digest, CertDigest, FormatError, RideCode, CERT_DIGEST_BYTES};
 pub use keys::{ChannelKey, ChannelKeys, KeyFile, KeyFileEntry, KeyFileError};
 pub use replay_cache::{Remembered, ReplayCache, ReplayKey};
 pub use verify::{RideCodeConfig, VerifiedCode, Verifier};

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::cert_cache::CertCache;
 use super::cert_worker::CertWorker;
 use super::crypto::VerifyKey;
-use super::format::RideCode;
+use super::format::{CertDigest, RideCode};
 use super::keys::{ChannelKeys, KeyFileError};
 use super::Alg;
 use crate::types::{AccountId, CardNo, Reason, RiderCategory};
@@ -65,6 +65,8 @@ pub struct VerifiedCode {
     pub generated_at: i64,
     /// Unix seconds, inclusive.
     pub cert_not_after: i64,
+    /// SHA-256 of the holder certificate (bytes [0, 129)): carried into the journal record.
+    pub cert_digest: CertDigest,
 }
 
 /// Verifies ride codes against one key file. Holds the certificate cache, hence `&mut self`.
@@ -183,6 +185,7 @@ impl Verifier {
             counter: code.counter,
             generated_at,
             cert_not_after,
+            cert_digest: code.cert_digest(),
         })
     }
 

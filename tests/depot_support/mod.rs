@@ -56,6 +56,7 @@ pub fn qr_record(channel: u16, account: u64, counter: u32, at_unix_s: i64) -> Re
             account: AccountId { channel, account },
             counter,
             generated_at: at_unix_s as u32 - 5,
+            cert_ref: None,
         }),
         ..card_record(0)
     }
