@@ -34,6 +34,8 @@ fn bench_tap(c: &mut Criterion, name: &str, layer: Box<dyn FileLayer>) {
         purse_word: None,
         issuer_city: None,
         interop: None,
+        concession_until: None,
+        annual_review_until: None,
     };
     let mut card = SimCard::new(&spec, &keys, 1).unwrap();
     let mut now = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();

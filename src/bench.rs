@@ -179,6 +179,8 @@ pub(crate) fn bench_cards(seed: u64) -> Vec<SimCard> {
                 purse_word: None,
                 issuer_city: None,
                 interop: None,
+                concession_until: None,
+                annual_review_until: None,
             };
             SimCard::new(&spec, &keys, seed).expect("valid bench card")
         })

@@ -166,6 +166,8 @@ fn population(
             purse_word: None,
             issuer_city: None,
             interop: None,
+            concession_until: None,
+            annual_review_until: None,
         };
         cards.push(SimCard::new(&spec, &keys, args.seed)?);
         categories.push(c);

@@ -357,7 +357,7 @@ pub fn decision_line(at: &str, d: &Decision, fallback_id: Option<String>) -> Val
         Subject::Quickpass(m) => Some(m.to_string()),
         Subject::Unknown => fallback_id,
     };
-    json!({
+    let mut line = json!({
         "at": at,
         "media": d.media.as_str(),
         "id": id,
@@ -366,7 +366,15 @@ pub fn decision_line(at: &str, d: &Decision, fallback_id: Option<String>) -> Val
         "fare_fen": d.fare_fen,
         "balance_fen": d.balance_fen,
         "seq": d.seq,
-    })
+    });
+    // Only on the lines that have one, so every other line is as it always was.
+    if let (Some(note), Some(o)) = (d.fare_note, line.as_object_mut()) {
+        o.insert("fare_note".into(), note.as_str().into());
+        if let Some(n) = note.rider() {
+            o.insert("rider".into(), n.into());
+        }
+    }
+    line
 }
 
 /// Counts of one run.

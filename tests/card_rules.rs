@@ -339,6 +339,8 @@ fn group_commit_shares_one_sync_and_nothing_is_durable_before_it() {
             purse_word: None,
             issuer_city: None,
             interop: None,
+            concession_until: None,
+            annual_review_until: None,
         };
         let mut c = SimCard::new(&spec, &keys, 1).unwrap();
         let d = v.tap_card(&mut c, now);
@@ -457,6 +459,8 @@ fn a_burst_on_several_readers_syncs_its_intents_once_before_any_debit_and_its_re
             purse_word: None,
             issuer_city: None,
             interop: None,
+            concession_until: None,
+            annual_review_until: None,
         };
         LoggedCard {
             card: SimCard::new(&spec, &TestKeys::default(), 1).unwrap(),

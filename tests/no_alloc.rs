@@ -1,7 +1,8 @@
 //! After start-up the tap path does not allocate: a counting allocator watches a run of card
 //! taps (dialogue, decision, durable record) and refusals, under a fare table with every rule
-//! kind (`fixtures/fares-every-rule.toml`: interop lists, timeframes) and cards of the home
-//! city and of other cities (accepted, interop fare, refused by the deny list). Then the same
+//! kind (`fixtures/fares-every-rule.toml`: interop lists, timeframes, routes, several riders)
+//! and cards of the home city and of other cities (accepted, interop fare, refused by the deny
+//! list, ended concessions, further riders on one card). Then the same
 //! through the validator program's shared part: the core's lock taken for each step of the
 //! dialogue, and the decision line written from its fixed buffer, for taps and for scanner
 //! lines refused before the engine.
@@ -63,6 +64,8 @@ fn card_taps_allocate_nothing_after_start_up() {
         purse_word: None,
         issuer_city: None,
         interop: None,
+        concession_until: None,
+        annual_review_until: None,
     };
     list.apply(&Change {
         op: ChangeOp::Add,
@@ -98,21 +101,42 @@ fn card_taps_allocate_nothing_after_start_up() {
         };
         cards.push(SimCard::new(&spec, &keys, 1).unwrap());
     }
+    // A student whose concession has ended and a senior whose annual review is due: both pay
+    // the adult fare, with a fare note.
+    for (n, t, until, review) in [
+        (7, RiderCategory::Student, Some("2020-01-01"), None),
+        (8, RiderCategory::Senior, None, Some("2026-06-30")),
+    ] {
+        let spec = CardSpec {
+            concession_until: until.map(str::to_string),
+            annual_review_until: review.map(str::to_string),
+            ..spec(n, t)
+        };
+        cards.push(SimCard::new(&spec, &keys, 1).unwrap());
+    }
     let mut now = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();
     // Warm-up: the first tap opens what it needs.
     cards[0].enter_field(None);
     assert!(v.tap_card(&mut cards[0], now).accepted());
 
     COUNTING.store(true, Ordering::SeqCst);
+    let (mut extra_riders, mut concessions_ended) = (0, 0);
     for _ in 0..50 {
         now = now.plus_s(30);
         for card in cards.iter_mut() {
             card.enter_field(None);
             // Accepted, repeat_tap (every other round) and blacklisted taps all run here.
-            let _ = v.tap_card(card, now);
+            let d = v.tap_card(card, now);
+            concessions_ended += usize::from(d.fare_note.is_some());
         }
+        // The first adult card again at once: another rider (several_riders), or a
+        // repeat_tap once its group is closed.
+        cards[0].enter_field(None);
+        let d = v.tap_card(&mut cards[0], now.plus_s(1));
+        extra_riders += usize::from(d.fare_note.is_some());
     }
     COUNTING.store(false, Ordering::SeqCst);
+    assert!(extra_riders > 0 && concessions_ended > 0);
     assert_eq!(
         ALLOCATIONS.load(Ordering::SeqCst),
         0,

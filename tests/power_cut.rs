@@ -30,6 +30,8 @@ fn card_with(n: u32, balance_fen: u32) -> SimCard {
         purse_word: None,
         issuer_city: None,
         interop: None,
+        concession_until: None,
+        annual_review_until: None,
     };
     SimCard::new(&spec, &TestKeys::default(), 7).unwrap()
 }

@@ -217,6 +217,8 @@ fn sim_card(n: u32) -> SimCard {
         purse_word: None,
         issuer_city: None,
         interop: None,
+        concession_until: None,
+        annual_review_until: None,
     };
     SimCard::new(&spec, &TestKeys::default(), 11).unwrap()
 }

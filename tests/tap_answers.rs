@@ -176,6 +176,8 @@ fn run(c: &Case) -> Result<usize, TestCaseError> {
         purse_word: c.purse_word.map(|w| PurseWord(w.to_be_bytes())),
         issuer_city: None,
         interop: None,
+        concession_until: None,
+        annual_review_until: None,
     };
     let card = SimCard::new(&spec, &keys, 7).unwrap();
     let psam = Meddler::new(

@@ -17,7 +17,7 @@ use super::apdu::{
 use super::crypto::{self, Key16, PurchaseData};
 use super::psam::Mac1Input;
 use super::tunion::{
-    balance_after, category_card_type, covers, encode_bcd_date, encode_purse_word,
+    balance_after, category_card_type, covers, encode_bcd_date, encode_purse_word, parse_bcd_date,
     purse_balance_fen, CityCode, AID, BLOCK_HEADER, BUS_RECORD_ID, COMPOUND_RECORD_BYTES,
     HOLDER_FILE_BYTES, INTEROP_KIND_CITY_ONLY, INTEROP_KIND_TUNION, MANAGEMENT_FILE_BYTES,
     PUBLIC_FILE_BYTES, PURSE_WORD_FLAG_BIT, SFI_COMPOUND, TX_TYPE_CAPP,
@@ -79,6 +79,14 @@ pub struct CardSpec {
     /// Interop kind written in file 0x17: `t_union` (the default) or `city_only`.
     #[serde(default)]
     pub interop: Option<InteropSpec>,
+    /// YYYY-MM-DD: the concession's own end date, written in file 0x17 bytes 11–14; absent:
+    /// the concession does not end (bytes `00000000`).
+    #[serde(default)]
+    pub concession_until: Option<String>,
+    /// YYYY-MM-DD: the annual review (年审) date, written in file 0x17 bytes 15–18; absent:
+    /// no review is due (bytes `00000000`).
+    #[serde(default)]
+    pub annual_review_until: Option<String>,
 }
 
 /// The interop kind a simulated card carries in file 0x17 bytes 8–9.
@@ -227,16 +235,25 @@ impl SimCard {
         public_file[24..28].copy_from_slice(&encode_bcd_date(until));
         let mut holder_file = [0u8; HOLDER_FILE_BYTES];
         holder_file[0] = category_card_type(spec.card_type);
+        let mut management =
+            management_file(city, spec.interop.unwrap_or_default(), spec.card_type);
+        for (at, name, date) in [
+            (11, "concession_until", &spec.concession_until),
+            (15, "annual_review_until", &spec.annual_review_until),
+        ] {
+            if let Some(d) = date {
+                let ymd = parse_iso_date(d)
+                    .and_then(|v| parse_bcd_date(encode_bcd_date(v)))
+                    .ok_or_else(|| format!("bad {name} {d:?}"))?;
+                management[at..at + 4].copy_from_slice(&encode_bcd_date(ymd));
+            }
+        }
         let serial = spec.card_no.serial_tail8();
         Ok(SimCard {
             card_no: spec.card_no,
             public_file,
             holder_file,
-            management_file: management_file(
-                city,
-                spec.interop.unwrap_or_default(),
-                spec.card_type,
-            ),
+            management_file: management,
             dpk: crypto::diversify(&keys.purchase_master, serial),
             dtk: crypto::diversify(&keys.tac_master, serial),
             damk: crypto::diversify(&keys.maintenance_master, serial),

@@ -39,12 +39,23 @@
 //! | 6–7 | issuing city code, BCD, 4 digits (Dezhou's cards carry `45 30`, as in 0x15 bytes 2–3) |
 //! | 8–9 | interop kind (互通卡种): `00 01` a T-Union interop card (交通联合), `00 00` a city-only card; others kept as read |
 //! | 10 | card category as the issuer manages it |
-//! | 11–59 | issuer-defined |
+//! | 11–14 | concession end date (优惠截止日期), BCD YYYYMMDD; `00000000` or `FFFFFFFF`: none, this operator's layout |
+//! | 15–18 | annual review date (年审有效期), BCD YYYYMMDD; `00000000` or `FFFFFFFF`: none, this operator's layout |
+//! | 19–59 | issuer-defined |
 //!
 //! The issuing city decides the rider category: the card type byte of 0x16 is the issuer's
 //! own coding and its concessions are the issuer's, so a card whose city is not the fare
 //! table's home city gets the table's interop rules, not the local concession
 //! ([`crate::fare`]). A city code that is not 4 BCD digits is a malformed file: `unreadable`.
+//!
+//! A concession (student, senior, disabled, veteran card type) holds only while the card says
+//! so: up to and including its end date, and up to and including its annual review date
+//! (年审: the holder must show at a counter every year that the concession still applies;
+//! the counter writes the next date). Past either the card pays the adult fare
+//! ([`crate::fare::concession_status`]). These 8 bytes are kept as read and parsed only for
+//! a card that would get a local concession ([`Management::concession_dates`]), since other
+//! issuers use the bytes after 10 in their own ways; there a date that is neither BCD nor
+//! one of the two "none" words is a malformed file (`unreadable`).
 //!
 //! Sources: JT/T 978.3 (the transport application's files); the byte positions as the
 //! project's working notes on the card give them. Open-source readers of these cards read the
@@ -202,6 +213,40 @@ pub struct Management {
     pub issuer_city: CityCode,
     /// Bytes 8–9 as read ([`INTEROP_KIND_TUNION`], [`INTEROP_KIND_CITY_ONLY`] or another).
     pub interop_kind: u16,
+    /// Bytes 11–14 as read: the concession end date, parsed by [`Self::concession_dates`].
+    pub concession_until_bcd: [u8; 4],
+    /// Bytes 15–18 as read: the annual review (年审) date.
+    pub review_until_bcd: [u8; 4],
+}
+
+/// A date field of file 0x17 that may be empty: `00000000` or `FFFFFFFF` (as issuers leave
+/// an unused field) is `None`, the card saying there is no such date.
+pub fn parse_optional_bcd_date(b: [u8; 4]) -> Result<Option<Ymd>, CardError> {
+    if b == [0; 4] || b == [0xFF; 4] {
+        return Ok(None);
+    }
+    parse_bcd_date(b).map(Some).ok_or(CardError::Field(
+        "concession or annual review date is not a BCD date",
+    ))
+}
+
+/// The dates a concession holds to, as the card gives them (both inclusive).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConcessionDates {
+    /// The concession's own end date; `None`: it does not end.
+    pub concession_until: Option<Ymd>,
+    /// The annual review (年审) date; `None`: no review is due.
+    pub review_until: Option<Ymd>,
+}
+
+impl Management {
+    /// Bytes 11–18 parsed: a date that is neither BCD YYYYMMDD nor empty is a typed error.
+    pub fn concession_dates(&self) -> Result<ConcessionDates, CardError> {
+        Ok(ConcessionDates {
+            concession_until: parse_optional_bcd_date(self.concession_until_bcd)?,
+            review_until: parse_optional_bcd_date(self.review_until_bcd)?,
+        })
+    }
 }
 
 /// The last boarding written on the card.
@@ -375,6 +420,8 @@ pub fn parse_management(r: &Response) -> Result<Management, CardError> {
     Ok(Management {
         issuer_city,
         interop_kind: u16::from_be_bytes([d[8], d[9]]),
+        concession_until_bcd: [d[11], d[12], d[13], d[14]],
+        review_until_bcd: [d[15], d[16], d[17], d[18]],
     })
 }
 
@@ -681,7 +728,9 @@ mod tests {
             parse_management(&resp(&d, sw::OK)),
             Ok(Management {
                 issuer_city: CityCode(1000),
-                interop_kind: INTEROP_KIND_TUNION
+                interop_kind: INTEROP_KIND_TUNION,
+                concession_until_bcd: [0; 4],
+                review_until_bcd: [0; 4],
             })
         );
         d[7] = 0x0A;
@@ -696,6 +745,27 @@ mod tests {
         assert_eq!(CityCode(4530).to_bcd(), [0x45, 0x30]);
         assert_eq!("0531".parse::<CityCode>().unwrap().to_string(), "0531");
         assert!("453".parse::<CityCode>().is_err() && "45a0".parse::<CityCode>().is_err());
+    }
+
+    #[test]
+    fn concession_dates_are_read_from_bytes_11_to_18_and_empty_words_mean_none() {
+        let mut d = [0u8; MANAGEMENT_FILE_BYTES];
+        d[6..8].copy_from_slice(&[0x45, 0x30]);
+        let m = parse_management(&resp(&d, sw::OK)).unwrap();
+        assert_eq!(m.concession_dates(), Ok(ConcessionDates::default()));
+        d[11..15].copy_from_slice(&[0x20, 0x27, 0x06, 0x30]);
+        d[15..19].copy_from_slice(&[0xFF; 4]);
+        let m = parse_management(&resp(&d, sw::OK)).unwrap();
+        assert_eq!(
+            m.concession_dates(),
+            Ok(ConcessionDates {
+                concession_until: Some(2027_06_30),
+                review_until: None
+            })
+        );
+        d[15..19].copy_from_slice(&[0x20, 0x26, 0x13, 0x01]);
+        let m = parse_management(&resp(&d, sw::OK)).unwrap();
+        assert!(matches!(m.concession_dates(), Err(CardError::Field(_))));
     }
 
     #[test]
@@ -739,7 +809,9 @@ mod tests {
             let r = resp(&data, sw_);
             let _ = parse_public(&r);
             let _ = parse_holder(&r);
-            let _ = parse_management(&r);
+            if let Ok(m) = parse_management(&r) {
+                let _ = m.concession_dates();
+            }
             let _ = parse_boarding(&r);
             let _ = parse_balance(&r);
             let _ = parse_init_purchase(&r);

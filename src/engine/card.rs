@@ -9,9 +9,9 @@ use crate::card::tunion::{
 };
 use crate::card::ChannelError;
 use crate::clock::Timestamp;
-use crate::fare::PreviousBoarding;
+use crate::fare::{concession_status, FareNote, Issuer, PreviousBoarding};
 use crate::journal::{CardTx, GreyRecord, Record, RecordKind};
-use crate::types::{BalanceFen, ListId, Media, Reason};
+use crate::types::{BalanceFen, ListId, Media, Reason, RiderCategory};
 
 use super::{
     CoreAccess, Decision, Refusal, Subject, Validator, GROUP_COMMIT_TAPS_MAX, PURCHASE_KEY_INDEX,
@@ -30,6 +30,8 @@ struct Prepared {
     mac1: Option<[u8; 4]>,
     /// The purse before the debit, as INITIALIZE FOR CAPP PURCHASE read it.
     known_balance: Option<BalanceFen>,
+    /// What the display says of the fare (an ended concession, another rider).
+    fare_note: Option<FareNote>,
 }
 
 /// How a card's checks ended: decided already (a refusal, a recovered debit), or a purchase
@@ -341,10 +343,41 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             c.recent
                 .is_repeat(&listed_as, now.unix_s, c.cfg.anti_passback_s)
         });
-        if repeat {
-            return Err(Reason::RepeatTap.into());
+        let extra_rider = if repeat {
+            match self.another_rider(s, &listed_as, now)? {
+                Some(rider) => Some(rider),
+                None => return Err(Reason::RepeatTap.into()),
+            }
+        } else {
+            None
+        };
+        self.prepare_purchase(s, &info, now, extra_rider)
+            .map(Checked::Purchase)
+    }
+
+    /// A card tapped again within anti-passback: when the fare table lets its card type board
+    /// several riders (连刷) and its group is still open (less than `window_s` since the
+    /// group's first boarding, fewer than `riders_max` riders), the card type and the new
+    /// rider's number; otherwise `None` (a `repeat_tap`). The group is the card's acceptances
+    /// on this validator within the anti-passback window.
+    fn another_rider<C: CardChannel + ?Sized>(
+        &mut self,
+        s: &mut CardSession<'_, C>,
+        id: &ListId,
+        now: Timestamp,
+    ) -> Result<Option<(RiderCategory, u8)>, Refusal> {
+        if self.core.with(|c| c.fares.several_riders.is_empty()) {
+            return Ok(None);
         }
-        self.prepare_purchase(s, &info, now).map(Checked::Purchase)
+        let category = s.read_holder().map_err(card_reason)?;
+        Ok(self.core.with(|c| {
+            let rule = c.fares.several_riders_of(category)?;
+            let (riders, first_at) = c.recent.group(id, now.unix_s, c.cfg.anti_passback_s)?;
+            let open = (0..i64::from(rule.window_s)).contains(&(now.unix_s - first_at))
+                && riders < usize::from(rule.riders_max);
+            // riders < riders_max ≤ SEVERAL_RIDERS_MAX: the number fits u8.
+            open.then_some((category, riders as u8 + 1))
+        }))
     }
 
     /// Everything of a purchase before its debit: fare, INITIALIZE FOR CAPP PURCHASE, MAC1,
@@ -354,8 +387,12 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
         s: &mut CardSession<'_, C>,
         info: &PublicInfo,
         now: Timestamp,
+        extra_rider: Option<(RiderCategory, u8)>,
     ) -> Result<Prepared, Refusal> {
-        let category = s.read_holder().map_err(card_reason)?;
+        let category = match extra_rider {
+            Some((category, _)) => category,
+            None => s.read_holder().map_err(card_reason)?,
+        };
         let management = s.read_management().map_err(card_reason)?;
         let Some(issuer) = self.core.with(|c| {
             c.fares
@@ -363,6 +400,20 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
         }) else {
             return Err(Reason::IssuerNotAccepted.into());
         };
+        // A concession holds only while the card's own dates say so: past them, the adult fare.
+        let concession = match issuer {
+            Issuer::Concessions if category != RiderCategory::Adult => {
+                let dates = management.concession_dates().map_err(card_reason)?;
+                concession_status(category, dates, now.local_ymd())
+            }
+            _ => None,
+        };
+        let priced_as = if concession.is_some() {
+            RiderCategory::Adult
+        } else {
+            category
+        };
+        let fare_note = concession.or(extra_rider.map(|(_, n)| FareNote::ExtraRider(n)));
         let prev = s.read_boarding().map_err(card_reason)?;
         let prev = prev.map(|b| PreviousBoarding {
             route: b.route,
@@ -374,7 +425,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             let route = c.cfg.route;
             (
                 route,
-                c.fares.card_fare(category, issuer, route, &now, prev),
+                c.fares.card_fare(priced_as, issuer, route, &now, prev),
             )
         });
         let terminal_no = self.psam.terminal_no();
@@ -446,6 +497,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             boarding,
             mac1: None,
             known_balance,
+            fare_note,
         })
     }
 
@@ -551,7 +603,10 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             quickpass: None,
             terminal_no: grey.terminal_no,
         };
-        self.core.with(|c| c.record_and_accept(rec, now))
+        let fare_note = p.fare_note;
+        self.core
+            .with(|c| c.record_and_accept(rec, now))
+            .map(|d| Decision { fare_note, ..d })
     }
 
     /// Settle the card's open grey record `g` now that the card is in the field again.

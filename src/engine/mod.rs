@@ -55,7 +55,7 @@ use crate::card::apdu::CardChannel;
 use crate::card::psam::Psam;
 use crate::card::quickpass::MaskedPan;
 use crate::clock::Timestamp;
-use crate::fare::FareTable;
+use crate::fare::{FareNote, FareTable};
 use crate::journal::{Journal, JournalError, Record};
 use crate::ride_code::replay_cache::ReplayKey;
 use crate::types::{AccountId, BalanceFen, CardNo, Fen, ListId, Media, Reason};
@@ -115,6 +115,9 @@ pub struct Decision {
     /// The purse balance (negative: overdrawn), when the engine read it.
     pub balance_fen: Option<BalanceFen>,
     pub seq: Option<u64>,
+    /// Why an accepted card tap's fare is not the plain one of its card type (an ended
+    /// concession, another rider on the card); `None` otherwise and for every refusal.
+    pub fare_note: Option<FareNote>,
 }
 
 impl Decision {
@@ -135,6 +138,7 @@ impl Decision {
             fare_fen: 0,
             balance_fen,
             seq: None,
+            fare_note: None,
         }
     }
 }
@@ -163,6 +167,21 @@ impl RecentTaps {
             .iter()
             .flatten()
             .any(|(k, at)| k == id && (now_s - at).abs() < w)
+    }
+
+    /// The card's (or account's) acceptances less than `window_s` from `now_s` (as
+    /// [`Self::is_repeat`] counts them): how many, and the time of the earliest. `None` when
+    /// there is none.
+    fn group(&self, id: &ListId, now_s: i64, window_s: u32) -> Option<(usize, i64)> {
+        let w = i64::from(window_s);
+        self.entries
+            .iter()
+            .flatten()
+            .filter(|(k, at)| k == id && (now_s - at).abs() < w)
+            .fold(None, |acc, (_, at)| match acc {
+                None => Some((1, *at)),
+                Some((n, first)) => Some((n + 1, first.min(*at))),
+            })
     }
 
     fn remember(&mut self, id: ListId, now_s: i64) {
@@ -439,6 +458,7 @@ impl Core {
             fare_fen: rec.fare_fen,
             balance_fen: rec.balance_fen,
             seq: Some(seq),
+            fare_note: None,
         })
     }
 

@@ -11,6 +11,12 @@
 //! in `interop.concession_cities`; a city in `interop.deny_cities`, a city outside a non-empty
 //! `interop.allow_cities`, or a card of another city that is not a T-Union interop card is not
 //! accepted at all. A table without `[interop]` keeps the old meaning for every Dezhou card.
+//!
+//! A concession holds only while the card says it does ([`concession_status`]: its own end
+//! date and its annual review date, 年审, from file 0x17); past either the card pays the
+//! adult fare and the decision carries a [`FareNote`] saying why. Several riders on one card
+//! (连刷, `[[several_riders]]`, off unless the table lists a card type) turn a second tap of
+//! the same card shortly after its first into another rider's boarding ([`SeveralRiders`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +37,10 @@ pub const TIMEFRAME_RULES_MAX: usize = 64;
 pub const ROUTE_FARES_MAX: usize = 256;
 /// Seconds in a day: a timeframe's `end` may be at most this (24:00).
 pub const DAY_S: u32 = 86_400;
+/// Most riders one card may board at once (连刷), the first included.
+pub const SEVERAL_RIDERS_MAX: u8 = 9;
+/// Longest window after a card's first boarding in which further taps board more riders.
+pub const SEVERAL_RIDERS_WINDOW_S_MAX: u32 = 600;
 
 /// Home city when the table names none: Dezhou, as its cards write it in file 0x17.
 pub const DEFAULT_HOME_CITY: CityCode = CityCode(4530);
@@ -156,6 +166,79 @@ impl Timeframe {
     }
 }
 
+/// Several riders on one card (连刷, the `[[several_riders]]` array, one entry per card type
+/// at most): a tap of a card of `category` less than `window_s` after the first boarding of
+/// its group, while the group holds fewer than `riders_max` riders, boards another rider at
+/// the card's fare instead of being a `repeat_tap`. Card types not listed keep anti-passback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeveralRiders {
+    pub category: RiderCategory,
+    /// Seconds from the group's first boarding, 1 to [`SEVERAL_RIDERS_WINDOW_S_MAX`].
+    pub window_s: u32,
+    /// Riders of one group, the first included: 2 to [`SEVERAL_RIDERS_MAX`].
+    pub riders_max: u8,
+}
+
+/// Why a card's fare is not the plain one of its card type, for the display and the decision
+/// line (`fare_note`, docs/replay.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FareNote {
+    /// The concession's end date (file 0x17) has passed: the adult fare.
+    ConcessionEnded,
+    /// The annual review (年审) date (file 0x17) has passed: the adult fare until reviewed.
+    AnnualReviewDue,
+    /// Another rider on the same card (连刷): the rider's number in its group, 2 or more.
+    ExtraRider(u8),
+}
+
+impl FareNote {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FareNote::ConcessionEnded => "concession_ended",
+            FareNote::AnnualReviewDue => "annual_review_due",
+            FareNote::ExtraRider(_) => "extra_rider",
+        }
+    }
+
+    /// The display's text for an accepted tap with this note: (Chinese, English).
+    pub fn text(self) -> (&'static str, &'static str) {
+        match self {
+            FareNote::ConcessionEnded => ("优惠已到期 按全价", "concession ended, full fare"),
+            FareNote::AnnualReviewDue => ("请年审 按全价", "annual review due, full fare"),
+            FareNote::ExtraRider(_) => ("同行乘客 请上车", "another rider, please board"),
+        }
+    }
+
+    /// The rider's number for [`FareNote::ExtraRider`].
+    pub fn rider(self) -> Option<u8> {
+        match self {
+            FareNote::ExtraRider(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a card's concession still holds on the local date `today` (YYYYMMDD): `None` when
+/// it does (both dates inclusive, an absent date never ends it), else the note saying which
+/// date has passed, the end date first. An adult card has no concession to lose.
+pub fn concession_status(
+    category: RiderCategory,
+    dates: crate::card::tunion::ConcessionDates,
+    today: crate::card::tunion::Ymd,
+) -> Option<FareNote> {
+    let passed = |d: Option<u32>| d.is_some_and(|d| today > d);
+    if category == RiderCategory::Adult {
+        None
+    } else if passed(dates.concession_until) {
+        Some(FareNote::ConcessionEnded)
+    } else if passed(dates.review_until) {
+        Some(FareNote::AnnualReviewDue)
+    } else {
+        None
+    }
+}
+
 /// When a boarding happens, in the local time of the tap, as the fare rules read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalTime {
@@ -201,6 +284,9 @@ pub struct FareTable {
     /// Caps for the media charged after the ride, applied at clearing, never on the bus.
     #[serde(default)]
     pub capping: Capping,
+    /// Several riders on one card (连刷) by card type; none by default.
+    #[serde(default)]
+    pub several_riders: Vec<SeveralRiders>,
 }
 
 /// Daily and weekly (ISO week, from Monday) caps per ride-code account or QuickPass card,
@@ -267,6 +353,7 @@ impl FareTable {
             ));
         }
         self.validate_timeframes()?;
+        self.validate_several_riders()?;
         self.validate_routes()
     }
 
@@ -285,6 +372,35 @@ impl FareTable {
             }
         }
         Ok(())
+    }
+
+    fn validate_several_riders(&self) -> Result<(), FareError> {
+        for (i, r) in self.several_riders.iter().enumerate() {
+            if !(1..=SEVERAL_RIDERS_WINDOW_S_MAX).contains(&r.window_s) {
+                return Err(FareError::Invalid(
+                    "several_riders window_s is 1 to SEVERAL_RIDERS_WINDOW_S_MAX",
+                ));
+            }
+            if !(2..=SEVERAL_RIDERS_MAX).contains(&r.riders_max) {
+                return Err(FareError::Invalid(
+                    "several_riders riders_max is 2 to SEVERAL_RIDERS_MAX",
+                ));
+            }
+            if self.several_riders[..i]
+                .iter()
+                .any(|o| o.category == r.category)
+            {
+                return Err(FareError::Invalid(
+                    "a card type listed twice in several_riders",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The several-riders rule of card type `c`, if the table has one.
+    pub fn several_riders_of(&self, c: RiderCategory) -> Option<&SeveralRiders> {
+        self.several_riders.iter().find(|r| r.category == c)
     }
 
     /// The base fare of a boarding on `route`: its `[[routes]]` entry, else `base_fare_fen`.

@@ -10,8 +10,9 @@
 //! | `text_en` | the same in English, e.g. `insufficient balance` |
 //! | `sound` | `accept` (one short beep) or `refuse` (two long beeps) |
 //!
-//! Accepted taps and scans show `请上车` / `please board`; each refusal shows the text of its
-//! reason in [`reason_text`] (the table is also in docs/config.md).
+//! Accepted taps and scans show `请上车` / `please board`, or the text of their fare note
+//! ([`crate::fare::FareNote::text`]: an ended concession, another rider on the card); each refusal shows
+//! the text of its reason in [`reason_text`] (the table is also in docs/config.md).
 //!
 //! The program writes each line with [`write_feedback_line`]: built in a fixed buffer of
 //! [`FEEDBACK_LINE_BYTES_MAX`] bytes and written at once, nothing allocated per decision. It
@@ -27,8 +28,9 @@ use crate::types::Reason;
 
 /// Longest decision line, bytes, newline included. The longest possible line is about 330
 /// bytes: keys and punctuation 130, a time of 25, an account id `65535:` and 20 digits, the
-/// longest reason 24, three numbers of at most 11 digits and a seq of 20, display texts of
-/// at most 48 (16 Chinese characters) and 40 bytes, a sound of 6.
+/// longest reason 24, three numbers of at most 11 digits and a seq of 20, a fare note and
+/// rider of 45, display texts of at most 48 (16 Chinese characters) and 40 bytes, a sound
+/// of 6.
 pub const FEEDBACK_LINE_BYTES_MAX: usize = 512;
 
 /// A decision line being built: a fixed buffer that refuses to overflow.
@@ -110,10 +112,7 @@ fn build_line(out: &mut LineBuf, at: Timestamp, d: &Decision) -> std::io::Result
     let full = |_| std::io::Error::other("decision line over FEEDBACK_LINE_BYTES_MAX");
     out.write_str("{\"at\":\"").map_err(full)?;
     at.write_rfc3339(out)?;
-    let ((zh, en), sound) = match d.outcome {
-        Ok(()) => (ACCEPTED_TEXT, "accept"),
-        Err(r) => (reason_text(r), "refuse"),
-    };
+    let ((zh, en), sound) = display_texts(d);
     (|| {
         write!(out, "\",\"media\":\"{}\",\"id\":", d.media.as_str())?;
         match d.subject {
@@ -138,6 +137,12 @@ fn build_line(out: &mut LineBuf, at: Timestamp, d: &Decision) -> std::io::Result
         json_opt(out, d.balance_fen)?;
         out.write_str(",\"seq\":")?;
         json_opt(out, d.seq)?;
+        if let Some(note) = d.fare_note {
+            write!(out, ",\"fare_note\":\"{}\"", note.as_str())?;
+            if let Some(n) = note.rider() {
+                write!(out, ",\"rider\":{n}")?;
+            }
+        }
         out.write_str(",\"text_zh\":")?;
         json_str(out, zh)?;
         out.write_str(",\"text_en\":")?;
@@ -165,6 +170,16 @@ pub fn write_feedback_line(
 
 /// Display text of an accepted tap or scan: (Chinese, English).
 pub const ACCEPTED_TEXT: (&str, &str) = ("请上车", "please board");
+
+/// The display's texts and the sound of a decision: an accepted tap with a fare note (an
+/// ended concession, another rider) shows the note's text ([`crate::fare::FareNote::text`]).
+fn display_texts(d: &Decision) -> ((&'static str, &'static str), &'static str) {
+    match (d.outcome, d.fare_note) {
+        (Ok(()), Some(note)) => (note.text(), "accept"),
+        (Ok(()), None) => (ACCEPTED_TEXT, "accept"),
+        (Err(r), _) => (reason_text(r), "refuse"),
+    }
+}
 
 /// The short display text of a refusal: (Chinese, English). Every reason has one (the match
 /// is exhaustive, and a test walks [`Reason::ALL`]).
@@ -198,10 +213,7 @@ pub fn reason_text(reason: Reason) -> (&'static str, &'static str) {
 /// The decision line of docs/replay.md with the display texts and the sound added.
 pub fn feedback_line(at: &str, d: &Decision) -> Value {
     let mut line = crate::replay::decision_line(at, d, None);
-    let ((zh, en), sound) = match d.outcome {
-        Ok(()) => (ACCEPTED_TEXT, "accept"),
-        Err(r) => (reason_text(r), "refuse"),
-    };
+    let ((zh, en), sound) = display_texts(d);
     if let Some(o) = line.as_object_mut() {
         o.insert("text_zh".into(), zh.into());
         o.insert("text_en".into(), en.into());
@@ -213,6 +225,7 @@ pub fn feedback_line(at: &str, d: &Decision) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fare::FareNote;
 
     #[test]
     fn every_reason_has_a_display_text_in_both_languages() {
@@ -252,6 +265,7 @@ mod tests {
             fare_fen: 0,
             balance_fen: Some(50),
             seq: None,
+            fare_note: None,
         };
         let at = "2026-11-28T08:00:05+08:00";
         let line = feedback_line(at, &d);
@@ -319,6 +333,12 @@ mod tests {
                         fare_fen: if i == 2 { u32::MAX } else { 200 },
                         balance_fen: [None, None, Some(i32::MIN), Some(i32::MAX)][i],
                         seq: [Some(1), None, Some(u64::MAX), Some(7)][i],
+                        fare_note: [
+                            None,
+                            None,
+                            Some(FareNote::ExtraRider(u8::MAX)),
+                            Some(FareNote::AnnualReviewDue),
+                        ][i],
                     };
                     let line = written(at, &d);
                     let want = format!("{}\n", feedback_line(&at.to_rfc3339(), &d));

@@ -229,6 +229,7 @@ impl Shared {
                     fare_fen: 0,
                     balance_fen: None,
                     seq: None,
+                    fare_note: None,
                 }
             }
         };
