@@ -11,7 +11,7 @@
 //! | --- | --- | --- | --- |
 //! | 0 | 8 | magic | `FVSIGNED` |
 //! | 8 | 2 | format | format version: [`FORMAT_VERSION`] (3) written, [`FORMAT_VERSION_OLDEST`] (1) and up read |
-//! | 10 | 2 | kind | [`FileKind`]: 1 blacklist snapshot, 2 blacklist delta, 3 fare table, 4 ride-code keys |
+//! | 10 | 2 | kind | [`FileKind`]: 1 blacklist snapshot, 2 blacklist delta, 3 fare table, 4 ride-code keys, 5 verified-certificate snapshot, 6 verified-certificate delta |
 //! | 12 | 4 | issued | format 3: when the operator signed it, unix seconds (u32); before: 0 |
 //! | 16 | 8 | version | content version this file gives (a delta's target version) |
 //! | 24 | 8 | base_version | a delta's starting version; 0 for a snapshot |
@@ -92,14 +92,19 @@ pub enum FileKind {
     BlacklistDelta = 2,
     FareTable = 3,
     RideCodeKeys = 4,
+    /// The fleet's verified ride-code certificates ([`crate::ride_code::cert_set`]).
+    VerifiedCertSnapshot = 5,
+    VerifiedCertDelta = 6,
 }
 
 impl FileKind {
-    pub const ALL: [FileKind; 4] = [
+    pub const ALL: [FileKind; 6] = [
         FileKind::BlacklistSnapshot,
         FileKind::BlacklistDelta,
         FileKind::FareTable,
         FileKind::RideCodeKeys,
+        FileKind::VerifiedCertSnapshot,
+        FileKind::VerifiedCertDelta,
     ];
 
     pub fn from_u16(v: u16) -> Option<Self> {
@@ -112,6 +117,8 @@ impl FileKind {
             FileKind::BlacklistDelta => "blacklist_delta",
             FileKind::FareTable => "fare_table",
             FileKind::RideCodeKeys => "ride_code_keys",
+            FileKind::VerifiedCertSnapshot => "verified_cert_snapshot",
+            FileKind::VerifiedCertDelta => "verified_cert_delta",
         }
     }
 }

@@ -116,6 +116,7 @@ pub fn content_of(kind: FileKind) -> &'static str {
         FileKind::BlacklistSnapshot | FileKind::BlacklistDelta => "blacklist",
         FileKind::FareTable => "fares",
         FileKind::RideCodeKeys => "keys",
+        FileKind::VerifiedCertSnapshot | FileKind::VerifiedCertDelta => "verified_certs",
     }
 }
 

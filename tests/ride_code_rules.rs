@@ -619,3 +619,127 @@ fn extreme_clocks_give_a_reason_not_a_panic() {
     assert!(!replay.is_replay(&code, i64::MAX));
     assert!(replay.is_replay(&code, i64::MIN));
 }
+
+// ---- the fleet's verified-certificate set: only check 6's signature is spared ----
+
+/// A verifier holding a set that lists these codes' certificates (made for the test keys).
+fn verifier_listing(codes: &[&[u8; CODE_BYTES]]) -> Verifier {
+    use fare_validator::ride_code::{CertSet, RideCode};
+    let digests = codes.iter().map(|b| {
+        RideCode::from_bytes(**b)
+            .expect("well-formed")
+            .cert_digest()
+    });
+    let set = CertSet::from_digests(1, test_keys(), digests);
+    let mut v = verifier();
+    v.set_cert_set(std::sync::Arc::new(set));
+    v
+}
+
+#[test]
+fn a_listed_certificate_skips_only_the_channel_signature_check() {
+    for h in [p256_holder(), sm2_holder()] {
+        // A certificate the channel never signed, listed: its check is skipped (which is
+        // why only the depot, after checking it, may list one) ...
+        let mut b = h.code(NOW, 1);
+        issuer::resign_certificate(&mut b, &KeyPair::from_seed(h.pair.alg(), 999));
+        issuer::resign_code(&mut b, &h.pair);
+        assert_eq!(verdict(&text(&b), NOW), Err(Reason::BadCertificate));
+        let mut v = verifier_listing(&[&b]);
+        assert_eq!(v.verify(&text(&b), NOW).map(|_| ()), Ok(()));
+        assert_eq!(v.certs_from_set(), 1);
+        // ... and nothing else: a listed certificate with a forged code signature.
+        let mut forged = h.code(NOW, 2);
+        forged[137..].copy_from_slice(&[0x5A; SIGNATURE_BYTES]);
+        let mut v = verifier_listing(&[&forged]);
+        assert_eq!(
+            v.verify(&text(&forged), NOW).map(|_| ()),
+            Err(Reason::BadSignature)
+        );
+        // Signed by another holder key than the certificate's.
+        let mut other = h.code(NOW, 3);
+        issuer::resign_code(&mut other, &KeyPair::from_seed(h.pair.alg(), 4242));
+        let mut v = verifier_listing(&[&other]);
+        assert_eq!(
+            v.verify(&text(&other), NOW).map(|_| ()),
+            Err(Reason::BadSignature)
+        );
+        // Freshness still applies.
+        let old = h.code(NOW - 61, 4);
+        let mut v = verifier_listing(&[&old]);
+        assert_eq!(
+            v.verify(&text(&old), NOW).map(|_| ()),
+            Err(Reason::CodeExpired)
+        );
+    }
+}
+
+#[test]
+fn a_listed_certificate_with_a_holder_key_off_the_curve_is_still_bad_certificate() {
+    let h = holder_with(2, 1, |f| f.holder_public_key = off_curve_point(Alg::P256));
+    let b = issuer::code(&h.cert, NOW as u32, 1, &h.pair);
+    let mut v = verifier_listing(&[&b]);
+    assert_eq!(
+        v.verify(&text(&b), NOW).map(|_| ()),
+        Err(Reason::BadCertificate)
+    );
+}
+
+#[test]
+fn an_expired_certificate_is_refused_though_listed() {
+    for (nb, na) in [
+        (CERT_NOT_BEFORE, (NOW - 1) as u32),
+        ((NOW + 1) as u32, CERT_NOT_AFTER),
+    ] {
+        let h = holder_with(2, 1, |f| {
+            f.cert_not_before = nb;
+            f.cert_not_after = na;
+        });
+        let b = issuer::code(&h.cert, NOW as u32, 1, &h.pair);
+        let mut v = verifier_listing(&[&b]);
+        assert_eq!(
+            v.verify(&text(&b), NOW).map(|_| ()),
+            Err(Reason::CertificateNotValid)
+        );
+    }
+}
+
+#[test]
+fn a_revoked_key_or_one_outside_its_window_is_refused_though_listed() {
+    // Key 2 of channel 2 is revoked, key 3 ended before NOW, key 4 starts after; channel
+    // 1's key 2 (SM2) is revoked.
+    for (channel_id, key_id) in [(2, 2), (2, 3), (2, 4), (1, 2)] {
+        let h = holder_with(channel_id, key_id, |_| {});
+        let b = issuer::code(&h.cert, NOW as u32, 1, &h.pair);
+        let mut v = verifier_listing(&[&b]);
+        assert_eq!(
+            v.verify(&text(&b), NOW).map(|_| ()),
+            Err(Reason::KeyNotValid),
+            "channel {channel_id} key {key_id}"
+        );
+        assert_eq!(v.certs_from_set(), 0);
+    }
+}
+
+#[test]
+fn a_set_made_for_other_channel_keys_is_not_used() {
+    use fare_validator::ride_code::{CertSet, RideCode};
+    let h = p256_holder();
+    let mut b = h.code(NOW, 1);
+    issuer::resign_certificate(&mut b, &KeyPair::from_seed(Alg::P256, 999));
+    issuer::resign_code(&mut b, &h.pair);
+    let digest = RideCode::from_bytes(b).unwrap().cert_digest();
+    let mut other = channels();
+    other[0].pair = KeyPair::from_seed(Alg::P256, 777);
+    let other_keys = ChannelKeys::from_file(&key_file(&other)).unwrap();
+    let mut v = verifier();
+    v.set_cert_set(std::sync::Arc::new(CertSet::from_digests(
+        1,
+        &other_keys,
+        [digest],
+    )));
+    assert_eq!(
+        v.verify(&text(&b), NOW).map(|_| ()),
+        Err(Reason::BadCertificate)
+    );
+}

@@ -1,7 +1,9 @@
 //! The shared ride-code-v1 vectors: every case on a fresh validator (no code seen before, empty
 //! blacklist) with the vectors' config decides exactly as `expect` says.
 
-use fare_validator::ride_code::{ChannelKeys, KeyFile, ReplayCache, RideCodeConfig, Verifier};
+use fare_validator::ride_code::{
+    cert_set, CertSet, ChannelKeys, KeyFile, ReplayCache, RideCode, RideCodeConfig, Verifier,
+};
 use fare_validator::types::Reason;
 use serde::Deserialize;
 
@@ -102,4 +104,41 @@ fn accepted_vectors_are_replayed_when_shown_twice() {
         let again = decide(&mut verifier, &mut replay, &case.code, case.now + 5);
         assert_eq!(again, "replayed", "{}", case.name);
     }
+}
+
+/// The fleet's set as the depot would make it for the vectors: every vector certificate
+/// that passes the depot's check (check 6) under the vector keys.
+fn fleet_set(keys: &ChannelKeys) -> std::sync::Arc<CertSet> {
+    let cases = vectors().cases;
+    let digests = cases.iter().filter_map(|c| {
+        let code = RideCode::parse(&c.code).ok()?;
+        cert_set::checked_digest(keys, &code)
+    });
+    std::sync::Arc::new(CertSet::from_digests(1, keys, digests))
+}
+
+/// Decisions are the same with the fleet's set as without: every vector, the set listing
+/// every certificate the depot would list (and the set is used: certificates are taken from
+/// it instead of checked).
+#[test]
+fn every_vector_decides_as_expected_with_the_fleet_set() {
+    let v = vectors();
+    let keys = ChannelKeys::from_file(&v.keys).expect("vector key file");
+    let set = fleet_set(&keys);
+    assert!(set.len() >= 2, "the vectors have good certificates");
+    every_vector_decides_as_expected_with(|keys, config| {
+        let set = fleet_set(&keys);
+        let mut v = Verifier::with_cert_worker(keys, config);
+        v.set_cert_set(set);
+        v
+    });
+    let mut spared = 0;
+    for case in &v.cases {
+        let mut verifier = Verifier::new(keys.clone(), v.config);
+        verifier.set_cert_set(set.clone());
+        let mut replay = ReplayCache::new(&v.config);
+        decide(&mut verifier, &mut replay, &case.code, case.now);
+        spared += verifier.certs_from_set();
+    }
+    assert!(spared >= 2, "the set spared {spared} certificate checks");
 }

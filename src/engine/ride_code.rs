@@ -3,7 +3,9 @@
 
 use crate::clock::Timestamp;
 use crate::journal::{CardTx, QrTx, Record, RecordKind};
-use crate::ride_code::{ChannelKeys, ReplayCache, RideCode, RideCodeConfig, Verifier};
+use std::sync::Arc;
+
+use crate::ride_code::{CertSet, ChannelKeys, ReplayCache, RideCode, RideCodeConfig, Verifier};
 use crate::types::{ListId, Media, Reason};
 
 use super::{Core, Decision, Subject};
@@ -32,10 +34,22 @@ impl Core {
     /// accepted before stay remembered.
     pub fn set_ride_code_keys(&mut self, keys: ChannelKeys, config: RideCodeConfig) {
         let replay = std::mem::replace(&mut self.ride.replay, ReplayCache::new(&config));
-        self.ride = RideCodes {
-            verifier: Verifier::with_cert_worker(keys, config),
-            replay,
-        };
+        let cert_set = Arc::clone(self.ride.verifier.cert_set());
+        let mut verifier = Verifier::with_cert_worker(keys, config);
+        // Kept across key files; used only while it names the same key material.
+        verifier.set_cert_set(cert_set);
+        self.ride = RideCodes { verifier, replay };
+    }
+
+    /// Use the fleet's verified-certificate set (a checked downlink file, see
+    /// [`crate::ride_code::cert_set`]) from the next scan on.
+    pub fn set_verified_certs(&mut self, set: Arc<CertSet>) {
+        self.ride.verifier.set_cert_set(set);
+    }
+
+    /// The verified-certificate set in use.
+    pub fn verified_certs(&self) -> &Arc<CertSet> {
+        self.ride.verifier.cert_set()
     }
 
     /// A ride code is scanned: checks 1–13 of ride-code-v1.md in order, then the

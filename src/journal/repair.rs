@@ -41,6 +41,8 @@ pub enum SideFile {
     FareTable,
     /// `downlink/keys.signed`.
     RideCodeKeys,
+    /// `downlink/verified-certs.bin`: the fleet's verified ride-code certificates.
+    VerifiedCerts,
 }
 
 impl SideFile {
@@ -53,6 +55,7 @@ impl SideFile {
             SideFile::Blacklist => "blacklist.bin",
             SideFile::FareTable => "fares.signed",
             SideFile::RideCodeKeys => "keys.signed",
+            SideFile::VerifiedCerts => "verified-certs.bin",
         }
     }
 }

@@ -92,6 +92,8 @@ pub struct ChannelKey {
     pub not_before: i64,
     pub not_after: i64,
     pub revoked: bool,
+    /// SEC1 compressed, as the key file gives it.
+    pub public_key: [u8; PUBLIC_KEY_BYTES],
     pub(crate) key: VerifyKey,
 }
 
@@ -175,6 +177,23 @@ impl ChannelKeys {
             .find(|k| k.channel_id == channel_id && k.key_id == key_id && k.alg == alg)
     }
 
+    /// SHA-256 over the key material, whatever the order of the file and the keys' dates:
+    /// for each key in (channel_id, key_id, alg) order, channel_id (2, big-endian), key_id
+    /// (1), alg (1), public key (33). A verified-certificate set names the keys its
+    /// certificates were checked with by this digest ([`super::cert_set`]).
+    pub fn material_digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut sorted: Vec<&ChannelKey> = self.keys.iter().collect();
+        sorted.sort_by_key(|k| (k.channel_id, k.key_id, k.alg as u8));
+        let mut h = Sha256::new();
+        for k in sorted {
+            h.update(k.channel_id.to_be_bytes());
+            h.update([k.key_id, k.alg as u8]);
+            h.update(k.public_key);
+        }
+        h.finalize().into()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &ChannelKey> {
         self.keys.iter()
     }
@@ -208,6 +227,7 @@ fn decode_entry(entry: &KeyFileEntry) -> Result<ChannelKey, KeyFileError> {
         not_before: entry.not_before,
         not_after: entry.not_after,
         revoked: entry.revoked,
+        public_key: sec1,
         key,
     })
 }

@@ -39,6 +39,8 @@
 //! - [`format`]: text → fixed 201-byte layout (check 1), no allocation;
 //! - [`keys`]: the key file (trust anchor), keys decoded once at load;
 //! - [`verify`]: checks 1–10 and the cache of already-verified holder certificates;
+//! - [`cert_set`]: the fleet's verified-certificate set (signed snapshot and deltas from the
+//!   depot): certificates whose channel signature need not be checked again;
 //! - [`replay_cache`]: bounded memory of accepted codes for check 12;
 //! - [`issuer`]: the phone's side (keygen, certificates, codes, QR) for tests, demo, benches.
 //!
@@ -59,7 +61,9 @@
 //! before costs one: the verifier keeps a bounded cache of verified certificates (keyed by the
 //! full 129 certificate bytes), and still runs checks 4, 5 and 7 on every scan. A verifier made
 //! with [`Verifier::with_cert_worker`] (the engine's) checks a first-seen holder's certificate
-//! on a second core while the scanning thread checks the code. P-256 verifies through `ring`,
+//! on a second core while the scanning thread checks the code. A first-seen certificate that
+//! the fleet's verified-certificate set lists ([`Verifier::set_cert_set`]) costs one as well:
+//! only its channel signature is spared, checks 4, 5 and 7 run as ever. P-256 verifies through `ring`,
 //! SM2 through `efficient-sm2` (keys and signatures decoded by RustCrypto `sm2`); nothing on
 //! the scan path allocates.
 //!
@@ -73,6 +77,7 @@
 //! }
 //! ```
 
+pub mod cert_set;
 pub mod format;
 pub mod issuer;
 pub mod keys;
@@ -83,6 +88,7 @@ mod cert_cache;
 mod cert_worker;
 mod crypto;
 
+pub use cert_set::{CertSet, CertSetDelta, CertSetError};
 pub use format::{cert_digest, CertDigest, FormatError, RideCode, CERT_DIGEST_BYTES};
 pub use keys::{ChannelKey, ChannelKeys, KeyFile, KeyFileEntry, KeyFileError};
 pub use replay_cache::{Remembered, ReplayCache, ReplayKey};

@@ -19,9 +19,12 @@
 //! checks of a first-seen holder run side by side on two cores (see `cert_worker`); the
 //! reason reported is the same either way.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::cert_cache::CertCache;
+use super::cert_set::CertSet;
 use super::cert_worker::CertWorker;
 use super::crypto::VerifyKey;
 use super::format::{CertDigest, RideCode};
@@ -76,6 +79,15 @@ pub struct Verifier {
     certs: CertCache,
     /// Checks first-seen certificates on a second core; `None`: on the scanning thread.
     worker: Option<CertWorker>,
+    /// The fleet's verified certificates ([`super::cert_set`]): a listed certificate's
+    /// channel signature is not checked again.
+    cert_set: Arc<CertSet>,
+    /// The key material digest of `keys`, computed once.
+    keys_digest: [u8; 32],
+    /// Whether `cert_set` was made with `keys`' material: if not, no entry is used.
+    cert_set_usable: bool,
+    /// First-seen certificates taken from the set (for tests and metrics).
+    certs_from_set: u64,
 }
 
 impl Verifier {
@@ -83,10 +95,14 @@ impl Verifier {
     /// runs on the calling thread.
     pub fn new(keys: ChannelKeys, config: RideCodeConfig) -> Self {
         Verifier {
+            keys_digest: keys.material_digest(),
             keys,
             config,
             certs: CertCache::new(),
             worker: None,
+            cert_set: Arc::new(CertSet::empty()),
+            cert_set_usable: false,
+            certs_from_set: 0,
         }
     }
 
@@ -103,6 +119,30 @@ impl Verifier {
             },
             ..Self::new(keys, config)
         }
+    }
+
+    /// Use the fleet's verified-certificate set from now on: a first-seen certificate whose
+    /// digest it lists skips check 6's signature (every other check still runs). A set made
+    /// with other channel key material than this verifier's is held but not used (logged).
+    pub fn set_cert_set(&mut self, set: Arc<CertSet>) {
+        self.cert_set_usable = *set.keys_digest() == self.keys_digest;
+        if !self.cert_set_usable && !set.is_empty() {
+            tracing::warn!(
+                version = set.version(),
+                "verified-certificate set made for other channel keys: not used"
+            );
+        }
+        self.cert_set = set;
+    }
+
+    /// The verified-certificate set held (empty at version 0 when none was given).
+    pub fn cert_set(&self) -> &Arc<CertSet> {
+        &self.cert_set
+    }
+
+    /// First-seen certificates whose channel signature the set spared.
+    pub fn certs_from_set(&self) -> u64 {
+        self.certs_from_set
     }
 
     /// True when first-seen certificates are checked on a second core.
@@ -148,13 +188,17 @@ impl Verifier {
         if !channel_key.is_valid_at(now_unix_s) {
             return Err(Reason::KeyNotValid);
         }
+        let cert_digest = code.cert_digest();
         // Checks 6 and 8 may run together (a first-seen holder with a worker); their results
         // are reported in the order of the checks all the same.
+        let listed = self.cert_set_usable && self.cert_set.contains(&cert_digest);
         let (holder_key, code_verified) = holder_key(
             &mut self.certs,
             self.worker.as_mut(),
             &channel_key.key,
             code,
+            Listed(listed),
+            &mut self.certs_from_set,
         )?;
         let (cert_not_before, cert_not_after) = (
             i64::from(code.cert_not_before),
@@ -185,7 +229,7 @@ impl Verifier {
             counter: code.counter,
             generated_at,
             cert_not_after,
-            cert_digest: code.cert_digest(),
+            cert_digest,
         })
     }
 
@@ -195,8 +239,14 @@ impl Verifier {
     }
 }
 
+/// Whether the fleet's set lists the certificate (its channel signature was checked at the
+/// depot, under the same key material).
+struct Listed(bool);
+
 /// Check 6, through the cache: the holder key of a certificate the channel key signed, and,
-/// when a worker checked the certificate, the result of check 8 made meanwhile.
+/// when a worker checked the certificate, the result of check 8 made meanwhile. A certificate
+/// the set lists has only its holder key decoded (on the curve, or `bad_certificate` as
+/// without the set).
 ///
 /// The cache key is the whole certificate, which includes channel_id, key id and alg, so a hit
 /// means this very certificate verified under this very channel key (a key file never has two
@@ -206,12 +256,18 @@ fn holder_key<'c>(
     worker: Option<&mut CertWorker>,
     channel_key: &VerifyKey,
     code: &RideCode,
+    listed: Listed,
+    certs_from_set: &mut u64,
 ) -> Result<(&'c VerifyKey, Option<bool>), Reason> {
     let mut code_verified = None;
     if certs.get(code.cert()).is_none() {
         let alg = channel_key.alg();
         // The holder key, if it decodes and the channel signed its certificate.
         let holder = match worker {
+            _ if listed.0 => {
+                *certs_from_set += 1;
+                VerifyKey::from_compressed(alg, &code.holder_public_key)
+            }
             Some(worker) => {
                 // The worker starts on the certificate while this thread decodes the holder
                 // key (a point decompression) and checks the code with it.

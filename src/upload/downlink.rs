@@ -5,8 +5,11 @@
 //! ## On the validator
 //!
 //! `DIR/downlink/` holds `operator.pub` (the pinned operator key, hex), `fares.signed` and
-//! `keys.signed` as received, and `blacklist.bin`: the list the validator built from the
-//! signed snapshots and deltas it accepted, in its own checksummed format:
+//! `keys.signed` as received, `verified-certs.bin` (the fleet's verified ride-code
+//! certificates, [`crate::ride_code::cert_set`], built from the signed snapshots and deltas
+//! accepted: `FVC1`, version (8, big-endian), the snapshot payload, CRC-32/ISCSI), and
+//! `blacklist.bin`: the list the validator built from the signed snapshots and deltas it
+//! accepted, in its own checksummed format:
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
@@ -40,6 +43,7 @@ use crate::blacklist::file::{self as blacklist_file, BlacklistFileError};
 use crate::blacklist::Blacklist;
 use crate::fare::FareTable;
 use crate::journal::SideFile;
+use crate::ride_code::{CertSet, CertSetError};
 pub use crate::signed::FileKind;
 use crate::signed::{self, Dates, SignedError};
 use crate::types::{AccountId, CardNo, ListId, ListReason, ReasonSet};
@@ -67,6 +71,8 @@ const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
 pub enum DownlinkError {
     #[error("downlink file: {0}")]
     Signed(#[from] SignedError),
+    #[error("downlink verified-certificate set: {0}")]
+    CertSet(#[from] CertSetError),
     #[error("downlink blacklist: {0}")]
     Blacklist(#[from] BlacklistFileError),
     #[error("downlink file: no operator key pinned in the data folder")]
@@ -183,7 +189,27 @@ fn side_file(kind: FileKind) -> SideFile {
         FileKind::BlacklistSnapshot | FileKind::BlacklistDelta => SideFile::Blacklist,
         FileKind::FareTable => SideFile::FareTable,
         FileKind::RideCodeKeys => SideFile::RideCodeKeys,
+        FileKind::VerifiedCertSnapshot | FileKind::VerifiedCertDelta => SideFile::VerifiedCerts,
     }
+}
+
+fn encode_cert_set(set: &CertSet) -> Vec<u8> {
+    let mut out = CERT_SET_MAGIC.to_vec();
+    out.extend_from_slice(&set.version().to_be_bytes());
+    out.extend_from_slice(&set.snapshot_payload());
+    let crc = CRC32.checksum(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fn decode_cert_set(b: &[u8]) -> Option<CertSet> {
+    let (body, crc) = b.split_last_chunk::<4>()?;
+    if CRC32.checksum(body) != u32::from_be_bytes(*crc) {
+        return None;
+    }
+    let rest = body.strip_prefix(&CERT_SET_MAGIC)?;
+    let (version, payload) = rest.split_first_chunk::<8>()?;
+    CertSet::from_snapshot_payload(u64::from_be_bytes(*version), payload).ok()
 }
 
 /// The list and the dates of the signed file it came from (None under the older magics).
@@ -234,6 +260,10 @@ const OPERATOR_COPY_FILE: &str = "operator.pub.copy";
 const BLACKLIST_FILE: &str = "blacklist.bin";
 const FARES_FILE: &str = "fares.signed";
 const KEYS_FILE: &str = "keys.signed";
+/// The verified-certificate set held: [`CERT_SET_MAGIC`], version (8, big-endian), the
+/// snapshot payload of [`crate::ride_code::cert_set`], CRC-32/ISCSI of everything before (4).
+const CERT_SET_FILE: &str = "verified-certs.bin";
+const CERT_SET_MAGIC: [u8; 4] = *b"FVC1";
 /// Suffix of the last good file a new one replaced.
 const PREV_SUFFIX: &str = ".prev";
 /// Suffix a damaged file is moved to (kept for inspection, never read).
@@ -480,6 +510,13 @@ impl DownlinkDir {
             .unwrap_or_else(|| (Blacklist::empty(), None))
     }
 
+    /// The verified-certificate set held (the last good one if the newest is damaged; empty,
+    /// version 0, when none was installed).
+    pub fn cert_set(&self) -> CertSet {
+        self.read_with_fallback(CERT_SET_FILE, SideFile::VerifiedCerts, decode_cert_set)
+            .unwrap_or_else(CertSet::empty)
+    }
+
     fn save_blacklist(&self, list: &Blacklist, dates: Dates) -> Result<(), DownlinkError> {
         self.replace_keeping_last_good(BLACKLIST_FILE, &encode_state(list, dates), state_intact)
     }
@@ -620,6 +657,14 @@ impl DownlinkDir {
                 })?;
                 o.header.version
             }
+            FileKind::VerifiedCertSnapshot | FileKind::VerifiedCertDelta => {
+                // Snapshots only over an older set, deltas only from the version held.
+                let next = self.cert_set().install(bytes, &key, now_unix_s)?;
+                self.replace_keeping_last_good(CERT_SET_FILE, &encode_cert_set(&next), |b| {
+                    decode_cert_set(b).is_some()
+                })?;
+                next.version()
+            }
         };
         Ok((kind, version))
     }
@@ -679,5 +724,64 @@ mod tests {
             (back.version(), back.get(&card), dates),
             (5, Some(ReasonSet::of(ListReason::Cancelled)), None)
         );
+    }
+}
+
+#[cfg(test)]
+mod cert_set_tests {
+    use super::*;
+    use crate::ride_code::{cert_set, ChannelKeys};
+
+    const NOW: i64 = 1_795_824_000;
+
+    fn set(version: u64, n: u8) -> CertSet {
+        let keys = ChannelKeys::empty();
+        CertSet::from_digests(version, &keys, (0..n).map(|i| [i; 32]))
+    }
+
+    #[test]
+    fn a_forged_or_stale_set_file_is_refused_and_the_last_good_one_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DownlinkDir::new(tmp.path());
+        let key = signed::signing_key_from_seed([9; 32]);
+        dir.pin_operator_key(&key.verifying_key()).unwrap();
+        let dates = Dates::starting(NOW as u32 - 60, 86_400);
+        assert_eq!(dir.cert_set().version(), 0);
+        let v3 = set(3, 10);
+        let snap = cert_set::snapshot_file(&v3, dates, &key);
+        assert_eq!(
+            dir.install(&snap, NOW).unwrap(),
+            (FileKind::VerifiedCertSnapshot, 3)
+        );
+        assert_eq!(dir.cert_set(), v3);
+        let v4 = set(4, 12);
+        let delta = cert_set::delta_file(&v3.diff(&v4), dates, &key);
+        // Forged: signed by another key; then altered after signing.
+        let other = signed::signing_key_from_seed([8; 32]);
+        let forged = cert_set::delta_file(&v3.diff(&v4), dates, &other);
+        assert!(dir.install(&forged, NOW).is_err());
+        let mut altered = delta.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 0x80;
+        assert!(dir.install(&altered, NOW).is_err());
+        assert_eq!(dir.cert_set(), v3, "the last good one is kept");
+        assert_eq!(dir.install(&delta, NOW).unwrap().1, 4);
+        assert_eq!(dir.cert_set(), v4);
+        // Stale: the older snapshot again, and a delta from a version no longer held.
+        assert!(matches!(
+            dir.install(&snap, NOW),
+            Err(DownlinkError::CertSet(CertSetError::Stale { .. }))
+        ));
+        assert!(matches!(
+            dir.install(&delta, NOW),
+            Err(DownlinkError::CertSet(CertSetError::WrongBase { .. }))
+        ));
+        // Expired on arrival.
+        let late = cert_set::snapshot_file(&set(5, 1), Dates::starting(1_000, 10), &key);
+        assert!(dir.install(&late, NOW).is_err());
+        assert_eq!(dir.cert_set(), v4, "the last good one is kept");
+        // The held copy damaged on disk: the one before it is read.
+        std::fs::write(dir.path().join(CERT_SET_FILE), b"FVC1 torn").unwrap();
+        assert_eq!(dir.cert_set(), v3);
     }
 }

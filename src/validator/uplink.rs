@@ -99,7 +99,8 @@ pub struct Applied {
 }
 
 /// Bring the running engine up to the files held in `data_dir/downlink/`: the blacklist is
-/// swapped through its handle (taps go on), fares and keys are swapped under the lock.
+/// swapped through its handle (taps go on), fares, keys and the verified-certificate set are
+/// swapped under the lock.
 /// Files are read and checked here, off the tap path. A file that no longer checks is kept
 /// out and reported.
 pub fn apply_downlink(shared: &Shared, data_dir: &Path) -> Applied {
@@ -141,6 +142,19 @@ pub fn apply_downlink(shared: &Shared, data_dir: &Path) -> Applied {
                 Err(e) => tracing::warn!(version = v, error = %e, "ride-code key file refused"),
             }
         }
+    }
+    // Read and checked before the engine's lock is taken; swapped in between two scans.
+    let certs = dir.cert_set();
+    if certs.version() != shared.engine().verified_certs().version() {
+        let (v, n) = (certs.version(), certs.len());
+        shared
+            .engine()
+            .set_verified_certs(std::sync::Arc::new(certs));
+        tracing::info!(
+            version = v,
+            entries = n,
+            "verified-certificate set swapped in"
+        );
     }
     let mut up = shared.uplink.lock().unwrap_or_else(|p| p.into_inner());
     up.blacklist_version = applied.blacklist;
