@@ -1,6 +1,7 @@
 //! After start-up the tap path does not allocate: a counting allocator watches a run of card
 //! taps (dialogue, decision, durable record) and refusals, under a fare table with every rule
-//! kind (`fixtures/fares-every-rule.toml`: interop lists, timeframes, routes, several riders)
+//! kind (`fixtures/fares-every-rule.toml`: interop lists, timeframes, routes, several riders,
+//! networks and transfer rules)
 //! and cards of the home city and of other cities (accepted, interop fare, refused by the deny
 //! list, ended concessions, further riders on one card). Then the same
 //! through the validator program's shared part: the core's lock taken for each step of the
@@ -121,8 +122,10 @@ fn card_taps_allocate_nothing_after_start_up() {
 
     COUNTING.store(true, Ordering::SeqCst);
     let (mut extra_riders, mut concessions_ended) = (0, 0);
-    for _ in 0..50 {
+    for round in 0..50 {
         now = now.plus_s(30);
+        // The city lines and an express line in turn: transfer rules by network.
+        v.set_route([1, 2, 6][round % 3]);
         for card in cards.iter_mut() {
             card.enter_field(None);
             // Accepted, repeat_tap (every other round) and blacklisted taps all run here.

@@ -78,7 +78,8 @@
 //! | 11–14 | boarding time, unix seconds |
 //! | 15–18 | fare charged, fen |
 //! | 19 | rider category |
-//! | 20–127 | zero |
+//! | 20 | transfers in a row up to this boarding (0: no transfer), for `transfer_count` |
+//! | 21–127 | zero |
 //!
 //! A record whose boarding time is zero (as issuers initialise the file) is read as it is, a
 //! boarding in 1970: no value read from the card stands for "no boarding"; `6A 83` does.
@@ -257,6 +258,8 @@ pub struct Boarding {
     pub at_unix_s: u32,
     pub fare_fen: Fen,
     pub category: u8,
+    /// Transfers in a row up to this boarding (byte 20; 0 on records written before it was).
+    pub transfers: u8,
 }
 
 /// INITIALIZE FOR CAPP PURCHASE, parsed.
@@ -444,6 +447,7 @@ pub fn parse_boarding(r: &Response) -> Result<Option<Boarding>, CardError> {
         at_unix_s,
         fare_fen: be_u32(&d[15..19]),
         category: d[19],
+        transfers: d[20],
     }))
 }
 
@@ -456,6 +460,7 @@ pub fn encode_boarding(b: &Boarding) -> [u8; COMPOUND_RECORD_BYTES] {
     d[11..15].copy_from_slice(&b.at_unix_s.to_be_bytes());
     d[15..19].copy_from_slice(&b.fare_fen.to_be_bytes());
     d[19] = b.category;
+    d[20] = b.transfers;
     d
 }
 
@@ -820,8 +825,8 @@ mod tests {
         }
 
         #[test]
-        fn boarding_record_round_trips(route in any::<u16>(), at in 1u32.., fare in any::<u32>(), cat in 0u8..5) {
-            let b = Boarding { route, terminal_no: [1, 2, 3, 4, 5, 6], at_unix_s: at, fare_fen: fare, category: cat };
+        fn boarding_record_round_trips(route in any::<u16>(), at in 1u32.., fare in any::<u32>(), cat in 0u8..5, transfers in any::<u8>()) {
+            let b = Boarding { route, terminal_no: [1, 2, 3, 4, 5, 6], at_unix_s: at, fare_fen: fare, category: cat, transfers };
             let r = resp(&encode_boarding(&b), sw::OK);
             prop_assert_eq!(parse_boarding(&r), Ok(Some(b)));
         }

@@ -43,7 +43,8 @@ pub const RIDE_CODE_AHEAD_OF_SCAN_S_MAX: i64 = 600;
 pub const RIDE_CODE_AGE_AT_SCAN_S_MAX: i64 = 3_600;
 
 /// The highest fare any fare table in force charges on each route: a route's own base fare
-/// where a table gives one, else the table's base fare, the maximum over every table.
+/// (or its network's) where a table gives one, else the table's base fare, the maximum over
+/// every table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FareCeilings {
     /// Highest base fare of any table on a route no table lists.
@@ -58,10 +59,7 @@ impl FareCeilings {
         let default = FareTable::default_policy();
         let tables: Vec<&FareTable> = std::iter::once(&default).chain(published).collect();
         let other_fen = tables.iter().map(|t| t.base_fare_fen).max().unwrap_or(0);
-        let mut routes: Vec<u16> = tables
-            .iter()
-            .flat_map(|t| t.routes.iter().map(|r| r.route))
-            .collect();
+        let mut routes: Vec<u16> = tables.iter().flat_map(|t| t.priced_routes()).collect();
         routes.sort_unstable();
         routes.dedup();
         let routes = routes

@@ -9,7 +9,7 @@ use crate::card::tunion::{
 };
 use crate::card::ChannelError;
 use crate::clock::Timestamp;
-use crate::fare::{concession_status, FareNote, Issuer, PreviousBoarding};
+use crate::fare::{concession_status, CardFare, FareNote, Issuer, PreviousBoarding};
 use crate::journal::{CardTx, GreyRecord, Record, RecordKind};
 use crate::types::{BalanceFen, ListId, Media, Reason, RiderCategory};
 
@@ -418,10 +418,18 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
         let prev = prev.map(|b| PreviousBoarding {
             route: b.route,
             at_unix_s: i64::from(b.at_unix_s),
+            fare_fen: b.fare_fen,
+            transfers: b.transfers,
         });
         // One look for route and fare: a fare table or route swapped in between applies to
         // the whole of the next tap.
-        let (route, fare_fen) = self.core.with(|c| {
+        let (
+            route,
+            CardFare {
+                fare_fen,
+                transfers,
+            },
+        ) = self.core.with(|c| {
             let route = c.cfg.route;
             (
                 route,
@@ -477,6 +485,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             at_unix_s: now.unix_s.clamp(0, i64::from(u32::MAX)) as u32,
             fare_fen,
             category: category as u8,
+            transfers,
         };
         let grey = GreyRecord {
             card_no: info.card_no,

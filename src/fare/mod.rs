@@ -37,6 +37,14 @@ pub const TIMEFRAME_RULES_MAX: usize = 64;
 pub const ROUTE_FARES_MAX: usize = 256;
 /// Seconds in a day: a timeframe's `end` may be at most this (24:00).
 pub const DAY_S: u32 = 86_400;
+/// Most networks a table may name; a route's network is looked for in at most this many.
+pub const NETWORKS_MAX: usize = 64;
+/// Most routes one network may list.
+pub const NETWORK_ROUTES_MAX: usize = 256;
+/// Longest network id, bytes.
+pub const NETWORK_ID_BYTES_MAX: usize = 64;
+/// Most transfer rules a table may hold; a boarding looks at most at this many.
+pub const TRANSFER_RULES_MAX: usize = 64;
 /// Most riders one card may board at once (连刷), the first included.
 pub const SEVERAL_RIDERS_MAX: u8 = 9;
 /// Longest window after a card's first boarding in which further taps board more riders.
@@ -97,6 +105,70 @@ pub struct RouteFare {
     pub route: u16,
     /// Replaces `base_fare_fen` on this route; the percentages apply to it.
     pub base_fare_fen: Fen,
+}
+
+/// A network of routes (the `[[networks]]` array, GTFS-Fares v2 `networks.txt` and
+/// `route_networks.txt`): air-conditioned lines, express lines. A route is in one network at
+/// most; transfer rules name networks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// 1 to [`NETWORK_ID_BYTES_MAX`] bytes, each network once.
+    pub network: String,
+    /// The base fare of a boarding on the network's routes (a route's own `[[routes]]` entry
+    /// comes first); absent: the table's `base_fare_fen`.
+    #[serde(default)]
+    pub base_fare_fen: Option<Fen>,
+    /// The routes of the network, at most [`NETWORK_ROUTES_MAX`].
+    pub routes: Vec<u16>,
+}
+
+/// A transfer rule (the `[[transfer_rules]]` array, GTFS-Fares v2 `fare_transfer_rules.txt`
+/// with networks as the leg groups and the duration measured from one boarding to the next,
+/// `duration_limit_type` 1). A card boarding is a transfer by the first rule that holds: the
+/// previous boarding written on the card was on another route, at most `duration_s` earlier,
+/// on `from_network` (any when absent) and this one is on `to_network` (any when absent), and
+/// fewer than `transfer_count` transfers (unlimited when absent) came before it in a row.
+/// Exactly one of the three prices is given; a transfer never costs more than the boarding
+/// would without it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRule {
+    #[serde(default)]
+    pub from_network: Option<String>,
+    #[serde(default)]
+    pub to_network: Option<String>,
+    /// Seconds from the previous boarding, 0 to [`TRANSFER_WINDOW_S_MAX`] (inclusive).
+    pub duration_s: u32,
+    /// Transfers in a row the rule allows, 1 or more; absent: unlimited (GTFS −1).
+    #[serde(default)]
+    pub transfer_count: Option<u8>,
+    /// The boarding's fare less this, never below 0 (GTFS `fare_transfer_type` 1, A + AB + B,
+    /// with a negative AB).
+    #[serde(default)]
+    pub discount_fen: Option<Fen>,
+    /// The transfer costs this (GTFS `fare_transfer_type` 0, A + AB).
+    #[serde(default)]
+    pub fare_fen: Option<Fen>,
+    /// Both boardings together cost this: the transfer pays it less what the previous
+    /// boarding paid, never below 0 (GTFS `fare_transfer_type` 2, AB).
+    #[serde(default)]
+    pub journey_fare_fen: Option<Fen>,
+}
+
+impl TransferRule {
+    /// What the transfer costs, from `leg_fen` (this boarding's fare without the transfer)
+    /// and `prev_fen` (what the previous boarding paid).
+    pub fn fare(&self, leg_fen: Fen, prev_fen: Fen) -> Fen {
+        let priced = match (self.discount_fen, self.fare_fen, self.journey_fare_fen) {
+            (Some(d), _, _) => leg_fen.saturating_sub(d),
+            (None, Some(f), _) => f,
+            (None, None, Some(j)) => j.saturating_sub(prev_fen),
+            // Refused when the table is loaded: no rule without a price.
+            (None, None, None) => leg_fen,
+        };
+        priced.min(leg_fen)
+    }
 }
 
 /// A time of day as TOML gives it, `"HH:MM"` (00:00 to 24:00), held as seconds since midnight.
@@ -287,6 +359,20 @@ pub struct FareTable {
     /// Several riders on one card (连刷) by card type; none by default.
     #[serde(default)]
     pub several_riders: Vec<SeveralRiders>,
+    /// Networks of routes with their base fare; none by default.
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    /// Transfer rules by network; when there is any, `[transfer]` is not used.
+    #[serde(default)]
+    pub transfer_rules: Vec<TransferRule>,
+}
+
+/// A card boarding's fare and the transfers of its journey so far, written on the card.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CardFare {
+    pub fare_fen: Fen,
+    /// Transfers in a row up to this boarding: 0 for a boarding that is no transfer.
+    pub transfers: u8,
 }
 
 /// Daily and weekly (ISO week, from Monday) caps per ride-code account or QuickPass card,
@@ -311,6 +397,10 @@ pub enum FareError {
 pub struct PreviousBoarding {
     pub route: u16,
     pub at_unix_s: i64,
+    /// What it paid.
+    pub fare_fen: Fen,
+    /// Transfers in a row up to it (0: it was no transfer).
+    pub transfers: u8,
 }
 
 impl FareTable {
@@ -354,7 +444,100 @@ impl FareTable {
         }
         self.validate_timeframes()?;
         self.validate_several_riders()?;
+        self.validate_networks()?;
+        self.validate_transfer_rules()?;
         self.validate_routes()
+    }
+
+    fn validate_networks(&self) -> Result<(), FareError> {
+        if self.networks.len() > NETWORKS_MAX {
+            return Err(FareError::Invalid("more networks than NETWORKS_MAX"));
+        }
+        for (i, n) in self.networks.iter().enumerate() {
+            if n.network.is_empty() || n.network.len() > NETWORK_ID_BYTES_MAX {
+                return Err(FareError::Invalid(
+                    "a network id is 1 to NETWORK_ID_BYTES_MAX bytes",
+                ));
+            }
+            if n.base_fare_fen.is_some_and(|f| f > BASE_FARE_FEN_MAX) {
+                return Err(FareError::Invalid(
+                    "a network's base_fare_fen above BASE_FARE_FEN_MAX",
+                ));
+            }
+            if n.routes.len() > NETWORK_ROUTES_MAX {
+                return Err(FareError::Invalid(
+                    "a network with more routes than NETWORK_ROUTES_MAX",
+                ));
+            }
+            let before = &self.networks[..i];
+            if before.iter().any(|o| o.network == n.network) {
+                return Err(FareError::Invalid("a network listed twice"));
+            }
+            let twice = n.routes.iter().enumerate().any(|(k, r)| {
+                n.routes[..k].contains(r) || before.iter().any(|o| o.routes.contains(r))
+            });
+            if twice {
+                return Err(FareError::Invalid("a route in more than one network"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_transfer_rules(&self) -> Result<(), FareError> {
+        if self.transfer_rules.len() > TRANSFER_RULES_MAX {
+            return Err(FareError::Invalid(
+                "more transfer rules than TRANSFER_RULES_MAX",
+            ));
+        }
+        let known = |n: &Option<String>| {
+            n.as_ref()
+                .map_or(true, |n| self.networks.iter().any(|o| &o.network == n))
+        };
+        for r in &self.transfer_rules {
+            if !known(&r.from_network) || !known(&r.to_network) {
+                return Err(FareError::Invalid(
+                    "a transfer rule names a network the table does not list",
+                ));
+            }
+            if r.duration_s > TRANSFER_WINDOW_S_MAX {
+                return Err(FareError::Invalid(
+                    "a transfer rule's duration_s above one day",
+                ));
+            }
+            if r.transfer_count == Some(0) {
+                return Err(FareError::Invalid(
+                    "a transfer rule's transfer_count is 1 or more",
+                ));
+            }
+            let prices = [r.discount_fen, r.fare_fen, r.journey_fare_fen];
+            if prices.iter().flatten().count() != 1 {
+                return Err(FareError::Invalid(
+                    "a transfer rule gives exactly one of discount_fen, fare_fen, journey_fare_fen",
+                ));
+            }
+            if prices.iter().flatten().any(|f| *f > BASE_FARE_FEN_MAX) {
+                return Err(FareError::Invalid(
+                    "a transfer rule's amount above BASE_FARE_FEN_MAX",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The network `route` is in, if any.
+    pub fn network_of(&self, route: u16) -> Option<&Network> {
+        self.networks.iter().find(|n| n.routes.contains(&route))
+    }
+
+    /// Every route with a base fare of its own (a `[[routes]]` entry or a network's), each
+    /// once or more.
+    pub fn priced_routes(&self) -> impl Iterator<Item = u16> + '_ {
+        self.routes.iter().map(|r| r.route).chain(
+            self.networks
+                .iter()
+                .filter(|n| n.base_fare_fen.is_some())
+                .flat_map(|n| n.routes.iter().copied()),
+        )
     }
 
     fn validate_routes(&self) -> Result<(), FareError> {
@@ -403,12 +586,16 @@ impl FareTable {
         self.several_riders.iter().find(|r| r.category == c)
     }
 
-    /// The base fare of a boarding on `route`: its `[[routes]]` entry, else `base_fare_fen`.
+    /// The base fare of a boarding on `route`: its `[[routes]]` entry, else its network's
+    /// base fare, else `base_fare_fen`.
     pub fn base_fare_on(&self, route: u16) -> Fen {
-        self.routes
-            .iter()
-            .find(|r| r.route == route)
-            .map_or(self.base_fare_fen, |r| r.base_fare_fen)
+        match self.routes.iter().find(|r| r.route == route) {
+            Some(r) => r.base_fare_fen,
+            None => self
+                .network_of(route)
+                .and_then(|n| n.base_fare_fen)
+                .unwrap_or(self.base_fare_fen),
+        }
     }
 
     fn validate_timeframes(&self) -> Result<(), FareError> {
@@ -509,8 +696,34 @@ impl FareTable {
         }
     }
 
-    /// Fare of a card boarding: the issuer's fare ([`Self::issuer_fare`]), less the transfer
-    /// discount when it applies.
+    /// The transfer rule a boarding on `route` at `now_unix_s` gets after `prev` (the first
+    /// of `[[transfer_rules]]` that holds), if any.
+    pub fn transfer_rule(
+        &self,
+        route: u16,
+        now_unix_s: i64,
+        prev: PreviousBoarding,
+    ) -> Option<&TransferRule> {
+        if prev.route == route {
+            return None;
+        }
+        let elapsed = now_unix_s - prev.at_unix_s;
+        let (from, to) = (self.network_of(prev.route), self.network_of(route));
+        let on = |rule: &Option<String>, n: Option<&Network>| match rule {
+            None => true,
+            Some(id) => n.is_some_and(|n| &n.network == id),
+        };
+        self.transfer_rules.iter().find(|r| {
+            (0..=i64::from(r.duration_s)).contains(&elapsed)
+                && on(&r.from_network, from)
+                && on(&r.to_network, to)
+                && r.transfer_count.map_or(true, |n| prev.transfers < n)
+        })
+    }
+
+    /// Fare of a card boarding: the issuer's fare ([`Self::issuer_fare`]), then the transfer
+    /// when one applies: by `[[transfer_rules]]` when the table has any, else by `[transfer]`
+    /// (another route within `window_s`, less `discount_fen`).
     pub fn card_fare(
         &self,
         c: RiderCategory,
@@ -518,13 +731,30 @@ impl FareTable {
         route: u16,
         now: &crate::clock::Timestamp,
         prev: Option<PreviousBoarding>,
-    ) -> Fen {
+    ) -> CardFare {
         let now_unix_s = now.unix_s;
         let fare = self.issuer_fare(c, issuer, route, LocalTime::of(now));
-        if self.is_transfer(route, now_unix_s, prev) {
+        let plain = CardFare {
+            fare_fen: fare,
+            transfers: 0,
+        };
+        let Some(p) = prev else {
+            return plain;
+        };
+        let fare_fen = if self.transfer_rules.is_empty() {
+            if !self.is_transfer(route, now_unix_s, prev) {
+                return plain;
+            }
             fare.saturating_sub(self.transfer.discount_fen)
         } else {
-            fare
+            match self.transfer_rule(route, now_unix_s, p) {
+                Some(rule) => rule.fare(fare, p.fare_fen),
+                None => return plain,
+            }
+        };
+        CardFare {
+            fare_fen,
+            transfers: p.transfers.saturating_add(1),
         }
     }
 }
@@ -561,6 +791,8 @@ mod tests {
         let prev = Some(PreviousBoarding {
             route: 2,
             at_unix_s: 1_000,
+            fare_fen: 200,
+            transfers: 0,
         });
         assert_eq!(
             t.card_fare(
@@ -569,7 +801,8 @@ mod tests {
                 1,
                 &at(1_000 + 3600),
                 prev
-            ),
+            )
+            .fare_fen,
             100
         );
         assert_eq!(
@@ -579,7 +812,8 @@ mod tests {
                 1,
                 &at(1_000 + 3660),
                 prev
-            ),
+            )
+            .fare_fen,
             200
         );
         assert_eq!(
@@ -589,7 +823,8 @@ mod tests {
                 2,
                 &at(1_000 + 60),
                 prev
-            ),
+            )
+            .fare_fen,
             200,
             "same route is no transfer"
         );
@@ -600,7 +835,8 @@ mod tests {
                 1,
                 &at(1_060),
                 prev
-            ),
+            )
+            .fare_fen,
             0
         );
         assert_eq!(
@@ -610,7 +846,8 @@ mod tests {
                 1,
                 &at(1_060),
                 prev
-            ),
+            )
+            .fare_fen,
             0
         );
     }
@@ -659,7 +896,8 @@ mod tests {
             180
         );
         assert_eq!(
-            t.card_fare(RiderCategory::Student, Issuer::Concessions, 1, &at(0), None),
+            t.card_fare(RiderCategory::Student, Issuer::Concessions, 1, &at(0), None)
+                .fare_fen,
             100
         );
     }
