@@ -3,7 +3,8 @@
 #![no_main]
 
 use fare_validator::upload::frame::{
-    decode_32, decode_refused, parse_frame, Ack, Batch, FileChunk, FrameType, Hello,
+    decode_32, decode_acquirer, decode_gone, decode_proofs, decode_refused, parse_frame, Ack,
+    Batch, FileChunk, FrameType, Hello,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -17,9 +18,13 @@ fuzz_target!(|data: &[u8]| {
             FrameType::Ack => Ack::decode(p).map(|_| ()),
             FrameType::FileChunk => FileChunk::decode(p).map(|_| ()),
             FrameType::Refused => decode_refused(p).map(|_| ()),
+            FrameType::Gone => decode_gone(p).map(|_| ()),
+            FrameType::Proofs => decode_proofs(p).map(|_| ()),
+            FrameType::AcquirerData => decode_acquirer(p).map(|_| ()),
             ty => decode_32(ty, p).map(|_| ()),
         };
     }
     let _ = Batch::decode(data);
     let _ = Hello::decode(data);
+    let _ = decode_acquirer(data);
 });

@@ -5,6 +5,7 @@
 //! The engine speaks to every card and SAM through [`apdu::CardChannel`], so the same
 //! dialogue runs against a simulation, a virtual reader or a USB reader.
 
+pub mod acquirer;
 pub mod apdu;
 pub mod crypto;
 #[cfg(feature = "pcsc")]

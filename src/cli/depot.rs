@@ -119,6 +119,8 @@ pub enum DepotCmd {
         max: usize,
     },
     /// Every record as CSV for the clearing house, claims to a ride code in conflict flagged.
+    /// With --acquirer: the acquirer's file instead, one JSON line per QuickPass ride (sealed
+    /// PAN, field 55, amount, ATC, time, terminal, route; docs/quickpass.md).
     Export {
         /// The station's SQLite database file.
         #[arg(long)]
@@ -126,6 +128,20 @@ pub enum DepotCmd {
         /// Output file; default standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write the acquirer's file of QuickPass rides instead of the clearing CSV.
+        #[arg(long)]
+        acquirer: bool,
+    },
+    /// Take the acquirer's declines file (JSON lines {"terminal", "epoch", "seq",
+    /// "outcome": "declined" | "paid"}): a declined ride lists its card's PAN token for
+    /// `arrears` in the next downlink, paying every declined ride lifts it. Prints what
+    /// changed as one JSON line; a malformed file changes nothing (exit 2).
+    Declines {
+        /// The acquirer's declines file.
+        file: PathBuf,
+        /// The station's SQLite database file.
+        #[arg(long)]
+        db: PathBuf,
     },
 }
 
@@ -313,7 +329,17 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
             }
             Ok(())
         }
-        DepotCmd::Export { db, out } => export(&db, out.as_deref()),
+        DepotCmd::Export {
+            db,
+            out,
+            acquirer: false,
+        } => export(&db, out.as_deref()),
+        DepotCmd::Export {
+            db,
+            out,
+            acquirer: true,
+        } => export_acquirer(&db, out.as_deref()),
+        DepotCmd::Declines { file, db } => declines(&file, &db),
     }
 }
 
@@ -468,6 +494,37 @@ fn export(db: &Path, out: Option<&Path>) -> CmdResult {
         .for_each_record(|t, r, dup| writeln!(w, "{}", csv_row(t, r, dup)))
         .map_err(runtime_err)?;
     w.flush().map_err(runtime_err)
+}
+
+fn output(out: Option<&Path>) -> Result<Box<dyn Write>, (u8, String)> {
+    Ok(match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| input_err(format!("{}: {e}", p.display())))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    })
+}
+
+fn export_acquirer(db: &Path, out: Option<&Path>) -> CmdResult {
+    let store = open_existing_store(db)?;
+    let mut w = output(out)?;
+    store
+        .for_each_acquirer_ride(|ride| {
+            let line = serde_json::to_string(ride).map_err(std::io::Error::other)?;
+            writeln!(w, "{line}")
+        })
+        .map_err(runtime_err)?;
+    w.flush().map_err(runtime_err)
+}
+
+fn declines(file: &Path, db: &Path) -> CmdResult {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| input_err(format!("{}: {e}", file.display())))?;
+    let lines = depot::acquirer::parse_declines(&text).map_err(input_err)?;
+    let mut store = open_existing_store(db)?;
+    let report = store.apply_declines(&lines).map_err(runtime_err)?;
+    println!("{}", serde_json::to_string(&report).map_err(runtime_err)?);
+    Ok(())
 }
 
 /// Environment variable that may hold the terminal's master secret (hex).

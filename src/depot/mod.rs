@@ -7,7 +7,8 @@
 //! - [`store`]: the SQLite store (records keyed by terminal and seq, blacklist change log);
 //! - [`checks`]: the range checks a record passes before it is stored;
 //! - [`server`]: the accept loop, one task per session, shutdown and limits;
-//! - [`page`]: the depot manager's read-only web page.
+//! - [`page`]: the depot manager's read-only web page;
+//! - [`acquirer`]: QuickPass rides for the acquirer, and the charges it declined.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod acquirer;
 pub mod checks;
 pub mod integrity;
 pub mod page;

@@ -536,7 +536,7 @@ async fn handshake(
         Err(WireError::Frame(FrameError::OldVersion(v))) => {
             // Refused in the old framing, so the old validator can say why.
             let text = format!(
-                "protocol version {v} is no longer served (it has no journal identity): \
+                "protocol version {v} is no longer served: \
                  update the validator to version {}",
                 crate::upload::frame::PROTOCOL_VERSION
             );
@@ -643,6 +643,8 @@ enum Job {
     },
     /// The ride codes behind records (seq, code bytes), kept as proof.
     Proofs(Vec<crate::journal::proofs::Proof>),
+    /// The acquirer's data of QuickPass records (seq, data bytes).
+    Acquirer(Vec<crate::journal::acquirer::AcquirerEntry>),
     /// Seqs the validator no longer holds.
     Gone {
         from_seq: u64,
@@ -671,6 +673,7 @@ async fn read_batches(
                 Job::Gone { from_seq, to_seq }
             }
             FrameType::Proofs => Job::Proofs(crate::upload::frame::decode_proofs(body)?),
+            FrameType::AcquirerData => Job::Acquirer(crate::upload::frame::decode_acquirer(body)?),
             FrameType::Done => {
                 decode_empty(ty, body)?;
                 Job::Done
@@ -709,6 +712,10 @@ async fn store_and_answer(
             Job::Proofs(proofs) => {
                 let id = terminal.clone();
                 with_store(&store, move |s| s.store_proofs(&id, epoch, &proofs)).await?;
+            }
+            Job::Acquirer(entries) => {
+                let id = terminal.clone();
+                with_store(&store, move |s| s.store_acquirer_data(&id, epoch, &entries)).await?;
             }
             Job::Gone { from_seq, to_seq } => {
                 let id = terminal.clone();

@@ -114,6 +114,19 @@ CREATE TABLE IF NOT EXISTS ride_code_proofs(
     seq INTEGER NOT NULL,
     code BLOB NOT NULL,
     PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quickpass_acquirer(
+    terminal TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acquirer_declines(
+    terminal TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    pan_token TEXT NOT NULL,
+    paid INTEGER NOT NULL,
+    PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records(
     journal INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -321,7 +334,7 @@ pub const REPORT_FINDINGS_MAX: usize = 1_000;
 
 /// The station's database.
 pub struct Store {
-    conn: Connection,
+    pub(super) conn: Connection,
     /// The fare ceilings of the tables published, with the fare-table version they were
     /// computed at (recomputed when another process publishes a table).
     ceilings: Option<(i64, FareCeilings)>,

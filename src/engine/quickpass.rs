@@ -12,9 +12,10 @@
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::card::acquirer::{acquirer_data, AcquirerKey};
 use crate::card::apdu::CardChannel;
 use crate::card::quickpass::{
-    authenticate, read_card, AuthError, CaKeys, CardData, PanTokenKey, ReadError, TerminalData,
+    authenticate, read_card, AuthError, CaKeys, CardData, Pan, PanTokenKey, ReadError, TerminalData,
 };
 use crate::clock::Timestamp;
 use crate::journal::{CardTx, QpTx, Record, RecordKind};
@@ -28,11 +29,12 @@ use super::{Core, CoreAccess, Decision, Refusal, Subject};
 /// ([`Core::set_quickpass`]).
 pub const UNPREDICTABLE_SEED_DEFAULT: u64 = 0x9F37;
 
-/// The QuickPass side of a validator: the CA keys, the PAN token key, the source of
-/// unpredictable numbers.
+/// The QuickPass side of a validator: the CA keys, the PAN token key, the acquirer's public
+/// key, the source of unpredictable numbers (and of the sealing's ephemeral keys).
 pub(super) struct QuickPass {
     ca: CaKeys,
     token_key: PanTokenKey,
+    acquirer: AcquirerKey,
     rng: ChaCha8Rng,
 }
 
@@ -42,6 +44,7 @@ impl QuickPass {
         QuickPass {
             ca: CaKeys::empty(),
             token_key: PanTokenKey::TEST,
+            acquirer: AcquirerKey::test(),
             rng: ChaCha8Rng::seed_from_u64(UNPREDICTABLE_SEED_DEFAULT),
         }
     }
@@ -51,11 +54,19 @@ impl Core {
     /// Trust these UnionPay CA keys, tokenise PANs with `token_key`, and draw unpredictable
     /// numbers from `seed` from now on.
     pub fn set_quickpass(&mut self, ca: CaKeys, token_key: PanTokenKey, seed: u64) {
+        let acquirer = self.quickpass.acquirer.clone();
         self.quickpass = QuickPass {
             ca,
             token_key,
+            acquirer,
             rng: ChaCha8Rng::seed_from_u64(seed),
         };
+    }
+
+    /// Seal the PANs of QuickPass rides to this acquirer's public key from now on (the test
+    /// acquirer's, `fixtures/acquirer-test.pub`, until this is called).
+    pub fn set_acquirer_key(&mut self, key: AcquirerKey) {
+        self.quickpass.acquirer = key;
     }
 }
 
@@ -134,12 +145,34 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
                 return Err(Some(Reason::RepeatTap));
             }
             let rec = c.quickpass_record(&data, &listed_as, fare_fen, now);
+            c.keep_acquirer_data(&data, &pan)?;
             c.record_and_accept(rec, now).map_err(|r| Some(r.reason))
         })
     }
 }
 
 impl Core {
+    /// Seal the PAN and write the acquirer's data of the record appended next; it becomes
+    /// durable in that record's commit. A ride the acquirer could not charge is not accepted:
+    /// any failure is `storage_unavailable`.
+    fn keep_acquirer_data(&mut self, data: &CardData, pan: &Pan) -> Result<(), Option<Reason>> {
+        if self.defer_commit && self.deferred.is_full() {
+            // The commit record_and_accept would make first, made before the entry is
+            // written for the seq that follows it.
+            self.commit()
+                .map_err(|_| Some(Reason::StorageUnavailable))?;
+        }
+        let qp = &mut self.quickpass;
+        let sealed = acquirer_data(data, pan, &qp.acquirer, &mut qp.rng).map_err(|e| {
+            tracing::error!(error = %e, "QuickPass acquirer data not made: no record, no ride");
+            Some(Reason::StorageUnavailable)
+        })?;
+        self.journal.keep_acquirer_data(&sealed).map_err(|e| {
+            tracing::error!(error = %e, "QuickPass acquirer data not written: no record, no ride");
+            Some(Reason::StorageUnavailable)
+        })
+    }
+
     fn quickpass_record(
         &self,
         data: &CardData,

@@ -32,6 +32,7 @@
 //! - When a write or sync fails, the records of that commit are dropped (never reported),
 //!   the file is cut back to its last durable length, and later commits retry the storage.
 
+pub mod acquirer;
 pub mod chain;
 pub mod grey;
 pub mod proofs;
@@ -488,6 +489,8 @@ pub struct Journal {
     durable_mac: RecordMac,
     /// The ride codes behind pay-after-ride records, as proof ([`proofs`]).
     proofs: proofs::ProofLog,
+    /// The acquirer's data of QuickPass records, durable with them ([`acquirer`]).
+    acquirer: acquirer::AcquirerLog,
 }
 
 /// A record read back from the journal with the bytes it is stored as (its MAC among them):
@@ -573,8 +576,14 @@ impl Journal {
             tracing::warn!(error = %e, "journal: ride-code proof file unusable: scans recorded without proof");
             proofs::ProofLog::none(dir)
         });
+        let acquirer = acquirer::AcquirerLog::open(dir, epoch, scan.acked_seq, last)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "journal: QuickPass acquirer file unusable: QuickPass taps refused");
+                acquirer::AcquirerLog::none(dir, epoch)
+            });
         let mut j = Journal {
             proofs,
+            acquirer,
             dir: dir.to_path_buf(),
             layer,
             file: None,
@@ -610,6 +619,15 @@ impl Journal {
     /// ([`proofs`]); never fails the scan.
     pub fn keep_proof(&mut self, seq: u64, code: &[u8; crate::ride_code::format::CODE_BYTES]) {
         self.proofs.append(seq, code);
+    }
+
+    /// Write the acquirer's data of the QuickPass record appended next ([`acquirer`]); it
+    /// becomes durable with that record's commit. On error the record must not be appended.
+    pub fn keep_acquirer_data(
+        &mut self,
+        data: &crate::card::acquirer::AcquirerData,
+    ) -> Result<(), acquirer::AcquirerLogError> {
+        self.acquirer.append(self.next_seq, data)
     }
 
     /// The seq the next appended record gets.
@@ -760,7 +778,12 @@ impl Journal {
         if self.buffered == 0 {
             return Ok(self.durable_seq);
         }
-        let result = self.write_buffered();
+        // The acquirer's data of QuickPass records is durable before the records are.
+        let result = self
+            .acquirer
+            .sync()
+            .map_err(JournalError::from)
+            .and_then(|()| self.write_buffered());
         if result.is_err() {
             self.next_seq = self.durable_seq + 1;
             self.chain.prev = self.durable_mac;
@@ -819,6 +842,9 @@ impl Journal {
         }
         write_cursor(&self.dir, seq)?;
         self.acked_seq = seq;
+        if let Err(e) = self.acquirer.prune(seq, self.durable_seq) {
+            tracing::warn!(error = %e, "journal: QuickPass acquirer entries not pruned: kept until the next upload");
+        }
         for first in list_segments(&self.dir)? {
             let last = first + SEGMENT_RECORDS_MAX - 1;
             if last <= seq && first != self.segment_first_seq {

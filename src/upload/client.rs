@@ -244,6 +244,7 @@ async fn session<J: RecordSource>(
     // The riders' signed codes go first: a session cut after the records' acks has sent
     // their proofs already.
     send_proofs(&mut wr, &mut sess, &journal.proofs_after(from)).await?;
+    send_acquirer(&mut wr, &mut sess, &journal.acquirer_after(from)).await?;
     // Whatever keeps records from going up, the session goes on to the downlink.
     send_records(&mut rd, &mut wr, &mut sess, journal, from, report).await?;
     let done = sess.seal(FrameType::Done, &[]);
@@ -290,6 +291,21 @@ async fn send_proofs(
     for chunk in proofs.chunks(PROOFS_PER_FRAME_MAX) {
         let sealed = sess.seal(FrameType::Proofs, &encode_proofs(chunk));
         write_frame(wr, FrameType::Proofs, &sealed).await?;
+    }
+    Ok(())
+}
+
+/// Send the QuickPass acquirer entries in AcquirerData frames of at most
+/// [`crate::upload::frame::ACQUIRER_PER_FRAME_MAX`]; the station does not answer them.
+async fn send_acquirer(
+    wr: &mut Writer,
+    sess: &mut Session,
+    entries: &[crate::journal::acquirer::AcquirerEntry],
+) -> Result<(), UploadError> {
+    for chunk in entries.chunks(crate::upload::frame::ACQUIRER_PER_FRAME_MAX) {
+        let body = crate::upload::frame::encode_acquirer(chunk);
+        let sealed = sess.seal(FrameType::AcquirerData, &body);
+        write_frame(wr, FrameType::AcquirerData, &sealed).await?;
     }
     Ok(())
 }

@@ -25,6 +25,7 @@
 //!                                            ◀─  Welcome {acked seq}            sealed
 //!   [Gone {from, to} ─▶  ◀─ Ack]                                        sealed, when needed
 //!   [Proofs {seq, ride code} ...  ─▶]                     sealed, when the records have any
+//!   [AcquirerData {seq, QuickPass data} ... ─▶]           sealed, when the records have any
 //!   Batch {from seq, records} ─▶  ◀─ Ack {contiguous seq, max seq}   ... sealed, repeated
 //!   Done                                           ─▶                            sealed
 //!                                            ◀─  FileChunk ... Bye               sealed
@@ -54,6 +55,7 @@
 //! | 10 Bye | empty |
 //! | 11 Gone | from seq (8), to seq (8): records the validator no longer holds (dropped after an earlier acknowledgement the station has since lost); answered by an Ack |
 //! | 12 Proofs | count (2, 1..=[`PROOFS_PER_FRAME_MAX`]), then per proof: record seq (8), the ride code's bytes as scanned (201, ride-code-v1.md); sent before the batches of those records, not answered: the station keeps them beside the records as the riders' signatures |
+//! | 13 AcquirerData | count (2, 1..=[`ACQUIRER_PER_FRAME_MAX`]), then per QuickPass record: seq (8), the acquirer's data (284: sealed PAN, issuer application data, field 55; `crate::card::acquirer`); sent before the batches of those records, not answered: the station keeps them beside the records for `depot export --acquirer` |
 //!
 //! A batch covers the seqs `from ..= last record's seq`: the records are in increasing seq
 //! order, and a seq of that range with no record is one the validator's journal lost (a
@@ -65,10 +67,15 @@ use crate::journal::{RECORD_BYTES, SEQ_MAX};
 
 pub const MAGIC: [u8; 2] = *b"FV";
 /// Version 2 added the journal's identity (epoch) to the hello, the conflict count to the
-/// ack and the Gone frame; version 3 the Proofs frame. A station answers an older hello with
+/// ack and the Gone frame; version 3 the Proofs frame; version 4 the AcquirerData frame. A
+/// station answers an older hello with
 /// a Refused frame in that version's framing, so an old validator says why, and serves
 /// nothing.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
+/// QuickPass acquirer entries in one AcquirerData frame: 512 × 292 bytes, well under a frame.
+pub const ACQUIRER_PER_FRAME_MAX: usize = 512;
+/// Bytes of one entry in an AcquirerData frame: seq and the acquirer's data.
+pub const ACQUIRER_ENTRY_WIRE_BYTES: usize = 8 + crate::card::acquirer::ACQUIRER_DATA_BYTES;
 /// Ride-code proofs in one Proofs frame: 512 × 209 bytes, well under a frame.
 pub const PROOFS_PER_FRAME_MAX: usize = 512;
 /// Bytes of one proof in a Proofs frame: seq and the ride code.
@@ -114,14 +121,26 @@ pub enum FrameType {
     Bye = 10,
     Gone = 11,
     Proofs = 12,
+    AcquirerData = 13,
 }
 
 impl FrameType {
     pub fn from_u8(v: u8) -> Option<Self> {
         use FrameType::*;
         [
-            Hello, Challenge, Auth, Welcome, Refused, Batch, Ack, Done, FileChunk, Bye, Gone,
+            Hello,
+            Challenge,
+            Auth,
+            Welcome,
+            Refused,
+            Batch,
+            Ack,
+            Done,
+            FileChunk,
+            Bye,
+            Gone,
             Proofs,
+            AcquirerData,
         ]
         .into_iter()
         .find(|t| *t as u8 == v)
@@ -547,6 +566,43 @@ pub fn decode_proofs(
     Ok(out)
 }
 
+/// The body of an AcquirerData frame: each QuickPass record's seq and its acquirer's data.
+pub fn encode_acquirer(entries: &[crate::journal::acquirer::AcquirerEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + entries.len() * ACQUIRER_ENTRY_WIRE_BYTES);
+    out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+    for (seq, data) in entries {
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+/// The entries of an AcquirerData frame, each seq within 1..=[`SEQ_MAX`] and each entry's
+/// data well formed ([`crate::card::acquirer::AcquirerData::decode`]).
+pub fn decode_acquirer(
+    body: &[u8],
+) -> Result<Vec<crate::journal::acquirer::AcquirerEntry>, FrameError> {
+    let mut b = Body::new(FrameType::AcquirerData, body);
+    let n = u16::from_be_bytes(b.array::<2>("count")?) as usize;
+    if n == 0 || n > ACQUIRER_PER_FRAME_MAX {
+        return Err(b.bad("entry count"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let seq = b.u64("seq")?;
+        if seq == 0 || seq > SEQ_MAX {
+            return Err(b.bad("seq"));
+        }
+        let data = b.array("acquirer data")?;
+        if crate::card::acquirer::AcquirerData::decode(&data).is_none() {
+            return Err(b.bad("acquirer data"));
+        }
+        out.push((seq, data));
+    }
+    b.end()?;
+    Ok(out)
+}
+
 pub fn encode_u64(v: u64) -> Vec<u8> {
     v.to_be_bytes().to_vec()
 }
@@ -677,11 +733,41 @@ mod tests {
         assert!(decode_proofs(&encode_proofs(&[(0, [0; 201])])).is_err());
     }
 
+    #[test]
+    fn acquirer_entries_round_trip_and_malformed_ones_are_refused() {
+        use crate::card::acquirer::{AcquirerData, SealedPan, ACQUIRER_DATA_BYTES};
+        let mut field55 = heapless::Vec::new();
+        field55
+            .extend_from_slice(&[0x9F, 0x26, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0x9F, 0x36, 2, 0, 9])
+            .unwrap();
+        let data = AcquirerData {
+            sealed_pan: SealedPan([5; 58]),
+            iad: heapless::Vec::from_slice(&[7, 1]).unwrap(),
+            field55,
+        }
+        .encode();
+        let entries = vec![(4u64, data), (6, data)];
+        assert_eq!(
+            decode_acquirer(&encode_acquirer(&entries)),
+            Ok(entries.clone())
+        );
+        assert!(decode_acquirer(&encode_acquirer(&[])).is_err());
+        assert!(decode_acquirer(&encode_acquirer(&[(0, data)])).is_err());
+        let mut cut = encode_acquirer(&entries);
+        cut.pop();
+        assert!(decode_acquirer(&cut).is_err());
+        // An IAD length beyond its bound.
+        let mut bad = data;
+        bad[58] = 200;
+        assert!(decode_acquirer(&encode_acquirer(&[(1, bad)])).is_err());
+        assert!(decode_acquirer(&encode_acquirer(&[(1, [0; ACQUIRER_DATA_BYTES])])).is_err());
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = parse_frame(&bytes);
-            for ty in 1..=12u8 {
+            for ty in 1..=13u8 {
                 let Some(ty) = FrameType::from_u8(ty) else { continue };
                 let _ = match ty {
                     FrameType::Hello => Hello::decode(&bytes).map(|_| ()),
@@ -691,6 +777,7 @@ mod tests {
                     FrameType::Refused => decode_refused(&bytes).map(|_| ()),
                     FrameType::Gone => decode_gone(&bytes).map(|_| ()),
                     FrameType::Proofs => decode_proofs(&bytes).map(|_| ()),
+                    FrameType::AcquirerData => decode_acquirer(&bytes).map(|_| ()),
                     _ => decode_32(ty, &bytes).map(|_| ()),
                 };
             }

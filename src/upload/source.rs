@@ -3,6 +3,7 @@
 //! from its uplink task ([`crate::validator::uplink`]), which reads the durable files and
 //! hands the cursor back to the tap thread instead of writing under it.
 
+use crate::journal::acquirer::AcquirerEntry;
 use crate::journal::proofs::Proof;
 use crate::journal::{Held, Journal, JournalError};
 
@@ -24,6 +25,12 @@ pub trait RecordSource {
     /// The ride codes kept as proof of the durable records above `after`
     /// ([`crate::journal::proofs`]); none by default.
     fn proofs_after(&self, after: u64) -> Vec<Proof> {
+        let _ = after;
+        Vec::new()
+    }
+    /// The acquirer's data of the durable QuickPass records above `after`
+    /// ([`crate::journal::acquirer`]); none by default.
+    fn acquirer_after(&self, after: u64) -> Vec<AcquirerEntry> {
         let _ = after;
         Vec::new()
     }
@@ -57,6 +64,25 @@ impl RecordSource for Journal {
     fn proofs_after(&self, after: u64) -> Vec<Proof> {
         durable_proofs(self.dir(), after, self.durable_seq())
     }
+
+    fn acquirer_after(&self, after: u64) -> Vec<AcquirerEntry> {
+        durable_acquirer(self.dir(), self.epoch(), after, self.durable_seq())
+    }
+}
+
+/// The QuickPass acquirer entries in the journal folder `dir` of the records of `epoch` above
+/// `after` and at most `durable`; an unreadable file is logged and sends none (the records
+/// go up without them, and the entries stay on the bus for the next session).
+pub fn durable_acquirer(
+    dir: &std::path::Path,
+    epoch: u64,
+    after: u64,
+    durable: u64,
+) -> Vec<AcquirerEntry> {
+    crate::journal::acquirer::read_range(dir, epoch, after, durable).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "upload: QuickPass acquirer data unreadable: records sent without it");
+        Vec::new()
+    })
 }
 
 /// The proofs in the journal folder `dir` of records above `after` and at most `durable`;

@@ -80,6 +80,13 @@ impl RecordSource for LiveJournal<'_> {
         crate::upload::source::durable_proofs(&self.dir, after, self.durable_seq())
     }
 
+    fn acquirer_after(&self, after: u64) -> Vec<crate::journal::acquirer::AcquirerEntry> {
+        let Ok((epoch, _)) = self.identity() else {
+            return Vec::new();
+        };
+        crate::upload::source::durable_acquirer(&self.dir, epoch, after, self.durable_seq())
+    }
+
     fn set_acked(&mut self, seq: u64) -> Result<(), JournalError> {
         let seq = seq.min(self.shared.durable_seq.load(Ordering::Acquire));
         if seq > self.acked {
