@@ -3,8 +3,10 @@
 //! Each bus has its own validator (simulated PSAM, journal) and runs one route. Passengers are
 //! generated from a seed: cards of every type, ride codes from all eight channel apps, lost
 //! and replaced cards, un-reports (解挂) during the day, forged and expired codes, a code
-//! screenshot shown on two buses, torn taps, and riders who change buses within the transfer
-//! window. At night the buses return: each uploads its journal to a depot station on
+//! screenshot shown on two buses, torn taps, riders who change buses within the transfer
+//! window, and the fare rules of `fixtures/demo-fares.toml`: cards of other cities (interop
+//! fare), concessions past their end or annual review date (adult fare), seniors at the
+//! morning peak, families boarding on one adult card (连刷). At night the buses return: each uploads its journal to a depot station on
 //! 127.0.0.1. The report compares what the buses accepted with what the depot stored (the
 //! demo fails if they differ) and the depot's revenue with the journals' fares.
 
@@ -20,10 +22,11 @@ use serde::Serialize;
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::card::psam::Psam;
 use crate::card::sim::{CardSpec, Removal, SimCard, SimPsam, TestKeys};
+use crate::card::tunion::{CityCode, INTEROP_KIND_TUNION};
 use crate::clock::Timestamp;
 use crate::depot::store::Store;
 use crate::engine::{Decision, EngineConfig, Validator};
-use crate::fare::FareTable;
+use crate::fare::{FareTable, Issuer};
 use crate::journal::{Journal, JournalKey, OsFiles};
 use crate::ride_code::issuer::SimChannels;
 use crate::ride_code::{ChannelKeys, RideCodeConfig};
@@ -38,6 +41,10 @@ pub const DEMO_DAY_S: i64 = 16 * 3_600;
 pub const CARDS_PER_BUS: usize = 60;
 /// Ride-code holders per bus.
 pub const QR_HOLDERS_PER_BUS: usize = 25;
+/// The demo's fare table (docs/fares.md): the default policy and the rules its passengers meet.
+pub const DEMO_FARES_TOML: &str = include_str!("../fixtures/demo-fares.toml");
+/// Most riders a family boards on one card in the demo (the table allows 4).
+pub const DEMO_FAMILY_RIDERS_MAX: usize = 3;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -81,6 +88,11 @@ pub struct DemoReport {
     pub journal_fare_fen: u64,
     pub revenue_by_route_fen: BTreeMap<u16, u64>,
     pub transfers: u64,
+    /// Accepted card taps by `fare_note` (docs/replay.md): ended concessions, further riders
+    /// of a family on one card.
+    pub fare_notes: BTreeMap<String, u64>,
+    /// Accepted taps of cards issued by another city (interop fare).
+    pub interop_taps: u64,
     pub depot_records: u64,
     pub depot_fare_fen: u64,
     pub depot_gaps: u64,
@@ -109,6 +121,8 @@ enum Presentation {
     Card {
         holder: usize,
         removal: Option<Removal>,
+        /// Riders boarding on the card, the holder included (a family: taps 2 s apart).
+        riders: usize,
     },
     Code {
         text: String,
@@ -118,6 +132,8 @@ enum Presentation {
 struct Population {
     cards: Vec<SimCard>,
     categories: Vec<RiderCategory>,
+    /// The issuing city of a card from another city.
+    issuers: Vec<Option<CityCode>>,
     qr_holders: Vec<(u16, u64, CardNo, RiderCategory)>,
     channels: SimChannels,
     counters: Vec<u32>,
@@ -146,6 +162,7 @@ fn population(
     let n_cards = CARDS_PER_BUS * args.buses.max(1);
     let mut cards = Vec::with_capacity(n_cards);
     let mut categories = Vec::with_capacity(n_cards);
+    let mut issuers = Vec::with_capacity(n_cards);
     for i in 0..n_cards {
         let c = category(rng);
         let spec = CardSpec {
@@ -164,13 +181,20 @@ fn population(
                 rng.gen_range(2_000..30_000)
             },
             purse_word: None,
-            issuer_city: None,
+            // Some cards come from Jinan (0531) and Beijing (1000): the interop fare.
+            issuer_city: match i % 23 {
+                4 => Some(CityCode(531)),
+                15 => Some(CityCode(1000)),
+                _ => None,
+            },
             interop: None,
-            concession_until: None,
-            annual_review_until: None,
+            // Some concessions ended in September; some annual reviews (年审) are overdue.
+            concession_until: (i % 11 == 6).then(|| "2026-09-30".to_string()),
+            annual_review_until: (i % 13 == 8).then(|| "2026-10-31".to_string()),
         };
         cards.push(SimCard::new(&spec, &keys, args.seed)?);
         categories.push(c);
+        issuers.push(spec.issuer_city);
     }
     let t0 = start.unix_s as u32;
     let channels = SimChannels::new(args.seed, (t0 - 30 * 86_400, t0 + 300 * 86_400));
@@ -189,6 +213,7 @@ fn population(
     Ok(Population {
         cards,
         categories,
+        issuers,
         qr_holders,
         channels,
         counters: vec![0; n_qr],
@@ -214,7 +239,7 @@ fn open_bus(i: usize, dir: &Path, list: &Blacklist, keys: &ChannelKeys) -> Resul
             anti_passback_s: 60,
         },
         psam,
-        FareTable::default_policy(),
+        FareTable::from_toml(DEMO_FARES_TOML).map_err(|e| e.to_string())?,
         list.clone(),
         journal,
     );
@@ -264,7 +289,16 @@ fn presentation(rng: &mut ChaCha8Rng, pop: &mut Population, now: Timestamp) -> P
             1 => Some(Removal::BeforeDebit),
             _ => None,
         };
-        return Presentation::Card { holder, removal };
+        let riders = if rng.gen_range(0..15) == 0 {
+            rng.gen_range(2..=DEMO_FAMILY_RIDERS_MAX)
+        } else {
+            1
+        };
+        return Presentation::Card {
+            holder,
+            removal,
+            riders,
+        };
     }
     let i = rng.gen_range(0..pop.qr_holders.len());
     let (channel, account, card, cat) = pop.qr_holders[i];
@@ -297,6 +331,12 @@ fn tally(report: &mut DemoReport, media: &str, d: &Decision, route: u16) {
         .or_default()
         .entry(reason.to_string())
         .or_default() += 1;
+    if let (true, Some(note)) = (d.accepted(), d.fare_note) {
+        *report
+            .fare_notes
+            .entry(note.as_str().to_string())
+            .or_default() += 1;
+    }
     if d.accepted() {
         report.accepted += 1;
         report.journal_fare_fen += u64::from(d.fare_fen);
@@ -384,10 +424,22 @@ pub fn simulate_in(args: &DemoArgs, dir: &Path) -> Result<DemoReport, String> {
         let bus = &mut buses[bus_i];
         let route = bus.route;
         match presentation(&mut rng, &mut pop, now) {
-            Presentation::Card { holder, removal } => {
+            Presentation::Card {
+                holder,
+                removal,
+                riders,
+            } => {
                 let card = &mut pop.cards[holder];
                 card.enter_field(removal);
-                let full = bus.validator.fares().category_fare(pop.categories[holder]);
+                // The fare without a transfer, at this hour, by the card's issuer and type.
+                let fares = bus.validator.fares();
+                let city = pop.issuers[holder].unwrap_or(fares.interop.home_city);
+                let issuer = fares
+                    .issuer(city, INTEROP_KIND_TUNION)
+                    .unwrap_or(Issuer::Interop);
+                let full = fares
+                    .card_fare(pop.categories[holder], issuer, route, &now, None)
+                    .fare_fen;
                 let began = Instant::now();
                 let d = bus.validator.tap_card(card, now);
                 latency.saturating_record(began.elapsed().as_micros().max(1) as u64);
@@ -399,6 +451,17 @@ pub fn simulate_in(args: &DemoArgs, dir: &Path) -> Result<DemoReport, String> {
                     report.re_presentations += 1;
                     card.enter_field(None);
                     let d = bus.validator.tap_card(card, now.plus_s(3));
+                    tally(&mut report, "card", &d, route);
+                }
+                if d.accepted() && removal.is_none() && pop.issuers[holder].is_some() {
+                    report.interop_taps += 1;
+                }
+                for rider in 1..riders {
+                    // The rest of a family on the same card: another rider each (adult
+                    // cards), a repeat_tap for the others.
+                    report.re_presentations += 1;
+                    card.enter_field(None);
+                    let d = bus.validator.tap_card(card, now.plus_s(2 * rider as i64));
                     tally(&mut report, "card", &d, route);
                 }
             }
@@ -614,6 +677,10 @@ fn print_report(r: &DemoReport) {
         }
     }
     println!("{:<28}{:>8}", "transfers (cards)", r.transfers);
+    println!("{:<28}{:>8}", "cards of other cities", r.interop_taps);
+    for (note, n) in &r.fare_notes {
+        println!("  {note:<26}{n:>8}");
+    }
     println!();
     println!("revenue by route (yuan)");
     for (route, fen) in &r.revenue_by_route_fen {

@@ -33,6 +33,15 @@ fn small_day_stores_every_accepted_record_and_revenue_matches_the_journals() {
         "{:?}",
         r.taps
     );
+    // The fare rules' passengers: cards of other cities, concessions past their dates,
+    // families on one card.
+    assert!(r.interop_taps > 0, "{r:?}");
+    for note in ["concession_ended", "annual_review_due", "extra_rider"] {
+        assert!(
+            r.fare_notes.get(note).is_some_and(|n| *n > 0),
+            "{note}: {r:?}"
+        );
+    }
 
     // Sum the fares in the journals themselves; every claim to a ride code seen on two
     // buses is held for clearing.
