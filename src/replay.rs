@@ -264,7 +264,7 @@ impl Cards {
 
 /// One CARDS.json entry: its transport part (replay.md's fields) and its QuickPass part
 /// (quickpass.md's fields), either of which may be absent.
-fn card_entry(
+pub fn card_entry(
     entry: &Map<String, Value>,
     keys: &TestKeys,
 ) -> Result<(Option<SimCard>, Option<SimQuickPass>), String> {

@@ -23,7 +23,9 @@ use fare_validator::blacklist::Blacklist;
 use fare_validator::card::apdu::{command, sw, CardChannel, Response};
 use fare_validator::card::pcsc::{PcscChannel, Presence, Readers};
 use fare_validator::card::psam::Psam;
+use fare_validator::card::quickpass::PanTokenKey;
 use fare_validator::card::sim::{CardSpec, PsamProtocol, Removal, SimCard, SimPsam, TestKeys};
+use fare_validator::card::sim_quickpass::SimPhysicalCard;
 use fare_validator::card::tunion::AID;
 use fare_validator::card::vpcd::{SessionEnd, VpcdLink, VPCD_CARD_PORT, VPCD_SAM_PORT};
 use fare_validator::clock::Timestamp;
@@ -31,7 +33,7 @@ use fare_validator::engine::{Decision, EngineConfig, Validator};
 use fare_validator::fare::FareTable;
 use fare_validator::journal::{self, Journal};
 use fare_validator::reader::Station;
-use fare_validator::replay::{REPLAY_CARD_SEED, REPLAY_TERMINAL_NO};
+use fare_validator::replay::{card_entry, REPLAY_CARD_SEED, REPLAY_TERMINAL_NO};
 use fare_validator::types::Reason;
 
 const CARD_READER: &str = "Virtual PCD 00 00";
@@ -650,4 +652,262 @@ fn run_and_sim_card_commands_end_to_end() {
     assert_eq!(lines[1]["fare_fen"], 200);
     assert_eq!(lines[1]["balance_fen"], 4800);
     assert_eq!(journal::scan(&journal).unwrap().records.len(), 1);
+}
+
+/// The vectors' good QuickPass card alone, and beside a transport application never
+/// activated (the tap then uses QuickPass), as CARDS.json entries.
+fn quickpass_entries() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/quickpass-v1.json"),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let alone = v["cases"][0]["card"].clone();
+    let mut both = alone.clone();
+    for (k, val) in serde_json::json!({"card_no": "37140000000000000077", "card_type": "adult",
+        "enabled": false, "valid_from": "2024-01-01", "valid_until": "2034-12-31",
+        "balance_fen": 5000})
+    .as_object()
+    .unwrap()
+    {
+        both[k] = val.clone();
+    }
+    vec![alone, both]
+}
+
+fn quickpass_ca() -> fare_validator::card::quickpass::CaKeys {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/quickpass-v1.json"),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    fare_validator::card::quickpass::CaKeys::from_json(&v["ca_keys"].to_string()).unwrap()
+}
+
+fn physical_cards() -> Vec<SimPhysicalCard> {
+    quickpass_entries()
+        .iter()
+        .map(|e| {
+            let (t, q) = card_entry(e.as_object().unwrap(), &TestKeys::default()).unwrap();
+            SimPhysicalCard::new(t, q)
+        })
+        .collect()
+}
+
+/// QuickPass taps: the QuickPass-only card, again within the anti-passback window, the card
+/// with both applications (the same application PAN) past the window, the same leaving once
+/// GPO's answer was lost, and again.
+const QP_STEPS: [(usize, i64, Option<Removal>); 5] = [
+    (0, 0, None),
+    (0, 20, None),
+    (1, 100, None),
+    (1, 300, Some(Removal::AfterDebit)),
+    (1, 310, None),
+];
+
+fn qp_summary(records: &[journal::Record]) -> Vec<(u64, journal::RecordKind, u32, Option<u16>)> {
+    records
+        .iter()
+        .map(|r| (r.seq, r.kind, r.fare_fen, r.quickpass.map(|q| q.atc)))
+        .collect()
+}
+
+#[test]
+fn quickpass_taps_through_pcscd_and_vpcd_decide_as_the_simulation() {
+    let _turn = vpcd_turn();
+    let Some(readers) =
+        pcscd_or_skip("quickpass_taps_through_pcscd_and_vpcd_decide_as_the_simulation")
+    else {
+        return;
+    };
+    let t0 = Timestamp::parse_rfc3339(T0).unwrap();
+    // In process: the reference.
+    let sim_dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(sim_dir.path()).unwrap();
+    let psam = Psam::open(SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1)).unwrap();
+    let mut v = Validator::new(
+        EngineConfig::default(),
+        psam,
+        FareTable::default_policy(),
+        Blacklist::empty(),
+        j,
+    );
+    v.set_quickpass(quickpass_ca(), PanTokenKey::TEST, 7);
+    let mut cards = physical_cards();
+    let mut sim = Vec::new();
+    for (i, at_s, removal) in QP_STEPS {
+        cards[i].enter_field(removal);
+        sim.push(v.tap_card(&mut cards[i], t0.plus_s(at_s)));
+    }
+    drop(v);
+    let reasons: Vec<_> = sim.iter().map(|d| d.outcome).collect();
+    assert_eq!(
+        reasons,
+        [
+            Ok(()),
+            Err(Reason::RepeatTap),
+            Ok(()),
+            Err(Reason::CardRemoved),
+            Ok(())
+        ]
+    );
+    assert!(sim
+        .iter()
+        .all(|d| d.media == fare_validator::types::Media::Quickpass));
+
+    // Through pcscd and vpcd.
+    wait_readers_empty(&readers);
+    let after = readers.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let psam_thread = serve_psam(stop.clone(), PsamProtocol::T1);
+    let (go, go_rx) = mpsc::channel::<Presentation>();
+    let (ended_tx, ended) = mpsc::channel();
+    let cards_thread = std::thread::spawn(move || {
+        let mut cards = physical_cards();
+        let idle = Duration::from_millis(IDLE_LEAVE_MS);
+        let max = Duration::from_secs(PRESENCE_TIMEOUT_S * 3);
+        for (i, removal) in go_rx {
+            cards[i].enter_field(removal);
+            let link = VpcdLink::connect(loopback(VPCD_CARD_PORT)).expect("connect card");
+            let end = link
+                .serve(&mut cards[i], &mut |a| {
+                    (a.apdus > 0 && a.idle >= idle) || a.present_for >= max
+                })
+                .expect("serve card");
+            if ended_tx.send(end).is_err() {
+                break;
+            }
+        }
+        cards
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path()).unwrap();
+    let mut station = Station::open(
+        readers,
+        CARD_READER,
+        SAM_READER,
+        EngineConfig::default(),
+        FareTable::default_policy(),
+        Blacklist::empty(),
+        j,
+    )
+    .expect("open station on the vpcd readers");
+    station
+        .validator_mut()
+        .set_quickpass(quickpass_ca(), PanTokenKey::TEST, 7);
+    let timeout = Some(Duration::from_secs(PRESENCE_TIMEOUT_S));
+    let mut decisions = Vec::new();
+    for (i, at_s, removal) in QP_STEPS {
+        go.send((i, removal)).unwrap();
+        let (_, d) = station
+            .tap(&mut || t0.plus_s(at_s), timeout)
+            .expect("tap")
+            .expect("pcscd saw the card arrive");
+        decisions.push(d);
+        let end = ended
+            .recv_timeout(Duration::from_secs(PRESENCE_TIMEOUT_S))
+            .expect("card left");
+        let expected = if removal.is_some() {
+            SessionEnd::CardLeft
+        } else {
+            SessionEnd::Withdrawn
+        };
+        assert_eq!(end, expected, "presentation of card {i}");
+        assert!(
+            station.wait_card_gone(timeout).unwrap(),
+            "pcscd saw the card leave"
+        );
+    }
+    drop(go);
+    let pcsc_cards = cards_thread.join().expect("card thread");
+    drop(station);
+    stop.store(true, Ordering::Relaxed);
+    psam_thread.join().expect("PSAM thread");
+    wait_readers_empty(&after);
+    assert_eq!(decisions, sim, "decisions");
+    for (a, b) in pcsc_cards.iter().zip(&cards) {
+        let atc = |c: &SimPhysicalCard| c.quickpass.as_ref().map(|q| q.atc());
+        assert_eq!(atc(a), atc(b), "ATC");
+    }
+    let records = |d: &std::path::Path| qp_summary(&journal::scan(d).unwrap().records);
+    assert_eq!(records(dir.path()), records(sim_dir.path()), "records");
+    assert_eq!(records(dir.path()).len(), 3);
+}
+
+#[test]
+fn run_and_sim_card_take_a_quickpass_card() {
+    use std::process::{Command, Stdio};
+    let _turn = vpcd_turn();
+    let Some(readers) = pcscd_or_skip("run_and_sim_card_take_a_quickpass_card") else {
+        return;
+    };
+    wait_readers_empty(&readers);
+    let exe = env!("CARGO_BIN_EXE_fare-validator");
+    let dir = tempfile::tempdir().unwrap();
+    let card_file = dir.path().join("card.json");
+    let ca_file = dir.path().join("ca.json");
+    std::fs::write(
+        &card_file,
+        serde_json::json!({"cards": [quickpass_entries()[0]]}).to_string(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/quickpass-v1.json"),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    std::fs::write(&ca_file, v["ca_keys"].to_string()).unwrap();
+    let mut psam = Command::new(exe)
+        .args(["sim-card", "--vpcd", "127.0.0.1:35964", "--psam"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = dir.path().join("journal");
+    let mut run = Command::new(exe)
+        .args(["run", "--reader", CARD_READER, "--sam-reader", SAM_READER])
+        .args(["--max-taps", "1", "--emv-ca"])
+        .arg(&ca_file)
+        .arg("--journal")
+        .arg(&journal)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let card = Command::new(exe)
+        .args(["sim-card", "--vpcd", "127.0.0.1:35963", "--card"])
+        .arg(&card_file)
+        .output()
+        .unwrap();
+    let mut out = run.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).map(|_| s)
+    });
+    let deadline = Instant::now() + Duration::from_secs(PRESENCE_TIMEOUT_S * 3);
+    let status = loop {
+        if let Some(st) = run.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            break run.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = reader.join().unwrap().unwrap();
+    let _ = psam.kill();
+    let _ = psam.wait();
+    wait_readers_empty(&readers);
+    assert!(card.status.success(), "sim-card: {card:?}");
+    let presented: serde_json::Value =
+        serde_json::from_slice(card.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(presented["pan"], "621483******0001", "{presented}");
+    assert!(status.success(), "run: {status:?}, printed {stdout:?}");
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(line["result"], "accepted", "{line}");
+    assert_eq!(line["media"], "quickpass");
+    assert_eq!(line["id"], "621483******0001");
+    assert!(!stdout.contains("6214830000000001"));
+    let records = journal::scan(&journal).unwrap().records;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].kind, journal::RecordKind::Quickpass);
 }

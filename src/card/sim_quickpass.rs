@@ -472,6 +472,17 @@ impl SimPhysicalCard {
     }
 }
 
+impl SimPhysicalCard {
+    /// Power on again while in the field (a reader's reset): nothing is selected, the
+    /// transport application forgets its session; counters and purse stay.
+    pub fn reset(&mut self) {
+        self.app = App::None;
+        if let Some(t) = &mut self.transport {
+            t.reset();
+        }
+    }
+}
+
 impl CardChannel for SimPhysicalCard {
     fn transmit(&mut self, command: &[u8], response: &mut Response) -> Result<(), ChannelError> {
         if let Some(c) = parse_command(command) {

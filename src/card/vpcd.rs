@@ -230,6 +230,17 @@ impl VirtualCard for SimCard {
     }
 }
 
+/// A card with the T-Union application, a QuickPass application, or both: the same ATR as
+/// the transport card (a contactless reader makes one up from the card's type anyway).
+impl VirtualCard for super::sim_quickpass::SimPhysicalCard {
+    fn atr(&self) -> &[u8] {
+        &SIM_CARD_ATR
+    }
+    fn reset(&mut self) {
+        super::sim_quickpass::SimPhysicalCard::reset(self);
+    }
+}
+
 impl VirtualCard for SimPsam {
     fn atr(&self) -> &[u8] {
         match self.protocol() {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::CmdError;
 use crate::blacklist::Blacklist;
 use crate::card::pcsc::Readers;
+use crate::card::quickpass::{CaKeys, PanTokenKey};
 use crate::engine::EngineConfig;
 use crate::fare::FareTable;
 use crate::journal::Journal;
@@ -49,6 +50,10 @@ pub struct RunArgs {
     /// or LimitRTPRIO): background work then never delays a tap.
     #[arg(long)]
     pub realtime_priority: Option<i32>,
+    /// CA.json: the UnionPay CA public keys QuickPass taps are authenticated with
+    /// (docs/quickpass.md). Without it every QuickPass tap is bad_certificate.
+    #[arg(long)]
+    pub emv_ca: Option<PathBuf>,
 }
 
 fn runtime(e: impl std::fmt::Display) -> CmdError {
@@ -100,6 +105,14 @@ pub fn run(args: &RunArgs) -> Result<(), CmdError> {
         journal,
     )
     .map_err(runtime)?;
+    if let Some(path) = &args.emv_ca {
+        let ca = CaKeys::load(path).map_err(|e| bad_input(format!("{}: {e}", path.display())))?;
+        // Unpredictable numbers (9F37) and the sealing's ephemeral keys from the system.
+        let seed = rand::random::<u64>();
+        station
+            .validator_mut()
+            .set_quickpass(ca, PanTokenKey::TEST, seed);
+    }
     let offset_s = args.utc_offset_min * 60;
     let mut out = std::io::stdout().lock();
     let mut taps = 0u64;

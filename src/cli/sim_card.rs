@@ -19,17 +19,22 @@
 //! presentation: the card leaves mid-dialogue. `--state` keeps the card's memory (purse,
 //! counter, last boarding, lock, proofs) in a file, written after every presentation and read
 //! at start, so the card outlives a restart of `sim-card` as a real card outlives a reader.
+//!
+//! The card may carry a QuickPass application (quickpass.md's CARDS.json fields: `pan`, the
+//! certificates, ...), alone or beside the transport fields: the validator then reads it as
+//! it reads any QuickPass card, and `--removal` applies to it as in replay (`before_debit`:
+//! before GET PROCESSING OPTIONS, `after_debit`: its answer lost). `--state` keeps a
+//! transport-only card.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use super::CmdError;
-use crate::card::sim::{CardSpec, PsamProtocol, Removal, SimCard, SimCardState, SimPsam, TestKeys};
+use crate::card::sim::{PsamProtocol, Removal, SimCard, SimCardState, SimPsam, TestKeys};
+use crate::card::sim_quickpass::SimPhysicalCard;
 use crate::card::vpcd::{parse_addr, SessionEnd, VpcdLink};
-use crate::replay::{REPLAY_CARD_SEED, REPLAY_TERMINAL_NO};
+use crate::replay::REPLAY_TERMINAL_NO;
 
 /// A presentation that no reader talks to ends after this long, milliseconds.
 pub const PRESENTATION_MS_MAX: u64 = 60_000;
@@ -78,37 +83,6 @@ pub struct SimCardArgs {
     pub away_ms: u64,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CardsFile {
-    cards: Vec<CardSpec>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum CardFile {
-    One(CardSpec),
-    Many(CardsFile),
-}
-
-/// A card from a CardSpec JSON file or a CARDS.json with exactly one card.
-pub fn load_card_spec(path: &PathBuf) -> Result<CardSpec, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    match serde_json::from_str::<CardFile>(&text) {
-        Ok(CardFile::One(spec)) => Ok(spec),
-        Ok(CardFile::Many(mut f)) if f.cards.len() == 1 => Ok(f.cards.remove(0)),
-        Ok(CardFile::Many(f)) => Err(format!(
-            "{}: holds {} cards; sim-card presents exactly one",
-            path.display(),
-            f.cards.len()
-        )),
-        Err(_) => Err(format!(
-            "{}: not a card (CardSpec JSON) nor a CARDS.json with one card",
-            path.display()
-        )),
-    }
-}
-
 fn end_name(e: SessionEnd) -> &'static str {
     match e {
         SessionEnd::CardLeft => "card_left_mid_dialogue",
@@ -154,12 +128,10 @@ pub fn run(args: &SimCardArgs) -> Result<(), CmdError> {
             })
             .map_err(runtime)?;
         n += 1;
-        if let Some(state) = &args.state {
-            save_state(state, &card).map_err(|e| (1, format!("{}: {e}", state.display())))?;
+        if let (Some(state), Some(t)) = (&args.state, &card.transport) {
+            save_state(state, t).map_err(|e| (1, format!("{}: {e}", state.display())))?;
         }
-        let line = serde_json::json!({"presentation": n, "card_no": card.card_no().to_string(),
-            "end": end_name(end), "balance_fen": card.balance_fen(),
-            "offline_counter": card.offline_counter()});
+        let line = presentation_line(n, end, &card);
         writeln!(out, "{line}").map_err(|e| (1, e.to_string()))?;
         out.flush().map_err(|e| (1, e.to_string()))?;
         if end == SessionEnd::ReaderClosed {
@@ -170,10 +142,28 @@ pub fn run(args: &SimCardArgs) -> Result<(), CmdError> {
     Ok(())
 }
 
+/// One JSON line per presentation: the transport card's number, purse and counter, and the
+/// QuickPass application's masked PAN and ATC, for the applications the card has.
+fn presentation_line(n: u64, end: SessionEnd, card: &SimPhysicalCard) -> serde_json::Value {
+    let mut line = serde_json::json!({"presentation": n, "end": end_name(end)});
+    if let Some(t) = &card.transport {
+        line["card_no"] = t.card_no().to_string().into();
+        line["balance_fen"] = t.balance_fen().into();
+        line["offline_counter"] = t.offline_counter().into();
+    }
+    if let Some(q) = &card.quickpass {
+        line["pan"] = q.pan().masked().to_string().into();
+        line["atc"] = q.atc().into();
+    }
+    line
+}
+
 /// The card from its state file when there is one, else new from --card.
-fn open_card(args: &SimCardArgs) -> Result<SimCard, CmdError> {
+fn open_card(args: &SimCardArgs) -> Result<SimPhysicalCard, CmdError> {
     if let Some(state) = args.state.as_ref().filter(|p| p.exists()) {
-        return load_state(state).map_err(|e| (2, format!("{}: {e}", state.display())));
+        return load_state(state)
+            .map(|t| SimPhysicalCard::new(Some(t), None))
+            .map_err(|e| (2, format!("{}: {e}", state.display())));
     }
     let Some(path) = &args.card else {
         return Err((
@@ -181,9 +171,36 @@ fn open_card(args: &SimCardArgs) -> Result<SimCard, CmdError> {
             "--card, --state of a saved card, or --psam is required".into(),
         ));
     };
-    let spec = load_card_spec(path).map_err(|e| (2, e))?;
-    SimCard::new(&spec, &TestKeys::default(), REPLAY_CARD_SEED)
-        .map_err(|e| (2, format!("{}: {e}", path.display())))
+    let card = load_physical_card(path).map_err(|e| (2, e))?;
+    if card.quickpass.is_some() && args.state.is_some() {
+        return Err((2, "--state keeps a transport-only card".into()));
+    }
+    Ok(card)
+}
+
+/// A card of CARDS.json's fields (transport, QuickPass or both) from a card JSON object, or
+/// from a CARDS.json holding one card.
+pub fn load_physical_card(path: &Path) -> Result<SimPhysicalCard, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let entry = match value.get("cards").and_then(|c| c.as_array()) {
+        Some(cards) if cards.len() == 1 => cards[0].clone(),
+        Some(cards) => {
+            return Err(format!(
+                "{}: holds {} cards; sim-card presents exactly one",
+                path.display(),
+                cards.len()
+            ))
+        }
+        None => value,
+    };
+    let Some(entry) = entry.as_object() else {
+        return Err(format!("{}: not a card", path.display()));
+    };
+    let (transport, quickpass) = crate::replay::card_entry(entry, &TestKeys::default())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(SimPhysicalCard::new(transport, quickpass))
 }
 
 /// Read a card saved by [`save_state`].

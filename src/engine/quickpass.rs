@@ -10,7 +10,7 @@
 //! bank cards carry no rider category.
 
 use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 
 use crate::card::acquirer::{acquirer_data, AcquirerKey};
 use crate::card::apdu::CardChannel;
@@ -30,12 +30,16 @@ use super::{Core, CoreAccess, Decision, Refusal, Subject};
 pub const UNPREDICTABLE_SEED_DEFAULT: u64 = 0x9F37;
 
 /// The QuickPass side of a validator: the CA keys, the PAN token key, the acquirer's public
-/// key, the source of unpredictable numbers (and of the sealing's ephemeral keys).
+/// key, the source of unpredictable numbers, and the source of the sealing's ephemeral keys.
 pub(super) struct QuickPass {
     ca: CaKeys,
     token_key: PanTokenKey,
     acquirer: AcquirerKey,
     rng: ChaCha8Rng,
+    /// Seeded with 256 bits from the operating system when the core is made, never from the
+    /// 64-bit seed of the unpredictable numbers: whoever knows the ephemeral keys reads the
+    /// sealed PANs. Sealed bytes differ from run to run; decisions do not depend on them.
+    seal_rng: ChaCha20Rng,
 }
 
 impl QuickPass {
@@ -46,6 +50,7 @@ impl QuickPass {
             token_key: PanTokenKey::TEST,
             acquirer: AcquirerKey::test(),
             rng: ChaCha8Rng::seed_from_u64(UNPREDICTABLE_SEED_DEFAULT),
+            seal_rng: ChaCha20Rng::from_entropy(),
         }
     }
 }
@@ -54,13 +59,10 @@ impl Core {
     /// Trust these UnionPay CA keys, tokenise PANs with `token_key`, and draw unpredictable
     /// numbers from `seed` from now on.
     pub fn set_quickpass(&mut self, ca: CaKeys, token_key: PanTokenKey, seed: u64) {
-        let acquirer = self.quickpass.acquirer.clone();
-        self.quickpass = QuickPass {
-            ca,
-            token_key,
-            acquirer,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        };
+        let qp = &mut self.quickpass;
+        qp.ca = ca;
+        qp.token_key = token_key;
+        qp.rng = ChaCha8Rng::seed_from_u64(seed);
     }
 
     /// Seal the PANs of QuickPass rides to this acquirer's public key from now on (the test
@@ -163,7 +165,7 @@ impl Core {
                 .map_err(|_| Some(Reason::StorageUnavailable))?;
         }
         let qp = &mut self.quickpass;
-        let sealed = acquirer_data(data, pan, &qp.acquirer, &mut qp.rng).map_err(|e| {
+        let sealed = acquirer_data(data, pan, &qp.acquirer, &mut qp.seal_rng).map_err(|e| {
             tracing::error!(error = %e, "QuickPass acquirer data not made: no record, no ride");
             Some(Reason::StorageUnavailable)
         })?;
