@@ -5,8 +5,9 @@
 //! and cards of the home city and of other cities (accepted, interop fare, refused by the deny
 //! list, ended concessions, further riders on one card). Then the same
 //! through the validator program's shared part: the core's lock taken for each step of the
-//! dialogue, and the decision line written from its fixed buffer, for taps and for scanner
-//! lines refused before the engine.
+//! dialogue, and the decision line written from its fixed buffer, for taps, for ride codes
+//! (checked before the lock, decided and recorded under it, first-seen holders and
+//! returning ones) and for scanner lines refused before the engine.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,6 +19,8 @@ use fare_validator::clock::Timestamp;
 use fare_validator::engine::{EngineConfig, Validator};
 use fare_validator::fare::FareTable;
 use fare_validator::journal::Journal;
+use fare_validator::ride_code::issuer::SimChannels;
+use fare_validator::ride_code::{ChannelKeys, RideCodeConfig};
 use fare_validator::types::{ListId, ListReason, RiderCategory};
 use fare_validator::validator::scanner::{Malformation, ScanLine};
 use fare_validator::validator::Shared;
@@ -147,7 +150,32 @@ fn card_taps_allocate_nothing_after_start_up() {
     );
     assert!(v.journal().durable_seq() > 50);
 
-    // The program: its shared core, its decision lines.
+    // The program: its shared core, its decision lines, ride codes issued beforehand for
+    // each round (distinct holders, then the same ones again).
+    let t0 = now.unix_s as u32;
+    let mut channels = SimChannels::new(5, (t0 - 86_400, t0 + 86_400 * 30));
+    v.set_ride_code_keys(
+        ChannelKeys::from_file(&channels.key_file()).unwrap(),
+        RideCodeConfig::default(),
+    );
+    let codes: Vec<String> = (0..=20u32)
+        .map(|round| {
+            let holder = round % 10;
+            let card_no = format!("371400000000000090{holder:02}").parse().unwrap();
+            let at = t0 + 30 * round - 2;
+            let channel = 1 + (holder % 8) as u16;
+            channels
+                .issue(
+                    channel,
+                    u64::from(holder),
+                    card_no,
+                    RiderCategory::Adult,
+                    at,
+                    round,
+                )
+                .unwrap()
+        })
+        .collect();
     let (mut psam, core) = v.into_parts();
     let clock = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(now.unix_s));
     let c = std::sync::Arc::clone(&clock);
@@ -162,23 +190,27 @@ fn card_taps_allocate_nothing_after_start_up() {
     );
     cards[0].enter_field(None);
     let _ = shared.tap(&mut psam, &mut cards[0]);
+    assert!(shared.scan(ScanLine::Code(&codes[0])).accepted());
     let taps_before = shared.counters.taps.load(Ordering::SeqCst);
     ALLOCATIONS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
-    for _ in 0..20 {
+    let mut scans_accepted = 0;
+    for code in &codes[1..] {
         clock.fetch_add(30, Ordering::Relaxed);
         for card in cards.iter_mut() {
             card.enter_field(None);
             let _ = shared.tap(&mut psam, card);
         }
+        scans_accepted += usize::from(shared.scan(ScanLine::Code(code)).accepted());
         let _ = shared.scan(ScanLine::Malformed(Malformation::TooLong));
     }
     COUNTING.store(false, Ordering::SeqCst);
     assert_eq!(
         ALLOCATIONS.load(Ordering::SeqCst),
         0,
-        "allocations on the program's tap and decision-line path"
+        "allocations on the program's tap, scan and decision-line path"
     );
+    assert_eq!(scans_accepted, 20);
     assert_eq!(
         shared.counters.taps.load(Ordering::SeqCst) - taps_before,
         20 * cards.len() as u64

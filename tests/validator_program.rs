@@ -424,3 +424,65 @@ fn a_scan_is_decided_while_a_card_dialogue_is_held_at_any_exchange() {
     );
     assert!(shared.engine().journal().grey_open().is_empty());
 }
+
+/// A scan checks its code (signatures, certificate, dates) before it takes the core: with the
+/// core's lock held elsewhere (a tap's journal write and sync), the scan's first-seen holder
+/// certificate is checked and cached meanwhile, and only its decision waits; it is then the
+/// decision `scan_code` makes for the same code at the same clock.
+#[test]
+fn a_scan_checks_its_code_before_it_waits_for_the_core() {
+    use fare_validator::ride_code::issuer::SimChannels;
+    use fare_validator::ride_code::{ChannelKeys, RideCodeConfig};
+    use fare_validator::types::{CardNo, RiderCategory};
+    use fare_validator::validator::scanner::ScanLine;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicI64::new(T0_UNIX_S));
+    let out = Lines::default();
+    let (shared, _psam) = program(tmp.path(), Arc::clone(&clock), out.clone());
+    let t0 = T0_UNIX_S as u32;
+    let mut channels = SimChannels::new(11, (t0 - 86_400, t0 + 86_400 * 30));
+    let keys = ChannelKeys::from_file(&channels.key_file()).unwrap();
+    // Keys swapped in after the program started reach the checks made without the core.
+    shared
+        .engine()
+        .set_ride_code_keys(keys.clone(), RideCodeConfig::default());
+    let checks = shared.engine().ride_code_checks();
+    let text = channels
+        .issue(
+            2,
+            77,
+            CardNo::from_u128(3714_0000_0000_0009_0077).unwrap(),
+            RiderCategory::Adult,
+            t0 - 2,
+            1,
+        )
+        .unwrap();
+
+    let d = std::thread::scope(|s| {
+        let core = shared.engine();
+        let scan = s.spawn(|| shared.scan(ScanLine::Code(&text)));
+        wait_until(
+            "the scan's certificate checked while the core is held",
+            || checks.cached_certificates() == 1,
+        );
+        assert!(!scan.is_finished(), "decided without the core");
+        assert!(out.all().is_empty());
+        drop(core);
+        scan.join().unwrap()
+    });
+    assert!(d.accepted(), "{d:?}");
+    assert_eq!(d.seq, Some(1));
+
+    // The engine alone, same code, same clock: the same decision.
+    let other = tempfile::tempdir().unwrap();
+    let (alone, _psam) = program(other.path(), clock, Lines::default());
+    alone
+        .engine()
+        .set_ride_code_keys(keys, RideCodeConfig::default());
+    let now = Timestamp {
+        unix_s: T0_UNIX_S,
+        utc_offset_s: 8 * 3600,
+    };
+    assert_eq!(alone.engine().scan_code(&text, now), d);
+}

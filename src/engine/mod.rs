@@ -64,6 +64,7 @@ pub use card::tap_card_with;
 use quickpass::QuickPass;
 pub use quickpass::UNPREDICTABLE_SEED_DEFAULT;
 use ride_code::RideCodes;
+pub use ride_code::{CheckedCode, RideCodeChecks};
 
 /// Accepted taps remembered for anti-passback. A validator accepts at most a few taps a
 /// second; 256 covers more than four a second over a 60 s window.

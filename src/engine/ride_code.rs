@@ -1,11 +1,20 @@
 //! The e-SSC ride code scan (ride-code-v1.md): checks 1–13 in order, then the
 //! pay-after-ride record.
+//!
+//! Checks 1–10 (layout, channel key, certificate, signatures, freshness) read nothing but the
+//! code, the key file and the clock passed in, so they need no part of the core but the
+//! verifier. [`RideCodeChecks`] reaches that verifier without the core: the validator program
+//! makes them before it takes the core's lock ([`RideCodeChecks::check`]), and holds the lock
+//! only for checks 11–13 and the record ([`Core::scan_checked`]). [`Core::scan_code`] is the
+//! two in a row, with the same decisions.
+
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::clock::Timestamp;
 use crate::journal::{CardTx, QrTx, Record, RecordKind};
-use std::sync::Arc;
-
-use crate::ride_code::{CertSet, ChannelKeys, ReplayCache, RideCode, RideCodeConfig, Verifier};
+use crate::ride_code::{
+    CertSet, ChannelKeys, ReplayCache, RideCode, RideCodeConfig, VerifiedCode, Verifier,
+};
 use crate::types::{ListId, Media, Reason};
 
 use super::{Core, Decision, Subject};
@@ -13,7 +22,7 @@ use super::{Core, Decision, Subject};
 /// The ride-code side of a validator: the channel keys and verifier, and the memory of codes
 /// already accepted.
 pub(super) struct RideCodes {
-    pub(super) verifier: Verifier,
+    pub(super) checks: RideCodeChecks,
     pub(super) replay: ReplayCache,
 }
 
@@ -23,40 +32,105 @@ impl RideCodes {
     pub(super) fn without_keys() -> Self {
         let config = RideCodeConfig::default();
         RideCodes {
-            verifier: Verifier::new(ChannelKeys::empty(), config),
+            checks: RideCodeChecks(Arc::new(Mutex::new(Verifier::new(
+                ChannelKeys::empty(),
+                config,
+            )))),
             replay: ReplayCache::new(&config),
         }
+    }
+}
+
+/// A core's ride-code verifier (checks 1–10 of ride-code-v1.md), shared with whoever scans
+/// outside the core's lock ([`Core::ride_code_checks`]). Clones are the same verifier: keys
+/// set on the core ([`Core::set_ride_code_keys`]) are the keys every clone checks with from
+/// the next scan on. Its own lock is held for one verification (one or two signature checks,
+/// at most a few hundred microseconds) and taken by scans and key swaps only, never by a tap.
+#[derive(Clone)]
+pub struct RideCodeChecks(Arc<Mutex<Verifier>>);
+
+/// A scanned text, the clock of its scan and the result of its checks 1–10 at that clock,
+/// for [`Core::scan_checked`]; made only by [`RideCodeChecks::check`], so the result is always
+/// that of this text at this time.
+#[derive(Debug)]
+pub struct CheckedCode<'t> {
+    text: &'t str,
+    now: Timestamp,
+    verified: Result<VerifiedCode, Reason>,
+}
+
+impl RideCodeChecks {
+    /// Checks 1–10 of `text` at `now`: pure but for the certificate cache, nothing
+    /// allocated (the scan path's `tests/ride_code_no_alloc.rs`).
+    pub fn check<'t>(&self, text: &'t str, now: Timestamp) -> CheckedCode<'t> {
+        CheckedCode {
+            text,
+            now,
+            verified: self.verifier().verify(text, now.unix_s),
+        }
+    }
+
+    /// Holder certificates the verifier holds as checked (for tests and metrics).
+    pub fn cached_certificates(&self) -> usize {
+        self.verifier().cached_certificates()
+    }
+
+    /// A verification that panicked (a bug) left at worst a certificate cache without the
+    /// holder it was checking, so a poisoned lock is taken over.
+    fn verifier(&self) -> MutexGuard<'_, Verifier> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Core {
     /// Trust these channel keys from now on (a verified key file from the depot). Codes
     /// accepted before stay remembered.
+    ///
+    /// The verifier is replaced in place, so every [`RideCodeChecks`] taken from this core
+    /// checks with these keys from its next scan on. The new verifier (and its worker
+    /// thread) is made, and the old one stopped, outside the verifier's lock: a scan waits
+    /// for the swap alone.
     pub fn set_ride_code_keys(&mut self, keys: ChannelKeys, config: RideCodeConfig) {
-        let replay = std::mem::replace(&mut self.ride.replay, ReplayCache::new(&config));
-        let cert_set = Arc::clone(self.ride.verifier.cert_set());
-        let mut verifier = Verifier::with_cert_worker(keys, config);
+        let cert_set = Arc::clone(self.ride.checks.verifier().cert_set());
+        let mut next = Verifier::with_cert_worker(keys, config);
         // Kept across key files; used only while it names the same key material.
-        verifier.set_cert_set(cert_set);
-        self.ride = RideCodes { verifier, replay };
+        next.set_cert_set(cert_set);
+        let old = std::mem::replace(&mut *self.ride.checks.verifier(), next);
+        drop(old);
     }
 
     /// Use the fleet's verified-certificate set (a checked downlink file, see
     /// [`crate::ride_code::cert_set`]) from the next scan on.
     pub fn set_verified_certs(&mut self, set: Arc<CertSet>) {
-        self.ride.verifier.set_cert_set(set);
+        self.ride.checks.verifier().set_cert_set(set);
     }
 
     /// The verified-certificate set in use.
-    pub fn verified_certs(&self) -> &Arc<CertSet> {
-        self.ride.verifier.cert_set()
+    pub fn verified_certs(&self) -> Arc<CertSet> {
+        Arc::clone(self.ride.checks.verifier().cert_set())
+    }
+
+    /// This core's ride-code verifier, for checks 1–10 made without the core (one shared
+    /// handle; taken once, at start-up).
+    pub fn ride_code_checks(&self) -> RideCodeChecks {
+        self.ride.checks.clone()
     }
 
     /// A ride code is scanned: checks 1–13 of ride-code-v1.md in order, then the
     /// pay-after-ride record is made durable.
     pub fn scan_code(&mut self, text: &str, now: Timestamp) -> Decision {
+        let checked = self.ride.checks.check(text, now);
+        self.scan_checked(checked)
+    }
+
+    /// The rest of a scan whose checks 1–10 were made ([`RideCodeChecks::check`]): checks
+    /// 11–13 (blacklist, replay, anti-passback) against this core's state at the scan's
+    /// clock, then the record made durable; [`Core::scan_code`]'s decision for the same text
+    /// and clock.
+    pub fn scan_checked(&mut self, checked: CheckedCode<'_>) -> Decision {
+        let now = checked.now;
         self.observe_clock(now);
-        let decision = match self.decide_code(text, now) {
+        let decision = match self.decide_code(checked, now) {
             Ok(d) => d,
             Err((subject, reason)) => Decision::refused(Media::Qr, subject, reason, None),
         };
@@ -64,8 +138,13 @@ impl Core {
         decision
     }
 
-    fn decide_code(&mut self, text: &str, now: Timestamp) -> Result<Decision, (Subject, Reason)> {
-        let code = self.ride.verifier.verify(text, now.unix_s).map_err(|r| {
+    fn decide_code(
+        &mut self,
+        checked: CheckedCode<'_>,
+        now: Timestamp,
+    ) -> Result<Decision, (Subject, Reason)> {
+        let text = checked.text;
+        let code = checked.verified.map_err(|r| {
             // Past check 1 the layout is sound: say whose code it was.
             let subject =
                 RideCode::parse(text).map_or(Subject::Unknown, |c| Subject::Account(c.account()));

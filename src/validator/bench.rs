@@ -1,14 +1,18 @@
 //! `fare-validator bench validator`: the validator program's own figures, beside the engine
 //! alone in the same run (issue: the program should add under 10 % to the engine's p99).
 //!
-//! - **scan under a tap**: a scanner line written to the loopback scanner socket until its
-//!   decision line is written, while another thread taps cards without pause (so a card
-//!   dialogue is nearly always in progress on the other input); against `scan_code` on an
-//!   engine alone. The cards answer each exchange after `--card-exchange-us`, as a card in
-//!   the reader's field does (a contactless APDU takes a millisecond or so over the air), so
-//!   a tap lasts as long as a real one while leaving the CPU to the scan. The same scans go
-//!   through a third engine whose tap holds the core's lock for its whole dialogue (the
-//!   program before the lock was split) for comparison. The three run in alternated blocks
+//! - **scan under a tap**: a scanner line written to the loopback scanner socket (the whole
+//!   line in one write, as the scanner's last byte completes it) until its decision line is
+//!   written, while another thread taps cards without pause (so a card dialogue is nearly
+//!   always in progress on the other input); against `scan_code` on an engine alone. The
+//!   cards answer each exchange after `--card-exchange-us`, as a card in the reader's field
+//!   does (a contactless APDU takes a millisecond or so over the air), so a tap lasts as long
+//!   as a real one while leaving the CPU to the scan. The engine alone is measured twice:
+//!   with nothing else running (the issue's reference), and while the same taps run on
+//!   another engine (the same load on the machine, nothing shared: what the program itself
+//!   adds, its socket, lock and decision line, is the difference from this one). The same
+//!   scans go through a third engine whose tap holds the core's lock for its whole dialogue
+//!   (the program before the lock was split) for comparison. All run in alternated blocks
 //!   (`--rounds`), each on its own engine with its own cold caches and the same codes, so a
 //!   slow minute of the machine falls on all of them.
 //! - **tap under a delta**: taps (cards answering at once: the engine's own cost) while a
@@ -98,14 +102,23 @@ pub struct ValidatorBenchReport {
     pub scans: usize,
     pub rounds: usize,
     pub card_exchange_us: u64,
+    /// `scan_code` on an engine alone, nothing else running.
     pub engine_scan_us_p50: u64,
     pub engine_scan_us_p99: u64,
+    /// `scan_code` on an engine alone while the same taps run on another engine.
+    pub engine_scan_under_taps_us_p50: u64,
+    pub engine_scan_under_taps_us_p99: u64,
+    /// Card taps made on that other engine meanwhile.
+    pub taps_during_engine_scans: u64,
     /// Scanner line to decision line, with a tap in progress on the other input.
     pub program_scan_us_p50: u64,
     pub program_scan_us_p99: u64,
     pub program_scan_us_max: u64,
     /// (program p99 − engine p99) / engine p99, percent.
     pub program_scan_p99_added_pct: f64,
+    /// (program p99 − engine-under-taps p99) / engine-under-taps p99, percent: what the
+    /// program adds at the same load.
+    pub program_scan_p99_added_same_load_pct: f64,
     /// Card taps made on the other input while the program's scans ran.
     pub taps_during_scans: u64,
     /// The same scans when a tap holds the core's lock for its whole dialogue.
@@ -154,8 +167,20 @@ fn engine(
     Ok(v)
 }
 
-/// Codes issued beforehand (the phone's cost is not the validator's): (scan time, text).
-fn codes(n: usize, seed: u64) -> Result<(ChannelKeys, Vec<(i64, String)>), String> {
+/// One code to scan: when, and its scanner line (the text and its LF).
+struct Code {
+    at_unix_s: i64,
+    line: String,
+}
+
+impl Code {
+    fn text(&self) -> &str {
+        self.line.trim_end_matches('\n')
+    }
+}
+
+/// Codes issued beforehand (the phone's cost is not the validator's).
+fn codes(n: usize, seed: u64) -> Result<(ChannelKeys, Vec<Code>), String> {
     let t0 = T0_UNIX_S as u32;
     let mut channels = SimChannels::new(seed, (t0 - 86_400, t0 + 86_400 * 30));
     let keys = ChannelKeys::from_file(&channels.key_file()).map_err(|e| e.to_string())?;
@@ -166,7 +191,7 @@ fn codes(n: usize, seed: u64) -> Result<(ChannelKeys, Vec<(i64, String)>), Strin
         let card = CardNo::from_u128(3714_0000_0000_0009_0000u128 + holder as u128)
             .map_err(|e| e.to_string())?;
         let scan_at = t0 + 1_000 + i as u32;
-        let text = channels
+        let mut line = channels
             .issue(
                 channel,
                 holder as u64,
@@ -176,7 +201,11 @@ fn codes(n: usize, seed: u64) -> Result<(ChannelKeys, Vec<(i64, String)>), Strin
                 i as u32,
             )
             .ok_or("unknown bench channel")?;
-        out.push((i64::from(scan_at), text));
+        line.push('\n');
+        out.push(Code {
+            at_unix_s: i64::from(scan_at),
+            line,
+        });
     }
     Ok((keys, out))
 }
@@ -348,24 +377,21 @@ impl Program {
     }
 
     /// Scan `codes` through the socket with a tap in progress on the other input: the time
-    /// from the line's first byte to its decision line, into `hist`. Returns the taps made.
+    /// from the line's write (the whole line at once) to its decision line, into `hist`.
+    /// Returns the taps made.
     fn scans(
         &mut self,
-        codes: &[(i64, String)],
+        codes: &[Code],
         exchange: Duration,
         hist: &mut Histogram<u64>,
     ) -> Result<u64, String> {
         let tapping = Arc::new(AtomicBool::new(true));
         let taps = self.spawn_taps(&tapping, exchange, false);
         let mut result = Ok(());
-        for (t, text) in codes {
-            self.clock.store(*t, Ordering::Relaxed);
+        for code in codes {
+            self.clock.store(code.at_unix_s, Ordering::Relaxed);
             let start = Instant::now();
-            let sent = self
-                .sock
-                .write_all(text.as_bytes())
-                .and_then(|()| self.sock.write_all(b"\n"));
-            if let Err(e) = sent {
+            if let Err(e) = self.sock.write_all(code.line.as_bytes()) {
                 result = Err(e.to_string());
                 break;
             }
@@ -390,6 +416,23 @@ impl Program {
             let _ = t.join();
         }
     }
+}
+
+/// `codes` scanned by the engine alone, each timed into `hist`; every one must be accepted.
+fn engine_scans(
+    v: &mut Validator<SimPsam>,
+    codes: &[Code],
+    hist: &mut Histogram<u64>,
+) -> Result<(), String> {
+    for code in codes {
+        let start = Instant::now();
+        let d = v.scan_code(code.text(), at(code.at_unix_s));
+        hist.saturating_record(micros(start));
+        if !d.accepted() {
+            return Err(format!("bench scan refused: {d:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// Taps on the engine alone, cards answering at once, one second apart from `from_s`.
@@ -425,12 +468,19 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
     // tables, page faults, the certificate worker's start) are paid before either side is
     // measured. Each measured side then starts with its own cold certificate cache.
     let mut warm = engine(&tmp.path().join("warm"), Blacklist::empty(), &keys)?;
-    for (t, text) in &codes {
-        warm.scan_code(text, at(*t));
+    for code in &codes {
+        warm.scan_code(code.text(), at(code.at_unix_s));
     }
     drop(warm);
 
     let mut alone = engine(&tmp.path().join("alone"), base.clone(), &keys)?;
+    let mut loaded = engine(&tmp.path().join("loaded"), base.clone(), &keys)?;
+    // Only its taps are used: the load beside the engine alone's second measure.
+    let mut load = Program::start(
+        engine(&tmp.path().join("load"), Blacklist::empty(), &keys)?,
+        args.seed,
+        false,
+    )?;
     let mut program = Program::start(
         engine(&tmp.path().join("program"), base, &keys)?,
         args.seed,
@@ -441,23 +491,24 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
         args.seed,
         true,
     )?;
-    let (mut engine_scan, mut program_scan, mut whole_scan) =
-        (histogram(), histogram(), histogram());
-    let (mut taps_during_scans, mut taps_during_whole) = (0, 0);
+    let (mut engine_scan, mut loaded_scan, mut program_scan, mut whole_scan) =
+        (histogram(), histogram(), histogram(), histogram());
+    let (mut taps_during_scans, mut taps_during_whole, mut taps_during_loaded) = (0, 0, 0);
     let block = codes.len().div_ceil(args.rounds.max(1)).max(1);
     for part in codes.chunks(block) {
-        for (t, text) in part {
-            let start = Instant::now();
-            let d = alone.scan_code(text, at(*t));
-            engine_scan.saturating_record(micros(start));
-            if !d.accepted() {
-                return Err(format!("bench scan refused: {d:?}"));
-            }
-        }
+        engine_scans(&mut alone, part, &mut engine_scan)?;
+        let tapping = Arc::new(AtomicBool::new(true));
+        let taps = load.spawn_taps(&tapping, exchange, false);
+        let scanned = engine_scans(&mut loaded, part, &mut loaded_scan);
+        tapping.store(false, Ordering::Relaxed);
+        taps_during_loaded += load.join_taps(taps)?.len() as u64;
+        scanned?;
         taps_during_scans += program.scans(part, exchange, &mut program_scan)?;
         taps_during_whole += whole.scans(part, exchange, &mut whole_scan)?;
     }
     whole.stop();
+    load.stop();
+    drop(loaded);
 
     // Taps while a delta is applied to the live list, between two blocks of the engine alone.
     let mut alone_cards = crate::bench::bench_cards(args.seed);
@@ -493,6 +544,7 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
     program.stop();
 
     let e99 = engine_scan.value_at_quantile(0.99);
+    let l99 = loaded_scan.value_at_quantile(0.99);
     let p99 = program_scan.value_at_quantile(0.99);
     let w99 = whole_scan.value_at_quantile(0.99);
     Ok(ValidatorBenchReport {
@@ -501,10 +553,14 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
         card_exchange_us: args.card_exchange_us,
         engine_scan_us_p50: engine_scan.value_at_quantile(0.50),
         engine_scan_us_p99: e99,
+        engine_scan_under_taps_us_p50: loaded_scan.value_at_quantile(0.50),
+        engine_scan_under_taps_us_p99: l99,
+        taps_during_engine_scans: taps_during_loaded,
         program_scan_us_p50: program_scan.value_at_quantile(0.50),
         program_scan_us_p99: p99,
         program_scan_us_max: program_scan.max(),
         program_scan_p99_added_pct: added_pct(p99, e99),
+        program_scan_p99_added_same_load_pct: added_pct(p99, l99),
         taps_during_scans,
         whole_tap_lock_scan_us_p50: whole_scan.value_at_quantile(0.50),
         whole_tap_lock_scan_us_p99: w99,
@@ -544,6 +600,7 @@ mod tests {
         assert!(r.engine_scan_us_p99 >= r.engine_scan_us_p50 && r.engine_scan_us_p50 > 0);
         assert!(r.program_scan_us_p99 >= r.program_scan_us_p50 && r.program_scan_us_p50 > 0);
         assert!(r.whole_tap_lock_scan_us_p50 > 0 && r.taps_during_scans > 0);
+        assert!(r.engine_scan_under_taps_us_p50 > 0 && r.taps_during_engine_scans > 0);
         assert_eq!(r.delta_changes, 2_000);
     }
 }

@@ -3,12 +3,15 @@
 //! Two inputs, one engine. The card loop (PC/SC, [`card_loop`]) and the QR scanner
 //! ([`scanner`]) each block in their own thread on their own device. The card loop owns the
 //! PSAM; both share the engine's [`Core`] (journal, anti-passback, fares, ride-code verifier)
-//! behind a [`Mutex`]. A scan holds it for its whole decision (one verification, one journal
-//! write). A card dialogue never holds it across a card or PSAM exchange, only for its short
-//! steps in between ([`crate::engine::tap_card_with`]): the longest is the grey record's or
-//! the record's journal write and sync. So a scan waits behind a tap for one such step at
-//! most, never for the dialogue (`bench validator` measures it), and neither input polls the
-//! other. (A channel to one decision thread would need that thread to wait on the card
+//! behind a [`Mutex`]. A scan checks the code (checks 1–10: layout, channel key, certificate,
+//! signatures, freshness) before it takes the lock, through the core's own verifier reached
+//! without it ([`RideCodeChecks`]), and holds the lock for the rest only (blacklist, replay,
+//! anti-passback, one journal write). A card dialogue never holds it across a card or PSAM
+//! exchange, only for its short steps in between ([`crate::engine::tap_card_with`]): the
+//! longest is the grey record's or the record's journal write and sync. So a scan waits
+//! behind a tap for one such step at most, never for the dialogue, and a tap's step waits
+//! behind a scan's table looks and journal write, never its signature checks
+//! (`bench validator` measures it); neither input polls the other. (A channel to one decision thread would need that thread to wait on the card
 //! reader and the channel at once, which PC/SC's blocking status call cannot do without
 //! polling.)
 //!
@@ -44,7 +47,7 @@ use crate::blacklist::BlacklistHandle;
 use crate::card::apdu::CardChannel;
 use crate::card::psam::Psam;
 use crate::clock::Timestamp;
-use crate::engine::{tap_card_with, Core, Decision, Subject};
+use crate::engine::{tap_card_with, Core, Decision, RideCodeChecks, Subject};
 use crate::types::{Media, Reason};
 
 use scanner::{ScanLine, ScannerState};
@@ -120,6 +123,8 @@ pub type Clock = Box<dyn Fn() -> Timestamp + Send + Sync>;
 /// owns it.
 pub struct Shared {
     core: Mutex<Core>,
+    /// The core's ride-code verifier, for the checks a scan makes before taking `core`.
+    ride_codes: RideCodeChecks,
     /// The live blacklist (the engine's own handle), swapped by the uplink without the lock.
     pub blacklist: Arc<BlacklistHandle>,
     out: Mutex<Box<dyn Write + Send>>,
@@ -153,6 +158,7 @@ impl Shared {
         let durable = core.journal().durable_seq();
         let acked = core.journal().acked_seq();
         Shared {
+            ride_codes: core.ride_code_checks(),
             core: Mutex::new(core),
             blacklist,
             out: Mutex::new(out),
@@ -206,13 +212,15 @@ impl Shared {
     }
 
     /// One scanner line: a code goes to the engine; a line refused by the splitter is a
-    /// `malformed` refusal without it.
+    /// `malformed` refusal without it. The code's signatures and dates are checked before the
+    /// core's lock is taken, so a tap's step never waits for them.
     pub fn scan(&self, line: ScanLine<'_>) -> Decision {
         let now = self.now();
         let d = match line {
             ScanLine::Code(text) => {
+                let checked = self.ride_codes.check(text, now);
                 let mut engine = self.engine();
-                let d = engine.scan_code(text, now);
+                let d = engine.scan_checked(checked);
                 self.durable_seq
                     .fetch_max(engine.journal().durable_seq(), Ordering::Relaxed);
                 d

@@ -22,8 +22,9 @@ use std::time::Duration;
 /// Longest scanner line kept, bytes: a ride code is 274 characters (ride-code-v1.md), so
 /// twice that leaves room for any other code the scanner may read and still refuse.
 pub const SCANNER_LINE_BYTES_MAX: usize = 548;
-/// Bytes read from the device at once.
-pub const SCANNER_READ_BYTES: usize = 256;
+/// Bytes read from the device at once: a whole ride-code line (275 bytes with its LF) in one
+/// read when it is there.
+pub const SCANNER_READ_BYTES: usize = 512;
 /// How often a blocked read or accept looks at the stop flag, milliseconds.
 pub const SCANNER_POLL_MS: u64 = 100;
 /// Pause before opening a serial device again after it failed or vanished, milliseconds.
