@@ -12,14 +12,15 @@
 //! `FARE_VALIDATOR_REQUIRE_PCSCD=1`. Every wait is bounded; the children are killed on drop.
 #![cfg(feature = "pcsc")]
 
-use std::io::{BufRead, BufReader, Write};
+mod support;
+
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fare_validator::card::pcsc::{Presence, Readers};
 use fare_validator::card::sim::{CardSpec, SimCard, SimPsam, TestKeys};
@@ -27,25 +28,22 @@ use fare_validator::card::vpcd::{SessionEnd, VpcdLink, VPCD_CARD_PORT, VPCD_SAM_
 use fare_validator::depot::Store;
 use fare_validator::replay::{REPLAY_CARD_SEED, REPLAY_TERMINAL_NO};
 use serde_json::Value;
+use support::{
+    bin, free_port, import_operator_key, issue_code, publish_channel_key, run_ok, serve_depot,
+    start_validator, status, terminal_add, wait_until, Proc, Program, WAIT_S,
+};
 
 const CARD_READER: &str = "Virtual PCD 00 00";
 const SAM_READER: &str = "Virtual PCD 00 01";
 const TERMINAL: &str = "bus-0001";
 /// The holder takes the card away once it was idle this long after its first command.
 const IDLE_LEAVE_MS: u64 = 200;
-/// Longest wait for anything in this test (pcscd polls vpcd every 400 ms; the uplink tries
-/// every second): generous, so that a loaded machine never fails it, and bounded.
-const WAIT_S: u64 = 60;
 const CARDS: [&str; 4] = [
     "37140000000000000021",
     "37140000000000000022",
     "37140000000000000023",
     "37140000000000000024",
 ];
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fare-validator"))
-}
 
 fn loopback(port: u16) -> std::net::SocketAddrV4 {
     std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port)
@@ -70,41 +68,6 @@ fn pcscd_or_skip(test: &str) -> Option<Readers> {
     None
 }
 
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(WAIT_S);
-    while !cond() {
-        assert!(Instant::now() < end, "waited {WAIT_S} s for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn unix_now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// The depot: a terminal added (its answer kept), a channel key published, the station
 /// serving on a free loopback port.
 struct Depot {
@@ -118,82 +81,17 @@ struct Depot {
 fn depot(dir: &Path) -> Depot {
     let db = dir.join("depot.sqlite");
     let answer = dir.join("answer.json");
-    // The operator's key, imported on purpose (a station never makes one).
-    fare_validator::depot::Store::open(&db)
-        .unwrap()
-        .set_operator_key(&fare_validator::signed::signing_key_from_seed([29; 32]))
-        .unwrap();
-    let text = run_ok(
-        bin()
-            .args(["depot", "terminal", "add", TERMINAL, "--db"])
-            .arg(&db),
-    );
-    std::fs::write(&answer, text).unwrap();
-    let channel_key = dir.join("channel.json");
-    let out = run_ok(
-        bin()
-            .args([
-                "ride-code",
-                "keygen",
-                "--alg",
-                "sm2",
-                "--seed",
-                "15",
-                "--out",
-            ])
-            .arg(&channel_key),
-    );
-    let entry: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    let keys = dir.join("keys.json");
-    std::fs::write(
-        &keys,
-        serde_json::json!({"version": 1, "channels": [entry]}).to_string(),
-    )
-    .unwrap();
-    run_ok(
-        bin()
-            .args(["depot", "publish", "keys"])
-            .arg(&keys)
-            .arg("--db")
-            .arg(&db),
-    );
-    let mut serve = bin()
-        .args(["depot", "serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(&db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let listening: Value = serde_json::from_str(&line).unwrap();
+    import_operator_key(&db, 29);
+    std::fs::write(&answer, terminal_add(&db, TERMINAL).to_string()).unwrap();
+    let channel_key = publish_channel_key(dir, &db, "sm2", 15);
+    let (serve, addr) = serve_depot(&db);
     Depot {
         db,
         answer,
         channel_key,
-        addr: listening["listening"].as_str().unwrap().to_string(),
-        _serve: Proc(serve),
+        addr,
+        _serve: serve,
     }
-}
-
-/// A ride code issued now by the published channel key.
-fn issue_code(depot: &Depot, account: u64, counter: u32) -> String {
-    let now = unix_now_s();
-    let out = run_ok(
-        bin()
-            .args(["ride-code", "issue", "--key"])
-            .arg(&depot.channel_key)
-            .args(["--channel", "1", "--key-id", "1", "--category", "adult"])
-            .args(["--account", &account.to_string()])
-            .args(["--card", "37140000000000000099"])
-            .args(["--cert-not-before", &(now - 3600).to_string()])
-            .args(["--cert-not-after", &(now + 86_400).to_string()])
-            .args(["--generated-at", &now.to_string()])
-            .args(["--counter", &counter.to_string()]),
-    );
-    out.trim().to_string()
 }
 
 /// The simulated PSAM in vpcd's second reader until `stop`; its counter outlives restarts
@@ -240,65 +138,6 @@ fn serve_cards(go: mpsc::Receiver<usize>) -> (JoinHandle<()>, mpsc::Receiver<Ses
     (h, ended)
 }
 
-/// The validator program, its decision lines on a channel.
-struct Program {
-    proc: Proc,
-    lines: mpsc::Receiver<Value>,
-    log: PathBuf,
-}
-
-fn start_validator(config: &Path, log: &Path) -> Program {
-    let mut child = bin()
-        .args(["validator", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let v: Value = serde_json::from_str(&line).expect("a decision line is JSON");
-            if tx.send(v).is_err() {
-                break;
-            }
-        }
-    });
-    Program {
-        proc: Proc(child),
-        lines,
-        log: log.to_path_buf(),
-    }
-}
-
-impl Program {
-    fn next_line(&self) -> Value {
-        match self.lines.recv_timeout(Duration::from_secs(WAIT_S)) {
-            Ok(v) => v,
-            Err(e) => panic!(
-                "no decision line ({e}); the validator's log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            ),
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = i32::try_from(self.proc.0.id()).unwrap();
-        // SAFETY: kill(2) on our own child's pid, which has not been waited for yet.
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-    }
-}
-
-fn status(data: &Path) -> Value {
-    std::fs::read_to_string(data.join("status.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null)
-}
-
 fn depot_seq(db: &Path) -> u64 {
     Store::open_read(db)
         .and_then(|s| s.newest_contiguous_seq(TERMINAL))
@@ -331,11 +170,7 @@ fn validator_program_taps_scans_uploads_takes_a_loss_report_and_survives_sigkill
     }
     let tmp = tempfile::tempdir().unwrap();
     let depot = depot(tmp.path());
-    let scan_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let scan_port = free_port();
     let bus = tmp.path().join("bus");
     std::fs::create_dir_all(&bus).unwrap();
     let config = bus.join("validator.toml");
@@ -390,7 +225,8 @@ fn validator_program_taps_scans_uploads_takes_a_loss_report_and_survives_sigkill
         status(&data)["status"]["installed"]["keys"].as_u64() > Some(0)
     });
     let mut s = scanner(scan_port);
-    s.write_all(issue_code(&depot, 42, 1).as_bytes()).unwrap();
+    let code = issue_code(&depot.channel_key, 42, "37140000000000000099", 1);
+    s.write_all(code.as_bytes()).unwrap();
     s.write_all(b"\r\n").unwrap();
     let qr = p.next_line();
     assert_eq!(
@@ -438,7 +274,7 @@ fn validator_program_taps_scans_uploads_takes_a_loss_report_and_survives_sigkill
     );
     drop(p);
 
-    let p = start_validator(&config, &tmp.path().join("validator-2.log"));
+    let mut p = start_validator(&config, &tmp.path().join("validator-2.log"));
     let d = tap(&p, 3);
     assert_eq!(
         (d["result"].as_str(), d["seq"].as_u64()),
@@ -460,20 +296,7 @@ fn validator_program_taps_scans_uploads_takes_a_loss_report_and_survives_sigkill
     wait_until("the status file", || {
         status(&data)["status"]["records_waiting"] == 0
     });
-    p.signal(libc::SIGTERM);
-    let mut p = p;
-    let end = Instant::now() + Duration::from_secs(WAIT_S);
-    let code = loop {
-        if let Some(st) = p.proc.0.try_wait().unwrap() {
-            break st.code();
-        }
-        assert!(
-            Instant::now() < end,
-            "the validator did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, Some(0));
+    assert_eq!(p.terminate().code(), Some(0));
 
     drop(go);
     cards.join().unwrap();

@@ -6,18 +6,19 @@
 //! readers and runs `validator` with no PC/SC: scans decided, records at the depot, the
 //! status saying the reader is absent.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use fare_validator::upload::auth::to_hex;
 use fare_validator::upload::downlink::DownlinkDir;
 use fare_validator::validator::config::ValidatorConfig;
 use serde_json::Value;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fare-validator"))
-}
+use support::{
+    bin, free_port, import_operator_key, issue_code, publish_channel_key, run_ok, serve_depot,
+    start_validator, status, stderr, wait_until,
+};
 
 /// A different operator key for each station the tests set up.
 static OPERATOR_SEED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
@@ -25,20 +26,9 @@ static OPERATOR_SEED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8:
 fn terminal_add(db: &Path, id: &str) -> Value {
     // The operator's key, imported on purpose before the first terminal (a station never
     // makes one, and the answer carries its public key).
-    let s = fare_validator::depot::Store::open(db).unwrap();
-    if s.operator_key().unwrap().is_none() {
-        let seed = OPERATOR_SEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        s.set_operator_key(&fare_validator::signed::signing_key_from_seed([seed; 32]))
-            .unwrap();
-    }
-    drop(s);
-    let out = bin()
-        .args(["depot", "terminal", "add", id, "--db"])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    serde_json::from_slice(&out.stdout).unwrap()
+    let seed = OPERATOR_SEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    import_operator_key(db, seed);
+    support::terminal_add(db, id)
 }
 
 fn provision(answer: &Path, config: &Path) -> Output {
@@ -55,10 +45,6 @@ fn provision(answer: &Path, config: &Path) -> Output {
         ])
         .output()
         .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -151,18 +137,7 @@ fn upload_exits_1_when_a_downlink_file_is_refused_and_never_repins_in_passing() 
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let mut serve = bin()
-        .args(["depot", "serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(&db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let listening: Value = serde_json::from_str(&line).unwrap();
+    let (serve, depot_addr) = serve_depot(&db);
     let journal = tmp.path().join("bus");
     std::fs::create_dir_all(&journal).unwrap();
     // The bus trusts another operator: the depot's files do not verify.
@@ -176,7 +151,7 @@ fn upload_exits_1_when_a_downlink_file_is_refused_and_never_repins_in_passing() 
         let mut c = bin();
         c.args(["upload", "--terminal", "bus-0043", "--secret-file"])
             .arg(&secret)
-            .args(["--depot", listening["listening"].as_str().unwrap()])
+            .args(["--depot", &depot_addr])
             .arg("--journal")
             .arg(&journal);
         if let Some(k) = operator_pub {
@@ -186,8 +161,7 @@ fn upload_exits_1_when_a_downlink_file_is_refused_and_never_repins_in_passing() 
     };
     let passing = upload(Some(answer["operator_pub"].as_str().unwrap()));
     let refused = upload(None);
-    serve.kill().unwrap();
-    serve.wait().unwrap();
+    drop(serve);
 
     assert_eq!(passing.status.code(), Some(2), "{}", stderr(&passing));
     assert_eq!(DownlinkDir::new(&journal).operator_key(), Some(stranger));
@@ -198,48 +172,6 @@ fn upload_exits_1_when_a_downlink_file_is_refused_and_never_repins_in_passing() 
     assert!(stderr(&refused).contains("downlink refused"));
 }
 
-/// Start `depot serve` on a free loopback port: (the child, its address).
-fn serve(db: &Path) -> (std::process::Child, String) {
-    let mut serve = bin()
-        .args(["depot", "serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let listening: Value = serde_json::from_str(&line).unwrap();
-    (serve, listening["listening"].as_str().unwrap().to_string())
-}
-
-/// Kills its child on drop, so a failed test leaves no process behind.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Up to 60 s for what the program does a moment later (generous, and bounded).
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !cond() {
-        assert!(std::time::Instant::now() < end, "waited 60 s for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_scanner_only_bus_runs_without_pcsc_and_its_status_says_the_reader_is_absent() {
     let tmp = tempfile::tempdir().unwrap();
@@ -248,41 +180,9 @@ fn a_scanner_only_bus_runs_without_pcsc_and_its_status_says_the_reader_is_absent
     let answer_file = tmp.path().join("answer.json");
     std::fs::write(&answer_file, answer.to_string()).unwrap();
     // A channel key published at the depot: it reaches the bus with the first session.
-    let channel_key = tmp.path().join("channel.json");
-    let out = run_ok(
-        bin()
-            .args([
-                "ride-code",
-                "keygen",
-                "--alg",
-                "p256",
-                "--seed",
-                "44",
-                "--out",
-            ])
-            .arg(&channel_key),
-    );
-    let entry: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    let keys = tmp.path().join("keys.json");
-    std::fs::write(
-        &keys,
-        serde_json::json!({"version": 1, "channels": [entry]}).to_string(),
-    )
-    .unwrap();
-    run_ok(
-        bin()
-            .args(["depot", "publish", "keys"])
-            .arg(&keys)
-            .arg("--db")
-            .arg(&db),
-    );
-    let (station, depot_addr) = serve(&db);
-    let _station = Proc(station);
-    let scan_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let channel_key = publish_channel_key(tmp.path(), &db, "p256", 44);
+    let (_station, depot_addr) = serve_depot(&db);
+    let scan_port = free_port();
     let bus = tmp.path().join("bus");
     std::fs::create_dir_all(&bus).unwrap();
     let config = bus.join("validator.toml");
@@ -321,66 +221,17 @@ fn a_scanner_only_bus_runs_without_pcsc_and_its_status_says_the_reader_is_absent
     let cfg = ValidatorConfig::load(&config).unwrap();
     assert_eq!(cfg.readers(), None);
 
-    let log = tmp.path().join("validator.log");
-    let mut child = bin()
-        .args(["validator", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let program = Proc(child);
-    let status = || -> Value {
-        std::fs::read_to_string(cfg.data_dir.join("status.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null)
-    };
+    let mut program = start_validator(&config, &tmp.path().join("validator.log"));
+    let status_now = || status(&cfg.data_dir);
     wait_until("ride-code keys installed", || {
-        status()["status"]["installed"]["keys"].as_u64() > Some(0)
+        status_now()["status"]["installed"]["keys"].as_u64() > Some(0)
     });
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let code = run_ok(
-        bin()
-            .args(["ride-code", "issue", "--key"])
-            .arg(&channel_key)
-            .args(["--channel", "1", "--key-id", "1", "--category", "adult"])
-            .args(["--account", "44", "--card", "37140000000000000044"])
-            .args(["--cert-not-before", &(now - 3600).to_string()])
-            .args(["--cert-not-after", &(now + 86_400).to_string()])
-            .args(["--generated-at", &now.to_string()])
-            .args(["--counter", "1"]),
-    );
+    let code = issue_code(&channel_key, 44, "37140000000000000044", 1);
     let mut scanner = std::net::TcpStream::connect(("127.0.0.1", scan_port)).unwrap();
     use std::io::Write;
-    scanner.write_all(code.trim().as_bytes()).unwrap();
+    scanner.write_all(code.as_bytes()).unwrap();
     scanner.write_all(b"\r\nnot a code\n").unwrap();
-    let next = || -> Value {
-        let line = lines
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "no decision line ({e}):\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        serde_json::from_str(&line).unwrap()
-    };
-    let qr = next();
+    let qr = program.next_line();
     assert_eq!(
         (
             qr["media"].as_str(),
@@ -390,7 +241,7 @@ fn a_scanner_only_bus_runs_without_pcsc_and_its_status_says_the_reader_is_absent
         (Some("qr"), Some("accepted"), Some(1)),
         "{qr}"
     );
-    assert_eq!(next()["reason"], "malformed");
+    assert_eq!(program.next_line()["reason"], "malformed");
     wait_until("the record at the depot", || {
         fare_validator::depot::Store::open_read(&db)
             .and_then(|s| s.newest_contiguous_seq("bus-0044"))
@@ -398,28 +249,16 @@ fn a_scanner_only_bus_runs_without_pcsc_and_its_status_says_the_reader_is_absent
             == 1
     });
     wait_until("the status after the upload", || {
-        status()["status"]["acked_seq"].as_u64() == Some(1)
+        status_now()["status"]["acked_seq"].as_u64() == Some(1)
     });
-    let st = status();
+    let st = status_now();
     assert_eq!(st["status"]["reader"], "absent", "{st}");
     assert_eq!(st["status"]["scanner"], "connected", "{st}");
     assert_eq!(st["status"]["scans"], 2, "{st}");
     assert_eq!(st["status"]["taps"], 0, "{st}");
 
     // SIGTERM: a clean stop, exit 0.
-    let pid = i32::try_from(program.0.id()).unwrap();
-    // SAFETY: kill(2) on our own child's pid, which has not been waited for yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let mut program = program;
-    let mut exited = None;
-    wait_until("the program to stop", || {
-        exited = program.0.try_wait().unwrap();
-        exited.is_some()
-    });
-    assert!(
-        exited.unwrap().success(),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert_eq!(status()["status"]["reader"], "absent");
+    let exit = program.terminate();
+    assert!(exit.success(), "{}", program.log_text());
+    assert_eq!(status_now()["status"]["reader"], "absent");
 }
