@@ -330,8 +330,8 @@ impl Program {
         })
     }
 
-    /// Tap without pause until `tapping` is cleared; with `tick`, each tap a second later
-    /// than the one before (the clock is the taps' own).
+    /// Tap without pause until `tapping` is cleared (once at least); with `tick`, each tap a
+    /// second later than the one before (the clock is the taps' own).
     fn spawn_taps(
         &mut self,
         tapping: &Arc<AtomicBool>,
@@ -347,7 +347,9 @@ impl Program {
         std::thread::spawn(move || {
             let mut took = Vec::new();
             let mut i = 0usize;
-            while tapping.load(Ordering::Relaxed) {
+            // At least one tap, however soon `tapping` is cleared: each side's count of
+            // taps meanwhile is never 0 by the scheduler's whim.
+            loop {
                 if tick {
                     clock.fetch_add(1, Ordering::Relaxed);
                 }
@@ -364,6 +366,9 @@ impl Program {
                 }
                 took.push(micros(start));
                 i += 1;
+                if !tapping.load(Ordering::Relaxed) {
+                    break;
+                }
             }
             (psam, cards, took)
         })
