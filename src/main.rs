@@ -129,6 +129,11 @@ enum BenchWhat {
     /// The validator program: a scanner line to its decision line with a card tap in
     /// progress, and taps while a blacklist delta is applied, beside the engine alone.
     Validator(fare_validator::validator::bench::ValidatorBenchArgs),
+    /// The clearing service on PostgreSQL: a day of N records forwarded and cleared, beside
+    /// row-by-row INSERTs and a per-record client-side TAC and counter loop (feature
+    /// `clearing`; docs/clearing.md).
+    #[cfg(feature = "clearing")]
+    Clearing(fare_validator::clearing::bench::ClearingBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -206,6 +211,11 @@ fn run(cmd: Cmd) -> CmdResult {
             );
             Ok(())
         }
+        #[cfg(feature = "clearing")]
+        Cmd::Bench {
+            what: Some(BenchWhat::Clearing(args)),
+            ..
+        } => fare_validator::clearing::bench::run(&args).map_err(|e| (1, e)),
         Cmd::Blacklist { cmd } => cli::blacklist::run(cmd).map_err(bad_input),
         Cmd::Depot { cmd } => cli::depot::run_depot(cmd),
         Cmd::Upload(args) => cli::depot::run_upload(&args),

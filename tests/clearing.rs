@@ -350,6 +350,7 @@ fn run_opts(d: &str, daily: Option<i64>, weekly: Option<i64>) -> RunOptions {
         daily_cap_fen: daily,
         weekly_cap_fen: weekly,
         acquirer: "test-acquirer".to_string(),
+        local_card_prefixes: vec![run::LOCAL_CARD_PREFIX.to_string()],
     }
 }
 
@@ -540,7 +541,10 @@ async fn settlement_totals_equal_the_fares_in_the_journals_and_files_are_written
             .map(|l| l.charged_fen)
             .sum()
     };
-    assert_eq!(sum(&s, &["issuer", "channel", "acquirer"]), fares_fen);
+    assert_eq!(
+        sum(&s, &["issuer", "interop", "channel", "acquirer"]),
+        fares_fen
+    );
     assert_eq!(sum(&s, &["route"]), fares_fen);
 
     let out = tmp.path().join("settlement");
@@ -612,4 +616,343 @@ async fn demo_clears_its_day_and_prints_the_settlement_summary() {
         .map(|l| l["charged_fen"].as_i64().unwrap())
         .sum();
     assert_eq!(settled, c["charged_fen"].as_i64().unwrap());
+}
+
+/// A QuickPass tap (kind 4) of the card whose PAN token is `token`, its ATC `atc`.
+fn quickpass(token: u64, atc: u16, at_unix_s: i64) -> Record {
+    use fare_validator::card::quickpass::{MaskedPan, PanToken};
+    let mut r = card_record(0);
+    r.kind = RecordKind::Quickpass;
+    r.at_unix_s = at_unix_s;
+    r.balance_fen = None;
+    r.card_no = CardNo::from_u128(0).unwrap();
+    r.card_tx = fare_validator::journal::CardTx {
+        offline_counter: 0,
+        terminal_seq: 0,
+        tac: [0; 4],
+    };
+    r.quickpass = Some(fare_validator::journal::QpTx {
+        pan_token: PanToken(token),
+        masked_pan: MaskedPan {
+            first6: *b"621483",
+            last4: *b"0001",
+            len: 16,
+        },
+        pan_seq: 1,
+        cid: 0x40,
+        atc,
+        unpredictable_number: [1, 2, 3, 4],
+        cryptogram: [atc as u8; 8],
+    });
+    r
+}
+
+#[tokio::test]
+async fn card_counter_wrapping_from_65535_to_0_is_not_a_gap() {
+    let Some((mut client, _)) = fresh_db("run_counter_wrap").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let bus0 = vec![
+        // Card 1 wraps cleanly: 65534, 65535, 0, 1.
+        purse(1, 65_534, 1, DAY_AT + 100),
+        purse(1, 65_535, 2, DAY_AT + 200),
+        purse(1, 0, 3, DAY_AT + 300),
+        purse(1, 1, 4, DAY_AT + 400),
+        // Card 2 skips 0 across the wrap: 65535 then 1.
+        purse(2, 65_535, 5, DAY_AT + 500),
+        purse(2, 1, 6, DAY_AT + 600),
+    ];
+    forwarded(&mut client, tmp.path(), vec![bus0]).await;
+    let s = run::run_day(&mut client, &run_opts("2026-11-28", None, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.tac_failures, s.card_duplicates, s.psam_gaps),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert_eq!(
+        rows(&client, "SELECT subject_id || ':' || from_counter || '-' || to_counter FROM counter_findings WHERE finding = 'gap'").await,
+        vec!["37140000000000000002:0-0"],
+        "65535 → 0 is the counter's next value; 65535 → 1 misses 0"
+    );
+    assert_eq!(
+        rows(&client, "SELECT card_no || '#' || card_counter || ' before ' || terminal_no FROM grey_findings WHERE finding = 'unsettled'").await,
+        vec!["37140000000000000002#0 before 000000000123"]
+    );
+}
+
+#[tokio::test]
+async fn quickpass_is_charged_once_capped_and_settled_with_the_acquirer_and_interop_cards_with_their_city(
+) {
+    let Some((mut client, _)) = fresh_db("run_quickpass_interop").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // QuickPass card 0xA1 taps four times on the 28th; its second tap (ATC 2) is reported by
+    // two buses (one card, one cryptogram: charged once). Daily cap 500 fen.
+    let mut interop = purse(0, 0, 10, DAY_AT + 50);
+    interop.card_no = CardNo::from_u128(31_000_000_000_000_000_042).unwrap();
+    interop.card_tx.tac = tac_of(&interop);
+    let bus0 = vec![
+        interop,
+        quickpass(0xA1, 1, DAY_AT + 100),
+        quickpass(0xA1, 2, DAY_AT + 200),
+        quickpass(0xA1, 4, DAY_AT + 600),
+        purse(5, 0, 11, DAY_AT + 700),
+    ];
+    let bus1 = vec![
+        quickpass(0xA1, 2, DAY_AT + 210),
+        quickpass(0xA1, 3, DAY_AT + 400),
+    ];
+    forwarded(&mut client, tmp.path(), vec![bus0, bus1]).await;
+    let s = run::run_day(&mut client, &run_opts("2026-11-28", Some(500), None))
+        .await
+        .unwrap();
+    assert_eq!(s.tac_failures, 0, "{s:?}");
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT medium || ' ' || terminal || '/' || seq || ' ' || charged_fen || coalesce(' dup of ' || duplicate_of, '')
+             FROM charges WHERE medium = 'quickpass' ORDER BY at_unix_s",
+        )
+        .await,
+        vec![
+            "quickpass bus-0000/2 200",
+            "quickpass bus-0000/3 200",
+            "quickpass bus-0001/1 0 dup of bus-0000/1/3",
+            "quickpass bus-0001/2 100", // crosses the daily cap of 500: the remainder
+            "quickpass bus-0000/4 0",
+        ]
+    );
+    assert_eq!(
+        rows(&client, "SELECT account || ' ' || rides || ' ' || capped_fen || ' ' || rides_capped FROM caps_applied").await,
+        vec!["00000000000000A1 5 300 2"]
+    );
+    let line = |kind: &str, party: &str| {
+        s.settlement
+            .iter()
+            .find(|l| l.kind == kind && l.counterparty == party)
+            .map(|l| (l.records, l.fare_fen, l.charged_fen))
+    };
+    assert_eq!(line("acquirer", "test-acquirer"), Some((5, 1_000, 500)));
+    assert_eq!(
+        line("issuer", "3714"),
+        Some((1, 200, 200)),
+        "the local card"
+    );
+    assert_eq!(
+        line("interop", "3100"),
+        Some((1, 200, 200)),
+        "another city's card"
+    );
+    assert_eq!(line("issuer", "3100"), None);
+    assert_eq!(s.charged_fen, 900);
+}
+
+// ---- A real forwarder process killed mid-transfer ----------------------------------------
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// How a [`CutProxy`] ends the transfer once `cut_at_bytes` have gone to the server.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cut {
+    /// Forward nothing more and wait: the test kills the forwarder (SIGKILL) there.
+    Stall,
+    /// Close both sockets: the database connection dropped under the forwarder.
+    Drop,
+}
+
+/// A loopback TCP proxy for one connection to the test server, counting the bytes the client
+/// sends: at `cut_at_bytes` (a byte position in the forwarder's stream, so the same point
+/// every run) it stalls or drops the connection.
+struct CutProxy {
+    port: u16,
+    /// Bytes forwarded to the server so far.
+    sent: Arc<AtomicU64>,
+    /// The cut point was reached.
+    reached: Arc<AtomicBool>,
+}
+
+fn cut_proxy(server: (String, u16), cut_at_bytes: u64, cut: Cut) -> CutProxy {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let reached = Arc::new(AtomicBool::new(false));
+    let (s, r) = (sent.clone(), reached.clone());
+    std::thread::spawn(move || {
+        let Ok((client, _)) = listener.accept() else {
+            return;
+        };
+        drop(listener);
+        let upstream = TcpStream::connect((server.0.as_str(), server.1)).unwrap();
+        let (mut c_read, mut u_write) =
+            (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+        let (mut u_read, mut c_write) = (upstream, client);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut u_read, &mut c_write);
+            let _ = c_write.shutdown(Shutdown::Both);
+        });
+        let mut buf = [0u8; 8_192];
+        loop {
+            let n = match c_read.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let before = s.load(Ordering::SeqCst);
+            let room = (cut_at_bytes - before).min(n as u64) as usize;
+            if u_write.write_all(&buf[..room]).is_err() {
+                break;
+            }
+            s.store(before + room as u64, Ordering::SeqCst);
+            if room < n || before + room as u64 == cut_at_bytes {
+                r.store(true, Ordering::SeqCst);
+                if cut == Cut::Stall {
+                    // Swallow what the forwarder still writes until it is killed.
+                    while matches!(c_read.read(&mut buf), Ok(k) if k > 0) {}
+                }
+                break;
+            }
+        }
+        let _ = u_write.shutdown(Shutdown::Both);
+        let _ = c_read.shutdown(Shutdown::Both);
+    });
+    CutProxy {
+        port,
+        sent,
+        reached,
+    }
+}
+
+/// The host and port of a postgres:// URL, and the URL with another port.
+fn host_port(url: &str) -> (String, u16) {
+    let rest = url.split_once('@').unwrap().1;
+    let hp = rest.split_once('/').unwrap().0;
+    let (h, p) = hp.rsplit_once(':').unwrap();
+    (h.to_string(), p.parse().unwrap())
+}
+
+fn with_port(url: &str, port: u16) -> String {
+    let (h, p) = host_port(url);
+    url.replacen(&format!("{h}:{p}"), &format!("127.0.0.1:{port}"), 1)
+}
+
+fn forwarder(db: &std::path::Path, url: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_fare-validator"));
+    c.args([
+        "clearing", "forward", "--depot", "depot-1", "--batch", "100",
+    ])
+    .arg("--db")
+    .arg(db)
+    .args(["--to", url])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    c
+}
+
+/// Records stored and the sum of this depot's marks: equal when every committed batch
+/// committed its marks with it (journals hold seqs from 1 without holes).
+async fn stored_and_marked(client: &Client) -> (i64, i64) {
+    let stored = count(client, "SELECT count(*) FROM records").await;
+    let marked = count(
+        client,
+        "SELECT coalesce(sum(through_seq), 0)::bigint FROM forward_marks WHERE depot = 'depot-1'",
+    )
+    .await;
+    (stored, marked)
+}
+
+/// The forwarder binary cut at several byte positions of its transfer (SIGKILL while its
+/// stream is stalled there; or its connection dropped there), then started again: every
+/// record is stored exactly once, and the restart sends only what was not committed.
+#[tokio::test]
+async fn forwarder_process_killed_or_cut_off_mid_transfer_restarts_exactly_once() {
+    let Some((_client, url)) = fresh_db("crash_measure").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_store, n) = depot(tmp.path(), 400);
+    let db = tmp.path().join("depot.db");
+    let server = host_port(&url);
+
+    // The whole transfer's length in bytes, through a proxy that never cuts.
+    let whole = cut_proxy(server.clone(), u64::MAX, Cut::Drop);
+    let out = forwarder(&db, &with_port(&url, whole.port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total_bytes = whole.sent.load(Ordering::SeqCst);
+    assert!(total_bytes > n * 96, "{total_bytes} bytes for {n} records");
+
+    let mut committed_at = Vec::new();
+    for (i, percent) in [5u64, 30, 55, 80, 97].into_iter().enumerate() {
+        for cut in [Cut::Stall, Cut::Drop] {
+            let name = format!(
+                "crash_{i}_{}",
+                if cut == Cut::Stall { "kill" } else { "drop" }
+            );
+            let (client, case_url) = fresh_db(&name).await.unwrap();
+            let at = total_bytes * percent / 100;
+            let proxy = cut_proxy(server.clone(), at, cut);
+            let mut child = forwarder(&db, &with_port(&case_url, proxy.port))
+                .spawn()
+                .unwrap();
+            let status = loop {
+                if cut == Cut::Stall && proxy.reached.load(Ordering::SeqCst) {
+                    child.kill().unwrap(); // SIGKILL
+                    break child.wait().unwrap();
+                }
+                if let Some(s) = child.try_wait().unwrap() {
+                    break s;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            };
+            assert!(
+                proxy.reached.load(Ordering::SeqCst),
+                "{name}: cut at {at} of {total_bytes}"
+            );
+            assert!(!status.success(), "{name}: the forwarder did not finish");
+
+            // Whatever the point: whole batches with their marks, or nothing.
+            let (stored, marked) = stored_and_marked(&client).await;
+            assert_eq!(stored, marked, "{name}: records and marks commit together");
+            assert!((stored as u64) < n, "{name}: cut before the end");
+            assert_eq!(distinct_keys(&client).await, (stored, stored));
+
+            let out = forwarder(&db, &case_url).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["records_new"], n - stored as u64, "{name}: {report}");
+            assert_eq!(
+                report["records_sent"],
+                n - stored as u64,
+                "{name}: resumes at the marks"
+            );
+            assert_eq!(distinct_keys(&client).await, (n as i64, n as i64), "{name}");
+            committed_at.push(stored);
+        }
+    }
+    eprintln!("records committed at the cuts (kill, drop at each point): {committed_at:?}");
+    // The cut points fall in different batches: before the first commit and after several.
+    assert_eq!(committed_at[0], 0, "{committed_at:?}");
+    assert!(
+        committed_at.windows(2).all(|w| w[0] <= w[1]),
+        "{committed_at:?}"
+    );
+    assert!(
+        *committed_at.last().unwrap() >= (n as i64) / 2,
+        "{committed_at:?}"
+    );
 }

@@ -38,11 +38,12 @@ pub const SERVICE_DAY_START_LOCAL_S: i64 = 4 * 3600;
 const SECONDS_PER_DAY: i64 = 86_400;
 
 /// The staged columns, in COPY order (`records` less `forwarded_at`).
-const COLUMNS: &str = "service_day, terminal, epoch, seq, depot, kind, category, at_unix_s, \
+pub(crate) const COLUMNS: &str =
+    "service_day, terminal, epoch, seq, depot, kind, category, at_unix_s, \
     utc_offset_min, route, fare_fen, balance_fen, card_no, card_counter, psam_seq, tac, \
     terminal_no, channel, account, qr_counter, qr_generated_at, pan_token, atc, cryptogram, raw";
 
-const COLUMN_TYPES: [Type; 25] = [
+pub(crate) const COLUMN_TYPES: [Type; 25] = [
     Type::DATE,
     Type::TEXT,
     Type::INT8,
@@ -226,37 +227,62 @@ pub fn load_batch(
     Ok(batch)
 }
 
-/// COPY `batch` into a staging table and move into `records` what is not there yet, in
-/// `tx`. Returns the records new to the clearing database.
+/// Store `batch` in `records`, in `tx`, each record once. Returns the records new to the
+/// clearing database.
+///
+/// The common case, a batch none of whose records is there yet, is one binary COPY straight
+/// into the day partitions, under a savepoint. When a record is already there (a batch sent
+/// again: a commit whose answer was lost, marks from an older backup, `from_start`, two
+/// depots holding one journal) the COPY fails on the key, the savepoint is rolled back, and
+/// the batch goes the careful way: COPY into a staging table dropped at commit, then
+/// `INSERT ... SELECT ... ON CONFLICT DO NOTHING`.
 pub async fn stage_batch(
     tx: &Transaction<'_>,
     depot: &str,
     batch: &Batch,
 ) -> Result<u64, ClearingError> {
+    let mut days: Vec<Date> = Vec::new();
+    for part in &batch.parts {
+        for (rec, _) in &part.records {
+            let day = service_day(rec.at_unix_s, rec.utc_offset_min).ok_or_else(|| {
+                ClearingError::Record {
+                    terminal: part.terminal.clone(),
+                    epoch: part.epoch,
+                    seq: rec.seq,
+                    why: format!("time {} out of range", rec.at_unix_s),
+                }
+            })?;
+            if !days.contains(&day) {
+                days.push(day);
+            }
+        }
+    }
+    tx.execute(
+        "SELECT clearing_ensure_day(d) FROM unnest($1::date[]) d",
+        &[&days],
+    )
+    .await?;
+    tx.batch_execute("SAVEPOINT forward_direct").await?;
+    match copy_batch(tx, "records", depot, batch).await {
+        Ok(n) => {
+            tx.batch_execute("RELEASE SAVEPOINT forward_direct").await?;
+            return Ok(n);
+        }
+        Err(ClearingError::Pg(e))
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+        {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT forward_direct")
+                .await?;
+            tracing::debug!("clearing: batch holds stored records; merged by key");
+        }
+        Err(e) => return Err(e),
+    }
     tx.batch_execute(
         "CREATE TEMP TABLE IF NOT EXISTS forward_stage
              (LIKE records INCLUDING DEFAULTS) ON COMMIT DROP",
     )
     .await?;
-    let sink = tx
-        .copy_in(&format!(
-            "COPY forward_stage ({COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
-    let mut writer = std::pin::pin!(writer);
-    for part in &batch.parts {
-        for (rec, raw) in &part.records {
-            let row = Row::of(depot, &part.terminal, part.epoch, rec, raw)?;
-            writer.as_mut().write(&row.values()).await?;
-        }
-    }
-    writer.finish().await?;
-    tx.execute(
-        "SELECT clearing_ensure_day(d) FROM (SELECT DISTINCT service_day AS d FROM forward_stage) s",
-        &[],
-    )
-    .await?;
+    copy_batch(tx, "forward_stage", depot, batch).await?;
     let new = tx
         .execute(
             &format!(
@@ -267,6 +293,30 @@ pub async fn stage_batch(
         )
         .await?;
     Ok(new)
+}
+
+/// Binary COPY of `batch` into `table` (`records` or `forward_stage`: names from this file
+/// only). Returns the rows copied.
+async fn copy_batch(
+    tx: &Transaction<'_>,
+    table: &str,
+    depot: &str,
+    batch: &Batch,
+) -> Result<u64, ClearingError> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for part in &batch.parts {
+        for (rec, raw) in &part.records {
+            let row = Row::of(depot, &part.terminal, part.epoch, rec, raw)?;
+            writer.as_mut().write(&row.values()).await?;
+        }
+    }
+    Ok(writer.finish().await?)
 }
 
 /// Move this depot's marks to the batch's last seqs (never back).
@@ -304,7 +354,7 @@ pub fn service_day(at_unix_s: i64, utc_offset_min: i16) -> Option<Date> {
 }
 
 /// One record as the columns of `records`.
-struct Row<'a> {
+pub(crate) struct Row<'a> {
     service_day: Date,
     terminal: &'a str,
     depot: &'a str,
@@ -333,7 +383,7 @@ struct Row<'a> {
 }
 
 impl<'a> Row<'a> {
-    fn of(
+    pub(crate) fn of(
         depot: &'a str,
         terminal: &'a str,
         epoch: u64,
@@ -385,7 +435,7 @@ impl<'a> Row<'a> {
         })
     }
 
-    fn values(&self) -> [&(dyn ToSql + Sync); 25] {
+    pub(crate) fn values(&self) -> [&(dyn ToSql + Sync); 25] {
         [
             &self.service_day,
             &self.terminal,

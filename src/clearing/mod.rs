@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod forward;
 pub mod run;
 pub mod schema;
@@ -95,6 +96,7 @@ pub fn clear_depot(
                 daily_cap_fen: capping.daily_cap_fen.map(i64::from),
                 weekly_cap_fen: capping.weekly_cap_fen.map(i64::from),
                 acquirer: "quickpass-acquirer".to_string(),
+                local_card_prefixes: vec![run::LOCAL_CARD_PREFIX.to_string()],
             };
             out.push(run::run_day(&mut client, &opts).await?);
         }

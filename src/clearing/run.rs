@@ -14,7 +14,8 @@
 //! 4. Charges: one per claim (card counter, ride code, QuickPass cryptogram), nothing for a
 //!    failed TAC, ride-code and QuickPass accounts capped daily and weekly (ISO week, Monday)
 //!    in boarding order, the ride crossing a cap charged the remainder.
-//! 5. Settlement by issuer, channel, acquirer and route.
+//! 5. Settlement by issuer (the local issuer's cards; interop cards by their city, from the
+//!    card number), ride-code channel, QuickPass acquirer and route.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,12 @@ use super::ClearingError;
 
 /// How many days before the cleared one the counters are checked against.
 pub const COUNTER_LOOKBACK_DAYS: i32 = 35;
+/// The card's offline transaction counter is 16 bits: after 65535 comes 0 (JT/T 978).
+pub const CARD_COUNTER_MODULUS: i64 = 1 << 16;
+/// The PSAM's terminal transaction number is 32 bits.
+pub const PSAM_SEQ_MODULUS: i64 = 1 << 32;
+/// Memory for each sort or hash of the run (PostgreSQL `work_mem`, set for its transaction).
+pub const RUN_WORK_MEM_MB: u32 = 256;
 /// Most issuer keys a key file may hold.
 pub const ISSUER_KEYS_MAX: usize = 1_024;
 
@@ -86,7 +93,15 @@ pub struct RunOptions {
     pub weekly_cap_fen: Option<i64>,
     /// The bank QuickPass rides are charged through.
     pub acquirer: String,
+    /// Card-number prefixes of the local issuer's cards (Dezhou's: [`LOCAL_CARD_PREFIX`]);
+    /// every other card is an interop card (T-Union, JT/T 978), settled with its city, the
+    /// card number's first four digits. The journal record does not carry the card's issuer
+    /// files (0x15, 0x17), so the number is what clearing has.
+    pub local_card_prefixes: Vec<String>,
 }
+
+/// The first digits of the card numbers Dezhou issues (its administrative division code).
+pub const LOCAL_CARD_PREFIX: &str = "3714";
 
 /// A settlement line.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -130,8 +145,26 @@ const RESULT_TABLES: [&str; 7] = [
 
 /// Clear `opts.day`: every step, in one transaction. Returns the summary.
 pub async fn run_day(client: &mut Client, opts: &RunOptions) -> Result<RunSummary, ClearingError> {
+    Ok(run_day_timed(client, opts).await?.0)
+}
+
+/// [`run_day`], and the seconds each step took, in order (`bench clearing`).
+pub async fn run_day_timed(
+    client: &mut Client,
+    opts: &RunOptions,
+) -> Result<(RunSummary, Vec<(&'static str, f64)>), ClearingError> {
     let day = opts.day;
+    let mut steps = Vec::new();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |step: &'static str| {
+        steps.push((step, clock.elapsed().as_secs_f64()));
+        clock = std::time::Instant::now();
+    };
     let tx = client.transaction().await?;
+    // The run's sorts and hashes (a day's records, windowed by card, PSAM, claim and account)
+    // in memory, not spilled to disk in 4 MB pieces.
+    tx.batch_execute(&format!("SET LOCAL work_mem = '{RUN_WORK_MEM_MB}MB'"))
+        .await?;
     let day_key = i64::from(day.to_julian_day());
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('clearing_run'), $1::int)",
@@ -142,25 +175,38 @@ pub async fn run_day(client: &mut Client, opts: &RunOptions) -> Result<RunSummar
         tx.execute(&format!("DELETE FROM {t} WHERE service_day = $1"), &[&day])
             .await?;
     }
-    tx.batch_execute("CREATE TEMP TABLE tac_keys (card_prefix text, master bytea) ON COMMIT DROP")
-        .await?;
+    tx.batch_execute(
+        "CREATE TEMP TABLE tac_keys (card_prefix text, master bytea) ON COMMIT DROP;
+         CREATE TEMP TABLE card_keys (card_no text PRIMARY KEY, tac_key bytea) ON COMMIT DROP",
+    )
+    .await?;
     for (prefix, key) in &opts.issuer_keys {
         tx.execute("INSERT INTO tac_keys VALUES ($1, $2)", &[prefix, key])
             .await?;
     }
+    lap("reset");
+    tx.execute(CARD_KEYS_SQL, &[&day]).await?;
+    tx.batch_execute("ANALYZE card_keys").await?;
     tx.execute(TAC_SQL, &[&day]).await?;
-    for (subject, id, counter) in [
-        ("card", "card_no", "card_counter"),
-        ("psam", "terminal_no", "psam_seq"),
+    lap("tac");
+    for (subject, id, counter, modulus) in [
+        ("card", "card_no", "card_counter", CARD_COUNTER_MODULUS),
+        ("psam", "terminal_no", "psam_seq", PSAM_SEQ_MODULUS),
     ] {
         tx.execute(
-            &counter_sql(subject, id, counter),
+            &counter_sql(subject, id, counter, modulus),
             &[&day, &COUNTER_LOOKBACK_DAYS],
         )
         .await?;
+        lap(if subject == "card" {
+            "counters_card"
+        } else {
+            "counters_psam"
+        });
     }
     tx.execute(GREY_RECOVERED_SQL, &[&day]).await?;
     tx.execute(GREY_UNSETTLED_SQL, &[&day]).await?;
+    lap("grey");
     let week_start = day - Duration::days(i64::from(day.weekday().number_days_from_monday()));
     let window_start = week_start.min(day - Duration::days(1));
     debug_assert_eq!(week_start.weekday(), Weekday::Monday);
@@ -173,11 +219,14 @@ pub async fn run_day(client: &mut Client, opts: &RunOptions) -> Result<RunSummar
             &opts.daily_cap_fen,
             &opts.weekly_cap_fen,
             &opts.acquirer,
+            &opts.local_card_prefixes,
         ],
     )
     .await?;
+    lap("charges");
     tx.execute(CAPS_SQL, &[&day]).await?;
     tx.execute(SETTLEMENT_SQL, &[&day]).await?;
+    lap("caps_settlement");
     let summary = summarize(&tx, day).await?;
     let json = serde_json::to_value(&summary).map_err(|e| std::io::Error::other(e.to_string()))?;
     tx.execute(
@@ -186,7 +235,8 @@ pub async fn run_day(client: &mut Client, opts: &RunOptions) -> Result<RunSummar
     )
     .await?;
     tx.commit().await?;
-    Ok(summary)
+    lap("summary_commit");
+    Ok((summary, steps))
 }
 
 async fn summarize(
@@ -350,42 +400,64 @@ fn file_safe(s: &str) -> String {
         .collect()
 }
 
+/// Each card of the day's TAC key, derived once (NULL: no issuer key for its number).
+const CARD_KEYS_SQL: &str = "
+INSERT INTO card_keys (card_no, tac_key)
+SELECT c.card_no, CASE WHEN k.master IS NULL THEN NULL ELSE clearing_tac_key(k.master, c.card_no) END
+FROM (SELECT DISTINCT card_no FROM records WHERE service_day = $1 AND kind IN (1, 2)) c
+LEFT JOIN LATERAL (SELECT t.master FROM tac_keys t WHERE starts_with(c.card_no, t.card_prefix)
+                   ORDER BY length(t.card_prefix) DESC LIMIT 1) k ON true";
+
 const TAC_SQL: &str = "
 INSERT INTO tac_failures (service_day, terminal, epoch, seq, card_no, reason)
-WITH cards AS (
-    SELECT c.card_no, k.master
-    FROM (SELECT DISTINCT card_no FROM records WHERE service_day = $1 AND kind IN (1, 2)) c
-    LEFT JOIN LATERAL (SELECT t.master FROM tac_keys t WHERE starts_with(c.card_no, t.card_prefix)
-                       ORDER BY length(t.card_prefix) DESC LIMIT 1) k ON true),
-keyed AS (
-    SELECT card_no, CASE WHEN master IS NULL THEN NULL ELSE clearing_tac_key(master, card_no) END AS tac_key
-    FROM cards)
 SELECT r.service_day, r.terminal, r.epoch, r.seq, r.card_no,
        CASE WHEN k.tac_key IS NULL THEN 'no_issuer_key' ELSE 'mismatch' END
-FROM records r JOIN keyed k USING (card_no)
+FROM records r JOIN card_keys k USING (card_no)
 WHERE r.service_day = $1 AND r.kind IN (1, 2)
   AND (k.tac_key IS NULL
        OR clearing_tac(k.tac_key, r.fare_fen, r.terminal_no, r.psam_seq, r.at_unix_s, r.utc_offset_min) <> r.tac)";
 
-/// Gaps and duplicates of one counter (`id`, `counter`: column names, from this file only).
-fn counter_sql(subject: &str, id: &str, counter: &str) -> String {
+/// Gaps and duplicates of one counter (`id`, `counter`: column names, from this file only)
+/// that wraps at `modulus` (the card's offline counter is 16 bits, JT/T 978: 65535 is
+/// followed by 0, not a gap). A subject's counters are a circle: sorted, each is compared with
+/// the one before it (the first with the last), a step of more than one is a gap, and the
+/// widest step is the arc no counter of the window falls on, not a gap (two steps that tie
+/// for widest, which 35 days of one card's rides cannot make, are both taken as that arc).
+fn counter_sql(subject: &str, id: &str, counter: &str, modulus: i64) -> String {
+    // One sort: by subject and counter. The step from the counter before (the first's from
+    // the last) and the widest step of the subject come from that order; a duplicate is a
+    // counter equal to its neighbour's. Only the few findings are materialized and grouped.
     format!(
         "
 INSERT INTO counter_findings (service_day, subject, subject_id, finding, from_counter, to_counter, records)
 WITH seen AS (SELECT DISTINCT {id} AS sid FROM records WHERE service_day = $1 AND kind IN (1, 2)),
-h AS (
-    SELECT r.service_day, r.{id} AS sid, r.{counter} AS c,
-           r.terminal || '/' || r.epoch || '/' || r.seq AS rec,
-           lag(r.{counter}) OVER w AS prev_c,
-           lag(r.terminal || '/' || r.epoch || '/' || r.seq) OVER w AS prev_rec
-    FROM records r JOIN seen ON seen.sid = r.{id}
-    WHERE r.service_day BETWEEN $1::date - $2::int AND $1 AND r.kind IN (1, 2)
-    WINDOW w AS (PARTITION BY r.{id} ORDER BY r.{counter}, r.at_unix_s, r.terminal, r.epoch, r.seq))
-SELECT $1, '{subject}', sid, 'gap', prev_c + 1, c - 1, ARRAY[prev_rec, rec]
-FROM h WHERE service_day = $1 AND c > prev_c + 1
+found AS MATERIALIZED (
+    SELECT * FROM (
+        SELECT s.*, max(step) OVER (PARTITION BY sid) AS widest_step
+        FROM (
+            SELECT h.*, coalesce(lag_c, last_c) AS prev_c, coalesce(lag_rec, last_rec) AS prev_rec,
+                   (c - coalesce(lag_c, last_c) + {modulus}) % {modulus} AS step
+            FROM (
+                SELECT r.service_day, r.{id} COLLATE \"C\" AS sid, r.{counter}::bigint AS c,
+                       r.terminal || '/' || r.epoch || '/' || r.seq AS rec,
+                       lag(r.{counter}::bigint) OVER w AS lag_c,
+                       lead(r.{counter}::bigint) OVER w AS lead_c,
+                       last_value(r.{counter}::bigint) OVER wa AS last_c,
+                       lag(r.terminal || '/' || r.epoch || '/' || r.seq) OVER w AS lag_rec,
+                       last_value(r.terminal || '/' || r.epoch || '/' || r.seq) OVER wa AS last_rec
+                FROM records r JOIN seen ON seen.sid = r.{id}
+                WHERE r.service_day BETWEEN $1::date - $2::int AND $1 AND r.kind IN (1, 2)
+                WINDOW w AS (PARTITION BY r.{id} COLLATE \"C\"
+                             ORDER BY r.{counter}, r.at_unix_s, r.terminal COLLATE \"C\", r.epoch, r.seq),
+                       wa AS (w ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) h) s) x
+    WHERE (service_day = $1 AND step > 1 AND step < widest_step) OR c = lag_c OR c = lead_c)
+SELECT $1, '{subject}', sid, 'gap', (prev_c + 1) % {modulus}, (c - 1 + {modulus}) % {modulus},
+       ARRAY[prev_rec, rec]
+FROM found WHERE service_day = $1 AND step > 1 AND step < widest_step
 UNION ALL
 SELECT $1, '{subject}', sid, 'duplicate', c, c, array_agg(rec ORDER BY rec)
-FROM h GROUP BY sid, c HAVING count(*) > 1 AND bool_or(service_day = $1)"
+FROM found WHERE c = lag_c OR c = lead_c
+GROUP BY sid, c HAVING bool_or(service_day = $1)"
     )
 }
 
@@ -396,30 +468,37 @@ SELECT $1, 'recovered', r.card_no, r.card_counter, r.terminal || '/' || r.epoch 
 FROM records r
 LEFT JOIN LATERAL (
     SELECT * FROM records n
-    WHERE n.card_no = r.card_no AND n.kind IN (1, 2) AND n.card_counter = r.card_counter + 1
+    WHERE n.card_no = r.card_no AND n.kind IN (1, 2) AND n.card_counter = (r.card_counter + 1) % 65536
       AND n.service_day BETWEEN $1::date AND $1::date + 7
     ORDER BY n.at_unix_s LIMIT 1) n ON true
 WHERE r.service_day = $1 AND r.kind = 2";
 
 const GREY_UNSETTLED_SQL: &str = "
 INSERT INTO grey_findings (service_day, finding, card_no, card_counter, record, recovered_by, delay_s, terminal_no)
-SELECT $1, 'unsettled', f.subject_id, c, NULL, NULL, NULL,
+SELECT $1, 'unsettled', f.subject_id, (f.from_counter + k) % 65536, NULL, NULL, NULL,
        (SELECT r.terminal_no FROM records r
         WHERE r.service_day BETWEEN $1::date - 1 AND $1::date AND r.card_no = f.subject_id
-          AND r.card_counter = f.to_counter + 1 AND r.kind IN (1, 2) LIMIT 1)
-FROM counter_findings f, generate_series(f.from_counter, least(f.to_counter, f.from_counter + 15)) c
+          AND r.card_counter = (f.to_counter + 1) % 65536 AND r.kind IN (1, 2) LIMIT 1)
+FROM counter_findings f,
+     generate_series(0, least((f.to_counter - f.from_counter + 65536) % 65536, 15)) k
 WHERE f.service_day = $1 AND f.subject = 'card' AND f.finding = 'gap'";
 
+// One pass over the window's records: claims ranked, each account's day summed in boarding
+// order, the days before in the week summed per account; the only join is the records' with
+// those per-account sums (hash-joinable), never a CTE with another CTE's rows.
 const CHARGES_SQL: &str = "
 INSERT INTO charges (service_day, terminal, epoch, seq, medium, counterparty_kind, counterparty,
                      account, route, at_unix_s, fare_fen, duplicate_of, tac_failed, capped_fen, charged_fen)
 WITH w AS (
     SELECT r.service_day, r.terminal, r.epoch, r.seq, r.route, r.at_unix_s, r.fare_fen, r.card_no, r.channel,
            CASE WHEN r.kind IN (1, 2) THEN 'card' WHEN r.kind = 3 THEN 'ride_code' ELSE 'quickpass' END AS medium,
-           CASE WHEN r.kind IN (1, 2) THEN r.card_no ELSE r.account END AS acct,
-           CASE WHEN r.kind IN (1, 2) THEN r.card_no || '/' || r.card_counter
-                WHEN r.kind = 3 THEN r.account || '/' || r.qr_counter || '/' || r.qr_generated_at
-                ELSE r.account || '/' || r.atc END AS claim,
+           CASE WHEN r.kind IN (1, 2) THEN 1 ELSE r.kind END AS mk,
+           (CASE WHEN r.kind IN (1, 2) THEN r.card_no ELSE r.account END) COLLATE \"C\" AS acct,
+           -- A claim: the account and its counter (card counter; ride code counter and
+           -- generation time; QuickPass ATC), compared as numbers and bytes.
+           CASE WHEN r.kind IN (1, 2) THEN r.card_counter::bigint WHEN r.kind = 3 THEN r.qr_counter
+                ELSE r.atc::bigint END AS claim_n,
+           CASE WHEN r.kind = 3 THEN r.qr_generated_at ELSE 0 END AS claim_t,
            (t.seq IS NOT NULL) AS tac_failed
     FROM records r
     LEFT JOIN tac_failures t ON t.service_day = r.service_day AND t.terminal = r.terminal
@@ -427,35 +506,41 @@ WITH w AS (
     WHERE r.service_day BETWEEN $2 AND $1),
 ranked AS (
     SELECT w.*, row_number() OVER c AS claim_no,
-           first_value(terminal || '/' || epoch || '/' || seq) OVER c AS first_claim
-    FROM w WINDOW c AS (PARTITION BY medium, claim ORDER BY at_unix_s, terminal, epoch, seq)),
-due AS (
+           first_value(terminal) OVER c AS f_terminal, first_value(epoch) OVER c AS f_epoch,
+           first_value(seq) OVER c AS f_seq
+    FROM w WINDOW c AS (PARTITION BY mk, acct, claim_n, claim_t
+                        ORDER BY at_unix_s, terminal COLLATE \"C\", epoch, seq)),
+due AS MATERIALIZED (
     SELECT ranked.*, CASE WHEN claim_no = 1 AND NOT tac_failed THEN fare_fen ELSE 0 END AS due_fen
     FROM ranked),
-week AS (
-    SELECT due.*, sum(due_fen) OVER (PARTITION BY acct, service_day
-                                     ORDER BY at_unix_s, terminal, epoch, seq
-                                     ROWS UNBOUNDED PRECEDING) AS day_cum
-    FROM due WHERE medium <> 'card' AND service_day >= $3),
 before AS (
-    SELECT acct, sum(least(day_fen, $4::bigint)) AS before_fen
-    FROM (SELECT acct, service_day, sum(due_fen) AS day_fen FROM week
-          WHERE service_day < $1 GROUP BY acct, service_day) d
-    GROUP BY acct),
-capped AS (
-    SELECT k.terminal, k.epoch, k.seq,
-           least(coalesce(b.before_fen, 0) + least(k.day_cum, $4::bigint), $5::bigint)
-         - least(coalesce(b.before_fen, 0) + least(k.day_cum - k.due_fen, $4::bigint), $5::bigint) AS charged_fen
-    FROM week k LEFT JOIN before b USING (acct)
-    WHERE k.service_day = $1)
-SELECT d.service_day, d.terminal, d.epoch, d.seq, d.medium,
-       CASE d.medium WHEN 'card' THEN 'issuer' WHEN 'ride_code' THEN 'channel' ELSE 'acquirer' END,
-       CASE d.medium WHEN 'card' THEN left(d.card_no, 4) WHEN 'ride_code' THEN d.channel::text ELSE $6 END,
-       d.acct, d.route, d.at_unix_s, d.fare_fen,
-       CASE WHEN d.claim_no > 1 THEN d.first_claim END, d.tac_failed,
-       d.due_fen - coalesce(c.charged_fen, d.due_fen), coalesce(c.charged_fen, d.due_fen)
-FROM due d LEFT JOIN capped c USING (terminal, epoch, seq)
-WHERE d.service_day = $1";
+    SELECT mk, acct, sum(least(day_fen, $4::bigint)) AS before_fen
+    FROM (SELECT mk, acct, service_day, sum(due_fen) AS day_fen FROM due
+          WHERE mk <> 1 AND service_day >= $3 AND service_day < $1
+          GROUP BY mk, acct, service_day) d
+    GROUP BY mk, acct),
+today AS (
+    SELECT due.*, sum(due_fen) OVER (PARTITION BY mk, acct
+                                     ORDER BY at_unix_s, terminal COLLATE \"C\", epoch, seq
+                                     ROWS UNBOUNDED PRECEDING) AS day_cum
+    FROM due WHERE service_day = $1),
+charged AS (
+    SELECT d.*,
+           CASE WHEN d.medium = 'card' THEN d.due_fen
+                ELSE least(coalesce(b.before_fen, 0) + least(d.day_cum, $4::bigint), $5::bigint)
+                   - least(coalesce(b.before_fen, 0) + least(d.day_cum - d.due_fen, $4::bigint), $5::bigint)
+           END AS charged_fen
+    FROM today d LEFT JOIN before b ON b.mk = d.mk AND b.acct = d.acct)
+SELECT service_day, terminal, epoch, seq, medium,
+       CASE medium WHEN 'card' THEN
+           CASE WHEN EXISTS (SELECT 1 FROM unnest($7::text[]) p WHERE starts_with(card_no, p))
+                THEN 'issuer' ELSE 'interop' END
+           WHEN 'ride_code' THEN 'channel' ELSE 'acquirer' END,
+       CASE medium WHEN 'card' THEN left(card_no, 4) WHEN 'ride_code' THEN channel::text ELSE $6 END,
+       acct, route, at_unix_s, fare_fen,
+       CASE WHEN claim_no > 1 THEN f_terminal || '/' || f_epoch || '/' || f_seq END, tac_failed,
+       due_fen - charged_fen, charged_fen
+FROM charged";
 
 const CAPS_SQL: &str = "
 INSERT INTO caps_applied (service_day, account, rides, fare_fen, charged_fen, capped_fen, rides_capped)

@@ -12,6 +12,7 @@ use super::ClearingError;
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../sql/clearing/0001_records.sql")),
     (2, include_str!("../../sql/clearing/0002_clearing_run.sql")),
+    (3, include_str!("../../sql/clearing/0003_speed.sql")),
 ];
 
 /// Advisory lock key held while migrating (any constant both sides agree on).

@@ -62,6 +62,10 @@ pub enum ClearingCmd {
         /// Folder for the settlement files (made if missing).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Card-number prefix of the local issuer's cards (repeat for several); other cards
+        /// are settled as interop cards with their city, the number's first four digits.
+        #[arg(long = "local-prefix", default_value = run::LOCAL_CARD_PREFIX)]
+        local_prefixes: Vec<String>,
     },
 }
 
@@ -114,8 +118,16 @@ pub fn run(cmd: ClearingCmd) -> Result<(), CmdError> {
                 fares,
                 acquirer,
                 out,
+                local_prefixes,
             } => {
-                let opts = run_options(&day, &keys, fares.as_deref(), acquirer)?;
+                let mut opts = run_options(&day, &keys, fares.as_deref(), acquirer)?;
+                if let Some(p) = local_prefixes
+                    .iter()
+                    .find(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    return Err(input(format!("--local-prefix {p:?}: digits")));
+                }
+                opts.local_card_prefixes = local_prefixes;
                 let mut client = clearing::connect(&to).await.map_err(runtime)?;
                 schema::migrate(&mut client).await.map_err(runtime)?;
                 let s = run::run_day(&mut client, &opts).await.map_err(runtime)?;
@@ -165,5 +177,6 @@ pub fn run_options(
         daily_cap_fen: table.capping.daily_cap_fen.map(i64::from),
         weekly_cap_fen: table.capping.weekly_cap_fen.map(i64::from),
         acquirer,
+        local_card_prefixes: vec![run::LOCAL_CARD_PREFIX.to_string()],
     })
 }
