@@ -230,6 +230,7 @@ pub fn generate_day(n: usize, seed: u64) -> Vec<Vec<Record>> {
                         },
                         counter: *c,
                         generated_at: (at_unix_s - 5) as u32,
+                        cert_ref: None,
                     }
                 }
             };
