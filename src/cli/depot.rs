@@ -78,8 +78,10 @@ pub enum DepotCmd {
         import: Option<PathBuf>,
     },
     /// Write what the operator must sign (blacklist snapshot and deltas, fare table, key
-    /// file not signed yet) to FILE, for `fare-validator operator sign` on the operator's
-    /// machine; prints {"entries": [...]} (none: nothing written).
+    /// file, verified ride-code certificate set and its deltas, not signed yet) to FILE, for
+    /// `fare-validator operator sign` on the operator's machine; first checks the ride-code
+    /// certificates met since the last request (once each) and updates the set; prints
+    /// {"entries": [...], "verified_certs": {...}} (no entries: nothing written).
     SignRequest {
         /// The station's SQLite database file.
         #[arg(long)]
@@ -295,15 +297,22 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
             Ok(())
         }
         DepotCmd::SignRequest { db, out } => {
-            let entries = open_existing_store(&db)?
-                .signing_request()
+            let mut store = open_existing_store(&db)?;
+            // The certificates met since the last request are checked once, and the
+            // verified-certificate set moves to its next version when its members changed.
+            let certs = store
+                .update_cert_set(crate::depot::store::now_unix_s())
                 .map_err(runtime_err)?;
+            let entries = store.signing_request().map_err(runtime_err)?;
             if !entries.is_empty() {
                 std::fs::write(&out, crate::signing::encode_request(&entries))
                     .map_err(|e| runtime_err(format!("{}: {e}", out.display())))?;
             }
             let summary: Vec<_> = entries.iter().map(|e| e.summary()).collect();
-            println!("{}", serde_json::json!({ "entries": summary }));
+            println!(
+                "{}",
+                serde_json::json!({ "entries": summary, "verified_certs": certs })
+            );
             Ok(())
         }
         DepotCmd::ImportSigned { file, db } => {

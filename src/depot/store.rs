@@ -32,7 +32,7 @@ use crate::blacklist::file::{delta_payload, Delta};
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::fare::FareTable;
 use crate::journal::{QrTx, Record, RecordKind, RECORD_BYTES};
-use crate::ride_code::format::{RideCode, CODE_BYTES};
+use crate::ride_code::format::{cert_digest, RideCode, CERT_BYTES, CODE_BYTES};
 use crate::ride_code::keys::ChannelKeys;
 use crate::ride_code::verify::{RideCodeConfig, Verifier};
 use crate::signed::{self, FileKind};
@@ -108,6 +108,16 @@ CREATE TABLE IF NOT EXISTS signed_files(
     expires_unix_s INTEGER NOT NULL,
     file BLOB NOT NULL,
     PRIMARY KEY(kind, version, base_version));
+CREATE TABLE IF NOT EXISTS ride_code_certs(
+    digest BLOB PRIMARY KEY,
+    cert BLOB NOT NULL,
+    verified INTEGER,
+    listed INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cert_set_changes(
+    version INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    added INTEGER NOT NULL,
+    PRIMARY KEY(version, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ride_code_proofs(
     terminal TEXT NOT NULL,
     epoch INTEGER NOT NULL,
@@ -332,6 +342,9 @@ pub struct Report {
 /// Findings a report carries (`depot findings` lists more).
 pub const REPORT_FINDINGS_MAX: usize = 1_000;
 
+mod verified_certs;
+pub use verified_certs::CertSetUpdate;
+
 /// The station's database.
 pub struct Store {
     pub(super) conn: Connection,
@@ -369,7 +382,7 @@ fn owner_only(path: &Path) {
     }
 }
 
-pub(super) fn now_unix_s() -> i64 {
+pub(crate) fn now_unix_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -526,6 +539,7 @@ impl Store {
                 }
             }
         }
+        out.extend(self.cert_set_request()?);
         Ok(out)
     }
 
@@ -1151,8 +1165,14 @@ impl Store {
             let mut st = tx.prepare_cached(
                 "INSERT OR IGNORE INTO ride_code_proofs(terminal, epoch, seq, code) VALUES(?1, ?2, ?3, ?4)",
             )?;
+            let mut cert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO ride_code_certs(digest, cert) VALUES(?1, ?2)",
+            )?;
             for (seq, code) in proofs {
                 st.execute(params![terminal, epoch as i64, *seq as i64, &code[..]])?;
+                // Each certificate once, checked later (`update_cert_set`).
+                let c: &[u8; CERT_BYTES] = code.first_chunk().expect("CERT_BYTES < CODE_BYTES");
+                cert.execute(params![&cert_digest(c)[..], &c[..]])?;
             }
         }
         tx.commit()?;

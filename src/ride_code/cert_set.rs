@@ -56,7 +56,10 @@ use std::cmp::Ordering;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use super::crypto::VerifyKey;
-use super::format::{CertDigest, RideCode, CERT_DIGEST_BYTES};
+use super::format::{
+    CertDigest, RideCode, CERT_BYTES, CERT_DIGEST_BYTES, CERT_SIGNED_BYTES, PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+};
 use super::keys::ChannelKeys;
 use crate::signed::{self, Dates, FileKind, SignedError};
 
@@ -132,12 +135,22 @@ impl CertSet {
         keys: &ChannelKeys,
         digests: impl IntoIterator<Item = CertDigest>,
     ) -> Self {
+        Self::from_digests_checked_with(version, keys.material_digest(), digests)
+    }
+
+    /// As [`CertSet::from_digests`], the key material named by its digest
+    /// ([`ChannelKeys::material_digest`]), as the depot records it.
+    pub fn from_digests_checked_with(
+        version: u64,
+        keys_digest: [u8; KEYS_DIGEST_BYTES],
+        digests: impl IntoIterator<Item = CertDigest>,
+    ) -> Self {
         let mut digests: Vec<CertDigest> = digests.into_iter().collect();
         digests.sort_unstable();
         digests.dedup();
         CertSet {
             version,
-            keys_digest: keys.material_digest(),
+            keys_digest,
             digests,
         }
     }
@@ -380,13 +393,22 @@ impl CertSetDelta {
 /// and the bus's own check 5), the channel's signature verifies, and the holder key is a
 /// point on the curve: check 6 exactly. `Some(digest)` when all hold.
 pub fn checked_digest(keys: &ChannelKeys, code: &RideCode) -> Option<CertDigest> {
-    let alg = super::Alg::from_u8(code.alg)?;
-    let channel = keys.find(code.channel_id, code.channel_key_id, alg)?;
-    VerifyKey::from_compressed(alg, &code.holder_public_key)?;
-    channel
-        .key
-        .verifies(code.cert_signed(), &code.cert_signature)
-        .then(|| code.cert_digest())
+    check_certificate(keys, code.cert()).then(|| code.cert_digest())
+}
+
+/// [`checked_digest`] on a certificate's 129 bytes (code bytes [0, 129)).
+pub fn check_certificate(keys: &ChannelKeys, cert: &[u8; CERT_BYTES]) -> bool {
+    let Some(alg) = super::Alg::from_u8(cert[1]) else {
+        return false;
+    };
+    let channel_id = u16::from_be_bytes([cert[2], cert[3]]);
+    let Some(channel) = keys.find(channel_id, cert[4], alg) else {
+        return false;
+    };
+    let holder: &[u8; PUBLIC_KEY_BYTES] = cert[32..65].try_into().expect("33 bytes");
+    let (signed, signature) = cert.split_at(CERT_SIGNED_BYTES);
+    let signature: &[u8; SIGNATURE_BYTES] = signature.try_into().expect("64 bytes");
+    VerifyKey::from_compressed(alg, holder).is_some() && channel.key.verifies(signed, signature)
 }
 
 /// Digests of `bytes` (a multiple of 32 long), which must be strictly increasing; `first` is
