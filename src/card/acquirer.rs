@@ -52,6 +52,8 @@ pub const PAN_CN_BYTES: usize = 10;
 pub const TAG_BYTES: usize = 16;
 /// A sealed PAN: `enc` ‖ ciphertext ‖ tag.
 pub const SEALED_PAN_BYTES: usize = X25519_BYTES + PAN_CN_BYTES + TAG_BYTES;
+/// `9F02` amount authorised, n12: 12 BCD digits in 6 bytes.
+pub const AMOUNT_N12_BYTES: usize = 6;
 /// Longest field 55 this terminal builds (its 16 data objects take at most 153 bytes).
 pub const FIELD55_BYTES_MAX: usize = 192;
 
@@ -315,9 +317,12 @@ impl AcquirerData {
         Some((c, u16::from_be_bytes(atc)))
     }
 
-    /// The amount authorised (`9F02`, n12 BCD) in fen.
+    /// The amount authorised (`9F02`, n12 BCD: exactly 6 bytes, EMV Book 3 Annex A) in fen;
+    /// `None` when absent, of another length or not BCD (the bytes come from a bus).
     pub fn amount_fen(&self) -> Option<u64> {
-        let v = field55_value(&self.field55, &[0x9F, 0x02])?;
+        let v: &[u8; AMOUNT_N12_BYTES] = field55_value(&self.field55, &[0x9F, 0x02])?
+            .try_into()
+            .ok()?;
         v.iter().try_fold(0u64, |acc, b| {
             let (hi, lo) = (b >> 4, b & 0x0F);
             (hi < 10 && lo < 10).then(|| acc * 100 + u64::from(hi) * 10 + u64::from(lo))
@@ -414,5 +419,30 @@ mod tests {
         let mut bytes = data.encode();
         bytes[ACQUIRER_DATA_BYTES - 1] = 1;
         assert_eq!(AcquirerData::decode(&bytes), None);
+    }
+
+    #[test]
+    fn an_amount_authorised_not_n12_is_no_amount() {
+        // Field 55 comes from a bus: a 9F02 longer than n12 must not overflow the sum.
+        let mut field55 = heapless::Vec::new();
+        field55
+            .extend_from_slice(&[0x9F, 0x26, 8, 1, 1, 1, 1, 1, 1, 1, 1, 0x9F, 0x36, 2, 0, 1])
+            .unwrap();
+        field55.extend_from_slice(&[0x9F, 0x02, 40]).unwrap();
+        field55.extend_from_slice(&[0x99; 40]).unwrap();
+        let long = AcquirerData {
+            sealed_pan: SealedPan([3; SEALED_PAN_BYTES]),
+            iad: heapless::Vec::new(),
+            field55,
+        };
+        let long = AcquirerData::decode(&long.encode()).expect("well formed otherwise");
+        assert_eq!(long.amount_fen(), None);
+        let mut short = long.clone();
+        short.field55.truncate(16);
+        short
+            .field55
+            .extend_from_slice(&[0x9F, 0x02, 2, 0x02, 0x00])
+            .unwrap();
+        assert_eq!(short.amount_fen(), None);
     }
 }
