@@ -194,3 +194,50 @@ fn depot_protocol_page_is_the_wire_format_module_doc() {
         "docs/depot-protocol.md is not the module doc of src/upload/frame.rs as it stands"
     );
 }
+
+#[test]
+fn depot_protocol_constants_table_gives_the_code_s_values() {
+    use fare_validator::upload::frame;
+    let doc = read("docs/depot-protocol.md");
+    let row = |name: &str| {
+        doc.lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("docs/depot-protocol.md: no row for {name}"))
+            .to_string()
+    };
+    let thousands = |n: usize| {
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    let version = row("PROTOCOL_VERSION");
+    assert!(
+        version.starts_with(&format!(
+            "| `PROTOCOL_VERSION` | {} ",
+            frame::PROTOCOL_VERSION
+        )),
+        "{version}"
+    );
+    for (name, value) in [
+        ("FRAME_PAYLOAD_BYTES_MAX", frame::FRAME_PAYLOAD_BYTES_MAX),
+        (
+            "HANDSHAKE_PAYLOAD_BYTES_MAX",
+            frame::HANDSHAKE_PAYLOAD_BYTES_MAX,
+        ),
+        ("BATCH_RECORDS_MAX", frame::BATCH_RECORDS_MAX),
+        ("TERMINAL_ID_BYTES_MAX", frame::TERMINAL_ID_BYTES_MAX),
+        ("REFUSED_TEXT_BYTES_MAX", frame::REFUSED_TEXT_BYTES_MAX),
+    ] {
+        let r = row(name);
+        assert!(
+            r.starts_with(&format!("| `{name}` | {} ", thousands(value))),
+            "{r}"
+        );
+    }
+}
