@@ -82,6 +82,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::clearing::ClearingCmd,
     },
+    /// Fare tables: import a GTFS-Fares v2 feed (docs/fares.md).
+    Fares {
+        #[command(subcommand)]
+        cmd: FaresCmd,
+    },
     /// The operator's offline step, on a machine apart from the station: sign what the
     /// station asked for (`depot sign-request`) with the operator's key file.
     Operator {
@@ -186,6 +191,24 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Subcommand, Debug)]
+enum FaresCmd {
+    /// Read a GTFS-Fares v2 feed's fare files in DIR into a fare table: the table (TOML) on
+    /// standard output, one line per thing it cannot express on standard error. Exit 2 with
+    /// the file and line on a malformed feed.
+    ImportGtfs { dir: PathBuf },
+}
+
+fn import_gtfs(dir: &std::path::Path) -> CmdResult {
+    let import = fare_validator::fare::gtfs::import_dir(dir).map_err(bad_input)?;
+    for note in &import.not_expressed {
+        eprintln!("not expressed: {note}");
+    }
+    let text = toml::to_string(&import.table).map_err(|e| (1, e.to_string()))?;
+    print!("{text}");
+    Ok(())
+}
+
 type CmdResult = Result<(), (u8, String)>;
 
 fn bad_input(e: impl std::fmt::Display) -> (u8, String) {
@@ -222,6 +245,9 @@ fn run(cmd: Cmd) -> CmdResult {
         #[cfg(feature = "clearing")]
         Cmd::Clearing { cmd } => cli::clearing::run(cmd),
         Cmd::Operator { cmd } => cli::operator::run(cmd),
+        Cmd::Fares {
+            cmd: FaresCmd::ImportGtfs { dir },
+        } => import_gtfs(&dir),
         Cmd::Replay {
             cards,
             keys,

@@ -18,6 +18,8 @@
 //! (连刷, `[[several_riders]]`, off unless the table lists a card type) turn a second tap of
 //! the same card shortly after its first into another rider's boarding ([`SeveralRiders`]).
 
+pub mod gtfs;
+
 use serde::{Deserialize, Serialize};
 
 use crate::card::tunion::{CityCode, INTEROP_KIND_TUNION};
