@@ -21,7 +21,9 @@
 //! | 300 | 4 | CRC-32/ISCSI of bytes 0..300, big-endian |
 //!
 //! A commit that fails leaves its entries behind while its seqs are given again: when the
-//! file holds two entries for one key, the later one is the record's. On open, damaged
+//! file holds two entries for one key, the later one is the record's. Each entry is written
+//! at its own offset (entries held × 304), so a write that failed half-way leaves no bytes
+//! that shift the entries after it: the next entry is written over them. On open, damaged
 //! entries, a torn tail, entries of another epoch and entries not above the acknowledged
 //! seq or above the last durable seq (their commit never finished) are dropped. The depot
 //! checks each entry against its record (kind 4, same cryptogram and ATC) before it exports
@@ -29,6 +31,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::record::CRC32;
@@ -117,10 +120,7 @@ impl AcquirerLog {
         if on_disk != (held.len() * ACQUIRER_ENTRY_BYTES) as u64 {
             rewrite(dir, epoch, &held)?;
         }
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
+        let file = open_for_writes(&path)?;
         Ok(AcquirerLog {
             path,
             file: Some(file),
@@ -157,7 +157,9 @@ impl AcquirerLog {
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("not open"))?;
-        f.write_all(&encode(self.epoch, seq, &data.encode()))?;
+        // At its own offset: bytes a failed write left past the held entries are overwritten.
+        let at = self.entries * ACQUIRER_ENTRY_BYTES as u64;
+        f.write_all_at(&encode(self.epoch, seq, &data.encode()), at)?;
         self.entries += 1;
         self.unsynced = true;
         Ok(())
@@ -189,16 +191,20 @@ impl AcquirerLog {
         if held.is_empty() || (held.len() as u64) * 2 <= self.entries {
             self.sync()?;
             rewrite(&dir, self.epoch, &held)?;
-            self.file = Some(
-                fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
+            self.file = Some(open_for_writes(&self.path)?);
             self.entries = held.len() as u64;
         }
         Ok(())
     }
+}
+
+/// The side file for positional writes ([`AcquirerLog::append`]), made if missing.
+fn open_for_writes(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
 }
 
 /// Replace the side file by `held`, atomically (a temporary file synced, then renamed).
@@ -279,6 +285,27 @@ mod tests {
             .map(|e| e.0)
             .collect();
         assert_eq!(held, [3, 4]);
+    }
+
+    #[test]
+    fn a_write_that_failed_half_way_does_not_shift_the_entries_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AcquirerLog::open(dir.path(), 7, 0, 0).unwrap();
+        log.append(1, &data(1)).unwrap();
+        // What a write cut short (a full disk) leaves: part of an entry, and an error.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(ACQUIRER_FILE))
+            .unwrap();
+        f.write_all(&encode(7, 2, &data(2).encode())[..100])
+            .unwrap();
+        // The tap was refused; the next QuickPass record takes seq 2.
+        log.append(2, &data(22)).unwrap();
+        log.append(3, &data(3)).unwrap();
+        log.sync().unwrap();
+        let held = read_range(dir.path(), 7, 0, u64::MAX).unwrap();
+        assert_eq!(held.iter().map(|e| e.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(AcquirerData::decode(&held[1].1).unwrap(), data(22));
     }
 
     #[test]
