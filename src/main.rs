@@ -196,7 +196,11 @@ enum FaresCmd {
     /// Read a GTFS-Fares v2 feed's fare files in DIR into a fare table: the table (TOML) on
     /// standard output, one line per thing it cannot express on standard error. Exit 2 with
     /// the file and line on a malformed feed.
-    ImportGtfs { dir: PathBuf },
+    ImportGtfs {
+        /// The feed's folder: fare_products.txt, fare_leg_rules.txt and the optional fare
+        /// files beside them.
+        dir: PathBuf,
+    },
 }
 
 fn import_gtfs(dir: &std::path::Path) -> CmdResult {
