@@ -170,6 +170,33 @@ async fn forwarding_stores_every_record_once_and_again_changes_nothing() {
     assert_eq!(parts, 1, "one service day, one partition");
 }
 
+/// A whole default-size batch sent again: the COPY straight into the partitions fails on the
+/// key while the forwarder is still sending (not only at its end), and the batch is merged by
+/// key instead.
+#[tokio::test]
+async fn a_large_batch_sent_again_is_merged_by_key() {
+    let Some((mut client, _)) = fresh_db("forward_resend_large").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, n) = depot(tmp.path(), 5_000);
+    let o = ForwardOptions::new("depot-1");
+    let r = forward::forward(&store, &mut client, &o).await.unwrap();
+    assert_eq!((r.batches, r.records_new), (1, n));
+    // Half the records lost with a restored backup: the batch is mixed, old and new.
+    client
+        .execute("DELETE FROM records WHERE seq % 2 = 0", &[])
+        .await
+        .unwrap();
+    let again = ForwardOptions {
+        from_start: true,
+        ..o
+    };
+    let r = forward::forward(&store, &mut client, &again).await.unwrap();
+    assert_eq!((r.records_sent, r.records_new), (n, n / 2));
+    assert_eq!(distinct_keys(&client).await, (n as i64, n as i64));
+}
+
 #[tokio::test]
 async fn forwarder_stopped_mid_batch_resumes_and_stores_each_record_once() {
     let Some((mut client, _)) = fresh_db("forward_stopped").await else {
