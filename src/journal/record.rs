@@ -66,7 +66,8 @@
 //! and a cut, at the depot, which holds the key: the chain is in [`super::chain`].
 //!
 //! Version 3 (still read) is version 4 without the certificate reference: a ride-code
-//! record has zeros at 42..52.
+//! record has zeros at 42..52. A journal still writes it for a ride-code record made without
+//! a reference (tools, tests), so that such a record reads back as it was written.
 //!
 //! Version 2 (still read; [`Record::encode_in`] still makes it, for tools and tests that
 //! build records outside a journal) is version 3 without the MAC: bytes 85..92 are reserved,
@@ -282,10 +283,15 @@ impl Record {
     }
 
     /// The bytes of this record in version 4, written by the journal of `epoch`: its MAC
-    /// follows `chain.prev`, and becomes it.
+    /// follows `chain.prev`, and becomes it. A ride-code record without a certificate
+    /// reference is written in version 3, which has none: in version 4 its bytes 42..52
+    /// would read back as a reference (no value stands for "none").
     pub fn encode_chained(&self, epoch: u64, chain: &mut Chain) -> [u8; RECORD_BYTES] {
         let mut b = self.fields(epoch);
-        b[1] = FORMAT_VERSION;
+        b[1] = match self.qr {
+            Some(QrTx { cert_ref: None, .. }) => FORMAT_VERSION_3,
+            _ => FORMAT_VERSION,
+        };
         if chain.key.kind() == SealKey::Test {
             b[FLAGS_AT] |= FLAG_TEST_KEY;
         }
@@ -782,6 +788,27 @@ mod tests {
             .is_none());
         // Version 2 bytes of tools have no room for it: left out.
         assert_eq!(Record::decode(&r.encode()), Ok(qr_sample(1, None)));
+    }
+
+    #[test]
+    fn a_ride_code_record_without_a_reference_reads_back_without_one() {
+        use crate::journal::chain::JournalKey;
+        let key = JournalKey::for_terminal(&[3u8; 32], "bus-0001");
+        let mut chain = Chain {
+            key: key.clone(),
+            prev: key.chain_start(9),
+        };
+        let r = qr_sample(1, None);
+        let b = r.encode_chained(9, &mut chain);
+        assert_eq!(Record::decode(&b), Ok(r));
+        assert!(matches!(Record::seal_of(&b), SealRead::Sealed(..)));
+        // Nor does a record that also carries card fields take them for a reference.
+        let mut with_card = qr_sample(2, None);
+        with_card.card_tx.tac = [1, 2, 3, 4];
+        assert_eq!(
+            Record::decode(&with_card.encode_chained(9, &mut chain)),
+            Ok(with_card)
+        );
     }
 
     #[test]
