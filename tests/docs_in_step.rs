@@ -241,3 +241,37 @@ fn depot_protocol_constants_table_gives_the_code_s_values() {
         );
     }
 }
+
+/// The fixtures' TOML files are what users copy: each table says what it is, in a comment
+/// right above its header.
+#[test]
+fn every_table_in_the_fixtures_toml_files_has_a_comment() {
+    let mut files = Vec::new();
+    let mut dirs = vec![root().join("fixtures")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() > 5, "{files:?}");
+    let mut missing = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.starts_with('[') {
+                continue;
+            }
+            let above = lines[..i].iter().rev().find(|l| !l.trim().is_empty());
+            if !above.is_some_and(|l| l.starts_with('#')) {
+                missing.push(format!("{} line {}: {line}", path.display(), i + 1));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "tables without a comment: {missing:#?}");
+}
