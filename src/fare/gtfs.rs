@@ -431,6 +431,12 @@ fn read_leg_rules(
             })?;
         match network {
             None => table.base_fare_fen = base,
+            Some(n) if table.networks.iter().any(|o| o.network == n) => {
+                notes.push(format!(
+                    "fare_leg_rules.txt line {line}: a second leg rule for network {n:?}: the first one's fare kept"
+                ));
+                continue;
+            }
             Some(n) => table.networks.push(Network {
                 network: n.clone(),
                 base_fare_fen: Some(base),

@@ -359,13 +359,13 @@ pub struct FareTable {
     #[serde(default)]
     pub capping: Capping,
     /// Several riders on one card (连刷) by card type; none by default.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub several_riders: Vec<SeveralRiders>,
     /// Networks of routes with their base fare; none by default.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<Network>,
     /// Transfer rules by network; when there is any, `[transfer]` is not used.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transfer_rules: Vec<TransferRule>,
 }
 
