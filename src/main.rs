@@ -371,6 +371,37 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// `run` seals QuickPass PANs to the acquirer's key it is given, never only to the test
+    /// acquirer's (whose private half is public); the key goes with --emv-ca.
+    #[test]
+    #[cfg(feature = "pcsc")]
+    fn run_takes_the_acquirer_key_with_the_ca_keys() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec![
+                "fare-validator",
+                "run",
+                "--reader",
+                "r",
+                "--sam-reader",
+                "s",
+            ];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        let parsed = run(&["--emv-ca", "ca.json", "--acquirer-key", "acquirer.pub"]);
+        let Ok(Cli {
+            cmd: Cmd::Run(args),
+        }) = parsed
+        else {
+            panic!("run --emv-ca --acquirer-key not taken");
+        };
+        assert_eq!(
+            args.acquirer_key.as_deref(),
+            Some(std::path::Path::new("acquirer.pub"))
+        );
+        assert!(run(&["--acquirer-key", "acquirer.pub"]).is_err());
+    }
+
     /// Every command and every argument of every command says what it is in `--help`.
     #[test]
     fn every_command_and_argument_has_a_help_line() {

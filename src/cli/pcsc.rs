@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::CmdError;
 use crate::blacklist::Blacklist;
+use crate::card::acquirer::AcquirerKey;
 use crate::card::pcsc::Readers;
 use crate::card::quickpass::{CaKeys, PanTokenKey};
 use crate::engine::EngineConfig;
@@ -54,6 +55,11 @@ pub struct RunArgs {
     /// (docs/quickpass.md). Without it every QuickPass tap is bad_certificate.
     #[arg(long)]
     pub emv_ca: Option<PathBuf>,
+    /// The acquirer's public key (an X25519 key, 64 hex digits, in a file) QuickPass PANs are
+    /// sealed to (docs/quickpass.md). Without it they are sealed to the test acquirer, whose
+    /// private half is public (fixtures/acquirer-test.key): never so on a bus in service.
+    #[arg(long, requires = "emv_ca")]
+    pub acquirer_key: Option<PathBuf>,
 }
 
 fn runtime(e: impl std::fmt::Display) -> CmdError {
@@ -90,6 +96,18 @@ pub fn run(args: &RunArgs) -> Result<(), CmdError> {
         crate::sched::set_realtime_priority(priority)
             .map_err(|e| runtime(format!("--realtime-priority {priority}: {e}")))?;
     }
+    // Read before the readers are taken, so a bad file is refused at once.
+    let acquirer_key = match &args.acquirer_key {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad_input(format!("{}: {e}", path.display())))?;
+            Some(
+                AcquirerKey::from_hex(&text)
+                    .map_err(|e| bad_input(format!("{}: {e}", path.display())))?,
+            )
+        }
+        None => None,
+    };
     let readers = Readers::establish().map_err(runtime)?;
     let cfg = EngineConfig {
         route: args.route,
@@ -112,6 +130,12 @@ pub fn run(args: &RunArgs) -> Result<(), CmdError> {
         station
             .validator_mut()
             .set_quickpass(ca, PanTokenKey::TEST, seed);
+        match acquirer_key {
+            Some(key) => station.validator_mut().set_acquirer_key(key),
+            None => tracing::warn!(
+                "QuickPass PANs sealed to the test acquirer (no --acquirer-key): not for service"
+            ),
+        }
     }
     let offset_s = args.utc_offset_min * 60;
     let mut out = std::io::stdout().lock();
