@@ -35,6 +35,8 @@ use crate::fare::FareTable;
 use crate::journal::{FileLayer, Journal, OsFiles, UnsyncedFiles};
 use crate::types::{AccountId, CardNo, ListId, ListReason, RiderCategory};
 
+mod qr_fleet;
+
 /// Distinct cards tapped in a run (each comes back only after the anti-passback window).
 pub const BENCH_CARDS: usize = 1_000;
 
@@ -52,6 +54,10 @@ pub struct BenchArgs {
     /// Seed of the generated blacklist and cards.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Only the ride-code scans with the fleet's verified-certificate set and without it,
+    /// alternated (the report's `qr_fleet`, printed alone).
+    #[arg(long)]
+    pub only_qr_fleet: bool,
 }
 
 /// Sizes of one run.
@@ -66,6 +72,10 @@ pub struct BenchPlan {
     pub single_taps: usize,
     /// QuickPass taps: the whole dialogue with a simulated card, fDDA included.
     pub quickpass_taps: usize,
+    /// Ride-code scans on each of the two buses of `qr_fleet` (with and without the set).
+    pub qr_fleet_scans: usize,
+    /// Entries of the verified-certificate set in `qr_fleet`.
+    pub qr_fleet_set_entries: usize,
 }
 
 impl BenchPlan {
@@ -76,6 +86,11 @@ impl BenchPlan {
             (5_000_000, 200_000, 20_000, 204_800, 6_400, 2_000)
         };
         let quickpass = if a.quick { 2_000 } else { 10_000 };
+        let (qr_fleet_scans, qr_fleet_set_entries) = if a.quick {
+            (3_000, 1_000_000)
+        } else {
+            (20_000, 3_000_000)
+        };
         BenchPlan {
             blacklist_entries: a.blacklist_entries.unwrap_or(entries),
             memory_taps: memory,
@@ -84,6 +99,8 @@ impl BenchPlan {
             baseline_taps: baseline,
             single_taps: single,
             quickpass_taps: quickpass,
+            qr_fleet_scans,
+            qr_fleet_set_entries,
         }
     }
 }
@@ -99,6 +116,9 @@ pub struct BenchReport {
     pub qr_scan_us_p99: u64,
     pub qr_scan_p256_us_p99: u64,
     pub qr_scan_sm2_us_p99: u64,
+    /// Ride-code scans with the fleet's verified-certificate set and without it, alternated
+    /// (13 % of holders new to the bus, 1 % new to the fleet).
+    pub qr_fleet: qr_fleet::QrFleetReport,
     /// QuickPass taps (docs/quickpass.md): SELECT of the transport application, PPSE, GPO,
     /// records, fDDA (three RSA recoveries) and the record, with the simulated card's own
     /// signing inside the time.
@@ -287,6 +307,8 @@ pub fn run_plan(plan: BenchPlan, seed: u64) -> Result<BenchReport, String> {
     let qr = scans(&mut v, start, plan.qr_scans, seed)?;
     let quickpass = quickpass_taps(&mut v, start, plan.quickpass_taps, seed)?;
     drop(v);
+    tracing::info!("ride codes with and without the fleet's verified-certificate set");
+    let qr_fleet = qr_fleet::run(plan.qr_fleet_scans, plan.qr_fleet_set_entries, seed)?;
 
     // Durable (group commit) and the baseline, round by round, in bursts and one at a time.
     let mut v = validator(&tmp.path().join("durable"), Box::new(OsFiles), list)?;
@@ -339,6 +361,7 @@ pub fn run_plan(plan: BenchPlan, seed: u64) -> Result<BenchReport, String> {
         qr_scan_us_p99: qr.all.value_at_quantile(0.99),
         qr_scan_p256_us_p99: qr.p256.value_at_quantile(0.99),
         qr_scan_sm2_us_p99: qr.sm2.value_at_quantile(0.99),
+        qr_fleet,
         quickpass_tap_us_p50: quickpass.value_at_quantile(0.50),
         quickpass_tap_us_p99: quickpass.value_at_quantile(0.99),
         burst_taps: BENCH_BURST_TAPS,
@@ -587,6 +610,12 @@ impl Naive {
 
 /// `fare-validator bench`.
 pub fn run(args: &BenchArgs) -> Result<(), String> {
+    if args.only_qr_fleet {
+        let plan = BenchPlan::for_args(args);
+        let r = qr_fleet::run(plan.qr_fleet_scans, plan.qr_fleet_set_entries, args.seed)?;
+        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
     let r = run_bench(args)?;
     if args.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
@@ -613,6 +642,8 @@ mod tests {
             baseline_taps: BENCH_BURST_TAPS * BENCH_ROUNDS,
             single_taps: 2 * BENCH_ROUNDS,
             quickpass_taps: 20,
+            qr_fleet_scans: 200,
+            qr_fleet_set_entries: 1_000,
         };
         let r = run_plan(plan, 5).unwrap();
         assert_eq!(r.burst_taps, BENCH_BURST_TAPS);
@@ -629,6 +660,7 @@ mod tests {
             "card_tap_us_p99",
             "qr_scan_us_p50",
             "qr_scan_us_p99",
+            "qr_fleet",
             "durable_taps_per_s",
             "baseline_card_tap_us_p99",
             "baseline_taps_per_s",

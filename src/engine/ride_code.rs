@@ -105,6 +105,12 @@ impl Core {
         self.ride.checks.verifier().set_cert_set(set);
     }
 
+    /// First-seen certificates whose channel signature the set spared, since the keys were
+    /// set.
+    pub fn verified_certs_spared(&self) -> u64 {
+        self.ride.checks.verifier().certs_from_set()
+    }
+
     /// The verified-certificate set in use.
     pub fn verified_certs(&self) -> Arc<CertSet> {
         Arc::clone(self.ride.checks.verifier().cert_set())
