@@ -491,23 +491,12 @@ impl Store {
                 payload: self.blacklist()?.snapshot_payload().into_owned(),
             });
         }
-        let held: Vec<i64> = self
-            .conn
-            .prepare(
-                "SELECT DISTINCT version FROM signed_files WHERE kind IN (?1, ?2) AND version < ?3
-                 ORDER BY version DESC LIMIT ?4",
-            )?
-            .query_map(
-                params![
-                    FileKind::BlacklistSnapshot as u16,
-                    FileKind::BlacklistDelta as u16,
-                    current as i64,
-                    SIGNING_DELTAS_MAX as i64
-                ],
-                |r| r.get(0),
-            )?
-            .collect::<Result<_, _>>()?;
-        for from in held.into_iter().map(|v| v as u64) {
+        let held = self.signed_versions_below(
+            FileKind::BlacklistSnapshot,
+            FileKind::BlacklistDelta,
+            current,
+        )?;
+        for from in held {
             if self.is_signed(FileKind::BlacklistDelta, current, from)? {
                 continue;
             }
@@ -541,6 +530,34 @@ impl Store {
         }
         out.extend(self.cert_set_request()?);
         Ok(out)
+    }
+
+    /// The versions below `current` that signed files of a content (its `snapshot` and
+    /// `delta` kinds) gave, newest first, at most [`SIGNING_DELTAS_MAX`]: the versions a bus
+    /// can hold, from which deltas to `current` are asked for.
+    fn signed_versions_below(
+        &self,
+        snapshot: FileKind,
+        delta: FileKind,
+        current: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let held: Vec<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT version FROM signed_files WHERE kind IN (?1, ?2) AND version < ?3
+                 ORDER BY version DESC LIMIT ?4",
+            )?
+            .query_map(
+                params![
+                    snapshot as u16,
+                    delta as u16,
+                    current as i64,
+                    SIGNING_DELTAS_MAX as i64
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<Result<_, _>>()?;
+        Ok(held.into_iter().map(|v| v as u64).collect())
     }
 
     fn is_signed(&self, kind: FileKind, version: u64, base: u64) -> Result<bool, StoreError> {

@@ -278,23 +278,12 @@ impl Store {
                 payload: self.cert_set()?.snapshot_payload(),
             });
         }
-        let held: Vec<i64> = self
-            .conn
-            .prepare(
-                "SELECT DISTINCT version FROM signed_files WHERE kind IN (?1, ?2) AND version < ?3
-                 ORDER BY version DESC LIMIT ?4",
-            )?
-            .query_map(
-                params![
-                    FileKind::VerifiedCertSnapshot as u16,
-                    FileKind::VerifiedCertDelta as u16,
-                    current as i64,
-                    super::SIGNING_DELTAS_MAX as i64
-                ],
-                |r| r.get(0),
-            )?
-            .collect::<Result<_, _>>()?;
-        for from in held.into_iter().map(|v| v as u64) {
+        let held = self.signed_versions_below(
+            FileKind::VerifiedCertSnapshot,
+            FileKind::VerifiedCertDelta,
+            current,
+        )?;
+        for from in held {
             if self.is_signed(FileKind::VerifiedCertDelta, current, from)? {
                 continue;
             }
