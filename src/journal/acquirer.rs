@@ -182,12 +182,14 @@ impl AcquirerLog {
     /// The depot holds every record up to `acked_seq`: drop their entries. The file is
     /// emptied when nothing above is held, else rewritten once the acknowledged entries are
     /// at least half of it (so an upload in many batches rewrites it a few times at most).
-    pub fn prune(&mut self, acked_seq: u64, durable_seq: u64) -> io::Result<()> {
+    /// Entries above the last durable seq are kept: their records may be appended and not
+    /// yet committed (group commit), and are made durable with them.
+    pub fn prune(&mut self, acked_seq: u64) -> io::Result<()> {
         if self.entries == 0 || self.file.is_none() {
             return Ok(());
         }
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let held = read_range(&dir, self.epoch, acked_seq, durable_seq)?;
+        let held = read_range(&dir, self.epoch, acked_seq, u64::MAX)?;
         if held.is_empty() || (held.len() as u64) * 2 <= self.entries {
             self.sync()?;
             rewrite(&dir, self.epoch, &held)?;
@@ -251,11 +253,11 @@ mod tests {
         assert_eq!(AcquirerData::decode(&all[3].1).unwrap(), data(40));
         assert!(read_range(dir.path(), 8, 0, u64::MAX).unwrap().is_empty());
         // Three of four acknowledged: rewritten with the one left.
-        log.prune(3, 4).unwrap();
+        log.prune(3).unwrap();
         assert_eq!(log.entries(), 1);
         let len = fs::metadata(dir.path().join(ACQUIRER_FILE)).unwrap().len();
         assert_eq!(len, ACQUIRER_ENTRY_BYTES as u64);
-        log.prune(4, 4).unwrap();
+        log.prune(4).unwrap();
         assert_eq!(
             fs::metadata(dir.path().join(ACQUIRER_FILE)).unwrap().len(),
             0
@@ -285,6 +287,27 @@ mod tests {
             .map(|e| e.0)
             .collect();
         assert_eq!(held, [3, 4]);
+    }
+
+    #[test]
+    fn an_entry_of_a_record_not_yet_committed_outlives_the_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AcquirerLog::open(dir.path(), 7, 0, 0).unwrap();
+        for seq in 1..=3u64 {
+            log.append(seq, &data(seq as u8)).unwrap();
+        }
+        log.sync().unwrap();
+        // Record 4 appended (group commit), not yet durable, when the depot acknowledges 3.
+        log.append(4, &data(4)).unwrap();
+        log.prune(3).unwrap();
+        log.sync().unwrap();
+        let held = read_range(dir.path(), 7, 0, u64::MAX).unwrap();
+        assert_eq!(held.iter().map(|e| e.0).collect::<Vec<_>>(), [4]);
+        assert_eq!(AcquirerData::decode(&held[0].1).unwrap(), data(4));
+        // And later appends land after it.
+        log.append(5, &data(5)).unwrap();
+        let held = read_range(dir.path(), 7, 0, u64::MAX).unwrap();
+        assert_eq!(held.iter().map(|e| e.0).collect::<Vec<_>>(), [4, 5]);
     }
 
     #[test]

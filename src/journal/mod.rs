@@ -842,7 +842,7 @@ impl Journal {
         }
         write_cursor(&self.dir, seq)?;
         self.acked_seq = seq;
-        if let Err(e) = self.acquirer.prune(seq, self.durable_seq) {
+        if let Err(e) = self.acquirer.prune(seq) {
             tracing::warn!(error = %e, "journal: QuickPass acquirer entries not pruned: kept until the next upload");
         }
         for first in list_segments(&self.dir)? {
