@@ -35,6 +35,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::record::CRC32;
+use super::{FileLayer, SegmentFile};
 use crate::card::acquirer::{AcquirerData, ACQUIRER_DATA_BYTES};
 
 pub const ACQUIRER_FILE: &str = "quickpass-acquirer.dat";
@@ -99,6 +100,9 @@ pub fn read_range(dir: &Path, epoch: u64, after: u64, upto: u64) -> io::Result<V
 pub struct AcquirerLog {
     path: PathBuf,
     file: Option<fs::File>,
+    /// The same file through the journal's file layer, for its sync only: what fakes or
+    /// skips the journal's syncs (a bench, a fault test) does the same here.
+    syncer: Option<Box<dyn SegmentFile>>,
     epoch: u64,
     entries: u64,
     /// Entries written since the last sync.
@@ -110,6 +114,7 @@ impl AcquirerLog {
     /// records above `acked_seq` and at most `durable_seq`.
     pub fn open(
         dir: &Path,
+        layer: &dyn FileLayer,
         epoch: u64,
         acked_seq: u64,
         durable_seq: u64,
@@ -121,9 +126,11 @@ impl AcquirerLog {
             rewrite(dir, epoch, &held)?;
         }
         let file = open_for_writes(&path)?;
+        let syncer = layer.open_segment(&path)?;
         Ok(AcquirerLog {
             path,
             file: Some(file),
+            syncer: Some(syncer),
             epoch,
             entries: held.len() as u64,
             unsynced: false,
@@ -136,6 +143,7 @@ impl AcquirerLog {
         AcquirerLog {
             path: dir.join(ACQUIRER_FILE),
             file: None,
+            syncer: None,
             epoch,
             entries: 0,
             unsynced: false,
@@ -171,10 +179,10 @@ impl AcquirerLog {
             return Ok(());
         }
         let f = self
-            .file
+            .syncer
             .as_mut()
             .ok_or_else(|| io::Error::other("not open"))?;
-        f.sync_data()?;
+        f.sync()?;
         self.unsynced = false;
         Ok(())
     }
@@ -184,7 +192,7 @@ impl AcquirerLog {
     /// at least half of it (so an upload in many batches rewrites it a few times at most).
     /// Entries above the last durable seq are kept: their records may be appended and not
     /// yet committed (group commit), and are made durable with them.
-    pub fn prune(&mut self, acked_seq: u64) -> io::Result<()> {
+    pub fn prune(&mut self, layer: &dyn FileLayer, acked_seq: u64) -> io::Result<()> {
         if self.entries == 0 || self.file.is_none() {
             return Ok(());
         }
@@ -194,6 +202,7 @@ impl AcquirerLog {
             self.sync()?;
             rewrite(&dir, self.epoch, &held)?;
             self.file = Some(open_for_writes(&self.path)?);
+            self.syncer = Some(layer.open_segment(&self.path)?);
             self.entries = held.len() as u64;
         }
         Ok(())
@@ -241,7 +250,7 @@ mod tests {
     #[test]
     fn entries_are_kept_per_record_and_pruned_once_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = AcquirerLog::open(dir.path(), 7, 0, 0).unwrap();
+        let mut log = AcquirerLog::open(dir.path(), &crate::journal::OsFiles, 7, 0, 0).unwrap();
         for seq in 1..=4u64 {
             log.append(seq, &data(seq as u8)).unwrap();
         }
@@ -253,11 +262,11 @@ mod tests {
         assert_eq!(AcquirerData::decode(&all[3].1).unwrap(), data(40));
         assert!(read_range(dir.path(), 8, 0, u64::MAX).unwrap().is_empty());
         // Three of four acknowledged: rewritten with the one left.
-        log.prune(3).unwrap();
+        log.prune(&crate::journal::OsFiles, 3).unwrap();
         assert_eq!(log.entries(), 1);
         let len = fs::metadata(dir.path().join(ACQUIRER_FILE)).unwrap().len();
         assert_eq!(len, ACQUIRER_ENTRY_BYTES as u64);
-        log.prune(4).unwrap();
+        log.prune(&crate::journal::OsFiles, 4).unwrap();
         assert_eq!(
             fs::metadata(dir.path().join(ACQUIRER_FILE)).unwrap().len(),
             0
@@ -267,7 +276,7 @@ mod tests {
     #[test]
     fn damaged_torn_and_unfinished_entries_are_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = AcquirerLog::open(dir.path(), 7, 0, 0).unwrap();
+        let mut log = AcquirerLog::open(dir.path(), &crate::journal::OsFiles, 7, 0, 0).unwrap();
         for seq in 1..=5u64 {
             log.append(seq, &data(seq as u8)).unwrap();
         }
@@ -279,7 +288,7 @@ mod tests {
         bytes.extend_from_slice(&[7; 40]); // torn tail
         fs::write(&path, bytes).unwrap();
         // Records durable up to 4 (5's commit never finished), 1 acknowledged.
-        let log = AcquirerLog::open(dir.path(), 7, 1, 4).unwrap();
+        let log = AcquirerLog::open(dir.path(), &crate::journal::OsFiles, 7, 1, 4).unwrap();
         assert_eq!(log.entries(), 2);
         let held: Vec<u64> = read_range(dir.path(), 7, 0, u64::MAX)
             .unwrap()
@@ -292,14 +301,14 @@ mod tests {
     #[test]
     fn an_entry_of_a_record_not_yet_committed_outlives_the_prune() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = AcquirerLog::open(dir.path(), 7, 0, 0).unwrap();
+        let mut log = AcquirerLog::open(dir.path(), &crate::journal::OsFiles, 7, 0, 0).unwrap();
         for seq in 1..=3u64 {
             log.append(seq, &data(seq as u8)).unwrap();
         }
         log.sync().unwrap();
         // Record 4 appended (group commit), not yet durable, when the depot acknowledges 3.
         log.append(4, &data(4)).unwrap();
-        log.prune(3).unwrap();
+        log.prune(&crate::journal::OsFiles, 3).unwrap();
         log.sync().unwrap();
         let held = read_range(dir.path(), 7, 0, u64::MAX).unwrap();
         assert_eq!(held.iter().map(|e| e.0).collect::<Vec<_>>(), [4]);
@@ -313,7 +322,7 @@ mod tests {
     #[test]
     fn a_write_that_failed_half_way_does_not_shift_the_entries_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = AcquirerLog::open(dir.path(), 7, 0, 0).unwrap();
+        let mut log = AcquirerLog::open(dir.path(), &crate::journal::OsFiles, 7, 0, 0).unwrap();
         log.append(1, &data(1)).unwrap();
         // What a write cut short (a full disk) leaves: part of an entry, and an error.
         let mut f = fs::OpenOptions::new()
@@ -334,7 +343,7 @@ mod tests {
     #[test]
     fn a_full_file_refuses_the_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = AcquirerLog::open(dir.path(), 1, 0, 0).unwrap();
+        let mut log = AcquirerLog::open(dir.path(), &crate::journal::OsFiles, 1, 0, 0).unwrap();
         log.entries = ACQUIRER_HELD_MAX;
         assert!(matches!(
             log.append(1, &data(1)),

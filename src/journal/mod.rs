@@ -576,7 +576,7 @@ impl Journal {
             tracing::warn!(error = %e, "journal: ride-code proof file unusable: scans recorded without proof");
             proofs::ProofLog::none(dir)
         });
-        let acquirer = acquirer::AcquirerLog::open(dir, epoch, scan.acked_seq, last)
+        let acquirer = acquirer::AcquirerLog::open(dir, &*layer, epoch, scan.acked_seq, last)
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "journal: QuickPass acquirer file unusable: QuickPass taps refused");
                 acquirer::AcquirerLog::none(dir, epoch)
@@ -842,7 +842,7 @@ impl Journal {
         }
         write_cursor(&self.dir, seq)?;
         self.acked_seq = seq;
-        if let Err(e) = self.acquirer.prune(seq) {
+        if let Err(e) = self.acquirer.prune(&*self.layer, seq) {
             tracing::warn!(error = %e, "journal: QuickPass acquirer entries not pruned: kept until the next upload");
         }
         for first in list_segments(&self.dir)? {
