@@ -191,13 +191,17 @@ impl Verifier {
         let cert_digest = code.cert_digest();
         // Checks 6 and 8 may run together (a first-seen holder with a worker); their results
         // are reported in the order of the checks all the same.
-        let listed = self.cert_set_usable && self.cert_set.contains(&cert_digest);
+        // The set is searched only for a certificate the cache does not hold.
+        let listed = Listed {
+            set: self.cert_set_usable.then_some(&*self.cert_set),
+            digest: &cert_digest,
+        };
         let (holder_key, code_verified) = holder_key(
             &mut self.certs,
             self.worker.as_mut(),
             &channel_key.key,
             code,
-            Listed(listed),
+            listed,
             &mut self.certs_from_set,
         )?;
         let (cert_not_before, cert_not_after) = (
@@ -239,9 +243,19 @@ impl Verifier {
     }
 }
 
-/// Whether the fleet's set lists the certificate (its channel signature was checked at the
-/// depot, under the same key material).
-struct Listed(bool);
+/// The fleet's set, when made with the verifier's key material, and the certificate's digest:
+/// whether the set lists it (its channel signature was checked at the depot) is asked only on
+/// a cache miss.
+struct Listed<'a> {
+    set: Option<&'a CertSet>,
+    digest: &'a CertDigest,
+}
+
+impl Listed<'_> {
+    fn holds(&self) -> bool {
+        self.set.is_some_and(|set| set.contains(self.digest))
+    }
+}
 
 /// Check 6, through the cache: the holder key of a certificate the channel key signed, and,
 /// when a worker checked the certificate, the result of check 8 made meanwhile. A certificate
@@ -256,7 +270,7 @@ fn holder_key<'c>(
     worker: Option<&mut CertWorker>,
     channel_key: &VerifyKey,
     code: &RideCode,
-    listed: Listed,
+    listed: Listed<'_>,
     certs_from_set: &mut u64,
 ) -> Result<(&'c VerifyKey, Option<bool>), Reason> {
     let mut code_verified = None;
@@ -264,7 +278,7 @@ fn holder_key<'c>(
         let alg = channel_key.alg();
         // The holder key, if it decodes and the channel signed its certificate.
         let holder = match worker {
-            _ if listed.0 => {
+            _ if listed.holds() => {
                 *certs_from_set += 1;
                 VerifyKey::from_compressed(alg, &code.holder_public_key)
             }
