@@ -189,7 +189,8 @@ impl CertSet {
 
     /// The snapshot payload (module doc).
     pub fn snapshot_payload(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(SNAPSHOT_HEAD_BYTES + self.digests.len() * 32);
+        let mut out =
+            Vec::with_capacity(SNAPSHOT_HEAD_BYTES + self.digests.len() * CERT_SET_ENTRY_BYTES);
         out.extend_from_slice(&self.keys_digest);
         out.extend_from_slice(&(self.digests.len() as u64).to_le_bytes());
         for d in &self.digests {
