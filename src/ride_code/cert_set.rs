@@ -630,6 +630,40 @@ mod tests {
     }
 
     #[test]
+    fn payloads_of_any_bytes_are_refused_or_read_never_a_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xCE57);
+        let real = set_of(1, &(0..4).map(digest).collect());
+        let real_delta = real.diff(&set_of(2, &(2..6).map(digest).collect()));
+        for round in 0..2000 {
+            let mut b = match round % 3 {
+                0 => real.snapshot_payload(),
+                1 => real_delta.payload(),
+                _ => (0..rng.gen_range(0..200)).map(|_| rng.gen()).collect(),
+            };
+            // Damage: a cut, or a count field set to anything, or a flipped byte.
+            match rng.gen_range(0..3) {
+                0 => b.truncate(rng.gen_range(0..=b.len())),
+                1 if b.len() >= 48 => {
+                    let at = [32, 40][rng.gen_range(0..2)];
+                    b[at..at + 8].copy_from_slice(&rng.gen::<u64>().to_le_bytes());
+                }
+                _ if !b.is_empty() => {
+                    let i = rng.gen_range(0..b.len());
+                    b[i] ^= 1 << rng.gen_range(0..8);
+                }
+                _ => {}
+            }
+            if let Ok(set) = CertSet::from_snapshot_payload(1, &b) {
+                assert!(set.digests().windows(2).all(|w| w[0] < w[1]));
+                assert_eq!(set.snapshot_payload(), b);
+            }
+            if let Ok(delta) = CertSetDelta::from_payload(1, 2, &b) {
+                assert_eq!(delta.payload(), b);
+            }
+        }
+    }
+
+    #[test]
     fn an_entry_is_32_bytes_in_a_file() {
         let set = set_of(1, &(0..1000).map(digest).collect());
         let key = signed::signing_key_from_seed([5; 32]);
