@@ -574,6 +574,29 @@ fn measure_round_trips_through_pcscd() {
 
 /// The command line end to end: `sim-card --psam`, `run`, and `sim-card --card` with a torn
 /// first tap, as three processes around pcscd.
+/// Wait for the `run` child (its stdout piped) to end by itself, killing it after
+/// three presence timeouts so a missed tap fails the test rather than hanging CI: its exit
+/// status and everything it printed.
+fn wait_run(run: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    let mut out = run.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut out, &mut s).map(|_| s)
+    });
+    let deadline = Instant::now() + Duration::from_secs(PRESENCE_TIMEOUT_S * 3);
+    let status = loop {
+        if let Some(st) = run.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            break run.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, reader.join().unwrap().unwrap())
+}
+
 #[test]
 fn run_and_sim_card_commands_end_to_end() {
     use std::process::{Command, Stdio};
@@ -620,23 +643,7 @@ fn run_and_sim_card_commands_end_to_end() {
         .output()
         .unwrap();
     // `run` stops after two taps; should it not see them, it is killed rather than hang CI.
-    let mut out = run.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut out, &mut s).map(|_| s)
-    });
-    let deadline = Instant::now() + Duration::from_secs(PRESENCE_TIMEOUT_S * 3);
-    let status = loop {
-        if let Some(st) = run.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = run.kill();
-            break run.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = reader.join().unwrap().unwrap();
+    let (status, stdout) = wait_run(&mut run);
     let _ = psam.kill();
     let _ = psam.wait();
     wait_readers_empty(&readers);
@@ -877,23 +884,7 @@ fn run_and_sim_card_take_a_quickpass_card() {
         .arg(&card_file)
         .output()
         .unwrap();
-    let mut out = run.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut out, &mut s).map(|_| s)
-    });
-    let deadline = Instant::now() + Duration::from_secs(PRESENCE_TIMEOUT_S * 3);
-    let status = loop {
-        if let Some(st) = run.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = run.kill();
-            break run.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = reader.join().unwrap().unwrap();
+    let (status, stdout) = wait_run(&mut run);
     let _ = psam.kill();
     let _ = psam.wait();
     wait_readers_empty(&readers);
