@@ -6,6 +6,7 @@
 
 mod common;
 mod depot_support;
+mod support;
 
 use std::path::Path;
 
@@ -21,6 +22,7 @@ use fare_validator::types::{ListId, ListReason};
 use fare_validator::upload::downlink::DownlinkDir;
 use fare_validator::upload::{self, UploadReport};
 use serde_json::{json, Value};
+use support::{bin, run_ok};
 
 const PAN: &str = "6214830000000001";
 
@@ -203,17 +205,11 @@ async fn acquirer_export_carries_no_clear_pan_and_flags_rides_without_data() {
     let bytes = std::fs::read(&side).unwrap();
     std::fs::write(&side, &bytes[..bytes.len() / 2]).unwrap();
     session(&db, &bus.journal()).await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fare-validator"))
-        .args(["depot", "export", "--acquirer", "--db"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_ok(
+        bin()
+            .args(["depot", "export", "--acquirer", "--db"])
+            .arg(&db),
     );
-    let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         !text.contains(PAN),
         "the acquirer's file holds the clear PAN: {text}"
@@ -237,22 +233,17 @@ async fn acquirer_export_carries_no_clear_pan_and_flags_rides_without_data() {
             .to_string(),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fare-validator"))
-        .args(["depot", "declines", "--db"])
-        .arg(&db)
-        .arg(&declines)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_str(&run_ok(
+        bin()
+            .args(["depot", "declines", "--db"])
+            .arg(&db)
+            .arg(&declines),
+    ))
+    .unwrap();
     assert_eq!(report["unknown"].as_array().unwrap().len(), 1, "{report}");
     assert_eq!(report["listed"], json!([]));
     std::fs::write(&declines, "{\"terminal\": 1}\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fare-validator"))
+    let out = bin()
         .args(["depot", "declines", "--db"])
         .arg(&db)
         .arg(&declines)

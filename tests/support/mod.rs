@@ -1,8 +1,8 @@
 //! Set-up shared by the tests that run the validator program as a process
-//! (tests/validator_e2e.rs, tests/validator_provision.rs): the binary, children killed on
-//! drop, bounded waits, a depot with an operator key, a terminal and a ride-code channel key,
-//! serving on a free loopback port; ride codes issued now; the program started with its
-//! decision lines on a channel and its status file read back.
+//! (tests/validator_e2e.rs, tests/validator_provision.rs, tests/quickpass_acquirer.rs): the
+//! binary, children killed on drop, bounded waits, a depot with an operator key, a terminal
+//! and a ride-code channel key, serving on a free loopback port; ride codes issued now; the
+//! program started with its decision lines on a channel and its status file read back.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
