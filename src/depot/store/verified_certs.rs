@@ -52,8 +52,10 @@ fn listed_at(keys: &ChannelKeys, cert: &[u8; CERT_BYTES], now_unix_s: i64) -> bo
             .is_some_and(|k| k.is_valid_at(now_unix_s))
 }
 
-fn meta_u64_in(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<u64, StoreError> {
-    let v: Option<i64> = tx
+/// A number kept in `meta` (0 when absent), through the store's connection or a transaction
+/// on it.
+fn meta_u64(conn: &rusqlite::Connection, key: &str) -> Result<u64, StoreError> {
+    let v: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| {
             r.get(0)
         })
@@ -62,19 +64,9 @@ fn meta_u64_in(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<u64, StoreEr
 }
 
 impl Store {
-    fn meta_u64(&self, key: &str) -> Result<u64, StoreError> {
-        let v: Option<i64> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(v.map_or(0, |v| v as u64))
-    }
-
     /// The verified-certificate set's current version (0: none made yet).
     pub fn cert_set_version(&self) -> Result<u64, StoreError> {
-        self.meta_u64("cert_set_version")
+        meta_u64(&self.conn, "cert_set_version")
     }
 
     /// Check every certificate not checked before with the published channel keys (check 6,
@@ -131,7 +123,7 @@ impl Store {
                 }
             }
         }
-        let mut version = meta_u64_in(&tx, "cert_set_version")?;
+        let mut version = meta_u64(&tx, "cert_set_version")?;
         if !changes.is_empty() || new_keys {
             version += 1;
             let mut set_listed =
@@ -219,7 +211,7 @@ impl Store {
     /// [`DELTA_CHANGES_SENT_MAX`] changes.
     pub fn cert_set_delta_from(&self, from: u64) -> Result<Option<CertSetDelta>, StoreError> {
         let to = self.cert_set_version()?;
-        if from >= to || from < self.meta_u64("cert_set_keys_since")? {
+        if from >= to || from < meta_u64(&self.conn, "cert_set_keys_since")? {
             return Ok(None);
         }
         // The last change of each digest in (from, to], and whether it was listed at `from`
