@@ -5,13 +5,9 @@
 mod common;
 
 use common::*;
-use fare_validator::card::psam::Psam;
-use fare_validator::card::sim::{CardSpec, SimCard, SimPsam, TestKeys};
+use fare_validator::card::sim::{CardSpec, SimCard, TestKeys};
 use fare_validator::card::tunion::MANAGEMENT_FILE_BYTES;
 use fare_validator::clock::Timestamp;
-use fare_validator::engine::{EngineConfig, Validator};
-use fare_validator::fare::FareTable;
-use fare_validator::journal::Journal;
 use fare_validator::replay::ReplayOptions;
 use fare_validator::types::Reason;
 use serde_json::Value;
@@ -122,15 +118,7 @@ fn issuer_deny_and_allow_lists_refuse_cards_by_city_code() {
 fn a_malformed_management_file_is_unreadable_and_charges_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let keys = TestKeys::default();
-    let psam = Psam::open(SimPsam::new(keys, [0, 0, 0, 0, 0, 1], 1)).unwrap();
-    let (journal, _) = Journal::open(dir.path()).unwrap();
-    let mut v = Validator::new(
-        EngineConfig::default(),
-        psam,
-        FareTable::default_policy(),
-        fare_validator::blacklist::Blacklist::empty(),
-        journal,
-    );
+    let mut v = common::sim_validator(dir.path(), keys);
     let spec: CardSpec = serde_json::from_value(serde_json::json!({
         "card_no": LOCAL_STUDENT, "card_type": "student", "enabled": true,
         "valid_from": "2024-01-01", "valid_until": "2034-12-31", "balance_fen": 5000

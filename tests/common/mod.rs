@@ -1,8 +1,14 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use fare_validator::blacklist::Blacklist;
+use fare_validator::card::psam::Psam;
+use fare_validator::card::sim::{SimPsam, TestKeys};
+use fare_validator::engine::{EngineConfig, Validator};
+use fare_validator::fare::FareTable;
+use fare_validator::journal::Journal;
 use fare_validator::replay::{self, ReplayOptions};
 use serde_json::Value;
 
@@ -48,4 +54,18 @@ pub fn replay_events(events: &[String]) -> Vec<Value> {
 
 pub fn reason(line: &Value) -> &str {
     line["reason"].as_str().unwrap_or("accepted")
+}
+
+/// A validator in-process: a simulated PSAM of `keys` (terminal 000000000001), the default
+/// fare policy, an empty blacklist and a journal in `dir`.
+pub fn sim_validator(dir: &Path, keys: TestKeys) -> Validator<SimPsam> {
+    let psam = Psam::open(SimPsam::new(keys, [0, 0, 0, 0, 0, 1], 1)).unwrap();
+    let (journal, _) = Journal::open(dir).unwrap();
+    Validator::new(
+        EngineConfig::default(),
+        psam,
+        FareTable::default_policy(),
+        Blacklist::empty(),
+        journal,
+    )
 }
