@@ -132,6 +132,8 @@ fn bad_networks_and_transfer_rules_are_refused() {
     for bad in [
         "[[networks]]\nnetwork = \"city\"\nroutes = [9]\n",
         "[[networks]]\nnetwork = \"night\"\nroutes = [1]\n",
+        "[[networks]]\nnetwork = \"night\"\nroutes = [9, 9]\n",
+        "[[networks]]\nnetwork = \"night\"\nroutes = [65535, 9, 65535]\n",
         "[[networks]]\nnetwork = \"\"\nroutes = [9]\n",
         "[[networks]]\nnetwork = \"night\"\nbase_fare_fen = 10001\nroutes = [9]\n",
         "[[transfer_rules]]\nfrom_network = \"night\"\nduration_s = 60\nfare_fen = 0\n",

@@ -455,6 +455,9 @@ impl FareTable {
         if self.networks.len() > NETWORKS_MAX {
             return Err(FareError::Invalid("more networks than NETWORKS_MAX"));
         }
+        // Every route of the networks before, one bit per route number: each route is
+        // looked at once, not against every route listed before it.
+        let mut seen = [0u64; (u16::MAX as usize + 1) / 64];
         for (i, n) in self.networks.iter().enumerate() {
             if n.network.is_empty() || n.network.len() > NETWORK_ID_BYTES_MAX {
                 return Err(FareError::Invalid(
@@ -475,11 +478,12 @@ impl FareTable {
             if before.iter().any(|o| o.network == n.network) {
                 return Err(FareError::Invalid("a network listed twice"));
             }
-            let twice = n.routes.iter().enumerate().any(|(k, r)| {
-                n.routes[..k].contains(r) || before.iter().any(|o| o.routes.contains(r))
-            });
-            if twice {
-                return Err(FareError::Invalid("a route in more than one network"));
+            for &r in &n.routes {
+                let (word, bit) = (usize::from(r) / 64, 1u64 << (r % 64));
+                if seen[word] & bit != 0 {
+                    return Err(FareError::Invalid("a route in more than one network"));
+                }
+                seen[word] |= bit;
             }
         }
         Ok(())
