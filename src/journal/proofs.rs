@@ -48,7 +48,8 @@ fn encode(seq: u64, code: &[u8; CODE_BYTES]) -> [u8; PROOF_ENTRY_BYTES] {
 }
 
 fn decode(b: &[u8]) -> Option<Proof> {
-    let (body, crc) = b.split_at(8 + CODE_BYTES);
+    // Any length: a short piece is no entry (callers pass whole entries, but say so here).
+    let (body, crc) = b.split_at_checked(8 + CODE_BYTES)?;
     if CRC32.checksum(body).to_be_bytes() != crc {
         return None;
     }
@@ -131,6 +132,19 @@ impl ProofLog {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_piece_of_any_length_decodes_to_no_entry_never_a_panic() {
+        for len in [
+            0,
+            1,
+            PROOF_ENTRY_BYTES - 5,
+            PROOF_ENTRY_BYTES - 1,
+            PROOF_ENTRY_BYTES + 1,
+        ] {
+            assert!(decode(&vec![0xA5; len]).is_none(), "length {len}");
+        }
+    }
     use super::*;
 
     #[test]
