@@ -7,7 +7,7 @@ use fare_validator::depot::Store;
 use fare_validator::ride_code::format::CODE_BYTES;
 use fare_validator::ride_code::issuer::SimChannels;
 use fare_validator::ride_code::{CertSet, RideCode};
-use fare_validator::signed::FileKind;
+use fare_validator::signed::{FileKind, SignedError};
 use fare_validator::types::{CardNo, RiderCategory};
 
 const T0: i64 = 1_795_824_000;
@@ -97,7 +97,7 @@ fn each_certificate_is_checked_once_and_leaves_the_set_on_expiry_or_revocation()
 
 #[test]
 fn the_signed_set_installs_on_a_bus() {
-    use fare_validator::upload::downlink::DownlinkDir;
+    use fare_validator::upload::downlink::{describe, DownlinkDir, DownlinkError};
     let tmp = tempfile::tempdir().unwrap();
     let mut store = Store::open(&tmp.path().join("depot.db")).unwrap();
     let operator = fare_validator::signed::signing_key_from_seed([3; 32]);
@@ -112,6 +112,7 @@ fn the_signed_set_installs_on_a_bus() {
     let bus = DownlinkDir::new(&tmp.path().join("bus"));
     bus.pin_operator_key(&operator.verifying_key()).unwrap();
     let mut held = CertSet::empty();
+    let mut first_snapshot = None;
     for (round, account) in [(1u64, 1u64), (2, 2), (3, 3)] {
         let c = code(&mut ch, 1 + (account % 8) as u16, account);
         store.store_proofs("bus-0001", 1, &[(round, c)]).unwrap();
@@ -142,21 +143,68 @@ fn the_signed_set_installs_on_a_bus() {
         store
             .import_signed(&fare_validator::signing::encode_bundle(&files))
             .unwrap();
-        // The bus takes the delta when it holds the version before, else the snapshot.
-        let file = store
-            .signed_file_after(
-                if held.version() > 0 {
-                    FileKind::VerifiedCertDelta
-                } else {
-                    FileKind::VerifiedCertSnapshot
-                },
-                held.version(),
-            )
+        // The session's downlink for the version the bus names in its hello: the delta when
+        // it holds the version before, else the snapshot.
+        let hello = fare_validator::upload::frame::HeldVersions {
+            cert_set: held.version(),
+            ..Default::default()
+        };
+        let files: Vec<_> = fare_validator::depot::downlink_for(&store, "bus-0001", &hello)
             .unwrap()
-            .unwrap();
-        bus.install(&file, T0).unwrap();
+            .into_iter()
+            .filter(|f| {
+                matches!(
+                    describe(f).unwrap().0,
+                    FileKind::VerifiedCertSnapshot | FileKind::VerifiedCertDelta
+                )
+            })
+            .collect();
+        let want = if held.version() > 0 {
+            FileKind::VerifiedCertDelta
+        } else {
+            FileKind::VerifiedCertSnapshot
+        };
+        assert_eq!(files.len(), 1, "round {round}");
+        assert_eq!(describe(&files[0]), Some((want, round)));
+        bus.install(&files[0], T0).unwrap();
+        first_snapshot.get_or_insert(files[0].clone());
         held = bus.cert_set();
         assert_eq!(held, store.cert_set().unwrap());
         assert!(held.contains(&digest(&c)));
     }
+    // A stale set (version 1's snapshot, replayed) and a forged one (signed by another key)
+    // are refused, and the bus keeps the set it holds.
+    let stale = first_snapshot.unwrap();
+    assert!(matches!(
+        bus.install(&stale, T0),
+        Err(DownlinkError::Rollback {
+            held: 3,
+            file: 1,
+            ..
+        })
+    ));
+    let mut newer = store
+        .cert_set()
+        .unwrap()
+        .diff(&CertSet::from_digests_checked_with(
+            4,
+            *held.keys_digest(),
+            [[7u8; 32]],
+        ));
+    newer.keys_digest = *held.keys_digest();
+    let dates = fare_validator::signed::Dates::starting(T0 as u32 - 60, 86_400);
+    let other = fare_validator::signed::signing_key_from_seed([4; 32]);
+    let forged = fare_validator::ride_code::cert_set::delta_file(&newer, dates, &other);
+    assert!(matches!(
+        bus.install(&forged, T0),
+        Err(DownlinkError::Signed(SignedError::BadSignature))
+    ));
+    assert_eq!(bus.cert_set(), held);
+    // The same delta signed by the operator is taken.
+    let honest = fare_validator::ride_code::cert_set::delta_file(&newer, dates, &operator);
+    assert_eq!(
+        bus.install(&honest, T0).unwrap(),
+        (FileKind::VerifiedCertDelta, 4)
+    );
+    assert!(bus.cert_set().contains(&[7u8; 32]));
 }

@@ -154,7 +154,8 @@ async fn forged_downlink_is_refused_and_the_validator_keeps_what_it_had() {
         HeldVersions {
             blacklist: 1,
             fares: 1,
-            keys: 0
+            keys: 0,
+            cert_set: 0,
         }
     );
 
@@ -227,6 +228,7 @@ fn corrupted_or_misapplied_downlink_file_is_refused() {
         blacklist: 99,
         fares: 99,
         keys: 0,
+        cert_set: 99,
     };
     assert!(depot::downlink_for(&s, "bus-0000", &ahead)
         .unwrap()

@@ -185,39 +185,42 @@ async fn depot_restored_from_a_backup_gets_held_records_again_the_rest_declared_
 }
 
 #[test]
-fn protocol_version_1_hello_is_refused_with_its_reason_in_version_1_framing() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let st = rt.block_on(station(store(&tmp.path().join("depot.db"), 1)));
-    let addr = st.addr();
-    let answer = std::thread::spawn(move || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        // A version 1 hello had no epoch: the body below is the version 2 one without it.
-        let mut hello = Hello {
-            client_nonce: [1; 32],
-            terminal_id: terminal_id(0),
-            held: HeldVersions::default(),
-            epoch: 0,
-            epoch_first_seq: 1,
-        }
-        .encode();
-        hello.truncate(hello.len() - 16);
-        s.write_all(&encode_frame_version(1, FrameType::Hello, &hello))
-            .unwrap();
-        let mut head = [0u8; FRAME_HEADER_BYTES];
-        s.read_exact(&mut head).unwrap();
-        let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
-        let mut rest = vec![0u8; len + 4];
-        s.read_exact(&mut rest).unwrap();
-        (head, rest)
-    })
-    .join()
-    .unwrap();
-    rt.block_on(st.shutdown());
-    let (head, rest) = answer;
-    assert_eq!((head[2], head[3]), (1, FrameType::Refused as u8));
-    let (_, text) = decode_refused(&rest[..rest.len() - 4]).unwrap();
-    assert!(text.contains("no longer served"), "{text}");
+fn older_protocol_hellos_are_refused_with_their_reason_in_their_framing() {
+    // Version 1 had no epoch nor set version; version 4 no set version.
+    for (version, missing) in [(1u8, 24usize), (4, 8)] {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let st = rt.block_on(station(store(&tmp.path().join("depot.db"), 1)));
+        let addr = st.addr();
+        let answer = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            // The body of that version: today's without the fields it did not have.
+            let mut hello = Hello {
+                client_nonce: [1; 32],
+                terminal_id: terminal_id(0),
+                held: HeldVersions::default(),
+                epoch: 0,
+                epoch_first_seq: 1,
+            }
+            .encode();
+            hello.truncate(hello.len() - missing);
+            s.write_all(&encode_frame_version(version, FrameType::Hello, &hello))
+                .unwrap();
+            let mut head = [0u8; FRAME_HEADER_BYTES];
+            s.read_exact(&mut head).unwrap();
+            let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+            let mut rest = vec![0u8; len + 4];
+            s.read_exact(&mut rest).unwrap();
+            (head, rest)
+        })
+        .join()
+        .unwrap();
+        rt.block_on(st.shutdown());
+        let (head, rest) = answer;
+        assert_eq!((head[2], head[3]), (version, FrameType::Refused as u8));
+        let (_, text) = decode_refused(&rest[..rest.len() - 4]).unwrap();
+        assert!(text.contains("no longer served"), "{text}");
+    }
 }

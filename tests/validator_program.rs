@@ -265,6 +265,106 @@ fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
     assert!(data.join("status.json").exists());
 }
 
+/// The fleet's verified-certificate set reaches a bus through its upload session alone: the
+/// hello names the version held (0), the depot sends the snapshot, the running engine takes
+/// it between two scans, and a holder the fleet met before costs this bus no channel check;
+/// a holder new to the fleet is checked in full, its proof goes up, the depot lists it, and
+/// the next session brings a delta; a restart starts from the set held.
+#[test]
+fn the_fleet_set_comes_down_the_session_into_the_running_engine_and_stays_after_a_restart() {
+    use fare_validator::ride_code::RideCode;
+    use fare_validator::validator::scanner::ScanLine;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.sqlite");
+    let data = tmp.path().join("bus");
+    let mut store = Store::open(&db).unwrap();
+    store.add_terminal_with_secret(TERMINAL, &SECRET).unwrap();
+    let keys = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/ride-code-keys.json"
+    ))
+    .unwrap();
+    store.publish("keys", &keys).unwrap();
+    let operator = fare_validator::signed::signing_key_from_seed([17; 32]);
+    store.set_operator_key(&operator).unwrap();
+    DownlinkDir::new(&data)
+        .pin_operator_key(&operator.verifying_key())
+        .unwrap();
+    // Another bus met the SM2 holder: its code is kept as proof, the depot checked it once.
+    let (sm2, p256) = (vector_code("valid_sm2"), vector_code("valid_p256"));
+    let digest = |text: &str| RideCode::parse(text).unwrap().cert_digest();
+    let sm2_bytes = RideCode::parse(&sm2).unwrap().bytes;
+    store
+        .store_proofs("bus-0002", 1, &[(1, sm2_bytes)])
+        .unwrap();
+    assert_eq!(store.update_cert_set(T0_UNIX_S).unwrap().version, 1);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let station = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        depot::start(l, store).unwrap()
+    });
+    let clock = Arc::new(AtomicI64::new(T0_UNIX_S));
+    let (shared, psam) = program(&data, Arc::clone(&clock), Lines::default());
+    let cfg = UploadConfig {
+        depot: station.addr(),
+        terminal_id: TERMINAL.into(),
+        secret: SECRET,
+        data_dir: data.clone(),
+        blacklist_age_s_max: fare_validator::upload::downlink::BLACKLIST_AGE_S_MAX_DEFAULT,
+    };
+    let uplink = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(uplink::run(
+                shared,
+                cfg,
+                TERMINAL.into(),
+                Duration::from_millis(200),
+            ));
+        })
+    };
+    let set_version = || shared.uplink.lock().unwrap().cert_set_version;
+    wait_until("the set's snapshot installed", || set_version() == 1);
+    assert_eq!(shared.uplink.lock().unwrap().keys_version, 1);
+    assert!(shared.engine().verified_certs().contains(&digest(&sm2)));
+
+    // The holder the fleet met: accepted, its channel signature not checked on this bus.
+    assert!(shared.scan(ScanLine::Code(&sm2)).accepted());
+    assert_eq!(shared.engine().verified_certs_spared(), 1);
+    // The holder new to the fleet: checked in full; its proof goes up with its record.
+    assert!(shared.scan(ScanLine::Code(&p256)).accepted());
+    assert_eq!(shared.engine().verified_certs_spared(), 1);
+    let mut depot_side = Store::open(&db).unwrap();
+    wait_until("the new holder listed at the depot", || {
+        depot_side.update_cert_set(T0_UNIX_S).unwrap().version == 2
+    });
+    wait_until("the delta installed", || set_version() == 2);
+    let installed = shared.uplink.lock().unwrap().last_installed.clone();
+    assert_eq!(installed, ["VerifiedCertDelta@2"]);
+    assert_eq!(shared.engine().verified_certs().version(), 2);
+    assert!(shared.engine().verified_certs().contains(&digest(&p256)));
+    let status = fare_validator::validator::status::status_line(&shared, TERMINAL);
+    assert_eq!(status["status"]["installed"]["verified_certs"], 2);
+
+    shared.stop.store(true, Ordering::Relaxed);
+    uplink.join().unwrap();
+    rt.block_on(station.shutdown());
+    drop((shared, psam));
+
+    // A restart: the program starts from the set held in its data folder.
+    let (shared, _psam) = program(&data, clock, Lines::default());
+    assert_eq!(shared.engine().verified_certs().version(), 0);
+    let applied = uplink::apply_downlink(&shared, &data);
+    assert_eq!((applied.cert_set, applied.keys), (2, 1));
+    let set = shared.engine().verified_certs();
+    assert!(set.contains(&digest(&sm2)) && set.contains(&digest(&p256)));
+}
+
 /// Holds a tap at one chosen exchange (card or PSAM, counted together) until told to go on.
 struct GateCtl {
     count: std::sync::atomic::AtomicUsize,

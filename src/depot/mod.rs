@@ -34,13 +34,16 @@ pub use store::{Store, StoreError};
 use ed25519_dalek::SigningKey;
 
 use crate::blacklist::file::{delta_file, snapshot_file, Delta};
+use crate::ride_code::cert_set;
 use crate::signed::{self, FileKind};
 use crate::upload::downlink::DELTA_CHANGES_SENT_MAX;
 use crate::upload::frame::HeldVersions;
 
 /// The signed files a validator holding `held` lacks: the blacklist delta from its version
 /// (a snapshot when it is too far behind), then the fare table and the ride-code key file
-/// when the station has a newer version. Versions only go up: a validator holding a newer
+/// when the station has a newer version, then the verified-certificate set's delta from its
+/// version (a snapshot when it holds none, or the set was made with other channel keys since,
+/// or the delta would be too long). Versions only go up: a validator holding a newer
 /// version than the station (a station restored from an old backup) is sent nothing older,
 /// and the station says so at warn.
 pub fn downlink_for(
@@ -82,7 +85,30 @@ pub fn downlink_for(
             }
         }
     }
+    files.extend(online_cert_set_for(store, terminal, held.cert_set, &key)?);
     Ok(files)
+}
+
+/// The verified-certificate set's file for a bus holding version `held`, signed now with the
+/// station's key (online signing): the delta when the store can make one, else the snapshot.
+fn online_cert_set_for(
+    store: &Store,
+    terminal: &str,
+    held: u64,
+    key: &SigningKey,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let current = store.cert_set_version()?;
+    if held > current {
+        newer_on_the_bus(terminal, "verified-certificate set", held, current);
+    }
+    if held >= current {
+        return Ok(None);
+    }
+    let dates = crate::signed::Dates::from_now();
+    Ok(Some(match store.cert_set_delta_from(held)? {
+        Some(delta) => cert_set::delta_file(&delta, dates, key),
+        None => cert_set::snapshot_file(&store.cert_set()?, dates, key),
+    }))
 }
 
 /// The downlink of a station that holds no signing key (offline signing, the production
@@ -110,6 +136,11 @@ fn offline_downlink_for(
     ] {
         files.extend(store.signed_file_after(kind, held)?);
     }
+    let certs = store.cert_set_version()?;
+    if held.cert_set > certs {
+        newer_on_the_bus(terminal, "verified-certificate set", held.cert_set, certs);
+    }
+    files.extend(store.signed_cert_set_after(held.cert_set)?);
     if current > held.blacklist && store.signed_blacklist_after(current - 1)?.is_none() {
         tracing::warn!(%terminal, version = current,
             "depot: blacklist changes not signed yet: `depot sign-request`, `operator sign`, `depot import-signed`");

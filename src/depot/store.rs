@@ -614,10 +614,32 @@ impl Store {
     /// the newest signed snapshot's version when the operator signed one, else that snapshot;
     /// None when nothing newer is signed.
     pub fn signed_blacklist_after(&self, held: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.signed_newest_after(FileKind::BlacklistSnapshot, FileKind::BlacklistDelta, held)
+    }
+
+    /// The signed verified-certificate set for a bus holding version `held`, as for the
+    /// blacklist ([`Store::signed_blacklist_after`]): the delta from `held` to the newest
+    /// signed version when the operator signed one, else that version's snapshot.
+    pub fn signed_cert_set_after(&self, held: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.signed_newest_after(
+            FileKind::VerifiedCertSnapshot,
+            FileKind::VerifiedCertDelta,
+            held,
+        )
+    }
+
+    /// The newest signed version of a content above `held` (its `snapshot` kind names the
+    /// versions signed): the `delta` from `held` when signed, else the snapshot.
+    fn signed_newest_after(
+        &self,
+        snapshot: FileKind,
+        delta: FileKind,
+        held: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let newest: Option<i64> = self
             .conn
             .prepare_cached("SELECT MAX(version) FROM signed_files WHERE kind=?1")?
-            .query_row(params![FileKind::BlacklistSnapshot as u16], |r| r.get(0))?;
+            .query_row(params![snapshot as u16], |r| r.get(0))?;
         let Some(newest) = newest.filter(|v| *v as u64 > held) else {
             return Ok(None);
         };
@@ -628,12 +650,7 @@ impl Store {
         )?;
         Ok(st
             .query_row(
-                params![
-                    newest,
-                    FileKind::BlacklistDelta as u16,
-                    held as i64,
-                    FileKind::BlacklistSnapshot as u16
-                ],
+                params![newest, delta as u16, held as i64, snapshot as u16],
                 |r| r.get(0),
             )
             .optional()?)

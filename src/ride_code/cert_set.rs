@@ -312,13 +312,22 @@ impl CertSet {
         now_unix_s: i64,
     ) -> Result<CertSet, CertSetError> {
         let opened = signed::parse(file)?.verify(operator)?;
-        let h = opened.header;
-        let dates = h.dates.ok_or(CertSetError::Undated)?;
+        let dates = opened.header.dates.ok_or(CertSetError::Undated)?;
         if dates.expired_at(now_unix_s) {
             return Err(CertSetError::Expired {
                 expires_unix_s: dates.expires_unix_s,
             });
         }
+        self.apply(&opened)
+    }
+
+    /// The set a file whose signature the caller verified makes of this one (its dates are
+    /// the caller's to check: [`CertSet::install`] does, as does the downlink folder,
+    /// `crate::upload::downlink::DownlinkDir::install`, which parses the file once). Refused:
+    /// another kind of file, a snapshot not newer than this set, a delta not from this
+    /// version, not forward or made for other keys, a payload that does not read.
+    pub fn apply(&self, opened: &signed::Verified<'_>) -> Result<CertSet, CertSetError> {
+        let h = opened.header;
         match h.kind {
             FileKind::VerifiedCertSnapshot => {
                 if h.base_version != 0 {

@@ -105,6 +105,8 @@ pub struct UploadReport {
     pub blacklist_version: u64,
     pub fares_version: u64,
     pub keys_version: u64,
+    /// The fleet's verified-certificate set held.
+    pub cert_set_version: u64,
     /// The blacklist held is older than [`UploadConfig::blacklist_age_s_max`], past its
     /// expiry, or of unknown age: the station sent nothing newer (freeze protection).
     pub blacklist_stale: bool,
@@ -171,6 +173,7 @@ pub async fn upload_journal<J: RecordSource>(
     report.blacklist_version = status.blacklist_version;
     report.fares_version = status.fares_version;
     report.keys_version = status.keys_version;
+    report.cert_set_version = DownlinkDir::new(&cfg.data_dir).cert_set().version();
     report.blacklist_stale = status.blacklist_stale;
     report.blacklist_age_s = status.blacklist_age_s;
     if status.blacklist_stale {

@@ -593,17 +593,19 @@ impl DownlinkDir {
             blacklist: self.blacklist().version(),
             fares: self.signed_version(FARES_FILE, FileKind::FareTable),
             keys: self.signed_version(KEYS_FILE, FileKind::RideCodeKeys),
+            cert_set: self.cert_set().version(),
         }
     }
 
     /// Check a received file in full and, only if it passes, make it the one held: the
-    /// operator's signature, its dates at `now_unix_s` (the validator's clock), and a version
-    /// not below the one held.
+    /// operator's signature, its dates at `now_unix_s` (the validator's clock), a version not
+    /// below the one held, and its content (for a delta, the version it starts from). The
+    /// file is parsed once; its claims (dates, version) are checked before its signature, so
+    /// an honest old file is refused without hashing it.
     pub fn install(&self, bytes: &[u8], now_unix_s: i64) -> Result<(FileKind, u64), DownlinkError> {
         let key = self.operator_key().ok_or(DownlinkError::NoOperatorKey)?;
-        // The claims below are checked before the signature (each kind's open verifies it):
-        // a forged claim fails there, and an honest old file is refused without hashing it.
-        let header = signed::parse(bytes)?.header;
+        let unverified = signed::parse(bytes)?;
+        let header = unverified.header;
         let (kind, file) = (header.kind, header.version);
         let dates = header.dates.ok_or(DownlinkError::Undated)?;
         if dates.expired_at(now_unix_s) {
@@ -611,7 +613,6 @@ impl DownlinkDir {
                 expires_unix_s: dates.expires_unix_s,
             });
         }
-        let held = self.held_versions();
         let rollback = |held: u64| {
             if file < held {
                 Err(DownlinkError::Rollback {
@@ -626,7 +627,7 @@ impl DownlinkDir {
         let content = |e: &dyn std::fmt::Display| DownlinkError::Content(e.to_string());
         let version = match kind {
             FileKind::BlacklistSnapshot => {
-                rollback(held.blacklist)?;
+                rollback(self.blacklist().version())?;
                 let list = blacklist_file::open_snapshot(bytes.to_vec(), Some(&key))?;
                 self.save_blacklist(&list, dates)?;
                 list.version()
@@ -639,8 +640,8 @@ impl DownlinkDir {
                 next.version()
             }
             FileKind::FareTable => {
-                rollback(held.fares)?;
-                let o = signed::open(bytes, kind, &key)?;
+                rollback(self.signed_version(FARES_FILE, kind))?;
+                let o = unverified.verify(&key)?;
                 let text = std::str::from_utf8(o.payload).map_err(|e| content(&e))?;
                 FareTable::from_toml(text).map_err(|e| content(&e))?;
                 self.replace_keeping_last_good(FARES_FILE, bytes, |b| {
@@ -649,8 +650,8 @@ impl DownlinkDir {
                 o.header.version
             }
             FileKind::RideCodeKeys => {
-                rollback(held.keys)?;
-                let o = signed::open(bytes, kind, &key)?;
+                rollback(self.signed_version(KEYS_FILE, kind))?;
+                let o = unverified.verify(&key)?;
                 serde_json::from_slice::<serde_json::Value>(o.payload).map_err(|e| content(&e))?;
                 self.replace_keeping_last_good(KEYS_FILE, bytes, |b| {
                     signed::open(b, FileKind::RideCodeKeys, &key).is_ok()
@@ -658,8 +659,11 @@ impl DownlinkDir {
                 o.header.version
             }
             FileKind::VerifiedCertSnapshot | FileKind::VerifiedCertDelta => {
-                // Snapshots only over an older set, deltas only from the version held.
-                let next = self.cert_set().install(bytes, &key, now_unix_s)?;
+                // Older than the set held: refused before its signature is checked. Then a
+                // snapshot only over an older set, a delta only from the version held.
+                let held = self.cert_set();
+                rollback(held.version())?;
+                let next = held.apply(&unverified.verify(&key)?)?;
                 self.replace_keeping_last_good(CERT_SET_FILE, &encode_cert_set(&next), |b| {
                     decode_cert_set(b).is_some()
                 })?;
@@ -767,10 +771,23 @@ mod cert_set_tests {
         assert_eq!(dir.cert_set(), v3, "the last good one is kept");
         assert_eq!(dir.install(&delta, NOW).unwrap().1, 4);
         assert_eq!(dir.cert_set(), v4);
-        // Stale: the older snapshot again, and a delta from a version no longer held.
+        // Stale: the older snapshot again (refused as a rollback before its signature is
+        // checked), the same version again, and a delta from a version no longer held.
         assert!(matches!(
             dir.install(&snap, NOW),
-            Err(DownlinkError::CertSet(CertSetError::Stale { .. }))
+            Err(DownlinkError::Rollback {
+                held: 4,
+                file: 3,
+                ..
+            })
+        ));
+        let again = cert_set::snapshot_file(&v4, dates, &key);
+        assert!(matches!(
+            dir.install(&again, NOW),
+            Err(DownlinkError::CertSet(CertSetError::Stale {
+                current: 4,
+                file: 4
+            }))
         ));
         assert!(matches!(
             dir.install(&delta, NOW),

@@ -43,7 +43,7 @@
 //!
 //! | type | body |
 //! | --- | --- |
-//! | 1 Hello | client nonce (32), terminal id length (1), terminal id (ASCII `[A-Za-z0-9_-]`, 1..=[`TERMINAL_ID_BYTES_MAX`]), blacklist version (8), fare table version (8), ride-code keys version (8), journal epoch (8), first seq of the epoch (8) |
+//! | 1 Hello | client nonce (32), terminal id length (1), terminal id (ASCII `[A-Za-z0-9_-]`, 1..=[`TERMINAL_ID_BYTES_MAX`]), blacklist version (8), fare table version (8), ride-code keys version (8), verified-certificate set version (8), journal epoch (8), first seq of the epoch (8); a version 0 is a file not held |
 //! | 2 Challenge | server nonce (32) |
 //! | 3 Auth | proof (32) |
 //! | 4 Welcome | acknowledged seq of this terminal's journal of that epoch (8) |
@@ -67,11 +67,11 @@ use crate::journal::{RECORD_BYTES, SEQ_MAX};
 
 pub const MAGIC: [u8; 2] = *b"FV";
 /// Version 2 added the journal's identity (epoch) to the hello, the conflict count to the
-/// ack and the Gone frame; version 3 the Proofs frame; version 4 the AcquirerData frame. A
-/// station answers an older hello with
-/// a Refused frame in that version's framing, so an old validator says why, and serves
-/// nothing.
-pub const PROTOCOL_VERSION: u8 = 4;
+/// ack and the Gone frame; version 3 the Proofs frame; version 4 the AcquirerData frame;
+/// version 5 the verified-certificate set's version to the hello (the station sends the set's
+/// snapshot or delta in the downlink). A station answers an older hello with a Refused frame
+/// in that version's framing, so an old validator says why, and serves nothing.
+pub const PROTOCOL_VERSION: u8 = 5;
 /// QuickPass acquirer entries in one AcquirerData frame: 512 × 292 bytes, well under a frame.
 pub const ACQUIRER_PER_FRAME_MAX: usize = 512;
 /// Bytes of one entry in an AcquirerData frame: seq and the acquirer's data.
@@ -85,7 +85,7 @@ pub const FRAME_CRC_BYTES: usize = 4;
 /// Largest payload accepted (256 KiB: a full batch of records is 196,658 bytes sealed).
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 262_144;
 /// Largest payload the station reads before the peer has authenticated: a hello is at most
-/// 32 + 1 + 32 + 24 + 16 = 105 bytes, a proof 32.
+/// 32 + 1 + 32 + 32 + 16 = 113 bytes, a proof 32.
 pub const HANDSHAKE_PAYLOAD_BYTES_MAX: usize = 128;
 /// Largest frame on the wire, header and CRC included.
 pub const FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX + FRAME_CRC_BYTES;
@@ -279,6 +279,8 @@ pub struct HeldVersions {
     pub blacklist: u64,
     pub fares: u64,
     pub keys: u64,
+    /// The fleet's verified-certificate set ([`crate::ride_code::cert_set`]).
+    pub cert_set: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -345,7 +347,7 @@ impl<'a> Body<'a> {
 impl Hello {
     pub fn encode(&self) -> Vec<u8> {
         let id = self.terminal_id.as_bytes();
-        let mut out = Vec::with_capacity(NONCE_BYTES + 1 + id.len() + 40);
+        let mut out = Vec::with_capacity(NONCE_BYTES + 1 + id.len() + 48);
         out.extend_from_slice(&self.client_nonce);
         out.push(id.len() as u8);
         out.extend_from_slice(id);
@@ -353,6 +355,7 @@ impl Hello {
             self.held.blacklist,
             self.held.fares,
             self.held.keys,
+            self.held.cert_set,
             self.epoch,
             self.epoch_first_seq,
         ] {
@@ -375,6 +378,7 @@ impl Hello {
             blacklist: b.u64("blacklist version")?,
             fares: b.u64("fares version")?,
             keys: b.u64("keys version")?,
+            cert_set: b.u64("verified-certificate set version")?,
         };
         let epoch = b.u64("epoch")?;
         let epoch_first_seq = b.u64("epoch first seq")?;
@@ -709,6 +713,7 @@ mod tests {
                 blacklist: 3,
                 fares: 1,
                 keys: 0,
+                cert_set: 9,
             },
             epoch: 0x1234,
             epoch_first_seq: 1,
@@ -720,6 +725,12 @@ mod tests {
         let mut e = h.encode();
         e.push(0);
         assert!(Hello::decode(&e).is_err());
+        // The hello of version 4 (no set version) is refused on its header, read or not.
+        let mut e = h.encode();
+        e.truncate(e.len() - 8);
+        assert!(Hello::decode(&e).is_err());
+        let old = encode_frame_version(4, FrameType::Hello, &e);
+        assert_eq!(parse_frame(&old).unwrap_err(), FrameError::OldVersion(4));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct UplinkStatus {
     pub blacklist_version: u64,
     pub fares_version: u64,
     pub keys_version: u64,
+    /// The fleet's verified-certificate set.
+    pub cert_set_version: u64,
 }
 
 /// The status line of `shared` now.
@@ -73,6 +75,7 @@ pub fn status_line(shared: &Shared, terminal_id: &str) -> Value {
             "blacklist": shared.blacklist.version(),
             "fares": up.fares_version,
             "keys": up.keys_version,
+            "verified_certs": up.cert_set_version,
         },
         "reader": ReaderState::from_u8(shared.reader_state.load(Ordering::Relaxed)).as_str(),
         "scanner": ScannerState::from_u8(shared.scanner_state.load(Ordering::Relaxed)).as_str(),

@@ -103,6 +103,7 @@ pub struct Applied {
     pub blacklist: u64,
     pub fares: u64,
     pub keys: u64,
+    pub cert_set: u64,
 }
 
 /// Bring the running engine up to the files held in `data_dir/downlink/`: the blacklist is
@@ -128,6 +129,7 @@ pub fn apply_downlink(shared: &Shared, data_dir: &Path) -> Applied {
         blacklist: shared.blacklist.version(),
         fares: had_fares,
         keys: had_keys,
+        cert_set: 0,
     };
     if let Some((v, table)) = dir.fare_table() {
         if v != had_fares {
@@ -152,6 +154,7 @@ pub fn apply_downlink(shared: &Shared, data_dir: &Path) -> Applied {
     }
     // Read and checked before the engine's lock is taken; swapped in between two scans.
     let certs = dir.cert_set();
+    applied.cert_set = certs.version();
     if certs.version() != shared.engine().verified_certs().version() {
         let (v, n) = (certs.version(), certs.len());
         shared
@@ -167,6 +170,7 @@ pub fn apply_downlink(shared: &Shared, data_dir: &Path) -> Applied {
     up.blacklist_version = applied.blacklist;
     up.fares_version = applied.fares;
     up.keys_version = applied.keys;
+    up.cert_set_version = applied.cert_set;
     applied
 }
 
