@@ -12,13 +12,14 @@ use std::path::Path;
 
 use depot_support::*;
 use ed25519_dalek::SigningKey;
+use fare_validator::blacklist::{Change, ChangeOp};
 use fare_validator::card::acquirer::{field55_value, AcquirerSecret, SealedPan, SEALED_PAN_BYTES};
 use fare_validator::card::quickpass::Pan;
 use fare_validator::depot::acquirer::{AcquirerRide, DeclineLine, DeclineOutcome};
 use fare_validator::depot::Store;
 use fare_validator::journal::acquirer::ACQUIRER_FILE;
 use fare_validator::replay::{self, ReplayOptions};
-use fare_validator::types::{ListId, ListReason};
+use fare_validator::types::{ListId, ListReason, ReasonSet};
 use fare_validator::upload::downlink::DownlinkDir;
 use fare_validator::upload::{self, UploadReport};
 use serde_json::{json, Value};
@@ -250,4 +251,101 @@ async fn acquirer_export_carries_no_clear_pan_and_flags_rides_without_data() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrears_entered_at_the_counter_is_not_lifted_by_the_acquirer_paying() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.db");
+    drop(store(&db, 1));
+    let bus = Bus::new();
+    assert_eq!(reason(&bus.tap("2026-12-01T08:00:00+08:00")), "accepted");
+    session(&db, &bus.journal()).await;
+    let ride = &rides(&db)[0];
+    let token = ListId::parse("pan", &ride.pan_token).unwrap();
+
+    // The counter lists the card for arrears of its own; the acquirer then declines the ride
+    // and later reports it paid.
+    let mut st = Store::open(&db).unwrap();
+    st.blacklist_change(&Change {
+        op: ChangeOp::Add,
+        id: token,
+        reason: ListReason::Arrears,
+    })
+    .unwrap();
+    let declined = st
+        .apply_declines(&[decline(ride, DeclineOutcome::Declined)])
+        .unwrap();
+    assert_eq!((declined.declined, declined.listed.len()), (1, 0));
+    let paid = st
+        .apply_declines(&[decline(ride, DeclineOutcome::Paid)])
+        .unwrap();
+    assert_eq!((paid.paid, paid.lifted.len()), (1, 0));
+    assert!(st
+        .blacklist_reasons(&token)
+        .unwrap()
+        .contains(ListReason::Arrears));
+    assert_eq!(st.blacklist_version().unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declines_file_that_fails_midway_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.db");
+    drop(store(&db, 1));
+    let bus = Bus::new();
+    assert_eq!(reason(&bus.tap("2026-12-01T08:00:00+08:00")), "accepted");
+    assert_eq!(reason(&bus.tap("2026-12-01T11:00:00+08:00")), "accepted");
+    session(&db, &bus.journal()).await;
+    let all = rides(&db);
+    assert_eq!(all.len(), 2);
+    let token = ListId::parse("pan", &all[0].pan_token).unwrap();
+
+    // The second ride's stored record is damaged: the file stops there, and the first line's
+    // listing must not have been kept either.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE records SET raw = zeroblob(3) WHERE seq = ?1",
+        [all[1].seq as i64],
+    )
+    .unwrap();
+    drop(conn);
+    let lines = [
+        decline(&all[0], DeclineOutcome::Declined),
+        decline(&all[1], DeclineOutcome::Declined),
+    ];
+    let mut st = Store::open(&db).unwrap();
+    assert!(st.apply_declines(&lines).is_err());
+    assert_eq!(st.blacklist_reasons(&token).unwrap(), ReasonSet::EMPTY);
+    assert_eq!(st.blacklist_version().unwrap(), 0);
+
+    // The first line alone goes through.
+    let report = st.apply_declines(&lines[..1]).unwrap();
+    assert_eq!(report.listed, std::slice::from_ref(&all[0].pan_token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_station_upgraded_with_unpaid_declines_still_lifts_their_arrears() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.db");
+    drop(store(&db, 1));
+    let bus = Bus::new();
+    assert_eq!(reason(&bus.tap("2026-12-01T08:00:00+08:00")), "accepted");
+    session(&db, &bus.journal()).await;
+    let ride = &rides(&db)[0];
+    let report = Store::open(&db)
+        .unwrap()
+        .apply_declines(&[decline(ride, DeclineOutcome::Declined)])
+        .unwrap();
+    assert_eq!(report.listed.len(), 1);
+
+    // A station made before the declines' own listings were marked.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("DROP TABLE acquirer_arrears", []).unwrap();
+    drop(conn);
+    let report = Store::open(&db)
+        .unwrap()
+        .apply_declines(&[decline(ride, DeclineOutcome::Paid)])
+        .unwrap();
+    assert_eq!(report.lifted, std::slice::from_ref(&ride.pan_token));
 }

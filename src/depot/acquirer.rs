@@ -23,12 +23,14 @@
 //! `{"terminal", "epoch", "seq", "outcome": "declined" | "paid"}`: a ride as the export named
 //! it. A declined ride lists its PAN token for `arrears` (once, however many rides it owes
 //! for); a paid one settles that ride, and `arrears` is lifted when no declined ride of that
-//! token is left unpaid. The whole file is checked before anything changes.
+//! token is left unpaid, and only when the declines listed it (`acquirer_arrears`): an
+//! `arrears` entered at the counter stays. The whole file is checked before anything
+//! changes, and applied in one transaction.
 
-use rusqlite::params;
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::store::{ExportError, Store, StoreError};
+use super::store::{blacklist_change_in, blacklist_reasons_in, ExportError, Store, StoreError};
 use crate::blacklist::{Change, ChangeOp};
 use crate::card::acquirer::{AcquirerData, ACQUIRER_DATA_BYTES};
 use crate::journal::acquirer::AcquirerEntry;
@@ -226,49 +228,20 @@ impl Store {
         Ok(())
     }
 
-    /// The PAN token of the QuickPass ride `terminal`/`epoch`/`seq`, if this station holds it.
-    fn ride_token(
-        &self,
-        terminal: &str,
-        epoch: u64,
-        seq: u64,
-    ) -> Result<Option<ListId>, StoreError> {
-        let raw: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT r.raw FROM records r JOIN journals j ON j.no = r.journal
-                 WHERE j.terminal = ?1 AND j.epoch = ?2 AND r.seq = ?3 AND r.kind = ?4",
-                params![
-                    terminal,
-                    epoch as i64,
-                    seq as i64,
-                    RecordKind::Quickpass as u8 as i64
-                ],
-                |r| r.get(0),
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })?;
-        let Some(raw) = raw else { return Ok(None) };
-        let rec = <&[u8; RECORD_BYTES]>::try_from(raw.as_slice())
-            .ok()
-            .and_then(|b| Record::decode(b).ok())
-            .ok_or(StoreError::Corrupt("record"))?;
-        Ok(rec.quickpass.map(|q| ListId::Pan(q.pan_token)))
-    }
-
-    /// Apply the acquirer's declines and payments ([`parse_declines`]'s lines): `arrears` on
-    /// the deny list for each card that owes, lifted once it owes nothing.
+    /// Apply the acquirer's declines and payments ([`parse_declines`]'s lines) in one
+    /// transaction (a crash leaves the whole file applied or none of it): `arrears` on the
+    /// deny list for each card that owes, lifted once it owes nothing. Only a listing the
+    /// declines made is lifted: an `arrears` entered at the counter stays until the counter
+    /// lifts it, whatever the acquirer reports.
     pub fn apply_declines(
         &mut self,
         lines: &[DeclineLine],
     ) -> Result<DeclinesReport, DeclinesError> {
         let mut report = DeclinesReport::default();
+        let tx = self.conn.transaction()?;
         for d in lines {
             let epoch = parse_epoch(&d.epoch).ok_or(StoreError::Corrupt("epoch"))?;
-            let Some(id) = self.ride_token(&d.terminal, epoch, d.seq)? else {
+            let Some(id) = ride_token(&tx, &d.terminal, epoch, d.seq)? else {
                 report
                     .unknown
                     .push(format!("{}/{}/{}", d.terminal, d.epoch, d.seq));
@@ -276,32 +249,59 @@ impl Store {
             };
             let token = id.to_string();
             let paid = d.outcome == DeclineOutcome::Paid;
-            self.conn.execute(
+            tx.execute(
                 "INSERT INTO acquirer_declines(terminal, epoch, seq, pan_token, paid)
                  VALUES(?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(terminal, epoch, seq) DO UPDATE SET paid = excluded.paid",
                 params![d.terminal, epoch as i64, d.seq as i64, token, paid],
             )?;
-            let owing: i64 = self.conn.query_row(
+            let owing: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM acquirer_declines WHERE pan_token = ?1 AND paid = 0",
                 params![token],
                 |r| r.get(0),
             )?;
-            let listed = self.blacklist_reasons(&id)?.contains(ListReason::Arrears);
-            let op = match (owing > 0, listed) {
-                (true, false) => Some(ChangeOp::Add),
-                (false, true) => Some(ChangeOp::Remove),
+            let listed = blacklist_reasons_in(&tx, &id)?.contains(ListReason::Arrears);
+            let ours: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM acquirer_arrears WHERE pan_token = ?1)",
+                params![token],
+                |r| r.get(0),
+            )?;
+            let op = match (owing > 0, listed, ours) {
+                (true, false, _) => Some(ChangeOp::Add),
+                (false, true, true) => Some(ChangeOp::Remove),
                 _ => None,
             };
+            if owing == 0 && ours && !listed {
+                // Lifted at the counter meanwhile: the mark is stale.
+                tx.execute(
+                    "DELETE FROM acquirer_arrears WHERE pan_token = ?1",
+                    params![token],
+                )?;
+            }
             if let Some(op) = op {
-                self.blacklist_change(&Change {
-                    op,
-                    id,
-                    reason: ListReason::Arrears,
-                })?;
+                blacklist_change_in(
+                    &tx,
+                    &Change {
+                        op,
+                        id,
+                        reason: ListReason::Arrears,
+                    },
+                )?;
                 match op {
-                    ChangeOp::Add => report.listed.push(token),
-                    ChangeOp::Remove => report.lifted.push(token),
+                    ChangeOp::Add => {
+                        tx.execute(
+                            "INSERT OR IGNORE INTO acquirer_arrears(pan_token) VALUES(?1)",
+                            params![token],
+                        )?;
+                        report.listed.push(token);
+                    }
+                    ChangeOp::Remove => {
+                        tx.execute(
+                            "DELETE FROM acquirer_arrears WHERE pan_token = ?1",
+                            params![token],
+                        )?;
+                        report.lifted.push(token);
+                    }
                 }
             }
             if paid {
@@ -310,8 +310,37 @@ impl Store {
                 report.declined += 1;
             }
         }
+        tx.commit()?;
         Ok(report)
     }
+}
+
+/// The PAN token of the QuickPass ride `terminal`/`epoch`/`seq`, if this station holds it.
+fn ride_token(
+    conn: &Connection,
+    terminal: &str,
+    epoch: u64,
+    seq: u64,
+) -> Result<Option<ListId>, StoreError> {
+    let raw: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT r.raw FROM records r JOIN journals j ON j.no = r.journal
+             WHERE j.terminal = ?1 AND j.epoch = ?2 AND r.seq = ?3 AND r.kind = ?4",
+            params![
+                terminal,
+                epoch as i64,
+                seq as i64,
+                RecordKind::Quickpass as u8 as i64
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(raw) = raw else { return Ok(None) };
+    let rec = <&[u8; RECORD_BYTES]>::try_from(raw.as_slice())
+        .ok()
+        .and_then(|b| Record::decode(b).ok())
+        .ok_or(StoreError::Corrupt("record"))?;
+    Ok(rec.quickpass.map(|q| ListId::Pan(q.pan_token)))
 }
 
 #[cfg(test)]

@@ -137,6 +137,8 @@ CREATE TABLE IF NOT EXISTS acquirer_declines(
     pan_token TEXT NOT NULL,
     paid INTEGER NOT NULL,
     PRIMARY KEY(terminal, epoch, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acquirer_arrears(
+    pan_token TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS records(
     journal INTEGER NOT NULL,
     seq INTEGER NOT NULL,
@@ -406,7 +408,12 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
         migrate_to_epochs(&conn)?;
         migrate_to_journal_numbers(&conn)?;
+        let declines_before_arrears =
+            table_exists(&conn, "acquirer_declines")? && !table_exists(&conn, "acquirer_arrears")?;
         conn.execute_batch(SCHEMA)?;
+        if declines_before_arrears {
+            mark_declines_arrears(&conn)?;
+        }
         move_one_reason_table(&conn)?;
         owner_only(path);
         Ok(Store {
@@ -986,39 +993,7 @@ impl Store {
     /// a remove lifts its reason only, [`StoreError::NotListed`] if the id is not listed for it.
     pub fn blacklist_change(&mut self, change: &Change) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
-        let kind = change.id.kind();
-        let id = change.id.to_string();
-        let reason = change.reason.as_str();
-        match change.op {
-            ChangeOp::Add => {
-                tx.execute(
-                    "INSERT OR IGNORE INTO blacklist_reasons(kind, id, reason)
-                     VALUES(?1, ?2, ?3)",
-                    params![kind, id, reason],
-                )?;
-            }
-            ChangeOp::Remove => {
-                // 解挂 lifts a lost report; it must not revive a cancelled or replaced card,
-                // whose own rows stay.
-                let n = tx.execute(
-                    "DELETE FROM blacklist_reasons WHERE kind=?1 AND id=?2 AND reason=?3",
-                    params![kind, id, reason],
-                )?;
-                if n == 0 {
-                    return Err(StoreError::NotListed { id, reason });
-                }
-            }
-        }
-        let op = match change.op {
-            ChangeOp::Add => "add",
-            ChangeOp::Remove => "remove",
-        };
-        tx.execute(
-            "INSERT INTO blacklist_changes(op, kind, id, reason, at_unix_s)
-             VALUES(?1, ?2, ?3, ?4, ?5)",
-            params![op, kind, id, reason, now_unix_s()],
-        )?;
-        let version = tx.last_insert_rowid() as u64;
+        let version = blacklist_change_in(&tx, change)?;
         tx.commit()?;
         Ok(version)
     }
@@ -1070,17 +1045,7 @@ impl Store {
 
     /// The reasons `id` is listed for now (empty when it is not listed).
     pub fn blacklist_reasons(&self, id: &ListId) -> Result<ReasonSet, StoreError> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT reason FROM blacklist_reasons WHERE kind=?1 AND id=?2")?;
-        let rows = st.query_map(params![id.kind(), id.to_string()], |r| {
-            r.get::<_, String>(0)
-        })?;
-        let mut reasons = ReasonSet::EMPTY;
-        for row in rows {
-            reasons = reasons.with(parse_reason(&row?)?);
-        }
-        Ok(reasons)
+        blacklist_reasons_in(&self.conn, id)
     }
 
     /// The whole blacklist at its current version.
@@ -1527,6 +1492,29 @@ fn move_one_reason_table(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn table_exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type='table' AND name=?1)",
+        params![name],
+        |r| r.get(0),
+    )?)
+}
+
+/// A database made before `acquirer_arrears`: the `arrears` listings that unpaid declined
+/// rides explain are marked as the declines' own (those `depot declines` may lift), once.
+/// An `arrears` listing no unpaid decline explains was made at the counter and stays.
+fn mark_declines_arrears(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO acquirer_arrears(pan_token)
+         SELECT DISTINCT d.pan_token FROM acquirer_declines d
+         JOIN blacklist_reasons b ON b.kind = 'pan' AND b.id = d.pan_token
+              AND b.reason = 'arrears'
+         WHERE d.paid = 0",
+        [],
+    )?;
+    Ok(())
+}
+
 fn parse_reason(s: &str) -> Result<ListReason, StoreError> {
     s.parse()
         .map_err(|_| StoreError::Corrupt("blacklist reason"))
@@ -1937,4 +1925,60 @@ mod tests {
             )
         );
     }
+}
+
+/// [`Store::blacklist_change`] inside the caller's transaction `tx`: the reason row added or
+/// removed and the change logged; the new blacklist version. A remove of a reason not held is
+/// [`StoreError::NotListed`].
+pub(super) fn blacklist_change_in(tx: &Connection, change: &Change) -> Result<u64, StoreError> {
+    let kind = change.id.kind();
+    let id = change.id.to_string();
+    let reason = change.reason.as_str();
+    match change.op {
+        ChangeOp::Add => {
+            tx.execute(
+                "INSERT OR IGNORE INTO blacklist_reasons(kind, id, reason)
+                 VALUES(?1, ?2, ?3)",
+                params![kind, id, reason],
+            )?;
+        }
+        ChangeOp::Remove => {
+            // 解挂 lifts a lost report; it must not revive a cancelled or replaced card,
+            // whose own rows stay.
+            let n = tx.execute(
+                "DELETE FROM blacklist_reasons WHERE kind=?1 AND id=?2 AND reason=?3",
+                params![kind, id, reason],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotListed { id, reason });
+            }
+        }
+    }
+    let op = match change.op {
+        ChangeOp::Add => "add",
+        ChangeOp::Remove => "remove",
+    };
+    tx.execute(
+        "INSERT INTO blacklist_changes(op, kind, id, reason, at_unix_s)
+         VALUES(?1, ?2, ?3, ?4, ?5)",
+        params![op, kind, id, reason, now_unix_s()],
+    )?;
+    Ok(tx.last_insert_rowid() as u64)
+}
+
+/// [`Store::blacklist_reasons`] on `conn` (the store's connection or a transaction of it).
+pub(super) fn blacklist_reasons_in(
+    conn: &Connection,
+    id: &ListId,
+) -> Result<ReasonSet, StoreError> {
+    let mut st =
+        conn.prepare_cached("SELECT reason FROM blacklist_reasons WHERE kind=?1 AND id=?2")?;
+    let rows = st.query_map(params![id.kind(), id.to_string()], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let mut reasons = ReasonSet::EMPTY;
+    for row in rows {
+        reasons = reasons.with(parse_reason(&row?)?);
+    }
+    Ok(reasons)
 }
