@@ -195,7 +195,8 @@ fn main() -> ExitCode {
 enum FaresCmd {
     /// Read a GTFS-Fares v2 feed's fare files in DIR into a fare table: the table (TOML) on
     /// standard output, one line per thing it cannot express on standard error. Exit 2 with
-    /// the file and line on a malformed feed.
+    /// the file and line on a malformed feed, and with those lines and no table when no leg
+    /// rule of the feed can be expressed.
     ImportGtfs {
         /// The feed's folder: fare_products.txt, fare_leg_rules.txt and the optional fare
         /// files beside them.
@@ -204,7 +205,19 @@ enum FaresCmd {
 }
 
 fn import_gtfs(dir: &std::path::Path) -> CmdResult {
-    let import = fare_validator::fare::gtfs::import_dir(dir).map_err(bad_input)?;
+    use fare_validator::fare::gtfs::{import_dir, GtfsError};
+    let import = match import_dir(dir) {
+        Ok(import) => import,
+        Err(GtfsError::NothingExpressed { not_expressed }) => {
+            for note in &not_expressed {
+                eprintln!("not expressed: {note}");
+            }
+            return Err(bad_input(
+                "no fare leg rule of the feed can be expressed on a bus validator: no table made",
+            ));
+        }
+        Err(e) => return Err(bad_input(e)),
+    };
     for note in &import.not_expressed {
         eprintln!("not expressed: {note}");
     }

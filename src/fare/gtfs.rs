@@ -3,33 +3,42 @@
 //!
 //! Files read (GTFS Schedule reference, "Fares"): `networks.txt`, `route_networks.txt`,
 //! `rider_categories.txt`, `fare_media.txt`, `fare_products.txt`, `fare_leg_rules.txt`,
-//! `fare_transfer_rules.txt`, `timeframes.txt`. `fare_products.txt` and
-//! `fare_leg_rules.txt` are required, the others optional. Every file is read whole with the
-//! `csv` crate, its header naming the columns; a row that is not CSV, has the wrong number of
-//! fields, lacks a required value, has a number that is not one, or names an id no file
-//! defines is a [`GtfsError::Malformed`] with the file and line.
+//! `fare_transfer_rules.txt`, `timeframes.txt` and `calendar.txt` (the weekdays of the
+//! timeframes' services). `fare_products.txt` and `fare_leg_rules.txt` are required, the
+//! others optional. Every file is read whole with the `csv` crate, its header naming the
+//! columns; a row that is not CSV, has the wrong number of fields, lacks a required value, has
+//! a number or time that is not one, or names an id no file defines is a
+//! [`GtfsError::Malformed`] with the file and line.
 //!
 //! How the feed becomes a table, for a validator that sees one boarding at a time:
 //!
 //! | GTFS | fare table |
 //! | --- | --- |
 //! | `fare_media.txt` | products of a physical transit card (`fare_media_type` 2) are used, else those with no medium; others are left out |
-//! | `rider_categories.txt` | a category whose id or name is a card type (`adult`, `student`, `senior`, `disabled`, `veteran`) prices it; the default category is `adult` |
-//! | a leg rule with a `network_id` | `[[networks]]`: the network, its routes (`route_networks.txt`, numeric route ids) and its `base_fare_fen`, the adult product's amount |
+//! | `rider_categories.txt` | a category whose id or name is a card type (`adult`, `student`, `senior`, `disabled`, `veteran`) prices it; the default category is `adult`; a product with no category prices every card type |
+//! | a leg rule with a `network_id` | `[[networks]]`: the network, its routes (`route_networks.txt`, numeric route ids) and its `base_fare_fen`, the adult product's amount; a second product for the network (a pass) is reported |
 //! | a leg rule without | `base_fare_fen` |
 //! | another category's product for a leg | `category_percent`, when a whole percentage of the adult amount, the same on every leg |
-//! | `fare_transfer_rules.txt` | `[[transfer_rules]]`: leg groups as their networks, `duration_limit` in s, `transfer_count` (−1 unlimited), `fare_transfer_type` 0 `fare_fen`, 1 `discount_fen` (a negative amount), 2 `journey_fare_fen` |
+//! | a leg rule with `from_timeframe_group_id` | `[[timeframes]]`, one per period of the group and category: the service's weekdays (`calendar.txt`), the period's start and end, the amount as a percentage of the network's base fare (its rule without timeframe, else its dearest by timeframe); only in a feed that prices one network |
+//! | `fare_transfer_rules.txt` | `[[transfer_rules]]`: leg groups as their networks, `duration_limit` in s, `transfer_count` (−1 unlimited), `fare_transfer_type` 0 `fare_fen`, 1 `discount_fen` (a negative amount), 2 `journey_fare_fen`; no `[transfer]` discount beside them |
 //!
-//! Not expressed, and reported: areas (zone fares), leg rules by timeframe (`timeframes.txt`
-//! ties them to `calendar.txt` service days), `rule_priority`, duration types other than 1
-//! (taken as 1: boarding to boarding), amounts that are not whole percentages, a surcharge
-//! on a type-1 transfer, categories with no card type, route ids that are not numbers, and
-//! the currency (amounts are taken in its minor unit, as fen).
+//! Not expressed, and reported: areas (zone fares: `areas.txt`, `stop_areas.txt`,
+//! `area_sets.txt`, the leg rules that name them), `to_timeframe_group_id`, legs joined at
+//! stops (`fare_leg_join_rules.txt`), service by date (`calendar_dates.txt`, the dates of
+//! `calendar.txt`), `rule_priority`, duration types other than 1 (taken as 1: boarding to
+//! boarding), nonconsecutive transfers (a card holds its last boarding only), columns of the
+//! rule files not read, amounts that are not whole percentages, a surcharge on a type-1
+//! transfer, categories with no card type, route ids that are not numbers, times that are not
+//! whole minutes, and the currency (amounts are taken in its minor unit, as fen). A feed of
+//! which no leg rule can be expressed makes no table ([`GtfsError::NothingExpressed`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use super::{FareTable, Network, TransferRule, BASE_FARE_FEN_MAX, TRANSFER_WINDOW_S_MAX};
+use super::{
+    FareTable, Network, TimeOfDay, Timeframe, Transfer, TransferRule, BASE_FARE_FEN_MAX, DAY_S,
+    TIMEFRAME_RULES_MAX, TRANSFER_WINDOW_S_MAX,
+};
 use crate::types::{Fen, RiderCategory};
 
 /// A feed that could not be read.
@@ -48,6 +57,10 @@ pub enum GtfsError {
     },
     #[error("the imported table is refused: {0}")]
     Table(String),
+    /// No leg rule of the feed can be expressed: no table is made (a table of the default
+    /// policy's fares would charge what the feed never said).
+    #[error("no fare leg rule of the feed can be expressed on a bus validator")]
+    NothingExpressed { not_expressed: Vec<String> },
 }
 
 /// A feed read into a table, and what it says that the table cannot.
@@ -61,6 +74,7 @@ pub struct Import {
 /// One CSV file: (line, column → value) per row.
 struct Rows {
     file: String,
+    headers: Vec<String>,
     rows: Vec<(u64, HashMap<String, String>)>,
 }
 
@@ -71,6 +85,7 @@ impl Rows {
         if !path.exists() && !required {
             return Ok(Rows {
                 file,
+                headers: Vec::new(),
                 rows: Vec::new(),
             });
         }
@@ -91,7 +106,28 @@ impl Rows {
                 .collect();
             rows.push((line, row));
         }
-        Ok(Rows { file, rows })
+        Ok(Rows {
+            file,
+            headers: headers.iter().map(str::to_string).collect(),
+            rows,
+        })
+    }
+
+    /// One note naming the columns of this file that the import does not read.
+    fn unread_columns(&self, read: &[&str], notes: &mut Vec<String>) {
+        let unread: Vec<&str> = self
+            .headers
+            .iter()
+            .map(String::as_str)
+            .filter(|h| !read.contains(h))
+            .collect();
+        if !unread.is_empty() {
+            notes.push(format!(
+                "{}: column {} not read: rules taken without it",
+                self.file,
+                unread.join(", ")
+            ));
+        }
     }
 
     fn bad(&self, line: u64, what: impl Into<String>) -> GtfsError {
@@ -177,27 +213,75 @@ fn category_named(id: &str, name: Option<&String>) -> Option<RiderCategory> {
     })
 }
 
-/// Read the feed in `dir`; fields GTFS does not carry (interop, timeframes, `[transfer]`) are
-/// `FareTable::default_policy()`'s.
+/// Files of a feed the import does not read, and why a bus validator cannot use them.
+const FILES_NOT_READ: [(&str, &str); 6] = [
+    (
+        "areas.txt",
+        "zones: a bus validator is not told where a rider alights",
+    ),
+    (
+        "stop_areas.txt",
+        "zones: a bus validator is not told where a rider alights",
+    ),
+    (
+        "area_sets.txt",
+        "zones: a bus validator is not told where a rider alights",
+    ),
+    (
+        "fare_leg_join_rules.txt",
+        "legs joined at stops: every boarding is a leg here",
+    ),
+    (
+        "calendar_dates.txt",
+        "service by date: the table's timeframes hold by weekday",
+    ),
+    (
+        "fare_attributes.txt",
+        "GTFS fares v1: only v2 files are imported",
+    ),
+];
+
+/// Read the feed in `dir`; fields GTFS does not carry (interop, `[transfer]`, the
+/// percentages of card types the feed does not price) are `FareTable::default_policy()`'s.
+/// A feed of which no leg rule can be expressed is [`GtfsError::NothingExpressed`]: a table
+/// of the default policy's fares would charge what the feed never said.
 pub fn import_dir(dir: &Path) -> Result<Import, GtfsError> {
     let mut notes = Vec::new();
+    for (file, why) in FILES_NOT_READ {
+        if dir.join(file).exists() {
+            notes.push(format!("{file}: not read ({why})"));
+        }
+    }
     let media = read_media(dir)?;
     let categories = read_categories(dir, &mut notes)?;
     let products = read_products(dir, &media, &categories, &mut notes)?;
     let networks = read_networks(dir, &mut notes)?;
+    let calendar = read_calendar(dir)?;
+    let mut timeframes = read_timeframes(dir, &calendar, &mut notes)?;
     let mut table = FareTable::default_policy();
-    let legs = read_leg_rules(dir, &products, &networks, &mut table, &mut notes)?;
-    read_transfer_rules(dir, &products, &legs, &mut table, &mut notes)?;
-    let timeframes = Rows::read(dir, "timeframes.txt", false)?;
-    for (line, row) in &timeframes.rows {
-        timeframes.required(*line, row, "timeframe_group_id")?;
+    // The feed's transfer rules are its only ones: no `[transfer]` discount beside them.
+    table.transfer = Transfer {
+        window_s: 0,
+        discount_fen: 0,
+    };
+    let feed = Feed {
+        products: &products,
+        networks: &networks,
+        calendar: &calendar,
+    };
+    let legs = read_leg_rules(dir, &feed, &mut timeframes, &mut table, &mut notes)?;
+    if legs.expressed == 0 {
+        return Err(GtfsError::NothingExpressed {
+            not_expressed: notes,
+        });
     }
-    if !timeframes.rows.is_empty() {
-        notes.push(format!(
-            "timeframes.txt: {} timeframes by service day (calendar.txt): not imported; \
-             write [[timeframes]] by hand",
-            timeframes.rows.len()
-        ));
+    read_transfer_rules(dir, &products, &legs.groups, &mut table, &mut notes)?;
+    for (group, tf) in &timeframes {
+        if !tf.used {
+            notes.push(format!(
+                "timeframes.txt: timeframe_group_id {group:?} prices no leg rule imported"
+            ));
+        }
     }
     let text = toml::to_string(&table).map_err(|e| GtfsError::Table(e.to_string()))?;
     let table = FareTable::from_toml(&text).map_err(|e| GtfsError::Table(e.to_string()))?;
@@ -205,6 +289,134 @@ pub fn import_dir(dir: &Path) -> Result<Import, GtfsError> {
         table,
         not_expressed: notes,
     })
+}
+
+/// What the leg rules read from the other files.
+struct Feed<'a> {
+    products: &'a Products,
+    networks: &'a BTreeMap<String, Vec<u16>>,
+    calendar: &'a HashMap<String, Service>,
+}
+
+/// A service of `calendar.txt`: the ISO weekdays it runs and the dates it runs between.
+struct Service {
+    line: u64,
+    days: Vec<u8>,
+    start_date: String,
+    end_date: String,
+}
+
+/// The weekday columns of `calendar.txt`, ISO order (1 Monday .. 7 Sunday).
+const WEEKDAYS: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
+
+/// service_id → its weekdays and dates.
+fn read_calendar(dir: &Path) -> Result<HashMap<String, Service>, GtfsError> {
+    let f = Rows::read(dir, "calendar.txt", false)?;
+    let mut out = HashMap::new();
+    for (line, row) in &f.rows {
+        let id = f.required(*line, row, "service_id")?;
+        let mut days = Vec::new();
+        for (iso, col) in (1u8..).zip(WEEKDAYS) {
+            match f.int(*line, row, col)? {
+                Some(1) => days.push(iso),
+                Some(0) => {}
+                _ => return Err(f.bad(*line, format!("{col} is 0 or 1"))),
+            }
+        }
+        let service = Service {
+            line: *line,
+            days,
+            start_date: f.required(*line, row, "start_date")?.to_string(),
+            end_date: f.required(*line, row, "end_date")?.to_string(),
+        };
+        out.insert(id.to_string(), service);
+    }
+    Ok(out)
+}
+
+/// One row of `timeframes.txt` as the table can hold it.
+struct Period {
+    start_s: u32,
+    end_s: u32,
+    service: String,
+}
+
+/// A timeframe group: its periods the table can hold, and whether a leg rule priced by it
+/// was imported.
+#[derive(Default)]
+struct TimeframeGroup {
+    periods: Vec<Period>,
+    used: bool,
+}
+
+/// A GTFS time ("H:MM:SS" or "HH:MM:SS", 00:00:00 to 24:00:00 in a timeframe), seconds
+/// since midnight.
+fn time_s(s: &str) -> Option<u32> {
+    let mut parts = s.split(':');
+    let (h, m, sec) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |p: &str, n: std::ops::RangeInclusive<usize>| {
+        n.contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit())
+    };
+    if parts.next().is_some() || !digits(h, 1..=2) || !digits(m, 2..=2) || !digits(sec, 2..=2) {
+        return None;
+    }
+    let (h, m, sec): (u32, u32, u32) = (h.parse().ok()?, m.parse().ok()?, sec.parse().ok()?);
+    let t = h * 3600 + m * 60 + sec;
+    (m < 60 && sec < 60 && t <= DAY_S).then_some(t)
+}
+
+/// timeframe_group_id → its periods. A period whose service runs on no weekday of
+/// `calendar.txt`, or whose times are not whole minutes (the table counts minutes), is
+/// reported and left out.
+fn read_timeframes(
+    dir: &Path,
+    calendar: &HashMap<String, Service>,
+    notes: &mut Vec<String>,
+) -> Result<BTreeMap<String, TimeframeGroup>, GtfsError> {
+    let f = Rows::read(dir, "timeframes.txt", false)?;
+    let mut out: BTreeMap<String, TimeframeGroup> = BTreeMap::new();
+    for (line, row) in &f.rows {
+        let group = f.required(*line, row, "timeframe_group_id")?;
+        let service = f.required(*line, row, "service_id")?;
+        let time = |col: &str| -> Result<Option<u32>, GtfsError> {
+            row.get(col)
+                .map(|v| time_s(v).ok_or_else(|| f.bad(*line, format!("{col} {v:?} is no time"))))
+                .transpose()
+        };
+        let (start_s, end_s) = match (time("start_time")?, time("end_time")?) {
+            (None, None) => (0, DAY_S),
+            (Some(s), Some(e)) if s < e => (s, e),
+            (Some(_), Some(_)) => return Err(f.bad(*line, "start_time is not before end_time")),
+            _ => return Err(f.bad(*line, "start_time and end_time go together")),
+        };
+        let entry = out.entry(group.to_string()).or_default();
+        let why = if !calendar.contains_key(service) {
+            Some(format!("service_id {service:?} is in no calendar.txt"))
+        } else if calendar[service].days.is_empty() {
+            Some(format!("service_id {service:?} runs on no weekday"))
+        } else if start_s % 60 != 0 || end_s % 60 != 0 {
+            Some("a time that is not a whole minute".to_string())
+        } else {
+            None
+        };
+        match why {
+            Some(why) => notes.push(format!("timeframes.txt line {line}: {why}: left out")),
+            None => entry.periods.push(Period {
+                start_s,
+                end_s,
+                service: service.to_string(),
+            }),
+        }
+    }
+    Ok(out)
 }
 
 /// fare_media_id → fare_media_type.
@@ -357,19 +569,59 @@ fn read_networks(
 /// leg_group_id → its network (`None`: any); `Err(())` for a group whose rules were left out.
 type LegGroups = HashMap<String, Result<Option<String>, ()>>;
 
+/// The leg rules read: their groups for the transfer rules, and how many priced the table.
+struct Legs {
+    groups: LegGroups,
+    expressed: usize,
+}
+
+/// A leg rule the table can carry: its network (`None`: every route), its timeframe group
+/// (`None`: outside the network's timeframes) and its product's prices.
+struct Leg {
+    line: u64,
+    network: Option<String>,
+    timeframe: Option<String>,
+    prices: Prices,
+}
+
+/// The columns of `fare_leg_rules.txt` the import reads.
+const LEG_RULE_COLUMNS: [&str; 10] = [
+    "leg_group_id",
+    "network_id",
+    "fare_product_id",
+    "from_timeframe_group_id",
+    "rule_priority",
+    "from_area_id",
+    "to_area_id",
+    "to_timeframe_group_id",
+    "contains_exactly_area_set_id",
+    "contains_area_set_id",
+];
+
+/// Columns of `fare_leg_rules.txt` that make a rule one a bus validator cannot apply: it is
+/// not told where a rider alights, nor when.
+const LEG_RULE_COLUMNS_NOT_EXPRESSED: [&str; 5] = [
+    "from_area_id",
+    "to_area_id",
+    "to_timeframe_group_id",
+    "contains_exactly_area_set_id",
+    "contains_area_set_id",
+];
+
 fn read_leg_rules(
     dir: &Path,
-    products: &Products,
-    networks: &BTreeMap<String, Vec<u16>>,
+    feed: &Feed<'_>,
+    timeframes: &mut BTreeMap<String, TimeframeGroup>,
     table: &mut FareTable,
     notes: &mut Vec<String>,
-) -> Result<LegGroups, GtfsError> {
+) -> Result<Legs, GtfsError> {
     let f = Rows::read(dir, "fare_leg_rules.txt", true)?;
-    let mut legs: LegGroups = HashMap::new();
-    let mut percents: HashMap<RiderCategory, u8> = HashMap::new();
+    f.unread_columns(&LEG_RULE_COLUMNS, notes);
+    let mut groups: LegGroups = HashMap::new();
+    let mut kept = Vec::new();
     for (line, row) in &f.rows {
         let product = f.required(*line, row, "fare_product_id")?;
-        if !products.all.contains(product) {
+        if !feed.products.all.contains(product) {
             return Err(f.bad(
                 *line,
                 format!("fare_product_id {product:?} is not in fare_products.txt"),
@@ -377,27 +629,39 @@ fn read_leg_rules(
         }
         let network = row.get("network_id").cloned();
         if let Some(n) = &network {
-            if !networks.contains_key(n) {
+            if !feed.networks.contains_key(n) {
                 return Err(f.bad(*line, format!("network_id {n:?} is not in networks.txt")));
             }
         }
+        let timeframe = row.get("from_timeframe_group_id").cloned();
+        if let Some(t) = &timeframe {
+            if !timeframes.contains_key(t) {
+                return Err(f.bad(
+                    *line,
+                    format!("from_timeframe_group_id {t:?} is not in timeframes.txt"),
+                ));
+            }
+        }
         let group = row.get("leg_group_id").cloned();
-        let unsupported: Vec<&str> = [
-            "from_area_id",
-            "to_area_id",
-            "from_timeframe_group_id",
-            "to_timeframe_group_id",
-        ]
-        .into_iter()
-        .filter(|c| row.contains_key(*c))
-        .collect();
+        let unsupported: Vec<&str> = LEG_RULE_COLUMNS_NOT_EXPRESSED
+            .into_iter()
+            .filter(|c| row.contains_key(*c))
+            .collect();
+        let prices = feed.products.card.get(product);
         let left_out = if !unsupported.is_empty() {
             Some(format!(
                 "{} not expressible on a bus validator",
                 unsupported.join(", ")
             ))
-        } else if !products.card.contains_key(product) {
+        } else if prices.is_none() {
             Some(format!("{product:?} has no price for a transit card"))
+        } else if !prices.is_some_and(|p| p.contains_key(&RiderCategory::Adult)) {
+            Some("no adult (default category) price".to_string())
+        } else if timeframe
+            .as_ref()
+            .is_some_and(|t| timeframes[t].periods.is_empty())
+        {
+            Some("its timeframe group has no period the table can hold".to_string())
         } else {
             None
         };
@@ -406,83 +670,226 @@ fn read_leg_rules(
                 "fare_leg_rules.txt line {line}: {why}: rule left out"
             ));
             if let Some(g) = group {
-                legs.entry(g).or_insert(Err(()));
+                groups.entry(g).or_insert(Err(()));
             }
             continue;
         }
-        let prices = &products.card[product];
         if let Some(g) = group {
-            legs.insert(g, Ok(network.clone()));
-        }
-        let Some(&adult) = prices.get(&RiderCategory::Adult) else {
-            notes.push(format!(
-                "fare_leg_rules.txt line {line}: no adult (default category) price: rule left out"
-            ));
-            continue;
-        };
-        let base = Fen::try_from(adult)
-            .ok()
-            .filter(|f| *f <= BASE_FARE_FEN_MAX)
-            .ok_or_else(|| {
-                f.bad(
-                    *line,
-                    format!("product amount {adult} outside 0..=10000 fen"),
-                )
-            })?;
-        match network {
-            None => table.base_fare_fen = base,
-            Some(n) if table.networks.iter().any(|o| o.network == n) => {
-                notes.push(format!(
-                    "fare_leg_rules.txt line {line}: a second leg rule for network {n:?}: the first one's fare kept"
-                ));
-                continue;
-            }
-            Some(n) => table.networks.push(Network {
-                network: n.clone(),
-                base_fare_fen: Some(base),
-                routes: networks[&n].clone(),
-            }),
-        }
-        let mut others: Vec<(RiderCategory, i64)> = prices
-            .iter()
-            .filter(|(c, _)| **c != RiderCategory::Adult)
-            .map(|(c, a)| (*c, *a))
-            .collect();
-        others.sort_by_key(|(c, _)| *c as u8);
-        for (c, amount) in others {
-            let whole = adult > 0 && amount >= 0 && (amount * 100) % adult == 0 && amount <= adult;
-            let p = if whole {
-                (amount * 100 / adult) as u8
-            } else {
-                u8::MAX
-            };
-            if p == u8::MAX || percents.get(&c).is_some_and(|q| *q != p) {
-                notes.push(format!(
-                    "fare_leg_rules.txt line {line}: {} pays {amount} of {adult}: not one whole percentage on every leg; category_percent.{} left at {}",
-                    c.as_str(), c.as_str(), table.percent(c)
-                ));
-            } else {
-                percents.insert(c, p);
-            }
+            groups.insert(g, Ok(network.clone()));
         }
         if row.contains_key("rule_priority") {
             notes.push(format!(
                 "fare_leg_rules.txt line {line}: rule_priority ignored"
             ));
         }
+        kept.push(Leg {
+            line: *line,
+            network,
+            timeframe,
+            prices: prices.cloned().unwrap_or_default(),
+        });
+    }
+    let mut expressed = 0;
+    let mut percents: HashMap<RiderCategory, u8> = HashMap::new();
+    for leg in kept.iter().filter(|l| l.timeframe.is_none()) {
+        expressed += usize::from(price_leg(&f, leg, feed, table, &mut percents, notes)?);
     }
     for (c, p) in percents {
-        let cp = &mut table.category_percent;
-        *match c {
-            RiderCategory::Adult => &mut cp.adult,
-            RiderCategory::Student => &mut cp.student,
-            RiderCategory::Senior => &mut cp.senior,
-            RiderCategory::Disabled => &mut cp.disabled,
-            RiderCategory::Veteran => &mut cp.veteran,
-        } = p;
+        *category_percent_mut(table, c) = p;
     }
-    Ok(legs)
+    expressed += price_timed_legs(&f, &kept, feed, timeframes, table, notes)?;
+    Ok(Legs { groups, expressed })
 }
+
+fn category_percent_mut(table: &mut FareTable, c: RiderCategory) -> &mut u8 {
+    let cp = &mut table.category_percent;
+    match c {
+        RiderCategory::Adult => &mut cp.adult,
+        RiderCategory::Student => &mut cp.student,
+        RiderCategory::Senior => &mut cp.senior,
+        RiderCategory::Disabled => &mut cp.disabled,
+        RiderCategory::Veteran => &mut cp.veteran,
+    }
+}
+
+/// An adult amount as a base fare, or the malformed-feed error.
+fn base_fen(f: &Rows, line: u64, adult: i64) -> Result<Fen, GtfsError> {
+    Fen::try_from(adult)
+        .ok()
+        .filter(|f| *f <= BASE_FARE_FEN_MAX)
+        .ok_or_else(|| {
+            f.bad(
+                line,
+                format!("product amount {adult} outside 0..=10000 fen"),
+            )
+        })
+}
+
+/// `amount` as a whole percentage of `base`, when it is one of 0 to 100.
+fn whole_percent(amount: i64, base: i64) -> Option<u8> {
+    (base > 0 && (0..=base).contains(&amount) && (amount * 100) % base == 0)
+        .then(|| (amount * 100 / base) as u8)
+}
+
+/// A leg rule outside timeframes: its network's base fare (or the table's) and the other
+/// categories' percentages of it. Whether the rule priced the table.
+fn price_leg(
+    f: &Rows,
+    leg: &Leg,
+    feed: &Feed<'_>,
+    table: &mut FareTable,
+    percents: &mut HashMap<RiderCategory, u8>,
+    notes: &mut Vec<String>,
+) -> Result<bool, GtfsError> {
+    let line = leg.line;
+    let adult = leg.prices[&RiderCategory::Adult];
+    let base = base_fen(f, line, adult)?;
+    match &leg.network {
+        None => table.base_fare_fen = base,
+        Some(n) if table.networks.iter().any(|o| &o.network == n) => {
+            notes.push(format!(
+                "fare_leg_rules.txt line {line}: a second product for network {n:?} (a pass, say): the first one's fare kept"
+            ));
+            return Ok(false);
+        }
+        Some(n) => table.networks.push(Network {
+            network: n.clone(),
+            base_fare_fen: Some(base),
+            routes: feed.networks[n].clone(),
+        }),
+    }
+    let mut others: Vec<(RiderCategory, i64)> = leg
+        .prices
+        .iter()
+        .filter(|(c, _)| **c != RiderCategory::Adult)
+        .map(|(c, a)| (*c, *a))
+        .collect();
+    others.sort_by_key(|(c, _)| *c as u8);
+    for (c, amount) in others {
+        match whole_percent(amount, adult) {
+            Some(p) if percents.get(&c).map_or(true, |q| *q == p) => {
+                percents.insert(c, p);
+            }
+            _ => notes.push(format!(
+                "fare_leg_rules.txt line {line}: {} pays {amount} of {adult}: not one whole percentage on every leg; category_percent.{} left at {}",
+                c.as_str(), c.as_str(), table.percent(c)
+            )),
+        }
+    }
+    Ok(true)
+}
+
+/// Leg rules by timeframe (`from_timeframe_group_id`: the boarding's time) as
+/// `[[timeframes]]`: each period of the group, on its service's weekdays, prices each
+/// category at its amount as a percentage of the network's base fare (the fare of its rule
+/// without timeframe, else the dearest adult amount by timeframe). The table's timeframes
+/// hold on every route, so they are imported only from a feed that prices one network.
+/// How many rules priced the table.
+fn price_timed_legs(
+    f: &Rows,
+    kept: &[Leg],
+    feed: &Feed<'_>,
+    timeframes: &mut BTreeMap<String, TimeframeGroup>,
+    table: &mut FareTable,
+    notes: &mut Vec<String>,
+) -> Result<usize, GtfsError> {
+    let timed: Vec<&Leg> = kept.iter().filter(|l| l.timeframe.is_some()).collect();
+    let Some(first) = timed.first() else {
+        return Ok(0);
+    };
+    let network = &first.network;
+    if kept.iter().any(|l| &l.network != network) {
+        for leg in &timed {
+            notes.push(format!(
+                "fare_leg_rules.txt line {}: a fare by timeframe in a feed of several networks (the table's timeframes hold on every route): rule left out",
+                leg.line
+            ));
+        }
+        return Ok(0);
+    }
+    let untimed = kept.iter().find(|l| l.timeframe.is_none());
+    let base = match untimed {
+        Some(l) => l.prices[&RiderCategory::Adult],
+        None => {
+            let dearest = timed
+                .iter()
+                .map(|l| l.prices[&RiderCategory::Adult])
+                .max()
+                .unwrap_or(0);
+            let fen = base_fen(f, first.line, dearest)?;
+            match network {
+                None => table.base_fare_fen = fen,
+                Some(n) => table.networks.push(Network {
+                    network: n.clone(),
+                    base_fare_fen: Some(fen),
+                    routes: feed.networks[n].clone(),
+                }),
+            }
+            dearest
+        }
+    };
+    let mut expressed = 0;
+    let mut dates_said = std::collections::HashSet::new();
+    for leg in timed {
+        let group = leg.timeframe.as_deref().unwrap_or_default();
+        let tf = timeframes
+            .get_mut(group)
+            .expect("checked when the rule was read");
+        tf.used = true;
+        let mut prices: Vec<(RiderCategory, i64)> =
+            leg.prices.iter().map(|(c, a)| (*c, *a)).collect();
+        prices.sort_by_key(|(c, _)| *c as u8);
+        let mut priced = false;
+        for (c, amount) in prices {
+            let Some(percent) = whole_percent(amount, base) else {
+                notes.push(format!(
+                    "fare_leg_rules.txt line {}: {} pays {amount} in {group:?}: not a whole percentage of the base fare {base}, at most 100: left out",
+                    leg.line,
+                    c.as_str()
+                ));
+                continue;
+            };
+            for p in &tf.periods {
+                if table.timeframes.len() == TIMEFRAME_RULES_MAX {
+                    notes.push(format!(
+                        "fare_leg_rules.txt line {}: more than TIMEFRAME_RULES_MAX ({TIMEFRAME_RULES_MAX}) timeframes: the rest left out",
+                        leg.line
+                    ));
+                    return Ok(expressed + usize::from(priced));
+                }
+                let service = &feed.calendar[&p.service];
+                if dates_said.insert(p.service.clone()) {
+                    notes.push(format!(
+                        "calendar.txt line {}: service {:?} runs from {} to {}: its timeframes hold on every date",
+                        service.line, p.service, service.start_date, service.end_date
+                    ));
+                }
+                table.timeframes.push(Timeframe {
+                    category: c,
+                    percent,
+                    start: TimeOfDay(p.start_s),
+                    end: TimeOfDay(p.end_s),
+                    days: service.days.clone(),
+                });
+                priced = true;
+            }
+        }
+        expressed += usize::from(priced);
+    }
+    Ok(expressed)
+}
+
+/// The columns of `fare_transfer_rules.txt` the import reads.
+const TRANSFER_RULE_COLUMNS: [&str; 8] = [
+    "from_leg_group_id",
+    "to_leg_group_id",
+    "transfer_count",
+    "duration_limit",
+    "duration_limit_type",
+    "fare_transfer_type",
+    "fare_product_id",
+    "nonconsecutive_transfers_allowed",
+];
 
 fn read_transfer_rules(
     dir: &Path,
@@ -492,7 +899,15 @@ fn read_transfer_rules(
     notes: &mut Vec<String>,
 ) -> Result<(), GtfsError> {
     let f = Rows::read(dir, "fare_transfer_rules.txt", false)?;
+    f.unread_columns(&TRANSFER_RULE_COLUMNS, notes);
     for (line, row) in &f.rows {
+        if f.int(*line, row, "nonconsecutive_transfers_allowed")? == Some(1) {
+            notes.push(format!(
+                "fare_transfer_rules.txt line {line}: nonconsecutive_transfers_allowed: a card \
+                 holds its last boarding only, so the rule prices a transfer from the boarding \
+                 just before"
+            ));
+        }
         let group = |col: &str| -> Result<Result<Option<String>, ()>, GtfsError> {
             match row.get(col) {
                 None => Ok(Ok(None)),
@@ -593,6 +1008,30 @@ mod tests {
         }
         for s in ["", "-", "1.234", "1,45", "abc", "1e3"] {
             assert_eq!(minor_units(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn timeframe_times_are_read_to_24_00_00_with_one_or_two_hour_digits() {
+        for (s, v) in [
+            ("00:00:00", Some(0)),
+            ("5:00:00", Some(18_000)),
+            ("09:30:00", Some(34_200)),
+            ("23:59:59", Some(86_399)),
+            ("24:00:00", Some(86_400)),
+        ] {
+            assert_eq!(time_s(s), v, "{s}");
+        }
+        for s in [
+            "24:00:01",
+            "25:00:00",
+            "9:60:00",
+            "9:00",
+            "9:00:0",
+            "123:00:00",
+            "a:00:00",
+        ] {
+            assert_eq!(time_s(s), None, "{s}");
         }
     }
 }
