@@ -28,7 +28,7 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -36,7 +36,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::{scanner, Shared};
+use super::{scanner, ScanHop, ScanProbe, Shared};
 use crate::blacklist::{Blacklist, Change, ChangeOp, Delta};
 use crate::card::apdu::{CardChannel, Response};
 use crate::card::psam::Psam;
@@ -107,6 +107,8 @@ pub struct ValidatorBenchReport {
     /// `scan_code` on an engine alone, nothing else running.
     pub engine_scan_us_p50: u64,
     pub engine_scan_us_p99: u64,
+    /// Its two parts: `checked` (checks 1–10), `decided` (checks 11–13 and the record).
+    pub engine_scan_parts: Vec<HopFigures>,
     /// The engine alone fed as the program is (the same scanner socket, splitter and
     /// thread, the line written at once, to its decision) while the same taps run on another
     /// engine: the program without what it adds (the shared core, the decision line).
@@ -125,6 +127,15 @@ pub struct ValidatorBenchReport {
     pub program_scan_p99_added_same_feed_pct: f64,
     /// Card taps made on the other input while the program's scans ran.
     pub taps_during_scans: u64,
+    /// Where the program's scan time goes: each hop of every program scan, in order (the
+    /// line written → complete in the scanner thread → checks 1–10 → the core's lock taken
+    /// → checks 11–13 and the record → the decision line's last byte → the write returned
+    /// → read by the bench).
+    pub program_scan_hops: Vec<HopFigures>,
+    /// The same first hop for the fed engine: the line written → complete in its scanner
+    /// thread.
+    pub engine_fed_read_us_p50: u64,
+    pub engine_fed_read_us_p99: u64,
     /// The same scans when a tap holds the core's lock for its whole dialogue.
     pub whole_tap_lock_scan_us_p50: u64,
     pub whole_tap_lock_scan_us_p99: u64,
@@ -139,6 +150,46 @@ pub struct ValidatorBenchReport {
     pub program_tap_us_p99_during_delta: u64,
     pub program_tap_us_max_during_delta: u64,
 }
+
+/// One hop of the program's scans, microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct HopFigures {
+    /// From the point before to this one: `read` (the line complete in the scanner thread),
+    /// `checked` (checks 1–10), `locked` (the core's lock taken), `decided` (checks 11–13
+    /// and the record durable, the lock let go), `line` (the decision line's last byte
+    /// written: where the program's figure ends), `shown` (the write and flush returned;
+    /// the bench's stand-in for standard output hands the time over meanwhile), `received`
+    /// (the bench has read that time).
+    pub hop: &'static str,
+    pub us_p50: u64,
+    pub us_p99: u64,
+    pub us_max: u64,
+}
+
+impl HopFigures {
+    fn of(hop: &'static str, h: &Histogram<u64>) -> Self {
+        HopFigures {
+            hop,
+            us_p50: h.value_at_quantile(0.50),
+            us_p99: h.value_at_quantile(0.99),
+            us_max: h.max(),
+        }
+    }
+}
+
+/// The time a scan passed each [`ScanHop`].
+#[derive(Clone, Copy, Default)]
+struct Marks([Option<Instant>; 5]);
+
+impl ScanProbe for Marks {
+    fn mark(&mut self, hop: ScanHop) {
+        self.0[hop as usize] = Some(Instant::now());
+    }
+}
+
+/// One fed line: when it was written, when its decision line was complete, when the bench
+/// had that time.
+type Fed3 = (Instant, Instant, Instant);
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
@@ -285,6 +336,10 @@ struct Program {
     stamps: mpsc::Receiver<Instant>,
     sock: TcpStream,
     scanner: Option<std::thread::JoinHandle<()>>,
+    /// Each scan's [`Marks`], in the order of the lines.
+    marks: Arc<Mutex<Vec<Marks>>>,
+    /// Each line fed: written, decided, received.
+    fed: Vec<Fed3>,
     psam: Option<Psam<SimPsam>>,
     cards: Option<Vec<SimCard>>,
     /// The tap holds the core's lock for its whole dialogue (the program before the split).
@@ -312,11 +367,15 @@ impl Program {
         let listener = scanner::bind_tcp("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
             .map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let marks = Arc::new(Mutex::new(Vec::new()));
         let scanner = {
             let p = Arc::clone(&shared);
+            let marks = Arc::clone(&marks);
             std::thread::spawn(move || {
                 scanner::serve_tcp(listener, &p.scanner_state, &p.stop, &mut |l| {
-                    p.scan(l);
+                    let mut m = Marks::default();
+                    p.scan_probed(l, &mut m);
+                    marks.lock().unwrap_or_else(|e| e.into_inner()).push(m);
                 })
             })
         };
@@ -328,6 +387,8 @@ impl Program {
             stamps,
             sock,
             scanner: Some(scanner),
+            marks,
+            fed: Vec::new(),
             psam: Some(psam),
             cards: Some(crate::bench::bench_cards(seed)),
             whole_tap_lock,
@@ -396,7 +457,14 @@ impl Program {
     ) -> Result<u64, String> {
         let tapping = Arc::new(AtomicBool::new(true));
         let taps = self.spawn_taps(&tapping, exchange, false);
-        let result = feed(&self.clock, &mut self.sock, &self.stamps, codes, hist);
+        let result = feed(
+            &self.clock,
+            &mut self.sock,
+            &self.stamps,
+            codes,
+            hist,
+            &mut self.fed,
+        );
         tapping.store(false, Ordering::Relaxed);
         let took = self.join_taps(taps)?;
         result.map(|()| took.len() as u64)
@@ -408,27 +476,58 @@ impl Program {
             let _ = t.join();
         }
     }
+
+    /// Each hop of the scans so far (see [`HopFigures`]).
+    fn hops(&self) -> Vec<HopFigures> {
+        const NAMES: [&str; 7] = [
+            "read", "checked", "locked", "decided", "line", "shown", "received",
+        ];
+        let mut h: Vec<Histogram<u64>> = NAMES.iter().map(|_| histogram()).collect();
+        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        for (m, &(written, line, received)) in marks.iter().zip(&self.fed) {
+            let Marks([Some(read), Some(checked), Some(locked), Some(decided), Some(shown)]) = *m
+            else {
+                continue; // a malformed line has no checks: not in this bench
+            };
+            let points = [
+                written, read, checked, locked, decided, line, shown, received,
+            ];
+            for (i, w) in points.windows(2).enumerate() {
+                h[i].saturating_record(between(w[0], w[1]));
+            }
+        }
+        NAMES
+            .iter()
+            .zip(h)
+            .map(|(hop, h)| HopFigures::of(hop, &h))
+            .collect()
+    }
+}
+
+fn between(from: Instant, to: Instant) -> u64 {
+    u64::try_from(to.saturating_duration_since(from).as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Write each code's line to the scanner socket `sock` (the whole line at once, the clock set
 /// to its scan time) and wait for its decision's stamp: the time from the write to the
-/// decision, into `hist`.
+/// decision, into `hist`; each line's times onto `fed`.
 fn feed(
     clock: &AtomicI64,
     sock: &mut TcpStream,
     stamps: &mpsc::Receiver<Instant>,
     codes: &[Code],
     hist: &mut Histogram<u64>,
+    fed: &mut Vec<Fed3>,
 ) -> Result<(), String> {
+    fed.reserve(codes.len());
     for code in codes {
         clock.store(code.at_unix_s, Ordering::Relaxed);
         let start = Instant::now();
         sock.write_all(code.line.as_bytes())
             .map_err(|e| e.to_string())?;
         let done = stamps.recv().map_err(|e| e.to_string())?;
-        hist.saturating_record(
-            u64::try_from(done.duration_since(start).as_micros()).unwrap_or(u64::MAX),
-        );
+        fed.push((start, done, Instant::now()));
+        hist.saturating_record(between(start, done));
     }
     Ok(())
 }
@@ -442,6 +541,9 @@ struct Fed {
     stamps: mpsc::Receiver<Instant>,
     sock: TcpStream,
     scanner: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// When each line was complete in the scanner thread.
+    reads: Arc<Mutex<Vec<Instant>>>,
+    fed: Vec<Fed3>,
 }
 
 impl Fed {
@@ -453,10 +555,13 @@ impl Fed {
             .map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (c, st) = (Arc::clone(&clock), Arc::clone(&stop));
+        let reads = Arc::new(Mutex::new(Vec::new()));
+        let r = Arc::clone(&reads);
         let scanner = std::thread::spawn(move || {
             let state = std::sync::atomic::AtomicU8::new(0);
             let mut refused = Ok(());
             scanner::serve_tcp(listener, &state, &st, &mut |line| {
+                let read = Instant::now();
                 let d = match line {
                     scanner::ScanLine::Code(text) => {
                         v.scan_code(text, at(c.load(Ordering::Relaxed)))
@@ -467,6 +572,7 @@ impl Fed {
                     }
                 };
                 let _ = tx.send(Instant::now());
+                r.lock().unwrap_or_else(|e| e.into_inner()).push(read);
                 if !d.accepted() && refused.is_ok() {
                     refused = Err(format!("bench scan refused: {d:?}"));
                 }
@@ -481,11 +587,30 @@ impl Fed {
             stamps,
             sock,
             scanner: Some(scanner),
+            reads,
+            fed: Vec::new(),
         })
     }
 
     fn scans(&mut self, codes: &[Code], hist: &mut Histogram<u64>) -> Result<(), String> {
-        feed(&self.clock, &mut self.sock, &self.stamps, codes, hist)
+        feed(
+            &self.clock,
+            &mut self.sock,
+            &self.stamps,
+            codes,
+            hist,
+            &mut self.fed,
+        )
+    }
+
+    /// Each line's time from its write to complete in the scanner thread.
+    fn read_hop(&self) -> Histogram<u64> {
+        let mut h = histogram();
+        let reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        for (&read, &(written, _, _)) in reads.iter().zip(&self.fed) {
+            h.saturating_record(between(written, read));
+        }
+        h
     }
 
     /// Stop the scanner thread: whether every scan was accepted.
@@ -499,16 +624,25 @@ impl Fed {
     }
 }
 
-/// `codes` scanned by the engine alone, each timed into `hist`; every one must be accepted.
+/// `codes` scanned by the engine alone, each timed into `hist` and its two parts into
+/// `parts` (checks 1–10; checks 11–13 and the record); every one must be accepted. The
+/// parts are `scan_code`'s own two steps, called in a row as it calls them.
 fn engine_scans(
     v: &mut Validator<SimPsam>,
     codes: &[Code],
     hist: &mut Histogram<u64>,
+    parts: &mut [Histogram<u64>; 2],
 ) -> Result<(), String> {
+    let checks = v.ride_code_checks();
     for code in codes {
         let start = Instant::now();
-        let d = v.scan_code(code.text(), at(code.at_unix_s));
-        hist.saturating_record(micros(start));
+        let checked = checks.check(code.text(), at(code.at_unix_s));
+        let mid = Instant::now();
+        let d = v.scan_checked(checked);
+        let end = Instant::now();
+        hist.saturating_record(between(start, end));
+        parts[0].saturating_record(between(start, mid));
+        parts[1].saturating_record(between(mid, end));
         if !d.accepted() {
             return Err(format!("bench scan refused: {d:?}"));
         }
@@ -574,10 +708,11 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
     )?;
     let (mut engine_scan, mut fed_scan, mut program_scan, mut whole_scan) =
         (histogram(), histogram(), histogram(), histogram());
+    let mut engine_parts = [histogram(), histogram()];
     let (mut taps_during_scans, mut taps_during_whole, mut taps_during_fed) = (0, 0, 0);
     let block = codes.len().div_ceil(args.rounds.max(1)).max(1);
     for part in codes.chunks(block) {
-        engine_scans(&mut alone, part, &mut engine_scan)?;
+        engine_scans(&mut alone, part, &mut engine_scan, &mut engine_parts)?;
         let tapping = Arc::new(AtomicBool::new(true));
         let taps = load.spawn_taps(&tapping, exchange, false);
         let scanned = fed.scans(part, &mut fed_scan);
@@ -589,7 +724,9 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
     }
     whole.stop();
     load.stop();
+    let fed_read = fed.read_hop();
     fed.stop()?;
+    let program_scan_hops = program.hops();
 
     // Taps while a delta is applied to the live list, between two blocks of the engine alone.
     let mut alone_cards = crate::bench::bench_cards(args.seed);
@@ -634,6 +771,11 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
         card_exchange_us: args.card_exchange_us,
         engine_scan_us_p50: engine_scan.value_at_quantile(0.50),
         engine_scan_us_p99: e99,
+        engine_scan_parts: ["checked", "decided"]
+            .iter()
+            .zip(&engine_parts)
+            .map(|(hop, h)| HopFigures::of(hop, h))
+            .collect(),
         engine_fed_scan_us_p50: fed_scan.value_at_quantile(0.50),
         engine_fed_scan_us_p99: l99,
         taps_during_engine_fed_scans: taps_during_fed,
@@ -643,6 +785,9 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
         program_scan_p99_added_pct: added_pct(p99, e99),
         program_scan_p99_added_same_feed_pct: added_pct(p99, l99),
         taps_during_scans,
+        program_scan_hops,
+        engine_fed_read_us_p50: fed_read.value_at_quantile(0.50),
+        engine_fed_read_us_p99: fed_read.value_at_quantile(0.99),
         whole_tap_lock_scan_us_p50: whole_scan.value_at_quantile(0.50),
         whole_tap_lock_scan_us_p99: w99,
         whole_tap_lock_scan_p99_added_pct: added_pct(w99, e99),
@@ -683,5 +828,13 @@ mod tests {
         assert!(r.whole_tap_lock_scan_us_p50 > 0 && r.taps_during_scans > 0);
         assert!(r.engine_fed_scan_us_p50 > 0 && r.taps_during_engine_fed_scans > 0);
         assert_eq!(r.delta_changes, 2_000);
+        let hops: Vec<&str> = r.program_scan_hops.iter().map(|h| h.hop).collect();
+        assert_eq!(
+            hops,
+            ["read", "checked", "locked", "decided", "line", "shown", "received"]
+        );
+        // Every scan passed every hop: its checks took time, its line came after them.
+        assert!(r.program_scan_hops[1].us_p50 > 0 && r.engine_scan_parts[0].us_p50 > 0);
+        assert!(r.engine_fed_read_us_p99 >= r.engine_fed_read_us_p50);
     }
 }

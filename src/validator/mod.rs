@@ -107,6 +107,32 @@ impl ReaderState {
     }
 }
 
+/// The points a scanner line passes on its way to its decision line, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanHop {
+    /// The line is complete in the scanner thread (its last byte read and split).
+    Read = 0,
+    /// Checks 1–10 made, before the core's lock.
+    Checked = 1,
+    /// The core's lock taken.
+    Locked = 2,
+    /// Checks 11–13 made and the record durable (journal write and sync); the lock let go.
+    Decided = 3,
+    /// The decision line written and flushed.
+    Shown = 4,
+}
+
+/// Told by [`Shared::scan_probed`] as a scan passes each [`ScanHop`].
+pub trait ScanProbe {
+    fn mark(&mut self, hop: ScanHop);
+}
+
+/// No probe: the program's own scans.
+impl ScanProbe for () {
+    #[inline(always)]
+    fn mark(&mut self, _hop: ScanHop) {}
+}
+
 /// Counts since start, for the status line.
 #[derive(Default)]
 pub struct Counters {
@@ -215,14 +241,25 @@ impl Shared {
     /// `malformed` refusal without it. The code's signatures and dates are checked before the
     /// core's lock is taken, so a tap's step never waits for them.
     pub fn scan(&self, line: ScanLine<'_>) -> Decision {
+        self.scan_probed(line, &mut ())
+    }
+
+    /// [`Shared::scan`], telling `probe` as the scan passes each [`ScanHop`] (`bench
+    /// validator` times them; the program's own scans pass `()`, which does nothing).
+    pub fn scan_probed(&self, line: ScanLine<'_>, probe: &mut impl ScanProbe) -> Decision {
+        probe.mark(ScanHop::Read);
         let now = self.now();
         let d = match line {
             ScanLine::Code(text) => {
                 let checked = self.ride_codes.check(text, now);
+                probe.mark(ScanHop::Checked);
                 let mut engine = self.engine();
+                probe.mark(ScanHop::Locked);
                 let d = engine.scan_checked(checked);
                 self.durable_seq
                     .fetch_max(engine.journal().durable_seq(), Ordering::Relaxed);
+                drop(engine);
+                probe.mark(ScanHop::Decided);
                 d
             }
             ScanLine::Malformed(why) => {
@@ -243,6 +280,7 @@ impl Shared {
         };
         self.counters.scans.fetch_add(1, Ordering::Relaxed);
         self.show(now, &d);
+        probe.mark(ScanHop::Shown);
         d
     }
 
