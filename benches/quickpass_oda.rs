@@ -1,13 +1,18 @@
 //! The offline data authentication step of a QuickPass tap alone (docs/quickpass.md): CA key
 //! lookup, issuer and ICC certificate recovery and checks, the signed dynamic data's
 //! verification (three RSA public operations, SHA-1), on what the simulated vector card
-//! answered; and the whole card dialogue beside it (the simulated card's signing included).
+//! answered: `quickpass/fdda` recovers every certificate, `quickpass/fdda_issuer_key_cached`
+//! is a validator's second tap of a card of a known issuer (two RSA operations, the issuer key
+//! from its cache); and the whole card dialogue beside it (the simulated card's signing
+//! included).
 //!
 //! cargo bench --bench quickpass_oda -- --warm-up-time 1 --measurement-time 3
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use fare_validator::bench::quickpass_vector_card;
-use fare_validator::card::quickpass::{authenticate, read_card, TerminalData};
+use fare_validator::card::quickpass::{
+    authenticate, authenticate_cached, read_card, IssuerKeyCache, TerminalData,
+};
 
 const TODAY: u32 = 2026_12_01;
 
@@ -26,6 +31,11 @@ fn oda(c: &mut Criterion) {
     assert!(authenticate(&data, &ca, TODAY).is_ok());
     c.bench_function("quickpass/fdda", |b| {
         b.iter(|| authenticate(black_box(&data), black_box(&ca), TODAY))
+    });
+    let mut cache = IssuerKeyCache::new();
+    assert!(authenticate_cached(&data, &ca, &mut cache, TODAY).is_ok());
+    c.bench_function("quickpass/fdda_issuer_key_cached", |b| {
+        b.iter(|| authenticate_cached(black_box(&data), black_box(&ca), &mut cache, TODAY))
     });
     c.bench_function("quickpass/dialogue_with_simulated_card", |b| {
         b.iter(|| {

@@ -40,8 +40,13 @@
 //!    amount ‖ `5F2A` currency) equals the recovered hash.
 //!
 //! Steps 1–3 failing are [`AuthError::Certificate`] (`bad_certificate`), step 4
-//! [`AuthError::Signature`] (`bad_signature`). RSA recovery is RustCrypto `rsa`'s raw public
-//! operation on a key it checked ([`rsa::RsaPublicKey::new`]); no bignum code lives here.
+//! [`AuthError::Signature`] (`bad_signature`); an ICC key `rsa` refuses is `bad_signature`.
+//! RSA recovery ([`RecoveryKey`]) is on keys RustCrypto `rsa` accepts
+//! ([`rsa::RsaPublicKey::new`]), computed by RustCrypto `crypto-bigint` with the modulus's
+//! Montgomery parameters made once per key; no bignum code lives here.
+//! [`authenticate_cached`] keeps the issuer keys that recovered and checked (step 2's checks
+//! on the certificate's bytes) in a bounded [`IssuerKeyCache`]; the issuer identifier and
+//! expiry are checked on every tap, steps 3 and 4 always run.
 //!
 //! Parsing uses `iso7816-tlv` (BER-TLV of ISO/IEC 7816-4, which EMV Book 3 Annex B follows);
 //! everything the card says is bounded (short APDUs, [`CERT_BYTES_MAX`]) and every
@@ -55,9 +60,10 @@
 
 use std::fmt;
 
+use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
+use crypto_bigint::{BoxedUint, Odd};
 use hmac::{Hmac, Mac};
 use iso7816_tlv::ber::{Tlv, Value};
-use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
 use sha1::{Digest, Sha1};
 
@@ -312,7 +318,7 @@ impl PanTokenKey {
 pub struct CaKey {
     pub rid: [u8; 5],
     pub index: u8,
-    pub key: RsaPublicKey,
+    pub key: RecoveryKey,
     /// Usable through this local date, YYYYMMDD.
     pub expires_ymd: u32,
 }
@@ -375,11 +381,8 @@ impl CaKeys {
                     "key {index:02X}: modulus must be 1 to {CERT_BYTES_MAX} bytes"
                 ));
             }
-            let key = RsaPublicKey::new(
-                BigUint::from_bytes_be(&modulus),
-                BigUint::from_bytes_be(&exponent),
-            )
-            .map_err(|err| format!("key {index:02X}: {err}"))?;
+            let key = RecoveryKey::new(&modulus, &exponent)
+                .map_err(|err| format!("key {index:02X}: {err}"))?;
             let expires_ymd = parse_ymd(&e.expires)
                 .ok_or_else(|| format!("expires must be YYYY-MM-DD, not {:?}", e.expires))?;
             keys.push(CaKey {
@@ -399,9 +402,16 @@ impl CaKeys {
 
     /// The key of `rid` and `index` usable on `today` (YYYYMMDD).
     pub fn find(&self, rid: &[u8], index: u8, today_ymd: u32) -> Option<&CaKey> {
+        self.find_at(rid, index, today_ymd).map(|(_, k)| k)
+    }
+
+    /// [`CaKeys::find`] with the key's position in the file (what [`IssuerKeyCache`] keys
+    /// its entries by).
+    fn find_at(&self, rid: &[u8], index: u8, today_ymd: u32) -> Option<(usize, &CaKey)> {
         self.keys
             .iter()
-            .find(|k| k.rid == rid && k.index == index && today_ymd <= k.expires_ymd)
+            .enumerate()
+            .find(|(_, k)| k.rid == rid && k.index == index && today_ymd <= k.expires_ymd)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -818,37 +828,78 @@ fn cert_valid_on(mmyy: [u8; 2], today_ymd: u32) -> Result<bool, AuthError> {
     Ok(today_ymd / 100 <= year * 100 + mm)
 }
 
-/// RSA recovery (EMV Book 2 5.1): `data^e mod n` on a key `rsa` checked, as many bytes as
-/// the modulus; `data` must be exactly that long and below the modulus.
-fn recover(
-    n: &BigUint,
-    e: &[u8],
-    data: &[u8],
-) -> Result<heapless::Vec<u8, CERT_BYTES_MAX>, &'static str> {
-    let key = RsaPublicKey::new(n.clone(), BigUint::from_bytes_be(e)).map_err(|_| "public key")?;
-    recover_with(&key, data)
+/// An RSA public key made ready once for EMV recovery (EMV Book 2 5.1: `data^e mod n`).
+///
+/// The key is accepted by RustCrypto `rsa`'s own rule ([`rsa::RsaPublicKey::new`]: an odd
+/// modulus of at most 4096 bits, an odd exponent from 3 to 2^33 − 1 below the modulus), and
+/// the Montgomery parameters of its modulus are computed once, here, with RustCrypto
+/// `crypto-bigint` (as `rsa` 0.10 keeps them in its public keys): a recovery is then one
+/// modular exponentiation over the exponent's bits (2 for `03`, 17 for `010001`), where
+/// `rsa` 0.9's raw operation rebuilds the parameters and walks a whole 64-bit exponent word
+/// on every call. The CA keys are made ready when `--emv-ca` is read, issuer keys when their
+/// certificate is first recovered ([`IssuerKeyCache`]), ICC keys once per tap.
+#[derive(Clone, Debug)]
+pub struct RecoveryKey {
+    params: BoxedMontyParams,
+    exponent: BoxedUint,
+    exponent_bits: u32,
+    /// The modulus's length, bytes: what a certificate or signature under it must measure.
+    n_bytes: usize,
 }
 
-/// [`recover`] under a key already checked (the CA keys, checked once when `--emv-ca` is
-/// read).
-fn recover_with(
-    key: &RsaPublicKey,
-    data: &[u8],
-) -> Result<heapless::Vec<u8, CERT_BYTES_MAX>, &'static str> {
-    let len = key.size();
-    if data.len() != len {
-        return Err("length differs from the key's");
+impl RecoveryKey {
+    /// From the big-endian modulus (no leading zero byte, at most [`CERT_BYTES_MAX`]) and
+    /// exponent.
+    pub fn new(modulus: &[u8], exponent: &[u8]) -> Result<RecoveryKey, &'static str> {
+        if modulus.first().map_or(true, |&b| b == 0) || modulus.len() > CERT_BYTES_MAX {
+            return Err("public key length");
+        }
+        // rsa's acceptance rule, so that the keys taken are the ones rsa takes.
+        RsaPublicKey::new(
+            BigUint::from_bytes_be(modulus),
+            BigUint::from_bytes_be(exponent),
+        )
+        .map_err(|_| "public key")?;
+        let n = Option::<Odd<BoxedUint>>::from(Odd::new(BoxedUint::from_be_slice_vartime(modulus)))
+            .ok_or("public key")?;
+        let exponent = BoxedUint::from_be_slice_vartime(exponent);
+        Ok(RecoveryKey {
+            // Public values: variable time is fine.
+            params: BoxedMontyParams::new_vartime(n),
+            exponent_bits: exponent.bit_width_vartime(),
+            exponent,
+            n_bytes: modulus.len(),
+        })
     }
-    let m = BigUint::from_bytes_be(data);
-    if &m >= key.n() {
-        return Err("not below the modulus");
+
+    /// The modulus's length, bytes.
+    pub fn n_bytes(&self) -> usize {
+        self.n_bytes
     }
-    let x = rsa::hazmat::rsa_encrypt(key, &m).map_err(|_| "recovery")?;
-    let bytes = x.to_bytes_be();
-    let mut out = heapless::Vec::new();
-    out.resize(len - bytes.len(), 0).map_err(|_| "length")?;
-    out.extend_from_slice(&bytes).map_err(|_| "length")?;
-    Ok(out)
+
+    /// `data^e mod n`, as many bytes as the modulus; `data` must be exactly that long and
+    /// below the modulus.
+    fn recover(&self, data: &[u8]) -> Result<heapless::Vec<u8, CERT_BYTES_MAX>, &'static str> {
+        if data.len() != self.n_bytes {
+            return Err("length differs from the key's");
+        }
+        let m = BoxedUint::from_be_slice(data, self.params.bits_precision())
+            .map_err(|_| "length differs from the key's")?;
+        if m.cmp_vartime(self.params.modulus().as_ref()) != core::cmp::Ordering::Less {
+            return Err("not below the modulus");
+        }
+        let x = BoxedMontyForm::new(m, &self.params)
+            .pow_bounded_exp(&self.exponent, self.exponent_bits)
+            .retrieve()
+            .to_be_bytes();
+        // The limbs are whole words: the value is below the modulus, so the bytes before
+        // its length are zeros.
+        let (high, low) = x.split_at(x.len() - self.n_bytes);
+        if high.iter().any(|&b| b != 0) {
+            return Err("recovery");
+        }
+        heapless::Vec::from_slice(low).map_err(|_| "length")
+    }
 }
 
 fn sha1(parts: &[&[u8]]) -> [u8; 20] {
@@ -859,13 +910,13 @@ fn sha1(parts: &[&[u8]]) -> [u8; 20] {
     h.finalize().into()
 }
 
-/// A public key recovered from a certificate: its modulus, from the certificate's leftmost
-/// digits and the remainder.
+/// A public key's modulus recovered from a certificate: the certificate's leftmost digits
+/// and the remainder.
 fn certified_modulus(
     leftmost: &[u8],
     remainder: &[u8],
     key_len: usize,
-) -> Result<BigUint, AuthError> {
+) -> Result<heapless::Vec<u8, CERT_BYTES_MAX>, AuthError> {
     let bad = AuthError::Certificate("public key length");
     let mut m = heapless::Vec::<u8, CERT_BYTES_MAX>::new();
     if key_len <= leftmost.len() {
@@ -884,24 +935,142 @@ fn certified_modulus(
     if m.first() == Some(&0) || m.is_empty() {
         return Err(bad);
     }
-    Ok(BigUint::from_bytes_be(&m))
+    Ok(m)
 }
 
-/// fDDA (module doc, steps 1–4) of what [`read_card`] returned, on local date `today_ymd`.
+/// Most issuer public keys [`IssuerKeyCache`] keeps: the card issuers whose passengers ride
+/// one bus, with room to spare (a city's QuickPass cards come from a few dozen banks, each
+/// with one issuer certificate per CA key).
+pub const ISSUER_KEYS_CACHED_MAX: usize = 32;
+/// Most memory [`IssuerKeyCache`] holds, bytes: per entry, on the heap the key's modulus,
+/// Montgomery `R mod n` and `R² mod n` (3 × 248 bytes at most, whole 8-byte limbs), its
+/// exponent (8) and the parameters' header (under 64), and in the cache itself the entry
+/// (under 128: digest, CA position, issuer identifier, expiry, pointers): under 1 KiB each.
+pub const ISSUER_KEY_CACHE_BYTES_MAX: usize = ISSUER_KEYS_CACHED_MAX * 1024;
+
+/// An issuer certificate that recovered and checked under a CA key (EMV Book 2 Table 13):
+/// what a later tap of a card of the same issuer still checks against itself.
+#[derive(Clone, Debug)]
+struct CachedIssuer {
+    /// Position of the CA key in [`CaKeys`] (a new key file makes a new cache).
+    ca_at: usize,
+    /// SHA-256 of the certificate `90`, the remainder `92` and the exponent `9F32`, each
+    /// after its length: the same bytes recover to the same key.
+    digest: [u8; 32],
+    /// Recovered issuer identifier (3 to 8 PAN digits, `F`-padded) and expiry MMYY: checked
+    /// against each card's PAN and each tap's date, never cached as a verdict.
+    issuer_id: [u8; 4],
+    expiry_mmyy: [u8; 2],
+    key: RecoveryKey,
+}
+
+/// The issuer public keys recovered from certificates and checked (EMV Book 2 6.3 steps 1
+/// to 4 and 10 to 11: recovery under the CA key, header, format, hash, algorithm, key
+/// length), keyed by CA key and certificate digest, so that the second tap of a card of a
+/// known issuer skips one RSA recovery of three. What depends on the card or the day (issuer
+/// identifier against the PAN, the certificate's expiry) is checked on every tap, and the ICC
+/// certificate and signed dynamic data are always recovered and verified. At most
+/// [`ISSUER_KEYS_CACHED_MAX`] entries ([`ISSUER_KEY_CACHE_BYTES_MAX`] bytes); when full, the
+/// oldest entry gives way. A certificate that fails is not kept.
+#[derive(Clone, Debug, Default)]
+pub struct IssuerKeyCache {
+    entries: heapless::Vec<CachedIssuer, ISSUER_KEYS_CACHED_MAX>,
+    /// The entry replaced next when full.
+    next: usize,
+}
+
+impl IssuerKeyCache {
+    pub fn new() -> Self {
+        IssuerKeyCache::default()
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn get(&self, ca_at: usize, digest: &[u8; 32]) -> Option<&CachedIssuer> {
+        self.entries
+            .iter()
+            .find(|e| e.ca_at == ca_at && e.digest == *digest)
+    }
+
+    fn insert(&mut self, entry: CachedIssuer) -> &CachedIssuer {
+        let at = if self.entries.len() < ISSUER_KEYS_CACHED_MAX {
+            let _ = self.entries.push(entry);
+            self.entries.len() - 1
+        } else {
+            let at = self.next;
+            self.entries[at] = entry;
+            self.next = (at + 1) % ISSUER_KEYS_CACHED_MAX;
+            at
+        };
+        &self.entries[at]
+    }
+}
+
+fn issuer_digest(d: &CardData) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    for part in [
+        &d.issuer_cert[..],
+        &d.issuer_remainder[..],
+        &d.issuer_exponent[..],
+    ] {
+        h.update((part.len() as u16).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// fDDA (module doc, steps 1–4) of what [`read_card`] returned, on local date `today_ymd`,
+/// recovering every certificate (no [`IssuerKeyCache`]).
 pub fn authenticate(d: &CardData, ca: &CaKeys, today_ymd: u32) -> Result<(), AuthError> {
+    authenticate_cached(d, ca, &mut IssuerKeyCache::new(), today_ymd)
+}
+
+/// [`authenticate`] with the issuer keys already recovered under `ca` kept in `cache` (a
+/// cache made for these CA keys: a new key file needs a new cache). Decides as
+/// [`authenticate`] does.
+pub fn authenticate_cached(
+    d: &CardData,
+    ca: &CaKeys,
+    cache: &mut IssuerKeyCache,
+    today_ymd: u32,
+) -> Result<(), AuthError> {
     let pan = d.pan.ok_or(AuthError::Certificate("no PAN"))?;
     let rid = d.aid.get(..5).ok_or(AuthError::Certificate("AID"))?;
-    let ca_key = ca
-        .find(rid, d.ca_index, today_ymd)
+    let (ca_at, ca_key) = ca
+        .find_at(rid, d.ca_index, today_ymd)
         .ok_or(AuthError::Certificate("no usable CA key for the index"))?;
-    let issuer_key = issuer_key(d, &pan, ca_key, today_ymd)?;
-    let icc_key = icc_key(d, &pan, &issuer_key, today_ymd)?;
-    verify_sdad(d, &icc_key)
+    let digest = issuer_digest(d);
+    let issuer = match cache.get(ca_at, &digest) {
+        Some(hit) => hit,
+        None => cache.insert(issuer_key(d, ca_at, digest, ca_key)?),
+    };
+    let cert = AuthError::Certificate;
+    if !pan.starts_with_cn(&issuer.issuer_id, 3, false) {
+        return Err(cert("issuer identifier"));
+    }
+    if !cert_valid_on(issuer.expiry_mmyy, today_ymd)? {
+        return Err(cert("issuer certificate expired"));
+    }
+    let icc_modulus = icc_key(d, &pan, &issuer.key, today_ymd)?;
+    verify_sdad(d, &icc_modulus)
 }
 
-fn issuer_key(d: &CardData, pan: &Pan, ca: &CaKey, today_ymd: u32) -> Result<BigUint, AuthError> {
+/// The issuer certificate's checks that depend on its bytes alone.
+fn issuer_key(
+    d: &CardData,
+    ca_at: usize,
+    digest: [u8; 32],
+    ca: &CaKey,
+) -> Result<CachedIssuer, AuthError> {
     let cert = AuthError::Certificate;
-    let x = recover_with(&ca.key, &d.issuer_cert).map_err(cert)?;
+    let x = ca.key.recover(&d.issuer_cert).map_err(cert)?;
     let n = x.len();
     if n < 36 || x[0] != 0x6A || x[n - 1] != 0xBC || x[1] != 0x02 {
         return Err(cert("issuer certificate format"));
@@ -910,29 +1079,32 @@ fn issuer_key(d: &CardData, pan: &Pan, ca: &CaKey, today_ymd: u32) -> Result<Big
     if hash[..] != x[n - 21..n - 1] {
         return Err(cert("issuer certificate hash"));
     }
-    if !pan.starts_with_cn(&x[2..6], 3, false) {
-        return Err(cert("issuer identifier"));
-    }
-    if !cert_valid_on([x[6], x[7]], today_ymd)? {
-        return Err(cert("issuer certificate expired"));
-    }
     if x[11] != 0x01 || x[12] != 0x01 {
         return Err(cert("issuer certificate algorithm"));
     }
     if usize::from(x[14]) != d.issuer_exponent.len() {
         return Err(cert("issuer exponent length"));
     }
-    certified_modulus(&x[15..n - 21], &d.issuer_remainder, usize::from(x[13]))
+    let modulus = certified_modulus(&x[15..n - 21], &d.issuer_remainder, usize::from(x[13]))?;
+    let key = RecoveryKey::new(&modulus, &d.issuer_exponent).map_err(cert)?;
+    Ok(CachedIssuer {
+        ca_at,
+        digest,
+        issuer_id: [x[2], x[3], x[4], x[5]],
+        expiry_mmyy: [x[6], x[7]],
+        key,
+    })
 }
 
+/// The ICC certificate's checks; the ICC key's modulus.
 fn icc_key(
     d: &CardData,
     pan: &Pan,
-    issuer_n: &BigUint,
+    issuer: &RecoveryKey,
     today_ymd: u32,
-) -> Result<BigUint, AuthError> {
+) -> Result<heapless::Vec<u8, CERT_BYTES_MAX>, AuthError> {
     let cert = AuthError::Certificate;
-    let x = recover(issuer_n, &d.issuer_exponent, &d.icc_cert).map_err(cert)?;
+    let x = issuer.recover(&d.icc_cert).map_err(cert)?;
     let n = x.len();
     if n < 42 || x[0] != 0x6A || x[n - 1] != 0xBC || x[1] != 0x04 {
         return Err(cert("ICC certificate format"));
@@ -960,10 +1132,13 @@ fn icc_key(
     certified_modulus(&x[21..n - 21], &d.icc_remainder, usize::from(x[19]))
 }
 
-fn verify_sdad(d: &CardData, icc_n: &BigUint) -> Result<(), AuthError> {
+/// The signed dynamic data under the certified ICC key: a key `rsa` refuses is
+/// `bad_signature`, as a signature that does not recover.
+fn verify_sdad(d: &CardData, icc_modulus: &[u8]) -> Result<(), AuthError> {
     let sig = AuthError::Signature;
     let terminal = d.terminal.ok_or(sig("no terminal data"))?;
-    let x = recover(icc_n, &d.icc_exponent, &d.sdad).map_err(sig)?;
+    let icc = RecoveryKey::new(icc_modulus, &d.icc_exponent).map_err(sig)?;
+    let x = icc.recover(&d.sdad).map_err(sig)?;
     let n = x.len();
     if n < 26 || x[0] != 0x6A || x[n - 1] != 0xBC || x[1] != 0x05 || x[2] != 0x01 {
         return Err(sig("format"));

@@ -516,7 +516,10 @@ impl CardChannel for SimPhysicalCard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::card::quickpass::{authenticate, read_card, AuthError, CaKeys, TerminalData};
+    use crate::card::quickpass::{
+        authenticate, authenticate_cached, read_card, AuthError, CaKeys, CardData, IssuerKeyCache,
+        Pan, TerminalData,
+    };
 
     fn vectors() -> serde_json::Value {
         serde_json::from_str(include_str!("../../fixtures/quickpass-v1.json")).unwrap()
@@ -559,5 +562,94 @@ mod tests {
             );
             assert_eq!(card.atc(), spec.atc + 1);
         }
+    }
+
+    fn terminal() -> TerminalData {
+        TerminalData {
+            amount_fen: 200,
+            datetime_bcd: [0x20, 0x26, 0x12, 0x01, 0x08, 0x00, 0x00],
+            unpredictable_number: [9, 8, 7, 6],
+        }
+    }
+
+    /// Every vector card read once, with the day of its case.
+    fn vector_reads() -> Vec<(String, CardData, u32)> {
+        let v = vectors();
+        v["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|case| {
+                let spec: QuickPassSpec = serde_json::from_value(case["card"].clone()).unwrap();
+                let mut card = SimQuickPass::new(&spec, 1).unwrap();
+                let d = read_card(&mut card, &terminal()).unwrap();
+                let at = case["at"].as_str().unwrap();
+                let today: u32 = at[..10].replace('-', "").parse().unwrap();
+                (case["name"].as_str().unwrap().to_string(), d, today)
+            })
+            .collect()
+    }
+
+    /// One cache across every vector card, twice over: each answer is the one a full
+    /// recovery gives, whether the issuer key was recovered now or by an earlier card.
+    #[test]
+    fn issuer_key_cache_decides_as_a_full_recovery() {
+        let ca = CaKeys::from_json(&vectors()["ca_keys"].to_string()).unwrap();
+        let reads = vector_reads();
+        let mut cache = IssuerKeyCache::new();
+        for round in 0..2 {
+            for (name, d, today) in &reads {
+                assert_eq!(
+                    authenticate_cached(d, &ca, &mut cache, *today),
+                    authenticate(d, &ca, *today),
+                    "round {round}: {name}"
+                );
+            }
+        }
+        // The good certificates only, each issuer key once.
+        assert!(
+            !cache.is_empty() && cache.len() < reads.len(),
+            "{}",
+            cache.len()
+        );
+    }
+
+    /// A cached issuer key still answers to each card's PAN and each tap's day.
+    #[test]
+    fn cached_issuer_key_is_checked_against_the_pan_and_the_day() {
+        let ca = CaKeys::from_json(&vectors()["ca_keys"].to_string()).unwrap();
+        let reads = vector_reads();
+        let (_, last_day, today) = reads
+            .iter()
+            .find(|(n, _, _)| n == "issuer_certificate_valid_through_the_last_day_of_its_month")
+            .unwrap();
+        let mut cache = IssuerKeyCache::new();
+        assert_eq!(
+            authenticate_cached(last_day, &ca, &mut cache, *today),
+            Ok(())
+        );
+        assert_eq!(
+            authenticate_cached(last_day, &ca, &mut cache, 2027_01_01),
+            Err(AuthError::Certificate("issuer certificate expired"))
+        );
+        let (_, good, today) = reads
+            .iter()
+            .find(|(n, _, _)| n == "good_card_accepted")
+            .unwrap();
+        assert_eq!(authenticate_cached(good, &ca, &mut cache, *today), Ok(()));
+        let mut other_issuer = good.clone();
+        other_issuer.pan = Pan::parse("6299990000000001");
+        assert_eq!(
+            authenticate_cached(&other_issuer, &ca, &mut cache, *today),
+            Err(AuthError::Certificate("issuer identifier"))
+        );
+        // A card whose certificate failed left nothing behind to trust.
+        let (_, forged, today) = reads
+            .iter()
+            .find(|(n, _, _)| n == "issuer_certificate_hash_wrong_is_bad_certificate")
+            .unwrap();
+        let before = cache.len();
+        assert!(authenticate_cached(forged, &ca, &mut cache, *today).is_err());
+        assert_eq!(cache.len(), before);
     }
 }

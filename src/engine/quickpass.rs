@@ -15,7 +15,8 @@ use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 use crate::card::acquirer::{acquirer_data, AcquirerKey};
 use crate::card::apdu::CardChannel;
 use crate::card::quickpass::{
-    authenticate, read_card, AuthError, CaKeys, CardData, Pan, PanTokenKey, ReadError, TerminalData,
+    authenticate_cached, read_card, AuthError, CaKeys, CardData, IssuerKeyCache, Pan, PanTokenKey,
+    ReadError, TerminalData,
 };
 use crate::clock::Timestamp;
 use crate::journal::{CardTx, QpTx, Record, RecordKind};
@@ -29,10 +30,13 @@ use super::{Core, CoreAccess, Decision, Refusal, Subject};
 /// ([`Core::set_quickpass`]).
 pub const UNPREDICTABLE_SEED_DEFAULT: u64 = 0x9F37;
 
-/// The QuickPass side of a validator: the CA keys, the PAN token key, the acquirer's public
-/// key, the source of unpredictable numbers, and the source of the sealing's ephemeral keys.
+/// The QuickPass side of a validator: the CA keys and the issuer keys recovered under them,
+/// the PAN token key, the acquirer's public key, the source of unpredictable numbers, and
+/// the source of the sealing's ephemeral keys.
 pub(super) struct QuickPass {
     ca: CaKeys,
+    /// Made anew whenever `ca` is.
+    issuer_keys: IssuerKeyCache,
     token_key: PanTokenKey,
     acquirer: AcquirerKey,
     rng: ChaCha8Rng,
@@ -47,6 +51,7 @@ impl QuickPass {
     pub(super) fn without_keys() -> Self {
         QuickPass {
             ca: CaKeys::empty(),
+            issuer_keys: IssuerKeyCache::new(),
             token_key: PanTokenKey::TEST,
             acquirer: AcquirerKey::test(),
             rng: ChaCha8Rng::seed_from_u64(UNPREDICTABLE_SEED_DEFAULT),
@@ -61,6 +66,7 @@ impl Core {
     pub fn set_quickpass(&mut self, ca: CaKeys, token_key: PanTokenKey, seed: u64) {
         let qp = &mut self.quickpass;
         qp.ca = ca;
+        qp.issuer_keys = IssuerKeyCache::new();
         qp.token_key = token_key;
         qp.rng = ChaCha8Rng::seed_from_u64(seed);
     }
@@ -125,9 +131,10 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
         if today > data.expiry_ymd {
             return Err(Some(Reason::CardExpired));
         }
-        let authenticated = self
-            .core
-            .with(|c| authenticate(&data, &c.quickpass.ca, today));
+        let authenticated = self.core.with(|c| {
+            let qp = &mut c.quickpass;
+            authenticate_cached(&data, &qp.ca, &mut qp.issuer_keys, today)
+        });
         authenticated.map_err(|e| {
             tracing::info!(pan = %pan, error = %e, "QuickPass offline data authentication failed");
             Some(match e {
