@@ -1,5 +1,6 @@
 //! The scan path allocates nothing: verify (certificate cache cold and warm, both algorithms,
-//! accepted and refused, with and without the certificate worker) and the replay cache's check
+//! accepted and refused, with and without the certificate worker, a first-seen holder the
+//! fleet's verified-certificate set lists) and the replay cache's check
 //! and remember, counted by a global allocator that tallies every thread's allocations while
 //! armed, the worker's included. This binary holds this one test, so while it runs nothing
 //! else allocates (the harness's main thread only waits for it).
@@ -8,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use fare_validator::ride_code::issuer;
-use fare_validator::ride_code::{Alg, ReplayCache, RideCodeConfig, Verifier};
+use fare_validator::ride_code::{Alg, CertSet, ReplayCache, RideCodeConfig, Verifier};
 
 struct Counting;
 
@@ -42,11 +43,13 @@ const NOW: i64 = 1_795_824_000;
 
 #[test]
 fn scan_path_allocates_nothing() {
-    for (alg, worker) in [
-        (Alg::P256, false),
-        (Alg::Sm2, false),
-        (Alg::P256, true),
-        (Alg::Sm2, true),
+    for (alg, worker, listed) in [
+        (Alg::P256, false, false),
+        (Alg::Sm2, false, false),
+        (Alg::P256, true, false),
+        (Alg::Sm2, true, false),
+        (Alg::P256, true, true),
+        (Alg::Sm2, true, true),
     ] {
         let world = issuer::OneChannel::new(alg, NOW, 10);
         let good = world.text(NOW as u32, 1);
@@ -58,6 +61,24 @@ fn scan_path_allocates_nothing() {
         } else {
             Verifier::new(world.keys, RideCodeConfig::default())
         };
+        if listed {
+            // The fleet's set lists the holder: the first scan decodes the key and checks
+            // the code alone, after a search of the set.
+            let digest = fare_validator::ride_code::RideCode::parse(&good)
+                .unwrap()
+                .cert_digest();
+            let others = (0u32..10_000).map(|i| {
+                let mut d = [0u8; 32];
+                d[..4].copy_from_slice(&i.to_be_bytes());
+                d
+            });
+            let keys = verifier.keys().clone();
+            verifier.set_cert_set(std::sync::Arc::new(CertSet::from_digests(
+                1,
+                &keys,
+                others.chain([digest]),
+            )));
+        }
         let mut replay = ReplayCache::new(&RideCodeConfig::default());
 
         let n = allocations_during(|| {
@@ -71,7 +92,8 @@ fn scan_path_allocates_nothing() {
         });
         assert_eq!(
             n, 0,
-            "{alg:?} (worker: {worker}) scan path allocated {n} times"
+            "{alg:?} (worker: {worker}, listed: {listed}) scan path allocated {n} times"
         );
+        assert_eq!(verifier.certs_from_set(), u64::from(listed));
     }
 }
