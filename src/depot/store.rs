@@ -1739,6 +1739,62 @@ fn advance_contiguous(
     Ok(c)
 }
 
+/// [`Store::blacklist_change`] inside the caller's transaction `tx`: the reason row added or
+/// removed and the change logged; the new blacklist version. A remove of a reason not held is
+/// [`StoreError::NotListed`].
+pub(super) fn blacklist_change_in(tx: &Connection, change: &Change) -> Result<u64, StoreError> {
+    let kind = change.id.kind();
+    let id = change.id.to_string();
+    let reason = change.reason.as_str();
+    match change.op {
+        ChangeOp::Add => {
+            tx.execute(
+                "INSERT OR IGNORE INTO blacklist_reasons(kind, id, reason)
+                 VALUES(?1, ?2, ?3)",
+                params![kind, id, reason],
+            )?;
+        }
+        ChangeOp::Remove => {
+            // 解挂 lifts a lost report; it must not revive a cancelled or replaced card,
+            // whose own rows stay.
+            let n = tx.execute(
+                "DELETE FROM blacklist_reasons WHERE kind=?1 AND id=?2 AND reason=?3",
+                params![kind, id, reason],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotListed { id, reason });
+            }
+        }
+    }
+    let op = match change.op {
+        ChangeOp::Add => "add",
+        ChangeOp::Remove => "remove",
+    };
+    tx.execute(
+        "INSERT INTO blacklist_changes(op, kind, id, reason, at_unix_s)
+         VALUES(?1, ?2, ?3, ?4, ?5)",
+        params![op, kind, id, reason, now_unix_s()],
+    )?;
+    Ok(tx.last_insert_rowid() as u64)
+}
+
+/// [`Store::blacklist_reasons`] on `conn` (the store's connection or a transaction of it).
+pub(super) fn blacklist_reasons_in(
+    conn: &Connection,
+    id: &ListId,
+) -> Result<ReasonSet, StoreError> {
+    let mut st =
+        conn.prepare_cached("SELECT reason FROM blacklist_reasons WHERE kind=?1 AND id=?2")?;
+    let rows = st.query_map(params![id.kind(), id.to_string()], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let mut reasons = ReasonSet::EMPTY;
+    for row in rows {
+        reasons = reasons.with(parse_reason(&row?)?);
+    }
+    Ok(reasons)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1925,60 +1981,4 @@ mod tests {
             )
         );
     }
-}
-
-/// [`Store::blacklist_change`] inside the caller's transaction `tx`: the reason row added or
-/// removed and the change logged; the new blacklist version. A remove of a reason not held is
-/// [`StoreError::NotListed`].
-pub(super) fn blacklist_change_in(tx: &Connection, change: &Change) -> Result<u64, StoreError> {
-    let kind = change.id.kind();
-    let id = change.id.to_string();
-    let reason = change.reason.as_str();
-    match change.op {
-        ChangeOp::Add => {
-            tx.execute(
-                "INSERT OR IGNORE INTO blacklist_reasons(kind, id, reason)
-                 VALUES(?1, ?2, ?3)",
-                params![kind, id, reason],
-            )?;
-        }
-        ChangeOp::Remove => {
-            // 解挂 lifts a lost report; it must not revive a cancelled or replaced card,
-            // whose own rows stay.
-            let n = tx.execute(
-                "DELETE FROM blacklist_reasons WHERE kind=?1 AND id=?2 AND reason=?3",
-                params![kind, id, reason],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotListed { id, reason });
-            }
-        }
-    }
-    let op = match change.op {
-        ChangeOp::Add => "add",
-        ChangeOp::Remove => "remove",
-    };
-    tx.execute(
-        "INSERT INTO blacklist_changes(op, kind, id, reason, at_unix_s)
-         VALUES(?1, ?2, ?3, ?4, ?5)",
-        params![op, kind, id, reason, now_unix_s()],
-    )?;
-    Ok(tx.last_insert_rowid() as u64)
-}
-
-/// [`Store::blacklist_reasons`] on `conn` (the store's connection or a transaction of it).
-pub(super) fn blacklist_reasons_in(
-    conn: &Connection,
-    id: &ListId,
-) -> Result<ReasonSet, StoreError> {
-    let mut st =
-        conn.prepare_cached("SELECT reason FROM blacklist_reasons WHERE kind=?1 AND id=?2")?;
-    let rows = st.query_map(params![id.kind(), id.to_string()], |r| {
-        r.get::<_, String>(0)
-    })?;
-    let mut reasons = ReasonSet::EMPTY;
-    for row in rows {
-        reasons = reasons.with(parse_reason(&row?)?);
-    }
-    Ok(reasons)
 }
