@@ -22,8 +22,8 @@
 //!   work: build the next list, swap it through the handle); the longest tap, against taps on
 //!   the engine alone measured just before and just after.
 //!
-//! The journal is in memory (no sync), so the figures are the program's cost and not the
-//! disk's.
+//! The journals skip their syncs (the same on every side), so the figures are the program's
+//! cost and not the disk's; `--durable` syncs them all, as on a bus.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -45,7 +45,7 @@ use crate::card::ChannelError;
 use crate::clock::Timestamp;
 use crate::engine::{tap_card_with, EngineConfig, Validator};
 use crate::fare::FareTable;
-use crate::journal::{Journal, UnsyncedFiles};
+use crate::journal::{Journal, OsFiles, UnsyncedFiles};
 use crate::replay::REPLAY_TERMINAL_NO;
 use crate::ride_code::issuer::SimChannels;
 use crate::ride_code::{ChannelKeys, RideCodeConfig};
@@ -81,6 +81,11 @@ pub struct ValidatorBenchArgs {
     /// Seed of the blacklist, the delta and the codes.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Every engine's journal on the operating system's files with its syncs (fdatasync),
+    /// as on a bus, instead of in files whose sync does nothing: every side pays a sync per
+    /// record, and the program's scans also wait behind a tap's sync made under the lock.
+    #[arg(long)]
+    pub durable: bool,
 }
 
 impl Default for ValidatorBenchArgs {
@@ -94,6 +99,7 @@ impl Default for ValidatorBenchArgs {
             blacklist_entries: 1_000_000,
             delta_changes: 100_000,
             seed: 42,
+            durable: false,
         }
     }
 }
@@ -104,6 +110,8 @@ pub struct ValidatorBenchReport {
     pub scans: usize,
     pub rounds: usize,
     pub card_exchange_us: u64,
+    /// Whether the journals synced (`--durable`); otherwise no side syncs.
+    pub durable: bool,
     /// `scan_code` on an engine alone, nothing else running.
     pub engine_scan_us_p50: u64,
     pub engine_scan_us_p99: u64,
@@ -206,9 +214,14 @@ fn engine(
     dir: &std::path::Path,
     list: Blacklist,
     keys: &ChannelKeys,
+    durable: bool,
 ) -> Result<Validator<SimPsam>, String> {
-    let (journal, _) =
-        Journal::open_with(dir, Box::new(UnsyncedFiles)).map_err(|e| e.to_string())?;
+    let layer: Box<dyn crate::journal::FileLayer> = if durable {
+        Box::new(OsFiles)
+    } else {
+        Box::new(UnsyncedFiles)
+    };
+    let (journal, _) = Journal::open_with(dir, layer).map_err(|e| e.to_string())?;
     let psam = Psam::open(SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1))
         .map_err(|e| e.to_string())?;
     let mut v = Validator::new(
@@ -682,27 +695,47 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
     // A first pass on a throwaway engine: the process's one-time costs (precomputed curve
     // tables, page faults, the certificate worker's start) are paid before either side is
     // measured. Each measured side then starts with its own cold certificate cache.
-    let mut warm = engine(&tmp.path().join("warm"), Blacklist::empty(), &keys)?;
+    let mut warm = engine(
+        &tmp.path().join("warm"),
+        Blacklist::empty(),
+        &keys,
+        args.durable,
+    )?;
     for code in &codes {
         warm.scan_code(code.text(), at(code.at_unix_s));
     }
     drop(warm);
 
-    let mut alone = engine(&tmp.path().join("alone"), base.clone(), &keys)?;
-    let mut fed = Fed::start(engine(&tmp.path().join("fed"), base.clone(), &keys)?)?;
+    let mut alone = engine(&tmp.path().join("alone"), base.clone(), &keys, args.durable)?;
+    let mut fed = Fed::start(engine(
+        &tmp.path().join("fed"),
+        base.clone(),
+        &keys,
+        args.durable,
+    )?)?;
     // Only its taps are used: the load beside the fed engine.
     let mut load = Program::start(
-        engine(&tmp.path().join("load"), Blacklist::empty(), &keys)?,
+        engine(
+            &tmp.path().join("load"),
+            Blacklist::empty(),
+            &keys,
+            args.durable,
+        )?,
         args.seed,
         false,
     )?;
     let mut program = Program::start(
-        engine(&tmp.path().join("program"), base, &keys)?,
+        engine(&tmp.path().join("program"), base, &keys, args.durable)?,
         args.seed,
         false,
     )?;
     let mut whole = Program::start(
-        engine(&tmp.path().join("whole"), Blacklist::empty(), &keys)?,
+        engine(
+            &tmp.path().join("whole"),
+            Blacklist::empty(),
+            &keys,
+            args.durable,
+        )?,
         args.seed,
         true,
     )?;
@@ -769,6 +802,7 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
         scans: codes.len(),
         rounds: args.rounds,
         card_exchange_us: args.card_exchange_us,
+        durable: args.durable,
         engine_scan_us_p50: engine_scan.value_at_quantile(0.50),
         engine_scan_us_p99: e99,
         engine_scan_parts: ["checked", "decided"]
@@ -820,6 +854,7 @@ mod tests {
             blacklist_entries: 2_000,
             delta_changes: 2_000,
             seed: 3,
+            durable: false,
         })
         .unwrap();
         assert_eq!(r.scans, 20);
