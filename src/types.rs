@@ -203,6 +203,14 @@ impl ListId {
         }
     }
 
+    /// As [`ListId::parse`], a `pan` id in digits tokenised under `key`.
+    pub fn parse_with_key(kind: &str, id: &str, key: &PanTokenKey) -> Result<Self, ListIdError> {
+        match kind {
+            "pan" => Self::parse_pan(id, key),
+            _ => Self::parse(kind, id),
+        }
+    }
+
     /// A `pan` id: the PAN's digits (tokenised under `key` at once; the digits are not kept)
     /// or an existing token, `t:` and 16 hex digits.
     pub fn parse_pan(id: &str, key: &PanTokenKey) -> Result<Self, ListIdError> {

@@ -349,3 +349,50 @@ async fn a_station_upgraded_with_unpaid_declines_still_lifts_their_arrears() {
         .unwrap();
     assert_eq!(report.lifted, std::slice::from_ref(&ride.pan_token));
 }
+
+/// A lost QuickPass card listed at the counter by its PAN: tokenised with the depot's key
+/// file, never kept or printed in digits; without a key file the test key is used and the
+/// command says so loudly; a key file that is not 64 hex digits is refused.
+#[test]
+fn a_counter_lists_a_pan_under_the_depot_s_token_key() {
+    use fare_validator::card::quickpass::PanTokenKey;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("depot.db");
+    Store::open(&db).unwrap();
+    let key_file = dir.path().join("pan-token.key");
+    std::fs::write(&key_file, format!("{}\n", "5a".repeat(32))).unwrap();
+    let pan = Pan::parse(PAN).unwrap();
+    let add = |extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["depot", "blacklist", "add", "--db"])
+            .arg(&db)
+            .args(["--pan", PAN, "--reason", "lost"])
+            .args(extra);
+        cmd.output().unwrap()
+    };
+
+    let out = add(&["--pan-token-key", key_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(PAN));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = PanTokenKey([0x5A; 32]).token(&pan);
+    assert_eq!(v["id"], format!("t:{token}"));
+    assert_ne!(token, PanTokenKey::TEST.token(&pan));
+    assert!(!support::stderr(&out).contains("TEST key"));
+    let listed = Store::open(&db)
+        .unwrap()
+        .blacklist_reasons(&ListId::Pan(token))
+        .unwrap();
+    assert!(listed.contains(ListReason::Lost), "{listed:?}");
+
+    let out = add(&[]);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    assert!(support::stderr(&out).contains("TEST key"));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], format!("t:{}", PanTokenKey::TEST.token(&pan)));
+
+    std::fs::write(&key_file, "not a key\n").unwrap();
+    let out = add(&["--pan-token-key", key_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(PAN));
+}

@@ -298,9 +298,39 @@ impl fmt::Debug for PanTokenKey {
     }
 }
 
+/// Why a PAN token key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PanTokenKeyError {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("a PAN token key file holds 64 hex digits (32 bytes)")]
+    Format,
+}
+
 impl PanTokenKey {
-    /// The key of tests, replay and the demo: never a production key.
+    /// The key of tests, replay and the demo: never a production key (it is in the source).
     pub const TEST: PanTokenKey = PanTokenKey(*b"DZ-TEST-PAN-TOKEN-KEY-0123456789");
+
+    /// From 64 hex digits (surrounding white space ignored).
+    pub fn from_hex(text: &str) -> Result<PanTokenKey, PanTokenKeyError> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut key).map_err(|_| PanTokenKeyError::Format)?;
+        Ok(PanTokenKey(key))
+    }
+
+    /// The key in a file of 64 hex digits (`validator.toml`'s `pan_token_key_file`, `run
+    /// --pan-token-key`, `depot blacklist --pan-token-key`; docs/quickpass.md).
+    pub fn load(path: &std::path::Path) -> Result<PanTokenKey, PanTokenKeyError> {
+        if std::fs::metadata(path)?.len() > 1024 {
+            return Err(PanTokenKeyError::Format);
+        }
+        Self::from_hex(&std::fs::read_to_string(path)?)
+    }
+
+    /// Whether this is [`PanTokenKey::TEST`].
+    pub fn is_test(&self) -> bool {
+        self.0 == Self::TEST.0
+    }
 
     pub fn token(&self, pan: &Pan) -> PanToken {
         // HMAC takes a key of any length.

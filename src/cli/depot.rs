@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 
 use crate::blacklist::{Change, ChangeOp};
+use crate::card::quickpass::PanTokenKey;
 use crate::depot::{self, Store};
 use crate::journal::record::hex;
 use crate::journal::Record;
-use crate::types::{AccountId, CardNo, ListId, ListReason};
+use crate::types::{AccountId, CardNo, ListId, ListReason, PAN_TOKEN_PREFIX};
 use crate::upload::auth::{from_hex, to_hex, Secret};
 
 pub type CmdResult = Result<(), (u8, String)>;
@@ -175,11 +176,19 @@ pub struct ListArgs {
     #[arg(long)]
     pub db: PathBuf,
     /// Card number, 20 digits.
-    #[arg(long, conflicts_with = "account", required_unless_present = "account")]
+    #[arg(long, conflicts_with_all = ["account", "pan"], required_unless_present_any = ["account", "pan"])]
     pub card: Option<String>,
     /// Ride-code account, CHANNEL:ACCOUNT.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pan")]
     pub account: Option<String>,
+    /// A QuickPass card: its PAN's digits (tokenised with --pan-token-key at once; the
+    /// digits are not kept) or a token, t: and 16 hex digits (docs/quickpass.md).
+    #[arg(long)]
+    pub pan: Option<String>,
+    /// The file of the key PANs are tokenised with (64 hex digits; the buses' key). Without
+    /// it, a PAN in digits is tokenised with the test key, with a warning.
+    #[arg(long, requires = "pan")]
+    pub pan_token_key: Option<PathBuf>,
     /// lost, replaced, cancelled or arrears.
     #[arg(long)]
     pub reason: String,
@@ -437,10 +446,24 @@ fn blacklist(cmd: BlacklistCmd) -> CmdResult {
         BlacklistCmd::Add(a) => (ChangeOp::Add, a),
         BlacklistCmd::Remove(a) => (ChangeOp::Remove, a),
     };
-    let id = match (&args.card, &args.account) {
-        (Some(c), None) => ListId::Card(c.parse::<CardNo>().map_err(input_err)?),
-        (None, Some(a)) => ListId::Account(a.parse::<AccountId>().map_err(input_err)?),
-        _ => return Err(input_err("give exactly one of --card or --account")),
+    let id = match (&args.card, &args.account, &args.pan) {
+        (Some(c), None, None) => ListId::Card(c.parse::<CardNo>().map_err(input_err)?),
+        (None, Some(a), None) => ListId::Account(a.parse::<AccountId>().map_err(input_err)?),
+        (None, None, Some(p)) => {
+            let key = match &args.pan_token_key {
+                Some(path) => PanTokenKey::load(path)
+                    .map_err(|e| input_err(format!("{}: {e}", path.display())))?,
+                None => PanTokenKey::TEST,
+            };
+            if key.is_test() && !p.starts_with(PAN_TOKEN_PREFIX) {
+                eprintln!(
+                    "warning: PAN tokenised with the TEST key (no --pan-token-key): buses \
+                     with a real key will not match this entry; not for service"
+                );
+            }
+            ListId::parse_pan(p, &key).map_err(input_err)?
+        }
+        _ => return Err(input_err("give exactly one of --card, --account or --pan")),
     };
     let reason: ListReason = args.reason.parse().map_err(input_err)?;
     let mut store = open_existing_store(&args.db)?;

@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// private half is public (fixtures/acquirer-test.key): never so on a bus in service.
     #[arg(long, requires = "emv_ca")]
     pub acquirer_key: Option<PathBuf>,
+    /// The key QuickPass PANs are tokenised with for the deny list and anti-passback (64 hex
+    /// digits in a file, the depot's key: docs/quickpass.md). Without it, the test key, with
+    /// a warning: the depot's PAN entries would not match.
+    #[arg(long, requires = "emv_ca")]
+    pub pan_token_key: Option<PathBuf>,
 }
 
 fn runtime(e: impl std::fmt::Display) -> CmdError {
@@ -108,6 +113,12 @@ pub fn run(args: &RunArgs) -> Result<(), CmdError> {
         }
         None => None,
     };
+    let pan_token_key = match &args.pan_token_key {
+        Some(path) => Some(
+            PanTokenKey::load(path).map_err(|e| bad_input(format!("{}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     let readers = Readers::establish().map_err(runtime)?;
     let cfg = EngineConfig {
         route: args.route,
@@ -129,7 +140,13 @@ pub fn run(args: &RunArgs) -> Result<(), CmdError> {
         let seed = rand::random::<u64>();
         station
             .validator_mut()
-            .set_quickpass(ca, PanTokenKey::TEST, seed);
+            .set_quickpass(ca, pan_token_key.unwrap_or(PanTokenKey::TEST), seed);
+        if pan_token_key.is_none() {
+            tracing::warn!(
+                "QuickPass PANs tokenised with the TEST key (no --pan-token-key): the depot's \
+                 PAN deny-list entries will not match; not for service"
+            );
+        }
         match acquirer_key {
             Some(key) => station.validator_mut().set_acquirer_key(key),
             None => tracing::warn!(

@@ -160,6 +160,9 @@ pub fn provision(args: &ProvisionArgs) -> Result<(), CmdError> {
         utc_offset_min: args.utc_offset_min,
         tap_priority: args.tap_priority,
         uplink_interval_s: args.uplink_interval_s,
+        pan_token_key_file: None,
+        emv_ca_file: None,
+        acquirer_key_file: None,
     };
     cfg.check().map_err(bad_input)?;
     let data_dir = base.join(&args.data_dir);
@@ -207,6 +210,7 @@ mod program {
 
     use super::*;
     use crate::blacklist::Blacklist;
+    use crate::card::quickpass::PanTokenKey;
     use crate::clock::system_now;
     use crate::engine::{Core, EngineConfig};
     use crate::fare::FareTable;
@@ -223,6 +227,9 @@ mod program {
         let secret = cfg.read_secret().map_err(bad_input)?;
         let depot = cfg.depot_addr().map_err(bad_input)?;
         let scanner_src = cfg.scanner_source().map_err(bad_input)?;
+        let pan_token_key = cfg.pan_token_key().map_err(bad_input)?;
+        let emv_ca = cfg.emv_ca().map_err(bad_input)?;
+        let acquirer_key = cfg.acquirer_key().map_err(bad_input)?;
         if DownlinkDir::new(&cfg.data_dir).operator_key().is_none() {
             return Err(bad_input(format!(
                 "{}: no operator key pinned; run `fare-validator provision` first",
@@ -260,6 +267,26 @@ mod program {
             Blacklist::empty(),
             journal,
         );
+        let mut core = core;
+        if let Some(ca) = emv_ca {
+            // Unpredictable numbers (9F37) from the system.
+            core.set_quickpass(ca, PanTokenKey::TEST, rand::random::<u64>());
+            match acquirer_key {
+                Some(key) => core.set_acquirer_key(key),
+                None => tracing::warn!(
+                    "QuickPass PANs sealed to the test acquirer (no acquirer_key_file in the \
+                     configuration): not for service"
+                ),
+            }
+        }
+        match pan_token_key {
+            Some(key) => core.set_pan_token_key(key),
+            None => tracing::warn!(
+                "QuickPass PANs tokenised with the TEST key (no pan_token_key_file in the \
+                 configuration): its deny list and anti-passback do not match the depot's; \
+                 not for service"
+            ),
+        }
         let offset_s = cfg.utc_offset_min * 60;
         let shared = Arc::new(Shared::new(
             core,

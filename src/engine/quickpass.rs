@@ -71,6 +71,12 @@ impl Core {
         qp.rng = ChaCha8Rng::seed_from_u64(seed);
     }
 
+    /// Tokenise PANs (deny list, anti-passback, records) with `key` from now on
+    /// ([`PanTokenKey::TEST`] until this or [`Core::set_quickpass`] is called).
+    pub fn set_pan_token_key(&mut self, key: PanTokenKey) {
+        self.quickpass.token_key = key;
+    }
+
     /// Seal the PANs of QuickPass rides to this acquirer's public key from now on (the test
     /// acquirer's, `fixtures/acquirer-test.pub`, until this is called).
     pub fn set_acquirer_key(&mut self, key: AcquirerKey) {

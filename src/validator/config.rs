@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::card::acquirer::AcquirerKey;
+use crate::card::quickpass::{CaKeys, PanTokenKey};
 use crate::upload::auth::{from_hex, Secret};
 
 /// Lowest and highest UTC offsets a validator accepts, minutes (UTC-14:00..UTC+14:00).
@@ -57,6 +59,18 @@ pub struct ValidatorConfig {
     pub tap_priority: i32,
     /// Seconds between upload sessions while the depot answers (1 to 3600).
     pub uplink_interval_s: u64,
+    /// The file holding the key QuickPass PANs are tokenised with (64 hex digits, the
+    /// depot's key: docs/quickpass.md). Absent: the test key, with a warning at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pan_token_key_file: Option<PathBuf>,
+    /// CA.json, the UnionPay CA public keys QuickPass taps are authenticated with
+    /// (docs/quickpass.md). Absent: every QuickPass tap is `bad_certificate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emv_ca_file: Option<PathBuf>,
+    /// The file of the acquirer's public key QuickPass PANs are sealed to (64 hex digits).
+    /// Absent: the test acquirer's, with a warning at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquirer_key_file: Option<PathBuf>,
 }
 
 /// Where the scanner's lines come from.
@@ -109,6 +123,9 @@ impl ValidatorConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.data_dir = base.join(&cfg.data_dir);
         cfg.secret_file = base.join(&cfg.secret_file);
+        cfg.pan_token_key_file = cfg.pan_token_key_file.map(|f| base.join(f));
+        cfg.emv_ca_file = cfg.emv_ca_file.map(|f| base.join(f));
+        cfg.acquirer_key_file = cfg.acquirer_key_file.map(|f| base.join(f));
         cfg.check()?;
         Ok(cfg)
     }
@@ -164,6 +181,37 @@ impl ValidatorConfig {
         self.depot_addr()?;
         self.scanner_source()?;
         Ok(())
+    }
+
+    /// The PAN token key of `pan_token_key_file`; `None` when the field is absent (the
+    /// caller warns and uses the test key).
+    pub fn pan_token_key(&self) -> Result<Option<PanTokenKey>, ConfigError> {
+        self.pan_token_key_file
+            .as_deref()
+            .map(|path| {
+                PanTokenKey::load(path).map_err(|e| field("pan_token_key_file", e.to_string()))
+            })
+            .transpose()
+    }
+
+    /// The CA keys of `emv_ca_file`, if given.
+    pub fn emv_ca(&self) -> Result<Option<CaKeys>, ConfigError> {
+        self.emv_ca_file
+            .as_deref()
+            .map(|path| CaKeys::load(path).map_err(|e| field("emv_ca_file", e)))
+            .transpose()
+    }
+
+    /// The acquirer's public key of `acquirer_key_file`, if given.
+    pub fn acquirer_key(&self) -> Result<Option<AcquirerKey>, ConfigError> {
+        self.acquirer_key_file
+            .as_deref()
+            .map(|path| {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| field("acquirer_key_file", e.to_string()))?;
+                AcquirerKey::from_hex(&text).map_err(|e| field("acquirer_key_file", e.to_string()))
+            })
+            .transpose()
     }
 
     /// The card reader's and the PSAM reader's names; `None` for a scanner-only validator.
@@ -224,7 +272,7 @@ impl ValidatorConfig {
              # SCHED_FIFO priority of the tap thread, 1 to 99, or 0 for normal.\n\
              tap_priority = {}\n\
              # Seconds between upload sessions while the depot answers.\n\
-             uplink_interval_s = {}\n",
+             uplink_interval_s = {}\n{}{}",
             q(&self.terminal_id),
             self.route,
             p(&self.data_dir),
@@ -244,6 +292,30 @@ impl ValidatorConfig {
             self.utc_offset_min,
             self.tap_priority,
             self.uplink_interval_s,
+            self.pan_token_key_file
+                .as_deref()
+                .map_or(String::new(), |f| format!(
+                    "# The file of the key QuickPass PANs are tokenised with (64 hex digits).\n\
+                 pan_token_key_file = {}\n",
+                    p(f)
+                )),
+            [
+                (
+                    "emv_ca_file",
+                    "The UnionPay CA public keys (CA.json) QuickPass taps are authenticated with.",
+                    &self.emv_ca_file
+                ),
+                (
+                    "acquirer_key_file",
+                    "The file of the acquirer's public key QuickPass PANs are sealed to.",
+                    &self.acquirer_key_file
+                ),
+            ]
+            .iter()
+            .filter_map(|(name, what, f)| f
+                .as_deref()
+                .map(|f| format!("# {what}\n{name} = {}\n", p(f))))
+            .collect::<String>(),
         )
     }
 
@@ -355,9 +427,52 @@ mod tests {
 
     #[test]
     fn the_written_file_reads_back_the_same() {
-        let c = example();
+        let mut c = example();
         let text = c.to_commented_toml();
         assert_eq!(toml::from_str::<ValidatorConfig>(&text).unwrap(), c);
+        c.pan_token_key_file = Some("pan-token.key".into());
+        c.emv_ca_file = Some("ca.json".into());
+        c.acquirer_key_file = Some("acquirer.pub".into());
+        let text = c.to_commented_toml();
+        assert_eq!(toml::from_str::<ValidatorConfig>(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn the_pan_token_key_comes_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = example();
+        assert!(c.pan_token_key().unwrap().is_none());
+        let path = dir.path().join("pan-token.key");
+        c.pan_token_key_file = Some(path.clone());
+        assert!(c.pan_token_key().is_err(), "a missing file is refused");
+        std::fs::write(&path, "not hex\n").unwrap();
+        assert!(c.pan_token_key().is_err());
+        std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        let key = c.pan_token_key().unwrap().unwrap();
+        assert_eq!(key.0, [0xAB; 32]);
+        assert!(!key.is_test());
+        let pan = crate::card::quickpass::Pan::parse("6214830000000001").unwrap();
+        assert_ne!(key.token(&pan), PanTokenKey::TEST.token(&pan));
+    }
+
+    #[test]
+    fn the_quickpass_keys_come_from_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = example();
+        assert!(c.emv_ca().unwrap().is_none() && c.acquirer_key().unwrap().is_none());
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../../fixtures/quickpass-v1.json")).unwrap();
+        let ca = dir.path().join("ca.json");
+        std::fs::write(&ca, vectors["ca_keys"].to_string()).unwrap();
+        c.emv_ca_file = Some(ca);
+        assert!(!c.emv_ca().unwrap().unwrap().is_empty());
+        c.acquirer_key_file = Some(dir.path().join("acquirer.pub"));
+        assert!(c.acquirer_key().is_err(), "a missing file is refused");
+        c.acquirer_key_file =
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/acquirer-test.pub"));
+        assert!(c.acquirer_key().unwrap().is_some());
+        std::fs::write(dir.path().join("ca.json"), "{}").unwrap();
+        assert!(c.emv_ca().is_err());
     }
 
     #[test]
