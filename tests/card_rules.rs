@@ -370,24 +370,21 @@ fn group_commit_shares_one_sync_and_nothing_is_durable_before_it() {
 type Events = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 struct Logged {
-    file: std::fs::File,
+    inner: Box<dyn fare_validator::journal::SegmentFile>,
     what: &'static str,
     events: Events,
 }
 
 impl fare_validator::journal::SegmentFile for Logged {
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        std::io::Write::write_all(&mut self.file, bytes)
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(offset, bytes)
     }
     fn sync(&mut self) -> std::io::Result<()> {
         self.events
             .lock()
             .unwrap()
             .push(format!("{} sync", self.what));
-        self.file.sync_data()
-    }
-    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
-        self.file.set_len(len)
+        self.inner.sync()
     }
 }
 
@@ -397,18 +394,16 @@ impl fare_validator::journal::FileLayer for LoggedFiles {
     fn open_segment(
         &self,
         path: &std::path::Path,
+        len: u64,
     ) -> std::io::Result<Box<dyn fare_validator::journal::SegmentFile>> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let inner = fare_validator::journal::OsFiles.open_segment(path, len)?;
         let what = if path.ends_with(fare_validator::journal::grey::GREY_FILE) {
             "grey"
         } else {
             "journal"
         };
         Ok(Box::new(Logged {
-            file,
+            inner,
             what,
             events: self.0.clone(),
         }))

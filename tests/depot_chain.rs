@@ -172,10 +172,8 @@ async fn last_records_cut_after_upload_and_the_bus_tapping_on_is_reported_as_a_c
     // The last three records cut, the cursor left as it was: the bus numbers on from 9,
     // its chain starting again since seq 8 is gone from its disk.
     let seg = segment(&bus);
-    let len = std::fs::metadata(&seg).unwrap().len();
-    assert_eq!(len, 8 * RECORD_BYTES as u64);
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    f.set_len(len - 3 * RECORD_BYTES as u64).unwrap();
+    f.set_len(5 * RECORD_BYTES as u64).unwrap();
     drop(f);
     bus_journal(&bus, (9..=10).map(card_record));
     assert_eq!(up(&bus, st.addr()).await.acked_seq, 10);

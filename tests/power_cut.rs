@@ -167,7 +167,8 @@ fn torn_grey_tail_is_cut_and_reported_and_the_bus_goes_on() {
     let psam = switch_off(v);
     let path = grey::grey_path(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes.extend_from_slice(&[0xC9; 30]);
+    // A second entry torn by the cut, right after the intent.
+    bytes[grey::GREY_BYTES..grey::GREY_BYTES + 30].fill(0xC9);
     std::fs::write(&path, &bytes).unwrap();
     let (journal, problems) = Journal::open(dir.path()).unwrap();
     assert!(
@@ -180,10 +181,11 @@ fn torn_grey_tail_is_cut_and_reported_and_the_bus_goes_on() {
         "the intent before the tear is kept"
     );
     drop(journal);
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().len() as usize,
-        grey::GREY_BYTES,
-        "cut"
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, grey::GREY_FILE_BYTES);
+    assert!(
+        bytes[grey::GREY_BYTES..].iter().all(|&b| b == 0),
+        "cut: zeros after the intent"
     );
     let mut v = start(dir.path(), psam);
     a.enter_field(None);
@@ -210,7 +212,7 @@ fn unreadable_grey_file_is_reported_and_the_bus_keeps_running() {
 }
 
 #[test]
-fn grey_file_is_compacted_when_settled_and_rewritten_around_a_debit_left_open() {
+fn grey_file_starts_a_new_lap_when_settled_and_is_rewritten_around_a_debit_left_open() {
     use fare_validator::journal::UnsyncedFiles;
     let dir = tempfile::tempdir().unwrap();
     let (journal, _) = Journal::open_with(dir.path(), Box::new(UnsyncedFiles)).unwrap();
@@ -222,7 +224,7 @@ fn grey_file_is_compacted_when_settled_and_rewritten_around_a_debit_left_open() 
         journal,
     );
     let path = grey::grey_path(dir.path());
-    let entries = || std::fs::metadata(&path).unwrap().len() / grey::GREY_BYTES as u64;
+    let entries = || grey::scan_grey(dir.path()).next_slot;
     let mut cards: Vec<SimCard> = (10..20).map(|n| card_with(n, 1_000_000)).collect();
     let mut now = t0();
     let mut tap_all = |v: &mut Validator<SimPsam>, rounds: usize| {
@@ -235,7 +237,13 @@ fn grey_file_is_compacted_when_settled_and_rewritten_around_a_debit_left_open() 
         }
     };
     tap_all(&mut v, 30);
-    assert!(entries() < grey::GREY_COMPACT_ENTRIES, "{}", entries());
+    // Nothing open after each tap: each intent starts a new lap at slot 0.
+    assert_eq!(entries(), 1);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        grey::GREY_FILE_BYTES,
+        "written in place, never grown"
+    );
     // One debit stays in doubt: the file is rewritten around it, and it survives.
     let mut a = card(1);
     a.enter_field(Some(Removal::AfterDebit));
@@ -425,9 +433,10 @@ fn journal_show_prints_grey_records_only_when_asked() {
         .iter()
         .filter_map(|l| l["grey"].as_str())
         .collect();
-    // Card 1's intent and its settlement, then card 15's intent, still open.
-    assert_eq!(greys, ["intent", "settled", "intent"]);
-    assert_eq!(with_grey[3]["card_no"], common::card(15));
+    // Card 1's intent was settled, leaving none open: card 15's intent, still open, began
+    // a new lap over it, and is all the file holds.
+    assert_eq!(greys, ["intent"]);
+    assert_eq!(with_grey[1]["card_no"], common::card(15));
 }
 
 #[test]

@@ -2,11 +2,14 @@
 //! [`FileLayer`] seam (segments and the grey-record file) keeps what was synced and drops what
 //! was not when the power goes; the power is cut at EVERY boundary of a tap, one after the
 //! other: after each APDU to the card or the PSAM (the command is carried out, its answer is
-//! lost) and at each write, sync, truncate and replace of the storage. The validator then
+//! lost) and at each write, sync and replace of the storage. The validator then
 //! restarts on the same disk with the same cards and PSAM, and the passenger taps again.
 //!
-//! For every cut point, and for each way the unsynced bytes may come out of the cut (all
-//! lost, half of them kept, all kept), it checks: each card charged at most once per
+//! Segments and `grey.dat` are written in place, as the journal writes them: the storage
+//! keeps, for each file, the writes not yet synced and what they replaced, sector by sector
+//! (each write zero-padded to the end of its sector, as direct I/O does). For every cut
+//! point, and for each way the unsynced sectors may come out of the cut (all lost, the first
+//! half kept, all kept), it checks: each card charged at most once per
 //! boarding, every debit recorded exactly once, sequence numbers contiguous and never reused,
 //! and nothing acknowledged (a decision shown) lost or changed.
 //!
@@ -20,7 +23,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +47,18 @@ enum Unsynced {
 
 const UNSYNCED: [Unsynced; 3] = [Unsynced::Lost, Unsynced::HalfKept, Unsynced::Kept];
 
+/// Bytes the simulated disk writes atomically: a sector. A write is kept or lost sector by
+/// sector; the smallest sector met (512) is the harshest.
+const SECTOR_BYTES: u64 = 512;
+
+/// A write in place not yet synced: where, what it replaced, what it wrote (to the end of
+/// its last sector, zero-padded as direct I/O does).
+struct Pending {
+    offset: u64,
+    old: Vec<u8>,
+    new: Vec<u8>,
+}
+
 /// The power and the disk: every boundary (APDU or storage operation) is numbered; at
 /// `cut_at` the power goes.
 #[derive(Default)]
@@ -51,7 +66,10 @@ struct Machine {
     boundaries: u64,
     cut_at: Option<u64>,
     dead: bool,
-    /// Bytes of each file known to be on the platter.
+    /// Files written in place (segments, `grey.dat`): the writes of each not yet synced.
+    pending: HashMap<PathBuf, Vec<Pending>>,
+    /// Side files written by a handle of their own and only synced here: their bytes known
+    /// to be on the platter.
     durable: HashMap<PathBuf, u64>,
 }
 
@@ -64,6 +82,12 @@ enum Step {
     GoThenCut,
     /// The power is gone.
     Dead,
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
 }
 
 impl Machine {
@@ -82,8 +106,40 @@ impl Machine {
     }
 
     /// The power comes back: every file holds its synced bytes and, by `unsynced`, some or
-    /// all of the rest.
+    /// all of the rest: of the sectors written in place and not synced, none, the first
+    /// half (in the order written), or all; of a side file's unsynced tail, none, half or all.
     fn power_loss(&mut self, unsynced: Unsynced) {
+        for (path, writes) in self.pending.drain() {
+            // Back to the synced bytes...
+            for w in writes.iter().rev() {
+                write_at(&path, w.offset, &w.old);
+            }
+            // ...then the sectors that made it.
+            let sectors: Vec<(u64, &[u8])> = writes
+                .iter()
+                .flat_map(|w| {
+                    let mut pieces = Vec::new();
+                    let mut at = w.offset;
+                    let mut rest: &[u8] = &w.new;
+                    while !rest.is_empty() {
+                        let n = ((at / SECTOR_BYTES + 1) * SECTOR_BYTES - at) as usize;
+                        let n = n.min(rest.len());
+                        pieces.push((at, &rest[..n]));
+                        at += n as u64;
+                        rest = &rest[n..];
+                    }
+                    pieces
+                })
+                .collect();
+            let keep = match unsynced {
+                Unsynced::Lost => 0,
+                Unsynced::HalfKept => sectors.len() / 2,
+                Unsynced::Kept => sectors.len(),
+            };
+            for (at, bytes) in &sectors[..keep] {
+                write_at(&path, *at, bytes);
+            }
+        }
         for (path, &durable) in &self.durable {
             let len = std::fs::metadata(path).map_or(0, |m| m.len());
             let keep = match unsynced {
@@ -106,20 +162,44 @@ fn dead() -> io::Error {
     io::Error::other("power cut")
 }
 
+/// A segment or `grey.dat`, written in place.
 struct SimFile {
     file: std::fs::File,
     path: PathBuf,
     m: Shared,
 }
 
+impl SimFile {
+    /// Write `bytes` at `offset` and zeros to the end of the sector, remembering what they
+    /// replaced until a sync.
+    fn write_sectors(&mut self, m: &mut Machine, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let len = self.file.metadata()?.len();
+        let end = offset + bytes.len() as u64;
+        let padded_end = end.next_multiple_of(SECTOR_BYTES).min(len).max(end);
+        let mut new = bytes.to_vec();
+        new.resize((padded_end - offset) as usize, 0);
+        let mut old = vec![0u8; new.len()];
+        let have = (len.saturating_sub(offset) as usize).min(old.len());
+        self.file.read_exact_at(&mut old[..have], offset)?;
+        self.file.write_all_at(&new, offset)?;
+        m.pending
+            .entry(self.path.clone())
+            .or_default()
+            .push(Pending { offset, old, new });
+        Ok(())
+    }
+}
+
 impl SegmentFile for SimFile {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut m = self.m.lock().unwrap();
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let m = self.m.clone();
+        let mut m = m.lock().unwrap();
         match m.step() {
             Step::Dead => Err(dead()),
-            Step::Go => self.file.write_all(bytes),
+            Step::Go => self.write_sectors(&mut m, offset, bytes),
             Step::GoThenCut => {
-                self.file.write_all(bytes)?;
+                self.write_sectors(&mut m, offset, bytes)?;
                 Err(dead())
             }
         }
@@ -128,21 +208,32 @@ impl SegmentFile for SimFile {
         let mut m = self.m.lock().unwrap();
         match m.step() {
             Step::Go => {
-                let len = self.file.metadata()?.len();
-                m.durable.insert(self.path.clone(), len);
+                m.pending.remove(&self.path);
                 Ok(())
             }
             // The power went before the sync finished: nothing more is durable.
             Step::Dead | Step::GoThenCut => Err(dead()),
         }
     }
-    fn truncate(&mut self, len: u64) -> io::Result<()> {
+}
+
+/// A side file written by its own handle; only its syncs come through here.
+struct SimSyncOnly {
+    file: std::fs::File,
+    path: PathBuf,
+    m: Shared,
+}
+
+impl SegmentFile for SimSyncOnly {
+    fn write_at(&mut self, _offset: u64, _bytes: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("opened to be synced only"))
+    }
+    fn sync(&mut self) -> io::Result<()> {
         let mut m = self.m.lock().unwrap();
         match m.step() {
             Step::Go => {
-                self.file.set_len(len)?;
-                let d = m.durable.entry(self.path.clone()).or_insert(len);
-                *d = (*d).min(len);
+                let len = self.file.metadata()?.len();
+                m.durable.insert(self.path.clone(), len);
                 Ok(())
             }
             Step::Dead | Step::GoThenCut => Err(dead()),
@@ -153,19 +244,38 @@ impl SegmentFile for SimFile {
 struct SimLayer(Shared);
 
 impl FileLayer for SimLayer {
-    fn open_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        let mut m = self.0.lock().unwrap();
+    fn open_segment(&self, path: &Path, len: u64) -> io::Result<Box<dyn SegmentFile>> {
+        let m = self.0.lock().unwrap();
         if m.dead {
             return Err(dead());
         }
         let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
             .create(true)
-            .append(true)
+            .truncate(false)
             .open(path)?;
+        // Made full size with zeros, synced (as the operating system's layer does).
+        if file.metadata()?.len() < len {
+            file.set_len(len)?;
+        }
+        Ok(Box::new(SimFile {
+            file,
+            path: path.to_path_buf(),
+            m: self.0.clone(),
+        }))
+    }
+
+    fn open_for_sync(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
+        let mut m = self.0.lock().unwrap();
+        if m.dead {
+            return Err(dead());
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
         let len = file.metadata()?.len();
         // A file met for the first time since power-up holds only durable bytes.
         m.durable.entry(path.to_path_buf()).or_insert(len);
-        Ok(Box::new(SimFile {
+        Ok(Box::new(SimSyncOnly {
             file,
             path: path.to_path_buf(),
             m: self.0.clone(),
@@ -177,7 +287,7 @@ impl FileLayer for SimLayer {
         match m.step() {
             Step::Go => {
                 std::fs::write(path, bytes)?;
-                m.durable.insert(path.to_path_buf(), bytes.len() as u64);
+                m.pending.remove(path);
                 Ok(())
             }
             Step::Dead | Step::GoThenCut => Err(dead()),

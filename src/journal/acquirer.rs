@@ -127,7 +127,7 @@ impl AcquirerLog {
             rewrite(dir, epoch, &held)?;
         }
         let file = open_for_writes(&path)?;
-        let syncer = layer.open_segment(&path)?;
+        let syncer = layer.open_for_sync(&path)?;
         Ok(AcquirerLog {
             path,
             file: Some(file),
@@ -203,7 +203,7 @@ impl AcquirerLog {
             self.sync()?;
             rewrite(&dir, self.epoch, &held)?;
             self.file = Some(open_for_writes(&self.path)?);
-            self.syncer = Some(layer.open_segment(&self.path)?);
+            self.syncer = Some(layer.open_for_sync(&self.path)?);
             self.entries = held.len() as u64;
         }
         Ok(())

@@ -9,12 +9,12 @@
 //! own file, `grey.dat` in the journal folder, so the records' numbering is the same with or
 //! without them.
 //!
-//! ## On disk: `grey.dat`, append-only, fixed-size entries
+//! ## On disk: `grey.dat`, fixed-size entries written in place
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 1 | magic `0xC9` |
-//! | 1 | 1 | format version, 1 |
+//! | 1 | 1 | format version, 2 (version 1, appended and without a lap, is still read) |
 //! | 2 | 1 | op: 1 intent, 2 settled (the record is durable), 3 voided (the card was not debited), 4 abandoned (dropped from a full table) |
 //! | 3 | 1 | rider category (0 adult .. 4 veteran) |
 //! | 4 | 10 | card number (BCD) |
@@ -26,11 +26,22 @@
 //! | 44 | 2 | UTC offset of the local clock, minutes (signed) |
 //! | 46 | 2 | route |
 //! | 48 | 6 | terminal number (BCD) |
-//! | 54 | 6 | reserved, zero |
+//! | 54 | 4 | lap: the pass over the file that wrote the entry (0 in version 1) |
+//! | 58 | 2 | reserved, zero |
 //! | 60 | 4 | CRC-32/ISCSI of bytes 0..60, big-endian |
 //!
 //! Integers are big-endian. Entries 2–4 repeat the intent's fields; they close the open intent
 //! of the same card and offline counter.
+//!
+//! The file is [`GREY_FILE_BYTES`] long, made so with zeros when it is created, and written
+//! in place ([`super::files`]): a slot of zeros holds no entry. Entries go one after another
+//! from slot 0 in one pass, a lap. Whenever no intent is open, nothing written is needed any
+//! more: the next entry starts a new lap at slot 0, with no write or sync of its own. The
+//! entries read are those of the lap of the first valid slot (the newest lap, since each
+//! starts at slot 0), in slot order; what follows of older laps is ignored. A cut while a
+//! new lap's first entries are written leaves slot 0 of the old lap (every intent of which
+//! was closed: settled, and so recorded, or voided) or of the new one, never a mix that
+//! loses an intent that was synced.
 //!
 //! ## Guarantees
 //!
@@ -47,9 +58,11 @@
 //! - On open, invalid entries after the last valid one are a torn tail: reported and cut. An
 //!   invalid entry before a valid one is reported and skipped. A file that cannot be read is
 //!   reported and the validator starts with no open intent: the bus keeps running.
-//! - When no intent is open and the file holds [`GREY_COMPACT_ENTRIES`] entries or more, it
-//!   is cut to nothing; when intents stay open and it reaches [`GREY_FILE_ENTRIES_MAX`], it is
-//!   replaced atomically by a file holding only the open intents.
+//! - When no intent is open, the next entry starts a new lap (no I/O). When intents stay open
+//!   and the lap reaches [`GREY_FILE_ENTRIES_MAX`], the file is replaced atomically by one
+//!   holding only the open intents, in a new lap.
+//! - On open, whatever follows the newest lap's last entry (older laps, a torn tail) is
+//!   zeroed and synced before anything is written, so nothing there can join a lap later.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -63,19 +76,21 @@ pub const GREY_BYTES: usize = 64;
 /// Intents open at once (cards pulled away or cut off mid-debit, and group-commit taps not
 /// yet synced). When full, the oldest is abandoned (logged): its debit is still on the card.
 pub const GREY_OPEN_MAX: usize = 160;
-/// With no intent open, the file is cut to nothing once it holds this many entries (128 KiB).
-/// A cut costs a full sync of the file's size: at two entries a tap, one every 1,024 taps.
-pub const GREY_COMPACT_ENTRIES: u64 = 2_048;
 /// Entries kept in memory until the next sync (or until this many wait): one write a sync,
 /// not one a tap (20 KiB).
 pub const GREY_BUFFER_ENTRIES: usize = 2 * GREY_OPEN_MAX;
-/// With intents open, the file is rewritten with only them once it holds this many (256 KiB).
+/// Entries `grey.dat` holds: a lap that reaches it with intents open is rewritten with only
+/// them.
 pub const GREY_FILE_ENTRIES_MAX: u64 = 4_096;
+/// Bytes of `grey.dat` (256 KiB), made so with zeros when it is created.
+pub const GREY_FILE_BYTES: u64 = GREY_FILE_ENTRIES_MAX * GREY_BYTES as u64;
 /// The grey-record file in the journal folder.
 pub const GREY_FILE: &str = "grey.dat";
 
 const MAGIC: u8 = 0xC9;
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
+/// Appended entries without a lap (read as lap 0).
+const FORMAT_VERSION_APPENDED: u8 = 1;
 const CRC_AT: usize = 60;
 
 /// What one grey entry says.
@@ -128,7 +143,13 @@ impl GreyRecord {
             && rec.card_tx.offline_counter == self.offline_counter
     }
 
+    /// The entry of lap 0 (see [`GreyRecord::encode_in_lap`]).
     pub fn encode(&self, op: GreyOp) -> [u8; GREY_BYTES] {
+        self.encode_in_lap(op, 0)
+    }
+
+    /// The entry saying `op` of this debit, written in lap `lap`.
+    pub fn encode_in_lap(&self, op: GreyOp, lap: u32) -> [u8; GREY_BYTES] {
         let mut b = [0u8; GREY_BYTES];
         b[0] = MAGIC;
         b[1] = FORMAT_VERSION;
@@ -143,19 +164,30 @@ impl GreyRecord {
         b[44..46].copy_from_slice(&self.utc_offset_min.to_be_bytes());
         b[46..48].copy_from_slice(&self.route.to_be_bytes());
         b[48..54].copy_from_slice(&self.terminal_no);
+        b[54..58].copy_from_slice(&lap.to_be_bytes());
         let crc = CRC32.checksum(&b[..CRC_AT]);
         b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
         b
     }
 
+    /// The entry's op and debit (its lap: [`GreyRecord::decode_in_lap`]).
     pub fn decode(b: &[u8; GREY_BYTES]) -> Result<(GreyOp, GreyRecord), GreyError> {
+        Self::decode_in_lap(b).map(|(op, g, _)| (op, g))
+    }
+
+    /// The entry's op, debit and lap (0 for a version 1 entry).
+    pub fn decode_in_lap(b: &[u8; GREY_BYTES]) -> Result<(GreyOp, GreyRecord, u32), GreyError> {
         let crc = u32::from_be_bytes([b[60], b[61], b[62], b[63]]);
         if CRC32.checksum(&b[..CRC_AT]) != crc {
             return Err(GreyError::Crc);
         }
-        if b[0] != MAGIC || b[1] != FORMAT_VERSION {
+        if b[0] != MAGIC || !(b[1] == FORMAT_VERSION || b[1] == FORMAT_VERSION_APPENDED) {
             return Err(GreyError::Magic);
         }
+        let lap = match b[1] {
+            FORMAT_VERSION => u32::from_be_bytes([b[54], b[55], b[56], b[57]]),
+            _ => 0,
+        };
         let i64_at = |i: usize| i64::from_be_bytes(std::array::from_fn(|k| b[i + k]));
         let op = match b[2] {
             1 => GreyOp::Intent,
@@ -181,7 +213,7 @@ impl GreyRecord {
             route: u16::from_be_bytes([b[46], b[47]]),
             terminal_no: std::array::from_fn(|k| b[48 + k]),
         };
-        Ok((op, g))
+        Ok((op, g, lap))
     }
 
     /// One JSON object for `journal show --grey`.
@@ -208,10 +240,17 @@ impl GreyRecord {
 /// What a read of `grey.dat` found.
 #[derive(Debug, Default)]
 pub struct GreyScan {
-    /// Valid entries in file order.
+    /// The valid entries of the newest lap, in slot order.
     pub entries: Vec<(GreyOp, GreyRecord)>,
-    /// Length of the file's valid prefix, bytes.
-    pub valid_len: u64,
+    /// The newest lap (that of the first valid slot; 0 when none is valid).
+    pub lap: u32,
+    /// The slot after the newest lap's last entry: where its next entry goes.
+    pub next_slot: u64,
+    /// The end of the file's last slot that is not zeros, bytes (older laps, a torn tail):
+    /// from `next_slot` to here is cut on open.
+    pub written_end: u64,
+    /// Whether the file is longer than [`GREY_FILE_BYTES`] (a version 1 file that grew).
+    pub oversized: bool,
     pub problems: Vec<Problem>,
 }
 
@@ -243,47 +282,63 @@ pub fn grey_path(dir: &Path) -> PathBuf {
 /// bus must keep running.
 pub fn scan_grey(dir: &Path) -> GreyScan {
     let path = grey_path(dir);
-    let mut out = GreyScan::default();
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return out,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return GreyScan::default(),
         Err(e) => {
-            out.problems.push(Problem {
-                segment: path,
-                offset: 0,
-                what: format!("grey records unreadable ({e}): starting with none open"),
-            });
-            return out;
+            return GreyScan {
+                problems: vec![Problem {
+                    segment: path,
+                    offset: 0,
+                    what: format!("grey records unreadable ({e}): starting with none open"),
+                }],
+                ..GreyScan::default()
+            }
         }
     };
+    scan_grey_bytes(&path, &bytes)
+}
+
+/// The entries of the newest lap in `bytes` (the content of `path`).
+fn scan_grey_bytes(path: &Path, bytes: &[u8]) -> GreyScan {
+    let written_end = super::written_end(bytes, GREY_BYTES);
+    let mut out = GreyScan {
+        written_end: written_end as u64,
+        oversized: bytes.len() as u64 > GREY_FILE_BYTES,
+        ..GreyScan::default()
+    };
+    let mut lap = None;
     let mut invalid: Vec<Problem> = Vec::new();
-    for (slot, chunk) in bytes.chunks(GREY_BYTES).enumerate() {
+    for (slot, chunk) in bytes[..written_end].chunks(GREY_BYTES).enumerate() {
         let offset = (slot * GREY_BYTES) as u64;
         let what = match <&[u8; GREY_BYTES]>::try_from(chunk) {
             Err(_) => format!("torn grey entry: {} of {GREY_BYTES} bytes", chunk.len()),
-            Ok(b) => match GreyRecord::decode(b) {
-                Ok(entry) => {
+            Ok(b) => match GreyRecord::decode_in_lap(b) {
+                Ok((op, g, l)) if *lap.get_or_insert(l) == l => {
                     out.problems.append(&mut invalid);
-                    out.entries.push(entry);
-                    out.valid_len = offset + GREY_BYTES as u64;
+                    out.entries.push((op, g));
+                    out.lap = l;
+                    out.next_slot = slot as u64 + 1;
                     continue;
                 }
+                // An older lap's entry: what the newest lap has not overwritten (yet).
+                Ok(_) => continue,
                 Err(e) => format!("corrupt grey entry: {e}"),
             },
         };
         invalid.push(Problem {
-            segment: path.clone(),
+            segment: path.to_path_buf(),
             offset,
             what,
         });
     }
     if let Some(first_bad) = invalid.first() {
         out.problems.push(Problem {
-            segment: path.clone(),
+            segment: path.to_path_buf(),
             offset: first_bad.offset,
             what: format!(
                 "torn grey tail of {} bytes ({}): cut",
-                bytes.len() as u64 - out.valid_len,
+                written_end as u64 - first_bad.offset,
                 first_bad.what
             ),
         });
@@ -295,12 +350,16 @@ pub fn scan_grey(dir: &Path) -> GreyScan {
 pub struct GreyLog {
     path: PathBuf,
     file: Option<Box<dyn SegmentFile>>,
-    /// Valid entries written to the file (its valid length is this × GREY_BYTES).
-    entries: u64,
+    /// The lap being written.
+    lap: u32,
+    /// Slots of this lap written to the file: the next entry goes to this slot.
+    next_slot: u64,
+    /// The end of the bytes of the file that may not be zeros or older laps' entries.
+    written_end: u64,
     /// Entries not yet written, in order (at most [`GREY_BUFFER_ENTRIES`]; sized at open).
     buf: Vec<u8>,
     open: heapless::Vec<GreyRecord, GREY_OPEN_MAX>,
-    /// The file must be cut to its valid length before the next append.
+    /// The file must be cut (zeroed from `next_slot` to `written_end`) before the next write.
     needs_cut: bool,
     /// An intent was written since the last successful sync.
     unsynced_intents: bool,
@@ -308,7 +367,7 @@ pub struct GreyLog {
 
 impl GreyLog {
     /// Read `grey.dat`, settle every open intent that `records` (the journal) already holds,
-    /// and get ready to append. Problems found are returned, never fatal.
+    /// and get ready to write. Problems found are returned, never fatal.
     pub fn open(dir: &Path, layer: &dyn FileLayer, records: &[Record]) -> (GreyLog, Vec<Problem>) {
         let scan = scan_grey(dir);
         let mut open = scan.open_intents();
@@ -327,13 +386,24 @@ impl GreyLog {
         let mut log = GreyLog {
             path,
             file: None,
-            entries: scan.valid_len / GREY_BYTES as u64,
+            lap: scan.lap,
+            next_slot: scan.next_slot,
+            written_end: scan.written_end,
             buf: Vec::with_capacity(GREY_BUFFER_ENTRIES * GREY_BYTES),
             open: open.into_iter().collect(),
             needs_cut: true,
             unsynced_intents: false,
         };
-        if let Err(e) = log.ensure_file(layer) {
+        if log.open.is_empty() {
+            // Nothing the file says is needed: the next entry starts a lap at slot 0.
+            log.new_lap();
+        }
+        let ready = if scan.oversized || log.next_slot >= GREY_FILE_ENTRIES_MAX {
+            log.rewrite_open(layer)
+        } else {
+            log.ensure_file(layer)
+        };
+        if let Err(e) = ready {
             // Retried before the next intent; until then card debits are refused.
             tracing::error!(error = %e, "grey records: cannot open for writing");
         }
@@ -352,27 +422,45 @@ impl GreyLog {
 
     fn ensure_file(&mut self, layer: &dyn FileLayer) -> io::Result<()> {
         if self.file.is_none() {
-            let is_new = !self.path.exists();
-            self.file = Some(layer.open_segment(&self.path)?);
-            if is_new {
-                // The file's name must outlive a power cut as surely as its first intent.
-                if let Some(dir) = self.path.parent() {
-                    super::sync_dir(dir)?;
-                }
-            }
+            self.file = Some(layer.open_segment(&self.path, GREY_FILE_BYTES)?);
             self.needs_cut = true;
         }
         if self.needs_cut {
-            let len = self.entries * GREY_BYTES as u64;
-            if let Some(f) = self.file.as_mut() {
-                if let Err(e) = f.truncate(len) {
-                    self.file = None;
-                    return Err(e);
-                }
+            if let Err(e) = self.cut_tail() {
+                self.file = None;
+                return Err(e);
             }
             self.needs_cut = false;
         }
         Ok(())
+    }
+
+    /// Zero what follows this lap's entries (older laps, a torn tail, a failed write), synced.
+    fn cut_tail(&mut self) -> io::Result<()> {
+        let from = self.next_slot * GREY_BYTES as u64;
+        let Some(f) = self.file.as_mut() else {
+            return Ok(());
+        };
+        if self.written_end > from {
+            let zeros = [0u8; super::files::BLOCK_BYTES];
+            let mut at = from;
+            while at < self.written_end {
+                let n = (self.written_end - at).min(zeros.len() as u64) as usize;
+                f.write_at(at, &zeros[..n])?;
+                at += n as u64;
+            }
+            f.sync()?;
+        }
+        self.written_end = from;
+        Ok(())
+    }
+
+    /// Start a new lap at slot 0: nothing written or queued is needed any more.
+    fn new_lap(&mut self) {
+        self.lap = self.lap.wrapping_add(1);
+        self.next_slot = 0;
+        self.buf.clear();
+        self.unsynced_intents = false;
     }
 
     /// Make the intent durable (written and synced). On error nothing may be debited.
@@ -389,15 +477,19 @@ impl GreyLog {
         self.ensure_file(layer)?;
         // Set first: whatever fails below, a debit waits for a sync that succeeds.
         self.unsynced_intents = true;
+        if self.total_entries() + 2 > GREY_FILE_ENTRIES_MAX {
+            self.rewrite_open(layer)?;
+            self.unsynced_intents = true;
+        }
         if let Some(i) = self.open.iter().position(|o| o.card_no == g.card_no) {
             self.open.remove(i);
         }
         if self.open.is_full() {
             let oldest = self.open.remove(0);
             tracing::warn!(card = %oldest.card_no, "grey record table full: oldest abandoned");
-            self.append(&oldest.encode(GreyOp::Abandoned))?;
+            self.append(&oldest.encode_in_lap(GreyOp::Abandoned, self.lap))?;
         }
-        self.append(&g.encode(GreyOp::Intent))?;
+        self.append(&g.encode_in_lap(GreyOp::Intent, self.lap))?;
         // Capacity was made above.
         let _ = self.open.push(*g);
         Ok(())
@@ -427,21 +519,27 @@ impl GreyLog {
     }
 
     /// Close the card's open intent (settled: its record is durable; voided: never debited).
-    /// Not synced: the next intent's sync carries it, and open() repairs its loss.
+    /// Not synced: the next intent's sync carries it, and open() repairs its loss. With no
+    /// intent left open, the next entry starts a new lap instead.
     pub fn close(&mut self, layer: &dyn FileLayer, card_no: CardNo, op: GreyOp) {
         let Some(i) = self.open.iter().position(|g| g.card_no == card_no) else {
             return;
         };
         let g = self.open.remove(i);
-        let written = self
-            .ensure_file(layer)
-            .and_then(|()| self.append(&g.encode(op)));
-        if let Err(e) = written {
-            tracing::warn!(error = %e, card = %card_no, "grey record not closed on disk: repaired at the next start");
+        if self.open.is_empty() {
+            self.new_lap();
             return;
         }
-        if let Err(e) = self.compact(layer) {
-            tracing::warn!(error = %e, "grey records not compacted");
+        let written = self.ensure_file(layer).and_then(|()| {
+            if self.total_entries() + 1 > GREY_FILE_ENTRIES_MAX {
+                // The rewritten file holds the open intents only: this one is not among them.
+                self.rewrite_open(layer)
+            } else {
+                self.append(&g.encode_in_lap(op, self.lap))
+            }
+        });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, card = %card_no, "grey record not closed on disk: repaired at the next start");
         }
     }
 
@@ -454,20 +552,22 @@ impl GreyLog {
         Ok(())
     }
 
-    /// Write the queued entries in one write. On error they stay queued (an intent among
-    /// them must not be forgotten): the file is reopened, cut to the entries written before,
-    /// and they are written again by the next flush.
+    /// Write the queued entries in one write, at the lap's next slot. On error they stay
+    /// queued (an intent among them must not be forgotten): the file is reopened, cut to the
+    /// entries written before, and they are written again by the next flush.
     fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        let at = self.next_slot * GREY_BYTES as u64;
+        self.written_end = self.written_end.max(at + self.buf.len() as u64);
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("grey file not open"))?;
-        match file.write_all(&self.buf) {
+        match file.write_at(at, &self.buf) {
             Ok(()) => {
-                self.entries += (self.buf.len() / GREY_BYTES) as u64;
+                self.next_slot += (self.buf.len() / GREY_BYTES) as u64;
                 self.buf.clear();
                 Ok(())
             }
@@ -478,35 +578,29 @@ impl GreyLog {
         }
     }
 
-    /// Entries in the file and queued.
+    /// Entries of this lap in the file and queued.
     fn total_entries(&self) -> u64 {
-        self.entries + (self.buf.len() / GREY_BYTES) as u64
+        self.next_slot + (self.buf.len() / GREY_BYTES) as u64
     }
 
-    fn compact(&mut self, layer: &dyn FileLayer) -> io::Result<()> {
-        if self.open.is_empty() && self.total_entries() >= GREY_COMPACT_ENTRIES {
-            // Nothing open: nothing queued or written is needed any more.
-            self.buf.clear();
-            self.unsynced_intents = false;
-            self.entries = 0;
-            self.needs_cut = true;
-            return self.ensure_file(layer);
+    /// Replace the file, atomically, by one holding only the open intents in a new lap: they
+    /// are durable when this returns. The file is then made its full size again with zeros
+    /// (a cut in between leaves a shorter file, read the same and made full size on open).
+    fn rewrite_open(&mut self, layer: &dyn FileLayer) -> io::Result<()> {
+        let lap = self.lap.wrapping_add(1);
+        let mut bytes = [0u8; GREY_OPEN_MAX * GREY_BYTES];
+        for (i, g) in self.open.iter().enumerate() {
+            bytes[i * GREY_BYTES..(i + 1) * GREY_BYTES]
+                .copy_from_slice(&g.encode_in_lap(GreyOp::Intent, lap));
         }
-        if self.total_entries() >= GREY_FILE_ENTRIES_MAX {
-            let mut bytes = [0u8; GREY_OPEN_MAX * GREY_BYTES];
-            for (i, g) in self.open.iter().enumerate() {
-                bytes[i * GREY_BYTES..(i + 1) * GREY_BYTES]
-                    .copy_from_slice(&g.encode(GreyOp::Intent));
-            }
-            self.file = None;
-            layer.replace(&self.path, &bytes[..self.open.len() * GREY_BYTES])?;
-            // Every open intent is in the new file, durably: the queue is not needed.
-            self.buf.clear();
-            self.unsynced_intents = false;
-            self.entries = self.open.len() as u64;
-            return self.ensure_file(layer);
-        }
-        Ok(())
+        self.file = None;
+        layer.replace(&self.path, &bytes[..self.open.len() * GREY_BYTES])?;
+        self.lap = lap;
+        self.buf.clear();
+        self.unsynced_intents = false;
+        self.next_slot = self.open.len() as u64;
+        self.written_end = self.next_slot * GREY_BYTES as u64;
+        self.ensure_file(layer)
     }
 }
 
@@ -546,6 +640,43 @@ mod tests {
                 assert!(GreyRecord::decode(&c).is_err(), "bit {bit}");
             }
         }
+    }
+
+    #[test]
+    fn the_newest_lap_is_read_and_older_laps_after_it_are_ignored() {
+        let mut other = sample(9);
+        other.card_no = "37140000000000000002".parse().unwrap();
+        let mut file = vec![0u8; 8 * GREY_BYTES];
+        let mut put = |slot: usize, b: [u8; GREY_BYTES]| {
+            file[slot * GREY_BYTES..(slot + 1) * GREY_BYTES].copy_from_slice(&b)
+        };
+        // Lap 6 wrote four entries; lap 7 then wrote two over its first two.
+        put(0, sample(1).encode_in_lap(GreyOp::Intent, 7));
+        put(1, other.encode_in_lap(GreyOp::Intent, 7));
+        put(2, sample(3).encode_in_lap(GreyOp::Settled, 6));
+        put(3, other.encode_in_lap(GreyOp::Intent, 6));
+        let scan = scan_grey_bytes(Path::new("grey.dat"), &file);
+        assert_eq!((scan.lap, scan.next_slot), (7, 2));
+        assert_eq!(scan.written_end, 4 * GREY_BYTES as u64);
+        assert_eq!(scan.open_intents(), [sample(1), other]);
+        assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+        // A torn entry after the lap's last one is a tail, reported.
+        file[4 * GREY_BYTES..4 * GREY_BYTES + 10].fill(0xC9);
+        let scan = scan_grey_bytes(Path::new("grey.dat"), &file);
+        assert_eq!(scan.next_slot, 2);
+        assert!(scan.problems[0].what.starts_with("torn grey tail"));
+    }
+
+    #[test]
+    fn a_version_1_entry_is_read_as_lap_0() {
+        let mut b = sample(4).encode(GreyOp::Intent);
+        b[1] = 1;
+        let crc = CRC32.checksum(&b[..CRC_AT]);
+        b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(
+            GreyRecord::decode_in_lap(&b),
+            Ok((GreyOp::Intent, sample(4), 0))
+        );
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //!
 //! A journal is a folder of segment files `seg-<first seq, 20 digits>.jnl`, each a run of
 //! fixed-size [`Record`]s ([`RECORD_BYTES`]): slot `i` of a segment holds seq `first + i`, so
-//! a record's place proves its sequence number. `acked` holds the upload cursor (the highest
+//! a record's place proves its sequence number. A segment is made [`SEGMENT_BYTES`] long with
+//! zeros when it is created and written in place ([`files`] says why each sync is then as
+//! cheap as the device allows); a slot of zeros holds no record. Segments appended by older
+//! versions (as long as their records) are read the same and made full size when opened. `acked` holds the upload cursor (the highest
 //! seq the depot acknowledged), 8 bytes big-endian and their CRC-32, replaced atomically. A
 //! damaged cursor (an empty file from a flash card that lied about a flush, a bad CRC) is
 //! never fatal: the journal falls back to the seq before its oldest segment (every segment
@@ -20,20 +23,22 @@
 //!
 //! ## Guarantees
 //!
-//! - [`Journal::commit`] returns only after the appended records are written and
-//!   `fdatasync`ed (group commit: every record appended since the last commit shares one
-//!   sync). Nothing is reported to a passenger before that.
+//! - [`Journal::commit`] returns only after the appended records are written and durable
+//!   (group commit: every record appended since the last commit shares one synchronous write
+//!   in place). Nothing is reported to a passenger before that.
 //! - On open every segment is read and every slot checked (CRC, magic, seq = slot). Invalid
-//!   slots after the last valid record are a torn tail: reported and cut (truncated) before
-//!   anything is appended. An invalid slot before a valid one is reported and skipped: it is
+//!   slots after the last valid record (but zeros) are a torn tail: reported and cut (zeroed,
+//!   synced) before anything is appended. An invalid slot before a valid one is reported and skipped: it is
 //!   never returned as a record.
 //! - Sequence numbers continue after the highest seq ever seen (records and the cursor), so a
 //!   restart never reuses one that could have reached the depot.
 //! - When a write or sync fails, the records of that commit are dropped (never reported),
-//!   the file is cut back to its last durable length, and later commits retry the storage.
+//!   what the write left after the durable records is zeroed, and later commits retry the
+//!   storage.
 
 pub mod acquirer;
 pub mod chain;
+pub mod files;
 pub mod grey;
 pub mod proofs;
 pub mod record;
@@ -44,12 +49,16 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 pub use chain::{Chain, JournalKey, RecordMac, SealKey, RECORD_MAC_BYTES};
+pub use files::{FileLayer, OsFiles, SegmentFile, UnsyncedFiles, BLOCK_BYTES};
 pub use grey::{GreyOp, GreyRecord, GREY_OPEN_MAX};
 pub use record::{CardTx, QpTx, QrTx, Record, RecordError, RecordKind, SealRead, RECORD_BYTES};
 pub use repair::SideFile;
 
 /// Records in one segment file before a new one starts (6 MiB).
 pub const SEGMENT_RECORDS_MAX: u64 = 65_536;
+/// Bytes of a segment file: made this size with zeros when it is created, then written in
+/// place ([`files`]).
+pub const SEGMENT_BYTES: u64 = SEGMENT_RECORDS_MAX * RECORD_BYTES as u64;
 /// Records that may wait for one group commit.
 pub const GROUP_COMMIT_RECORDS_MAX: usize = 1_024;
 /// The newest records kept from the scan at open, for the anti-passback memory (four taps a
@@ -90,92 +99,6 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// The file operations the journal needs from its active segment: one seam, so tests can
-/// inject a full disk or an I/O error.
-pub trait SegmentFile: Send {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
-    fn sync(&mut self) -> io::Result<()>;
-    fn truncate(&mut self, len: u64) -> io::Result<()>;
-}
-
-/// Opens segment files (and the grey-record file) for appending.
-pub trait FileLayer: Send {
-    fn open_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>>;
-
-    /// Replace the file at `path` by `bytes` atomically and durably (a temporary file,
-    /// synced, renamed over it, the folder synced): after a power cut the old content or the
-    /// new, never a mix.
-    fn replace(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        match path.parent() {
-            Some(dir) => sync_dir(dir),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The operating system's files.
-pub struct OsFiles;
-
-struct OsSegment(fs::File);
-
-impl SegmentFile for OsSegment {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_all(bytes)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        self.0.sync_data()
-    }
-    fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)?;
-        self.0.sync_all()
-    }
-}
-
-impl FileLayer for OsFiles {
-    fn open_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(Box::new(OsSegment(f)))
-    }
-}
-
-/// Files whose sync does nothing. NOT durable: for measuring what durability costs, and
-/// for simulations whose records need not survive a power cut.
-pub struct UnsyncedFiles;
-
-struct UnsyncedSegment(fs::File);
-
-impl SegmentFile for UnsyncedSegment {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_all(bytes)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-    fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
-    }
-}
-
-impl FileLayer for UnsyncedFiles {
-    fn open_segment(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(Box::new(UnsyncedSegment(f)))
-    }
-}
-
 /// What a scan of the journal folder found.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -186,6 +109,9 @@ pub struct Scan {
     pub last_seq: u64,
     /// The newest segment: first seq, and the length of its valid prefix in bytes.
     pub newest: Option<(u64, u64)>,
+    /// The end of the newest segment's last slot that is not zeros (at least its valid
+    /// prefix): what lies between the two is a torn tail, cut (zeroed) on open.
+    pub newest_written_end: u64,
     pub acked_seq: u64,
     /// Why the cursor file could not be read (then `acked_seq` is the fallback).
     pub cursor_damaged: Option<String>,
@@ -414,7 +340,10 @@ pub fn scan(dir: &Path) -> Result<Scan, JournalError> {
         let bytes = fs::read(&path)?;
         let mut valid_len = 0u64;
         let mut invalid: Vec<Problem> = Vec::new();
-        for (slot, chunk) in bytes.chunks(RECORD_BYTES).enumerate() {
+        // Slots past the last one written are zeros (segments are made full size with
+        // zeros): free room, not a tail.
+        let written_end = written_end(&bytes, RECORD_BYTES);
+        for (slot, chunk) in bytes[..written_end].chunks(RECORD_BYTES).enumerate() {
             let offset = (slot * RECORD_BYTES) as u64;
             let expect_seq = first + slot as u64;
             let what = match <&[u8; RECORD_BYTES]>::try_from(chunk) {
@@ -446,18 +375,35 @@ pub fn scan(dir: &Path) -> Result<Scan, JournalError> {
                 offset: first_bad.offset,
                 what: format!(
                     "torn tail of {} bytes ({})",
-                    bytes.len() as u64 - valid_len,
+                    written_end as u64 - valid_len,
                     first_bad.what
                 ),
             });
         }
         if i + 1 == firsts.len() {
             out.newest = Some((first, valid_len));
+            out.newest_written_end = written_end as u64;
             // An empty newest segment still fixes where numbering resumes.
             out.last_seq = out.last_seq.max(first - 1);
         }
     }
     Ok(out)
+}
+
+/// The end of the last `slot`-byte slot of `bytes` that is not all zeros (0 when all are):
+/// what lies after it was never written. A partial slot at the end counts as a slot.
+pub(crate) fn written_end(bytes: &[u8], slot: usize) -> usize {
+    // Whole blocks of zeros skipped first (compared with `memcmp`): a segment is mostly free
+    // room.
+    const ZEROS: [u8; files::BLOCK_BYTES] = [0; files::BLOCK_BYTES];
+    let mut end = bytes.len();
+    while end >= ZEROS.len() && bytes[end - ZEROS.len()..end] == ZEROS[..] {
+        end -= ZEROS.len();
+    }
+    bytes[..end]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| ((i / slot + 1) * slot).min(bytes.len()))
 }
 
 /// The writer side of a journal.
@@ -473,8 +419,12 @@ pub struct Journal {
     acked_seq: u64,
     buf: Vec<u8>,
     buffered: usize,
-    /// The tail must be cut to the durable length before the next append.
+    /// The tail must be cut (zeroed) from the durable length to `written_end` before the
+    /// next append.
     needs_cut: bool,
+    /// The end of the bytes of the active segment that may not be zeros: the durable
+    /// records, and what a failed write or a torn tail left after them.
+    written_end: u64,
     /// Intents to debit not yet proven (grey records, `grey.dat`).
     grey: grey::GreyLog,
     /// The newest records found at open, oldest first (at most [`RECENT_RECORDS_MAX`]).
@@ -595,6 +545,7 @@ impl Journal {
             buf: Vec::with_capacity(GROUP_COMMIT_RECORDS_MAX * RECORD_BYTES),
             buffered: 0,
             needs_cut: true,
+            written_end: scan.newest_written_end,
             grey,
             recent,
             epoch,
@@ -606,6 +557,7 @@ impl Journal {
             // The cursor is ahead of the newest segment (all acknowledged and pruned): start anew.
             j.segment_first_seq = j.next_seq;
             j.segment_records = 0;
+            j.written_end = 0;
         }
         j.ensure_file()?;
         Ok((j, scan.problems))
@@ -697,7 +649,7 @@ impl Journal {
             .map_err(JournalError::from)
     }
 
-    /// Make every grey entry written so far durable (one fdatasync of `grey.dat`).
+    /// Make every grey entry written so far durable (one synchronous write of `grey.dat`).
     pub fn grey_sync(&mut self) -> Result<(), JournalError> {
         self.grey.sync(&*self.layer).map_err(JournalError::from)
     }
@@ -731,24 +683,38 @@ impl Journal {
     fn ensure_file(&mut self) -> Result<(), JournalError> {
         if self.file.is_none() {
             let path = segment_path(&self.dir, self.segment_first_seq);
-            let is_new = !path.exists();
-            self.file = Some(self.layer.open_segment(&path)?);
-            if is_new {
-                sync_dir(&self.dir)?;
-            }
+            self.file = Some(self.layer.open_segment(&path, SEGMENT_BYTES)?);
             self.needs_cut = true;
         }
         if self.needs_cut {
-            let len = self.segment_records * RECORD_BYTES as u64;
-            if let Some(f) = self.file.as_mut() {
-                if let Err(e) = f.truncate(len) {
-                    self.file = None;
-                    self.needs_cut = true;
-                    return Err(e.into());
-                }
+            if let Err(e) = self.cut_tail() {
+                self.file = None;
+                self.needs_cut = true;
+                return Err(e.into());
             }
             self.needs_cut = false;
         }
+        Ok(())
+    }
+
+    /// Zero what follows the durable records in the active segment (a torn tail, a failed
+    /// write), synced, so that no later open takes it for records.
+    fn cut_tail(&mut self) -> io::Result<()> {
+        let durable_len = self.segment_records * RECORD_BYTES as u64;
+        let Some(f) = self.file.as_mut() else {
+            return Ok(());
+        };
+        if self.written_end > durable_len {
+            let zeros = [0u8; files::BLOCK_BYTES];
+            let mut at = durable_len;
+            while at < self.written_end {
+                let n = (self.written_end - at).min(zeros.len() as u64) as usize;
+                f.write_at(at, &zeros[..n])?;
+                at += n as u64;
+            }
+            f.sync()?;
+        }
+        self.written_end = durable_len;
         Ok(())
     }
 
@@ -803,21 +769,27 @@ impl Journal {
             if self.segment_records == SEGMENT_RECORDS_MAX {
                 self.segment_first_seq += SEGMENT_RECORDS_MAX;
                 self.segment_records = 0;
+                self.written_end = 0;
                 self.file = None;
                 self.ensure_file()?;
             }
             let room = (SEGMENT_RECORDS_MAX - self.segment_records) as usize;
             let n = room.min(self.buffered - done);
             let bytes = &self.buf[done * RECORD_BYTES..(done + n) * RECORD_BYTES];
+            let at = self.segment_records * RECORD_BYTES as u64;
+            self.written_end = self.written_end.max(at + bytes.len() as u64);
             let file = self
                 .file
                 .as_mut()
                 .ok_or_else(|| io::Error::other("segment not open"))?;
-            if let Err(e) = file.write_all(bytes).and_then(|()| file.sync()) {
+            if let Err(e) = file.write_at(at, bytes).and_then(|()| file.sync()) {
                 self.needs_cut = true;
                 return Err(e.into());
             }
             self.segment_records += n as u64;
+            self.written_end = self
+                .written_end
+                .max(self.segment_records * RECORD_BYTES as u64);
             self.durable_seq += n as u64;
             done += n;
         }
@@ -866,7 +838,8 @@ pub fn read_after(dir: &Path, after: u64, max: usize) -> Result<Vec<Held>, Journ
         }
         let bytes = fs::read(segment_path(dir, first))?;
         let skip = after.saturating_sub(first - 1) as usize;
-        for (slot, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate().skip(skip) {
+        let written = &bytes[..written_end(&bytes, RECORD_BYTES)];
+        for (slot, chunk) in written.chunks_exact(RECORD_BYTES).enumerate().skip(skip) {
             if out.len() >= max {
                 return Ok(out);
             }
