@@ -217,6 +217,22 @@ fn write_direct(
     Ok(())
 }
 
+/// Write zeros over `from..to` of `f` and sync them (a torn tail, older laps, a failed
+/// write cut so that no later open takes them for entries); nothing when the range is empty.
+pub(super) fn zero_range(f: &mut dyn SegmentFile, from: u64, to: u64) -> io::Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let zeros = [0u8; BLOCK_BYTES];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(BLOCK_BYTES as u64) as usize;
+        f.write_at(at, &zeros[..n])?;
+        at += n as u64;
+    }
+    f.sync()
+}
+
 /// Read the block at `at` into `into` (zeros past the end of the file).
 fn read_block(file: &fs::File, into: &mut [u8], at: u64) -> io::Result<()> {
     let mut got = 0;
@@ -256,9 +272,7 @@ fn make_full_size(path: &Path, len: u64, durable: bool) -> io::Result<()> {
             f.write_all_at(&zeros[..n], at)?;
             at += n as u64;
         }
-        if durable {
-            f.sync_all()?;
-        }
+        f.sync_all()?;
     }
     if durable && created {
         if let Some(dir) = path.parent() {
@@ -316,25 +330,21 @@ impl FileLayer for OsFiles {
     }
 
     fn open_for_sync(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
-        let mut f = open_buffered(path, true)?;
-        // Written by another handle: every sync asked for is made.
-        f.mode = Mode::Buffered {
-            durable: true,
-            dirty: true,
-        };
-        Ok(Box::new(AlwaysSync(f)))
+        let file = fs::OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(AlwaysSync(file)))
     }
 }
 
-/// A side file synced on every call (its writes come through another handle).
-struct AlwaysSync(OsSegment);
+/// A side file synced on every call (its writes come through another handle, so no write
+/// through this one tells whether a sync is needed).
+struct AlwaysSync(fs::File);
 
 impl SegmentFile for AlwaysSync {
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_at(offset, bytes)
+        self.0.write_all_at(bytes, offset)
     }
     fn sync(&mut self) -> io::Result<()> {
-        self.0.file.sync_data()
+        self.0.sync_data()
     }
 }
 

@@ -441,16 +441,7 @@ impl GreyLog {
         let Some(f) = self.file.as_mut() else {
             return Ok(());
         };
-        if self.written_end > from {
-            let zeros = [0u8; super::files::BLOCK_BYTES];
-            let mut at = from;
-            while at < self.written_end {
-                let n = (self.written_end - at).min(zeros.len() as u64) as usize;
-                f.write_at(at, &zeros[..n])?;
-                at += n as u64;
-            }
-            f.sync()?;
-        }
+        super::files::zero_range(f.as_mut(), from, self.written_end)?;
         self.written_end = from;
         Ok(())
     }

@@ -704,16 +704,7 @@ impl Journal {
         let Some(f) = self.file.as_mut() else {
             return Ok(());
         };
-        if self.written_end > durable_len {
-            let zeros = [0u8; files::BLOCK_BYTES];
-            let mut at = durable_len;
-            while at < self.written_end {
-                let n = (self.written_end - at).min(zeros.len() as u64) as usize;
-                f.write_at(at, &zeros[..n])?;
-                at += n as u64;
-            }
-            f.sync()?;
-        }
+        files::zero_range(f.as_mut(), durable_len, self.written_end)?;
         self.written_end = durable_len;
         Ok(())
     }
