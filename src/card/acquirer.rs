@@ -105,6 +105,13 @@ impl AcquirerKey {
             .map_err(|_| SealError::Key)
     }
 
+    /// The key in a file of 64 hex digits (`run --acquirer-key`, `validator.toml`'s
+    /// `acquirer_key_file`); the error is the file's read error or [`SealError::Key`]'s text.
+    pub fn load(path: &std::path::Path) -> Result<AcquirerKey, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        Self::from_hex(&text).map_err(|e| e.to_string())
+    }
+
     /// The test acquirer's key ([`TEST_ACQUIRER_PUB_HEX`]).
     pub fn test() -> AcquirerKey {
         Self::from_hex(TEST_ACQUIRER_PUB_HEX).expect("the fixture is a valid key")

@@ -103,14 +103,9 @@ pub fn run(args: &RunArgs) -> Result<(), CmdError> {
     }
     // Read before the readers are taken, so a bad file is refused at once.
     let acquirer_key = match &args.acquirer_key {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| bad_input(format!("{}: {e}", path.display())))?;
-            Some(
-                AcquirerKey::from_hex(&text)
-                    .map_err(|e| bad_input(format!("{}: {e}", path.display())))?,
-            )
-        }
+        Some(path) => Some(
+            AcquirerKey::load(path).map_err(|e| bad_input(format!("{}: {e}", path.display())))?,
+        ),
         None => None,
     };
     let pan_token_key = match &args.pan_token_key {

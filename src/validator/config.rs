@@ -206,11 +206,7 @@ impl ValidatorConfig {
     pub fn acquirer_key(&self) -> Result<Option<AcquirerKey>, ConfigError> {
         self.acquirer_key_file
             .as_deref()
-            .map(|path| {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| field("acquirer_key_file", e.to_string()))?;
-                AcquirerKey::from_hex(&text).map_err(|e| field("acquirer_key_file", e.to_string()))
-            })
+            .map(|path| AcquirerKey::load(path).map_err(|e| field("acquirer_key_file", e)))
             .transpose()
     }
 
