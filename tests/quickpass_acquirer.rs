@@ -8,7 +8,7 @@ mod common;
 mod depot_support;
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use depot_support::*;
 use ed25519_dalek::SigningKey;
@@ -253,15 +253,26 @@ async fn acquirer_export_carries_no_clear_pan_and_flags_rides_without_data() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn arrears_entered_at_the_counter_is_not_lifted_by_the_acquirer_paying() {
+/// A depot that took home the rides of a bus whose card was tapped at each of `taps` (each
+/// accepted): its folder (kept while the test runs), the database and the rides as exported.
+async fn depot_with_rides(taps: &[&str]) -> (tempfile::TempDir, PathBuf, Vec<AcquirerRide>) {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("depot.db");
     drop(store(&db, 1));
     let bus = Bus::new();
-    assert_eq!(reason(&bus.tap("2026-12-01T08:00:00+08:00")), "accepted");
+    for at in taps {
+        assert_eq!(reason(&bus.tap(at)), "accepted");
+    }
     session(&db, &bus.journal()).await;
-    let ride = &rides(&db)[0];
+    let rides = rides(&db);
+    assert_eq!(rides.len(), taps.len());
+    (tmp, db, rides)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrears_entered_at_the_counter_is_not_lifted_by_the_acquirer_paying() {
+    let (_tmp, db, rides) = depot_with_rides(&["2026-12-01T08:00:00+08:00"]).await;
+    let ride = &rides[0];
     let token = ListId::parse("pan", &ride.pan_token).unwrap();
 
     // The counter lists the card for arrears of its own; the acquirer then declines the ride
@@ -290,15 +301,8 @@ async fn arrears_entered_at_the_counter_is_not_lifted_by_the_acquirer_paying() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declines_file_that_fails_midway_changes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("depot.db");
-    drop(store(&db, 1));
-    let bus = Bus::new();
-    assert_eq!(reason(&bus.tap("2026-12-01T08:00:00+08:00")), "accepted");
-    assert_eq!(reason(&bus.tap("2026-12-01T11:00:00+08:00")), "accepted");
-    session(&db, &bus.journal()).await;
-    let all = rides(&db);
-    assert_eq!(all.len(), 2);
+    let (_tmp, db, all) =
+        depot_with_rides(&["2026-12-01T08:00:00+08:00", "2026-12-01T11:00:00+08:00"]).await;
     let token = ListId::parse("pan", &all[0].pan_token).unwrap();
 
     // The second ride's stored record is damaged: the file stops there, and the first line's
@@ -326,13 +330,8 @@ async fn a_declines_file_that_fails_midway_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_station_upgraded_with_unpaid_declines_still_lifts_their_arrears() {
-    let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("depot.db");
-    drop(store(&db, 1));
-    let bus = Bus::new();
-    assert_eq!(reason(&bus.tap("2026-12-01T08:00:00+08:00")), "accepted");
-    session(&db, &bus.journal()).await;
-    let ride = &rides(&db)[0];
+    let (_tmp, db, rides) = depot_with_rides(&["2026-12-01T08:00:00+08:00"]).await;
+    let ride = &rides[0];
     let report = Store::open(&db)
         .unwrap()
         .apply_declines(&[decline(ride, DeclineOutcome::Declined)])

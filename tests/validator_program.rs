@@ -97,6 +97,35 @@ fn card(card_no: &str) -> SimCard {
 }
 
 /// The program's shared part, and the PSAM its card loop owns.
+/// The program's uplink to the depot at `depot`, on its own thread and runtime, every 200 ms;
+/// it ends when the program stops.
+fn start_uplink(
+    shared: &Arc<Shared>,
+    depot: std::net::SocketAddr,
+    data: &Path,
+) -> std::thread::JoinHandle<()> {
+    let cfg = UploadConfig {
+        depot,
+        terminal_id: TERMINAL.into(),
+        secret: SECRET,
+        data_dir: data.to_path_buf(),
+        blacklist_age_s_max: fare_validator::upload::downlink::BLACKLIST_AGE_S_MAX_DEFAULT,
+    };
+    let shared = Arc::clone(shared);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(uplink::run(
+            shared,
+            cfg,
+            TERMINAL.into(),
+            Duration::from_millis(200),
+        ));
+    })
+}
+
 fn program(data: &Path, clock: Arc<AtomicI64>, out: Lines) -> (Arc<Shared>, Psam<SimPsam>) {
     let (journal, problems) = Journal::open(data).unwrap();
     let psam = Psam::open(SimPsam::new(TestKeys::default(), REPLAY_TERMINAL_NO, 1)).unwrap();
@@ -149,28 +178,7 @@ fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
     let clock = Arc::new(AtomicI64::new(T0_UNIX_S));
     let out = Lines::default();
     let (shared, mut psam) = program(&data, Arc::clone(&clock), out.clone());
-    let cfg = UploadConfig {
-        depot: station.addr(),
-        terminal_id: TERMINAL.into(),
-        secret: SECRET,
-        data_dir: data.clone(),
-        blacklist_age_s_max: fare_validator::upload::downlink::BLACKLIST_AGE_S_MAX_DEFAULT,
-    };
-    let uplink = {
-        let shared = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(uplink::run(
-                shared,
-                cfg,
-                TERMINAL.into(),
-                Duration::from_millis(200),
-            ));
-        })
-    };
+    let uplink = start_uplink(&shared, station.addr(), &data);
     let listener = scanner::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
     let scan_addr = listener.local_addr().unwrap();
     let scanner = {
@@ -306,28 +314,7 @@ fn the_fleet_set_comes_down_the_session_into_the_running_engine_and_stays_after_
     });
     let clock = Arc::new(AtomicI64::new(T0_UNIX_S));
     let (shared, psam) = program(&data, Arc::clone(&clock), Lines::default());
-    let cfg = UploadConfig {
-        depot: station.addr(),
-        terminal_id: TERMINAL.into(),
-        secret: SECRET,
-        data_dir: data.clone(),
-        blacklist_age_s_max: fare_validator::upload::downlink::BLACKLIST_AGE_S_MAX_DEFAULT,
-    };
-    let uplink = {
-        let shared = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(uplink::run(
-                shared,
-                cfg,
-                TERMINAL.into(),
-                Duration::from_millis(200),
-            ));
-        })
-    };
+    let uplink = start_uplink(&shared, station.addr(), &data);
     let set_version = || shared.uplink.lock().unwrap().cert_set_version;
     wait_until("the set's snapshot installed", || set_version() == 1);
     assert_eq!(shared.uplink.lock().unwrap().keys_version, 1);
