@@ -398,14 +398,15 @@ fn read_timeframes(
             _ => return Err(f.bad(*line, "start_time and end_time go together")),
         };
         let entry = out.entry(group.to_string()).or_default();
-        let why = if !calendar.contains_key(service) {
-            Some(format!("service_id {service:?} is in no calendar.txt"))
-        } else if calendar[service].days.is_empty() {
-            Some(format!("service_id {service:?} runs on no weekday"))
-        } else if start_s % 60 != 0 || end_s % 60 != 0 {
-            Some("a time that is not a whole minute".to_string())
-        } else {
-            None
+        let why = match calendar.get(service) {
+            None => Some(format!("service_id {service:?} is in no calendar.txt")),
+            Some(c) if c.days.is_empty() => {
+                Some(format!("service_id {service:?} runs on no weekday"))
+            }
+            Some(_) if start_s % 60 != 0 || end_s % 60 != 0 => {
+                Some("a time that is not a whole minute".to_string())
+            }
+            Some(_) => None,
         };
         match why {
             Some(why) => notes.push(format!("timeframes.txt line {line}: {why}: left out")),
