@@ -97,6 +97,30 @@ fn card(card_no: &str) -> SimCard {
 }
 
 /// The program's shared part, and the PSAM its card loop owns.
+/// The station's database in a test's folder.
+const DEPOT_DB: &str = "depot.sqlite";
+
+/// A station in `dir` that knows the bus [`TERMINAL`] and publishes the ride-code keys, and
+/// the bus's data folder (returned), which pins the station's operator key (imported on
+/// purpose: a station never makes one).
+fn depot_and_bus(dir: &Path) -> (Store, std::path::PathBuf) {
+    let store = Store::open(&dir.join(DEPOT_DB)).unwrap();
+    store.add_terminal_with_secret(TERMINAL, &SECRET).unwrap();
+    let keys = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/ride-code-keys.json"
+    ))
+    .unwrap();
+    store.publish("keys", &keys).unwrap();
+    let operator = fare_validator::signed::signing_key_from_seed([17; 32]);
+    store.set_operator_key(&operator).unwrap();
+    let data = dir.join("bus");
+    DownlinkDir::new(&data)
+        .pin_operator_key(&operator.verifying_key())
+        .unwrap();
+    (store, data)
+}
+
 /// The program's uplink to the depot at `depot`, on its own thread and runtime, every 200 ms;
 /// it ends when the program stops.
 fn start_uplink(
@@ -152,22 +176,7 @@ fn program(data: &Path, clock: Arc<AtomicI64>, out: Lines) -> (Arc<Shared>, Psam
 #[test]
 fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("depot.sqlite");
-    let data = tmp.path().join("bus");
-    let store = Store::open(&db).unwrap();
-    store.add_terminal_with_secret(TERMINAL, &SECRET).unwrap();
-    let keys = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/ride-code-keys.json"
-    ))
-    .unwrap();
-    store.publish("keys", &keys).unwrap();
-    // The operator's key, imported on purpose (a station never makes one).
-    let operator = fare_validator::signed::signing_key_from_seed([17; 32]);
-    store.set_operator_key(&operator).unwrap();
-    DownlinkDir::new(&data)
-        .pin_operator_key(&operator.verifying_key())
-        .unwrap();
+    let (store, data) = depot_and_bus(tmp.path());
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let station = rt.block_on(async {
@@ -232,7 +241,7 @@ fn scans_taps_uplink_and_a_counter_action_reach_the_running_validator() {
 
     // The counter reports card A lost; the running validator refuses its next tap.
     let version_before = shared.blacklist.version();
-    let mut counter = Store::open(&db).unwrap();
+    let mut counter = Store::open(&tmp.path().join(DEPOT_DB)).unwrap();
     counter
         .blacklist_change(&Change {
             op: ChangeOp::Add,
@@ -283,21 +292,7 @@ fn the_fleet_set_comes_down_the_session_into_the_running_engine_and_stays_after_
     use fare_validator::ride_code::RideCode;
     use fare_validator::validator::scanner::ScanLine;
     let tmp = tempfile::tempdir().unwrap();
-    let db = tmp.path().join("depot.sqlite");
-    let data = tmp.path().join("bus");
-    let mut store = Store::open(&db).unwrap();
-    store.add_terminal_with_secret(TERMINAL, &SECRET).unwrap();
-    let keys = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/ride-code-keys.json"
-    ))
-    .unwrap();
-    store.publish("keys", &keys).unwrap();
-    let operator = fare_validator::signed::signing_key_from_seed([17; 32]);
-    store.set_operator_key(&operator).unwrap();
-    DownlinkDir::new(&data)
-        .pin_operator_key(&operator.verifying_key())
-        .unwrap();
+    let (mut store, data) = depot_and_bus(tmp.path());
     // Another bus met the SM2 holder: its code is kept as proof, the depot checked it once.
     let (sm2, p256) = (vector_code("valid_sm2"), vector_code("valid_p256"));
     let digest = |text: &str| RideCode::parse(text).unwrap().cert_digest();
@@ -326,7 +321,7 @@ fn the_fleet_set_comes_down_the_session_into_the_running_engine_and_stays_after_
     // The holder new to the fleet: checked in full; its proof goes up with its record.
     assert!(shared.scan(ScanLine::Code(&p256)).accepted());
     assert_eq!(shared.engine().verified_certs_spared(), 1);
-    let mut depot_side = Store::open(&db).unwrap();
+    let mut depot_side = Store::open(&tmp.path().join(DEPOT_DB)).unwrap();
     wait_until("the new holder listed at the depot", || {
         depot_side.update_cert_set(T0_UNIX_S).unwrap().version == 2
     });
