@@ -394,7 +394,13 @@ pub(crate) fn now_unix_s() -> i64 {
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         create_owner_only(path);
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
+        // Every transaction takes the write lock when it begins (BEGIN IMMEDIATE): most read
+        // and then write (a counter command, the cert set's update, a batch), and a deferred
+        // one that read while the station's session committed cannot upgrade; SQLite answers
+        // SQLITE_BUSY at once, without waiting `BUSY_TIMEOUT_MS`. Taken up front, the lock
+        // is waited for like any other.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         // synchronous=FULL, not NORMAL: in WAL mode NORMAL syncs the WAL only at checkpoints,
         // so a transaction survives a crash of the station process but not a power cut. An
         // acknowledged batch lets the validator delete its records, so the commit behind an
@@ -1797,6 +1803,31 @@ pub(super) fn blacklist_reasons_in(
 
 #[cfg(test)]
 mod tests {
+    /// A transaction holds the write lock from its start, so a second connection (the
+    /// station's session beside a counter command) waits for it instead of slipping a commit
+    /// in between its reads and its writes.
+    #[test]
+    fn transactions_take_the_write_lock_when_they_begin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("depot.db");
+        let mut first = Store::open(&path).unwrap();
+        let second = Store::open(&path).unwrap();
+        second.conn.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let write = |s: &Store| {
+            s.conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES('t', x'01')",
+                [],
+            )
+        };
+        let tx = first.conn.transaction().unwrap();
+        assert!(
+            write(&second).is_err(),
+            "the first one's BEGIN took the lock"
+        );
+        tx.commit().unwrap();
+        write(&second).unwrap();
+    }
+
     use super::*;
 
     fn test_record(seq: u64, fare_fen: u32) -> Record {
