@@ -721,6 +721,41 @@ fn a_revoked_key_or_one_outside_its_window_is_refused_though_listed() {
     }
 }
 
+/// The set names the keys' material, not their dates or revocation: a key file that revokes
+/// a key keeps the set in use (as it keeps the cache's certificates), and check 5 refuses the
+/// holders the set lists under that key, on the scan after the new file, with no channel
+/// signature asked.
+#[test]
+fn a_key_revoked_in_a_new_key_file_refuses_the_holders_the_set_lists() {
+    use fare_validator::ride_code::{CertSet, RideCode};
+    for (channel_id, h) in [(2, p256_holder()), (1, sm2_holder())] {
+        let b = h.code(NOW, 1);
+        let digest = RideCode::from_bytes(b).unwrap().cert_digest();
+        let set = std::sync::Arc::new(CertSet::from_digests(1, test_keys(), [digest]));
+        let mut before = verifier();
+        before.set_cert_set(set.clone());
+        assert_eq!(before.verify(&text(&b), NOW).map(|_| ()), Ok(()));
+        assert_eq!(before.certs_from_set(), 1);
+
+        let mut chans = channels();
+        chans
+            .iter_mut()
+            .filter(|c| c.channel_id == channel_id && c.key_id == 1)
+            .for_each(|c| c.revoked = true);
+        let revoked = ChannelKeys::from_file(&key_file(&chans)).unwrap();
+        assert_eq!(revoked.material_digest(), test_keys().material_digest());
+        let mut after = Verifier::new(revoked, RideCodeConfig::default());
+        after.set_cert_set(set);
+        let later = h.code(NOW + 1, 2);
+        assert_eq!(
+            after.verify(&text(&later), NOW + 1).map(|_| ()),
+            Err(Reason::KeyNotValid),
+            "channel {channel_id}"
+        );
+        assert_eq!(after.certs_from_set(), 0);
+    }
+}
+
 #[test]
 fn a_set_made_for_other_channel_keys_is_not_used() {
     use fare_validator::ride_code::{CertSet, RideCode};

@@ -1,6 +1,7 @@
 //! The shared ride-code-v1 vectors: every case on a fresh validator (no code seen before, empty
 //! blacklist) with the vectors' config decides exactly as `expect` says.
 
+use fare_validator::ride_code::format::{CERT_BYTES, CODE_BYTES, CODE_SIGNED_BYTES};
 use fare_validator::ride_code::{
     cert_set, CertSet, ChannelKeys, KeyFile, ReplayCache, RideCode, RideCodeConfig, Verifier,
 };
@@ -141,4 +142,81 @@ fn every_vector_decides_as_expected_with_the_fleet_set() {
         spared += verifier.certs_from_set();
     }
     assert!(spared >= 2, "the set spared {spared} certificate checks");
+}
+
+/// The fuzz target `fuzz/fuzz_targets/ride_code_set.rs` as a seeded test: vector codes altered
+/// where the set matters (a listed certificate under a forged or borrowed code signature,
+/// changed dates, counters and keys), scanned at clocks around the vectors' and across the key
+/// and certificate windows, decide the same on a verifier holding the fleet's set as on one
+/// without. Each pair is fresh (the set is only asked on a certificate-cache miss); one in ten
+/// checks first-seen certificates on a worker.
+#[test]
+fn the_fleet_set_never_changes_a_decision_for_altered_vector_codes() {
+    use rand::{Rng, SeedableRng};
+    const ROUNDS: usize = 2_000;
+    let v = vectors();
+    let keys = ChannelKeys::from_file(&v.keys).expect("vector key file");
+    let set = fleet_set(&keys);
+    let codes: Vec<(i64, [u8; CODE_BYTES])> = v
+        .cases
+        .iter()
+        .filter_map(|c| Some((c.now, RideCode::parse(&c.code).ok()?.bytes)))
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20);
+    let (mut spared, mut accepted) = (0, 0);
+    for round in 0..ROUNDS {
+        let (case_now, issued) = codes[rng.gen_range(0..codes.len())];
+        let mut b = issued;
+        match rng.gen_range(0..5) {
+            // As issued, at another clock.
+            0 => {}
+            // A few bytes anywhere: the certificate changes, so it is no longer listed.
+            1 => {
+                for _ in 0..rng.gen_range(1..=3) {
+                    b[rng.gen_range(0..CODE_BYTES)] ^= rng.gen_range(1..=255u8);
+                }
+            }
+            // A few bytes of the code's own part: generated_at, counter, signature.
+            2 => {
+                for _ in 0..rng.gen_range(1..=3) {
+                    b[rng.gen_range(CERT_BYTES..CODE_BYTES)] ^= rng.gen_range(1..=255u8);
+                }
+            }
+            // A forged code signature under a listed certificate.
+            3 => rng.fill(&mut b[CODE_SIGNED_BYTES..]),
+            // Another holder's code (and signature) under this certificate.
+            _ => {
+                let (_, other) = codes[rng.gen_range(0..codes.len())];
+                b[CERT_BYTES..].copy_from_slice(&other[CERT_BYTES..]);
+            }
+        }
+        let now = match rng.gen_range(0..4) {
+            0 => case_now + rng.gen_range(-86_400 * 400..=86_400 * 400),
+            // Across the freshness window (30 s of skew ahead, 60 s of validity behind).
+            _ => case_now + rng.gen_range(-45..=75),
+        };
+        let text = fare_validator::ride_code::format::to_text(&b);
+        let mut without = Verifier::new(keys.clone(), v.config);
+        let mut with = if round % 10 == 0 {
+            Verifier::with_cert_worker(keys.clone(), v.config)
+        } else {
+            Verifier::new(keys.clone(), v.config)
+        };
+        with.set_cert_set(set.clone());
+        let want = without.verify(&text, now);
+        assert_eq!(
+            with.verify(&text, now),
+            want,
+            "round {round}: code {} at {now}",
+            hex::encode(b)
+        );
+        spared += with.certs_from_set();
+        accepted += usize::from(want.is_ok());
+    }
+    // The set was used, and the comparison met accepted codes as well as refused ones.
+    assert!(
+        spared > ROUNDS as u64 / 10,
+        "the set spared {spared} checks"
+    );
+    assert!(accepted > ROUNDS / 100, "{accepted} accepted");
 }

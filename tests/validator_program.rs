@@ -347,6 +347,66 @@ fn the_fleet_set_comes_down_the_session_into_the_running_engine_and_stays_after_
     assert!(set.contains(&digest(&sm2)) && set.contains(&digest(&p256)));
 }
 
+/// A verified-certificate file that fails anything (another signer, a byte altered after
+/// signing, the held snapshot again, expired on arrival) is refused by the bus folder, and the
+/// running engine goes on with the last good set: still that version, still sparing the
+/// channel check of the holders it lists.
+#[test]
+fn a_forged_or_stale_set_file_leaves_the_running_engine_on_the_last_good_set() {
+    use fare_validator::ride_code::{cert_set, CertSet, ChannelKeys, RideCode, RideCodeConfig};
+    use fare_validator::signed::{signing_key_from_seed, Dates};
+    use fare_validator::validator::scanner::ScanLine;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_store, data) = depot_and_bus(tmp.path());
+    let operator = signing_key_from_seed([17; 32]);
+    let keys = ChannelKeys::from_json(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/ride-code-keys.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let (shared, _psam) = program(&data, Arc::new(AtomicI64::new(T0_UNIX_S)), Lines::default());
+    shared
+        .engine()
+        .set_ride_code_keys(keys.clone(), RideCodeConfig::default());
+    let (sm2, p256) = (vector_code("valid_sm2"), vector_code("valid_p256"));
+    let digest = |text: &str| RideCode::parse(text).unwrap().cert_digest();
+    let held = CertSet::from_digests(1, &keys, [digest(&sm2), digest(&p256)]);
+    let dates = Dates::starting(T0_UNIX_S as u32 - 60, 86_400);
+    let dir = DownlinkDir::new(&data);
+    let snapshot = cert_set::snapshot_file(&held, dates, &operator);
+    dir.install(&snapshot, T0_UNIX_S).unwrap();
+    assert_eq!(uplink::apply_downlink(&shared, &data).cert_set, 1);
+
+    // Each would drop the P-256 holder.
+    let delta = held.diff(&CertSet::from_digests(2, &keys, [digest(&sm2)]));
+    let forged = cert_set::delta_file(&delta, dates, &signing_key_from_seed([18; 32]));
+    let mut altered = cert_set::delta_file(&delta, dates, &operator);
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    let expired = cert_set::delta_file(&delta, Dates::starting(1_000, 10), &operator);
+    for (what, file) in [
+        ("forged", forged),
+        ("altered", altered),
+        ("stale", snapshot),
+        ("expired", expired),
+    ] {
+        assert!(
+            dir.install(&file, T0_UNIX_S).is_err(),
+            "{what} file installed"
+        );
+        assert_eq!(uplink::apply_downlink(&shared, &data).cert_set, 1, "{what}");
+    }
+    let set = shared.engine().verified_certs();
+    assert_eq!(set.version(), 1);
+    assert!(set.contains(&digest(&p256)));
+    assert!(shared.scan(ScanLine::Code(&sm2)).accepted());
+    assert!(shared.scan(ScanLine::Code(&p256)).accepted());
+    assert_eq!(shared.engine().verified_certs_spared(), 2);
+}
+
 /// Holds a tap at one chosen exchange (card or PSAM, counted together) until told to go on.
 struct GateCtl {
     count: std::sync::atomic::AtomicUsize,
