@@ -332,6 +332,10 @@ mod program {
             blacklist_age_s_max: crate::upload::downlink::BLACKLIST_AGE_S_MAX_DEFAULT,
         };
         write_status(&shared, &cfg);
+        // This thread is the uplink from here on (the tap and scanner threads are already
+        // started and keep their priority): installing what the depot sent never holds a
+        // core a tap or a scan wants.
+        crate::sched::set_uplink_priority();
         rt.block_on(async {
             watch_signals(Arc::clone(&shared), cfg.clone())?;
             uplink::run(

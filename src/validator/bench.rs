@@ -19,8 +19,9 @@
 //!   slow minute of the machine falls on all of them.
 //! - **tap under a delta**: taps (cards answering at once: the engine's own cost) while a
 //!   blacklist delta of `--delta-changes` changes is applied to the live list (the uplink's
-//!   work: build the next list, swap it through the handle); the longest tap, against taps on
-//!   the engine alone measured just before and just after.
+//!   work: build the next list, swap it through the handle, on a thread at the uplink's
+//!   priority, [`crate::sched::set_uplink_priority`], as the program runs it); the longest
+//!   tap, against taps on the engine alone measured just before and just after.
 //!
 //! The journals skip their syncs (the same on every side), so the figures are the program's
 //! cost and not the disk's; `--durable` syncs them all, as on a bus.
@@ -776,7 +777,15 @@ pub fn run(args: &ValidatorBenchArgs) -> Result<ValidatorBenchReport, String> {
     let tapping = Arc::new(AtomicBool::new(true));
     let taps = program.spawn_taps(&tapping, Duration::ZERO, true);
     let start = Instant::now();
-    let installed = program.shared.blacklist.install_delta(&delta);
+    // Applied as the program's uplink applies it: on its own thread, at the uplink's priority.
+    let installed = std::thread::scope(|s| {
+        s.spawn(|| {
+            crate::sched::set_uplink_priority();
+            program.shared.blacklist.install_delta(&delta)
+        })
+        .join()
+        .map_err(|_| "the delta's thread panicked".to_string())
+    })?;
     let delta_apply_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     tapping.store(false, Ordering::Relaxed);
     let took = program.join_taps(taps)?;
