@@ -29,6 +29,7 @@ fn record(seq: u64) -> Record {
         qr: None,
         quickpass: None,
         terminal_no: [0, 0, 0, 0, 1, 0x23],
+        rule: fare_validator::fare::FareRule::Unknown,
     }
 }
 

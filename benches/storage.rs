@@ -54,6 +54,7 @@ fn record() -> Record {
         qr: None,
         quickpass: None,
         terminal_no: [0, 0, 0, 0, 0, 1],
+        rule: fare_validator::fare::FareRule::Unknown,
     }
 }
 

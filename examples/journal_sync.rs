@@ -25,6 +25,7 @@ fn main() {
                     qr: None,
                     quickpass: None,
                     terminal_no: [0; 6],
+                    rule: fare_validator::fare::FareRule::Unknown,
                 };
                 j.append(&mut r).unwrap();
             }

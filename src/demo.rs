@@ -95,6 +95,9 @@ pub struct DemoReport {
     pub interop_taps: u64,
     pub depot_records: u64,
     pub depot_fare_fen: u64,
+    /// `depot_fare_fen` by the fare-table rule that priced each record (`depot report`'s
+    /// `fare_fen_by_rule`).
+    pub depot_fare_fen_by_rule: BTreeMap<crate::fare::FareRule, u64>,
     pub depot_gaps: u64,
     /// The depot's security findings by kind, records counted (docs/depot.md): the buses
     /// chain their journals with their own keys, so none but `psam_gap` (a card pulled away
@@ -561,6 +564,7 @@ fn night_upload(dir: &Path, buses: &mut [Bus], report: &mut DemoReport) -> Resul
         *report.depot_findings.entry(f.kind.to_string()).or_default() += f.count;
     }
     report.qr_conflicts = depot.qr_conflicts.len() as u64;
+    report.depot_fare_fen_by_rule = depot.fare_fen_by_rule;
     Ok(())
 }
 
@@ -692,6 +696,9 @@ fn print_report(r: &DemoReport) {
         yuan(r.journal_fare_fen)
     );
     println!("{:<28}{:>8}", "  depot, charged", yuan(r.depot_fare_fen));
+    for (rule, fen) in &r.depot_fare_fen_by_rule {
+        println!("    {:<24}{:>8}", rule.as_str(), yuan(*fen));
+    }
     let not_charged = r.journal_fare_fen.saturating_sub(r.depot_fare_fen);
     if not_charged > 0 {
         println!(

@@ -39,6 +39,7 @@ fn record(i: u64) -> Record {
         qr: None,
         quickpass: None,
         terminal_no: [0, 0, 0, 0, 0, 1],
+        rule: fare_validator::fare::FareRule::Unknown,
     }
 }
 

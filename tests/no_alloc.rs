@@ -1,7 +1,7 @@
 //! After start-up the tap path does not allocate: a counting allocator watches a run of card
 //! taps (dialogue, decision, durable record) and refusals, under a fare table with every rule
 //! kind (`fixtures/fares-every-rule.toml`: interop lists, timeframes, routes, several riders,
-//! networks and transfer rules)
+//! networks and transfer rules; the records show every kind pricing a boarding)
 //! and cards of the home city and of other cities (accepted, interop fare, refused by the deny
 //! list, ended concessions, further riders on one card). Then the same
 //! through the validator program's shared part: the core's lock taken for each step of the
@@ -17,7 +17,7 @@ use fare_validator::card::psam::Psam;
 use fare_validator::card::sim::{CardSpec, SimCard, SimPsam, TestKeys};
 use fare_validator::clock::Timestamp;
 use fare_validator::engine::{EngineConfig, Validator};
-use fare_validator::fare::FareTable;
+use fare_validator::fare::{FareRule, FareTable};
 use fare_validator::journal::Journal;
 use fare_validator::ride_code::issuer::SimChannels;
 use fare_validator::ride_code::{ChannelKeys, RideCodeConfig};
@@ -118,7 +118,8 @@ fn card_taps_allocate_nothing_after_start_up() {
         };
         cards.push(SimCard::new(&spec, &keys, 1).unwrap());
     }
-    let mut now = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();
+    // Friday, a quarter of an hour before the seniors' peak ends: both sides of it.
+    let mut now = Timestamp::parse_rfc3339("2026-11-27T08:45:00+08:00").unwrap();
     // Warm-up: the first tap opens what it needs.
     cards[0].enter_field(None);
     assert!(v.tap_card(&mut cards[0], now).accepted());
@@ -127,8 +128,9 @@ fn card_taps_allocate_nothing_after_start_up() {
     let (mut extra_riders, mut concessions_ended) = (0, 0);
     for round in 0..50 {
         now = now.plus_s(30);
-        // The city lines and an express line in turn: transfer rules by network.
-        v.set_route([1, 2, 6][round % 3]);
+        // The city lines, an express line, a route with its own fare and one in no network
+        // in turn: transfer rules by network, and each base fare.
+        v.set_route([5, 1, 6, 2, 4][round % 5]);
         for card in cards.iter_mut() {
             card.enter_field(None);
             // Accepted, repeat_tap (every other round) and blacklisted taps all run here.
@@ -149,6 +151,17 @@ fn card_taps_allocate_nothing_after_start_up() {
         "allocations on the tap path"
     );
     assert!(v.journal().durable_seq() > 50);
+    let priced: std::collections::BTreeSet<FareRule> = fare_validator::journal::scan(dir.path())
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.rule)
+        .collect();
+    let card_rules: std::collections::BTreeSet<FareRule> = FareRule::ALL
+        .into_iter()
+        .filter(|r| !matches!(r, FareRule::Unknown | FareRule::RideCodeCategory))
+        .collect();
+    assert_eq!(priced, card_rules, "every rule kind priced a tap above");
 
     // The program: its shared core, its decision lines, ride codes issued beforehand for
     // each round (distinct holders, then the same ones again).

@@ -194,6 +194,7 @@ pub fn generate_day(n: usize, seed: u64) -> Vec<Vec<Record>> {
             qr: None,
             quickpass: None,
             terminal_no,
+            rule: crate::fare::FareRule::BaseFare,
         };
         let roll = rng.gen_range(0..100u32);
         if roll < 75 {

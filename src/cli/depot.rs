@@ -100,15 +100,20 @@ pub enum DepotCmd {
         #[arg(long)]
         db: PathBuf,
     },
-    /// Clearing view per terminal: records, max seq, gaps, refused records, fares; ride codes
-    /// claimed more than once listed with every claim (`qr_conflicts`), charged to no one.
+    /// Clearing view per terminal: records, max seq, gaps, refused records, fares, fares by
+    /// the rule that priced them (`fare_fen_by_rule`); ride codes claimed more than once
+    /// listed with every claim (`qr_conflicts`), charged to no one.
     Report {
         /// The station's SQLite database file.
         #[arg(long)]
         db: PathBuf,
-        /// JSON output (the only format).
-        #[arg(long)]
+        /// JSON output, one object (the default).
+        #[arg(long, conflicts_with = "text")]
         json: bool,
+        /// A table for a person instead: each terminal's records and fares, then the fares
+        /// by rule.
+        #[arg(long)]
+        text: bool,
     },
     /// Security findings, newest first, one JSON line each: altered records refused, journals
     /// cut, chains restarted, unauthenticated records, PSAM numbers that skip or repeat
@@ -333,9 +338,12 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
             println!("{}", serde_json::json!({ "imported": imported }));
             Ok(())
         }
-        DepotCmd::Report { db, json: _ } => {
+        DepotCmd::Report { db, json: _, text } => {
             let report = open_existing_store(&db)?.report().map_err(runtime_err)?;
-            println!("{}", serde_json::to_string(&report).map_err(runtime_err)?);
+            match text {
+                true => print!("{}", report_text(&report)),
+                false => println!("{}", serde_json::to_string(&report).map_err(runtime_err)?),
+            }
             Ok(())
         }
         DepotCmd::Findings { db, max } => {
@@ -617,6 +625,34 @@ pub fn run_upload(args: &UploadArgs) -> CmdResult {
 /// What went wrong in a session that still ran to its end, for `upload`'s exit status: the
 /// station refused records, records are declared gone, records could not go up, or a
 /// downlink file failed its checks. None when everything sent was taken.
+/// `depot report --text`: each terminal's records, gaps and fares (yuan), then the fares by
+/// the rule that priced them.
+pub fn report_text(r: &crate::depot::store::Report) -> String {
+    use std::fmt::Write as _;
+    let yuan = |fen: u64| format!("{}.{:02}", fen / 100, fen % 100);
+    let mut out = format!(
+        "{:<24}{:>10}{:>8}{:>14}{:>14}\n",
+        "terminal", "records", "gaps", "charged", "in conflict"
+    );
+    for (id, t) in &r.terminals {
+        let _ = writeln!(
+            out,
+            "{id:<24}{:>10}{:>8}{:>14}{:>14}",
+            t.records,
+            t.gaps.len(),
+            yuan(t.fare_fen),
+            yuan(t.fare_fen_in_conflict)
+        );
+    }
+    out.push_str("\nfares charged by rule (yuan)\n");
+    for (rule, fen) in &r.fare_fen_by_rule {
+        let _ = writeln!(out, "  {:<22}{:>14}", rule.as_str(), yuan(*fen));
+    }
+    let total: u64 = r.fare_fen_by_rule.values().sum();
+    let _ = writeln!(out, "  {:<22}{:>14}", "all", yuan(total));
+    out
+}
+
 pub fn upload_failures(report: &crate::upload::UploadReport) -> Option<String> {
     let mut what = Vec::new();
     if report.records_refused > 0 {

@@ -138,6 +138,7 @@ mod tests {
             qr: None,
             quickpass: None,
             terminal_no: [0; 6],
+            rule: crate::fare::FareRule::Unknown,
         }
     }
 
@@ -147,7 +148,7 @@ mod tests {
             route: 9,
             base_fare_fen: 500,
         });
-        t
+        t.checked().unwrap()
     }
 
     #[test]

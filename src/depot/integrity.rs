@@ -681,6 +681,7 @@ mod tests {
             qr: None,
             quickpass: None,
             terminal_no: [0, 0, 0, 0, 1, 0x23],
+            rule: crate::fare::FareRule::Unknown,
         }
     }
 

@@ -7,7 +7,7 @@
 //!
 //! | path | what |
 //! | --- | --- |
-//! | `/` | the page: buses and their newest record, gaps, security findings (altered records, cuts, PSAM numbers that skip), revenue by route and by medium, taps by hour, downlink versions, ride codes seen on several buses, why the charged revenue differs from the sum of fares |
+//! | `/` | the page: buses and their newest record, gaps, security findings (altered records, cuts, PSAM numbers that skip), revenue by route, by medium and by fare rule, taps by hour, downlink versions, ride codes seen on several buses, why the charged revenue differs from the sum of fares |
 //! | `/day.json` | the same figures as one JSON object ([`DayView`]) |
 //!
 //! Each request opens the database anew, read-only in effect (it only runs SELECTs), so the
@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::depot::integrity::Finding;
 use crate::depot::store::ExportError;
 use crate::depot::Store;
+use crate::fare::FareRule;
 use crate::journal::{Record, RecordKind};
 
 /// Hours in the taps-by-hour chart (local time of each record).
@@ -77,6 +78,9 @@ pub struct DayView {
     pub revenue_by_route_fen: BTreeMap<u16, u64>,
     /// `card` and `qr`.
     pub revenue_by_media_fen: BTreeMap<String, u64>,
+    /// By the fare-table rule that priced each record (`unknown` for records of format
+    /// version 4 and older).
+    pub revenue_by_rule_fen: BTreeMap<FareRule, u64>,
     /// Records by local hour of the tap, 0..24.
     pub taps_by_hour: Vec<u64>,
     pub versions: Versions,
@@ -182,6 +186,24 @@ impl DayView {
             .revenue_by_media_fen
             .entry(r.media().as_str().to_string())
             .or_default() += fare;
+        *self.revenue_by_rule_fen.entry(r.rule).or_default() += fare;
+    }
+}
+
+/// A fare rule as the manager reads it.
+fn rule_name(rule: FareRule) -> &'static str {
+    match rule {
+        FareRule::Unknown => "not recorded 未记录",
+        FareRule::BaseFare => "base fare 基本票价",
+        FareRule::RouteFare => "route fare 线路票价",
+        FareRule::NetworkFare => "network fare 线网票价",
+        FareRule::Concession => "concession 优惠",
+        FareRule::Timeframe => "time of day 时段",
+        FareRule::Interop => "other city's card 互联互通",
+        FareRule::Transfer => "transfer 换乘",
+        FareRule::SeveralRiders => "several riders 连刷",
+        FareRule::Free => "free ride 免费",
+        FareRule::RideCodeCategory => "ride code 乘车码",
     }
 }
 
@@ -394,6 +416,16 @@ fn revenue_tables(h: &mut String, view: &DayView) {
             h,
             "<tr><td>{}</td><td class=\"num\" data-fen=\"{fen}\">{}</td></tr>",
             esc(name),
+            yuan(*fen)
+        );
+    }
+    h.push_str("</table><table id=\"by-rule\"><tr><th>fare rule 票价规则</th><th>yuan</th></tr>");
+    for (rule, fen) in &view.revenue_by_rule_fen {
+        let _ = write!(
+            h,
+            "<tr><td data-rule=\"{}\">{}</td><td class=\"num\" data-fen=\"{fen}\">{}</td></tr>",
+            rule.as_str(),
+            rule_name(*rule),
             yuan(*fen)
         );
     }

@@ -18,7 +18,7 @@
 //! is on disk. Records are inserted with `INSERT OR IGNORE`: a batch sent twice (after a
 //! disconnect, or a station restart before the ack reached the bus) stores nothing twice.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -30,7 +30,7 @@ use super::checks::{RIDE_CODE_AGE_AT_SCAN_S_MAX, RIDE_CODE_AHEAD_OF_SCAN_S_MAX};
 use super::integrity::{self, BatchState, ChainKeys, Finding, Link};
 use crate::blacklist::file::{delta_payload, Delta};
 use crate::blacklist::{Blacklist, Change, ChangeOp};
-use crate::fare::FareTable;
+use crate::fare::{FareRule, FareTable};
 use crate::journal::{QrTx, Record, RecordKind, RECORD_BYTES};
 use crate::ride_code::format::{cert_digest, RideCode, CERT_BYTES, CODE_BYTES};
 use crate::ride_code::keys::ChannelKeys;
@@ -149,6 +149,7 @@ CREATE TABLE IF NOT EXISTS records(
     account INTEGER,
     qr_counter INTEGER,
     raw BLOB NOT NULL,
+    rule INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(journal, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lost(
     terminal TEXT NOT NULL,
@@ -250,6 +251,10 @@ pub struct TerminalReport {
     pub declared_lost: Vec<[u64; 2]>,
     /// Fares charged: every record stored but the claims of a ride code in conflict.
     pub fare_fen: u64,
+    /// `fare_fen` by the fare-table rule that priced each record (the record's own, from
+    /// format version 5; `unknown` for records of older versions and rows stored before
+    /// the store kept it): its values add up to `fare_fen`.
+    pub fare_fen_by_rule: BTreeMap<FareRule, u64>,
     /// Fares of this terminal's claims to ride codes claimed more than once
     /// ([`Report::qr_conflicts`]): held for clearing, in no one's `fare_fen`.
     pub fare_fen_in_conflict: u64,
@@ -332,7 +337,10 @@ pub struct QrClaim {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
-    pub terminals: std::collections::BTreeMap<String, TerminalReport>,
+    pub terminals: BTreeMap<String, TerminalReport>,
+    /// Fares charged, every terminal, by the rule that priced them: the sum of the
+    /// terminals' `fare_fen_by_rule`.
+    pub fare_fen_by_rule: BTreeMap<FareRule, u64>,
     /// Ride codes claimed by more than one record, each with every claim: flagged for
     /// clearing, charged to no one here.
     pub qr_conflicts: Vec<QrConflict>,
@@ -414,6 +422,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
         migrate_to_epochs(&conn)?;
         migrate_to_journal_numbers(&conn)?;
+        migrate_to_fare_rules(&conn)?;
         let declines_before_arrears =
             table_exists(&conn, "acquirer_declines")? && !table_exists(&conn, "acquirer_arrears")?;
         conn.execute_batch(SCHEMA)?;
@@ -866,8 +875,8 @@ impl Store {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO records
-                 (journal, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 (journal, seq, kind, at_unix_s, fare_fen, channel, account, qr_counter, raw, rule)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             let mut refuse = tx.prepare_cached(
                 "INSERT OR IGNORE INTO refused(terminal, epoch, seq, raw, reason, at_unix_s)
@@ -914,6 +923,7 @@ impl Store {
                     qr.map(|q| q.account.account as i64),
                     qr.map(|q| q.counter),
                     &r.raw[..],
+                    rec.rule as u8,
                 ])? as u32;
                 stored += n;
                 if n == 1 {
@@ -1294,6 +1304,9 @@ impl Store {
             for g in &t.gaps {
                 tracing::warn!(terminal = %id, from = g[0], to = g[1], "depot: gap in records");
             }
+            for (rule, fen) in &t.fare_fen_by_rule {
+                *report.fare_fen_by_rule.entry(*rule).or_default() += fen;
+            }
             report.terminals.insert(id, t);
         }
         Ok(report)
@@ -1338,9 +1351,10 @@ impl Store {
         };
         // Stored and refused records in seq order: a refused seq is no gap.
         let mut st = self.conn.prepare_cached(
-            "SELECT seq, fare_fen, NULL, 0, 0 FROM records
+            "SELECT seq, fare_fen, NULL, 0, 0, rule FROM records
                WHERE journal=(SELECT no FROM journals WHERE terminal=?1 AND epoch=?2)
-             UNION ALL SELECT seq, raw, reason, at_unix_s, 1 FROM refused WHERE terminal=?1 AND epoch=?2
+             UNION ALL SELECT seq, raw, reason, at_unix_s, 1, 0 FROM refused
+               WHERE terminal=?1 AND epoch=?2
              ORDER BY seq",
         )?;
         let mut rows = st.query(params![id, epoch])?;
@@ -1363,6 +1377,11 @@ impl Store {
                 t.fare_fen_in_conflict += fare;
             } else {
                 t.fare_fen += fare;
+                let rule = u8::try_from(row.get::<_, i64>(5)?)
+                    .ok()
+                    .and_then(FareRule::from_u8)
+                    .ok_or(StoreError::Corrupt("records.rule"))?;
+                *t.fare_fen_by_rule.entry(rule).or_default() += fare;
             }
         }
         let mut st = self.conn.prepare_cached(
@@ -1599,6 +1618,24 @@ fn migrate_to_journal_numbers(conn: &Connection) -> Result<(), StoreError> {
          DROP TABLE records_v2;
          COMMIT;"
     ))?;
+    Ok(())
+}
+
+/// A database made before records kept the fare rule (`records.rule`): the column is added,
+/// every row stored so far `unknown` (0). Those rows hold records of format version 4 or
+/// older, which name no rule: nothing is lost.
+fn migrate_to_fare_rules(conn: &Connection) -> Result<(), StoreError> {
+    let old: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='records'
+           AND NOT EXISTS (SELECT 1 FROM pragma_table_info('records') WHERE name='rule')",
+        [],
+        |r| r.get(0),
+    )?;
+    if old == 0 {
+        return Ok(());
+    }
+    tracing::warn!("depot: records gain their fare rule; rows stored before read as unknown");
+    conn.execute_batch("ALTER TABLE records ADD COLUMN rule INTEGER NOT NULL DEFAULT 0;")?;
     Ok(())
 }
 
@@ -1845,6 +1882,7 @@ mod tests {
             qr: None,
             quickpass: None,
             terminal_no: [0, 0, 0, 0, 0, 1],
+            rule: crate::fare::FareRule::Unknown,
         }
     }
 
@@ -1866,6 +1904,57 @@ mod tests {
             })
             .unwrap();
         out
+    }
+
+    #[test]
+    fn rows_stored_before_the_fare_rule_report_as_unknown_and_new_ones_by_their_rule() {
+        use crate::fare::FareRule;
+        use crate::journal::chain::{Chain, JournalKey};
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("depot.db");
+        let mut store = Store::open(&db).unwrap();
+        // Records of format version 2 (a tool's): no rule in their bytes.
+        store
+            .store_batch("bus-1", 5, 1, &[received(1, 200, 5), received(2, 150, 5)])
+            .unwrap();
+        drop(store);
+        // The table as a station made it before the column.
+        let old = Connection::open(&db).unwrap();
+        old.execute_batch("ALTER TABLE records DROP COLUMN rule;")
+            .unwrap();
+        drop(old);
+        let mut store = Store::open(&db).unwrap();
+        let by_rule = |s: &Store| {
+            s.report().unwrap().terminals["bus-1"]
+                .fare_fen_by_rule
+                .clone()
+        };
+        assert_eq!(by_rule(&store), BTreeMap::from([(FareRule::Unknown, 350)]));
+        // A version 5 record names its rule, and the station keeps it.
+        let key = JournalKey::test();
+        let mut chain = Chain {
+            prev: key.chain_start(5),
+            key,
+        };
+        let record = Record {
+            rule: FareRule::Transfer,
+            ..test_record(3, 100)
+        };
+        let raw = record.encode_chained(5, &mut chain);
+        store
+            .store_batch("bus-1", 5, 3, &[Received { record, raw }])
+            .unwrap();
+        let report = store.report().unwrap();
+        let t = &report.terminals["bus-1"];
+        assert_eq!(
+            t.fare_fen_by_rule,
+            BTreeMap::from([(FareRule::Unknown, 350), (FareRule::Transfer, 100)])
+        );
+        assert_eq!(t.fare_fen_by_rule.values().sum::<u64>(), t.fare_fen);
+        assert_eq!(report.fare_fen_by_rule, t.fare_fen_by_rule);
+        drop(store);
+        // Opened again: nothing to add, nothing changed.
+        assert_eq!(by_rule(&Store::open(&db).unwrap()), report.fare_fen_by_rule);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::card::tunion::{
 };
 use crate::card::ChannelError;
 use crate::clock::Timestamp;
-use crate::fare::{concession_status, CardFare, FareNote, Issuer, PreviousBoarding};
+use crate::fare::{concession_status, CardFare, FareNote, FareRule, Issuer, PreviousBoarding};
 use crate::journal::{CardTx, GreyRecord, Record, RecordKind};
 use crate::types::{BalanceFen, ListId, Media, Reason, RiderCategory};
 
@@ -428,6 +428,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             CardFare {
                 fare_fen,
                 transfers,
+                rule,
             },
         ) = self.core.with(|c| {
             let route = c.cfg.route;
@@ -436,6 +437,12 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
                 c.fares.card_fare(priced_as, issuer, route, &now, prev),
             )
         });
+        // Another rider on one card is priced as its card type, and named for the rule that
+        // let it board.
+        let rule = match extra_rider {
+            Some(_) => FareRule::SeveralRiders,
+            None => rule,
+        };
         let terminal_no = self.psam.terminal_no();
         let init = match s.init_purchase(PURCHASE_KEY_INDEX, fare_fen, terminal_no) {
             Ok(init) if covers(init.balance_fen, fare_fen) => init,
@@ -499,6 +506,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             at_unix_s: now.unix_s,
             utc_offset_min: (now.utc_offset_s / 60) as i16,
             terminal_no,
+            rule,
         };
         Ok(Prepared {
             grey,
@@ -611,6 +619,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             qr: None,
             quickpass: None,
             terminal_no: grey.terminal_no,
+            rule: grey.rule,
         };
         let fare_note = p.fare_note;
         self.core
@@ -657,6 +666,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             qr: None,
             quickpass: None,
             terminal_no: g.terminal_no,
+            rule: g.rule,
         };
         self.core.with(|c| c.record_and_accept(rec, now)).map(Some)
     }

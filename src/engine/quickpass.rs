@@ -108,18 +108,18 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
         now: Timestamp,
         subject: &mut Subject,
     ) -> Result<Decision, Option<Reason>> {
-        let (fare_fen, un) = self.core.with(|c| {
-            let fare_fen = c.fares.category_fare_at(
+        let (fare, un) = self.core.with(|c| {
+            let fare = c.fares.category_priced_at(
                 RiderCategory::Adult,
                 c.cfg.route,
                 crate::fare::LocalTime::of(&now),
             );
             let mut un = [0u8; 4];
             c.quickpass.rng.fill_bytes(&mut un);
-            (fare_fen, un)
+            (fare, un)
         });
         let terminal = TerminalData {
-            amount_fen: fare_fen,
+            amount_fen: fare.fare_fen,
             datetime_bcd: now.local_bcd(),
             unpredictable_number: un,
         };
@@ -159,7 +159,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             {
                 return Err(Some(Reason::RepeatTap));
             }
-            let rec = c.quickpass_record(&data, &listed_as, fare_fen, now);
+            let rec = c.quickpass_record(&data, &listed_as, fare, now);
             c.keep_acquirer_data(&data, &pan)?;
             c.record_and_accept(rec, now).map_err(|r| Some(r.reason))
         })
@@ -192,7 +192,7 @@ impl Core {
         &self,
         data: &CardData,
         listed_as: &ListId,
-        fare_fen: u32,
+        fare: crate::fare::Priced,
         now: Timestamp,
     ) -> Record {
         let ListId::Pan(pan_token) = *listed_as else {
@@ -213,7 +213,7 @@ impl Core {
             utc_offset_min: (now.utc_offset_s / 60) as i16,
             route: self.cfg.route,
             category: RiderCategory::Adult,
-            fare_fen,
+            fare_fen: fare.fare_fen,
             balance_fen: None,
             card_no: CardNo([0; 10]),
             card_tx: CardTx::default(),
@@ -228,6 +228,7 @@ impl Core {
                 cryptogram: data.cryptogram,
             }),
             terminal_no: self.terminal_no,
+            rule: fare.rule,
         }
     }
 }

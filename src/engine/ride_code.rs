@@ -196,6 +196,9 @@ impl Core {
             }),
             quickpass: None,
             terminal_no: self.terminal_no,
+            // The certificate's category prices a ride code, timeframes included; interop never
+            // applies (docs/fares.md).
+            rule: crate::fare::FareRule::RideCodeCategory,
         };
         let d = self
             .record_and_accept(rec, now)

@@ -367,14 +367,228 @@ pub struct FareTable {
     /// Transfer rules by network; when there is any, `[transfer]` is not used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transfer_rules: Vec<TransferRule>,
+    /// The lookups a tap makes, built from the fields above when the table is checked
+    /// ([`FareTable::checked`], which [`FareTable::from_toml`] runs); never serialized.
+    #[serde(skip)]
+    index: FareIndex,
 }
 
-/// A card boarding's fare and the transfers of its journey so far, written on the card.
+/// A route in no network, in [`RouteEntry::network`].
+const NO_NETWORK: u8 = u8::MAX;
+/// A route with no `[[routes]]` entry, in [`RouteEntry::route_fare`].
+const NO_ROUTE_FARE: u16 = u16::MAX;
+const _: () =
+    assert!(NETWORKS_MAX < NO_NETWORK as usize && ROUTE_FARES_MAX < NO_ROUTE_FARE as usize);
+// A transfer rule is one bit of a network pair's mask.
+const _: () = assert!(TRANSFER_RULES_MAX <= u64::BITS as usize);
+
+/// What a tap looks up in a fare table, indexed once when the table is loaded so that a tap
+/// compares no string, scans no list of routes and allocates nothing: a route's network and
+/// `[[routes]]` entry by route number (a binary search, at most 15 steps), and the transfer
+/// rules that may hold between two networks as one bit mask.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct FareIndex {
+    /// Every route the table names (in a network or in `[[routes]]`), once, by route number:
+    /// at most [`NETWORKS_MAX`] × [`NETWORK_ROUTES_MAX`] + [`ROUTE_FARES_MAX`] entries.
+    routes: Box<[RouteEntry]>,
+    /// The transfer rules a tap applies, in the table's order: `[[transfer_rules]]`, or the
+    /// old `[transfer]` read as one rule (any networks, `duration_s` its `window_s`, no
+    /// count, its `discount_fen`) when there are none. Never empty once built.
+    transfer_rules: Vec<TransferRule>,
+    /// Per (from, to) pair of network positions (a network's index, or the number of networks
+    /// for a route in none), at `from * (networks + 1) + to`: bit `i` set when rule `i`'s
+    /// `from_network` and `to_network` allow the pair.
+    transfer_rules_by_pair: Box<[u64]>,
+}
+
+/// One route of [`FareIndex::routes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RouteEntry {
+    route: u16,
+    /// Its network's index in `networks`, or [`NO_NETWORK`].
+    network: u8,
+    /// Its entry's index in `routes`, or [`NO_ROUTE_FARE`].
+    route_fare: u16,
+}
+
+impl FareIndex {
+    /// The index of a table whose fields are valid (each route in one network at most, and
+    /// once in `[[routes]]`).
+    fn of(t: &FareTable) -> FareIndex {
+        let entry = |route| RouteEntry {
+            route,
+            network: NO_NETWORK,
+            route_fare: NO_ROUTE_FARE,
+        };
+        let mut routes: Vec<RouteEntry> = t
+            .networks
+            .iter()
+            .flat_map(|n| n.routes.iter().copied())
+            .chain(t.routes.iter().map(|r| r.route))
+            .map(entry)
+            .collect();
+        routes.sort_unstable_by_key(|e| e.route);
+        routes.dedup_by_key(|e| e.route);
+        // Every route named is in `routes`, put there just above: each search finds it.
+        let find = |routes: &[RouteEntry], route: u16| {
+            routes.binary_search_by_key(&route, |e| e.route).ok()
+        };
+        for (i, n) in t.networks.iter().enumerate() {
+            for &r in &n.routes {
+                if let Some(k) = find(&routes, r) {
+                    // i < NETWORKS_MAX < NO_NETWORK.
+                    routes[k].network = i as u8;
+                }
+            }
+        }
+        for (i, r) in t.routes.iter().enumerate() {
+            if let Some(k) = find(&routes, r.route) {
+                // i < ROUTE_FARES_MAX < NO_ROUTE_FARE.
+                routes[k].route_fare = i as u16;
+            }
+        }
+        let transfer_rules = match t.transfer_rules.is_empty() {
+            false => t.transfer_rules.clone(),
+            true => vec![TransferRule {
+                from_network: None,
+                to_network: None,
+                duration_s: t.transfer.window_s,
+                transfer_count: None,
+                discount_fen: Some(t.transfer.discount_fen),
+                fare_fen: None,
+                journey_fare_fen: None,
+            }],
+        };
+        let positions = t.networks.len() + 1;
+        let position_of = |id: &Option<String>| {
+            id.as_ref()
+                .map(|id| t.networks.iter().position(|n| &n.network == id))
+        };
+        let mut transfer_rules_by_pair = vec![0u64; positions * positions];
+        for (i, r) in transfer_rules.iter().enumerate() {
+            // Networks a rule names are in the table: checked before the index is built.
+            let (from, to) = (position_of(&r.from_network), position_of(&r.to_network));
+            for f in 0..positions {
+                for o in 0..positions {
+                    let allows = |rule: Option<Option<usize>>, p: usize| match rule {
+                        None => true,
+                        Some(n) => n == Some(p),
+                    };
+                    if allows(from, f) && allows(to, o) {
+                        transfer_rules_by_pair[f * positions + o] |= 1 << i;
+                    }
+                }
+            }
+        }
+        FareIndex {
+            routes: routes.into(),
+            transfer_rules,
+            transfer_rules_by_pair: transfer_rules_by_pair.into(),
+        }
+    }
+}
+
+/// A card boarding's fare, the rule that priced it, and the transfers of its journey so far,
+/// written on the card.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CardFare {
     pub fare_fen: Fen,
     /// Transfers in a row up to this boarding: 0 for a boarding that is no transfer.
     pub transfers: u8,
+    /// What priced it ([`FareRule`]; never `SeveralRiders` here: the engine knows the rider).
+    pub rule: FareRule,
+}
+
+/// A fare and the rule that priced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Priced {
+    pub fare_fen: Fen,
+    pub rule: FareRule,
+}
+
+impl Priced {
+    /// `fare_fen` priced by `rule`, or [`FareRule::Free`] when it comes to 0.
+    fn of(fare_fen: Fen, rule: FareRule) -> Priced {
+        let rule = if fare_fen == 0 { FareRule::Free } else { rule };
+        Priced { fare_fen, rule }
+    }
+}
+
+/// Which rule of the fare table priced a boarding: each accepted record keeps it (flags bits
+/// 2–6 of a version 5 record, [`crate::journal::record`]) and the depot reports revenue by
+/// it. A boarding is named for the first of these that priced it: another rider on one card,
+/// a transfer, a free ride, a timeframe, the interop fare, a category's concession, and then
+/// the base fare it started from (a route's, a network's or the table's). A ride code is
+/// priced by its certificate's category (interop never applies): `ride_code_category`.
+///
+/// The numbers are the record's: never reused, never renumbered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum FareRule {
+    /// Not said: a record of format version 1 to 4, written before records named their rule
+    /// (or made by a tool without one); a depot row stored before it kept them.
+    Unknown = 0,
+    /// The table's `base_fare_fen` at the adult percentage (`category_percent.adult`).
+    BaseFare = 1,
+    /// A `[[routes]]` entry's base fare at the adult percentage.
+    RouteFare = 2,
+    /// A network's base fare (`[[networks]]`) at the adult percentage.
+    NetworkFare = 3,
+    /// A rider category's own percentage (`category_percent`), local concessions.
+    Concession = 4,
+    /// A `[[timeframes]]` rule that held at the boarding.
+    Timeframe = 5,
+    /// A card of another city: `interop.fare_percent`.
+    Interop = 6,
+    /// A transfer rule (`[[transfer_rules]]`, or the old `[transfer]`).
+    Transfer = 7,
+    /// Another rider on one card (连刷, `[[several_riders]]`).
+    SeveralRiders = 8,
+    /// A fare of 0 by the rider's category or timeframe, no transfer (seniors off-peak, say).
+    Free = 9,
+    /// A ride code, priced by its certificate's rider category (timeframes and the route's
+    /// base fare included).
+    RideCodeCategory = 10,
+}
+
+impl FareRule {
+    /// Every rule, by number.
+    pub const ALL: [FareRule; 11] = [
+        FareRule::Unknown,
+        FareRule::BaseFare,
+        FareRule::RouteFare,
+        FareRule::NetworkFare,
+        FareRule::Concession,
+        FareRule::Timeframe,
+        FareRule::Interop,
+        FareRule::Transfer,
+        FareRule::SeveralRiders,
+        FareRule::Free,
+        FareRule::RideCodeCategory,
+    ];
+
+    /// The rule of number `n` (a record's flags bits 2–6, a depot row's `rule`), if any.
+    pub fn from_u8(n: u8) -> Option<FareRule> {
+        FareRule::ALL.get(usize::from(n)).copied()
+    }
+
+    /// The name the report, the page and `journal show` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FareRule::Unknown => "unknown",
+            FareRule::BaseFare => "base_fare",
+            FareRule::RouteFare => "route_fare",
+            FareRule::NetworkFare => "network_fare",
+            FareRule::Concession => "concession",
+            FareRule::Timeframe => "timeframe",
+            FareRule::Interop => "interop",
+            FareRule::Transfer => "transfer",
+            FareRule::SeveralRiders => "several_riders",
+            FareRule::Free => "free",
+            FareRule::RideCodeCategory => "ride_code_category",
+        }
+    }
 }
 
 /// Daily and weekly (ISO week, from Monday) caps per ride-code account or QuickPass card,
@@ -413,8 +627,16 @@ impl FareTable {
 
     pub fn from_toml(text: &str) -> Result<Self, FareError> {
         let t: FareTable = toml::from_str(text)?;
-        t.validate()?;
-        Ok(t)
+        t.checked()
+    }
+
+    /// This table checked and indexed for the tap, as [`FareTable::from_toml`] gives it: a
+    /// table changed field by field after loading (an import, a test) goes through this again
+    /// before it prices a boarding.
+    pub fn checked(mut self) -> Result<Self, FareError> {
+        self.validate()?;
+        self.index = FareIndex::of(&self);
+        Ok(self)
     }
 
     fn validate(&self) -> Result<(), FareError> {
@@ -532,7 +754,28 @@ impl FareTable {
 
     /// The network `route` is in, if any.
     pub fn network_of(&self, route: u16) -> Option<&Network> {
-        self.networks.iter().find(|n| n.routes.contains(&route))
+        self.networks.get(self.network_position(route))
+    }
+
+    /// `route`'s network's index in `networks`, or `networks.len()` for a route in none.
+    fn network_position(&self, route: u16) -> usize {
+        match self.route_entry(route) {
+            Some(e) if e.network != NO_NETWORK => usize::from(e.network),
+            _ => self.networks.len(),
+        }
+    }
+
+    /// What the index holds of `route`: `None` for a route the table does not name.
+    fn route_entry(&self, route: u16) -> Option<&RouteEntry> {
+        debug_assert!(
+            !self.index.transfer_rules.is_empty(),
+            "a fare table used before FareTable::checked"
+        );
+        let routes = &self.index.routes;
+        routes
+            .binary_search_by_key(&route, |e| e.route)
+            .ok()
+            .map(|k| &routes[k])
     }
 
     /// Every route with a base fare of its own (a `[[routes]]` entry or a network's), each
@@ -595,12 +838,20 @@ impl FareTable {
     /// The base fare of a boarding on `route`: its `[[routes]]` entry, else its network's
     /// base fare, else `base_fare_fen`.
     pub fn base_fare_on(&self, route: u16) -> Fen {
-        match self.routes.iter().find(|r| r.route == route) {
-            Some(r) => r.base_fare_fen,
-            None => self
-                .network_of(route)
-                .and_then(|n| n.base_fare_fen)
-                .unwrap_or(self.base_fare_fen),
+        self.base_on(route).0
+    }
+
+    /// [`Self::base_fare_on`] and the rule it comes from.
+    fn base_on(&self, route: u16) -> (Fen, FareRule) {
+        match self.route_entry(route) {
+            Some(e) if e.route_fare != NO_ROUTE_FARE => (
+                self.routes[usize::from(e.route_fare)].base_fare_fen,
+                FareRule::RouteFare,
+            ),
+            _ => match self.network_of(route).and_then(|n| n.base_fare_fen) {
+                Some(fen) => (fen, FareRule::NetworkFare),
+                None => (self.base_fare_fen, FareRule::BaseFare),
+            },
         }
     }
 
@@ -664,72 +915,106 @@ impl FareTable {
         self.base_fare_fen * Fen::from(self.percent(c)) / 100
     }
 
-    /// The percentage category `c` pays at `at`: the first timeframe that holds, else
-    /// `category_percent`.
-    pub fn percent_at(&self, c: RiderCategory, at: LocalTime) -> u8 {
+    /// The first timeframe for category `c` that holds at `at`, if any.
+    fn timeframe_at(&self, c: RiderCategory, at: LocalTime) -> Option<&Timeframe> {
         self.timeframes
             .iter()
             .find(|tf| tf.category == c && tf.holds(at.iso_weekday, at.second_of_day))
+    }
+
+    /// The percentage category `c` pays at `at`: the first timeframe that holds, else
+    /// `category_percent`.
+    pub fn percent_at(&self, c: RiderCategory, at: LocalTime) -> u8 {
+        self.timeframe_at(c, at)
             .map_or(self.percent(c), |tf| tf.percent)
     }
 
     /// [`Self::category_fare`] on `route`'s base fare with the timeframes applied (ride codes,
     /// and the card fare).
     pub fn category_fare_at(&self, c: RiderCategory, route: u16, at: LocalTime) -> Fen {
-        self.base_fare_on(route) * Fen::from(self.percent_at(c, at)) / 100
+        self.category_priced_at(c, route, at).fare_fen
     }
 
-    /// Whether a boarding now on `route` is a transfer from `prev`.
-    pub fn is_transfer(&self, route: u16, now_unix_s: i64, prev: Option<PreviousBoarding>) -> bool {
-        match prev {
-            Some(p) => {
-                let elapsed = now_unix_s - p.at_unix_s;
-                p.route != route && (0..=i64::from(self.transfer.window_s)).contains(&elapsed)
-            }
-            None => false,
-        }
+    /// [`Self::category_fare_at`] and the rule that priced it: a timeframe, the category's
+    /// concession, or for an adult the base fare's own rule; `free` when it comes to 0.
+    pub fn category_priced_at(&self, c: RiderCategory, route: u16, at: LocalTime) -> Priced {
+        let (base, base_rule) = self.base_on(route);
+        let (percent, rule) = match self.timeframe_at(c, at) {
+            Some(tf) => (tf.percent, FareRule::Timeframe),
+            None if c == RiderCategory::Adult => (self.percent(c), base_rule),
+            None => (self.percent(c), FareRule::Concession),
+        };
+        // base ≤ 10_000 and percent ≤ 100, as in `category_fare`.
+        Priced::of(base * Fen::from(percent) / 100, rule)
     }
 
     /// Fare of a card boarding before any transfer: the category fare for a card with the
     /// local concessions, `interop.fare_percent` of the base fare for any other.
     pub fn issuer_fare(&self, c: RiderCategory, issuer: Issuer, route: u16, at: LocalTime) -> Fen {
+        self.issuer_priced(c, issuer, route, at).fare_fen
+    }
+
+    /// [`Self::issuer_fare`] and the rule that priced it.
+    pub fn issuer_priced(
+        &self,
+        c: RiderCategory,
+        issuer: Issuer,
+        route: u16,
+        at: LocalTime,
+    ) -> Priced {
         match issuer {
-            Issuer::Concessions => self.category_fare_at(c, route, at),
+            Issuer::Concessions => self.category_priced_at(c, route, at),
             // base ≤ 10_000 and percent ≤ 100, as in `category_fare`.
-            Issuer::Interop => {
-                self.base_fare_on(route) * Fen::from(self.interop.fare_percent) / 100
-            }
+            Issuer::Interop => Priced::of(
+                self.base_fare_on(route) * Fen::from(self.interop.fare_percent) / 100,
+                FareRule::Interop,
+            ),
         }
     }
 
     /// The transfer rule a boarding on `route` at `now_unix_s` gets after `prev` (the first
-    /// of `[[transfer_rules]]` that holds), if any.
+    /// of `[[transfer_rules]]` that holds, or the old `[transfer]` read as one rule), if any.
+    /// Looks at the rules the two routes' networks allow (one mask, indexed at load), at most
+    /// [`TRANSFER_RULES_MAX`]; compares no string.
     pub fn transfer_rule(
         &self,
         route: u16,
         now_unix_s: i64,
         prev: PreviousBoarding,
     ) -> Option<&TransferRule> {
+        debug_assert!(
+            !self.index.transfer_rules.is_empty(),
+            "a fare table used before FareTable::checked"
+        );
         if prev.route == route {
             return None;
         }
         let elapsed = now_unix_s - prev.at_unix_s;
-        let (from, to) = (self.network_of(prev.route), self.network_of(route));
-        let on = |rule: &Option<String>, n: Option<&Network>| match rule {
-            None => true,
-            Some(id) => n.is_some_and(|n| &n.network == id),
-        };
-        self.transfer_rules.iter().find(|r| {
-            (0..=i64::from(r.duration_s)).contains(&elapsed)
-                && on(&r.from_network, from)
-                && on(&r.to_network, to)
+        let positions = self.networks.len() + 1;
+        let pair = self.network_position(prev.route) * positions + self.network_position(route);
+        let mut rules = self
+            .index
+            .transfer_rules_by_pair
+            .get(pair)
+            .copied()
+            .unwrap_or(0);
+        while rules != 0 {
+            let i = rules.trailing_zeros() as usize;
+            rules &= rules - 1;
+            let r = &self.index.transfer_rules[i];
+            if (0..=i64::from(r.duration_s)).contains(&elapsed)
                 && r.transfer_count.map_or(true, |n| prev.transfers < n)
-        })
+            {
+                return Some(r);
+            }
+        }
+        None
     }
 
-    /// Fare of a card boarding: the issuer's fare ([`Self::issuer_fare`]), then the transfer
-    /// when one applies: by `[[transfer_rules]]` when the table has any, else by `[transfer]`
-    /// (another route within `window_s`, less `discount_fen`).
+    /// Fare of a card boarding: the issuer's fare ([`Self::issuer_priced`]), then the
+    /// transfer when one applies ([`Self::transfer_rule`]: by `[[transfer_rules]]` when the
+    /// table has any, else by `[transfer]`, another route within `window_s`, less
+    /// `discount_fen`), with the rule that priced it.
     pub fn card_fare(
         &self,
         c: RiderCategory,
@@ -738,29 +1023,22 @@ impl FareTable {
         now: &crate::clock::Timestamp,
         prev: Option<PreviousBoarding>,
     ) -> CardFare {
-        let now_unix_s = now.unix_s;
-        let fare = self.issuer_fare(c, issuer, route, LocalTime::of(now));
+        let priced = self.issuer_priced(c, issuer, route, LocalTime::of(now));
         let plain = CardFare {
-            fare_fen: fare,
+            fare_fen: priced.fare_fen,
             transfers: 0,
+            rule: priced.rule,
         };
         let Some(p) = prev else {
             return plain;
         };
-        let fare_fen = if self.transfer_rules.is_empty() {
-            if !self.is_transfer(route, now_unix_s, prev) {
-                return plain;
-            }
-            fare.saturating_sub(self.transfer.discount_fen)
-        } else {
-            match self.transfer_rule(route, now_unix_s, p) {
-                Some(rule) => rule.fare(fare, p.fare_fen),
-                None => return plain,
-            }
-        };
-        CardFare {
-            fare_fen,
-            transfers: p.transfers.saturating_add(1),
+        match self.transfer_rule(route, now.unix_s, p) {
+            Some(rule) => CardFare {
+                fare_fen: rule.fare(priced.fare_fen, p.fare_fen),
+                transfers: p.transfers.saturating_add(1),
+                rule: FareRule::Transfer,
+            },
+            None => plain,
         }
     }
 }
@@ -1034,5 +1312,152 @@ mod tests {
             FareTable::from_toml("base_fare_fen = -1"),
             Err(FareError::Toml(_))
         ));
+    }
+
+    fn every_rule() -> FareTable {
+        FareTable::from_toml(include_str!("../../fixtures/fares-every-rule.toml")).unwrap()
+    }
+
+    #[test]
+    fn each_card_boarding_is_named_for_the_rule_that_priced_it() {
+        let t = every_rule();
+        let at = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
+        // Friday 2026-11-27: 10:00 is off-peak, 07:30 the seniors' peak.
+        let noon = at("2026-11-27T10:00:00+08:00");
+        let peak = at("2026-11-27T07:30:00+08:00");
+        let fare = |c, issuer, route, now: &Timestamp, prev| {
+            let f = t.card_fare(c, issuer, route, now, prev);
+            (f.fare_fen, f.rule)
+        };
+        use FareRule as R;
+        use RiderCategory::{Adult, Senior, Student};
+        let home = Issuer::Concessions;
+        assert_eq!(fare(Adult, home, 4, &noon, None), (200, R::BaseFare));
+        assert_eq!(fare(Adult, home, 5, &noon, None), (300, R::RouteFare));
+        assert_eq!(fare(Adult, home, 6, &noon, None), (300, R::NetworkFare));
+        assert_eq!(
+            fare(Adult, home, 1, &noon, None),
+            (200, R::BaseFare),
+            "no network fare"
+        );
+        assert_eq!(fare(Student, home, 4, &noon, None), (100, R::Concession));
+        assert_eq!(fare(Student, home, 5, &noon, None), (150, R::Concession));
+        assert_eq!(fare(Senior, home, 4, &noon, None), (0, R::Free));
+        assert_eq!(fare(Senior, home, 4, &peak, None), (200, R::Timeframe));
+        assert_eq!(
+            fare(Student, Issuer::Interop, 4, &noon, None),
+            (180, R::Interop)
+        );
+        assert_eq!(
+            fare(Senior, Issuer::Interop, 6, &peak, None),
+            (270, R::Interop)
+        );
+        let prev = |route, fare_fen, transfers| PreviousBoarding {
+            route,
+            at_unix_s: noon.unix_s - 600,
+            fare_fen,
+            transfers,
+        };
+        // City to city: 100 off; to a free senior, still the transfer that priced it.
+        assert_eq!(
+            fare(Adult, home, 2, &noon, Some(prev(1, 200, 0))),
+            (100, R::Transfer)
+        );
+        assert_eq!(
+            fare(Senior, home, 2, &noon, Some(prev(1, 0, 0))),
+            (0, R::Transfer)
+        );
+        // The third city transfer in a row is none: a new journey at the base fare.
+        assert_eq!(
+            fare(Adult, home, 2, &noon, Some(prev(1, 100, 2))),
+            (200, R::BaseFare)
+        );
+        // City to express: 400 in all; express to a route in no network: 50.
+        assert_eq!(
+            fare(Adult, home, 6, &noon, Some(prev(1, 200, 0))),
+            (200, R::Transfer)
+        );
+        assert_eq!(
+            fare(Adult, home, 4, &noon, Some(prev(6, 300, 0))),
+            (50, R::Transfer)
+        );
+        // A route in no network to a city line: no rule names it.
+        assert_eq!(
+            fare(Adult, home, 1, &noon, Some(prev(4, 200, 0))),
+            (200, R::BaseFare)
+        );
+        // A ride code's and QuickPass's fares: the category's, timeframes included.
+        assert_eq!(
+            t.category_priced_at(Adult, 7, LocalTime::of(&noon)),
+            Priced {
+                fare_fen: 300,
+                rule: R::NetworkFare
+            }
+        );
+        assert_eq!(FareRule::from_u8(10), Some(R::RideCodeCategory));
+        assert_eq!(FareRule::from_u8(11), None);
+        for (n, rule) in FareRule::ALL.iter().enumerate() {
+            assert_eq!(*rule as usize, n, "numbered by position");
+        }
+    }
+
+    #[test]
+    fn the_old_transfer_section_is_read_as_one_rule_between_any_routes() {
+        let t = FareTable::default_policy();
+        assert!(t.transfer_rules.is_empty(), "the table itself is unchanged");
+        let prev = PreviousBoarding {
+            route: 2,
+            at_unix_s: 1_000,
+            fare_fen: 200,
+            transfers: 7,
+        };
+        let rule = t.transfer_rule(1, 1_000 + 3600, prev).unwrap();
+        assert_eq!(
+            (rule.duration_s, rule.discount_fen, rule.transfer_count),
+            (3600, Some(100), None)
+        );
+        assert!(rule.from_network.is_none() && rule.to_network.is_none());
+        assert_eq!(t.transfer_rule(1, 1_000 + 3601, prev), None);
+        assert_eq!(t.transfer_rule(2, 1_000 + 60, prev), None, "same route");
+        assert_eq!(
+            t.transfer_rule(1, 1_000 - 1, prev),
+            None,
+            "before the last boarding"
+        );
+        let f = t.card_fare(
+            RiderCategory::Adult,
+            Issuer::Concessions,
+            1,
+            &at(1_060),
+            Some(prev),
+        );
+        assert_eq!(
+            (f.fare_fen, f.transfers, f.rule),
+            (100, 8, FareRule::Transfer)
+        );
+        // Serialized, it is still the old section.
+        let text = toml::to_string(&t).unwrap();
+        assert!(text.contains("[transfer]") && !text.contains("transfer_rules"));
+        assert_eq!(FareTable::from_toml(&text).unwrap(), t);
+    }
+
+    #[test]
+    fn the_index_finds_every_route_of_every_network_and_route_fare() {
+        let t = every_rule();
+        for route in 0..=u16::MAX {
+            let scanned = t.networks.iter().find(|n| n.routes.contains(&route));
+            assert_eq!(t.network_of(route), scanned, "route {route}");
+        }
+        assert_eq!(t.base_fare_on(5), 300);
+        assert_eq!(t.base_fare_on(7), 300);
+        assert_eq!(t.base_fare_on(8), 200);
+        // A table changed field by field is checked (and indexed) again before it prices.
+        let mut changed = t.clone();
+        changed.routes.push(RouteFare {
+            route: 8,
+            base_fare_fen: 250,
+        });
+        let changed = changed.checked().unwrap();
+        assert_eq!(changed.base_fare_on(8), 250);
     }
 }

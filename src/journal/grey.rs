@@ -14,7 +14,7 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 1 | magic `0xC9` |
-//! | 1 | 1 | format version, 2 (version 1, appended and without a lap, is still read) |
+//! | 1 | 1 | format version, 3 (version 2, without the fare rule, and version 1, appended and without a lap, are still read) |
 //! | 2 | 1 | op: 1 intent, 2 settled (the record is durable), 3 voided (the card was not debited), 4 abandoned (dropped from a full table) |
 //! | 3 | 1 | rider category (0 adult .. 4 veteran) |
 //! | 4 | 10 | card number (BCD) |
@@ -27,7 +27,8 @@
 //! | 46 | 2 | route |
 //! | 48 | 6 | terminal number (BCD) |
 //! | 54 | 4 | lap: the pass over the file that wrote the entry (0 in version 1) |
-//! | 58 | 2 | reserved, zero |
+//! | 58 | 1 | the fare rule that priced the debit, as its record will say (`crate::fare::FareRule`; version 3, unknown in versions 1 and 2) |
+//! | 59 | 1 | reserved, zero |
 //! | 60 | 4 | CRC-32/ISCSI of bytes 0..60, big-endian |
 //!
 //! Integers are big-endian. Entries 2–4 repeat the intent's fields; they close the open intent
@@ -69,6 +70,7 @@ use std::path::{Path, PathBuf};
 
 use super::record::CRC32;
 use super::{FileLayer, Problem, Record, SegmentFile};
+use crate::fare::FareRule;
 use crate::types::{is_purse_balance, BalanceFen, CardNo, Fen, RiderCategory};
 
 /// Bytes of one grey entry.
@@ -88,7 +90,9 @@ pub const GREY_FILE_BYTES: u64 = GREY_FILE_ENTRIES_MAX * GREY_BYTES as u64;
 pub const GREY_FILE: &str = "grey.dat";
 
 const MAGIC: u8 = 0xC9;
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
+/// Entries without the fare rule (read as unknown).
+const FORMAT_VERSION_LAP: u8 = 2;
 /// Appended entries without a lap (read as lap 0).
 const FORMAT_VERSION_APPENDED: u8 = 1;
 const CRC_AT: usize = 60;
@@ -122,6 +126,8 @@ pub struct GreyRecord {
     pub at_unix_s: i64,
     pub utc_offset_min: i16,
     pub terminal_no: [u8; 6],
+    /// The rule that priced the debit ([`FareRule::Unknown`] in entries of version 1 and 2).
+    pub rule: FareRule,
 }
 
 /// Why an entry was not read.
@@ -165,6 +171,7 @@ impl GreyRecord {
         b[46..48].copy_from_slice(&self.route.to_be_bytes());
         b[48..54].copy_from_slice(&self.terminal_no);
         b[54..58].copy_from_slice(&lap.to_be_bytes());
+        b[58] = self.rule as u8;
         let crc = CRC32.checksum(&b[..CRC_AT]);
         b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
         b
@@ -181,12 +188,16 @@ impl GreyRecord {
         if CRC32.checksum(&b[..CRC_AT]) != crc {
             return Err(GreyError::Crc);
         }
-        if b[0] != MAGIC || !(b[1] == FORMAT_VERSION || b[1] == FORMAT_VERSION_APPENDED) {
+        if b[0] != MAGIC || !(FORMAT_VERSION_APPENDED..=FORMAT_VERSION).contains(&b[1]) {
             return Err(GreyError::Magic);
         }
         let lap = match b[1] {
-            FORMAT_VERSION => u32::from_be_bytes([b[54], b[55], b[56], b[57]]),
+            FORMAT_VERSION_LAP | FORMAT_VERSION => u32::from_be_bytes([b[54], b[55], b[56], b[57]]),
             _ => 0,
+        };
+        let rule = match b[1] {
+            FORMAT_VERSION => FareRule::from_u8(b[58]).ok_or(GreyError::Field("fare rule"))?,
+            _ => FareRule::Unknown,
         };
         let i64_at = |i: usize| i64::from_be_bytes(std::array::from_fn(|k| b[i + k]));
         let op = match b[2] {
@@ -212,6 +223,7 @@ impl GreyRecord {
             utc_offset_min: i16::from_be_bytes([b[44], b[45]]),
             route: u16::from_be_bytes([b[46], b[47]]),
             terminal_no: std::array::from_fn(|k| b[48 + k]),
+            rule,
         };
         Ok((op, g, lap))
     }
@@ -611,6 +623,7 @@ mod tests {
             at_unix_s: 1_795_824_000,
             utc_offset_min: 480,
             terminal_no: [0, 0, 0, 0, 0, 1],
+            rule: FareRule::Transfer,
         }
     }
 
@@ -658,15 +671,49 @@ mod tests {
         assert!(scan.problems[0].what.starts_with("torn grey tail"));
     }
 
+    fn with_crc(mut b: [u8; GREY_BYTES]) -> [u8; GREY_BYTES] {
+        let crc = CRC32.checksum(&b[..CRC_AT]);
+        b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
     #[test]
     fn a_version_1_entry_is_read_as_lap_0() {
         let mut b = sample(4).encode(GreyOp::Intent);
-        b[1] = 1;
-        let crc = CRC32.checksum(&b[..CRC_AT]);
-        b[CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        b[1] = FORMAT_VERSION_APPENDED;
+        b[58] = 0;
+        let unknown = GreyRecord {
+            rule: FareRule::Unknown,
+            ..sample(4)
+        };
         assert_eq!(
-            GreyRecord::decode_in_lap(&b),
-            Ok((GreyOp::Intent, sample(4), 0))
+            GreyRecord::decode_in_lap(&with_crc(b)),
+            Ok((GreyOp::Intent, unknown, 0))
+        );
+    }
+
+    #[test]
+    fn a_version_2_entry_keeps_its_lap_and_reads_with_an_unknown_rule() {
+        let g = sample(5);
+        let b = g.encode_in_lap(GreyOp::Intent, 7);
+        assert_eq!((b[1], b[58]), (FORMAT_VERSION, FareRule::Transfer as u8));
+        assert_eq!(GreyRecord::decode_in_lap(&b), Ok((GreyOp::Intent, g, 7)));
+        let mut v2 = b;
+        v2[1] = FORMAT_VERSION_LAP;
+        v2[58] = 0;
+        let unknown = GreyRecord {
+            rule: FareRule::Unknown,
+            ..g
+        };
+        assert_eq!(
+            GreyRecord::decode_in_lap(&with_crc(v2)),
+            Ok((GreyOp::Intent, unknown, 7))
+        );
+        let mut bad = b;
+        bad[58] = 11;
+        assert_eq!(
+            GreyRecord::decode_in_lap(&with_crc(bad)),
+            Err(GreyError::Field("fare rule"))
         );
     }
 

@@ -3,7 +3,7 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 1 | magic `0xFA` |
-//! | 1 | 1 | format version, 4 (versions 1 to 3 are still read: below) |
+//! | 1 | 1 | format version, 5 (versions 1 to 4 are still read: below) |
 //! | 2 | 1 | kind: 1 card purchase, 2 card purchase recovered by proof, 3 ride code (pay after ride), 4 QuickPass (pay after ride) |
 //! | 3 | 1 | rider category (0 adult .. 4 veteran) |
 //! | 4 | 8 | seq, per terminal, from 1, never reused |
@@ -13,7 +13,7 @@
 //! | 24 | 4 | fare, fen |
 //! | 28 | 4 | purse balance after, fen, signed (two's complement); zero when flag bit 0 is clear |
 //! | 32 | 10 | card number (BCD): the card tapped, or the card linked to the ride code |
-//! | 42 | 2 | card offline counter of the purchase; ride code (version 4): bytes 42..52 are the certificate reference, below |
+//! | 42 | 2 | card offline counter of the purchase; ride code (version 4, and 5 with flags bit 7 clear): bytes 42..52 are the certificate reference, below |
 //! | 44 | 4 | PSAM terminal transaction sequence |
 //! | 48 | 4 | TAC |
 //! | 52 | 2 | ride code channel id |
@@ -21,7 +21,7 @@
 //! | 62 | 4 | ride code counter |
 //! | 66 | 4 | ride code generated_at, unix seconds |
 //! | 70 | 6 | terminal number (BCD) |
-//! | 76 | 1 | flags: bit 0 the balance at 28 is present (a card tap); bit 1 the MAC is made with the public test key, not the terminal's (replay, demo, tests); bits 2–7 reserved, zero |
+//! | 76 | 1 | flags: bit 0 the balance at 28 is present (a card tap); bit 1 the MAC is made with the public test key, not the terminal's (replay, demo, tests); bits 2–6 (version 5) the fare rule that priced the boarding, below; bit 7 (version 5) a ride-code record without a certificate reference; before version 5, bits 2–7 reserved, zero |
 //! | 77 | 8 | journal epoch: the identity of the journal that wrote the record, made when the journal was created (0: a journal made before identities) |
 //! | 85 | 7 | chain MAC: the first 7 bytes of HMAC-SHA256(journal key, bytes 0..85 ‖ the MAC of the record before): the chain, below |
 //! | 92 | 4 | CRC-32/ISCSI of bytes 0..92, big-endian |
@@ -65,9 +65,25 @@
 //! The CRC finds a torn or damaged record with no key; the chain MAC finds an altered one,
 //! and a cut, at the depot, which holds the key: the chain is in [`super::chain`].
 //!
+//! # The fare rule (version 5)
+//!
+//! Flags bits 2–6 of a version 5 record hold the number of the fare-table rule that priced
+//! the boarding ([`crate::fare::FareRule`]): 0 unknown (a record made without one), 1 base
+//! fare, 2 route fare, 3 network fare, 4 concession, 5 timeframe, 6 interop, 7 transfer, 8
+//! several riders, 9 free, 10 ride code category; 11 to 31 are refused. The depot reports
+//! revenue by it. A record of version 1 to 4 says no rule: it reads as unknown, its other
+//! fields as before.
+//!
+//! Version 5 is version 4 with the fare rule, and with flags bit 7 where version 4 wrote
+//! version 3: a ride-code record without a certificate reference (tools, tests) sets it, and
+//! its bytes 42..52 are then read as version 3 reads them. Bit 7 is refused on any other kind.
+//!
+//! Version 4 (still read, no longer written) is version 5 without the fare rule: flags bits
+//! 2–7 are zero, and a ride-code record always has its certificate reference.
+//!
 //! Version 3 (still read) is version 4 without the certificate reference: a ride-code
-//! record has zeros at 42..52. A journal still writes it for a ride-code record made without
-//! a reference (tools, tests), so that such a record reads back as it was written.
+//! record has zeros at 42..52. A journal wrote it, before version 5, for a ride-code record
+//! made without a reference (tools, tests), so that such a record read back as it was written.
 //!
 //! Version 2 (still read; [`Record::encode_in`] still makes it, for tools and tests that
 //! build records outside a journal) is version 3 without the MAC: bytes 85..92 are reserved,
@@ -86,13 +102,16 @@ use crc::{Crc, CRC_32_ISCSI};
 use super::chain::{Chain, RecordMac, SealKey, RECORD_MAC_BYTES};
 use crate::card::quickpass::{MaskedPan, PanToken};
 use crate::card::tunion::purse_balance_fen;
+use crate::fare::FareRule;
 use crate::types::{is_purse_balance, AccountId, BalanceFen, CardNo, Fen, Media, RiderCategory};
 
 pub const RECORD_BYTES: usize = 96;
 const MAGIC: u8 = 0xFA;
 /// The version a journal writes: chained and authenticated, ride codes with their
-/// certificate reference.
-pub const FORMAT_VERSION: u8 = 4;
+/// certificate reference, and the fare rule that priced the boarding.
+pub const FORMAT_VERSION: u8 = 5;
+/// The version before the fare rule: read, no longer written.
+pub const FORMAT_VERSION_4: u8 = 4;
 /// The version before the certificate reference: chained; read, no longer written.
 pub const FORMAT_VERSION_3: u8 = 3;
 /// Bytes of a ride-code certificate's SHA-256 that a version 4 record carries, at
@@ -115,6 +134,13 @@ const CRC_AT: usize = 92;
 const FLAGS_AT: usize = 76;
 /// Flags bit 0: the balance at 28 is present.
 const FLAG_BALANCE: u8 = 0x01;
+/// Flags bits 2–6 (version 5): the fare rule's number.
+const FLAGS_RULE: u8 = 0x7C;
+/// Where the fare rule's number starts in the flags byte.
+const FLAGS_RULE_SHIFT: u32 = 2;
+/// Flags bit 7 (version 5): a ride-code record without a certificate reference.
+const FLAG_NO_CERT_REF: u8 = 0x80;
+const _: () = assert!(FareRule::ALL.len() <= (FLAGS_RULE >> FLAGS_RULE_SHIFT) as usize + 1);
 /// Version 1's "no balance" (read only).
 const V1_NO_BALANCE: u32 = u32::MAX;
 pub const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
@@ -198,6 +224,9 @@ pub struct Record {
     /// QuickPass fields; present exactly for kind 4 (the card fields are then zero).
     pub quickpass: Option<QpTx>,
     pub terminal_no: [u8; 6],
+    /// The fare-table rule that priced the boarding; [`FareRule::Unknown`] in a record of
+    /// version 1 to 4, and in the version 2 bytes of [`Record::encode_in`].
+    pub rule: FareRule,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -215,7 +244,7 @@ pub enum RecordError {
 pub enum SealRead {
     /// Versions 1 and 2: no MAC.
     Unsealed,
-    /// Version 3: the chain MAC and the key it was made with.
+    /// Version 3 and up: the chain MAC and the key it was made with.
     Sealed(SealKey, RecordMac),
 }
 
@@ -269,8 +298,8 @@ impl Record {
 
     /// The bytes of this record in version 2 (no chain MAC) as the journal of `epoch` wrote
     /// them before chaining: for tools and tests that build records outside a journal. A
-    /// journal writes [`Record::encode_chained`]. Version 2 has no certificate reference: a
-    /// ride code's is left out.
+    /// journal writes [`Record::encode_chained`]. Version 2 has no certificate reference and
+    /// no fare rule: a ride code's reference and the rule are left out.
     pub fn encode_in(&self, epoch: u64) -> [u8; RECORD_BYTES] {
         let mut b = self.fields(epoch);
         b[1] = FORMAT_VERSION_2;
@@ -282,16 +311,17 @@ impl Record {
         b
     }
 
-    /// The bytes of this record in version 4, written by the journal of `epoch`: its MAC
+    /// The bytes of this record in version 5, written by the journal of `epoch`: its MAC
     /// follows `chain.prev`, and becomes it. A ride-code record without a certificate
-    /// reference is written in version 3, which has none: in version 4 its bytes 42..52
-    /// would read back as a reference (no value stands for "none").
+    /// reference sets flags bit 7: its bytes 42..52 would otherwise read back as a reference
+    /// (no value stands for "none").
     pub fn encode_chained(&self, epoch: u64, chain: &mut Chain) -> [u8; RECORD_BYTES] {
         let mut b = self.fields(epoch);
-        b[1] = match self.qr {
-            Some(QrTx { cert_ref: None, .. }) => FORMAT_VERSION_3,
-            _ => FORMAT_VERSION,
-        };
+        b[1] = FORMAT_VERSION;
+        b[FLAGS_AT] |= (self.rule as u8) << FLAGS_RULE_SHIFT;
+        if let Some(QrTx { cert_ref: None, .. }) = self.qr {
+            b[FLAGS_AT] |= FLAG_NO_CERT_REF;
+        }
         if chain.key.kind() == SealKey::Test {
             b[FLAGS_AT] |= FLAG_TEST_KEY;
         }
@@ -305,7 +335,7 @@ impl Record {
 
     /// The seal `b` carries. Only meaningful for bytes that [`Record::decode`] accepts.
     pub fn seal_of(b: &[u8; RECORD_BYTES]) -> SealRead {
-        if !matches!(b[1], FORMAT_VERSION_3 | FORMAT_VERSION) {
+        if !matches!(b[1], FORMAT_VERSION_3..=FORMAT_VERSION) {
             return SealRead::Unsealed;
         }
         let key = match b[FLAGS_AT] & FLAG_TEST_KEY != 0 {
@@ -388,18 +418,27 @@ impl Record {
             CardNo::from_bcd(std::array::from_fn(|k| b[32 + k]))
                 .map_err(|_| RecordError::Field("card"))?
         };
+        // Version 1 has no flags byte.
+        let flags = match b[1] {
+            FORMAT_VERSION_1 => 0,
+            _ => b[FLAGS_AT],
+        };
+        let allowed = match b[1] {
+            FORMAT_VERSION_1 => 0,
+            FORMAT_VERSION_2 => FLAG_BALANCE,
+            FORMAT_VERSION_3 | FORMAT_VERSION_4 => FLAG_BALANCE | FLAG_TEST_KEY,
+            _ if kind == RecordKind::QrRide => {
+                FLAG_BALANCE | FLAG_TEST_KEY | FLAGS_RULE | FLAG_NO_CERT_REF
+            }
+            _ => FLAG_BALANCE | FLAG_TEST_KEY | FLAGS_RULE,
+        };
+        if flags & !allowed != 0 {
+            return Err(RecordError::Field("reserved flags"));
+        }
         let balance_fen = if b[1] == FORMAT_VERSION_1 {
             let word = u32_at(28);
             (word != V1_NO_BALANCE).then(|| purse_balance_fen(word.to_be_bytes()))
         } else {
-            let flags = b[FLAGS_AT];
-            let allowed = match b[1] {
-                FORMAT_VERSION_3 | FORMAT_VERSION => FLAG_BALANCE | FLAG_TEST_KEY,
-                _ => FLAG_BALANCE,
-            };
-            if flags & !allowed != 0 {
-                return Err(RecordError::Field("reserved flags"));
-            }
             let balance = u32_at(28) as i32;
             match flags & FLAG_BALANCE != 0 {
                 true => Some(balance),
@@ -407,8 +446,13 @@ impl Record {
                 false => return Err(RecordError::Field("balance without its flag")),
             }
         };
-        // Version 4 ride codes keep the certificate reference where a purchase has its proof.
-        let cert_ref = (kind == RecordKind::QrRide && b[1] == FORMAT_VERSION)
+        let rule = FareRule::from_u8((flags & FLAGS_RULE) >> FLAGS_RULE_SHIFT)
+            .ok_or(RecordError::Field("fare rule"))?;
+        // Version 4 and 5 ride codes keep the certificate reference where a purchase has its
+        // proof, unless version 5's flag says there is none.
+        let cert_ref = (kind == RecordKind::QrRide
+            && b[1] >= FORMAT_VERSION_4
+            && flags & FLAG_NO_CERT_REF == 0)
             .then(|| std::array::from_fn(|k| b[CERT_REF_AT + k]));
         let qr = (kind == RecordKind::QrRide).then(|| QrTx {
             account: AccountId {
@@ -445,6 +489,7 @@ impl Record {
             qr,
             quickpass,
             terminal_no: std::array::from_fn(|k| b[70 + k]),
+            rule,
         };
         rec.check()?;
         Ok(rec)
@@ -472,6 +517,7 @@ impl Record {
             "route": self.route,
             "category": self.category.as_str(),
             "terminal": hex(&self.terminal_no),
+            "fare_rule": self.rule.as_str(),
         });
         if let Some(p) = self.quickpass {
             v["pan_token"] = p.pan_token.to_string().into();
@@ -581,6 +627,7 @@ mod tests {
             qr: None,
             quickpass: None,
             terminal_no: [0x00, 0x00, 0x00, 0x00, 0x01, 0x23],
+            rule: FareRule::Unknown,
         }
     }
 
@@ -660,7 +707,7 @@ mod tests {
             Err(RecordError::Field("balance"))
         );
         let mut b = sample(3).encode();
-        b[1] = 5;
+        b[1] = FORMAT_VERSION + 1;
         assert_eq!(Record::decode(&with_crc(b)), Err(RecordError::Magic));
     }
 
@@ -678,7 +725,7 @@ mod tests {
         let b2 = r2.encode_chained(9, &mut chain);
         assert_eq!(
             (b1[1], Record::decode(&b1), Record::decode(&b2)),
-            (4, Ok(r1), Ok(r2))
+            (FORMAT_VERSION, Ok(r1), Ok(r2))
         );
         assert_eq!(Record::epoch_of(&b2), 9);
         let SealRead::Sealed(SealKey::Terminal, m1) = Record::seal_of(&b1) else {
@@ -819,5 +866,95 @@ mod tests {
             r.check(),
             Err(RecordError::Field("card fields in a ride-code record"))
         );
+    }
+
+    fn chain() -> Chain {
+        use crate::journal::chain::JournalKey;
+        let key = JournalKey::for_terminal(&[3u8; 32], "bus-0001");
+        Chain {
+            prev: key.chain_start(9),
+            key,
+        }
+    }
+
+    #[test]
+    fn version_5_records_carry_the_fare_rule_and_any_bit_flip_is_caught() {
+        let mut chain = chain();
+        for rule in FareRule::ALL {
+            let mut r = sample(rule as u64 + 1);
+            r.rule = rule;
+            let b = r.encode_chained(9, &mut chain);
+            assert_eq!(b[1], FORMAT_VERSION);
+            assert_eq!((b[76] & FLAGS_RULE) >> FLAGS_RULE_SHIFT, rule as u8);
+            assert_eq!(Record::decode(&b), Ok(r), "{rule:?}");
+            assert_eq!(r.to_json()["fare_rule"], rule.as_str());
+            for bit in 0..RECORD_BYTES * 8 {
+                let mut c = b;
+                c[bit / 8] ^= 1 << (bit % 8);
+                assert!(Record::decode(&c).is_err(), "{rule:?} bit {bit}");
+            }
+            // Version 2 bytes have no room for it: left out.
+            assert_eq!(Record::decode(&r.encode()).unwrap().rule, FareRule::Unknown);
+        }
+        // Ride codes, with and without a certificate reference.
+        for cert_ref in [Some([9; CERT_REF_BYTES]), None] {
+            let mut q = qr_sample(20, cert_ref);
+            q.rule = FareRule::RideCodeCategory;
+            let b = q.encode_chained(9, &mut chain);
+            assert_eq!(b[1], FORMAT_VERSION);
+            assert_eq!(b[76] & FLAG_NO_CERT_REF != 0, cert_ref.is_none());
+            assert_eq!(Record::decode(&b), Ok(q));
+        }
+    }
+
+    #[test]
+    fn version_5_refuses_an_unknown_rule_number_and_bit_7_on_a_card_record() {
+        let mut chain = chain();
+        let b = sample(1).encode_chained(9, &mut chain);
+        let mut c = b;
+        c[76] |= 11 << FLAGS_RULE_SHIFT;
+        assert_eq!(
+            Record::decode(&with_crc(c)),
+            Err(RecordError::Field("fare rule"))
+        );
+        let mut c = b;
+        c[76] |= FLAG_NO_CERT_REF;
+        assert_eq!(
+            Record::decode(&with_crc(c)),
+            Err(RecordError::Field("reserved flags"))
+        );
+    }
+
+    #[test]
+    fn records_of_version_4_read_as_before_with_an_unknown_rule() {
+        let mut chain = chain();
+        let mut r = sample(1);
+        r.rule = FareRule::Transfer;
+        let mut q = qr_sample(2, Some([5; CERT_REF_BYTES]));
+        q.rule = FareRule::RideCodeCategory;
+        for rec in [r, q] {
+            // The same record as a version 4 journal wrote it: flags bits 2–7 zero.
+            let mut v4 = rec.encode_chained(9, &mut chain);
+            v4[1] = FORMAT_VERSION_4;
+            v4[76] &= FLAG_BALANCE | FLAG_TEST_KEY;
+            let v4 = with_crc(v4);
+            let read = Record::decode(&v4).unwrap();
+            assert_eq!(
+                read,
+                Record {
+                    rule: FareRule::Unknown,
+                    ..rec
+                }
+            );
+            assert!(matches!(Record::seal_of(&v4), SealRead::Sealed(..)));
+            assert_eq!(read.to_json()["fare_rule"], "unknown");
+            // No rule bits before version 5.
+            let mut c = v4;
+            c[76] |= (FareRule::Transfer as u8) << FLAGS_RULE_SHIFT;
+            assert_eq!(
+                Record::decode(&with_crc(c)),
+                Err(RecordError::Field("reserved flags"))
+            );
+        }
     }
 }

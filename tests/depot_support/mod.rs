@@ -43,6 +43,7 @@ pub fn card_record(i: u64) -> Record {
         qr: None,
         quickpass: None,
         terminal_no: [0, 0, 0, 0, 0x01, 0x23],
+        rule: fare_validator::fare::FareRule::Unknown,
     }
 }
 
