@@ -68,4 +68,29 @@ fn small_day_stores_every_accepted_record_and_revenue_matches_the_journals() {
         .sum();
     assert_eq!(fares, r.journal_fare_fen);
     assert_eq!(r.depot_fare_fen, fares - held);
+
+    // The depot's revenue by the rule that priced each record: every rule of
+    // fixtures/demo-fares.toml priced some boarding, and the split adds up to the revenue.
+    use fare_validator::fare::FareRule;
+    for rule in [
+        FareRule::BaseFare,
+        FareRule::Concession,
+        FareRule::Timeframe,
+        FareRule::Interop,
+        FareRule::Transfer,
+        FareRule::SeveralRiders,
+        FareRule::Free,
+        FareRule::RideCodeCategory,
+    ] {
+        assert!(
+            r.depot_fare_fen_by_rule.contains_key(&rule),
+            "{rule:?}: {:?}",
+            r.depot_fare_fen_by_rule
+        );
+    }
+    assert!(!r.depot_fare_fen_by_rule.contains_key(&FareRule::Unknown));
+    assert_eq!(
+        r.depot_fare_fen_by_rule.values().sum::<u64>(),
+        r.depot_fare_fen
+    );
 }

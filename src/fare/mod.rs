@@ -1442,6 +1442,38 @@ mod tests {
     }
 
     #[test]
+    fn transfer_rules_hold_from_the_previous_boarding_s_second_to_the_last_of_their_duration() {
+        let t = every_rule();
+        let from_city = PreviousBoarding {
+            route: 1,
+            at_unix_s: 10_000,
+            fare_fen: 200,
+            transfers: 0,
+        };
+        let rule_at = |route, s, prev| t.transfer_rule(route, s, prev).map(|r| r.duration_s);
+        // City to city, 3600 s: from 0 s to the last second; a boarding the card says came
+        // later than this one (a clock set back) is no transfer.
+        assert_eq!(rule_at(2, 10_000, from_city), Some(3600));
+        assert_eq!(rule_at(2, 10_000 + 3600, from_city), Some(3600));
+        assert_eq!(rule_at(2, 10_000 + 3601, from_city), None);
+        assert_eq!(rule_at(2, 10_000 - 1, from_city), None);
+        // City to express, 5400 s; express to any route, 2700 s: each at its own edge.
+        assert_eq!(rule_at(6, 10_000 + 5400, from_city), Some(5400));
+        assert_eq!(rule_at(6, 10_000 + 5401, from_city), None);
+        let from_express = PreviousBoarding {
+            route: 6,
+            ..from_city
+        };
+        assert_eq!(rule_at(4, 10_000 + 2700, from_express), Some(2700));
+        assert_eq!(rule_at(4, 10_000 + 2701, from_express), None);
+        assert_eq!(
+            rule_at(7, 10_000 + 60, from_express),
+            Some(2700),
+            "express to express"
+        );
+    }
+
+    #[test]
     fn the_index_finds_every_route_of_every_network_and_route_fare() {
         let t = every_rule();
         for route in 0..=u16::MAX {
