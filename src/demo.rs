@@ -6,9 +6,16 @@
 //! screenshot shown on two buses, torn taps, riders who change buses within the transfer
 //! window, and the fare rules of `fixtures/demo-fares.toml`: cards of other cities (interop
 //! fare), concessions past their end or annual review date (adult fare), seniors at the
-//! morning peak, families boarding on one adult card (连刷). At night the buses return: each uploads its journal to a depot station on
-//! 127.0.0.1. The report compares what the buses accepted with what the depot stored (the
-//! demo fails if they differ) and the depot's revenue with the journals' fares.
+//! morning peak, families boarding on one adult card (连刷). QuickPass (闪付) passengers board
+//! beside them (docs/quickpass.md, "The demo"): QuickPass-only cards, cards with both
+//! applications (the transport purse when it was activated, QuickPass when it never was),
+//! expired, deny-listed and forged (broken certificate chain) ones, personalised by the test
+//! CA and issuer of [`crate::card::quickpass_issuer`]; they come from a seeded stream of
+//! their own, so a seed's card and ride-code passengers are the same with them as without.
+//! At night the buses return: each uploads its journal to a depot station on 127.0.0.1. The
+//! report compares what the buses accepted with what the depot stored (the demo fails if
+//! they differ), the depot's revenue with the journals' fares, and the QuickPass rides the
+//! depot holds for the acquirer with the QuickPass taps accepted.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +28,10 @@ use serde::Serialize;
 
 use crate::blacklist::{Blacklist, Change, ChangeOp};
 use crate::card::psam::Psam;
+use crate::card::quickpass::{CaKeys, Pan, PanTokenKey};
+use crate::card::quickpass_issuer::TestIssuer;
 use crate::card::sim::{CardSpec, Removal, SimCard, SimPsam, TestKeys};
+use crate::card::sim_quickpass::{SimPhysicalCard, SimQuickPass};
 use crate::card::tunion::{CityCode, INTEROP_KIND_TUNION};
 use crate::clock::Timestamp;
 use crate::depot::store::Store;
@@ -30,7 +40,7 @@ use crate::fare::{FareTable, Issuer};
 use crate::journal::{Journal, JournalKey, OsFiles};
 use crate::ride_code::issuer::SimChannels;
 use crate::ride_code::{ChannelKeys, RideCodeConfig};
-use crate::types::{AccountId, CardNo, ListId, ListReason, RiderCategory};
+use crate::types::{AccountId, CardNo, ListId, ListReason, Media, RiderCategory};
 use crate::upload::auth::{Secret, SECRET_BYTES};
 
 /// Start of the service day, local time.
@@ -45,6 +55,21 @@ pub const QR_HOLDERS_PER_BUS: usize = 25;
 pub const DEMO_FARES_TOML: &str = include_str!("../fixtures/demo-fares.toml");
 /// Most riders a family boards on one card in the demo (the table allows 4).
 pub const DEMO_FAMILY_RIDERS_MAX: usize = 3;
+/// QuickPass cards per bus in the generated population: QuickPass-only cards, and cards with
+/// both applications whose transport application was never activated ([`quickpass_kind`]).
+pub const QUICKPASS_CARDS_PER_BUS: usize = 10;
+/// A QuickPass passenger boards each bus beside every this many of its presentations
+/// ([`quickpass_boards`]).
+pub const QUICKPASS_EVERY: usize = 8;
+/// One QuickPass passenger in this many pulls the card away mid-dialogue (and taps again).
+pub const QUICKPASS_REMOVED_ONE_IN: u32 = 25;
+/// The demo's QuickPass cards expire on this day unless they are the expired ones.
+pub const QUICKPASS_EXPIRY: &str = "2030-06-30";
+/// The expired QuickPass cards' expiry, before the demo day.
+pub const QUICKPASS_EXPIRED_ON: &str = "2026-10-31";
+/// Every this many cards of the card population also carry a QuickPass application (those
+/// whose transport application is activated: the transport purse decides their taps).
+pub const CARDS_WITH_QUICKPASS_EVERY: usize = 10;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -93,6 +118,11 @@ pub struct DemoReport {
     pub fare_notes: BTreeMap<String, u64>,
     /// Accepted taps of cards issued by another city (interop fare).
     pub interop_taps: u64,
+    /// QuickPass passengers, beside buses × taps per bus (docs/quickpass.md, "The demo").
+    pub quickpass_passengers: u64,
+    /// Taps of cards that carry both applications, by the medium that decided: `card` (the
+    /// transport purse, activated) or `quickpass` (transport never activated).
+    pub both_applications: BTreeMap<String, u64>,
     pub depot_records: u64,
     pub depot_fare_fen: u64,
     /// `depot_fare_fen` by the fare-table rule that priced each record (`depot report`'s
@@ -104,10 +134,30 @@ pub struct DemoReport {
     /// after MAC1 leaves its PSAM number unused) is expected.
     pub depot_findings: BTreeMap<String, u64>,
     pub qr_conflicts: u64,
+    /// QuickPass rides the depot holds for the acquirer (`depot export --acquirer`), and
+    /// those of them without the acquirer's data (none expected).
+    pub acquirer_rides: u64,
+    pub acquirer_rides_without_data: u64,
     pub uploaded: u64,
+    /// Card taps and code scans (the QuickPass taps apart, below).
     pub latency_us_p50: u64,
     pub latency_us_p99: u64,
     pub latency_us_max: u64,
+    /// QuickPass taps: the dialogue with the simulated card (its RSA signing included), fDDA,
+    /// the PAN sealed for the acquirer and the durable record.
+    pub quickpass_latency_us_p50: u64,
+    pub quickpass_latency_us_p99: u64,
+}
+
+impl DemoReport {
+    /// QuickPass taps accepted on the buses.
+    pub fn quickpass_accepted(&self) -> u64 {
+        self.taps
+            .get(Media::Quickpass.as_str())
+            .and_then(|m| m.get("accepted"))
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 struct Bus {
@@ -133,13 +183,113 @@ enum Presentation {
 }
 
 struct Population {
-    cards: Vec<SimCard>,
+    /// Transport cards, every [`CARDS_WITH_QUICKPASS_EVERY`]th activated one with a
+    /// QuickPass application too.
+    cards: Vec<SimPhysicalCard>,
     categories: Vec<RiderCategory>,
     /// The issuing city of a card from another city.
     issuers: Vec<Option<CityCode>>,
     qr_holders: Vec<(u16, u64, CardNo, RiderCategory)>,
     channels: SimChannels,
     counters: Vec<u32>,
+    /// The QuickPass passengers' cards ([`quickpass_kind`]) and the CA keys they chain to.
+    qp_cards: Vec<SimPhysicalCard>,
+    ca: CaKeys,
+}
+
+/// What a demo QuickPass card is: the `j`th card of the QuickPass population.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuickPassKind {
+    /// QuickPass only, valid, not listed: accepted.
+    Good,
+    /// Both applications, the transport one never activated: QuickPass decides.
+    BothNeverActivated,
+    /// Expired before the demo day: `card_expired`.
+    Expired,
+    /// Its ICC certificate signed by a key the CA never certified: `bad_certificate`.
+    Forged,
+    /// On the morning deny list as `lost`: `blacklisted`.
+    ListedLost,
+    /// On the morning deny list as `arrears` (a ride the acquirer could not charge).
+    ListedArrears,
+}
+
+/// The kind of the `j`th QuickPass card (every kind in each ten, at a bus's share).
+pub fn quickpass_kind(j: usize) -> QuickPassKind {
+    match j % 10 {
+        1 => QuickPassKind::Expired,
+        5 => QuickPassKind::Forged,
+        8 | 9 => QuickPassKind::BothNeverActivated,
+        3 if j % 20 == 3 => QuickPassKind::ListedLost,
+        3 => QuickPassKind::ListedArrears,
+        _ => QuickPassKind::Good,
+    }
+}
+
+/// Whether a QuickPass passenger boards beside presentation `t` of the day (on bus
+/// `t % buses`): every bus every [`QUICKPASS_EVERY`]th round, the buses staggered. The
+/// passengers take the QuickPass cards in turn.
+pub fn quickpass_boards(t: usize, buses: usize) -> bool {
+    let buses = buses.max(1);
+    (t / buses + t % buses) % QUICKPASS_EVERY == QUICKPASS_EVERY / 2
+}
+
+/// The PAN of the `j`th QuickPass card, of the test issuer (`628888…`).
+pub fn quickpass_pan(j: usize) -> String {
+    format!("628888{:010}", j + 1)
+}
+
+/// The PANs of the demo's QuickPass cards on a fleet of `buses` (what must never be written).
+pub fn quickpass_pans(buses: usize) -> Vec<String> {
+    (0..QUICKPASS_CARDS_PER_BUS * buses.max(1))
+        .map(quickpass_pan)
+        .collect()
+}
+
+/// The transport card number of the `j`th QuickPass card when it has both applications.
+fn quickpass_card_no(j: usize) -> CardNo {
+    CardNo::from_u128(3714_0000_0000_0009_0000u128 + j as u128).expect("20 digits")
+}
+
+/// The QuickPass cards of the day, personalised by the test issuer.
+fn quickpass_cards(
+    args: &DemoArgs,
+    issuer: &TestIssuer,
+    keys: &TestKeys,
+) -> Result<Vec<SimPhysicalCard>, String> {
+    let n = QUICKPASS_CARDS_PER_BUS * args.buses.max(1);
+    let mut cards = Vec::with_capacity(n);
+    for j in 0..n {
+        let kind = quickpass_kind(j);
+        let pan = quickpass_pan(j);
+        let atc = 10 + (j % 90) as u16;
+        let spec = match kind {
+            QuickPassKind::Expired => issuer.card(&pan, 1, QUICKPASS_EXPIRED_ON, atc)?,
+            QuickPassKind::Forged => issuer.forged_card(&pan, 1, QUICKPASS_EXPIRY, atc)?,
+            _ => issuer.card(&pan, 1, QUICKPASS_EXPIRY, atc)?,
+        };
+        let quickpass = SimQuickPass::new(&spec, args.seed)?;
+        let transport = if kind == QuickPassKind::BothNeverActivated {
+            let t = CardSpec {
+                card_no: quickpass_card_no(j),
+                card_type: RiderCategory::Adult,
+                enabled: false,
+                valid_from: "2024-01-01".into(),
+                valid_until: "2034-12-31".into(),
+                balance_fen: 5_000,
+                purse_word: None,
+                issuer_city: None,
+                interop: None,
+                concession_until: None,
+                annual_review_until: None,
+            };
+            Some(SimCard::new(&t, keys, args.seed)?)
+        } else {
+            None
+        };
+        cards.push(SimPhysicalCard::new(transport, Some(quickpass)));
+    }
+    Ok(cards)
 }
 
 fn card_no(i: usize) -> CardNo {
@@ -162,6 +312,7 @@ fn population(
     start: Timestamp,
 ) -> Result<Population, String> {
     let keys = TestKeys::default();
+    let issuer = TestIssuer::load()?;
     let n_cards = CARDS_PER_BUS * args.buses.max(1);
     let mut cards = Vec::with_capacity(n_cards);
     let mut categories = Vec::with_capacity(n_cards);
@@ -195,7 +346,18 @@ fn population(
             concession_until: (i % 11 == 6).then(|| "2026-09-30".to_string()),
             annual_review_until: (i % 13 == 8).then(|| "2026-10-31".to_string()),
         };
-        cards.push(SimCard::new(&spec, &keys, args.seed)?);
+        // Some activated cards carry a QuickPass application too: the purse decides them.
+        let quickpass = if spec.enabled && i % CARDS_WITH_QUICKPASS_EVERY == 3 {
+            let pan = format!("{}{:010}", issuer.issuer_id(), 900_000 + i);
+            let qp = issuer.card(&pan, 0, QUICKPASS_EXPIRY, 1)?;
+            Some(SimQuickPass::new(&qp, args.seed)?)
+        } else {
+            None
+        };
+        cards.push(SimPhysicalCard::new(
+            Some(SimCard::new(&spec, &keys, args.seed)?),
+            quickpass,
+        ));
         categories.push(c);
         issuers.push(spec.issuer_city);
     }
@@ -220,10 +382,19 @@ fn population(
         qr_holders,
         channels,
         counters: vec![0; n_qr],
+        qp_cards: quickpass_cards(args, &issuer, &keys)?,
+        ca: issuer.ca_keys()?,
     })
 }
 
-fn open_bus(i: usize, dir: &Path, list: &Blacklist, keys: &ChannelKeys) -> Result<Bus, String> {
+fn open_bus(
+    i: usize,
+    dir: &Path,
+    list: &Blacklist,
+    keys: &ChannelKeys,
+    ca: &CaKeys,
+    seed: u64,
+) -> Result<Bus, String> {
     let dir = dir.join(format!("bus-{:02}", i + 1));
     // The same name for the journal's folder and the depot's terminal id.
     let id = format!("bus-{:02}", i + 1);
@@ -247,6 +418,8 @@ fn open_bus(i: usize, dir: &Path, list: &Blacklist, keys: &ChannelKeys) -> Resul
         journal,
     );
     validator.set_ride_code_keys(keys.clone(), RideCodeConfig::default());
+    // The demo's QuickPass rides: the test CA, the test PAN token key, the test acquirer.
+    validator.set_quickpass(ca.clone(), PanTokenKey::TEST, seed ^ (i as u64 + 1));
     Ok(Bus {
         id,
         secret,
@@ -278,6 +451,16 @@ fn morning_blacklist(pop: &Population) -> Blacklist {
         if i % 37 == 9 {
             entries.push((ListId::Card(*card), ListReason::Lost));
         }
+    }
+    // QuickPass cards by PAN token (kind `pan`): lost, or a ride the acquirer could not charge.
+    for j in 0..pop.qp_cards.len() {
+        let reason = match quickpass_kind(j) {
+            QuickPassKind::ListedLost => ListReason::Lost,
+            QuickPassKind::ListedArrears => ListReason::Arrears,
+            _ => continue,
+        };
+        let pan = Pan::parse(&quickpass_pan(j)).expect("16 digits");
+        entries.push((ListId::Pan(PanTokenKey::TEST.token(&pan)), reason));
     }
     Blacklist::from_entries(1, entries)
 }
@@ -327,6 +510,12 @@ fn presentation(rng: &mut ChaCha8Rng, pop: &mut Population, now: Timestamp) -> P
 }
 
 fn tally(report: &mut DemoReport, media: &str, d: &Decision, route: u16) {
+    // A card with both applications that rode on QuickPass counts as a QuickPass tap.
+    let media = if d.media == Media::Quickpass {
+        Media::Quickpass.as_str()
+    } else {
+        media
+    };
     let reason = d.outcome.err().map_or("accepted", |r| r.as_str());
     *report
         .taps
@@ -344,6 +533,48 @@ fn tally(report: &mut DemoReport, media: &str, d: &Decision, route: u16) {
         report.accepted += 1;
         report.journal_fare_fen += u64::from(d.fare_fen);
         *report.revenue_by_route_fen.entry(route).or_default() += u64::from(d.fare_fen);
+    }
+}
+
+/// Mixed into the seed for the QuickPass passengers' stream.
+const QUICKPASS_STREAM: u64 = 0x5155_4943_4B50_4153; // "QUICKPAS"
+
+/// A QuickPass passenger boards `bus` at `now`; one in [`QUICKPASS_REMOVED_ONE_IN`] pulls the
+/// card away before or after GET PROCESSING OPTIONS (`card_removed`, nothing recorded) and
+/// taps again 3 s later.
+fn quickpass_passenger(
+    bus: &mut Bus,
+    card: &mut SimPhysicalCard,
+    rng: &mut ChaCha8Rng,
+    now: Timestamp,
+    report: &mut DemoReport,
+    latency: &mut Histogram<u64>,
+) {
+    let removal = match rng.gen_range(0..QUICKPASS_REMOVED_ONE_IN * 2) {
+        0 => Some(Removal::BeforeDebit),
+        1 => Some(Removal::AfterDebit),
+        _ => None,
+    };
+    let both = card.transport.is_some();
+    report.quickpass_passengers += 1;
+    let mut tap = |card: &mut SimPhysicalCard, at: Timestamp, report: &mut DemoReport| {
+        let began = Instant::now();
+        let d = bus.validator.tap_card(card, at);
+        latency.saturating_record(began.elapsed().as_micros().max(1) as u64);
+        tally(report, Media::Quickpass.as_str(), &d, bus.route);
+        if both {
+            *report
+                .both_applications
+                .entry(d.media.as_str().to_string())
+                .or_default() += 1;
+        }
+    };
+    card.enter_field(removal);
+    tap(card, now, report);
+    if removal.is_some() {
+        report.re_presentations += 1;
+        card.enter_field(None);
+        tap(card, now.plus_s(3), report);
     }
 }
 
@@ -387,8 +618,12 @@ pub fn simulate_in(args: &DemoArgs, dir: &Path) -> Result<DemoReport, String> {
     let keys = ChannelKeys::from_file(&pop.channels.key_file()).map_err(|e| e.to_string())?;
     let list = morning_blacklist(&pop);
     let mut buses: Vec<Bus> = (0..args.buses)
-        .map(|i| open_bus(i, &dir, &list, &keys))
+        .map(|i| open_bus(i, &dir, &list, &keys, &pop.ca, args.seed))
         .collect::<Result<_, _>>()?;
+    // The QuickPass passengers' own stream: the other passengers stay those of the seed.
+    let mut qp_rng = ChaCha8Rng::seed_from_u64(args.seed ^ QUICKPASS_STREAM);
+    let mut qp_latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
     let mut report = DemoReport {
         buses: args.buses,
         taps_per_bus: args.taps_per_bus,
@@ -426,6 +661,11 @@ pub fn simulate_in(args: &DemoArgs, dir: &Path) -> Result<DemoReport, String> {
         }
         let bus = &mut buses[bus_i];
         let route = bus.route;
+        if quickpass_boards(t, args.buses) && !pop.qp_cards.is_empty() {
+            let n = pop.qp_cards.len();
+            let card = &mut pop.qp_cards[report.quickpass_passengers as usize % n];
+            quickpass_passenger(bus, card, &mut qp_rng, now, &mut report, &mut qp_latency);
+        }
         match presentation(&mut rng, &mut pop, now) {
             Presentation::Card {
                 holder,
@@ -447,6 +687,12 @@ pub fn simulate_in(args: &DemoArgs, dir: &Path) -> Result<DemoReport, String> {
                 let d = bus.validator.tap_card(card, now);
                 latency.saturating_record(began.elapsed().as_micros().max(1) as u64);
                 tally(&mut report, "card", &d, route);
+                if card.quickpass.is_some() {
+                    *report
+                        .both_applications
+                        .entry(d.media.as_str().to_string())
+                        .or_default() += 1;
+                }
                 if d.accepted() && d.fare_fen < full {
                     report.transfers += 1;
                 }
@@ -498,6 +744,8 @@ pub fn simulate_in(args: &DemoArgs, dir: &Path) -> Result<DemoReport, String> {
     report.latency_us_p50 = latency.value_at_quantile(0.50);
     report.latency_us_p99 = latency.value_at_quantile(0.99);
     report.latency_us_max = latency.max();
+    report.quickpass_latency_us_p50 = qp_latency.value_at_quantile(0.50);
+    report.quickpass_latency_us_p99 = qp_latency.value_at_quantile(0.99);
     night_upload(&dir, &mut buses, &mut report)?;
     Ok(report)
 }
@@ -551,9 +799,17 @@ fn night_upload(dir: &Path, buses: &mut [Bus], report: &mut DemoReport) -> Resul
         Ok::<u64, String>(uploaded)
     })?;
     report.uploaded = uploaded;
-    let depot = Store::open(&db)
-        .map_err(|e| e.to_string())?
-        .report()
+    let store = Store::open(&db).map_err(|e| e.to_string())?;
+    let depot = store.report().map_err(|e| e.to_string())?;
+    // What `depot export --acquirer` writes: one ride per QuickPass tap accepted.
+    store
+        .for_each_acquirer_ride(|ride| {
+            report.acquirer_rides += 1;
+            if ride.problem.is_some() || ride.sealed_pan.is_none() {
+                report.acquirer_rides_without_data += 1;
+            }
+            Ok(())
+        })
         .map_err(|e| e.to_string())?;
     for t in depot.terminals.values() {
         report.depot_records += t.records;
@@ -590,6 +846,14 @@ pub fn run(args: &DemoArgs) -> Result<(), String> {
         return Err(format!(
             "{} taps accepted on the buses but {} records stored at the depot",
             r.accepted, r.depot_records
+        ));
+    }
+    let qp_accepted = r.quickpass_accepted();
+    if r.acquirer_rides != qp_accepted || r.acquirer_rides_without_data > 0 {
+        return Err(format!(
+            "{qp_accepted} QuickPass taps accepted on the buses but {} rides for the acquirer \
+             at the depot ({} without the acquirer's data)",
+            r.acquirer_rides, r.acquirer_rides_without_data
         ));
     }
     if let Some(url) = &args.clearing {
@@ -660,20 +924,20 @@ fn print_report(r: &DemoReport) {
     );
     let presented: u64 = r.taps.values().flat_map(|m| m.values()).sum();
     println!(
-        "{presented} taps and scans: {} buses x {} passengers, plus {} re-presentations (a \
-         card tapped again after it was pulled away, a code waved twice, a screenshot of a \
-         code shown on a second bus)",
-        r.buses, r.taps_per_bus, r.re_presentations
+        "{presented} taps and scans: {} buses x {} passengers, plus {} QuickPass passengers, \
+         plus {} re-presentations (a card tapped again after it was pulled away, a code waved \
+         twice, a screenshot of a code shown on a second bus)",
+        r.buses, r.taps_per_bus, r.quickpass_passengers, r.re_presentations
     );
     println!();
     for (media, reasons) in &r.taps {
         let n: u64 = reasons.values().sum();
         println!(
             "{:<28}{n:>8}",
-            if media == "card" {
-                "card taps"
-            } else {
-                "ride-code scans"
+            match media.as_str() {
+                "card" => "card taps",
+                "quickpass" => "QuickPass taps",
+                _ => "ride-code scans",
             }
         );
         for (reason, n) in reasons {
@@ -684,6 +948,15 @@ fn print_report(r: &DemoReport) {
     println!("{:<28}{:>8}", "cards of other cities", r.interop_taps);
     for (note, n) in &r.fare_notes {
         println!("  {note:<26}{n:>8}");
+    }
+    println!("cards with both applications, taps decided by");
+    for (media, n) in &r.both_applications {
+        let by = match media.as_str() {
+            "card" => "transport purse",
+            "quickpass" => "QuickPass",
+            other => other,
+        };
+        println!("  {by:<26}{n:>8}");
     }
     println!();
     println!("revenue by route (yuan)");
@@ -716,10 +989,24 @@ fn print_report(r: &DemoReport) {
         println!("{:<28}{:>8}", format!("depot finding {kind}"), n);
     }
     println!("{:<28}{:>8}", "ride codes claimed twice", r.qr_conflicts);
+    println!(
+        "{:<28}{:>8}",
+        "QuickPass rides to acquirer", r.acquirer_rides
+    );
+    if r.acquirer_rides_without_data > 0 {
+        println!(
+            "{:<28}{:>8}",
+            "  without acquirer data", r.acquirer_rides_without_data
+        );
+    }
     println!();
     println!(
         "engine latency per tap or scan (dialogue, checks, durable record): p50 {} us, p99 {} us, max {} us",
         r.latency_us_p50, r.latency_us_p99, r.latency_us_max
+    );
+    println!(
+        "QuickPass tap (dialogue with the simulated card and its signing, fDDA, sealed PAN, durable record): p50 {} us, p99 {} us",
+        r.quickpass_latency_us_p50, r.quickpass_latency_us_p99
     );
     let verdict = if r.accepted == r.depot_records {
         "OK"
@@ -727,4 +1014,11 @@ fn print_report(r: &DemoReport) {
         "MISMATCH"
     };
     println!("accepted = stored: {verdict}");
+    let verdict =
+        if r.acquirer_rides == r.quickpass_accepted() && r.acquirer_rides_without_data == 0 {
+            "OK"
+        } else {
+            "MISMATCH"
+        };
+    println!("QuickPass accepted = rides to the acquirer: {verdict}");
 }
