@@ -262,3 +262,146 @@ fn a_scanner_only_bus_runs_without_pcsc_and_its_status_says_the_reader_is_absent
     assert!(exit.success(), "{}", program.log_text());
     assert_eq!(status_now()["status"]["reader"], "absent");
 }
+
+/// The QuickPass files of a bus: the depot's PAN token key, the CA keys of the vectors and
+/// the test acquirer's public key, in `dir`.
+fn quickpass_files(dir: &Path) -> [std::path::PathBuf; 3] {
+    let key = dir.join("depot-pan-token.key");
+    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+    let vectors: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/quickpass-v1.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let ca = dir.join("ca.json");
+    std::fs::write(&ca, vectors["ca_keys"].to_string()).unwrap();
+    let acquirer = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/acquirer-test.pub"
+    ));
+    [key, ca, acquirer]
+}
+
+fn provision_with(answer: &Value, config: &Path, extra: &[&str]) -> Output {
+    let answer_file = config.with_file_name("answer.json");
+    std::fs::write(&answer_file, answer.to_string()).unwrap();
+    bin()
+        .args(["provision", "--answer"])
+        .arg(&answer_file)
+        .arg("--config")
+        .arg(config)
+        .args(["--depot", "127.0.0.1:7700"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The three QuickPass fields of validator.toml, from the depot's answer (the files written
+/// beside the configuration, the PAN token key with mode 0600) or from the operator (the files
+/// named as given); a file given both ways, or one the validator would refuse, is refused
+/// before anything is written.
+#[test]
+fn provision_writes_the_quickpass_keys_the_depot_or_the_operator_gives() {
+    use fare_validator::card::quickpass::PanTokenKey;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.sqlite");
+    import_operator_key(&db, 50);
+    let [key, ca, acquirer] = quickpass_files(tmp.path());
+
+    // The depot carries them.
+    let answer: Value = serde_json::from_str(&run_ok(
+        bin()
+            .args(["depot", "terminal", "add", "bus-0050", "--db"])
+            .arg(&db)
+            .arg("--pan-token-key")
+            .arg(&key)
+            .arg("--emv-ca")
+            .arg(&ca)
+            .arg("--acquirer-key")
+            .arg(&acquirer),
+    ))
+    .unwrap();
+    assert_eq!(answer["pan_token_key"], "5a".repeat(32));
+    assert_eq!(answer["emv_ca"]["keys"][0]["rid"], "A000000333", "{answer}");
+    let bus = tmp.path().join("bus-a");
+    std::fs::create_dir_all(&bus).unwrap();
+    let config = bus.join("validator.toml");
+    let out = provision_with(&answer, &config, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["pan_token_key_file"], "pan-token.key", "{printed}");
+    let cfg = ValidatorConfig::load(&config).unwrap();
+    assert_eq!(cfg.pan_token_key_file, Some(bus.join("pan-token.key")));
+    assert_eq!(cfg.emv_ca_file, Some(bus.join("emv-ca.json")));
+    assert_eq!(cfg.acquirer_key_file, Some(bus.join("acquirer.pub")));
+    assert_eq!(cfg.pan_token_key().unwrap().unwrap().0, [0x5A; 32]);
+    assert!(!cfg.emv_ca().unwrap().unwrap().is_empty());
+    assert!(cfg.acquirer_key().unwrap().is_some());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(bus.join("pan-token.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        !text.contains(&"5a".repeat(32)),
+        "the key is never in the configuration"
+    );
+
+    // The operator names files already on the bus.
+    let answer = support::terminal_add(&db, "bus-0051");
+    let bus = tmp.path().join("bus-b");
+    std::fs::create_dir_all(&bus).unwrap();
+    std::fs::copy(&key, bus.join("pan.key")).unwrap();
+    let config = bus.join("validator.toml");
+    let given = [
+        "--pan-token-key-file",
+        "pan.key",
+        "--emv-ca-file",
+        ca.to_str().unwrap(),
+        "--acquirer-key-file",
+        acquirer.to_str().unwrap(),
+    ];
+    let out = provision_with(&answer, &config, &given);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg = ValidatorConfig::load(&config).unwrap();
+    assert_eq!(cfg.pan_token_key_file, Some(bus.join("pan.key")));
+    assert_eq!(cfg.emv_ca_file.as_deref(), Some(ca.as_path()));
+    assert_eq!(cfg.acquirer_key_file.as_deref(), Some(acquirer.as_path()));
+    assert_eq!(cfg.pan_token_key().unwrap().unwrap().0, [0x5A; 32]);
+    assert_ne!(cfg.pan_token_key().unwrap().unwrap().0, PanTokenKey::TEST.0);
+
+    // Given both ways, or not a key: refused, and nothing written.
+    let mut answer = support::terminal_add(&db, "bus-0052");
+    answer["pan_token_key"] = Value::from("5a".repeat(32));
+    let bus = tmp.path().join("bus-c");
+    std::fs::create_dir_all(&bus).unwrap();
+    let config = bus.join("validator.toml");
+    let twice = provision_with(
+        &answer,
+        &config,
+        &["--pan-token-key-file", key.to_str().unwrap()],
+    );
+    assert_eq!(twice.status.code(), Some(2), "{}", stderr(&twice));
+    assert!(
+        stderr(&twice).contains("pan_token_key_file"),
+        "{}",
+        stderr(&twice)
+    );
+    answer["pan_token_key"] = Value::from("not a key");
+    let bad = provision_with(&answer, &config, &[]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    answer["pan_token_key"] = Value::Null;
+    let bad_ca = provision_with(&answer, &config, &["--emv-ca-file", key.to_str().unwrap()]);
+    assert_eq!(bad_ca.status.code(), Some(2), "{}", stderr(&bad_ca));
+    assert!(!config.exists());
+    assert!(!bus.join("bus-0052.secret").exists());
+    assert!(!bus.join("pan-token.key").exists());
+}

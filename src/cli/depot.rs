@@ -155,13 +155,26 @@ pub enum DepotCmd {
 
 #[derive(Subcommand)]
 pub enum TerminalCmd {
-    /// Add a terminal with a fresh 32-byte secret, printed once as hex.
+    /// Add a terminal with a fresh 32-byte secret, printed once as hex. The answer is what
+    /// `fare-validator provision --answer` takes; with the QuickPass options it carries those
+    /// keys too, and `provision` writes them beside the bus's configuration.
     Add {
         /// Terminal id: 1 to 32 of A-Z a-z 0-9 _ - (e.g. bus-0001).
         id: String,
         /// The station's SQLite database file.
         #[arg(long)]
         db: PathBuf,
+        /// QuickPass: the depot's PAN token key file (64 hex digits), carried to the bus as
+        /// the answer's `pan_token_key`.
+        #[arg(long)]
+        pan_token_key: Option<PathBuf>,
+        /// QuickPass: CA.json, the UnionPay CA public keys, carried as `emv_ca`.
+        #[arg(long)]
+        emv_ca: Option<PathBuf>,
+        /// QuickPass: the acquirer's public key file (64 hex digits), carried as
+        /// `acquirer_pub`.
+        #[arg(long)]
+        acquirer_key: Option<PathBuf>,
     },
 }
 
@@ -250,19 +263,31 @@ pub fn run_depot(cmd: DepotCmd) -> CmdResult {
     match cmd {
         DepotCmd::Serve { db, listen, http } => serve(&db, &listen, http.as_deref()),
         DepotCmd::Terminal {
-            cmd: TerminalCmd::Add { id, db },
+            cmd:
+                TerminalCmd::Add {
+                    id,
+                    db,
+                    pan_token_key,
+                    emv_ca,
+                    acquirer_key,
+                },
         } => {
+            // The QuickPass files are read and checked before the terminal is added.
+            let quickpass = terminal_quickpass(
+                pan_token_key.as_deref(),
+                emv_ca.as_deref(),
+                acquirer_key.as_deref(),
+            )?;
             let store = open_store(&db)?;
             let secret = store.add_terminal(&id).map_err(input_err)?;
             let key = store.operator_pub().map_err(runtime_err)?;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "terminal": id,
-                    "secret": to_hex(&secret),
-                    "operator_pub": key.map(|k| to_hex(k.as_bytes())),
-                })
-            );
+            let mut answer = serde_json::json!({
+                "terminal": id,
+                "secret": to_hex(&secret),
+                "operator_pub": key.map(|k| to_hex(k.as_bytes())),
+            });
+            answer.as_object_mut().expect("an object").extend(quickpass);
+            println!("{answer}");
             Ok(())
         }
         DepotCmd::Blacklist { cmd } => blacklist(cmd),
@@ -565,6 +590,36 @@ fn declines(file: &Path, db: &Path) -> CmdResult {
     let report = store.apply_declines(&lines).map_err(runtime_err)?;
     println!("{}", serde_json::to_string(&report).map_err(runtime_err)?);
     Ok(())
+}
+
+/// The QuickPass keys `depot terminal add` carries in its answer, each checked as a bus
+/// reads it: `pan_token_key` and `acquirer_pub` as 64 hex digits, `emv_ca` as the CA.json
+/// object.
+fn terminal_quickpass(
+    pan_token_key: Option<&Path>,
+    emv_ca: Option<&Path>,
+    acquirer_key: Option<&Path>,
+) -> Result<serde_json::Map<String, serde_json::Value>, (u8, String)> {
+    use crate::card::acquirer::AcquirerKey;
+    use crate::card::quickpass::CaKeys;
+    let at = |p: &Path, e: &dyn std::fmt::Display| input_err(format!("{}: {e}", p.display()));
+    let mut out = serde_json::Map::new();
+    if let Some(p) = pan_token_key {
+        let key = PanTokenKey::load(p).map_err(|e| at(p, &e))?;
+        out.insert("pan_token_key".into(), to_hex(&key.0).into());
+    }
+    if let Some(p) = emv_ca {
+        let text = std::fs::read_to_string(p).map_err(|e| at(p, &e))?;
+        CaKeys::from_json(&text).map_err(|e| at(p, &e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| at(p, &e))?;
+        out.insert("emv_ca".into(), v);
+    }
+    if let Some(p) = acquirer_key {
+        let text = std::fs::read_to_string(p).map_err(|e| at(p, &e))?;
+        AcquirerKey::from_hex(&text).map_err(|e| at(p, &e))?;
+        out.insert("acquirer_pub".into(), text.trim().to_lowercase().into());
+    }
+    Ok(out)
 }
 
 /// Environment variable that may hold the terminal's master secret (hex).

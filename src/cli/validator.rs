@@ -69,7 +69,26 @@ pub struct ProvisionArgs {
     /// Seconds between upload sessions while the depot answers.
     #[arg(long, default_value_t = 30)]
     pub uplink_interval_s: u64,
+    /// QuickPass: the file of the depot's PAN token key (64 hex digits, mode 0600), already on
+    /// the bus; written as `pan_token_key_file`, relative to the configuration's folder. Not
+    /// with the answer's `pan_token_key`.
+    #[arg(long)]
+    pub pan_token_key_file: Option<PathBuf>,
+    /// QuickPass: CA.json, the UnionPay CA public keys, already on the bus; written as
+    /// `emv_ca_file`. Not with the answer's `emv_ca`.
+    #[arg(long)]
+    pub emv_ca_file: Option<PathBuf>,
+    /// QuickPass: the file of the acquirer's public key (64 hex digits), already on the bus;
+    /// written as `acquirer_key_file`. Not with the answer's `acquirer_pub`.
+    #[arg(long)]
+    pub acquirer_key_file: Option<PathBuf>,
 }
+
+/// Files `provision` writes beside the configuration when the depot's answer carries the
+/// QuickPass keys (`depot terminal add --pan-token-key --emv-ca --acquirer-key`).
+pub const PAN_TOKEN_KEY_FILE_NAME: &str = "pan-token.key";
+pub const EMV_CA_FILE_NAME: &str = "emv-ca.json";
+pub const ACQUIRER_KEY_FILE_NAME: &str = "acquirer.pub";
 
 /// `fare-validator repin-operator-key`.
 #[derive(clap::Args, Debug, Clone)]
@@ -89,6 +108,178 @@ struct TerminalAnswer {
     secret: String,
     /// Null when the station has no operator key imported yet (it never makes one).
     operator_pub: Option<String>,
+    /// QuickPass, when the station was given them: the PAN token key (64 hex digits), the
+    /// CA.json object and the acquirer's public key (64 hex digits).
+    #[serde(default)]
+    pan_token_key: Option<String>,
+    #[serde(default)]
+    emv_ca: Option<serde_json::Value>,
+    #[serde(default)]
+    acquirer_pub: Option<String>,
+}
+
+/// The three QuickPass files of `validator.toml` (docs/quickpass.md).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QuickPassKey {
+    PanToken,
+    EmvCa,
+    Acquirer,
+}
+
+impl QuickPassKey {
+    const ALL: [QuickPassKey; 3] = [
+        QuickPassKey::PanToken,
+        QuickPassKey::EmvCa,
+        QuickPassKey::Acquirer,
+    ];
+
+    /// Its field in `validator.toml`.
+    fn field(self) -> &'static str {
+        match self {
+            QuickPassKey::PanToken => "pan_token_key_file",
+            QuickPassKey::EmvCa => "emv_ca_file",
+            QuickPassKey::Acquirer => "acquirer_key_file",
+        }
+    }
+
+    /// The file `provision` writes when the depot's answer carries it.
+    fn file_name(self) -> &'static str {
+        match self {
+            QuickPassKey::PanToken => PAN_TOKEN_KEY_FILE_NAME,
+            QuickPassKey::EmvCa => EMV_CA_FILE_NAME,
+            QuickPassKey::Acquirer => ACQUIRER_KEY_FILE_NAME,
+        }
+    }
+
+    /// The operator's option and the depot answer's field (as text).
+    fn given<'a>(
+        self,
+        args: &'a ProvisionArgs,
+        answer: &TerminalAnswer,
+    ) -> (Option<&'a Path>, Option<String>) {
+        match self {
+            QuickPassKey::PanToken => (
+                args.pan_token_key_file.as_deref(),
+                answer.pan_token_key.clone(),
+            ),
+            QuickPassKey::EmvCa => (
+                args.emv_ca_file.as_deref(),
+                answer.emv_ca.as_ref().map(|v| v.to_string()),
+            ),
+            QuickPassKey::Acquirer => (
+                args.acquirer_key_file.as_deref(),
+                answer.acquirer_pub.clone(),
+            ),
+        }
+    }
+
+    /// The operator's file, read as the validator reads it.
+    fn check_file(self, path: &Path) -> Result<(), String> {
+        use crate::card::acquirer::AcquirerKey;
+        use crate::card::quickpass::{CaKeys, PanTokenKey};
+        match self {
+            QuickPassKey::PanToken => PanTokenKey::load(path).map(drop).map_err(|e| e.to_string()),
+            QuickPassKey::EmvCa => CaKeys::load(path).map(drop),
+            QuickPassKey::Acquirer => AcquirerKey::load(path).map(drop),
+        }
+    }
+
+    /// What the depot's answer carried, read as the validator would read its file.
+    fn check_text(self, text: &str) -> Result<(), String> {
+        use crate::card::acquirer::AcquirerKey;
+        use crate::card::quickpass::{CaKeys, PanTokenKey};
+        match self {
+            QuickPassKey::PanToken => PanTokenKey::from_hex(text)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            QuickPassKey::EmvCa => CaKeys::from_json(text).map(drop),
+            QuickPassKey::Acquirer => AcquirerKey::from_hex(text)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// One QuickPass file of the configuration: given by the operator (a file already on the
+/// bus), or carried by the depot's answer (written beside the configuration).
+enum QuickPassFile<'a> {
+    None,
+    Operator(&'a Path),
+    Depot { key: QuickPassKey, text: String },
+}
+
+impl QuickPassFile<'_> {
+    /// The path as `validator.toml` names it.
+    fn field(&self) -> Option<PathBuf> {
+        match self {
+            QuickPassFile::None => None,
+            QuickPassFile::Operator(p) => Some(p.to_path_buf()),
+            QuickPassFile::Depot { key, .. } => Some(PathBuf::from(key.file_name())),
+        }
+    }
+}
+
+/// The QuickPass files from the operator's options and the depot's answer, each checked as
+/// the validator reads it; a file given both ways is refused (which one is meant is not
+/// known), and so is a file the answer carries where one exists already.
+fn quickpass_files<'a>(
+    args: &'a ProvisionArgs,
+    answer: &TerminalAnswer,
+    base: &Path,
+) -> Result<[QuickPassFile<'a>; 3], CmdError> {
+    let pick = |key: QuickPassKey| -> Result<QuickPassFile<'a>, CmdError> {
+        let bad = |e: String| bad_input(format!("{}: {e}", key.field()));
+        match key.given(args, answer) {
+            (Some(_), Some(_)) => Err(bad(
+                "given by the operator and by the depot's answer: give it once".into(),
+            )),
+            (Some(p), None) => {
+                key.check_file(&base.join(p)).map_err(bad)?;
+                Ok(QuickPassFile::Operator(p))
+            }
+            (None, Some(text)) => {
+                key.check_text(&text).map_err(bad)?;
+                let path = base.join(key.file_name());
+                if path.exists() {
+                    return Err(bad(format!(
+                        "{}: exists; provision never replaces it",
+                        path.display()
+                    )));
+                }
+                Ok(QuickPassFile::Depot { key, text })
+            }
+            (None, None) => Ok(QuickPassFile::None),
+        }
+    };
+    let [a, b, c] = QuickPassKey::ALL;
+    Ok([pick(a)?, pick(b)?, pick(c)?])
+}
+
+/// Write the files the depot's answer carried beside the configuration (never over one): the
+/// PAN token key with mode 0600, like the terminal's secret.
+fn write_quickpass_files(files: &[QuickPassFile<'_>; 3], base: &Path) -> Result<(), CmdError> {
+    for f in files {
+        let QuickPassFile::Depot { key, text } = f else {
+            continue;
+        };
+        let path = base.join(key.file_name());
+        let at = |e: std::io::Error| runtime(format!("{}: {e}", path.display()));
+        if *key == QuickPassKey::PanToken {
+            let key = crate::card::quickpass::PanTokenKey::from_hex(text).map_err(bad_input)?;
+            write_secret_file(&path, &key.0).map_err(at)?;
+        } else {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(at)?;
+            file.write_all(text.trim().as_bytes()).map_err(at)?;
+            file.write_all(b"\n").map_err(at)?;
+            file.sync_all().map_err(at)?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_key(hex: &str) -> Result<ed25519_dalek::VerifyingKey, CmdError> {
@@ -146,6 +337,7 @@ pub fn provision(args: &ProvisionArgs) -> Result<(), CmdError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let secret_name = PathBuf::from(format!("{}.secret", answer.terminal));
+    let [pan_token_key, emv_ca, acquirer_key] = quickpass_files(args, &answer, base)?;
     let cfg = ValidatorConfig {
         terminal_id: answer.terminal.clone(),
         route: args.route,
@@ -160,9 +352,9 @@ pub fn provision(args: &ProvisionArgs) -> Result<(), CmdError> {
         utc_offset_min: args.utc_offset_min,
         tap_priority: args.tap_priority,
         uplink_interval_s: args.uplink_interval_s,
-        pan_token_key_file: None,
-        emv_ca_file: None,
-        acquirer_key_file: None,
+        pan_token_key_file: pan_token_key.field(),
+        emv_ca_file: emv_ca.field(),
+        acquirer_key_file: acquirer_key.field(),
     };
     cfg.check().map_err(bad_input)?;
     let data_dir = base.join(&args.data_dir);
@@ -172,6 +364,8 @@ pub fn provision(args: &ProvisionArgs) -> Result<(), CmdError> {
     let secret_path = base.join(&secret_name);
     write_secret_file(&secret_path, &secret)
         .map_err(|e| runtime(format!("{}: {e}", secret_path.display())))?;
+    let quickpass = [pan_token_key, emv_ca, acquirer_key];
+    write_quickpass_files(&quickpass, base)?;
     std::fs::write(&args.config, cfg.to_commented_toml())
         .map_err(|e| runtime(format!("{}: {e}", args.config.display())))?;
     println!(
@@ -181,6 +375,9 @@ pub fn provision(args: &ProvisionArgs) -> Result<(), CmdError> {
             "secret_file": secret_path,
             "terminal": answer.terminal,
             "operator_pub_pinned": operator_pub.trim(),
+            "pan_token_key_file": quickpass[0].field(),
+            "emv_ca_file": quickpass[1].field(),
+            "acquirer_key_file": quickpass[2].field(),
         })
     );
     Ok(())
