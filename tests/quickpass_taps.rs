@@ -7,9 +7,15 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use fare_validator::card::apdu::{CardChannel, ChannelError, Response};
-use fare_validator::card::quickpass::{read_card, ReadError, TerminalData};
-use fare_validator::card::sim_quickpass::{QpRemoval, QuickPassSpec, SimQuickPass};
+use fare_validator::card::quickpass::{read_card, CaKeys, PanTokenKey, ReadError, TerminalData};
+use fare_validator::card::sim::TestKeys;
+use fare_validator::card::sim_quickpass::{
+    QpRemoval, QuickPassSpec, SimPhysicalCard, SimQuickPass,
+};
+use fare_validator::clock::Timestamp;
+use fare_validator::journal::{self, acquirer::ACQUIRER_FILE};
 use fare_validator::replay::{self, ReplayOptions};
+use fare_validator::types::Reason;
 use serde_json::{json, Value};
 
 const PAN: &str = "6214830000000001";
@@ -167,6 +173,34 @@ fn card_leaving_at_each_step_of_the_dialogue_is_card_removed() {
     assert!(read_card(&mut card, &terminal()).is_ok());
 }
 
+/// Through the engine: the card leaving before or after each of its six commands is
+/// `card_removed` and records nothing (no record, no acquirer entry); the next tap rides and is
+/// the journal's first record.
+#[test]
+fn card_leaving_at_each_step_records_nothing_through_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = common::sim_validator(dir.path(), TestKeys::default());
+    let ca = CaKeys::from_json(&vectors()["ca_keys"].to_string()).unwrap();
+    v.set_quickpass(ca, PanTokenKey::TEST, 1);
+    let mut at = Timestamp::parse_rfc3339(AT).unwrap();
+    for n in 1..=6u8 {
+        for removal in [QpRemoval::BeforeCommand(n), QpRemoval::AfterCommand(n)] {
+            let mut card = SimPhysicalCard::new(None, Some(sim_card()));
+            card.quickpass.as_mut().unwrap().enter_field(Some(removal));
+            let d = v.tap_card(&mut card, at);
+            assert_eq!(d.outcome, Err(Reason::CardRemoved), "{removal:?}");
+            assert_eq!(d.seq, None, "{removal:?}");
+            at = at.plus_s(1);
+        }
+    }
+    assert!(journal::scan(dir.path()).unwrap().records.is_empty());
+    let side = dir.path().join(ACQUIRER_FILE);
+    assert_eq!(std::fs::metadata(&side).map_or(0, |m| m.len()), 0);
+    let mut card = SimPhysicalCard::new(None, Some(sim_card()));
+    let d = v.tap_card(&mut card, at);
+    assert_eq!((d.outcome, d.seq), (Ok(()), Some(1)));
+}
+
 /// A card whose answers are changed by `edit` (command number, answer data).
 struct Garbling<F: FnMut(usize, &mut Vec<u8>)> {
     card: SimQuickPass,
@@ -222,6 +256,71 @@ fn malformed_tlv_and_truncated_records_are_unreadable() {
         let got = read_card(&mut card, &terminal());
         assert!(got.is_err(), "answer {n} with a long length: {got:?}");
     }
+}
+
+/// A physical card whose answer to command `k` (counted from the transport SELECT) is cut
+/// by `cut` bytes, or, with `cut` 0, has its length byte overstated.
+struct Cutting {
+    card: SimPhysicalCard,
+    n: usize,
+    k: usize,
+    cut: usize,
+}
+
+impl CardChannel for Cutting {
+    fn transmit(&mut self, command: &[u8], response: &mut Response) -> Result<(), ChannelError> {
+        self.card.transmit(command, response)?;
+        self.n += 1;
+        if self.n == self.k {
+            let mut data = response.data.to_vec();
+            if self.cut == 0 && data.len() > 2 {
+                data[1] = 0x7F;
+            } else {
+                data.truncate(data.len().saturating_sub(self.cut));
+            }
+            let sw = response.sw;
+            response.set(&data, sw);
+        }
+        Ok(())
+    }
+}
+
+/// Through the engine: each answer of the QuickPass dialogue (PPSE, SELECT, GPO, three
+/// records) cut short is `unreadable`, an overstated length is refused, never a panic, and
+/// nothing is recorded; the card rides once its answers are whole.
+#[test]
+fn malformed_and_truncated_answers_are_refused_through_the_engine_and_record_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = common::sim_validator(dir.path(), TestKeys::default());
+    let ca = CaKeys::from_json(&vectors()["ca_keys"].to_string()).unwrap();
+    v.set_quickpass(ca, PanTokenKey::TEST, 1);
+    let mut at = Timestamp::parse_rfc3339(AT).unwrap();
+    // Command 1 is the transport SELECT (no such application here); 2 to 7 are QuickPass's.
+    for k in 2..=7 {
+        for cut in [0usize, 1, 2, 5, 40] {
+            let mut card = Cutting {
+                card: SimPhysicalCard::new(None, Some(sim_card())),
+                n: 0,
+                k,
+                cut,
+            };
+            let d = v.tap_card(&mut card, at);
+            assert_eq!(d.seq, None, "answer {k} cut by {cut}: {d:?}");
+            if cut > 0 {
+                assert_eq!(
+                    d.outcome,
+                    Err(Reason::Unreadable),
+                    "answer {k} cut by {cut}"
+                );
+            } else {
+                assert!(!d.accepted(), "answer {k} with an overstated length: {d:?}");
+            }
+            at = at.plus_s(1);
+        }
+    }
+    assert!(journal::scan(dir.path()).unwrap().records.is_empty());
+    let mut card = SimPhysicalCard::new(None, Some(sim_card()));
+    assert_eq!(v.tap_card(&mut card, at).seq, Some(1));
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
