@@ -271,6 +271,12 @@ fn recovers_debit_after_card_pulled_away_and_charges_once() {
         fare_validator::journal::RecordKind::CardRecovered
     );
     assert_eq!(records[0].fare_fen, 200);
+    // Priced before the debit: the grey record kept the rule for the recovered record.
+    assert_eq!(
+        records[0].rule,
+        fare_validator::fare::FareRule::BaseFare,
+        "the rule its intent promised"
+    );
 }
 
 #[test]

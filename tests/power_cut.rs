@@ -93,6 +93,8 @@ fn debit_cut_by_power_is_recovered_after_restarts() {
     let records = journal::scan(dir.path()).unwrap().records;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].kind, RecordKind::CardRecovered);
+    // The rule that priced it, kept on disk in the grey record across the restarts.
+    assert_eq!(records[0].rule, fare_validator::fare::FareRule::BaseFare);
     let mut v = start(dir.path(), psam);
     assert!(v.journal().grey_open().is_empty());
     a.enter_field(None);
