@@ -215,6 +215,8 @@ fn taps(data: &[u8]) {
         purse_word,
         issuer_city: None,
         interop: None,
+        concession_until: None,
+        annual_review_until: None,
     };
     let keys = TestKeys::default();
     let Ok(card) = SimCard::new(&spec, &keys, 7) else {
