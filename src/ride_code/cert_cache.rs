@@ -45,35 +45,42 @@ impl CertCache {
         }
     }
 
-    /// The holder key of this exact certificate, if it verified before.
-    pub(crate) fn get(&mut self, cert: &[u8; CERT_BYTES]) -> Option<&VerifyKey> {
+    /// The holder key of this exact certificate: the one kept if it verified before, or else
+    /// the one `check` gives, kept (evicting the set's least recently used entry when the
+    /// set is full), or `check`'s error, nothing kept. The certificate is hashed and its set
+    /// searched once either way.
+    pub(crate) fn get_or_check<E>(
+        &mut self,
+        cert: &[u8; CERT_BYTES],
+        check: impl FnOnce() -> Result<VerifyKey, E>,
+    ) -> Result<&VerifyKey, E> {
         self.tick += 1;
         let tick = self.tick;
         let set = set_of(cert);
-        let slot = self.slots[set..set + CERT_CACHE_WAYS]
-            .iter_mut()
-            .flatten()
-            .find(|s| s.cert == *cert)?;
-        slot.last_used = tick;
-        Some(&slot.key)
-    }
-
-    /// Remembers a certificate whose signature verified, evicting the set's least recently
-    /// used entry when the set is full.
-    pub(crate) fn insert(&mut self, cert: &[u8; CERT_BYTES], key: VerifyKey) {
-        self.tick += 1;
-        let set = set_of(cert);
         let ways = &mut self.slots[set..set + CERT_CACHE_WAYS];
-        let victim = ways
+        let found = ways
             .iter()
-            .enumerate()
-            .min_by_key(|(_, s)| s.as_ref().map_or(0, |s| s.last_used))
-            .map_or(0, |(i, _)| i);
-        ways[victim] = Some(Slot {
-            cert: *cert,
-            key,
-            last_used: self.tick,
-        });
+            .position(|s| s.as_ref().is_some_and(|s| s.cert == *cert));
+        let way = match found {
+            Some(way) => way,
+            None => {
+                let key = check()?;
+                let victim = ways
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| s.as_ref().map_or(0, |s| s.last_used))
+                    .map_or(0, |(i, _)| i);
+                ways[victim] = Some(Slot {
+                    cert: *cert,
+                    key,
+                    last_used: tick,
+                });
+                victim
+            }
+        };
+        let slot = ways[way].as_mut().expect("a slot found or just filled");
+        slot.last_used = tick;
+        Ok(&slot.key)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -107,29 +114,51 @@ mod tests {
         c
     }
 
+    /// Whether the cache holds `cert` (a lookup that keeps nothing).
+    fn holds(cache: &mut CertCache, cert: &[u8; CERT_BYTES]) -> bool {
+        cache.get_or_check(cert, || Err(())).is_ok()
+    }
+
+    fn remember(cache: &mut CertCache, cert: &[u8; CERT_BYTES]) {
+        assert!(cache.get_or_check(cert, || Ok::<_, ()>(key())).is_ok());
+    }
+
     #[test]
     fn hit_needs_identical_bytes() {
         let mut cache = CertCache::new();
-        cache.insert(&cert(1), key());
-        assert!(cache.get(&cert(1)).is_some());
+        remember(&mut cache, &cert(1));
+        assert!(holds(&mut cache, &cert(1)));
         let mut other = cert(1);
         other[CERT_BYTES - 1] ^= 1;
-        assert!(cache.get(&other).is_none());
+        assert!(!holds(&mut cache, &other));
+        assert_eq!(cache.len(), 1, "a failed check keeps nothing");
+    }
+
+    #[test]
+    fn a_hit_does_not_check_again() {
+        let mut cache = CertCache::new();
+        remember(&mut cache, &cert(1));
+        let mut checked = false;
+        let got = cache.get_or_check(&cert(1), || {
+            checked = true;
+            Err(())
+        });
+        assert!(got.is_ok() && !checked);
     }
 
     #[test]
     fn stays_bounded_and_keeps_recently_used() {
         let mut cache = CertCache::new();
         let first = cert(0);
-        cache.insert(&first, key());
+        remember(&mut cache, &first);
         for n in 1..(3 * CERT_CACHE_ENTRIES_MAX as u32) {
-            cache.insert(&cert(n), key());
+            remember(&mut cache, &cert(n));
             // Touch the first certificate now and then, as a regular rider would.
             if n % 2 == 0 {
-                assert!(cache.get(&first).is_some(), "evicted at {n}");
+                assert!(holds(&mut cache, &first), "evicted at {n}");
             }
         }
         assert!(cache.len() <= CERT_CACHE_ENTRIES_MAX);
-        assert!(cache.get(&first).is_some());
+        assert!(holds(&mut cache, &first));
     }
 }

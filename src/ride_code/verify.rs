@@ -274,7 +274,7 @@ fn holder_key<'c>(
     certs_from_set: &mut u64,
 ) -> Result<(&'c VerifyKey, Option<bool>), Reason> {
     let mut code_verified = None;
-    if certs.get(code.cert()).is_none() {
+    let key = certs.get_or_check(code.cert(), || {
         let alg = channel_key.alg();
         // The holder key, if it decodes and the channel signed its certificate.
         let holder = match worker {
@@ -296,8 +296,7 @@ fn holder_key<'c>(
             None => VerifyKey::from_compressed(alg, &code.holder_public_key)
                 .filter(|_| channel_key.verifies(code.cert_signed(), &code.cert_signature)),
         };
-        certs.insert(code.cert(), holder.ok_or(Reason::BadCertificate)?);
-    }
-    let key = certs.get(code.cert()).ok_or(Reason::BadCertificate)?;
+        holder.ok_or(Reason::BadCertificate)
+    })?;
     Ok((key, code_verified))
 }
