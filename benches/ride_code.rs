@@ -371,8 +371,8 @@ fn holders(alg: Alg, n: u64) -> (ChannelKeys, Vec<[String; 2]>) {
     (keys, codes)
 }
 
-/// Returning holders in the alternated comparison: their certificates fit the cache (1,024
-/// entries, 4 ways a set: a thousand holders would not all stay).
+/// Returning holders in the alternated comparison: few enough that no set of the certificate
+/// cache overflows, so every one is a hit.
 const RETURNING_HOLDERS: usize = 100;
 
 /// Where a scan's time goes, alternated call by call, medians (the load of a shared machine
