@@ -345,15 +345,16 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
         if burst.iter().any(|p| p.grey.card_no == info.card_no) {
             return Err(Reason::RepeatTap.into());
         }
-        let (grey, awaiting_group_sync) = self.core.with(|c| {
-            let awaiting = c.deferred.contains(&ListId::Card(info.card_no));
-            (c.journal.grey_for(info.card_no), awaiting)
+        // A card's open intent is recovered, unless its record only waits for the group's
+        // sync (the group is looked through only when an intent is open).
+        let to_recover = self.core.with(|c| {
+            c.journal
+                .grey_for(info.card_no)
+                .filter(|_| !c.deferred.contains(&ListId::Card(info.card_no)))
         });
-        if let Some(g) = grey {
-            if !awaiting_group_sync {
-                if let Some(d) = self.recover(s, g, now)? {
-                    return Ok(Checked::Done(d));
-                }
+        if let Some(g) = to_recover {
+            if let Some(d) = self.recover(s, g, now)? {
+                return Ok(Checked::Done(d));
             }
         }
         if info.enable_flag != 1 {

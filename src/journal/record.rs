@@ -97,7 +97,7 @@
 //! complement), as it came from the card's word; `FFFFFFFF` stays "none" there, as version
 //! 1 defined it.
 
-use crc::{Crc, CRC_32_ISCSI};
+use crc::{Crc, Table, CRC_32_ISCSI};
 
 use super::chain::{Chain, RecordMac, SealKey, RECORD_MAC_BYTES};
 use crate::card::quickpass::{MaskedPan, PanToken};
@@ -143,7 +143,9 @@ const FLAG_NO_CERT_REF: u8 = 0x80;
 const _: () = assert!(FareRule::ALL.len() <= (FLAGS_RULE >> FLAGS_RULE_SHIFT) as usize + 1);
 /// Version 1's "no balance" (read only).
 const V1_NO_BALANCE: u32 = u32::MAX;
-pub const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+/// CRC-32/ISCSI of records, grey entries and side files: slice-by-16 tables (16 KiB, made at
+/// compile time), a few times faster than a byte at a time on a record, the same values.
+pub const CRC32: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
