@@ -440,7 +440,7 @@ impl CardChannel for LoggedCard {
 }
 
 #[test]
-fn a_burst_on_several_readers_syncs_each_half_of_its_intents_before_their_debits_and_its_records_once(
+fn a_burst_on_several_readers_syncs_each_part_of_its_intents_before_their_debits_and_its_records_once(
 ) {
     use fare_validator::card::sim::{CardSpec, SimCard};
     let dir = tempfile::tempdir().unwrap();
@@ -499,12 +499,12 @@ fn a_burst_on_several_readers_syncs_each_half_of_its_intents_before_their_debits
             (Err(Reason::RepeatTap), None)
         ]
     );
-    // The first half's intents (cards 1 and 2) are written while the second half is read and
-    // synced before their debits; the second half's (card 3) written before the first half's
-    // debits and synced before its own: each debit after its own intent's sync, the burst's
-    // records in one write and one sync after every debit. (On the operating system's files
-    // a thread of the journal writes and syncs each half while the cards are read: the same
-    // order for every debit.)
+    // The first part's intents (a third of four cards rounded up: cards 1 and 2) are written
+    // while the rest is read and synced before their debits; the rest's (card 3) written
+    // before the first part's debits and synced before its own: each debit after its own
+    // intent's sync, the burst's records in one write and one sync after every debit. (On the
+    // operating system's files a thread of the journal writes and syncs each part while the
+    // cards are read: the same order for every debit.)
     assert_eq!(
         *events.lock().unwrap(),
         [
@@ -518,7 +518,7 @@ fn a_burst_on_several_readers_syncs_each_half_of_its_intents_before_their_debits
             "journal write",
             "journal sync"
         ],
-        "each half's intents synced before its debits, the records once after them"
+        "each part's intents synced before its debits, the records once after them"
     );
     assert_eq!(v.journal().durable_seq(), 4, "committed before the answers");
     let records = fare_validator::journal::scan(dir.path()).unwrap().records;

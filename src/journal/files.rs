@@ -76,7 +76,7 @@ pub trait FileLayer: Send {
     fn open_segment(&self, path: &Path, len: u64) -> io::Result<Box<dyn SegmentFile>>;
 
     /// Whether the journal may hand a write and sync of `grey.dat` to a thread of its own
-    /// and go on meanwhile (a burst's second half of cards read while the first half's
+    /// and go on meanwhile (a burst's last cards read while the first ones'
     /// intents become durable: [`super::grey::GreyLog::sync_begin`]). A layer that answers
     /// false gets the write at once and the sync later, both on the caller's thread, so a
     /// simulated storage sees every step in order, the same in every run.

@@ -397,7 +397,7 @@ struct Job {
 }
 
 /// The thread that writes and syncs `grey.dat` while the caller goes on (a burst's second
-/// half of cards read while the first half's intents become durable). One job at a time: the
+/// cards read while the first part's intents become durable). One job at a time: the
 /// channels hold one each, sized when the thread starts, so a job allocates nothing.
 struct Writer {
     jobs: Option<mpsc::SyncSender<Job>>,
