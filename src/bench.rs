@@ -2,10 +2,9 @@
 //! user would otherwise write, in the same process, on the same cards and taps.
 //!
 //! - card taps with a large blacklist, the journal in memory (no sync);
-//! - card taps made durable by group commit (a burst's grey records synced in two parts,
-//!   each while the other part's cards are read or debited and before its own debits, its
-//!   records in one sync after them; a tap's latency runs until its group's record sync
-//!   returns);
+//! - card taps made durable by group commit (a burst's grey records share one fdatasync
+//!   before any of its debits, its records one more after them; a tap's latency runs until
+//!   its group's record sync returns);
 //! - the baseline: the same card dialogue, but a SQLite query per tap for the blacklist and
 //!   one SQLite INSERT per tap with `synchronous=FULL` for the record.
 //!
@@ -13,8 +12,7 @@
 //! worth of readers, one card on each: [`Validator::tap_burst`]), the next burst when the last
 //! is answered. A tap's latency runs from its burst's arrival to its answer, which is only
 //! given once its record is durable. Group commit exists for exactly this: the burst's
-//! intents share two syncs (a part each, made while the cards are read and debited) and its
-//! records another, while the baseline pays one commit per
+//! intents share one sync and its records another, while the baseline pays one commit per
 //! tap, one after another. The same taps one at a time (bursts of one, where group commit has
 //! nothing to share: the intent's sync, then the record's) are reported beside it.
 

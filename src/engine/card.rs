@@ -32,22 +32,7 @@ struct Prepared {
     known_balance: Option<BalanceFen>,
     /// What the display says of the fare (an ended concession, another rider).
     fare_note: Option<FareNote>,
-    /// The intent's ticket once queued ([`crate::journal::Journal::grey_durable`]): the
-    /// debit waits until it is durable.
-    grey_ticket: u64,
 }
-
-/// A burst's cards are read up to the debit in two parts, the first `1 / this` of them
-/// (rounded up), so that each part's intents become durable while the other part's cards are
-/// read or debited: reading a card up to its debit costs a fraction of signing and debiting
-/// it (the PSAM's and the card's cryptography), so the first part is the smaller, and its
-/// intents' write is hidden behind the reading of the rest, the rest's behind the first
-/// part's debits. Measured on the development machine (bursts of 128, the grey write on the
-/// journal's thread): a third waited 52–60 µs a write for it, a half 68–100 µs.
-pub const BURST_FIRST_PART_DIV: usize = 3;
-
-/// The ticket of an intent not (or no longer) queued: never durable.
-const INTENT_NOT_WRITTEN: u64 = u64::MAX;
 
 /// How a card's checks ended: decided already (a refusal, a recovered debit), or a purchase
 /// waiting for its intent to be durable.
@@ -89,7 +74,7 @@ pub fn tap_card_with<P: CardChannel, A: CoreAccess, C: CardChannel + ?Sized>(
             Checked::Done(d) => Ok(d),
             Checked::Purchase(mut p) => {
                 p.grey.terminal_seq = tap.sign_purchase(&mut s, &mut p)?;
-                p.grey_ticket = tap.write_intent(&p, true)?;
+                tap.write_intent(&p, true)?;
                 tap.finish_purchase(&mut s, &p, now)
             }
         });
@@ -115,16 +100,10 @@ impl<P: CardChannel> Validator<P> {
 
     /// Cards tapped on several readers at once (doors with a reader each, a depot's gate):
     /// the first [`GROUP_COMMIT_TAPS_MAX`] of `cards` are tapped, the rest are left for the
-    /// next burst. Each card's dialogue runs up to its debit and its grey record is queued.
-    /// The intents of the first part of the cards (a third) are handed to be written and
-    /// synced once its cards are read, and become durable while the rest is read (on the
-    /// operating system's files a thread of the journal writes them); the rest's are handed
-    /// over next, and become durable while the first part is debited. Each card is then
-    /// debited, once
-    /// its own intent is durable, and its record appended; the records share one journal
-    /// commit. Each debit still follows its own intent's sync: a burst costs three syncs,
-    /// not two per tap, of which only the records' is waited for when the cards take longer
-    /// to read and debit than a sync takes.
+    /// next burst. Each card's dialogue runs up to its debit and its grey record is written;
+    /// one sync of `grey.dat` makes every intent durable; then each card is debited and its
+    /// record appended, and the records share one journal commit. Each debit still follows
+    /// its own intent's sync: a burst costs two syncs, not two per tap.
     ///
     /// Returns one decision per card tapped, in order. In group-commit mode the records
     /// wait for [`Validator::commit`] like any tap's; otherwise they are committed before
@@ -157,14 +136,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
         let mut decisions: heapless::Vec<Decision, GROUP_COMMIT_TAPS_MAX> = heapless::Vec::new();
         let mut prepared: heapless::Vec<Prepared, GROUP_COMMIT_TAPS_MAX> = heapless::Vec::new();
         let mut slots: heapless::Vec<usize, GROUP_COMMIT_TAPS_MAX> = heapless::Vec::new();
-        let taken = cards.len().min(GROUP_COMMIT_TAPS_MAX);
-        // The first part's intents become durable while the rest of the cards are read, the
-        // rest's while the first part is debited.
-        let second_part = taken.div_ceil(BURST_FIRST_PART_DIV);
-        for (i, card) in cards.iter_mut().take(taken).enumerate() {
-            if i == second_part {
-                self.intents_sync_begin();
-            }
+        for (i, card) in cards.iter_mut().take(GROUP_COMMIT_TAPS_MAX).enumerate() {
             let mut s = CardSession::new(card);
             let mut subject = Subject::Unknown;
             let step = self
@@ -176,8 +148,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
                             .psam
                             .next_terminal_seq()
                             .map_or(0, |n| n.wrapping_add(prepared.len() as u32));
-                        p.grey_ticket = self.write_intent(&p, false)?;
-                        Ok(Checked::Purchase(p))
+                        self.write_intent(&p, false).map(|()| Checked::Purchase(p))
                     }
                     Checked::Done(_) => Ok(step),
                 });
@@ -194,7 +165,17 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             };
             let _ = decisions.push(d);
         }
-        self.intents_sync_begin();
+        if !prepared.is_empty() {
+            if let Err(e) = self.core.with(|c| c.journal.grey_sync()) {
+                tracing::error!(error = %e, "grey records not synced: no debit, no ride");
+                self.core.with(|c| {
+                    for p in &prepared {
+                        c.journal.grey_void(p.grey.card_no);
+                    }
+                });
+                prepared.clear();
+            }
+        }
         for k in 0..prepared.len() {
             let i = slots[k];
             let mut s = CardSession::new(&mut cards[i]);
@@ -234,21 +215,10 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
         decisions
     }
 
-    /// Start making the burst's intents queued so far durable while the dialogue goes on
-    /// (a thread of the journal writes and syncs them). If it cannot start, their debits
-    /// are never sent: each card's durability is checked before its MAC1.
-    fn intents_sync_begin(&mut self) {
-        if let Err(e) = self.core.with(|c| c.journal.grey_sync_begin()) {
-            tracing::error!(error = %e, "grey records not synced: no debit, no ride");
-        }
-    }
-
-    /// Sign the first of a burst's purchases left (`rest[0]`), once its intent is durable
-    /// (else it is voided: `storage_unavailable`, nothing sent). If MAC1 took another
-    /// terminal sequence than its intent says (the first burst after a start, a MAC1 whose
-    /// answer was lost), the intents of `rest` are written again from MAC1's and synced,
-    /// before any of their debits. If signing fails, nothing was debited: the intent is
-    /// voided.
+    /// Sign the first of a burst's purchases left (`rest[0]`). If MAC1 took another terminal
+    /// sequence than its intent says (the first burst after a start, a MAC1 whose answer was
+    /// lost), the intents of `rest` are written again from MAC1's and synced, before any of
+    /// their debits. If signing fails, nothing was debited: the intent is voided.
     fn sign_burst_purchase<C: CardChannel + ?Sized>(
         &mut self,
         s: &mut CardSession<'_, C>,
@@ -257,15 +227,6 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
         let Some(p) = rest.first_mut() else {
             return Ok(());
         };
-        let durable = self.core.with(|c| c.journal.grey_durable(p.grey_ticket));
-        if !durable {
-            // Its intent's sync failed: nothing is sent to the card.
-            self.core.with(|c| c.journal.grey_void(p.grey.card_no));
-            return Err(Refusal {
-                reason: Reason::StorageUnavailable,
-                balance_fen: p.known_balance,
-            });
-        }
         let terminal_seq = match self.sign_purchase(s, p) {
             Ok(seq) => seq,
             Err(r) => {
@@ -281,17 +242,10 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             written = p.grey.terminal_seq,
             "grey records written ahead again"
         );
+        let mut written = Ok(());
         for (n, q) in rest.iter_mut().enumerate() {
             q.grey.terminal_seq = terminal_seq.wrapping_add(n as u32);
-            // Until written again, the intent on disk says another sequence: no debit.
-            q.grey_ticket = INTENT_NOT_WRITTEN;
-        }
-        let mut written = Ok(());
-        for q in rest.iter_mut() {
-            written = written.and_then(|()| {
-                q.grey_ticket = self.write_intent(q, false)?;
-                Ok(())
-            });
+            written = written.and_then(|()| self.write_intent(q, false));
         }
         let synced = written.and_then(|()| {
             self.core.with(|c| c.journal.grey_sync()).map_err(|e| {
@@ -303,7 +257,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             })
         });
         if synced.is_err() {
-            // Not debited; the rest are refused by their own check (their intents are not
+            // Not debited; the rest are refused by `finish_purchase` (their intents are not
             // durable) and voided there.
             self.core
                 .with(|c| c.journal.grey_void(rest[0].grey.card_no));
@@ -313,7 +267,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
 
     /// Write the purchase's intent (synced, or to be synced with others' before any of
     /// their debits). On error the card is not debited: `storage_unavailable`.
-    fn write_intent(&mut self, p: &Prepared, sync: bool) -> Result<u64, Refusal> {
+    fn write_intent(&mut self, p: &Prepared, sync: bool) -> Result<(), Refusal> {
         let written = self.core.with(|c| {
             c.journal_ready().and_then(|()| {
                 if sync {
@@ -562,7 +516,6 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             mac1: None,
             known_balance,
             fare_note,
-            grey_ticket: INTENT_NOT_WRITTEN,
         })
     }
 
@@ -601,7 +554,7 @@ impl<P: CardChannel, A: CoreAccess> CardTap<'_, P, A> {
             known_balance,
             ..
         } = *p;
-        let durable = self.core.with(|c| c.journal.grey_durable(p.grey_ticket));
+        let durable = self.core.with(|c| c.journal.grey_durable());
         let (Some(mac1), true) = (p.mac1, durable) else {
             // Never debit unsigned or ahead of the intent (its sync did not succeed): nothing
             // was sent to the card, so there is nothing in doubt.

@@ -353,12 +353,11 @@ impl Core {
     pub fn commit(&mut self) -> Result<u64, JournalError> {
         let result = self.journal.commit();
         if result.is_ok() {
-            let deferred = std::mem::take(&mut self.deferred);
-            self.journal
-                .grey_settle_all(deferred.iter().filter_map(|id| match id {
-                    ListId::Card(card_no) => Some(*card_no),
-                    _ => None,
-                }));
+            for id in std::mem::take(&mut self.deferred) {
+                if let ListId::Card(card_no) = id {
+                    self.journal.grey_settle(card_no);
+                }
+            }
         } else {
             self.deferred.clear();
         }

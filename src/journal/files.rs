@@ -75,15 +75,6 @@ pub trait FileLayer: Send {
     /// power cut as surely as what is written in it).
     fn open_segment(&self, path: &Path, len: u64) -> io::Result<Box<dyn SegmentFile>>;
 
-    /// Whether the journal may hand a write and sync of `grey.dat` to a thread of its own
-    /// and go on meanwhile (a burst's last cards read while the first ones'
-    /// intents become durable: [`super::grey::GreyLog::sync_begin`]). A layer that answers
-    /// false gets the write at once and the sync later, both on the caller's thread, so a
-    /// simulated storage sees every step in order, the same in every run.
-    fn syncs_behind(&self) -> bool {
-        false
-    }
-
     /// Open `path`, which another handle writes (a side file of its own), only to sync it.
     fn open_for_sync(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
         self.open_segment(path, 0)
@@ -341,10 +332,6 @@ impl FileLayer for OsFiles {
     fn open_for_sync(&self, path: &Path) -> io::Result<Box<dyn SegmentFile>> {
         let file = fs::OpenOptions::new().read(true).write(true).open(path)?;
         Ok(Box::new(AlwaysSync(file)))
-    }
-
-    fn syncs_behind(&self) -> bool {
-        true
     }
 }
 

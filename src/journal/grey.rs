@@ -49,15 +49,7 @@
 //! - An intent is written and synced before the debit is sent; if that fails, the debit is
 //!   not sent (the tap is refused `storage_unavailable`).
 //! - Several intents may share one sync (taps on several readers at once): none of their
-//!   debits is sent before it returns. Each intent has a ticket, and a debit waits until
-//!   its own ticket is durable ([`GreyLog::is_durable`]), not for intents queued after it.
-//! - A sync may be handed over and run while the caller goes on ([`GreyLog::sync_begin`]):
-//!   on the operating system's files a thread of the journal writes and syncs the queued
-//!   entries (it holds the file meanwhile, and every other use of the file waits for it);
-//!   on a file layer that syncs on the caller's thread ([`FileLayer::syncs_behind`] false,
-//!   the power-cut sweep's simulated storage) they are written at once and synced when a
-//!   debit needs them, so every step comes in the same order in every run. A failed write
-//!   leaves its intents not durable and queues their entries again.
+//!   debits is sent before it returns.
 //! - Entries wait in memory (at most [`GREY_BUFFER_ENTRIES`]) and go to the file in one
 //!   write at the next sync, so a sync costs one write and one `fdatasync`, whatever the
 //!   number of entries. Settling and voiding have no sync of their own: the next intent's
@@ -75,7 +67,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use super::record::CRC32;
 use super::{FileLayer, Problem, Record, SegmentFile};
@@ -367,106 +358,23 @@ fn scan_grey_bytes(path: &Path, bytes: &[u8]) -> GreyScan {
     out
 }
 
-/// Where the entries handed over by [`GreyLog::sync_begin`] stand.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Flight {
-    /// Nothing handed over.
-    Idle,
-    /// Written on the caller's thread and not yet synced: a file layer with no writer thread
-    /// ([`FileLayer::syncs_behind`] false), so that every step of a simulated storage comes
-    /// in order.
-    Written {
-        /// Intents up to this ticket are durable once it lands.
-        intents_upto: u64,
-    },
-    /// Being written and synced by the writer thread, which holds the file meanwhile.
-    Writing {
-        intents_upto: u64,
-        /// Entries in the write (from the slot before `next_slot` moved past them).
-        entries: u64,
-    },
-}
-
-/// One write and sync of `grey.dat` on the writer thread: the file, the entries and their
-/// place go there, and come back with the result.
-struct Job {
-    file: Box<dyn SegmentFile>,
-    bytes: Vec<u8>,
-    at: u64,
-    result: io::Result<()>,
-}
-
-/// The thread that writes and syncs `grey.dat` while the caller goes on (a burst's second
-/// cards read while the first part's intents become durable). One job at a time: the
-/// channels hold one each, sized when the thread starts, so a job allocates nothing.
-struct Writer {
-    jobs: Option<mpsc::SyncSender<Job>>,
-    done: mpsc::Receiver<Job>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn spawn() -> io::Result<Writer> {
-        let (jobs, todo) = mpsc::sync_channel::<Job>(1);
-        let (finished, done) = mpsc::sync_channel::<Job>(1);
-        let thread = std::thread::Builder::new()
-            .name("grey-writer".into())
-            .spawn(move || {
-                for mut job in todo {
-                    job.result = job
-                        .file
-                        .write_at(job.at, &job.bytes)
-                        .and_then(|()| job.file.sync());
-                    if finished.send(job).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Writer {
-            jobs: Some(jobs),
-            done,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        // No more jobs: the thread's loop ends.
-        self.jobs = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// The writer side of `grey.dat`, with the open intents in memory.
 pub struct GreyLog {
     path: PathBuf,
-    /// `None` when it must be opened again, and while the writer thread holds it.
     file: Option<Box<dyn SegmentFile>>,
     /// The lap being written.
     lap: u32,
-    /// Slots of this lap written to the file (or handed to the writer thread): the next
-    /// entry goes to this slot.
+    /// Slots of this lap written to the file: the next entry goes to this slot.
     next_slot: u64,
     /// The end of the bytes of the file that may not be zeros or older laps' entries.
     written_end: u64,
     /// Entries not yet written, in order (at most [`GREY_BUFFER_ENTRIES`]; sized at open).
     buf: Vec<u8>,
-    /// The buffer the next write hands to the writer thread is swapped for (sized at open).
-    spare: Vec<u8>,
     open: heapless::Vec<GreyRecord, GREY_OPEN_MAX>,
     /// The file must be cut (zeroed from `next_slot` to `written_end`) before the next write.
     needs_cut: bool,
-    /// Intents made so far: an intent's ticket is this count once it is queued.
-    intents_made: u64,
-    /// Every intent whose ticket is at or below this is durable (or no longer needed).
-    intents_durable: u64,
-    flight: Flight,
-    /// `None` on a file layer that syncs on the caller's thread, or if the thread could not
-    /// be started.
-    writer: Option<Writer>,
+    /// An intent was written since the last successful sync.
+    unsynced_intents: bool,
 }
 
 impl GreyLog {
@@ -487,15 +395,6 @@ impl GreyLog {
             });
             open.drain(..dropped);
         }
-        let writer = if layer.syncs_behind() {
-            Writer::spawn()
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "grey records: no writer thread, every sync made on the tap's thread");
-                })
-                .ok()
-        } else {
-            None
-        };
         let mut log = GreyLog {
             path,
             file: None,
@@ -503,13 +402,9 @@ impl GreyLog {
             next_slot: scan.next_slot,
             written_end: scan.written_end,
             buf: Vec::with_capacity(GREY_BUFFER_ENTRIES * GREY_BYTES),
-            spare: Vec::with_capacity(GREY_BUFFER_ENTRIES * GREY_BYTES),
             open: open.into_iter().collect(),
             needs_cut: true,
-            intents_made: 0,
-            intents_durable: 0,
-            flight: Flight::Idle,
-            writer,
+            unsynced_intents: false,
         };
         if log.open.is_empty() {
             // Nothing the file says is needed: the next entry starts a lap at slot 0.
@@ -538,10 +433,6 @@ impl GreyLog {
     }
 
     fn ensure_file(&mut self, layer: &dyn FileLayer) -> io::Result<()> {
-        if matches!(self.flight, Flight::Writing { .. }) {
-            // The writer thread holds the file: back once its write lands.
-            let _ = self.land();
-        }
         if self.file.is_none() {
             self.file = Some(layer.open_segment(&self.path, GREY_FILE_BYTES)?);
             self.needs_cut = true;
@@ -569,42 +460,29 @@ impl GreyLog {
 
     /// Start a new lap at slot 0: nothing written or queued is needed any more.
     fn new_lap(&mut self) {
-        match self.flight {
-            // The file comes back; what it wrote is of the lap left behind.
-            Flight::Writing { .. } => {
-                let _ = self.land();
-            }
-            // Written, not synced: no longer needed.
-            Flight::Written { .. } => self.flight = Flight::Idle,
-            Flight::Idle => {}
-        }
         self.lap = self.lap.wrapping_add(1);
         self.next_slot = 0;
         self.buf.clear();
-        self.intents_durable = self.intents_made;
+        self.unsynced_intents = false;
     }
 
-    /// Make the intent durable (written and synced) and return its ticket. On error nothing
-    /// may be debited.
-    pub fn intent(&mut self, layer: &dyn FileLayer, g: &GreyRecord) -> io::Result<u64> {
-        let ticket = self.intent_unsynced(layer, g)?;
-        self.sync(layer)?;
-        Ok(ticket)
+    /// Make the intent durable (written and synced). On error nothing may be debited.
+    pub fn intent(&mut self, layer: &dyn FileLayer, g: &GreyRecord) -> io::Result<()> {
+        self.intent_unsynced(layer, g)?;
+        self.sync(layer)
     }
 
-    /// Queue the intent without a sync and return its ticket: several taps' intents then
-    /// share one [`sync`] (or [`sync_begin`]), and none of their debits may be sent before
-    /// [`GreyLog::is_durable`] says so of its ticket.
+    /// Write the intent without a sync: several taps' intents then share one [`sync`], and
+    /// none of their debits may be sent before it returns ([`GreyLog::is_durable`]).
     ///
     /// [`sync`]: GreyLog::sync
-    /// [`sync_begin`]: GreyLog::sync_begin
-    pub fn intent_unsynced(&mut self, layer: &dyn FileLayer, g: &GreyRecord) -> io::Result<u64> {
-        // While the writer thread holds the file, it is open: the intent is only queued.
-        if !matches!(self.flight, Flight::Writing { .. }) {
-            self.ensure_file(layer)?;
-        }
+    pub fn intent_unsynced(&mut self, layer: &dyn FileLayer, g: &GreyRecord) -> io::Result<()> {
+        self.ensure_file(layer)?;
+        // Set first: whatever fails below, a debit waits for a sync that succeeds.
+        self.unsynced_intents = true;
         if self.total_entries() + 2 > GREY_FILE_ENTRIES_MAX {
             self.rewrite_open(layer)?;
+            self.unsynced_intents = true;
         }
         if let Some(i) = self.open.iter().position(|o| o.card_no == g.card_no) {
             self.open.remove(i);
@@ -617,15 +495,12 @@ impl GreyLog {
         self.append(&g.encode_in_lap(GreyOp::Intent, self.lap))?;
         // Capacity was made above.
         let _ = self.open.push(*g);
-        self.intents_made += 1;
-        Ok(self.intents_made)
+        Ok(())
     }
 
-    /// Write every entry waiting in memory and sync: the intents queued become durable (and
-    /// the closes before them with them). A write handed over before lands first.
+    /// Write every entry waiting in memory and sync: the intents written unsynced become
+    /// durable (and the closes before them with them).
     pub fn sync(&mut self, layer: &dyn FileLayer) -> io::Result<()> {
-        // If it failed, its entries are queued again (or its intents left not durable).
-        let _ = self.land();
         self.ensure_file(layer)?;
         self.flush()?;
         let file = self
@@ -637,151 +512,13 @@ impl GreyLog {
             self.file = None;
             return Err(e);
         }
-        self.intents_durable = self.intents_made;
+        self.unsynced_intents = false;
         Ok(())
     }
 
-    /// Hand the entries waiting in memory over to be written and synced while the caller
-    /// goes on: by the writer thread, or (a file layer that syncs on the caller's thread)
-    /// written now and synced when it lands. Their intents are durable once it has landed
-    /// ([`GreyLog::is_durable`] waits for it). Nothing is done when no intent waits. A write
-    /// handed over before lands first.
-    pub fn sync_begin(&mut self, layer: &dyn FileLayer) -> io::Result<()> {
-        if self.intents_made == self.intents_durable {
-            return Ok(());
-        }
-        if self.buf.is_empty() {
-            // Written already (a full queue was flushed): the write under way covers them,
-            // else they are synced now.
-            return match self.flight {
-                Flight::Idle => self.sync(layer),
-                _ => Ok(()),
-            };
-        }
-        let _ = self.land();
-        self.ensure_file(layer)?;
-        let intents_upto = self.intents_made;
-        let Some(w) = &self.writer else {
-            self.flush()?;
-            self.flight = Flight::Written { intents_upto };
-            return Ok(());
-        };
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("grey file not open"))?;
-        let at = self.next_slot * GREY_BYTES as u64;
-        let entries = (self.buf.len() / GREY_BYTES) as u64;
-        // The queue goes with the job; the spare buffer takes its place.
-        let bytes = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
-        let job = Job {
-            file,
-            bytes,
-            at,
-            result: Ok(()),
-        };
-        match w.jobs.as_ref().map(|jobs| jobs.send(job)) {
-            Some(Ok(())) => {
-                self.written_end = self.written_end.max(at + entries * GREY_BYTES as u64);
-                self.next_slot += entries;
-                self.flight = Flight::Writing {
-                    intents_upto,
-                    entries,
-                };
-                Ok(())
-            }
-            Some(Err(mpsc::SendError(job))) => {
-                // The thread is gone: from now on every write on this thread.
-                self.writer = None;
-                self.take_back(job);
-                self.flush()?;
-                self.flight = Flight::Written { intents_upto };
-                Ok(())
-            }
-            None => Err(io::Error::other("grey writer closed")),
-        }
-    }
-
-    /// A job that never ran: its file and entries back, in front of any queued since.
-    fn take_back(&mut self, mut job: Job) {
-        self.file = Some(job.file);
-        job.bytes.extend_from_slice(&self.buf);
-        self.buf.clear();
-        self.spare = std::mem::replace(&mut self.buf, job.bytes);
-    }
-
-    /// Wait until the write handed over by [`GreyLog::sync_begin`] is durable (or failed:
-    /// then its entries are queued again, its intents not durable, and the file reopened and
-    /// cut before the next write).
-    fn land(&mut self) -> io::Result<()> {
-        match std::mem::replace(&mut self.flight, Flight::Idle) {
-            Flight::Idle => Ok(()),
-            Flight::Written { intents_upto } => {
-                let file = self
-                    .file
-                    .as_mut()
-                    .ok_or_else(|| io::Error::other("grey file not open"))?;
-                if let Err(e) = file.sync() {
-                    self.file = None;
-                    return Err(e);
-                }
-                self.intents_durable = self.intents_durable.max(intents_upto);
-                Ok(())
-            }
-            Flight::Writing {
-                intents_upto,
-                entries,
-            } => {
-                let done = self
-                    .writer
-                    .as_ref()
-                    .ok_or_else(|| io::Error::other("grey writer gone"))
-                    .and_then(|w| {
-                        w.done
-                            .recv()
-                            .map_err(|_| io::Error::other("grey writer gone"))
-                    });
-                let mut job = match done {
-                    Ok(job) => job,
-                    Err(e) => {
-                        // The thread and the file with it: reopened, and the entries it took
-                        // lost before they were durable (their intents are not, so their
-                        // debits are never sent).
-                        self.writer = None;
-                        self.next_slot -= entries;
-                        return Err(e);
-                    }
-                };
-                match std::mem::replace(&mut job.result, Ok(())) {
-                    Ok(()) => {
-                        self.file = Some(job.file);
-                        job.bytes.clear();
-                        self.spare = job.bytes;
-                        self.intents_durable = self.intents_durable.max(intents_upto);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // What reached the disk is unknown: reopened, cut after the entries
-                        // before, and these written again by the next write.
-                        self.next_slot -= entries;
-                        self.take_back(job);
-                        self.file = None;
-                        Err(e)
-                    }
-                }
-            }
-        }
-    }
-
-    /// Whether the intent of `ticket` is durable, so that its debit may be sent; if the
-    /// write carrying it is under way, once it has landed.
-    pub fn is_durable(&mut self, ticket: u64) -> bool {
-        if ticket > self.intents_durable && self.flight != Flight::Idle {
-            if let Err(e) = self.land() {
-                tracing::error!(error = %e, "grey records not synced: no debit, no ride");
-            }
-        }
-        ticket <= self.intents_durable
+    /// Whether every intent written is durable: a debit may be sent only then.
+    pub fn is_durable(&self) -> bool {
+        !self.unsynced_intents
     }
 
     /// Close the card's open intent (settled: its record is durable; voided: never debited).
@@ -809,28 +546,6 @@ impl GreyLog {
         }
     }
 
-    /// Close the open intents of `cards` (a group commit's, settled together). When they
-    /// are every intent open, in the order they were made (a burst's), the next entry starts
-    /// a new lap with nothing written or encoded; otherwise each is closed as by
-    /// [`GreyLog::close`].
-    pub fn close_all<I>(&mut self, layer: &dyn FileLayer, cards: I, op: GreyOp)
-    where
-        I: Iterator<Item = CardNo> + Clone,
-    {
-        if self.open.is_empty() {
-            return;
-        }
-        let mut in_order = cards.clone();
-        if self.open.iter().all(|g| in_order.next() == Some(g.card_no)) {
-            self.open.clear();
-            self.new_lap();
-            return;
-        }
-        for card_no in cards {
-            self.close(layer, card_no, op);
-        }
-    }
-
     /// Queue an entry; written at the next sync, or now if the queue is full.
     fn append(&mut self, bytes: &[u8; GREY_BYTES]) -> io::Result<()> {
         if self.buf.len() + GREY_BYTES > GREY_BUFFER_ENTRIES * GREY_BYTES {
@@ -846,10 +561,6 @@ impl GreyLog {
     fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
-        }
-        if matches!(self.flight, Flight::Writing { .. }) {
-            // The writer thread holds the file, and its entries come before these.
-            let _ = self.land();
         }
         let at = self.next_slot * GREY_BYTES as u64;
         self.written_end = self.written_end.max(at + self.buf.len() as u64);
@@ -870,7 +581,7 @@ impl GreyLog {
         }
     }
 
-    /// Entries of this lap in the file (or handed to the writer thread) and queued.
+    /// Entries of this lap in the file and queued.
     fn total_entries(&self) -> u64 {
         self.next_slot + (self.buf.len() / GREY_BYTES) as u64
     }
@@ -879,8 +590,6 @@ impl GreyLog {
     /// are durable when this returns. The file is then made its full size again with zeros
     /// (a cut in between leaves a shorter file, read the same and made full size on open).
     fn rewrite_open(&mut self, layer: &dyn FileLayer) -> io::Result<()> {
-        // A write under way lands first: the file must not be written behind the rename.
-        let _ = self.land();
         let lap = self.lap.wrapping_add(1);
         let mut bytes = [0u8; GREY_OPEN_MAX * GREY_BYTES];
         for (i, g) in self.open.iter().enumerate() {
@@ -891,20 +600,10 @@ impl GreyLog {
         layer.replace(&self.path, &bytes[..self.open.len() * GREY_BYTES])?;
         self.lap = lap;
         self.buf.clear();
-        self.intents_durable = self.intents_made;
+        self.unsynced_intents = false;
         self.next_slot = self.open.len() as u64;
         self.written_end = self.next_slot * GREY_BYTES as u64;
         self.ensure_file(layer)
-    }
-}
-
-impl Drop for GreyLog {
-    fn drop(&mut self) {
-        // A write under way finishes before the file is closed (a write only written on
-        // this thread is left unsynced, as a power cut would leave it).
-        if matches!(self.flight, Flight::Writing { .. }) {
-            let _ = self.land();
-        }
     }
 }
 
@@ -1016,95 +715,6 @@ mod tests {
             GreyRecord::decode_in_lap(&with_crc(bad)),
             Err(GreyError::Field("fare rule"))
         );
-    }
-
-    fn card(n: u16) -> GreyRecord {
-        GreyRecord {
-            card_no: format!("371400000000000000{n:02}").parse().unwrap(),
-            ..sample(n)
-        }
-    }
-
-    #[test]
-    fn intents_queued_while_a_write_is_under_way_wait_for_their_own() {
-        use super::super::{OsFiles, UnsyncedFiles};
-        // The operating system's files: written and synced by the journal's thread; a
-        // layer that syncs on the caller's thread: written at once, synced when landed.
-        for (layer, behind) in [
-            (&OsFiles as &dyn FileLayer, true),
-            (&UnsyncedFiles as &dyn FileLayer, false),
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let (mut log, problems) = GreyLog::open(dir.path(), layer, &[]);
-            assert!(problems.is_empty(), "{problems:?}");
-            assert_eq!(log.writer.is_some(), behind);
-            let first = log.intent_unsynced(layer, &card(1)).unwrap();
-            assert!(!log.is_durable(first), "queued only");
-            log.sync_begin(layer).unwrap();
-            let second = log.intent_unsynced(layer, &card(2)).unwrap();
-            assert!(log.is_durable(first), "landed");
-            assert!(
-                !log.is_durable(second),
-                "queued after the write was handed over"
-            );
-            log.sync_begin(layer).unwrap();
-            assert!(log.is_durable(second));
-            let scan = scan_grey(dir.path());
-            assert_eq!(scan.open_intents(), [card(1), card(2)]);
-            assert!(scan.problems.is_empty(), "{:?}", scan.problems);
-        }
-    }
-
-    /// A file whose next write fails when told to.
-    struct Flaky {
-        inner: Box<dyn SegmentFile>,
-        fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl SegmentFile for Flaky {
-        fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-            if self.fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                return Err(io::Error::other("flaky"));
-            }
-            self.inner.write_at(offset, bytes)
-        }
-        fn sync(&mut self) -> io::Result<()> {
-            self.inner.sync()
-        }
-    }
-
-    struct FlakyLayer(std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-    impl FileLayer for FlakyLayer {
-        fn open_segment(&self, path: &Path, len: u64) -> io::Result<Box<dyn SegmentFile>> {
-            Ok(Box::new(Flaky {
-                inner: super::super::OsFiles.open_segment(path, len)?,
-                fail: self.0.clone(),
-            }))
-        }
-        fn syncs_behind(&self) -> bool {
-            true
-        }
-    }
-
-    #[test]
-    fn a_failed_write_of_the_writer_thread_leaves_its_intents_not_durable_and_queued_again() {
-        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let layer = FlakyLayer(fail.clone());
-        let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = GreyLog::open(dir.path(), &layer, &[]);
-        let first = log.intent_unsynced(&layer, &card(1)).unwrap();
-        fail.store(true, std::sync::atomic::Ordering::SeqCst);
-        log.sync_begin(&layer).unwrap();
-        let second = log.intent_unsynced(&layer, &card(2)).unwrap();
-        assert!(!log.is_durable(first), "its write failed: no debit");
-        assert!(!log.is_durable(second));
-        // The next sync writes both again, in order, in the slots the failed write took.
-        log.sync(&layer).unwrap();
-        assert!(log.is_durable(first) && log.is_durable(second));
-        let scan = scan_grey(dir.path());
-        assert_eq!(scan.open_intents(), [card(1), card(2)]);
-        assert_eq!(scan.next_slot, 2);
     }
 
     #[test]

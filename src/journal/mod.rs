@@ -632,19 +632,18 @@ impl Journal {
         self.grey.intent_for(card_no)
     }
 
-    /// Make the intent to debit durable (written and synced) before DEBIT is sent; returns
-    /// its ticket ([`Journal::grey_durable`]). On error the debit must not be sent.
-    pub fn grey_intent(&mut self, g: &GreyRecord) -> Result<u64, JournalError> {
+    /// Make the intent to debit durable (written and synced) before DEBIT is sent. On error
+    /// the debit must not be sent.
+    pub fn grey_intent(&mut self, g: &GreyRecord) -> Result<(), JournalError> {
         self.grey
             .intent(&*self.layer, g)
             .map_err(JournalError::from)
     }
 
-    /// Queue the intent to debit without a sync (taps on several readers at once) and
-    /// return its ticket: their intents share one [`Journal::grey_sync`] or
-    /// [`Journal::grey_sync_begin`], and no debit may be sent until [`Journal::grey_durable`]
-    /// holds for its ticket.
-    pub fn grey_intent_unsynced(&mut self, g: &GreyRecord) -> Result<u64, JournalError> {
+    /// Write the intent to debit without a sync (taps on several readers at once): their
+    /// intents share one [`Journal::grey_sync`], and no debit may be sent until
+    /// [`Journal::grey_durable`] holds.
+    pub fn grey_intent_unsynced(&mut self, g: &GreyRecord) -> Result<(), JournalError> {
         self.grey
             .intent_unsynced(&*self.layer, g)
             .map_err(JournalError::from)
@@ -655,33 +654,14 @@ impl Journal {
         self.grey.sync(&*self.layer).map_err(JournalError::from)
     }
 
-    /// Start making the grey entries queued so far durable, and return at once: on the
-    /// operating system's files a thread of the journal writes and syncs them while the
-    /// caller goes on ([`grey::GreyLog::sync_begin`]). [`Journal::grey_durable`] waits for it.
-    pub fn grey_sync_begin(&mut self) -> Result<(), JournalError> {
-        self.grey
-            .sync_begin(&*self.layer)
-            .map_err(JournalError::from)
-    }
-
-    /// Whether the intent of `ticket` is durable, so that its debit may be sent (waiting for
-    /// the write under way that carries it, if any).
-    pub fn grey_durable(&mut self, ticket: u64) -> bool {
-        self.grey.is_durable(ticket)
+    /// Whether every intent written is durable, so that its debit may be sent.
+    pub fn grey_durable(&self) -> bool {
+        self.grey.is_durable()
     }
 
     /// The card's debit is durable in the journal: settle its grey record.
     pub fn grey_settle(&mut self, card_no: crate::types::CardNo) {
         self.grey.close(&*self.layer, card_no, GreyOp::Settled);
-    }
-
-    /// The debits of `cards` are durable in the journal (a group commit): settle their grey
-    /// records at once.
-    pub fn grey_settle_all<I>(&mut self, cards: I)
-    where
-        I: Iterator<Item = crate::types::CardNo> + Clone,
-    {
-        self.grey.close_all(&*self.layer, cards, GreyOp::Settled);
     }
 
     /// The card was not debited: void its grey record.
