@@ -3,8 +3,10 @@
 //! are decided by kind (QuickPass-only, both applications, expired, deny-listed, forged), their
 //! rides reach the acquirer's export, and no clear PAN is written anywhere.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use fare_validator::card::acquirer::{AcquirerSecret, SealedPan, SEALED_PAN_BYTES};
@@ -111,19 +113,6 @@ fn small_day_stores_every_accepted_record_and_revenue_matches_the_journals() {
         r.depot_fare_fen_by_rule.values().sum::<u64>(),
         r.depot_fare_fen
     );
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn bin() -> Command {
@@ -261,7 +250,7 @@ fn quickpass_passengers_are_decided_by_kind_charged_through_the_acquirer_and_nev
         texts.extend([shown, log]);
     }
     assert!(texts[4].contains("628888******"), "{}", texts[4]);
-    for f in files_under(dir.path()) {
+    for f in common::files_under(dir.path()) {
         let bytes = std::fs::read(&f).unwrap();
         assert_eq!(
             held_pan(&bytes, &pans),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use fare_validator::card::apdu::{CardChannel, ChannelError, Response};
 use fare_validator::card::quickpass::{read_card, CaKeys, PanTokenKey, ReadError, TerminalData};
@@ -323,19 +323,6 @@ fn malformed_and_truncated_answers_are_refused_through_the_engine_and_record_not
     assert_eq!(v.tap_card(&mut card, at).seq, Some(1));
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn clear_pan_is_absent_from_the_journal_and_replay_output() {
     let run = Run::new(&[good_card(json!({}))]);
@@ -347,7 +334,7 @@ fn clear_pan_is_absent_from_the_journal_and_replay_output() {
     assert_eq!(reason(&lines[0]), "accepted");
     assert_eq!(reason(&lines[1]), "repeat_tap");
     let pan_bcd: Vec<u8> = vec![0x62, 0x14, 0x83, 0x00, 0x00, 0x00, 0x00, 0x01];
-    for f in files_under(&run.journal()) {
+    for f in common::files_under(&run.journal()) {
         let bytes = std::fs::read(&f).unwrap();
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains(PAN), "{} holds the clear PAN", f.display());

@@ -12,6 +12,21 @@ use fare_validator::journal::Journal;
 use fare_validator::replay::{self, ReplayOptions};
 use serde_json::Value;
 
+/// Every file below `dir`, in its sub-folders too (a test that greps a run's output for what
+/// must never be written).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
