@@ -5,19 +5,17 @@
 //! record names its rule, the station keeps it, and `depot report`'s `fare_fen_by_rule`
 //! adds up to the fares charged, rule by rule.
 
+mod common;
 mod depot_support;
 
 use std::collections::BTreeMap;
 
 use depot_support::*;
-use fare_validator::blacklist::Blacklist;
-use fare_validator::card::psam::Psam;
-use fare_validator::card::sim::{CardSpec, SimCard, SimPsam, TestKeys};
+use fare_validator::card::sim::{CardSpec, SimCard, TestKeys};
 use fare_validator::clock::Timestamp;
 use fare_validator::depot::Store;
-use fare_validator::engine::{EngineConfig, Validator};
-use fare_validator::fare::{FareRule, FareTable};
-use fare_validator::journal::{self, Journal};
+use fare_validator::fare::FareRule;
+use fare_validator::journal;
 use fare_validator::ride_code::issuer::SimChannels;
 use fare_validator::ride_code::{ChannelKeys, RideCodeConfig};
 use fare_validator::types::RiderCategory;
@@ -47,15 +45,7 @@ fn at(hms: &str) -> Timestamp {
 /// Taps and a scan in `dir`'s journal: (fare charged, the rule expected) of each.
 fn service_day(dir: &std::path::Path) -> Vec<(u32, FareRule)> {
     let keys = TestKeys::default();
-    let (journal, _) = Journal::open(dir).unwrap();
-    let psam = Psam::open(SimPsam::new(keys, [0, 0, 0, 0, 0, 1], 1)).unwrap();
-    let mut v = Validator::new(
-        EngineConfig::default(),
-        psam,
-        FareTable::from_toml(include_str!("../fixtures/fares-every-rule.toml")).unwrap(),
-        Blacklist::empty(),
-        journal,
-    );
+    let mut v = common::sim_validator_with_fares(dir, keys, common::every_rule_fares());
     use FareRule as R;
     use RiderCategory::{Adult, Senior, Student};
     // (card, route, time, fare, rule)

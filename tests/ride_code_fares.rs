@@ -3,13 +3,12 @@
 //! on the route's own base fare or its network's; the interop rules never apply (a code has
 //! no issuing city), and the record names the rule `ride_code_category`.
 
-use fare_validator::blacklist::Blacklist;
-use fare_validator::card::psam::Psam;
-use fare_validator::card::sim::{SimPsam, TestKeys};
+mod common;
+
+use fare_validator::card::sim::TestKeys;
 use fare_validator::clock::Timestamp;
-use fare_validator::engine::{EngineConfig, Validator};
-use fare_validator::fare::{FareRule, FareTable};
-use fare_validator::journal::{self, Journal};
+use fare_validator::fare::FareRule;
+use fare_validator::journal;
 use fare_validator::ride_code::issuer::SimChannels;
 use fare_validator::ride_code::{ChannelKeys, RideCodeConfig};
 use fare_validator::types::RiderCategory;
@@ -18,14 +17,10 @@ use fare_validator::types::RiderCategory;
 /// order; the fares charged, and the rules the records name.
 fn fares(scans: &[(&str, u16, RiderCategory)]) -> (Vec<u32>, Vec<FareRule>) {
     let dir = tempfile::tempdir().unwrap();
-    let (journal, _) = Journal::open(dir.path()).unwrap();
-    let psam = Psam::open(SimPsam::new(TestKeys::default(), [0, 0, 0, 0, 0, 1], 1)).unwrap();
-    let mut v = Validator::new(
-        EngineConfig::default(),
-        psam,
-        FareTable::from_toml(include_str!("../fixtures/fares-every-rule.toml")).unwrap(),
-        Blacklist::empty(),
-        journal,
+    let mut v = common::sim_validator_with_fares(
+        dir.path(),
+        TestKeys::default(),
+        common::every_rule_fares(),
     );
     let t0 = Timestamp::parse_rfc3339("2026-11-27T00:00:00+08:00")
         .unwrap()

@@ -74,13 +74,27 @@ pub fn reason(line: &Value) -> &str {
 /// A validator in-process: a simulated PSAM of `keys` (terminal 000000000001), the default
 /// fare policy, an empty blacklist and a journal in `dir`.
 pub fn sim_validator(dir: &Path, keys: TestKeys) -> Validator<SimPsam> {
+    sim_validator_with_fares(dir, keys, FareTable::default_policy())
+}
+
+/// [`sim_validator`] with the fare table `fares`.
+pub fn sim_validator_with_fares(
+    dir: &Path,
+    keys: TestKeys,
+    fares: FareTable,
+) -> Validator<SimPsam> {
     let psam = Psam::open(SimPsam::new(keys, [0, 0, 0, 0, 0, 1], 1)).unwrap();
     let (journal, _) = Journal::open(dir).unwrap();
     Validator::new(
         EngineConfig::default(),
         psam,
-        FareTable::default_policy(),
+        fares,
         Blacklist::empty(),
         journal,
     )
+}
+
+/// fixtures/fares-every-rule.toml: a table with a rule of every kind.
+pub fn every_rule_fares() -> FareTable {
+    FareTable::from_toml(include_str!("../../fixtures/fares-every-rule.toml")).unwrap()
 }
