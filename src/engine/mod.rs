@@ -328,7 +328,7 @@ impl Core {
         Core {
             cfg,
             terminal_no,
-            fares,
+            fares: fares.indexed(),
             blacklist: Arc::new(BlacklistHandle::new(blacklist)),
             journal,
             recent,
@@ -403,7 +403,7 @@ impl Core {
 
     /// Charge by this fare table from the next tap on (a verified table from the depot).
     pub fn set_fares(&mut self, fares: FareTable) {
-        self.fares = fares;
+        self.fares = fares.indexed();
     }
 
     fn observe_clock(&mut self, now: Timestamp) {

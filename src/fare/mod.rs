@@ -433,7 +433,9 @@ impl FareIndex {
         let find = |routes: &[RouteEntry], route: u16| {
             routes.binary_search_by_key(&route, |e| e.route).ok()
         };
-        for (i, n) in t.networks.iter().enumerate() {
+        // The `take`s bound an unchecked table's as a checked one's are bounded: the index is
+        // total on any table (`FareTable::indexed`), never a truncated cast or a shift past 63.
+        for (i, n) in t.networks.iter().enumerate().take(NETWORKS_MAX) {
             for &r in &n.routes {
                 if let Some(k) = find(&routes, r) {
                     // i < NETWORKS_MAX < NO_NETWORK.
@@ -441,7 +443,7 @@ impl FareIndex {
                 }
             }
         }
-        for (i, r) in t.routes.iter().enumerate() {
+        for (i, r) in t.routes.iter().enumerate().take(ROUTE_FARES_MAX) {
             if let Some(k) = find(&routes, r.route) {
                 // i < ROUTE_FARES_MAX < NO_ROUTE_FARE.
                 routes[k].route_fare = i as u16;
@@ -465,8 +467,9 @@ impl FareIndex {
                 .map(|id| t.networks.iter().position(|n| &n.network == id))
         };
         let mut transfer_rules_by_pair = vec![0u64; positions * positions];
-        for (i, r) in transfer_rules.iter().enumerate() {
-            // Networks a rule names are in the table: checked before the index is built.
+        for (i, r) in transfer_rules.iter().enumerate().take(TRANSFER_RULES_MAX) {
+            // Networks a rule names are in a checked table; a name no network has allows no
+            // pair.
             let (from, to) = (position_of(&r.from_network), position_of(&r.to_network));
             for f in 0..positions {
                 for o in 0..positions {
@@ -633,10 +636,18 @@ impl FareTable {
     /// This table checked and indexed for the tap, as [`FareTable::from_toml`] gives it: a
     /// table changed field by field after loading (an import, a test) goes through this again
     /// before it prices a boarding.
-    pub fn checked(mut self) -> Result<Self, FareError> {
+    pub fn checked(self) -> Result<Self, FareError> {
         self.validate()?;
+        Ok(self.indexed())
+    }
+
+    /// This table with its tap lookups rebuilt from its fields as they are now: the engine
+    /// indexes every table it is given ([`crate::engine::Core::new`], `set_fares`), so a
+    /// table edited field by field after [`FareTable::checked`] never prices a tap by a stale
+    /// index. Total on any table (a name no network has allows no pair); off the tap path.
+    pub fn indexed(mut self) -> Self {
         self.index = FareIndex::of(&self);
-        Ok(self)
+        self
     }
 
     fn validate(&self) -> Result<(), FareError> {
@@ -1491,5 +1502,50 @@ mod tests {
         });
         let changed = changed.checked().unwrap();
         assert_eq!(changed.base_fare_on(8), 250);
+    }
+
+    #[test]
+    fn indexing_is_total_on_a_table_past_every_limit() {
+        // Never checked: more networks, route fares and transfer rules than a table may have,
+        // and a rule naming a network no one has. Indexing neither panics nor truncates an
+        // index into another route's entry.
+        let mut t = FareTable::default_policy();
+        t.networks = (0..300u16)
+            .map(|i| Network {
+                network: format!("n{i}"),
+                base_fare_fen: Some(300),
+                routes: vec![1_000 + i],
+            })
+            .collect();
+        t.routes = (0..70_000u32)
+            .map(|i| RouteFare {
+                route: (i % 65_536) as u16,
+                base_fare_fen: 400,
+            })
+            .collect();
+        t.transfer_rules = (0..100)
+            .map(|_| TransferRule {
+                from_network: Some("nowhere".into()),
+                to_network: None,
+                duration_s: 60,
+                transfer_count: None,
+                discount_fen: Some(1),
+                fare_fen: None,
+                journey_fare_fen: None,
+            })
+            .collect();
+        let t = t.indexed();
+        assert_eq!(t.base_fare_on(2), 400);
+        let prev = PreviousBoarding {
+            route: 1_000,
+            at_unix_s: 0,
+            fare_fen: 300,
+            transfers: 0,
+        };
+        assert_eq!(
+            t.transfer_rule(1_001, 30, prev),
+            None,
+            "no network is nowhere"
+        );
     }
 }
