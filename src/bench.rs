@@ -146,12 +146,22 @@ pub struct BenchReport {
     pub durable_p99_ratio: f64,
     /// Our durable throughput over the baseline's.
     pub throughput_ratio: f64,
-    /// One tap at a time: ours (a group of one, one fdatasync) and the baseline's.
+    /// One tap at a time: ours (two syncs, each waited for: the grey record before DEBIT,
+    /// the record before the answer; docs/journal.md) and the baseline's.
     pub durable_single_tap_us_p50: u64,
     pub durable_single_tap_us_p99: u64,
     pub baseline_single_tap_us_p50: u64,
     pub baseline_single_tap_us_p99: u64,
     pub single_p99_ratio: f64,
+    /// The disk under the single taps, timed between them in the same rounds: one synchronous
+    /// write in place of 64 bytes ([`OsFiles`]: `O_DIRECT | O_DSYNC` into a file made its full
+    /// size, as each of a single tap's two syncs is), in µs.
+    pub disk_sync_in_place_us_p50: u64,
+    pub disk_sync_in_place_us_p99: u64,
+    /// One append of 96 bytes and `fdatasync` to a growing file (as the journal synced a tap
+    /// before grey records, once a tap), in µs, timed the same way.
+    pub disk_append_fdatasync_us_p50: u64,
+    pub disk_append_fdatasync_us_p99: u64,
     /// The validator program beside the engine alone (`bench validator` at this plan's
     /// blacklist size and scan count; a 100,000-change delta, or one change an entry below
     /// that size).
@@ -195,20 +205,11 @@ pub(crate) fn bench_cards(seed: u64) -> Vec<SimCard> {
     let keys = TestKeys::default();
     (0..BENCH_CARDS)
         .map(|i| {
-            let spec = CardSpec {
-                card_no: CardNo::from_u128(3714_0000_0000_0000_0000u128 + i as u128)
-                    .expect("20 digits"),
-                card_type: RiderCategory::Adult,
-                enabled: true,
-                valid_from: "2024-01-01".into(),
-                valid_until: "2034-12-31".into(),
-                balance_fen: i64::from(crate::types::PURSE_BALANCE_FEN_MAX),
-                purse_word: None,
-                issuer_city: None,
-                interop: None,
-                concession_until: None,
-                annual_review_until: None,
-            };
+            let spec = CardSpec::new(
+                CardNo::from_u128(3714_0000_0000_0000_0000u128 + i as u128).expect("20 digits"),
+                RiderCategory::Adult,
+                i64::from(crate::types::PURSE_BALANCE_FEN_MAX),
+            );
             SimCard::new(&spec, &keys, seed).expect("valid bench card")
         })
         .collect()
@@ -323,6 +324,8 @@ pub fn run_plan(plan: BenchPlan, seed: u64) -> Result<BenchReport, String> {
     let mut naive = Naive::new(&tmp.path().join("baseline"), &entries)?;
     let (mut durable, mut base) = (histogram(), histogram());
     let (mut durable_one, mut base_one) = (histogram(), histogram());
+    let mut disk = DiskFloor::new(&tmp.path().join("disk"))?;
+    let (mut in_place, mut append) = (histogram(), histogram());
     let (mut durable_s, mut base_s) = (0.0, 0.0);
     for round in 0..BENCH_ROUNDS {
         tracing::info!(round, "durable and baseline round");
@@ -342,6 +345,7 @@ pub fn run_plan(plan: BenchPlan, seed: u64) -> Result<BenchReport, String> {
         let singles = plan.single_taps / BENCH_ROUNDS;
         durable_round(&mut v, &mut taps, singles, 1, &mut durable_one)?;
         naive.round(&mut taps, singles, 1, &mut base_one)?;
+        disk.round(singles, &mut in_place, &mut append)?;
     }
     let durable_taps_per_s = (durable.len() as f64 / durable_s) as u64;
     let baseline_taps_per_s = (base.len() as f64 / base_s) as u64;
@@ -388,6 +392,10 @@ pub fn run_plan(plan: BenchPlan, seed: u64) -> Result<BenchReport, String> {
         baseline_single_tap_us_p50: base_one.value_at_quantile(0.50),
         baseline_single_tap_us_p99: base_one.value_at_quantile(0.99),
         single_p99_ratio: p99_ratio(&base_one, &durable_one),
+        disk_sync_in_place_us_p50: in_place.value_at_quantile(0.50),
+        disk_sync_in_place_us_p99: in_place.value_at_quantile(0.99),
+        disk_append_fdatasync_us_p50: append.value_at_quantile(0.50),
+        disk_append_fdatasync_us_p99: append.value_at_quantile(0.99),
         validator,
     })
 }
@@ -506,6 +514,66 @@ fn durable_round(
         done += k;
     }
     Ok(began.elapsed().as_secs_f64())
+}
+
+/// Bytes of the file the disk's in-place writes go round (as `grey.dat`'s slots do).
+const DISK_FLOOR_FILE_BYTES: u64 = 256 * 1_024;
+/// Bytes of one in-place write: a grey entry's size.
+const DISK_FLOOR_WRITE_BYTES: usize = 64;
+/// Bytes of one append: a record's size.
+const DISK_FLOOR_APPEND_BYTES: usize = 96;
+
+/// The disk's own time under a durable tap: the primitives of the journal's syncs, timed
+/// alone, so that a single tap's time can be read as the engine's work plus its syncs.
+struct DiskFloor {
+    in_place: Box<dyn crate::journal::SegmentFile>,
+    at: u64,
+    append: std::fs::File,
+}
+
+impl DiskFloor {
+    fn new(dir: &Path) -> Result<DiskFloor, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let in_place = OsFiles
+            .open_segment(&dir.join("in-place.dat"), DISK_FLOOR_FILE_BYTES)
+            .map_err(|e| e.to_string())?;
+        let append = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("append.log"))
+            .map_err(|e| e.to_string())?;
+        Ok(DiskFloor {
+            in_place,
+            at: 0,
+            append,
+        })
+    }
+
+    /// `n` synchronous writes in place and `n` appends with `fdatasync`, alternated.
+    fn round(
+        &mut self,
+        n: usize,
+        in_place: &mut Histogram<u64>,
+        append: &mut Histogram<u64>,
+    ) -> Result<(), String> {
+        use std::io::Write;
+        for _ in 0..n {
+            let t = Instant::now();
+            self.in_place
+                .write_at(self.at, &[0x5a; DISK_FLOOR_WRITE_BYTES])
+                .and_then(|()| self.in_place.sync())
+                .map_err(|e| e.to_string())?;
+            in_place.saturating_record(micros(t));
+            self.at = (self.at + DISK_FLOOR_WRITE_BYTES as u64) % DISK_FLOOR_FILE_BYTES;
+            let t = Instant::now();
+            self.append
+                .write_all(&[0x5a; DISK_FLOOR_APPEND_BYTES])
+                .and_then(|()| self.append.sync_data())
+                .map_err(|e| e.to_string())?;
+            append.saturating_record(micros(t));
+        }
+        Ok(())
+    }
 }
 
 struct ScanHistograms {
@@ -702,6 +770,8 @@ mod tests {
         assert!(r.baseline_card_tap_us_p99 > r.baseline_card_tap_us_p50);
         assert!(r.durable_taps_per_s > 0 && r.baseline_taps_per_s > 0);
         assert!(r.durable_p99_ratio > 0.0 && r.single_p99_ratio > 0.0);
+        assert!(r.disk_sync_in_place_us_p99 >= r.disk_sync_in_place_us_p50);
+        assert!(r.disk_append_fdatasync_us_p99 >= r.disk_append_fdatasync_us_p50);
         let json = serde_json::to_value(&r).unwrap();
         for field in [
             "card_tap_us_p50",
@@ -716,6 +786,8 @@ mod tests {
             "throughput_ratio",
             "durable_single_tap_us_p99",
             "baseline_single_tap_us_p99",
+            "disk_sync_in_place_us_p99",
+            "disk_append_fdatasync_us_p99",
         ] {
             assert!(json.get(field).is_some(), "{field}");
         }
