@@ -8,6 +8,7 @@ use std::process::Command;
 use depot_support::*;
 use fare_validator::depot::store::Received;
 use fare_validator::depot::Store;
+use fare_validator::fare::FareRule;
 use fare_validator::journal::Record;
 use fare_validator::upload;
 
@@ -91,7 +92,14 @@ async fn ride_code_accepted_on_two_buses_is_a_conflict_listing_both_claims() {
         qr_record(2, 1001, 5, t0 + 60),
         qr_record(2, 1001, 6, t0 + 90),
     ];
-    for (n, recs) in [bus0, bus1].into_iter().enumerate() {
+    for (n, mut recs) in [bus0, bus1].into_iter().enumerate() {
+        // Each record names the rule that priced it, as records of format 5 do.
+        for r in &mut recs {
+            r.rule = match r.kind {
+                fare_validator::journal::RecordKind::QrRide => FareRule::RideCodeCategory,
+                _ => FareRule::BaseFare,
+            };
+        }
         let dir = tmp.path().join(terminal_id(n));
         write_journal(&dir, recs);
         upload::upload(&dir, st.addr(), &terminal_id(n), &secret(n as u8))
@@ -137,7 +145,24 @@ async fn ride_code_accepted_on_two_buses_is_a_conflict_listing_both_claims() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], fare_validator::cli::depot::EXPORT_HEADER);
     assert_eq!(lines.len(), 1 + 7);
-    let flagged: Vec<&&str> = lines[1..].iter().filter(|l| l.ends_with(",1")).collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (conflict, rule) = (column("conflict"), column("rule"));
+    let cells = |line: &str| line.split(',').map(str::to_string).collect::<Vec<String>>();
+    for line in &lines[1..] {
+        let row = cells(line);
+        assert_eq!(row.len(), header.len(), "{line}");
+        let priced_by = if row[2] == "qr_ride" {
+            FareRule::RideCodeCategory
+        } else {
+            FareRule::BaseFare
+        };
+        assert_eq!(row[rule], priced_by.as_str(), "{line}");
+    }
+    let flagged: Vec<&&str> = lines[1..]
+        .iter()
+        .filter(|l| cells(l)[conflict] == "1")
+        .collect();
     assert_eq!(flagged.len(), 2);
     assert!(flagged[0].starts_with(&format!("{},4,qr_ride,", terminal_id(0))));
     assert!(flagged[1].starts_with(&format!("{},1,qr_ride,", terminal_id(1))));

@@ -395,3 +395,56 @@ fn a_counter_lists_a_pan_under_the_depot_s_token_key() {
     assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains(PAN));
 }
+
+/// `depot blacklist add|remove --pan` at the counter, as a depot manager types it.
+fn counter(db: &Path, op: &str, reason: &str) -> Value {
+    serde_json::from_str(&run_ok(
+        bin()
+            .args([
+                "depot",
+                "blacklist",
+                op,
+                "--pan",
+                PAN,
+                "--reason",
+                reason,
+                "--db",
+            ])
+            .arg(db),
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pan_reported_lost_at_the_counter_reaches_the_bus_and_a_late_unlisting_keeps_a_reissue_locked(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("depot.db");
+    let operator = SigningKey::from_bytes(&[6; 32]);
+    store(&db, 1).set_operator_key(&operator).unwrap();
+    let bus = Bus::new();
+    DownlinkDir::new(&bus.journal())
+        .pin_operator_key(&operator.verifying_key())
+        .unwrap();
+    assert_eq!(reason(&bus.tap("2026-12-01T08:00:00+08:00")), "accepted");
+
+    // 挂失 at the counter, by the card's PAN in digits: the next downlink refuses it.
+    assert_eq!(counter(&db, "add", "lost")["reasons"], json!(["lost"]));
+    session(&db, &bus.journal()).await;
+    assert_eq!(reason(&bus.tap("2026-12-01T09:00:00+08:00")), "blacklisted");
+
+    // Reissued (补卡) while lost; the old card's late 解挂 lifts `lost` only.
+    counter(&db, "add", "replaced");
+    let after = counter(&db, "remove", "lost");
+    assert_eq!(
+        (after["reasons"].clone(), after["locks_card"].clone()),
+        (json!(["replaced"]), json!(true))
+    );
+    session(&db, &bus.journal()).await;
+    assert_eq!(reason(&bus.tap("2026-12-01T10:00:00+08:00")), "blacklisted");
+
+    // Both lifted (a counter's mistake undone): the card rides again.
+    counter(&db, "remove", "replaced");
+    session(&db, &bus.journal()).await;
+    assert_eq!(reason(&bus.tap("2026-12-01T11:00:00+08:00")), "accepted");
+}

@@ -516,14 +516,16 @@ fn blacklist(cmd: BlacklistCmd) -> CmdResult {
     Ok(())
 }
 
-/// CSV header of `depot export`.
-pub const EXPORT_HEADER: &str = "terminal,seq,kind,at,route,category,fare_fen,balance_fen,card_no,channel,account,qr_counter,card_counter,terminal_seq,tac,terminal_no,conflict";
+/// CSV header of `depot export`: a record a line; `conflict` is 1 for each claim of a ride
+/// code claimed twice, `rule` the fare-table rule that priced the record (`unknown` for
+/// records of format 4 and older; docs/fares.md, "Which rule priced a boarding").
+pub const EXPORT_HEADER: &str = "terminal,seq,kind,at,route,category,fare_fen,balance_fen,card_no,channel,account,qr_counter,card_counter,terminal_seq,tac,terminal_no,conflict,rule";
 
 fn csv_row(terminal: &str, r: &Record, dup: bool) -> String {
     let qr = r.qr;
     let opt = |v: Option<String>| v.unwrap_or_default();
     format!(
-        "{terminal},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+        "{terminal},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
         r.seq,
         serde_json::to_value(r.kind)
             .ok()
@@ -543,6 +545,7 @@ fn csv_row(terminal: &str, r: &Record, dup: bool) -> String {
         hex(&r.card_tx.tac),
         hex(&r.terminal_no),
         u8::from(dup),
+        r.rule.as_str(),
     )
 }
 
