@@ -24,19 +24,11 @@ fn bench_tap(c: &mut Criterion, name: &str, layer: Box<dyn FileLayer>) {
         Blacklist::empty(),
         journal,
     );
-    let spec = CardSpec {
-        card_no: "37140000000000000001".parse().unwrap(),
-        card_type: RiderCategory::Adult,
-        enabled: true,
-        valid_from: "2024-01-01".into(),
-        valid_until: "2034-12-31".into(),
-        balance_fen: i64::from(fare_validator::types::PURSE_BALANCE_FEN_MAX),
-        purse_word: None,
-        issuer_city: None,
-        interop: None,
-        concession_until: None,
-        annual_review_until: None,
-    };
+    let spec = CardSpec::new(
+        "37140000000000000001".parse().unwrap(),
+        RiderCategory::Adult,
+        i64::from(fare_validator::types::PURSE_BALANCE_FEN_MAX),
+    );
     let mut card = SimCard::new(&spec, &keys, 1).unwrap();
     let mut now = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();
     c.bench_function(name, |b| {

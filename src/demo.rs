@@ -271,17 +271,8 @@ fn quickpass_cards(
         let quickpass = SimQuickPass::new(&spec, args.seed)?;
         let transport = if kind == QuickPassKind::BothNeverActivated {
             let t = CardSpec {
-                card_no: quickpass_card_no(j),
-                card_type: RiderCategory::Adult,
                 enabled: false,
-                valid_from: "2024-01-01".into(),
-                valid_until: "2034-12-31".into(),
-                balance_fen: 5_000,
-                purse_word: None,
-                issuer_city: None,
-                interop: None,
-                concession_until: None,
-                annual_review_until: None,
+                ..CardSpec::new(quickpass_card_no(j), RiderCategory::Adult, 5_000)
             };
             Some(SimCard::new(&t, keys, args.seed)?)
         } else {

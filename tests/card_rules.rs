@@ -335,19 +335,11 @@ fn group_commit_shares_one_sync_and_nothing_is_durable_before_it() {
     let now = Timestamp::parse_rfc3339("2026-11-28T07:00:00+08:00").unwrap();
     let mut seqs = Vec::new();
     for n in 1..=3u32 {
-        let spec = CardSpec {
-            card_no: card(n).parse().unwrap(),
-            card_type: fare_validator::types::RiderCategory::Adult,
-            enabled: true,
-            valid_from: "2024-01-01".into(),
-            valid_until: "2034-12-31".into(),
-            balance_fen: 1000,
-            purse_word: None,
-            issuer_city: None,
-            interop: None,
-            concession_until: None,
-            annual_review_until: None,
-        };
+        let spec = CardSpec::new(
+            card(n).parse().unwrap(),
+            fare_validator::types::RiderCategory::Adult,
+            1000,
+        );
         let mut c = SimCard::new(&spec, &keys, 1).unwrap();
         let d = v.tap_card(&mut c, now);
         seqs.push(d.seq.unwrap());
@@ -450,19 +442,11 @@ fn a_burst_on_several_readers_syncs_its_intents_once_before_any_debit_and_its_re
         journal,
     );
     let sim = |n: u32| {
-        let spec = CardSpec {
-            card_no: card(n).parse().unwrap(),
-            card_type: fare_validator::types::RiderCategory::Adult,
-            enabled: true,
-            valid_from: "2024-01-01".into(),
-            valid_until: "2034-12-31".into(),
-            balance_fen: 1000,
-            purse_word: None,
-            issuer_city: None,
-            interop: None,
-            concession_until: None,
-            annual_review_until: None,
-        };
+        let spec = CardSpec::new(
+            card(n).parse().unwrap(),
+            fare_validator::types::RiderCategory::Adult,
+            1000,
+        );
         LoggedCard {
             card: SimCard::new(&spec, &TestKeys::default(), 1).unwrap(),
             n,

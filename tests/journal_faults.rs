@@ -203,19 +203,11 @@ impl FileLayer for Faulty {
 }
 
 fn card(n: u32) -> SimCard {
-    let spec = CardSpec {
-        card_no: common::card(n).parse().unwrap(),
-        card_type: RiderCategory::Adult,
-        enabled: true,
-        valid_from: "2024-01-01".into(),
-        valid_until: "2034-12-31".into(),
-        balance_fen: 5_000,
-        purse_word: None,
-        issuer_city: None,
-        interop: None,
-        concession_until: None,
-        annual_review_until: None,
-    };
+    let spec = CardSpec::new(
+        common::card(n).parse().unwrap(),
+        RiderCategory::Adult,
+        5_000,
+    );
     SimCard::new(&spec, &TestKeys::default(), 3).unwrap()
 }
 

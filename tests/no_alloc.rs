@@ -58,18 +58,12 @@ fn card_taps_allocate_nothing_after_start_up() {
     let (journal, _) = Journal::open(dir.path()).unwrap();
     let psam = Psam::open(SimPsam::new(keys, [0, 0, 0, 0, 0, 1], 1)).unwrap();
     let mut list = Blacklist::empty();
-    let spec = |n: u32, t| CardSpec {
-        card_no: format!("371400000000000000{n:02}").parse().unwrap(),
-        card_type: t,
-        enabled: true,
-        valid_from: "2024-01-01".into(),
-        valid_until: "2034-12-31".into(),
-        balance_fen: 100_000,
-        purse_word: None,
-        issuer_city: None,
-        interop: None,
-        concession_until: None,
-        annual_review_until: None,
+    let spec = |n: u32, t| {
+        CardSpec::new(
+            format!("371400000000000000{n:02}").parse().unwrap(),
+            t,
+            100_000,
+        )
     };
     list.apply(&Change {
         op: ChangeOp::Add,

@@ -20,19 +20,11 @@ fn card(n: u32) -> SimCard {
 }
 
 fn card_with(n: u32, balance_fen: u32) -> SimCard {
-    let spec = CardSpec {
-        card_no: common::card(n).parse().unwrap(),
-        card_type: RiderCategory::Adult,
-        enabled: true,
-        valid_from: "2024-01-01".into(),
-        valid_until: "2034-12-31".into(),
-        balance_fen: balance_fen.into(),
-        purse_word: None,
-        issuer_city: None,
-        interop: None,
-        concession_until: None,
-        annual_review_until: None,
-    };
+    let spec = CardSpec::new(
+        common::card(n).parse().unwrap(),
+        RiderCategory::Adult,
+        balance_fen.into(),
+    );
     SimCard::new(&spec, &TestKeys::default(), 7).unwrap()
 }
 

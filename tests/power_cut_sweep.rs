@@ -320,19 +320,11 @@ const FARE_FEN: u32 = 200;
 const BALANCE_FEN: u32 = 5_000;
 
 fn sim_card(n: u32) -> SimCard {
-    let spec = CardSpec {
-        card_no: common::card(n).parse().unwrap(),
-        card_type: RiderCategory::Adult,
-        enabled: true,
-        valid_from: "2024-01-01".into(),
-        valid_until: "2034-12-31".into(),
-        balance_fen: BALANCE_FEN.into(),
-        purse_word: None,
-        issuer_city: None,
-        interop: None,
-        concession_until: None,
-        annual_review_until: None,
-    };
+    let spec = CardSpec::new(
+        common::card(n).parse().unwrap(),
+        RiderCategory::Adult,
+        BALANCE_FEN.into(),
+    );
     SimCard::new(&spec, &TestKeys::default(), 11).unwrap()
 }
 

@@ -23,17 +23,12 @@ use fare_validator::upload;
 
 fn card(n: u32, card_type: RiderCategory, city: Option<&str>) -> CardSpec {
     CardSpec {
-        card_no: format!("371400000000000000{n:02}").parse().unwrap(),
-        card_type,
-        enabled: true,
-        valid_from: "2024-01-01".into(),
-        valid_until: "2034-12-31".into(),
-        balance_fen: 100_000,
-        purse_word: None,
         issuer_city: city.map(|c| c.parse().unwrap()),
-        interop: None,
-        concession_until: None,
-        annual_review_until: None,
+        ..CardSpec::new(
+            format!("371400000000000000{n:02}").parse().unwrap(),
+            card_type,
+            100_000,
+        )
     }
 }
 

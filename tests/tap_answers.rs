@@ -167,17 +167,12 @@ const FARE_FEN_MAX: u32 = 200;
 fn run(c: &Case) -> Result<usize, TestCaseError> {
     let keys = TestKeys::default();
     let spec = CardSpec {
-        card_no: "37144530000000000001".parse().unwrap(),
-        card_type: RiderCategory::ALL[c.category],
-        enabled: true,
-        valid_from: "2024-01-01".into(),
-        valid_until: "2034-12-31".into(),
-        balance_fen: c.balance_fen,
         purse_word: c.purse_word.map(|w| PurseWord(w.to_be_bytes())),
-        issuer_city: None,
-        interop: None,
-        concession_until: None,
-        annual_review_until: None,
+        ..CardSpec::new(
+            "37144530000000000001".parse().unwrap(),
+            RiderCategory::ALL[c.category],
+            c.balance_fen,
+        )
     };
     let card = SimCard::new(&spec, &keys, 7).unwrap();
     let psam = Meddler::new(

@@ -206,17 +206,13 @@ fn taps(data: &[u8]) {
     let purse_word =
         (head & 0x08 != 0).then(|| PurseWord(std::array::from_fn(|_| b.u8().unwrap_or(0xFF))));
     let spec = CardSpec {
-        card_no: "37144530000000000001".parse().expect("card number"),
-        card_type: category,
         enabled: head & 0x08 == 0 || head & 0x07 != 0,
-        valid_from: "2024-01-01".into(),
-        valid_until: "2034-12-31".into(),
-        balance_fen,
         purse_word,
-        issuer_city: None,
-        interop: None,
-        concession_until: None,
-        annual_review_until: None,
+        ..CardSpec::new(
+            "37144530000000000001".parse().expect("card number"),
+            category,
+            balance_fen,
+        )
     };
     let keys = TestKeys::default();
     let Ok(card) = SimCard::new(&spec, &keys, 7) else {

@@ -89,6 +89,34 @@ pub struct CardSpec {
     pub annual_review_until: Option<String>,
 }
 
+/// First day a card made by [`CardSpec::new`] is valid (YYYY-MM-DD).
+pub const SIM_CARD_VALID_FROM: &str = "2024-01-01";
+/// Last day a card made by [`CardSpec::new`] is valid (YYYY-MM-DD).
+pub const SIM_CARD_VALID_UNTIL: &str = "2034-12-31";
+
+impl CardSpec {
+    /// An enabled card of `card_type` holding `balance_fen`, valid from
+    /// [`SIM_CARD_VALID_FROM`] to [`SIM_CARD_VALID_UNTIL`], issued in Dezhou as a T-Union
+    /// card, its purse word encoded from the balance, with no concession end or annual review
+    /// date. Other cards: `CardSpec { enabled: false, ..CardSpec::new(..) }`, so that a field
+    /// added later is given once here and not at every card written in code.
+    pub fn new(card_no: CardNo, card_type: RiderCategory, balance_fen: i64) -> CardSpec {
+        CardSpec {
+            card_no,
+            card_type,
+            enabled: true,
+            valid_from: SIM_CARD_VALID_FROM.into(),
+            valid_until: SIM_CARD_VALID_UNTIL.into(),
+            balance_fen,
+            purse_word: None,
+            issuer_city: None,
+            interop: None,
+            concession_until: None,
+            annual_review_until: None,
+        }
+    }
+}
+
 /// The interop kind a simulated card carries in file 0x17 bytes 8–9.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
