@@ -264,6 +264,32 @@ fn format1_snapshot_and_delta_are_still_read_as_they_meant() {
 }
 
 #[test]
+fn snapshots_of_four_bit_sets_are_still_read_and_new_ones_code_by_palette() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/blacklist-sets-4bit");
+    let pk =
+        fare_validator::signed::read_public_key(dir.join("operator.key.pub").to_str().unwrap())
+            .unwrap();
+    let old = std::fs::read(dir.join("v1.snap")).unwrap();
+    let from_old = load_blacklist_file(&dir.join("v1.snap"), Some(&pk)).unwrap();
+    let csv = load_blacklist_file(&dir.join("v1.csv"), None).unwrap();
+    let sorted = |l: &Blacklist| l.iter().collect::<std::collections::BTreeMap<_, _>>();
+    assert_eq!(sorted(&from_old), sorted(&csv));
+    assert_eq!(
+        from_old.get(&card("37140000000000000001")),
+        Some(ReasonSet::of(ListReason::Lost).with(ListReason::Replaced))
+    );
+    // The same list built now: each table names its palette (coding byte 1), where the old
+    // file's tables said nothing (0), and it reads the same.
+    let now = snapshot_file(&csv, &operator());
+    let coding_byte = |f: &[u8]| f[fare_validator::signed::HEADER_LEN + 24];
+    assert_eq!((coding_byte(&old), coding_byte(&now)), (0, 1));
+    let reread =
+        fare_validator::blacklist::file::open_snapshot(now, Some(&operator().verifying_key()))
+            .unwrap();
+    assert_eq!(sorted(&reread), sorted(&csv));
+}
+
+#[test]
 fn loader_takes_csv_and_signed_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("blacklist.csv");

@@ -9,7 +9,7 @@
 //!
 //! | file | format 2 and later | format 1 (read only) |
 //! | --- | --- | --- |
-//! | snapshot | each entry's reason set, 4 bits | one reason, a 2-bit code: converted into a new base when opened |
+//! | snapshot | each entry's reason set, as its 4 bits or, where a table holds at most 8 distinct sets, its place in the table's palette (0 to 3 bits; [`super::lines`]) | one reason, a 2-bit code: converted into a new base when opened |
 //! | delta | an add adds its reason to the entry's set | an add set the entry to its one reason: read as removes of the three other reasons, then the add |
 //!
 //! # Snapshot payload (kind 1, `base_version` 0)

@@ -10,7 +10,8 @@
 //!
 //! A line is 64 bytes at a 64-aligned address (the file places lines at a 64-aligned offset,
 //! [`super::aligned`] loads files at a 64-aligned address): a 4-bit count, then up to `C`
-//! entries of `K − t + 4` bits (stored value, reason set) in increasing order. Lines are sized for
+//! entries of `K − t + r` bits (stored value, then the code of the entry's reason set in `r`
+//! bits, see [`ReasonCodes`]) in increasing order. Lines are sized for
 //! 80 % of `C` entries on average; a line keeps the `C` smallest keys of its range, and the
 //! rest (about 3 % of entries) go to a small overflow table ([`packed::Table`]). A lookup reads
 //! its line in place, finds the key in four branch-free steps of a binary search (each slot
@@ -20,9 +21,8 @@
 //! a mispredicted branch on the line's bytes would throw away the work the processor started
 //! on the next ones while this one waited for its line.
 //!
-//! At 20 million cards: 2.5 million lines of 10 entries of 50 bits, 160 MB and about 8.3
-//! bytes an entry with the overflow (the reason set's 4 bits fit in what a line of 48-bit
-//! entries left unused, so a set costs no more than the one reason it replaced); a lookup touches one cache line (the packed sorted table
+//! At 20 million cards: 2.5 million lines of 10 entries of 48 bits, 160 MB and about 8.3
+//! bytes an entry with the overflow; a lookup touches one cache line (the packed sorted table
 //! it replaces touched an index line and one or two entry lines: ~2x slower on this project's
 //! machine, where every access outside L2 costs ~150 ns).
 //!
@@ -32,17 +32,25 @@
 //! | --- | --- | --- |
 //! | 0 | 1 | key_bits `K`: 67 (cards) or 80 (accounts) |
 //! | 1 | 1 | shift `t` = ⌊log2 L⌋ |
-//! | 2 | 1 | entry_bits = K − t + 4 (+ 2 in format 1, see [`Coding`]) |
+//! | 2 | 1 | entry_bits = K − t + r: `r` the code bits, 0..=4 (bytes 24..32; 2 in format 1, see [`Coding`]) |
 //! | 3 | 1 | slots a line `C` = min(15, ⌊508 / entry_bits⌋) |
 //! | 4 | 4 | pad: bytes from offset 32 to the first line (0..=63) |
 //! | 8 | 8 | lines `L`, 1..=[`LINES_MAX`] |
 //! | 16 | 8 | entries in lines |
-//! | 24 | 8 | reserved, 0 |
+//! | 24 | 1 | reason coding: 0, each entry's reason set as its own 4 bits (`r` = 4; format 1's 2-bit code in format 1); 1, a palette (format 2 and later) |
+//! | 25 | 2 | the palette: bit `b` set for the reason set of bits `b` (bit 0, the empty set, never), 1 to 8 sets; `r` the fewest bits numbering them; 0 with coding 0 |
+//! | 27 | 5 | reserved, 0 |
 //! | 32 | pad | zero, so that the lines start at a file offset that is a multiple of 64 |
-//! | … | 64·L | lines: bits 0..4 count, then entry j at bit 4 + j·entry_bits: stored << 4 ‖ reason set (bit r − 1 for reason r, not 0); unused bits 0 |
-//! | … | … | overflow: a [`packed`] table of the same key space |
+//! | … | 64·L | lines: bits 0..4 count, then entry j at bit 4 + j·entry_bits: stored << r ‖ code (coding 0: the set, bit n − 1 for reason n, not 0; a palette: the set's place among the palette's, from 0); unused bits 0 |
+//! | … | … | overflow: a [`packed`] table of the same key space and the same codes |
+//!
+//! The encoder writes a palette whenever the table holds at most [`packed::PALETTE_SETS_MAX`]
+//! distinct sets (a list whose cards are each lost, replaced or cancelled: 2 bits; accounts
+//! listed for arrears only: none), coding 0 otherwise. A reader from before palettes, which
+//! took bytes 24..32 as reserved and every set as 4 bits, finds a palette table's geometry
+//! wrong and refuses the file with a typed error, keeping the list it holds.
 
-use super::packed::{self, mask, Coding, Space, Table, TableError, REASON_BITS, REASON_MASK};
+use super::packed::{self, mask, Coding, ReasonCodes, Space, Table, TableError, REASON_BITS};
 use crate::types::{ListId, ReasonSet};
 
 pub const LINE_BYTES: usize = 64;
@@ -55,6 +63,8 @@ pub const SLOTS_MAX: u32 = 15;
 pub const LOAD_TENTHS: u64 = 8;
 pub const LINES_MAX: u64 = 1 << 31;
 pub const HEADER_LEN: usize = 32;
+/// Header byte 24 of a table whose reasons are coded by a palette (bytes 25..27 name it).
+const REASON_CODING_PALETTE: u8 = 1;
 /// Entries up to this wide are read with one u64 load (57 bits plus a shift of up to 7).
 const NARROW_ENTRY_BITS_MAX: u32 = 57;
 /// Byte offset of a line's last 8 bytes.
@@ -65,6 +75,12 @@ const LAST_WORD_AT: u32 = LINE_BYTES as u32 - 8;
 pub struct LineTable {
     pub space: Space,
     coding: Coding,
+    /// How entries name their reasons (the header's palette, or the coding's fixed codes).
+    codes: ReasonCodes,
+    /// The answer of a line search by (found << 4 | code): a load instead of a branch. A
+    /// found entry whose code names no set (which [`LineTable::parse`] never lets in) reads
+    /// as not listed.
+    answers: [Option<ReasonSet>; 2 << REASON_BITS],
     shift: u32,
     entry_bits: u32,
     slots: u32,
@@ -95,30 +111,27 @@ struct Narrow {
 }
 
 impl Narrow {
-    fn of(entry_bits: u32) -> Narrow {
+    fn of(entry_bits: u32, code_bits: u32) -> Narrow {
         if entry_bits > NARROW_ENTRY_BITS_MAX {
             return Narrow::default();
         }
-        let below = 64 - entry_bits + REASON_BITS;
+        let below = 64 - entry_bits + code_bits;
         Narrow {
-            stored_mask: (1u64 << (entry_bits - REASON_BITS)) - 1,
+            stored_mask: (1u64 << (entry_bits - code_bits)) - 1,
             below,
             below_ones: (1u64 << below) - 1,
         }
     }
 }
 
-/// The answer of a line search by (found ‖ reason set): a load instead of a branch. A found
-/// entry of no reason (which [`LineTable::parse`] never lets in) would read as not listed.
-const IN_LINE: [Option<ReasonSet>; 2 << REASON_BITS] = {
+/// [`LineTable::answers`] for `codes`.
+fn answers(codes: ReasonCodes) -> [Option<ReasonSet>; 2 << REASON_BITS] {
     let mut t = [None; 2 << REASON_BITS];
-    let mut bits = 1;
-    while bits < 1 << REASON_BITS {
-        t[(1 << REASON_BITS) | bits] = ReasonSet::from_bits(bits as u8);
-        bits += 1;
+    for (code, answer) in t[1 << REASON_BITS..].iter_mut().enumerate() {
+        *answer = codes.set_of_code(code);
     }
     t
-};
+}
 
 /// Slots the four-step line search can name (some past a line's last slot).
 const SEARCH_SLOTS: usize = 16;
@@ -139,10 +152,11 @@ fn slot_reads(entry_bits: u32, slots: u32) -> [[u8; 2]; SEARCH_SLOTS] {
     out
 }
 
-/// (t, entry bits, slots) for `lines` lines of keys of `key_bits`, reasons in `reason_bits`.
-fn geometry(key_bits: u32, lines: u64, reason_bits: u32) -> (u32, u32, u32) {
+/// (t, entry bits, slots) for `lines` lines of keys of `key_bits`, reasons in codes of
+/// `code_bits`.
+fn geometry(key_bits: u32, lines: u64, code_bits: u32) -> (u32, u32, u32) {
     let shift = 63 - lines.max(1).leading_zeros();
-    let entry_bits = key_bits - shift + reason_bits;
+    let entry_bits = key_bits - shift + code_bits;
     let slots = ((LINE_BITS - COUNT_BITS) / entry_bits).min(SLOTS_MAX);
     (shift, entry_bits, slots)
 }
@@ -150,10 +164,10 @@ fn geometry(key_bits: u32, lines: u64, reason_bits: u32) -> (u32, u32, u32) {
 /// Lines for `count` keys at [`LOAD_TENTHS`] of a line's slots. Slots depend on the line
 /// count (through `t`) and the line count on slots: start from a guess of 8 slots and settle.
 /// Any result is consistent, since a table's geometry is always derived from its line count.
-fn lines_for(key_bits: u32, count: u64) -> u64 {
+fn lines_for(key_bits: u32, count: u64, code_bits: u32) -> u64 {
     let mut lines = (count * 10).div_ceil(8 * LOAD_TENTHS).max(1);
     for _ in 0..3 {
-        let (_, _, slots) = geometry(key_bits, lines, REASON_BITS);
+        let (_, _, slots) = geometry(key_bits, lines, code_bits);
         lines = (count * 10).div_ceil(u64::from(slots) * LOAD_TENTHS).max(1);
     }
     lines.min(LINES_MAX)
@@ -210,16 +224,20 @@ fn put_field(w: &mut [u64; 10], pos: u32, width: u32, value: u128) {
 
 /// Append a line table built from `words` (sorted, strictly increasing mixed keys, reasons
 /// not empty; see [`packed::sort_word`]) to `out`, whose offset 0 is the start of the file.
+/// Its reasons are coded in the fewest bits for the sets `words` hold
+/// ([`ReasonCodes::for_words`]).
 pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
     let key_bits = space.key_bits();
-    let lines = lines_for(key_bits, words.len() as u64);
-    let (shift, entry_bits, slots) = geometry(key_bits, lines, REASON_BITS);
+    let codes = ReasonCodes::for_words(words);
+    let lines = lines_for(key_bits, words.len() as u64, codes.bits());
+    let (shift, entry_bits, slots) = geometry(key_bits, lines, codes.bits());
     let pad = (out.len() + HEADER_LEN).next_multiple_of(LINE_BYTES) - (out.len() + HEADER_LEN);
     out.extend_from_slice(&[key_bits as u8, shift as u8, entry_bits as u8, slots as u8]);
     out.extend_from_slice(&(pad as u32).to_le_bytes());
     out.extend_from_slice(&lines.to_le_bytes());
     let count_at = out.len();
-    out.extend_from_slice(&[0; 16]);
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&reason_coding_bytes(codes));
     out.resize(out.len() + pad, 0);
     let lines_at = out.len();
     out.resize(lines_at + LINE_BYTES * lines as usize, 0);
@@ -236,7 +254,7 @@ pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
                 break;
             }
             if n < slots {
-                let entry = (stored << REASON_BITS) | (word & REASON_MASK);
+                let entry = (stored << codes.bits()) | codes.code_of(packed::reasons_of(*word));
                 put_field(&mut w, COUNT_BITS + n * entry_bits, entry_bits, entry);
                 n += 1;
             } else {
@@ -252,7 +270,30 @@ pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
         in_lines += u64::from(n);
     }
     out[count_at..count_at + 8].copy_from_slice(&in_lines.to_le_bytes());
-    packed::encode(out, space, &overflow);
+    packed::encode(out, space, &overflow, codes);
+}
+
+/// Header bytes 24..32 for `codes`: see the module's table.
+fn reason_coding_bytes(codes: ReasonCodes) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if let Some(palette) = codes.palette() {
+        b[0] = REASON_CODING_PALETTE;
+        b[1..3].copy_from_slice(&palette.to_le_bytes());
+    }
+    b
+}
+
+/// The codes header bytes 24..32 name, in a table of `coding`: none (all zero) is the
+/// coding's own; a palette only in tables of reason sets (format 2 and later).
+fn reason_coding_of(head: &[u8; 8], coding: Coding) -> Result<ReasonCodes, TableError> {
+    match (head[0], coding) {
+        (0, _) if head.iter().all(|b| *b == 0) => Ok(coding.codes()),
+        (REASON_CODING_PALETTE, Coding::Sets) if head[3..].iter().all(|b| *b == 0) => {
+            ReasonCodes::from_palette(u16::from_le_bytes([head[1], head[2]]))
+                .ok_or(TableError::Palette)
+        }
+        _ => Err(TableError::Reserved),
+    }
 }
 
 impl LineTable {
@@ -278,14 +319,17 @@ impl LineTable {
         if !(1..=LINES_MAX).contains(&lines) {
             return Err(TableError::Lines("line count out of range"));
         }
-        let (shift, entry_bits, slots) = geometry(key_bits, lines, coding.reason_bits());
+        let mut coding_bytes = [0u8; 8];
+        coding_bytes.copy_from_slice(&head[24..32]);
+        let codes = reason_coding_of(&coding_bytes, coding)?;
+        let (shift, entry_bits, slots) = geometry(key_bits, lines, codes.bits());
         if (u32::from(head[1]), u32::from(head[2]), u32::from(head[3]))
             != (shift, entry_bits, slots)
         {
             return Err(TableError::Lines("geometry does not match the line count"));
         }
         let pad = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-        if pad >= LINE_BYTES || u64_at(24) != 0 {
+        if pad >= LINE_BYTES {
             return Err(TableError::Reserved);
         }
         let in_lines = u64_at(16);
@@ -299,12 +343,14 @@ impl LineTable {
         if bytes[at + HEADER_LEN..lines_at].iter().any(|b| *b != 0) {
             return Err(TableError::Padding);
         }
-        let overflow = Table::parse(bytes, lines_end, space, coding)?;
+        let overflow = Table::parse(bytes, lines_end, space, codes)?;
         // Only tables of reason sets are looked up in place (format 1 is converted).
         let narrow = coding == Coding::Sets && entry_bits <= NARROW_ENTRY_BITS_MAX;
         let table = LineTable {
             space,
             coding,
+            codes,
+            answers: answers(codes),
             shift,
             entry_bits,
             slots,
@@ -319,7 +365,7 @@ impl LineTable {
                 [[0; 2]; SEARCH_SLOTS]
             },
             narrow: if narrow {
-                Narrow::of(entry_bits)
+                Narrow::of(entry_bits, codes.bits())
             } else {
                 Narrow::default()
             },
@@ -332,7 +378,7 @@ impl LineTable {
     /// bits zero, the count total; every overflow entry belongs after a full line's last entry.
     fn check(&self, bytes: &[u8], in_lines: u64) -> Result<(), TableError> {
         let used_bits = |n: u32| COUNT_BITS + n * self.entry_bits;
-        let reason_bits = self.coding.reason_bits();
+        let reason_bits = self.codes.bits();
         let mut total = 0u64;
         for line in 0..self.lines {
             let w = load_line(bytes, self.lines_at + LINE_BYTES * line as usize);
@@ -343,7 +389,7 @@ impl LineTable {
             let mut prev: Option<u128> = None;
             for j in 0..n {
                 let entry = field(&w, used_bits(j), self.entry_bits);
-                if self.coding.set_of(entry).is_none() {
+                if self.codes.set_of(entry).is_none() {
                     return Err(TableError::NoReason);
                 }
                 let stored = entry >> reason_bits;
@@ -384,8 +430,7 @@ impl LineTable {
         let w = load_line(bytes, self.lines_at + LINE_BYTES * line as usize);
         let n = (w[0] & 0xF) as u32;
         (n == self.slots && n > 0).then(|| {
-            field(&w, COUNT_BITS + (n - 1) * self.entry_bits, self.entry_bits)
-                >> self.coding.reason_bits()
+            field(&w, COUNT_BITS + (n - 1) * self.entry_bits, self.entry_bits) >> self.codes.bits()
         })
     }
 
@@ -447,6 +492,7 @@ impl LineTable {
                 place(mixed, K, self.lines, self.shift).1
             );
             let ceiling = (stored << below) | below_ones;
+            let (code_at, code_mask) = (below - self.codes.bits(), self.codes.code_mask() as usize);
             let read = |j: u32| {
                 let [at, left] = self.slot_reads[j as usize % SEARCH_SLOTS];
                 let at = usize::from(at);
@@ -464,7 +510,7 @@ impl LineTable {
                     // Equal stored values: the words agree above `below`.
                     (
                         (w ^ ceiling) >> below == 0,
-                        (w >> (below - REASON_BITS)) as usize & REASON_MASK as usize,
+                        (w >> code_at) as usize & code_mask,
                     )
                 },
             )
@@ -489,13 +535,14 @@ impl LineTable {
         let w = load_line(line, 0);
         let last_slot = self.slots - 1;
         let read = |j: u32| field(&w, COUNT_BITS + j.min(last_slot) * eb, eb);
+        let (code_bits, code_mask) = (self.codes.bits(), self.codes.code_mask());
         self.find(
             bytes,
             key,
             n,
             read,
-            |e| e >> REASON_BITS <= stored,
-            |e| (e >> REASON_BITS == stored, (e & REASON_MASK) as usize),
+            |e| e >> code_bits <= stored,
+            |e| (e >> code_bits == stored, (e & code_mask) as usize),
         )
     }
 
@@ -538,14 +585,15 @@ impl LineTable {
             return self.overflow.get(bytes, key);
         }
         let hit = (base < n) & equal;
-        IN_LINE[(usize::from(hit) << REASON_BITS) | code]
+        // `code` is below 16 (a masked code of at most 4 bits): the index is below 32.
+        self.answers[(usize::from(hit) << REASON_BITS) | (code & 0xF)]
     }
 
     /// Every entry as its sort word (mixed key << 4 | reason set, whatever the table's
     /// coding), in increasing order.
     pub fn words<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = u128> + 'a {
         let key_bits = self.space.key_bits();
-        let reason_bits = self.coding.reason_bits();
+        let reason_bits = self.codes.bits();
         let mut overflow = self.overflow.words(bytes).peekable();
         (0..self.lines).flat_map(move |line| {
             let w = load_line(bytes, self.lines_at + LINE_BYTES * line as usize);
@@ -554,7 +602,7 @@ impl LineTable {
                 .filter_map(|j| {
                     let e = field(&w, COUNT_BITS + j * self.entry_bits, self.entry_bits);
                     let m = unplace(line, e >> reason_bits, key_bits, self.lines, self.shift)?;
-                    Some(self.coding.to_sort_word(m, e))
+                    Some(self.codes.to_sort_word(m, e))
                 })
                 .collect();
             while let Some(word) = overflow.next_if(|w| self.place(packed::mixed_of(*w)).0 == line)
@@ -640,6 +688,107 @@ mod tests {
             }
             assert_eq!(t.words(&bytes).collect::<Vec<_>>(), words);
         }
+    }
+
+    /// A table of `keys` whose entries take, in turn, the first `n` sets of one or more
+    /// reasons (so it holds `n` distinct sets).
+    fn table_of_sets(space: Space, keys: &[u128], n: u8) -> (Vec<u8>, Vec<u128>, LineTable) {
+        let mut words: Vec<u128> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let set = ReasonSet::from_bits((i % usize::from(n)) as u8 + 1).unwrap();
+                packed::sort_word(packed::mix(*k, space.key_bits()), set)
+            })
+            .collect();
+        words.sort_unstable();
+        words.dedup_by_key(|w| packed::mixed_of(*w));
+        let mut bytes = vec![0u8; 48];
+        encode(&mut bytes, space, &words);
+        let t = LineTable::parse(&bytes, 48, space, Coding::Sets).unwrap();
+        (bytes, words, t)
+    }
+
+    #[test]
+    fn each_table_codes_its_reasons_in_the_fewest_bits_for_the_sets_it_holds() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        // Distinct sets → code bits: a palette up to eight sets, each set's own 4 bits past.
+        for (n, bits) in [
+            (1, 0),
+            (2, 1),
+            (3, 2),
+            (4, 2),
+            (5, 3),
+            (8, 3),
+            (9, 4),
+            (15, 4),
+        ] {
+            for (space, count) in [(Space::Cards, 30_000), (Space::Accounts, 8_000)] {
+                let bound = if space == Space::Cards {
+                    10u128.pow(20)
+                } else {
+                    1 << 80
+                };
+                let keys: Vec<u128> = (0..count).map(|_| rng.gen_range(0..bound)).collect();
+                let (bytes, words, t) = table_of_sets(space, &keys, n);
+                assert_eq!(t.codes.bits(), bits, "{n} sets");
+                assert_eq!(t.entry_bits, space.key_bits() - t.shift + bits);
+                // Header byte 24: a palette (1) up to eight sets, the sets' own bits (0) past.
+                assert_eq!(bytes[48 + 24], u8::from(n <= 8), "{n} sets");
+                assert!(
+                    t.overflow.count > 0,
+                    "the test should reach the overflow table"
+                );
+                let reason = |k: &u128| {
+                    let m = packed::mix(*k, space.key_bits());
+                    words
+                        .binary_search_by_key(&m, |w| packed::mixed_of(*w))
+                        .ok()
+                        .map(|i| packed::reasons_of(words[i]))
+                };
+                for k in keys.iter().take(4_000) {
+                    assert_eq!(t.get(&bytes, *k), reason(k), "{space:?} {n} sets");
+                    assert_eq!(t.get(&bytes, k + 1), reason(&(k + 1)));
+                }
+                assert_eq!(t.words(&bytes).collect::<Vec<_>>(), words);
+            }
+        }
+    }
+
+    #[test]
+    fn a_palette_that_names_no_set_an_unknown_coding_or_a_code_past_the_palette_is_an_error() {
+        let keys: Vec<u128> = (0..3_000u128).map(|k| k * 7919).collect();
+        let (bytes, _, t) = table_of_sets(Space::Cards, &keys, 4);
+        let palette_at = 48 + 24;
+        assert_eq!(bytes[palette_at..palette_at + 3], [1, 0b1_1110, 0]);
+        let with = |patch: &[(usize, u8)]| {
+            let mut b = bytes.clone();
+            for (i, v) in patch {
+                b[palette_at + i] = *v;
+            }
+            LineTable::parse(&b, 48, Space::Cards, Coding::Sets)
+        };
+        // The empty set named, no set, nine sets: not a palette.
+        assert_eq!(with(&[(1, 0b1_1111)]), Err(TableError::Palette));
+        assert_eq!(with(&[(1, 0), (2, 0)]), Err(TableError::Palette));
+        assert_eq!(with(&[(1, 0xFE), (2, 0x03)]), Err(TableError::Palette));
+        // An unknown coding, a byte after the palette, a palette in a format 1 table.
+        assert_eq!(with(&[(0, 2)]), Err(TableError::Reserved));
+        assert_eq!(with(&[(5, 1)]), Err(TableError::Reserved));
+        assert_eq!(
+            LineTable::parse(&bytes, 48, Space::Cards, Coding::OneReason),
+            Err(TableError::Reserved)
+        );
+        // Three sets in two bits: the entries coded 3 name no set.
+        assert_eq!(with(&[(1, 0b1110)]), Err(TableError::NoReason));
+        // A reader from before palettes (bytes 24..32 reserved, every set in 4 bits) finds the
+        // geometry wrong and refuses the table: it keeps the list it holds.
+        let old_reader = with(&[(0, 0), (1, 0), (2, 0)]);
+        assert_eq!(
+            old_reader,
+            Err(TableError::Lines("geometry does not match the line count"))
+        );
+        assert!(t.count > 0);
     }
 
     #[test]

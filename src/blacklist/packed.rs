@@ -4,7 +4,7 @@
 //! A key (a 20-digit card number below 10^20 < 2^67, or an account `channel << 64 | account`
 //! of 80 bits) is put through a *bijective* mix of its key space. The top `bucket_bits` of the
 //! mixed key pick a bucket; only the remaining `key_bits - bucket_bits` bits are stored, with
-//! the entry's reasons in [`REASON_BITS`] more (a [`ReasonSet`]'s bits, never all zero). Because the mix is a bijection, (bucket, remainder) names exactly
+//! the code of the entry's reasons in `r` more ([`ReasonCodes`]: its line table's). Because the mix is a bijection, (bucket, remainder) names exactly
 //! one key: no false positives, no false negatives, and clustered real card numbers (`3714…`)
 //! spread as evenly as random ones. Entries are sorted by mixed key, so a bucket's entries are
 //! contiguous and an index of `2^bucket_bits + 1` u32 offsets finds them.
@@ -20,15 +20,15 @@
 //! | --- | --- | --- |
 //! | 0 | 1 | key_bits: 67 (cards) or 80 (accounts) |
 //! | 1 | 1 | bucket_bits, [`BUCKET_BITS_MIN`]..=[`BUCKET_BITS_MAX`] |
-//! | 2 | 1 | entry_bits = key_bits - bucket_bits + 4 (+ 2 in format 1) |
+//! | 2 | 1 | entry_bits = key_bits - bucket_bits + r (the code bits, 0..=4) |
 //! | 3 | 5 | reserved, 0 |
 //! | 8 | 8 | count: entries in the table, at most [`TABLE_ENTRIES_MAX`] |
 //! | 16 | 4·(2^bucket_bits + 1) | index: u32 offset of each bucket's first entry, then count |
-//! | … | ⌈count·entry_bits/8⌉ + 16 | entries: bit-packed, LSB first; entry = remainder << 4 ‖ reason set (not 0); 16 zero bytes of padding |
+//! | … | ⌈count·entry_bits/8⌉ + 16 | entries: bit-packed, LSB first; entry = remainder << r ‖ code (a code naming no set is malformed); 16 zero bytes of padding |
 //!
 //! The table is read in place from the file's bytes: opening a snapshot rebuilds nothing.
 //! Format 1 files (before reason sets, see [`Coding`]) stored one reason as a 2-bit code
-//! `reason − 1` where the set is now; they are read only to be converted.
+//! `reason − 1` where the code is now; they are read only to be converted.
 
 use thiserror::Error;
 
@@ -67,24 +67,147 @@ pub enum Coding {
 }
 
 impl Coding {
-    pub(crate) fn reason_bits(self) -> u32 {
+    /// The codes of a table of this coding whose header names no palette.
+    pub(crate) fn codes(self) -> ReasonCodes {
         match self {
-            Coding::Sets => REASON_BITS,
-            Coding::OneReason => LEGACY_REASON_BITS,
+            Coding::Sets => ReasonCodes::SETS,
+            Coding::OneReason => ReasonCodes::ONE_REASON,
         }
     }
+}
 
-    /// The reason set of an entry whose reason field is its low bits, or None for an
-    /// entry of no reason (an empty set: malformed).
-    pub(crate) fn set_of(self, entry: u128) -> Option<ReasonSet> {
-        let set = match self {
-            Coding::Sets => ReasonSet::from_bits((entry & REASON_MASK) as u8)?,
-            Coding::OneReason => ReasonSet::of(ListReason::ALL[(entry & 3) as usize]),
-        };
+/// Most reason sets a palette names (codes of 3 bits); a table holding more distinct sets
+/// codes each entry's set as its own [`REASON_BITS`].
+pub(crate) const PALETTE_SETS_MAX: u32 = 8;
+
+/// How one table's entries name their reasons: a code of `bits` bits (0 to 4) in each entry,
+/// and the reason set each code stands for. Three kinds:
+///
+/// - the set's own bits ([`ReasonCodes::SETS`], 4 bits: every set; snapshots of format 2, and
+///   tables with more than [`PALETTE_SETS_MAX`] distinct sets);
+/// - a **palette**: the distinct sets the table holds, in increasing order of their bits,
+///   an entry's code its set's place among them, in the fewest bits that number them (one set:
+///   0 bits; two: 1; three or four: 2; five to eight: 3). A line table's header names it
+///   ([`super::lines`]); its overflow table uses the same;
+/// - format 1's one reason ([`ReasonCodes::ONE_REASON`], the 2-bit code `reason − 1`), read
+///   only to convert.
+///
+/// A list whose cards are listed for one reason each needs 2 bits, not 4, and its accounts
+/// (arrears only) none: the reason sets cost no more than the one reason they replaced.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct ReasonCodes {
+    bits: u32,
+    /// The set each code stands for, as its bits; 0 for a code naming no set (an entry with
+    /// it is malformed).
+    sets: [u8; 16],
+    /// The palette as a header carries it: bit `b` set for the set of bits `b`; 0 when the
+    /// codes are not a palette.
+    palette: u16,
+}
+
+impl ReasonCodes {
+    /// Each set as its own 4 bits (code 0, the empty set, names nothing).
+    pub(crate) const SETS: ReasonCodes = {
+        let mut sets = [0u8; 16];
+        let mut b = 0;
+        while b < 16 {
+            sets[b] = b as u8;
+            b += 1;
+        }
+        ReasonCodes {
+            bits: REASON_BITS,
+            sets,
+            palette: 0,
+        }
+    };
+
+    /// Format 1: one reason, code `reason − 1` (`ListReason::ALL` is in bit order).
+    pub(crate) const ONE_REASON: ReasonCodes = {
+        let mut sets = [0u8; 16];
+        let mut i = 0;
+        while i < ListReason::ALL.len() {
+            sets[i] = 1 << i;
+            i += 1;
+        }
+        ReasonCodes {
+            bits: LEGACY_REASON_BITS,
+            sets,
+            palette: 0,
+        }
+    };
+
+    /// The palette of the sets whose bits are set in `palette` (bit `b`: the set of bits
+    /// `b`), or `None` when that is no palette: the empty set (bit 0) named, no set, or more
+    /// than [`PALETTE_SETS_MAX`].
+    pub(crate) fn from_palette(palette: u16) -> Option<ReasonCodes> {
+        let n = palette.count_ones();
+        if palette & 1 != 0 || n == 0 || n > PALETTE_SETS_MAX {
+            return None;
+        }
+        let mut sets = [0u8; 16];
+        let mut code = 0;
+        for b in 1..16u8 {
+            if palette & (1 << b) != 0 {
+                sets[code] = b;
+                code += 1;
+            }
+        }
+        Some(ReasonCodes {
+            // The fewest bits numbering n codes: 1 → 0, 2 → 1, 3..=4 → 2, 5..=8 → 3.
+            bits: u32::BITS - (n - 1).leading_zeros(),
+            sets,
+            palette,
+        })
+    }
+
+    /// The codes for a table of these sort words: a palette of the sets they hold when there
+    /// are at most [`PALETTE_SETS_MAX`], else [`ReasonCodes::SETS`] (also for no words).
+    pub(crate) fn for_words(words: &[u128]) -> ReasonCodes {
+        let present = words
+            .iter()
+            .fold(0u16, |p, w| p | 1 << (w & REASON_MASK) as u32);
+        ReasonCodes::from_palette(present).unwrap_or(ReasonCodes::SETS)
+    }
+
+    /// Bits of an entry's code.
+    #[inline]
+    pub(crate) fn bits(self) -> u32 {
+        self.bits
+    }
+
+    /// Ones in an entry's code bits.
+    #[inline]
+    pub(crate) fn code_mask(self) -> u128 {
+        mask(self.bits)
+    }
+
+    /// The palette a header names, if these codes are one.
+    pub(crate) fn palette(self) -> Option<u16> {
+        (self.palette != 0).then_some(self.palette)
+    }
+
+    /// The set of the code `code` (below 16), or `None` for a code that names no set.
+    #[inline]
+    pub(crate) fn set_of_code(self, code: usize) -> Option<ReasonSet> {
+        let set = ReasonSet::from_bits(self.sets[code & 0xF])?;
         (!set.is_empty()).then_some(set)
     }
 
-    /// An entry's reason field, moved into a sort word of the current coding.
+    /// The reason set of an entry whose code is its low bits, or `None` for a code that names
+    /// no set (malformed).
+    #[inline]
+    pub(crate) fn set_of(self, entry: u128) -> Option<ReasonSet> {
+        self.set_of_code((entry & self.code_mask()) as usize)
+    }
+
+    /// The code of `set` (one these codes name: the table was made for it).
+    pub(crate) fn code_of(self, set: ReasonSet) -> u128 {
+        let code = self.sets.iter().position(|s| *s == set.bits());
+        debug_assert!(code.is_some() && !set.is_empty(), "set {set:?} not coded");
+        code.unwrap_or(0) as u128
+    }
+
+    /// An entry's code, moved into a sort word (mixed key << 4 | the set's bits).
     pub(crate) fn to_sort_word(self, mixed: u128, entry: u128) -> u128 {
         let bits = self.set_of(entry).map_or(0, |s| s.bits());
         (mixed << REASON_BITS) | u128::from(bits)
@@ -114,6 +237,8 @@ pub enum TableError {
     Padding,
     #[error("table entry lists no reason")]
     NoReason,
+    #[error("table reason palette names the empty set, no set, or too many sets")]
+    Palette,
     #[error("line table: {0}")]
     Lines(&'static str),
 }
@@ -275,7 +400,7 @@ const _: () = {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Table {
     pub space: Space,
-    coding: Coding,
+    codes: ReasonCodes,
     pub bucket_bits: u32,
     pub entry_bits: u32,
     pub count: u64,
@@ -306,14 +431,15 @@ fn read_bits(bytes: &[u8], bit: u64, width: u32) -> u128 {
     (u128::from_le_bytes(a) >> (bit % 8)) & mask(width)
 }
 
-/// Append a table built from `words` (sorted, strictly increasing mixed keys) to `out`.
-pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
+/// Append a table built from `words` (sorted, strictly increasing mixed keys) to `out`, each
+/// entry's reasons in `codes` (which code every set of `words`).
+pub(crate) fn encode(out: &mut Vec<u8>, space: Space, words: &[u128], codes: ReasonCodes) {
     let count = words.len() as u64;
     assert!(count <= TABLE_ENTRIES_MAX, "table over TABLE_ENTRIES_MAX");
     let key_bits = space.key_bits();
     let bucket_bits = bucket_bits_for(count);
     let rem_bits = key_bits - bucket_bits;
-    let entry_bits = rem_bits + REASON_BITS;
+    let entry_bits = rem_bits + codes.bits();
     debug_assert!(words.iter().all(|w| w & REASON_MASK != 0));
     out.extend_from_slice(&[
         key_bits as u8,
@@ -335,14 +461,16 @@ pub fn encode(out: &mut Vec<u8>, space: Space, words: &[u128]) {
         out.extend_from_slice(&(next as u32).to_le_bytes());
     }
     out.extend_from_slice(&(count as u32).to_le_bytes());
-    // Entries: the remainder and reason are the low entry_bits of the word.
+    // Entries: the remainder, then the code of the reason set.
     let start = out.len();
     out.resize(start + packed_len(count, entry_bits), 0);
     let packed = &mut out[start..];
     for (i, w) in words.iter().enumerate() {
         let bit = i as u64 * u64::from(entry_bits);
         let at = (bit / 8) as usize;
-        let value = (w & mask(entry_bits)) << (bit % 8);
+        let entry =
+            ((mixed_of(*w) & mask(rem_bits)) << codes.bits()) | codes.code_of(reasons_of(*w));
+        let value = entry << (bit % 8);
         let mut a = [0u8; 16];
         a.copy_from_slice(&packed[at..at + 16]);
         let merged = u128::from_le_bytes(a) | value;
@@ -374,13 +502,13 @@ pub(crate) fn check_key_bits(found: u8, space: Space) -> Result<(), TableError> 
 }
 
 impl Table {
-    /// Validate a table of `coding` starting at `at` in `bytes` (fuzz-safe: every
-    /// malformation is an error).
-    pub fn parse(
+    /// Validate a table whose entries' reasons are in `codes` (its line table's), starting at
+    /// `at` in `bytes` (fuzz-safe: every malformation is an error).
+    pub(crate) fn parse(
         bytes: &[u8],
         at: usize,
         space: Space,
-        coding: Coding,
+        codes: ReasonCodes,
     ) -> Result<Table, TableError> {
         let head = bytes
             .get(at..at + TABLE_HEADER_LEN)
@@ -392,7 +520,7 @@ impl Table {
             return Err(TableError::BucketBits(head[1]));
         }
         let entry_bits = u32::from(head[2]);
-        if entry_bits != expected - bucket_bits + coding.reason_bits() {
+        if entry_bits != expected - bucket_bits + codes.bits() {
             return Err(TableError::EntryBits(head[2]));
         }
         if head[3..8].iter().any(|b| *b != 0) {
@@ -416,7 +544,7 @@ impl Table {
         }
         let table = Table {
             space,
-            coding,
+            codes,
             bucket_bits,
             entry_bits,
             count,
@@ -450,13 +578,13 @@ impl Table {
     /// Remainders strictly increase inside a bucket (so no key is listed twice), and every
     /// entry has a reason.
     fn check_entries(&self, bytes: &[u8]) -> Result<(), TableError> {
-        let reason_bits = self.coding.reason_bits();
+        let reason_bits = self.codes.bits();
         for bucket in 0..(1usize << self.bucket_bits) {
             let (lo, hi) = self.bucket_range(bytes, bucket);
             let mut prev: Option<u128> = None;
             for i in lo..hi {
                 let entry = self.entry(bytes, i);
-                if self.coding.set_of(entry).is_none() {
+                if self.codes.set_of(entry).is_none() {
                     return Err(TableError::NoReason);
                 }
                 let rem = entry >> reason_bits;
@@ -485,11 +613,11 @@ impl Table {
         )
     }
 
-    /// The reasons `key` is listed for in this table (a table of [`Coding::Sets`]).
+    /// The reasons `key` is listed for in this table.
     #[inline]
     pub fn get(&self, bytes: &[u8], key: u128) -> Option<ReasonSet> {
-        debug_assert_eq!(self.coding, Coding::Sets);
         let key_bits = self.space.key_bits();
+        let (code_bits, codes) = (self.codes.bits(), self.codes);
         let mixed = mix(key, key_bits);
         let rem_bits = key_bits - self.bucket_bits;
         let bucket = (mixed >> rem_bits) as usize;
@@ -502,24 +630,24 @@ impl Table {
         // entries (one cache line) of the key; scan from there towards it.
         let guess = lo + ((rem * u128::from(hi - lo)) >> rem_bits) as u64;
         let e = self.entry(bytes, guess);
-        let r = e >> REASON_BITS;
+        let r = e >> code_bits;
         if r == rem {
-            return Some(reasons_of(e));
+            return codes.set_of(e);
         }
         if r < rem {
             for i in guess + 1..hi {
                 let e = self.entry(bytes, i);
-                let r = e >> REASON_BITS;
+                let r = e >> code_bits;
                 if r >= rem {
-                    return (r == rem).then(|| reasons_of(e));
+                    return if r == rem { codes.set_of(e) } else { None };
                 }
             }
         } else {
             for i in (lo..guess).rev() {
                 let e = self.entry(bytes, i);
-                let r = e >> REASON_BITS;
+                let r = e >> code_bits;
                 if r <= rem {
-                    return (r == rem).then(|| reasons_of(e));
+                    return if r == rem { codes.set_of(e) } else { None };
                 }
             }
         }
@@ -530,13 +658,13 @@ impl Table {
     /// coding), in increasing order.
     pub fn words<'a>(&'a self, bytes: &'a [u8]) -> impl Iterator<Item = u128> + 'a {
         let rem_bits = self.space.key_bits() - self.bucket_bits;
-        let reason_bits = self.coding.reason_bits();
+        let reason_bits = self.codes.bits();
         (0..1usize << self.bucket_bits).flat_map(move |bucket| {
             let (lo, hi) = self.bucket_range(bytes, bucket);
             (lo..hi).map(move |i| {
                 let e = self.entry(bytes, i);
                 let mixed = ((bucket as u128) << rem_bits) | (e >> reason_bits);
-                self.coding.to_sort_word(mixed, e)
+                self.codes.to_sort_word(mixed, e)
             })
         })
     }
@@ -624,8 +752,8 @@ mod tests {
         words.sort_unstable();
         words.dedup_by_key(|w| mixed_of(*w));
         let mut bytes = Vec::new();
-        encode(&mut bytes, Space::Cards, &words);
-        let t = Table::parse(&bytes, 0, Space::Cards, Coding::Sets).unwrap();
+        encode(&mut bytes, Space::Cards, &words, ReasonCodes::SETS);
+        let t = Table::parse(&bytes, 0, Space::Cards, ReasonCodes::SETS).unwrap();
         assert_eq!(t.end, bytes.len());
         for k in &keys {
             assert_eq!(t.get(&bytes, *k), Some(ReasonSet::of(ListReason::Lost)));
@@ -641,13 +769,13 @@ mod tests {
             .collect();
         words.sort_unstable();
         let mut bytes = Vec::new();
-        encode(&mut bytes, Space::Accounts, &words);
-        assert!(Table::parse(&bytes, 0, Space::Cards, Coding::Sets).is_err());
+        encode(&mut bytes, Space::Accounts, &words, ReasonCodes::SETS);
+        assert!(Table::parse(&bytes, 0, Space::Cards, ReasonCodes::SETS).is_err());
         for n in 0..bytes.len() {
-            assert!(Table::parse(&bytes[..n], 0, Space::Accounts, Coding::Sets).is_err());
+            assert!(Table::parse(&bytes[..n], 0, Space::Accounts, ReasonCodes::SETS).is_err());
         }
         flipped_bits_never_panic(&bytes, 0, 3, 2000, |b| {
-            if let Ok(t) = Table::parse(b, 0, Space::Accounts, Coding::Sets) {
+            if let Ok(t) = Table::parse(b, 0, Space::Accounts, ReasonCodes::SETS) {
                 let _ = t.get(b, 5);
                 let _ = ids_of(Space::Accounts, t.words(b)).count();
             }
