@@ -627,22 +627,28 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// `n` random keys of `space`.
+    fn random_keys(rng: &mut impl Rng, space: Space, n: usize) -> Vec<u128> {
+        let bound = if space == Space::Cards {
+            10u128.pow(20)
+        } else {
+            1 << 80
+        };
+        (0..n).map(|_| rng.gen_range(0..bound)).collect()
+    }
+
+    /// What `words` (sorted sort words of `space`) list `key` for.
+    fn listed(words: &[u128], space: Space, key: u128) -> Option<ReasonSet> {
+        let m = packed::mix(key, space.key_bits());
+        words
+            .binary_search_by_key(&m, |w| packed::mixed_of(*w))
+            .ok()
+            .map(|i| packed::reasons_of(words[i]))
+    }
+
+    /// A table of `keys` whose entries take every set of one or more reasons, in turn.
     fn table_of(space: Space, keys: &[u128]) -> (Vec<u8>, Vec<u128>, LineTable) {
-        let mut words: Vec<u128> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                // Every set of one or more reasons, in turn.
-                let set = ReasonSet::from_bits((i % 15 + 1) as u8).unwrap();
-                packed::sort_word(packed::mix(*k, space.key_bits()), set)
-            })
-            .collect();
-        words.sort_unstable();
-        words.dedup_by_key(|w| packed::mixed_of(*w));
-        let mut bytes = vec![0u8; 48];
-        encode(&mut bytes, space, &words);
-        let t = LineTable::parse(&bytes, 48, space, Coding::Sets).unwrap();
-        (bytes, words, t)
+        table_of_sets(space, keys, 15)
     }
 
     #[test]
@@ -654,12 +660,7 @@ mod tests {
             (Space::Accounts, 5_000),
             (Space::Cards, 3),
         ] {
-            let bound = if space == Space::Cards {
-                10u128.pow(20)
-            } else {
-                1 << 80
-            };
-            let keys: Vec<u128> = (0..n).map(|_| rng.gen_range(0..bound)).collect();
+            let keys = random_keys(&mut rng, space, n);
             let (bytes, words, t) = table_of(space, &keys);
             assert_eq!(t.end, bytes.len());
             assert_eq!(t.count, words.len() as u64);
@@ -670,13 +671,7 @@ mod tests {
                     "the test should reach the overflow table"
                 );
             }
-            let reason = |k: &u128| {
-                let m = packed::mix(*k, space.key_bits());
-                words
-                    .iter()
-                    .find(|w| packed::mixed_of(**w) == m)
-                    .map(|w| packed::reasons_of(*w))
-            };
+            let reason = |k: &u128| listed(&words, space, *k);
             for k in keys.iter().take(3000) {
                 assert_eq!(
                     t.get(&bytes, *k),
@@ -724,12 +719,7 @@ mod tests {
             (15, 4),
         ] {
             for (space, count) in [(Space::Cards, 30_000), (Space::Accounts, 8_000)] {
-                let bound = if space == Space::Cards {
-                    10u128.pow(20)
-                } else {
-                    1 << 80
-                };
-                let keys: Vec<u128> = (0..count).map(|_| rng.gen_range(0..bound)).collect();
+                let keys = random_keys(&mut rng, space, count);
                 let (bytes, words, t) = table_of_sets(space, &keys, n);
                 assert_eq!(t.codes.bits(), bits, "{n} sets");
                 assert_eq!(t.entry_bits, space.key_bits() - t.shift + bits);
@@ -739,13 +729,7 @@ mod tests {
                     t.overflow.count > 0,
                     "the test should reach the overflow table"
                 );
-                let reason = |k: &u128| {
-                    let m = packed::mix(*k, space.key_bits());
-                    words
-                        .binary_search_by_key(&m, |w| packed::mixed_of(*w))
-                        .ok()
-                        .map(|i| packed::reasons_of(words[i]))
-                };
+                let reason = |k: &u128| listed(&words, space, *k);
                 for k in keys.iter().take(4_000) {
                     assert_eq!(t.get(&bytes, *k), reason(k), "{space:?} {n} sets");
                     assert_eq!(t.get(&bytes, k + 1), reason(&(k + 1)));
