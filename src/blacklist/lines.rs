@@ -21,7 +21,8 @@
 //! a mispredicted branch on the line's bytes would throw away the work the processor started
 //! on the next ones while this one waited for its line.
 //!
-//! At 20 million cards: 2.5 million lines of 10 entries of 48 bits, 160 MB and about 8.3
+//! At 20 million cards: 2.5 million lines of 10 entries of 46 + r bits (48 for cards each
+//! listed for one of three reasons), 160 MB and about 8.3
 //! bytes an entry with the overflow; a lookup touches one cache line (the packed sorted table
 //! it replaces touched an index line and one or two entry lines: ~2x slower on this project's
 //! machine, where every access outside L2 costs ~150 ns).
@@ -102,12 +103,16 @@ pub struct LineTable {
 /// [`LineTable::get_in`]'s constants for narrow entries (all zero for wide ones).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Narrow {
-    /// The stored value's bits: entry bits − 4.
+    /// The stored value's bits: entry bits − r (r: the table's code bits).
     stored_mask: u64,
-    /// Bits below the stored value once an entry fills a word's top bits: 64 − entry bits + 4.
+    /// Bits below the stored value once an entry fills a word's top bits: 64 − entry bits + r.
     below: u32,
     /// Ones in those bits.
     below_ones: u64,
+    /// Where the entry's code starts in that word: 64 − entry bits.
+    code_at: u32,
+    /// Ones in the code's r bits.
+    code_mask: u64,
 }
 
 impl Narrow {
@@ -120,6 +125,8 @@ impl Narrow {
             stored_mask: (1u64 << (entry_bits - code_bits)) - 1,
             below,
             below_ones: (1u64 << below) - 1,
+            code_at: 64 - entry_bits,
+            code_mask: (1u64 << code_bits) - 1,
         }
     }
 }
@@ -479,12 +486,14 @@ impl LineTable {
             // stored value is put in the same place before the line arrives, with all ones
             // below (`ceiling`), so that one comparison orders them, with no mask or shift
             // after the miss: word ≤ ceiling exactly when the entry's stored value ≤ the key's.
-            // The stored value (see `place`) has K − t = eb − 4 bits here, under 64: one
+            // The stored value (see `place`) has K − t = eb − r bits here, under 64: one
             // 128-bit shift by t (below 32) and a 64-bit mask.
             let Narrow {
                 stored_mask,
                 below,
                 below_ones,
+                code_at,
+                code_mask,
             } = self.narrow;
             let stored = (product >> (self.shift & 63)) as u64 & stored_mask;
             debug_assert_eq!(
@@ -492,7 +501,6 @@ impl LineTable {
                 place(mixed, K, self.lines, self.shift).1
             );
             let ceiling = (stored << below) | below_ones;
-            let (code_at, code_mask) = (below - self.codes.bits(), self.codes.code_mask() as usize);
             let read = |j: u32| {
                 let [at, left] = self.slot_reads[j as usize % SEARCH_SLOTS];
                 let at = usize::from(at);
@@ -510,7 +518,7 @@ impl LineTable {
                     // Equal stored values: the words agree above `below`.
                     (
                         (w ^ ceiling) >> below == 0,
-                        (w >> code_at) as usize & code_mask,
+                        ((w >> code_at) & code_mask) as usize,
                     )
                 },
             )
@@ -548,7 +556,7 @@ impl LineTable {
 
     /// The line search for the key's stored value, given the line's `n` used slots, slot
     /// `j` as `read(j)`, whether a slot's stored value is at most the key's (`at_most`), and
-    /// whether it is equal, with the slot's reason set bits (`equal_code`): a branch-free binary
+    /// whether it is equal, with the slot's code (`equal_code`): a branch-free binary
     /// search over 16 virtual slots in four fixed steps (entries increase; a slot at or past
     /// `n` counts as above everything). Not in the line: in the overflow table only when the
     /// line is full and the key is above its last entry.
@@ -718,9 +726,27 @@ mod tests {
             (9, 4),
             (15, 4),
         ] {
-            for (space, count) in [(Space::Cards, 30_000), (Space::Accounts, 8_000)] {
+            // 60,000 cards: entries narrow enough for one u64 read with 3 code bits (and
+            // 150,000 with 4), so both lookup paths meet every code width.
+            let sizes: &[(Space, usize)] = if bits == 4 {
+                &[
+                    (Space::Cards, 30_000),
+                    (Space::Accounts, 8_000),
+                    (Space::Cards, 150_000),
+                ]
+            } else {
+                &[
+                    (Space::Cards, 30_000),
+                    (Space::Accounts, 8_000),
+                    (Space::Cards, 60_000),
+                ]
+            };
+            for &(space, count) in sizes {
                 let keys = random_keys(&mut rng, space, count);
                 let (bytes, words, t) = table_of_sets(space, &keys, n);
+                if count >= 60_000 {
+                    assert!(t.entry_bits <= NARROW_ENTRY_BITS_MAX, "{n} sets, {count}");
+                }
                 assert_eq!(t.codes.bits(), bits, "{n} sets");
                 assert_eq!(t.entry_bits, space.key_bits() - t.shift + bits);
                 // Header byte 24: a palette (1) up to eight sets, the sets' own bits (0) past.
@@ -814,5 +840,22 @@ mod tests {
                 let _ = t.entries(b).count();
             }
         });
+        // Palette tables (one set: no code bits; three; five), their headers flipped too, read
+        // as formats 2 and 1.
+        for (seed, n) in [(6, 1), (7, 3), (8, 5)] {
+            for space in [Space::Cards, Space::Accounts] {
+                let (bytes, _, _) = table_of_sets(space, &keys, n);
+                packed::flipped_bits_never_panic(&bytes, 48, seed, 1500, |b| {
+                    for coding in [Coding::Sets, Coding::OneReason] {
+                        if let Ok(t) = LineTable::parse(b, 48, space, coding) {
+                            let _ = t.entries(b).count();
+                            if coding == Coding::Sets {
+                                let _ = t.get(b, 5);
+                            }
+                        }
+                    }
+                });
+            }
+        }
     }
 }

@@ -21,8 +21,9 @@
 //! # Structure
 //!
 //! A [`Blacklist`] is a compact immutable *base* ([`lines`]: one 64-byte cache line answers a
-//! lookup, about 8.3 bytes a card entry at 20 million, its reasons a 4-bit set inside the
-//! entry, exact, read in place from the signed
+//! lookup, about 8.3 bytes a card entry at 20 million, its reasons a code of 0 to 4 bits inside
+//! the entry (the set's place in the table's palette, or the set itself), exact, read in place
+//! from the signed
 //! snapshot file; [`packed`] holds the few entries of full lines) shared by `Arc`, under a
 //! small hashed *overlay* of the adds and removes since that base. [`Blacklist::apply`] changes
 //! only the overlay, so a single change costs a tree insert and a delta of 100,000 changes

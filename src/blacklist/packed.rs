@@ -9,10 +9,11 @@
 //! spread as evenly as random ones. Entries are sorted by mixed key, so a bucket's entries are
 //! contiguous and an index of `2^bucket_bits + 1` u32 offsets finds them.
 //!
-//! At 20 million cards with 2^17 buckets of about 150 entries: 54 bits an entry and a 512 KiB
-//! index that stays in cache, about 6.8 bytes an entry; a lookup interpolates its position
-//! inside the bucket, so it usually touches one cache line of entries. Accounts: 67 bits,
-//! about 8.5 bytes. (Here the table only holds the few entries of full lines.)
+//! At 20 million cards with 2^17 buckets of about 150 entries: 50 + r bits an entry and a 512
+//! KiB index that stays in cache, about 6.5 bytes an entry with 2 code bits; a lookup
+//! interpolates its position inside the bucket, so it usually touches one cache line of
+//! entries. Accounts: 63 + r bits, about 7.9 bytes with none. (Here the table only holds the
+//! few entries of full lines.)
 //!
 //! # Table byte layout (little-endian), as it sits in a snapshot payload
 //!
@@ -59,7 +60,8 @@ const LEGACY_REASON_BITS: u32 = 2;
 /// How a table's entries carry their reasons.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Coding {
-    /// Format 2: the reason set's bits ([`REASON_BITS`]), never all zero.
+    /// Format 2 and later: reason sets, each table's entries coding theirs as the set's own
+    /// [`REASON_BITS`] or by the palette its header names ([`ReasonCodes`]).
     Sets,
     /// Format 1, before reason sets: one reason as the 2-bit code `reason − 1`. Read only to
     /// convert; its tables are never looked up in place.
@@ -200,11 +202,18 @@ impl ReasonCodes {
         self.set_of_code((entry & self.code_mask()) as usize)
     }
 
-    /// The code of `set` (one these codes name: the table was made for it).
+    /// The code of `set`, which these codes must name (the table's codes were made from its
+    /// own sets): building a table with a set its codes lack would list an id for another
+    /// reason, so it stops the build (never on a lookup, never on outside bytes).
     pub(crate) fn code_of(self, set: ReasonSet) -> u128 {
-        let code = self.sets.iter().position(|s| *s == set.bits());
-        debug_assert!(code.is_some() && !set.is_empty(), "set {set:?} not coded");
-        code.unwrap_or(0) as u128
+        let code = self
+            .sets
+            .iter()
+            .position(|s| *s == set.bits() && !set.is_empty());
+        match code {
+            Some(code) => code as u128,
+            None => panic!("reason set {set:?} has no code in this table"),
+        }
     }
 
     /// An entry's code, moved into a sort word (mixed key << 4 | the set's bits).
