@@ -146,6 +146,22 @@ fn sm2_case() -> Sm2Case {
     }
 }
 
+impl Sm2Case {
+    /// The holder key and signature as efficient-sm2 takes them (the key decompressed),
+    /// checked to verify.
+    fn efficient_sm2(&self) -> (efficient_sm2::PublicKey, efficient_sm2::Signature) {
+        use sm2::elliptic_curve::sec1::ToSec1Point as _;
+        let point = sm2::PublicKey::from_sec1_bytes(&self.compressed)
+            .unwrap()
+            .to_sec1_point(false);
+        let key = efficient_sm2::PublicKey::from_slice(&point.as_bytes()[1..]);
+        let (r, s) = self.signature.split_at(32);
+        let sig = efficient_sm2::Signature::new(r, s).unwrap();
+        assert!(sig.verify_digest(&key, &self.e).is_ok());
+        (key, sig)
+    }
+}
+
 /// Each step of an SM2 scan, as `crypto.rs` takes it.
 fn sm2_stages(c: &mut Criterion) {
     use sm2::elliptic_curve::sec1::ToSec1Point as _;
@@ -179,13 +195,7 @@ fn sm2_stages(c: &mut Criterion) {
         })
     });
     // B6, B7: the equation.
-    let point = sm2::PublicKey::from_sec1_bytes(&case.compressed)
-        .unwrap()
-        .to_sec1_point(false);
-    let key = efficient_sm2::PublicKey::from_slice(&point.as_bytes()[1..]);
-    let (r, s) = case.signature.split_at(32);
-    let sig = efficient_sm2::Signature::new(r, s).unwrap();
-    assert!(sig.verify_digest(&key, &case.e).is_ok());
+    let (key, sig) = case.efficient_sm2();
     c.bench_function("ride_code/sm2_stage/equation_efficient_sm2", |b| {
         b.iter(|| sig.verify_digest(black_box(&key), black_box(&case.e)))
     });
@@ -232,7 +242,6 @@ fn p256_stages(c: &mut Criterion) {
 fn sm2_equation(c: &mut Criterion) {
     use sm2::elliptic_curve::group::Group as _;
     use sm2::elliptic_curve::ops::LinearCombination as _;
-    use sm2::elliptic_curve::sec1::ToSec1Point as _;
     use sm2::{ProjectivePoint, Scalar};
     use wnaf::array::typenum::{U5, U8};
     use wnaf::{WnafBase, WnafScalar};
@@ -270,13 +279,7 @@ fn sm2_equation(c: &mut Criterion) {
     assert_eq!(tabled5(&s, &t), want);
     // The same four, alternated call by call, so that a shared machine's load falls on each
     // alike; medians.
-    let point = sm2::PublicKey::from_sec1_bytes(&case.compressed)
-        .unwrap()
-        .to_sec1_point(false);
-    let key = efficient_sm2::PublicKey::from_slice(&point.as_bytes()[1..]);
-    let (r_bytes, s_bytes) = case.signature.split_at(32);
-    let efficient = efficient_sm2::Signature::new(r_bytes, s_bytes).unwrap();
-    assert!(efficient.verify_digest(&key, &case.e).is_ok());
+    let (key, efficient) = case.efficient_sm2();
     let mut runs: [(&str, Vec<u128>); 4] = [
         ("efficient-sm2 (no table per key)", Vec::new()),
         ("wnaf, window 8 table per key", Vec::new()),
