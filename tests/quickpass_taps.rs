@@ -149,6 +149,17 @@ fn terminal() -> TerminalData {
     }
 }
 
+/// The engine on simulated PSAM and journal in `dir`, taking QuickPass with the vectors' CA
+/// keys and the test PAN token key.
+fn quickpass_validator(
+    dir: &std::path::Path,
+) -> fare_validator::engine::Validator<fare_validator::card::sim::SimPsam> {
+    let mut v = common::sim_validator(dir, TestKeys::default());
+    let ca = CaKeys::from_json(&vectors()["ca_keys"].to_string()).unwrap();
+    v.set_quickpass(ca, PanTokenKey::TEST, 1);
+    v
+}
+
 fn sim_card() -> SimQuickPass {
     let spec: QuickPassSpec = serde_json::from_value(good_card(json!({}))).unwrap();
     SimQuickPass::new(&spec, 7).unwrap()
@@ -179,9 +190,7 @@ fn card_leaving_at_each_step_of_the_dialogue_is_card_removed() {
 #[test]
 fn card_leaving_at_each_step_records_nothing_through_the_engine() {
     let dir = tempfile::tempdir().unwrap();
-    let mut v = common::sim_validator(dir.path(), TestKeys::default());
-    let ca = CaKeys::from_json(&vectors()["ca_keys"].to_string()).unwrap();
-    v.set_quickpass(ca, PanTokenKey::TEST, 1);
+    let mut v = quickpass_validator(dir.path());
     let mut at = Timestamp::parse_rfc3339(AT).unwrap();
     for n in 1..=6u8 {
         for removal in [QpRemoval::BeforeCommand(n), QpRemoval::AfterCommand(n)] {
@@ -291,9 +300,7 @@ impl CardChannel for Cutting {
 #[test]
 fn malformed_and_truncated_answers_are_refused_through_the_engine_and_record_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut v = common::sim_validator(dir.path(), TestKeys::default());
-    let ca = CaKeys::from_json(&vectors()["ca_keys"].to_string()).unwrap();
-    v.set_quickpass(ca, PanTokenKey::TEST, 1);
+    let mut v = quickpass_validator(dir.path());
     let mut at = Timestamp::parse_rfc3339(AT).unwrap();
     // Command 1 is the transport SELECT (no such application here); 2 to 7 are QuickPass's.
     for k in 2..=7 {

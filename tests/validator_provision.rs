@@ -31,18 +31,20 @@ fn terminal_add(db: &Path, id: &str) -> Value {
     support::terminal_add(db, id)
 }
 
+/// `provision` with the depot's answer in `answer`, a scanner on loopback.
 fn provision(answer: &Path, config: &Path) -> Output {
+    provision_args(answer, config, &["--scanner", "tcp:127.0.0.1:9100"])
+}
+
+/// `provision --answer ANSWER --config CONFIG --depot 127.0.0.1:7700`, then `extra`.
+fn provision_args(answer: &Path, config: &Path, extra: &[&str]) -> Output {
     bin()
         .args(["provision", "--answer"])
         .arg(answer)
         .arg("--config")
         .arg(config)
-        .args([
-            "--depot",
-            "127.0.0.1:7700",
-            "--scanner",
-            "tcp:127.0.0.1:9100",
-        ])
+        .args(["--depot", "127.0.0.1:7700"])
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -285,18 +287,11 @@ fn quickpass_files(dir: &Path) -> [std::path::PathBuf; 3] {
     [key, ca, acquirer]
 }
 
+/// [`provision_args`] with `answer` written beside the configuration.
 fn provision_with(answer: &Value, config: &Path, extra: &[&str]) -> Output {
     let answer_file = config.with_file_name("answer.json");
     std::fs::write(&answer_file, answer.to_string()).unwrap();
-    bin()
-        .args(["provision", "--answer"])
-        .arg(&answer_file)
-        .arg("--config")
-        .arg(config)
-        .args(["--depot", "127.0.0.1:7700"])
-        .args(extra)
-        .output()
-        .unwrap()
+    provision_args(&answer_file, config, extra)
 }
 
 /// The three QuickPass fields of validator.toml, from the depot's answer (the files written
